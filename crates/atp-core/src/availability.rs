@@ -1,0 +1,116 @@
+//! What callers are shown: per-location and per-channel availability.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::Catalog;
+use crate::ids::{ChannelId, LocationId, Sku};
+use crate::position::Position;
+
+/// One position as shown to callers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocationAvailability {
+    /// The location.
+    pub location: LocationId,
+    /// Physical units.
+    pub on_hand: i64,
+    /// Held by checkouts.
+    pub reserved: i64,
+    /// Ordered, not shipped.
+    pub committed: i64,
+    /// Damaged or on hold.
+    pub unavailable: i64,
+    /// Never promised (configuration).
+    pub safety_stock: i64,
+    /// Expected units (not sellable).
+    pub incoming: i64,
+    /// (units, expected at ms), earliest first.
+    pub incoming_batches: Vec<(i64, i64)>,
+    /// Units that can be promised.
+    pub atp: i64,
+    /// Units by which facts left the position short.
+    pub shortfall: i64,
+}
+
+impl LocationAvailability {
+    /// The view of `position` with the location's safety stock.
+    pub fn of(location: &LocationId, position: &Position, safety_stock: i64) -> Self {
+        Self {
+            location: location.clone(),
+            on_hand: position.on_hand,
+            reserved: position.reserved,
+            committed: position.committed,
+            unavailable: position.unavailable,
+            safety_stock,
+            incoming: position.incoming_total(),
+            incoming_batches: position.incoming.iter().map(|(at, units)| (*units, *at)).collect(),
+            atp: position.atp(safety_stock),
+            shortfall: position.shortfall(safety_stock),
+        }
+    }
+}
+
+/// One SKU as shown to callers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkuAvailability {
+    /// The SKU.
+    pub sku: Sku,
+    /// Its shard.
+    pub shard: u32,
+    /// The shard's epoch.
+    pub epoch: u64,
+    /// Per location.
+    pub locations: Vec<LocationAvailability>,
+    /// Per channel: (channel, atp).
+    pub channels: Vec<(ChannelId, i64)>,
+}
+
+/// ATP of `sku` on `channel`: `clamp(Σ atp over active channel locations − buffer, 0, cap)`.
+pub fn channel_atp(
+    catalog: &Catalog,
+    channel: &crate::catalog::Channel,
+    positions: &BTreeMap<LocationId, Position>,
+) -> i64 {
+    let total = channel
+        .locations
+        .iter()
+        .filter(|location| catalog.is_active(location))
+        .filter_map(|location| {
+            positions.get(location).map(|p| p.atp(catalog.safety_stock(location)))
+        })
+        .sum();
+    channel.atp(total)
+}
+
+/// Builds the availability of one SKU from its positions. Empty filters mean all
+/// positions and all configured channels.
+pub fn sku_availability(
+    sku: &Sku,
+    shard: u32,
+    epoch: u64,
+    positions: &BTreeMap<LocationId, Position>,
+    catalog: &Catalog,
+    location_filter: &[LocationId],
+    channel_filter: &[ChannelId],
+) -> SkuAvailability {
+    let locations = if location_filter.is_empty() {
+        positions
+            .iter()
+            .map(|(location, p)| LocationAvailability::of(location, p, catalog.safety_stock(location)))
+            .collect()
+    } else {
+        location_filter
+            .iter()
+            .map(|location| {
+                let position = positions.get(location).cloned().unwrap_or_default();
+                LocationAvailability::of(location, &position, catalog.safety_stock(location))
+            })
+            .collect()
+    };
+    let channels = catalog
+        .channels
+        .values()
+        .filter(|channel| channel_filter.is_empty() || channel_filter.contains(&channel.id))
+        .map(|channel| (channel.id.clone(), channel_atp(catalog, channel, positions)))
+        .collect();
+    SkuAvailability { sku: sku.clone(), shard, epoch, locations, channels }
+}

@@ -1,0 +1,198 @@
+//! Configuration the calculation depends on: locations and channels.
+
+use std::collections::BTreeMap;
+
+use crate::error::{CoreError, FieldViolation};
+use crate::ids::{ChannelId, LocationId, MAX_EVENT_QUANTITY, validate_text};
+
+/// Most locations one deployment may configure.
+pub const MAX_LOCATIONS: usize = 10_000;
+/// Most channels one deployment may configure.
+pub const MAX_CHANNELS: usize = 1_000;
+/// Most locations one channel may draw from.
+pub const MAX_LOCATIONS_PER_CHANNEL: usize = 1_000;
+
+/// What sort of building a location is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LocationKind {
+    /// A distribution centre.
+    #[default]
+    Warehouse,
+    /// A retail store (ship-from-store, POS).
+    Store,
+    /// A third-party logistics provider.
+    ThirdParty,
+}
+
+/// A fulfilment location.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Location {
+    /// Its id.
+    pub id: LocationId,
+    /// Warehouse, store or 3PL.
+    pub kind: LocationKind,
+    /// Human name.
+    pub name: String,
+    /// Latitude in degrees (−90..=90).
+    pub latitude: f64,
+    /// Longitude in degrees (−180..=180).
+    pub longitude: f64,
+    /// Units never promised at this location, per SKU.
+    pub safety_stock: i64,
+    /// Shipments per day (0 = unlimited); for routing.
+    pub daily_capacity: i64,
+    /// Cost units per shipment; for routing.
+    pub shipping_cost: f64,
+    /// An inactive location feeds no channel and takes no new hold.
+    pub active: bool,
+}
+
+impl Location {
+    /// Checks the numeric fields; `field` prefixes the names in errors.
+    pub fn validate(&self, field: &str) -> Result<(), CoreError> {
+        let mut violations = Vec::new();
+        if let Err(v) = validate_text(&format!("{field}.name"), &self.name) {
+            violations.push(v);
+        }
+        if !(-90.0..=90.0).contains(&self.latitude) {
+            violations.push(FieldViolation::new(format!("{field}.latitude"), "must be -90..=90"));
+        }
+        if !(-180.0..=180.0).contains(&self.longitude) {
+            violations
+                .push(FieldViolation::new(format!("{field}.longitude"), "must be -180..=180"));
+        }
+        if !(0..=MAX_EVENT_QUANTITY).contains(&self.safety_stock) {
+            violations.push(FieldViolation::new(
+                format!("{field}.safety_stock"),
+                format!("must be 0..={MAX_EVENT_QUANTITY}"),
+            ));
+        }
+        if self.daily_capacity < 0 {
+            violations.push(FieldViolation::new(format!("{field}.daily_capacity"), "must be >= 0"));
+        }
+        if !self.shipping_cost.is_finite() || self.shipping_cost < 0.0 {
+            violations.push(FieldViolation::new(
+                format!("{field}.shipping_cost"),
+                "must be a finite number >= 0",
+            ));
+        }
+        if violations.is_empty() { Ok(()) } else { Err(CoreError::InvalidArgument(violations)) }
+    }
+}
+
+/// A sales channel and the rule that turns location ATP into the number it is shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Channel {
+    /// Its id.
+    pub id: ChannelId,
+    /// Human name.
+    pub name: String,
+    /// Locations that feed the channel.
+    pub locations: Vec<LocationId>,
+    /// Units withheld from the channel's total.
+    pub buffer: i64,
+    /// Most units ever shown; `None` = no cap.
+    pub cap: Option<i64>,
+}
+
+impl Channel {
+    /// `clamp(Σ location_atp − buffer, 0, cap)`.
+    pub fn atp(&self, total_location_atp: i64) -> i64 {
+        let atp = (total_location_atp - self.buffer).max(0);
+        match self.cap {
+            Some(cap) => atp.min(cap),
+            None => atp,
+        }
+    }
+
+    /// Whether `location` feeds this channel.
+    pub fn feeds_from(&self, location: &LocationId) -> bool {
+        self.locations.contains(location)
+    }
+}
+
+/// All configuration: an immutable snapshot handed to each shard operation.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// Locations by id.
+    pub locations: BTreeMap<LocationId, Location>,
+    /// Channels by id.
+    pub channels: BTreeMap<ChannelId, Channel>,
+}
+
+impl Catalog {
+    /// Safety stock of `location` (0 when unknown).
+    pub fn safety_stock(&self, location: &LocationId) -> i64 {
+        self.locations.get(location).map_or(0, |l| l.safety_stock)
+    }
+
+    /// Whether `location` exists and is active.
+    pub fn is_active(&self, location: &LocationId) -> bool {
+        self.locations.get(location).is_some_and(|l| l.active)
+    }
+
+    /// Inserts or replaces a location. Returns whether anything changed.
+    pub fn upsert_location(&mut self, location: Location) -> Result<bool, CoreError> {
+        location.validate("location")?;
+        if self.locations.get(&location.id) == Some(&location) {
+            return Ok(false);
+        }
+        if !self.locations.contains_key(&location.id) && self.locations.len() >= MAX_LOCATIONS {
+            return Err(CoreError::FailedPrecondition(format!(
+                "at most {MAX_LOCATIONS} locations may be configured"
+            )));
+        }
+        self.locations.insert(location.id.clone(), location);
+        Ok(true)
+    }
+
+    /// Inserts or replaces a channel; its locations must exist. Returns whether anything changed.
+    pub fn upsert_channel(&mut self, channel: Channel) -> Result<bool, CoreError> {
+        let mut violations = Vec::new();
+        if let Err(v) = validate_text("channel.name", &channel.name) {
+            violations.push(v);
+        }
+        if channel.locations.len() > MAX_LOCATIONS_PER_CHANNEL {
+            violations.push(FieldViolation::new(
+                "channel.location_ids",
+                format!("has {}; the limit is {MAX_LOCATIONS_PER_CHANNEL}", channel.locations.len()),
+            ));
+        }
+        for (index, location) in channel.locations.iter().enumerate() {
+            if !self.locations.contains_key(location) {
+                violations.push(FieldViolation::new(
+                    format!("channel.location_ids[{index}]"),
+                    format!("unknown location {location}"),
+                ));
+            }
+            if channel.locations[..index].contains(location) {
+                violations.push(FieldViolation::new(
+                    format!("channel.location_ids[{index}]"),
+                    format!("location {location} is listed twice"),
+                ));
+            }
+        }
+        if !(0..=MAX_EVENT_QUANTITY).contains(&channel.buffer) {
+            violations.push(FieldViolation::new(
+                "channel.buffer",
+                format!("must be 0..={MAX_EVENT_QUANTITY}"),
+            ));
+        }
+        if channel.cap.is_some_and(|cap| cap < 0) {
+            violations.push(FieldViolation::new("channel.cap", "must be >= 0"));
+        }
+        if !violations.is_empty() {
+            return Err(CoreError::InvalidArgument(violations));
+        }
+        if self.channels.get(&channel.id) == Some(&channel) {
+            return Ok(false);
+        }
+        if !self.channels.contains_key(&channel.id) && self.channels.len() >= MAX_CHANNELS {
+            return Err(CoreError::FailedPrecondition(format!(
+                "at most {MAX_CHANNELS} channels may be configured"
+            )));
+        }
+        self.channels.insert(channel.id.clone(), channel);
+        Ok(true)
+    }
+}

@@ -1,0 +1,176 @@
+//! Validated identifiers and the named limits every request is checked against.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::FieldViolation;
+
+/// Longest id of any kind, in UTF-8 bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Most units one reservation line may ask for.
+pub const MAX_LINE_QUANTITY: i64 = 1_000_000;
+/// Most lines one reservation may have.
+pub const MAX_LINES_PER_RESERVATION: usize = 100;
+/// Shortest hold lifetime.
+pub const MIN_TTL_MS: i64 = 1_000;
+/// Longest hold lifetime (24 h).
+pub const MAX_TTL_MS: i64 = 24 * 60 * 60 * 1_000;
+/// Most units a single stock event may move.
+pub const MAX_EVENT_QUANTITY: i64 = 1_000_000_000;
+/// Largest on_hand (or other bucket) a position may reach; events past it are refused.
+pub const MAX_POSITION_UNITS: i64 = 1_000_000_000_000_000;
+/// Most events per ApplyStockEvents call.
+pub const MAX_EVENTS_PER_BATCH: usize = 1_000;
+/// Most SKUs per availability query.
+pub const MAX_SKUS_PER_QUERY: usize = 1_000;
+/// Longest free-text field (reasons, names), in UTF-8 bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+
+/// Checks the common id rules: non-empty, at most [`MAX_ID_BYTES`], no control characters.
+pub fn validate_id(field: &str, value: &str) -> Result<(), FieldViolation> {
+    if value.is_empty() {
+        return Err(FieldViolation::new(field, "must not be empty"));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(FieldViolation::new(
+            field,
+            format!("is {} bytes; the limit is {MAX_ID_BYTES}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldViolation::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a free-text field: at most [`MAX_TEXT_BYTES`], no control characters.
+pub fn validate_text(field: &str, value: &str) -> Result<(), FieldViolation> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(FieldViolation::new(
+            field,
+            format!("is {} bytes; the limit is {MAX_TEXT_BYTES}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldViolation::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates `value` as this id; `field` names it in the error.
+            pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
+                validate_id(field, value)?;
+                Ok(Self(Arc::from(value)))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A stock keeping unit.
+    Sku
+);
+id_type!(
+    /// A fulfilment location (warehouse, store, 3PL).
+    LocationId
+);
+id_type!(
+    /// A sales channel (storefront, marketplace, POS).
+    ChannelId
+);
+id_type!(
+    /// A caller-chosen reservation id, global to the service.
+    ReservationId
+);
+id_type!(
+    /// A stock event id, applied at most once.
+    EventId
+);
+
+/// Checks a reservation line quantity: 1..=[`MAX_LINE_QUANTITY`].
+pub fn validate_line_quantity(field: &str, quantity: i64) -> Result<(), FieldViolation> {
+    if !(1..=MAX_LINE_QUANTITY).contains(&quantity) {
+        return Err(FieldViolation::new(
+            field,
+            format!("is {quantity}; must be 1..={MAX_LINE_QUANTITY}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a stock event quantity: 1..=[`MAX_EVENT_QUANTITY`].
+pub fn validate_event_quantity(field: &str, quantity: i64) -> Result<(), FieldViolation> {
+    if !(1..=MAX_EVENT_QUANTITY).contains(&quantity) {
+        return Err(FieldViolation::new(
+            field,
+            format!("is {quantity}; must be 1..={MAX_EVENT_QUANTITY}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a hold lifetime in milliseconds: [`MIN_TTL_MS`]..=[`MAX_TTL_MS`].
+pub fn validate_ttl_ms(field: &str, ttl_ms: i64) -> Result<(), FieldViolation> {
+    if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "is {} s; must be {}..={} s",
+                ttl_ms / 1000,
+                MIN_TTL_MS / 1000,
+                MAX_TTL_MS / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_reject_empty_long_and_control() {
+        assert!(Sku::parse("sku", "").is_err());
+        assert!(Sku::parse("sku", &"x".repeat(MAX_ID_BYTES)).is_ok());
+        let long = Sku::parse("sku", &"x".repeat(MAX_ID_BYTES + 1)).unwrap_err();
+        assert_eq!(long.field, "sku");
+        assert!(Sku::parse("sku", "a\nb").is_err());
+        assert!(Sku::parse("sku", "tee-ß-42").is_ok());
+    }
+
+    #[test]
+    fn quantities_and_ttls_have_bounds() {
+        assert!(validate_line_quantity("q", 0).is_err());
+        assert!(validate_line_quantity("q", -1).is_err());
+        assert!(validate_line_quantity("q", MAX_LINE_QUANTITY + 1).is_err());
+        assert!(validate_line_quantity("q", 1).is_ok());
+        assert!(validate_ttl_ms("ttl", 999).is_err());
+        assert!(validate_ttl_ms("ttl", MAX_TTL_MS).is_ok());
+        assert!(validate_ttl_ms("ttl", MAX_TTL_MS + 1).is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! The ledger: every change of a quantity, with its cause.
+
+use crate::ids::{LocationId, Sku};
+use crate::position::Deltas;
+
+/// Why a position changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerKind {
+    /// A hold was placed.
+    Reserve,
+    /// A hold was released by Release.
+    Release,
+    /// A hold expired.
+    Expire,
+    /// A hold was undone because another line of its reservation failed.
+    Abort,
+    /// A hold became committed units (the remainder freed).
+    Commit,
+    /// Unshipped committed units were freed.
+    Cancel,
+    /// A stock event (its kind's name).
+    Event(&'static str),
+}
+
+impl LedgerKind {
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve",
+            Self::Release => "release",
+            Self::Expire => "expire",
+            Self::Abort => "abort",
+            Self::Commit => "commit",
+            Self::Cancel => "cancel",
+            Self::Event(name) => name,
+        }
+    }
+}
+
+/// One change of one position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Position in the shard's ledger (gap-free, from 1).
+    pub sequence: u64,
+    /// When it was applied (ms).
+    pub at_ms: i64,
+    /// The SKU.
+    pub sku: Sku,
+    /// The location.
+    pub location: LocationId,
+    /// The reservation or event id that caused it.
+    pub cause: String,
+    /// What kind of change.
+    pub kind: LedgerKind,
+    /// The changes.
+    pub deltas: Deltas,
+    /// Resulting on_hand.
+    pub on_hand: i64,
+    /// Resulting reserved.
+    pub reserved: i64,
+    /// Resulting committed.
+    pub committed: i64,
+    /// Resulting unavailable.
+    pub unavailable: i64,
+    /// Resulting incoming total.
+    pub incoming: i64,
+}

@@ -1,0 +1,403 @@
+//! Reservation records on their home shard: the authority for a reservation's
+//! state. Lines' shards only apply what the home decided.
+
+use super::{Deadline, LineOp, ShardState};
+use crate::error::{CoreError, FieldViolation};
+use crate::hash::shard_of;
+use crate::ids::{LocationId, ReservationId, Sku};
+use crate::ledger::LedgerKind;
+use crate::reservation::{
+    CommitLine, LineView, ReservationState, ReservationView, ReserveRequest,
+};
+
+#[derive(Clone, Debug)]
+pub(crate) struct Record {
+    request: ReserveRequest,
+    state: ReservationState,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    first_expires_at_ms: i64,
+    ended_at_ms: i64,
+    /// Per line, once committed.
+    committed: Option<Vec<i64>>,
+    /// Per line, as reported by the lines' shards.
+    shipped: Vec<i64>,
+}
+
+/// What the home shard says when a Reserve arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// New: hold the lines, then call [`ShardState::finish_reserve`].
+    Started,
+    /// Seen before with the same payload: this is the first answer.
+    Replay(ReservationView),
+}
+
+impl Record {
+    fn view(&self, state: ReservationState) -> ReservationView {
+        let lines = self
+            .request
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(index, line)| LineView {
+                sku: line.sku.clone(),
+                location: line.location.clone(),
+                quantity: line.quantity,
+                committed: self.committed.as_ref().map_or(0, |c| c[index]),
+                shipped: self.shipped[index],
+            })
+            .collect();
+        ReservationView {
+            id: self.request.id.clone(),
+            channel: self.request.channel.clone(),
+            state,
+            lines,
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            ended_at_ms: self.ended_at_ms,
+        }
+    }
+
+    fn current(&self) -> ReservationView {
+        self.view(self.state)
+    }
+
+    /// The answer the first Reserve got.
+    fn reserve_answer(&self) -> ReservationView {
+        let mut view = self.view(ReservationState::Held);
+        view.expires_at_ms = self.first_expires_at_ms;
+        view.ended_at_ms = 0;
+        for line in &mut view.lines {
+            line.committed = 0;
+            line.shipped = 0;
+        }
+        view
+    }
+
+    /// The answer the first Commit got.
+    fn commit_answer(&self) -> ReservationView {
+        let mut view = self.view(ReservationState::Committed);
+        view.ended_at_ms = 0;
+        for line in &mut view.lines {
+            line.shipped = 0;
+        }
+        view
+    }
+
+    /// Line ops grouped by the lines' shards.
+    fn line_ops(&self, make: impl Fn(Vec<(Sku, LocationId, i64)>) -> LineOp) -> Vec<(u32, LineOp)> {
+        let mut groups: Vec<(u32, Vec<(Sku, LocationId, i64)>)> = Vec::new();
+        for (index, line) in self.request.lines.iter().enumerate() {
+            let shard = shard_of(line.sku.as_str());
+            let quantity = self.committed.as_ref().map_or(line.quantity, |c| c[index]);
+            let entry = (line.sku.clone(), line.location.clone(), quantity);
+            match groups.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, lines)) => lines.push(entry),
+                None => groups.push((shard, vec![entry])),
+            }
+        }
+        groups.into_iter().map(|(shard, lines)| (shard, make(lines))).collect()
+    }
+
+    /// Per-line commit quantities for `lines` (a line not named commits all it holds).
+    fn commit_quantities(&self, lines: &[CommitLine]) -> Result<Vec<i64>, CoreError> {
+        let mut quantities: Vec<i64> = self.request.lines.iter().map(|l| l.quantity).collect();
+        let mut violations = Vec::new();
+        for (index, commit) in lines.iter().enumerate() {
+            let found = self
+                .request
+                .lines
+                .iter()
+                .position(|l| l.sku == commit.sku && l.location == commit.location);
+            let Some(line) = found else {
+                violations.push(FieldViolation::new(
+                    format!("lines[{index}]"),
+                    format!(
+                        "sku {} at {} is not on reservation {}",
+                        commit.sku, commit.location, self.request.id
+                    ),
+                ));
+                continue;
+            };
+            if lines[..index].iter().any(|c| c.sku == commit.sku && c.location == commit.location)
+            {
+                violations.push(FieldViolation::new(
+                    format!("lines[{index}]"),
+                    format!("sku {} at {} is named twice", commit.sku, commit.location),
+                ));
+            }
+            let held = self.request.lines[line].quantity;
+            if !(0..=held).contains(&commit.quantity) {
+                violations.push(FieldViolation::new(
+                    format!("lines[{index}].quantity"),
+                    format!("is {}; must be 0..={held} (the units held)", commit.quantity),
+                ));
+            }
+            quantities[line] = commit.quantity;
+        }
+        if violations.is_empty() && quantities.iter().all(|q| *q == 0) {
+            violations.push(FieldViolation::new(
+                "lines",
+                "would commit no units; use Release to free the reservation",
+            ));
+        }
+        if violations.is_empty() { Ok(quantities) } else { Err(CoreError::InvalidArgument(violations)) }
+    }
+}
+
+impl ShardState {
+    fn record(&self, id: &ReservationId) -> Result<&Record, CoreError> {
+        match self.records.get(id) {
+            None => Err(CoreError::NotFound(format!("reservation {id} not found"))),
+            Some(record) if record.state == ReservationState::Pending => Err(
+                CoreError::InProgress(format!("reservation {id} is being created; retry")),
+            ),
+            Some(record) => Ok(record),
+        }
+    }
+
+    fn end(&mut self, id: &ReservationId, state: ReservationState, now: i64) {
+        let retention_ms = self.settings.retention_ms;
+        let record = self.records.get_mut(id).expect("ending a reservation that exists");
+        record.state = state;
+        record.ended_at_ms = now;
+        self.schedule(now + retention_ms, Deadline::ForgetReservation(id.clone()));
+    }
+
+    /// Home side of Reserve: deduplicates by id, or records the reservation as pending.
+    pub fn begin_reserve(&mut self, request: &ReserveRequest, now: i64) -> Result<Begin, CoreError> {
+        let now = self.advance(now);
+        if let Some(record) = self.records.get(&request.id) {
+            if record.request != *request {
+                return Err(CoreError::AlreadyExists(format!(
+                    "reservation {} already exists with another payload",
+                    request.id
+                )));
+            }
+            if record.state == ReservationState::Pending {
+                return Err(CoreError::InProgress(format!(
+                    "reservation {} is being created; retry",
+                    request.id
+                )));
+            }
+            return Ok(Begin::Replay(record.reserve_answer()));
+        }
+        self.applied_sequence += 1;
+        let record = Record {
+            request: request.clone(),
+            state: ReservationState::Pending,
+            created_at_ms: now,
+            expires_at_ms: now + request.ttl_ms,
+            first_expires_at_ms: now + request.ttl_ms,
+            ended_at_ms: 0,
+            committed: None,
+            shipped: vec![0; request.lines.len()],
+        };
+        self.records.insert(request.id.clone(), record);
+        Ok(Begin::Started)
+    }
+
+    /// Home side, after the lines' shards answered: `held` = every line is held.
+    /// Returns the Reserve's answer when held; forgets the reservation otherwise.
+    pub fn finish_reserve(
+        &mut self,
+        id: &ReservationId,
+        held: bool,
+        now: i64,
+    ) -> Option<ReservationView> {
+        self.advance(now);
+        let record = self.records.get_mut(id)?;
+        if record.state != ReservationState::Pending {
+            return None;
+        }
+        self.applied_sequence += 1;
+        if !held {
+            self.records.remove(id);
+            return None;
+        }
+        record.state = ReservationState::Held;
+        let answer = record.reserve_answer();
+        let expires_at_ms = record.expires_at_ms;
+        self.schedule(expires_at_ms, Deadline::Expire(id.clone()));
+        Some(answer)
+    }
+
+    /// Commit: HELD → COMMITTED. Returns the answer and the line ops to apply.
+    pub fn commit(
+        &mut self,
+        id: &ReservationId,
+        lines: &[CommitLine],
+        now: i64,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let mut effects = self.tick(now);
+        let record = self.record(id)?;
+        let quantities = record.commit_quantities(lines)?;
+        match record.state {
+            ReservationState::Held => {}
+            ReservationState::Committed
+            | ReservationState::Cancelled
+            | ReservationState::Fulfilled => {
+                if record.committed.as_ref() == Some(&quantities) {
+                    return Ok((record.commit_answer(), effects));
+                }
+                return Err(CoreError::AlreadyExists(format!(
+                    "reservation {id} was already committed with other quantities"
+                )));
+            }
+            state => {
+                return Err(CoreError::WrongState {
+                    reservation_id: id.to_string(),
+                    state,
+                    operation: "commit",
+                });
+            }
+        }
+        self.applied_sequence += 1;
+        let record = self.records.get_mut(id).expect("record checked above");
+        record.state = ReservationState::Committed;
+        record.committed = Some(quantities);
+        let answer = record.commit_answer();
+        let request_id = id.clone();
+        effects.extend(
+            record.line_ops(|lines| LineOp::Commit { id: request_id.clone(), lines }),
+        );
+        Ok((answer, effects))
+    }
+
+    /// Release: HELD → RELEASED.
+    pub fn release(
+        &mut self,
+        id: &ReservationId,
+        now: i64,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let mut effects = self.tick(now);
+        let now = self.clock_ms;
+        let record = self.record(id)?;
+        match record.state {
+            ReservationState::Held => {}
+            ReservationState::Released => return Ok((record.current(), effects)),
+            state => {
+                return Err(CoreError::WrongState {
+                    reservation_id: id.to_string(),
+                    state,
+                    operation: "release",
+                });
+            }
+        }
+        self.applied_sequence += 1;
+        self.end(id, ReservationState::Released, now);
+        let record = &self.records[id];
+        let request_id = id.clone();
+        effects.extend(record.line_ops(|_| LineOp::Release {
+            id: request_id.clone(),
+            kind: LedgerKind::Release,
+        }));
+        Ok((record.current(), effects))
+    }
+
+    /// Cancel: COMMITTED → CANCELLED, freeing unshipped units.
+    pub fn cancel(
+        &mut self,
+        id: &ReservationId,
+        now: i64,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let mut effects = self.tick(now);
+        let now = self.clock_ms;
+        let record = self.record(id)?;
+        match record.state {
+            ReservationState::Committed => {}
+            ReservationState::Cancelled => return Ok((record.current(), effects)),
+            state => {
+                return Err(CoreError::WrongState {
+                    reservation_id: id.to_string(),
+                    state,
+                    operation: "cancel",
+                });
+            }
+        }
+        self.applied_sequence += 1;
+        self.end(id, ReservationState::Cancelled, now);
+        let record = &self.records[id];
+        let request_id = id.clone();
+        effects.extend(record.line_ops(|_| LineOp::Cancel { id: request_id.clone() }));
+        Ok((record.current(), effects))
+    }
+
+    /// Extend: moves a HELD reservation's expiry to `now + ttl_ms`.
+    pub fn extend(
+        &mut self,
+        id: &ReservationId,
+        ttl_ms: i64,
+        now: i64,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let effects = self.tick(now);
+        let now = self.clock_ms;
+        let record = self.record(id)?;
+        if record.state != ReservationState::Held {
+            return Err(CoreError::WrongState {
+                reservation_id: id.to_string(),
+                state: record.state,
+                operation: "extend",
+            });
+        }
+        self.applied_sequence += 1;
+        let record = self.records.get_mut(id).expect("record checked above");
+        record.expires_at_ms = now + ttl_ms;
+        let view = record.current();
+        self.schedule(now + ttl_ms, Deadline::Expire(id.clone()));
+        Ok((view, effects))
+    }
+
+    /// The reservation as it stands.
+    pub fn get(&self, id: &ReservationId) -> Result<ReservationView, CoreError> {
+        self.record(id).map(Record::current)
+    }
+
+    /// A line's shard reports the units shipped so far for one line; the
+    /// reservation becomes FULFILLED when every committed unit has shipped.
+    pub fn note_shipped(&mut self, notice: &super::ShipNotice, now: i64) {
+        let now = self.advance(now);
+        let Some(record) = self.records.get_mut(&notice.reservation) else { return };
+        let Some(index) = record
+            .request
+            .lines
+            .iter()
+            .position(|l| l.sku == notice.sku && l.location == notice.location)
+        else {
+            return;
+        };
+        record.shipped[index] = record.shipped[index].max(notice.shipped_total);
+        let all_shipped = record
+            .committed
+            .as_ref()
+            .is_some_and(|c| c.iter().zip(&record.shipped).all(|(c, s)| s >= c));
+        if record.state == ReservationState::Committed && all_shipped {
+            self.applied_sequence += 1;
+            self.end(&notice.reservation, ReservationState::Fulfilled, now);
+        }
+    }
+
+    pub(super) fn expire(&mut self, id: &ReservationId, now: i64) -> Vec<(u32, LineOp)> {
+        let Some(record) = self.records.get(id) else { return Vec::new() };
+        if record.state != ReservationState::Held || record.expires_at_ms > now {
+            return Vec::new();
+        }
+        self.applied_sequence += 1;
+        self.end(id, ReservationState::Expired, now);
+        let request_id = id.clone();
+        self.records[id]
+            .line_ops(|_| LineOp::Release { id: request_id.clone(), kind: LedgerKind::Expire })
+    }
+
+    pub(super) fn forget_reservation(&mut self, id: &ReservationId, now: i64) {
+        let retention_ms = self.settings.retention_ms;
+        let due = self
+            .records
+            .get(id)
+            .is_some_and(|r| r.state.is_final() && r.ended_at_ms + retention_ms <= now);
+        if due {
+            self.records.remove(id);
+        }
+    }
+}

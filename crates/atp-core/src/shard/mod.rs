@@ -1,0 +1,296 @@
+//! The state machine of one virtual shard: positions of its SKUs, line holds,
+//! the reservation records whose home it is, stock event ids, and the ledger.
+//!
+//! Pure and synchronous: every method takes `now` (ms since the epoch) and the
+//! configuration snapshot it needs. Time never goes backwards inside a shard:
+//! an earlier `now` is treated as the latest one seen (clock jumps are safe).
+//!
+//! A reservation's record lives on its home shard (`shard_of(id)`); its lines
+//! are held on the SKUs' shards. Methods that change a record return the
+//! [`LineOp`]s the lines' shards must apply; the caller delivers them.
+
+mod home;
+mod lines;
+mod stock;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+use crate::catalog::Catalog;
+use crate::ids::{EventId, LocationId, ReservationId, Sku};
+use crate::ledger::{LedgerEntry, LedgerKind};
+use crate::position::{Deltas, Position};
+
+pub use home::Begin;
+pub use lines::LineOp;
+pub use stock::{EventApplied, ShipNotice};
+
+/// Tunables of a shard, with the defaults of a fresh node.
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    /// How long an ended reservation's id (and a stock event's id) is remembered.
+    pub retention_ms: i64,
+    /// Ledger entries kept in memory per shard (oldest dropped first); 0 = unbounded.
+    pub ledger_capacity: usize,
+    /// How far back a count's `as_of` may reach (movements are kept this long).
+    pub count_window_ms: i64,
+    /// Movements kept per position for counts (oldest dropped first).
+    pub movements_per_position: usize,
+}
+
+impl Default for ShardSettings {
+    fn default() -> Self {
+        Self {
+            retention_ms: 24 * 60 * 60 * 1000,
+            ledger_capacity: 4096,
+            count_window_ms: 24 * 60 * 60 * 1000,
+            movements_per_position: 10_000,
+        }
+    }
+}
+
+/// How far in the future a count's `as_of` may be (clock skew allowance).
+pub const MAX_COUNT_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// One position and what counts need to know about its past.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PositionState {
+    pub(crate) position: Position,
+    /// (applied at ms, on_hand delta) of non-count movements, oldest first.
+    pub(crate) movements: VecDeque<(i64, i64)>,
+    /// Movements before this time were dropped; counts before it are refused.
+    pub(crate) movements_complete_since: i64,
+    /// `as_of` of the latest count applied.
+    pub(crate) last_count_as_of: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    Expire(ReservationId),
+    ForgetReservation(ReservationId),
+    ForgetEvent(EventId),
+}
+
+/// Counters shown by the admin API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// SKUs with at least one position.
+    pub sku_count: u64,
+    /// Positions.
+    pub position_count: u64,
+    /// Line holds of HELD reservations on this shard.
+    pub open_holds: u64,
+    /// Reservation records whose home is this shard.
+    pub reservation_count: u64,
+    /// State-changing operations applied so far.
+    pub last_applied_sequence: u64,
+}
+
+/// State of one virtual shard.
+#[derive(Debug)]
+pub struct ShardState {
+    shard: u32,
+    epoch: u64,
+    settings: ShardSettings,
+    positions: HashMap<Sku, BTreeMap<LocationId, PositionState>>,
+    holds: HashMap<ReservationId, lines::LineHolds>,
+    records: HashMap<ReservationId, home::Record>,
+    events: HashMap<EventId, stock::EventMemo>,
+    ledger: VecDeque<LedgerEntry>,
+    ledger_sequence: u64,
+    applied_sequence: u64,
+    clock_ms: i64,
+    deadlines: BinaryHeap<Reverse<(i64, Deadline)>>,
+}
+
+impl ShardState {
+    /// An empty shard.
+    pub fn new(shard: u32, epoch: u64, settings: ShardSettings) -> Self {
+        Self {
+            shard,
+            epoch,
+            settings,
+            positions: HashMap::new(),
+            holds: HashMap::new(),
+            records: HashMap::new(),
+            events: HashMap::new(),
+            ledger: VecDeque::new(),
+            ledger_sequence: 0,
+            applied_sequence: 0,
+            clock_ms: i64::MIN,
+            deadlines: BinaryHeap::new(),
+        }
+    }
+
+    /// The shard number.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// The ownership epoch (1 on a single node).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Admin counters.
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            sku_count: self.positions.len() as u64,
+            position_count: self.positions.values().map(|m| m.len() as u64).sum(),
+            open_holds: self.holds.values().filter(|h| h.is_held()).count() as u64,
+            reservation_count: self.records.len() as u64,
+            last_applied_sequence: self.applied_sequence,
+        }
+    }
+
+    /// The positions of `sku` (empty if none).
+    pub fn positions_of(&self, sku: &Sku) -> BTreeMap<LocationId, Position> {
+        self.positions
+            .get(sku)
+            .map(|by_location| {
+                by_location
+                    .iter()
+                    .map(|(location, state)| (location.clone(), state.position.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every position of the shard, for checks and tests.
+    pub fn all_positions(&self) -> Vec<(Sku, LocationId, Position)> {
+        let mut all = Vec::new();
+        for (sku, by_location) in &self.positions {
+            for (location, state) in by_location {
+                all.push((sku.clone(), location.clone(), state.position.clone()));
+            }
+        }
+        all
+    }
+
+    /// Ledger entries of `sku` (optionally one location), oldest first, at most `limit` newest.
+    pub fn ledger(&self, sku: &Sku, location: Option<&LocationId>, limit: usize) -> Vec<LedgerEntry> {
+        let mut entries: Vec<LedgerEntry> = self
+            .ledger
+            .iter()
+            .rev()
+            .filter(|e| &e.sku == sku && location.is_none_or(|l| &e.location == l))
+            .take(limit)
+            .cloned()
+            .collect();
+        entries.reverse();
+        entries
+    }
+
+    /// The whole in-memory ledger, oldest first.
+    pub fn ledger_entries(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.ledger.iter()
+    }
+
+    /// When the shard next needs [`ShardState::tick`], if ever.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Advances the shard's clock: expires holds whose TTL passed and forgets
+    /// ids past their retention. Returns the line releases to deliver.
+    pub fn tick(&mut self, now: i64) -> Vec<(u32, LineOp)> {
+        let now = self.advance(now);
+        let mut effects = Vec::new();
+        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, deadline))) = self.deadlines.pop() else { break };
+            match deadline {
+                Deadline::Expire(id) => effects.extend(self.expire(&id, now)),
+                Deadline::ForgetReservation(id) => self.forget_reservation(&id, now),
+                Deadline::ForgetEvent(id) => self.forget_event(&id, now),
+            }
+        }
+        effects
+    }
+
+    fn advance(&mut self, now: i64) -> i64 {
+        self.clock_ms = self.clock_ms.max(now);
+        self.clock_ms
+    }
+
+    fn schedule(&mut self, at: i64, deadline: Deadline) {
+        self.deadlines.push(Reverse((at, deadline)));
+    }
+
+    fn position_mut(&mut self, sku: &Sku, location: &LocationId) -> &mut PositionState {
+        self.positions.entry(sku.clone()).or_default().entry(location.clone()).or_default()
+    }
+
+    fn position(&self, sku: &Sku, location: &LocationId) -> Position {
+        self.positions
+            .get(sku)
+            .and_then(|m| m.get(location))
+            .map(|state| state.position.clone())
+            .unwrap_or_default()
+    }
+
+    /// Applies `deltas` to a position and records the ledger entry.
+    /// `movement` marks on_hand changes that later counts must add back.
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &mut self,
+        sku: &Sku,
+        location: &LocationId,
+        cause: &str,
+        kind: LedgerKind,
+        deltas: Deltas,
+        movement: bool,
+        now: i64,
+    ) {
+        if deltas.is_zero() {
+            return;
+        }
+        let movements_per_position = self.settings.movements_per_position;
+        let count_window_ms = self.settings.count_window_ms;
+        let state = self.position_mut(sku, location);
+        let position = &mut state.position;
+        position.on_hand += deltas.on_hand;
+        position.reserved += deltas.reserved;
+        position.committed += deltas.committed;
+        position.unavailable += deltas.unavailable;
+        assert!(position.reserved >= 0, "reserved went negative at {sku}/{location}");
+        assert!(position.committed >= 0, "committed went negative at {sku}/{location}");
+        assert!(position.unavailable >= 0, "unavailable went negative at {sku}/{location}");
+        if movement && deltas.on_hand != 0 {
+            state.movements.push_back((now, deltas.on_hand));
+        }
+        while state.movements.front().is_some_and(|(at, _)| *at < now - count_window_ms)
+            || state.movements.len() > movements_per_position
+        {
+            if let Some((at, _)) = state.movements.pop_front() {
+                state.movements_complete_since = state.movements_complete_since.max(at);
+            }
+        }
+        let position = state.position.clone();
+        self.ledger_sequence += 1;
+        let entry = LedgerEntry {
+            sequence: self.ledger_sequence,
+            at_ms: now,
+            sku: sku.clone(),
+            location: location.clone(),
+            cause: cause.to_owned(),
+            kind,
+            deltas,
+            on_hand: position.on_hand,
+            reserved: position.reserved,
+            committed: position.committed,
+            unavailable: position.unavailable,
+            incoming: position.incoming_total(),
+        };
+        self.ledger.push_back(entry);
+        if self.settings.ledger_capacity > 0 && self.ledger.len() > self.settings.ledger_capacity {
+            self.ledger.pop_front();
+        }
+    }
+
+    fn safety(&self, catalog: &Catalog, location: &LocationId) -> i64 {
+        catalog.safety_stock(location)
+    }
+}
