@@ -14,7 +14,7 @@ mod lines;
 mod stock;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use crate::catalog::Catalog;
 use crate::ids::{EventId, LocationId, ReservationId, Sku};
@@ -101,6 +101,7 @@ pub struct ShardState {
     applied_sequence: u64,
     clock_ms: i64,
     deadlines: BinaryHeap<Reverse<(i64, Deadline)>>,
+    dirty: HashSet<Sku>,
 }
 
 impl ShardState {
@@ -119,6 +120,7 @@ impl ShardState {
             applied_sequence: 0,
             clock_ms: i64::MIN,
             deadlines: BinaryHeap::new(),
+            dirty: HashSet::new(),
         }
     }
 
@@ -154,6 +156,11 @@ impl ShardState {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// SKUs whose positions changed since the last call (for publishing a read view).
+    pub fn take_dirty_skus(&mut self) -> Vec<Sku> {
+        self.dirty.drain().collect()
     }
 
     /// Every position of the shard, for checks and tests.
@@ -246,6 +253,9 @@ impl ShardState {
     ) {
         if deltas.is_zero() {
             return;
+        }
+        if !self.dirty.contains(sku) {
+            self.dirty.insert(sku.clone());
         }
         let movements_per_position = self.settings.movements_per_position;
         let count_window_ms = self.settings.count_window_ms;

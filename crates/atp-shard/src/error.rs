@@ -1,0 +1,20 @@
+//! Errors of the node layer.
+
+use atp_core::CoreError;
+
+/// Why a node refused or failed a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The domain refused the request.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// A shard's mailbox is full; retry later.
+    #[error("shard {shard} is overloaded (mailbox full); retry later")]
+    Overloaded {
+        /// The shard.
+        shard: u32,
+    },
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
