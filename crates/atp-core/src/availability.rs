@@ -95,7 +95,9 @@ pub fn sku_availability(
     let locations = if location_filter.is_empty() {
         positions
             .iter()
-            .map(|(location, p)| LocationAvailability::of(location, p, catalog.safety_stock(location)))
+            .map(|(location, p)| {
+                LocationAvailability::of(location, p, catalog.safety_stock(location))
+            })
             .collect()
     } else {
         location_filter

@@ -155,7 +155,10 @@ impl Catalog {
         if channel.locations.len() > MAX_LOCATIONS_PER_CHANNEL {
             violations.push(FieldViolation::new(
                 "channel.location_ids",
-                format!("has {}; the limit is {MAX_LOCATIONS_PER_CHANNEL}", channel.locations.len()),
+                format!(
+                    "has {}; the limit is {MAX_LOCATIONS_PER_CHANNEL}",
+                    channel.locations.len()
+                ),
             ));
         }
         for (index, location) in channel.locations.iter().enumerate() {

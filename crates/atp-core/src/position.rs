@@ -79,8 +79,13 @@ mod tests {
 
     #[test]
     fn atp_and_shortfall() {
-        let position =
-            Position { on_hand: 10, reserved: 3, committed: 2, unavailable: 1, ..Default::default() };
+        let position = Position {
+            on_hand: 10,
+            reserved: 3,
+            committed: 2,
+            unavailable: 1,
+            ..Default::default()
+        };
         assert_eq!(position.atp(2), 2);
         assert_eq!(position.shortfall(2), 0);
         assert_eq!(position.atp(6), 0);

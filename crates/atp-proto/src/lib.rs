@@ -1,7 +1,40 @@
-//! Generated code for `atp.v1`.
+//! The edge between gRPC and the domain: the generated `atp.v1` code, the
+//! conversions to and from `atp-core` types, and the one error table.
+//!
+//! This is the only crate that sees generated code (besides the services that
+//! implement its traits). Everything that crosses it is checked here:
+//!
+//! - [`requests`]: request messages → validated domain values. Every bad field
+//!   is collected (not just the first) as a [`atp_core::FieldViolation`] whose
+//!   path names it (`lines[3].quantity`, `events[2].received.quantity`), and the
+//!   whole request is refused with [`atp_core::CoreError::InvalidArgument`].
+//!   Counts are checked before items, so a request with 10,000 lines costs one
+//!   comparison.
+//! - [`replies`]: domain values → reply messages (`From` impls).
+//! - [`status`]: [`status::status_of`], the exhaustive table from
+//!   [`atp_core::CoreError`] to [`tonic::Status`] with `google.rpc` details.
+
+pub mod replies;
+pub mod requests;
+pub mod status;
+
+pub use status::status_of;
+
+/// Generated messages, clients and servers of package `atp.v1`
+/// (`proto/atp/v1/*.proto`).
 pub mod v1 {
-    #![allow(missing_docs, clippy::all)]
+    // Generated code, not ours to lint. Its docs are the proto comments,
+    // written for proto readers, not rustdoc: a `[a, b]` or `<id>` or a bare
+    // URL in a future comment must not break `cargo doc -D warnings`.
+    #![allow(
+        missing_docs,
+        clippy::all,
+        rustdoc::broken_intra_doc_links,
+        rustdoc::invalid_html_tags,
+        rustdoc::bare_urls
+    )]
     tonic::include_proto!("atp.v1");
-    /// Encoded file descriptor set for server reflection.
+
+    /// Encoded file descriptor set of `atp.v1`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("atp_v1_descriptor");
 }

@@ -150,7 +150,11 @@ impl Node {
     }
 
     /// Moves a HELD reservation's expiry to now + `ttl_ms`.
-    pub async fn extend(&self, id: ReservationId, ttl_ms: i64) -> Result<ReservationView, NodeError> {
+    pub async fn extend(
+        &self,
+        id: ReservationId,
+        ttl_ms: i64,
+    ) -> Result<ReservationView, NodeError> {
         let home = shard_of(id.as_str());
         self.home_then_lines(home, move |state, _, now| state.extend(&id, ttl_ms, now)).await
     }
@@ -165,7 +169,11 @@ impl Node {
     /// before answering, so the caller's next read sees them.
     async fn home_then_lines<F>(&self, home: u32, work: F) -> Result<ReservationView, NodeError>
     where
-        F: FnOnce(&mut ShardState, &Catalog, i64) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError>
+        F: FnOnce(
+                &mut ShardState,
+                &Catalog,
+                i64,
+            ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError>
             + Send
             + 'static,
     {
@@ -222,7 +230,15 @@ impl Node {
                 let positions = self.shared.view.get(sku).map(|entry| Arc::clone(entry.value()));
                 let positions = positions.as_deref().unwrap_or(&empty);
                 let shard = shard_of(sku.as_str());
-                sku_availability(sku, shard, SINGLE_NODE_EPOCH, positions, &catalog, locations, channels)
+                sku_availability(
+                    sku,
+                    shard,
+                    SINGLE_NODE_EPOCH,
+                    positions,
+                    &catalog,
+                    locations,
+                    channels,
+                )
             })
             .collect())
     }
@@ -361,8 +377,10 @@ async fn reserve(shared: &Shared, request: ReserveRequest) -> Result<Reservation
     let mut rollback = Vec::new();
     for ((shard, _), outcome) in groups.iter().zip(holds) {
         match outcome {
-            Ok(Ok(())) => rollback
-                .push((*shard, LineOp::Release { id: request.id.clone(), kind: LedgerKind::Abort })),
+            Ok(Ok(())) => rollback.push((
+                *shard,
+                LineOp::Release { id: request.id.clone(), kind: LedgerKind::Abort },
+            )),
             Ok(Err(error)) => failure = failure.or(Some(NodeError::Core(error))),
             Err(error) => failure = failure.or(Some(error)),
         }
@@ -402,7 +420,8 @@ async fn apply_events(
         (indexes, outcome)
     }))
     .await;
-    let mut results: Vec<Option<Result<EventApplied, NodeError>>> = (0..count).map(|_| None).collect();
+    let mut results: Vec<Option<Result<EventApplied, NodeError>>> =
+        (0..count).map(|_| None).collect();
     for (indexes, outcome) in batches {
         match outcome {
             Ok(answers) => {

@@ -72,7 +72,11 @@ fn reserve_request(id: &str, lines: &[(&str, i64)], ttl_ms: i64) -> ReserveReque
         channel: ChannelId::parse("channel", "web").expect("valid"),
         lines: lines
             .iter()
-            .map(|(s, quantity)| ReserveLine { sku: sku(s), location: loc("dc-1"), quantity: *quantity })
+            .map(|(s, quantity)| ReserveLine {
+                sku: sku(s),
+                location: loc("dc-1"),
+                quantity: *quantity,
+            })
             .collect(),
         ttl_ms,
     }
@@ -124,7 +128,10 @@ async fn extend_moves_the_expiry() {
     let view = node.extend(rid("r-1"), 10_000).await.expect("extended");
     assert_eq!(view.expires_at_ms, START_MS + 14_000);
     tokio::time::sleep(Duration::from_millis(9_000)).await;
-    assert_eq!(node.get_reservation(rid("r-1")).await.expect("found").state, ReservationState::Held);
+    assert_eq!(
+        node.get_reservation(rid("r-1")).await.expect("found").state,
+        ReservationState::Held
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(
         node.get_reservation(rid("r-1")).await.expect("found").state,
@@ -160,7 +167,11 @@ async fn a_multi_shard_reserve_short_on_one_line_holds_nothing() {
     let view = node
         .commit(
             rid("r-multi"),
-            vec![atp_core::reservation::CommitLine { sku: sku(&a), location: loc("dc-1"), quantity: 3 }],
+            vec![atp_core::reservation::CommitLine {
+                sku: sku(&a),
+                location: loc("dc-1"),
+                quantity: 3,
+            }],
         )
         .await
         .expect("committed");
@@ -180,8 +191,10 @@ async fn a_full_mailbox_is_overloaded_at_once() {
     let outcomes = join_all(calls).await;
     let overloaded =
         outcomes.iter().filter(|o| matches!(o, Err(NodeError::Overloaded { .. }))).count();
-    let answered =
-        outcomes.iter().filter(|o| matches!(o, Err(NodeError::Core(CoreError::NotFound(_))))).count();
+    let answered = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(NodeError::Core(CoreError::NotFound(_)))))
+        .count();
     assert_eq!(answered + overloaded, 20);
     assert!(overloaded >= 1, "a full mailbox must refuse at once");
     assert!(answered >= 1);

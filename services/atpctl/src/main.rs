@@ -1,1 +1,39 @@
-fn main() {}
+//! `atpctl`: the operator CLI for atp.
+//!
+//! One subcommand per gRPC call of `atp.v1` (reservations, availability, stock
+//! events, locations and channels, shards and the ledger), plus two bulk tools:
+//! `config apply` (a declarative TOML file of locations and channels, see
+//! [`config_file`]) and `import` (initial stock from a CSV of counts, see
+//! [`import_file`]). Output is an aligned table, or JSON with `--json`.
+//!
+//! Errors print the gRPC code, the message and any `google.rpc` details (field
+//! violations first) on stderr, and the process exits with status 1.
+
+// A CLI's job is to print to stdout; the workspace lint is meant for libraries.
+#![allow(clippy::print_stdout)]
+
+mod cli;
+mod client;
+mod commands;
+mod config_file;
+mod format;
+mod import_file;
+mod line;
+mod status;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("{}", status::describe_error(&error));
+            ExitCode::FAILURE
+        }
+    }
+}

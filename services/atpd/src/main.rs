@@ -1,1 +1,109 @@
-fn main() {}
+//! `atpd`: one atp node serving the `atp.v1` gRPC API.
+//!
+//! Loads the [`config::Config`] (optional TOML file from `--config` or
+//! `ATP_CONFIG`, then `ATP_<KEY>` variables), starts logging to stderr, starts
+//! the node's shard actors and serves until SIGTERM or Ctrl-C; then it stops
+//! accepting, lets requests in flight finish, stops the node and exits 0.
+//!
+//! Once it accepts connections it prints `atpd listening on IP:PORT` on
+//! stderr, whatever the log filter, so scripts and tests can find the port
+//! when `listen_addr` asks for port 0.
+
+mod config;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use atp_shard::{Clock, Node};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{CONFIG_FILE_ENV, Config};
+
+/// Command line: everything else is configuration (file or environment).
+#[derive(Debug, Parser)]
+#[command(name = "atpd", version, about = "An atp node: available-to-promise over gRPC.")]
+struct Cli {
+    /// TOML configuration file (keys in docs/CONFIGURATION.md); `ATP_<KEY>`
+    /// environment variables override it.
+    #[arg(long, value_name = "FILE", env = CONFIG_FILE_ENV)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("atpd: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&loaded.config.log);
+    for variable in &loaded.unknown_variables {
+        tracing::warn!(%variable, "ignoring an environment variable that names no config key");
+    }
+    match run(loaded.config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "atpd failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` wins over the `log` key (checked at load).
+fn init_logging(log: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.is_empty())
+        .and_then(|value| EnvFilter::try_new(value).ok())
+        .unwrap_or_else(|| EnvFilter::new(log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    // Install the handlers before serving, so an early SIGTERM is not lost.
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+            _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        }
+    };
+
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", config.listen_addr))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    let node = Node::start(config.node_config(), Clock::system());
+    tracing::info!(
+        %address,
+        node = %config.node_name,
+        mailbox_capacity = config.mailbox_capacity,
+        batch_max = config.batch_max,
+        reservation_ttl_default_s = config.reservation_ttl_default_s,
+        max_concurrent_requests = config.max_concurrent_requests,
+        request_timeout_ms = config.request_timeout_ms,
+        "atpd started"
+    );
+    // The readiness line scripts and tests wait for; printed whatever the log filter.
+    eprintln!("atpd listening on {address}");
+
+    let served = atp_server::serve(node.clone(), listener, config.server_config(), shutdown).await;
+    node.shutdown();
+    served.context("serving gRPC")?;
+    tracing::info!("atpd stopped");
+    Ok(())
+}

@@ -1,14 +1,13 @@
 //! Reservation records on their home shard: the authority for a reservation's
 //! state. Lines' shards only apply what the home decided.
 
+use super::lines::LineQuantity;
 use super::{Deadline, LineOp, ShardState};
 use crate::error::{CoreError, FieldViolation};
 use crate::hash::shard_of;
-use crate::ids::{LocationId, ReservationId, Sku};
+use crate::ids::ReservationId;
 use crate::ledger::LedgerKind;
-use crate::reservation::{
-    CommitLine, LineView, ReservationState, ReservationView, ReserveRequest,
-};
+use crate::reservation::{CommitLine, LineView, ReservationState, ReservationView, ReserveRequest};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Record {
@@ -86,8 +85,8 @@ impl Record {
     }
 
     /// Line ops grouped by the lines' shards.
-    fn line_ops(&self, make: impl Fn(Vec<(Sku, LocationId, i64)>) -> LineOp) -> Vec<(u32, LineOp)> {
-        let mut groups: Vec<(u32, Vec<(Sku, LocationId, i64)>)> = Vec::new();
+    fn line_ops(&self, make: impl Fn(Vec<LineQuantity>) -> LineOp) -> Vec<(u32, LineOp)> {
+        let mut groups: Vec<(u32, Vec<LineQuantity>)> = Vec::new();
         for (index, line) in self.request.lines.iter().enumerate() {
             let shard = shard_of(line.sku.as_str());
             let quantity = self.committed.as_ref().map_or(line.quantity, |c| c[index]);
@@ -120,8 +119,7 @@ impl Record {
                 ));
                 continue;
             };
-            if lines[..index].iter().any(|c| c.sku == commit.sku && c.location == commit.location)
-            {
+            if lines[..index].iter().any(|c| c.sku == commit.sku && c.location == commit.location) {
                 violations.push(FieldViolation::new(
                     format!("lines[{index}]"),
                     format!("sku {} at {} is named twice", commit.sku, commit.location),
@@ -142,7 +140,11 @@ impl Record {
                 "would commit no units; use Release to free the reservation",
             ));
         }
-        if violations.is_empty() { Ok(quantities) } else { Err(CoreError::InvalidArgument(violations)) }
+        if violations.is_empty() {
+            Ok(quantities)
+        } else {
+            Err(CoreError::InvalidArgument(violations))
+        }
     }
 }
 
@@ -150,9 +152,9 @@ impl ShardState {
     fn record(&self, id: &ReservationId) -> Result<&Record, CoreError> {
         match self.records.get(id) {
             None => Err(CoreError::NotFound(format!("reservation {id} not found"))),
-            Some(record) if record.state == ReservationState::Pending => Err(
-                CoreError::InProgress(format!("reservation {id} is being created; retry")),
-            ),
+            Some(record) if record.state == ReservationState::Pending => {
+                Err(CoreError::InProgress(format!("reservation {id} is being created; retry")))
+            }
             Some(record) => Ok(record),
         }
     }
@@ -166,7 +168,11 @@ impl ShardState {
     }
 
     /// Home side of Reserve: deduplicates by id, or records the reservation as pending.
-    pub fn begin_reserve(&mut self, request: &ReserveRequest, now: i64) -> Result<Begin, CoreError> {
+    pub fn begin_reserve(
+        &mut self,
+        request: &ReserveRequest,
+        now: i64,
+    ) -> Result<Begin, CoreError> {
         let now = self.advance(now);
         if let Some(record) = self.records.get(&request.id) {
             if record.request != *request {
@@ -223,6 +229,27 @@ impl ShardState {
         Some(answer)
     }
 
+    /// Ticks to `now`, then runs a home-side request. The tick's line ops go
+    /// out with the request's; if the request fails they are kept for the next
+    /// [`ShardState::tick`], so a refused request never loses an expiry's releases.
+    fn after_tick(
+        &mut self,
+        now: i64,
+        request: impl FnOnce(&mut Self) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError>,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let mut effects = self.tick(now);
+        match request(self) {
+            Ok((view, ops)) => {
+                effects.extend(ops);
+                Ok((view, effects))
+            }
+            Err(error) => {
+                self.undelivered.extend(effects);
+                Err(error)
+            }
+        }
+    }
+
     /// Commit: HELD → COMMITTED. Returns the answer and the line ops to apply.
     pub fn commit(
         &mut self,
@@ -230,7 +257,15 @@ impl ShardState {
         lines: &[CommitLine],
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
-        let mut effects = self.tick(now);
+        self.after_tick(now, |state| state.commit_ticked(id, lines))
+    }
+
+    fn commit_ticked(
+        &mut self,
+        id: &ReservationId,
+        lines: &[CommitLine],
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let mut effects = Vec::new();
         let record = self.record(id)?;
         let quantities = record.commit_quantities(lines)?;
         match record.state {
@@ -259,9 +294,7 @@ impl ShardState {
         record.committed = Some(quantities);
         let answer = record.commit_answer();
         let request_id = id.clone();
-        effects.extend(
-            record.line_ops(|lines| LineOp::Commit { id: request_id.clone(), lines }),
-        );
+        effects.extend(record.line_ops(|lines| LineOp::Commit { id: request_id.clone(), lines }));
         Ok((answer, effects))
     }
 
@@ -271,7 +304,14 @@ impl ShardState {
         id: &ReservationId,
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
-        let mut effects = self.tick(now);
+        self.after_tick(now, |state| state.release_ticked(id))
+    }
+
+    fn release_ticked(
+        &mut self,
+        id: &ReservationId,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let mut effects = Vec::new();
         let now = self.clock_ms;
         let record = self.record(id)?;
         match record.state {
@@ -289,10 +329,12 @@ impl ShardState {
         self.end(id, ReservationState::Released, now);
         let record = &self.records[id];
         let request_id = id.clone();
-        effects.extend(record.line_ops(|_| LineOp::Release {
-            id: request_id.clone(),
-            kind: LedgerKind::Release,
-        }));
+        effects.extend(
+            record.line_ops(|_| LineOp::Release {
+                id: request_id.clone(),
+                kind: LedgerKind::Release,
+            }),
+        );
         Ok((record.current(), effects))
     }
 
@@ -302,7 +344,14 @@ impl ShardState {
         id: &ReservationId,
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
-        let mut effects = self.tick(now);
+        self.after_tick(now, |state| state.cancel_ticked(id))
+    }
+
+    fn cancel_ticked(
+        &mut self,
+        id: &ReservationId,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let mut effects = Vec::new();
         let now = self.clock_ms;
         let record = self.record(id)?;
         match record.state {
@@ -331,7 +380,15 @@ impl ShardState {
         ttl_ms: i64,
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
-        let effects = self.tick(now);
+        self.after_tick(now, |state| state.extend_ticked(id, ttl_ms))
+    }
+
+    fn extend_ticked(
+        &mut self,
+        id: &ReservationId,
+        ttl_ms: i64,
+    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        let effects = Vec::new();
         let now = self.clock_ms;
         let record = self.record(id)?;
         if record.state != ReservationState::Held {

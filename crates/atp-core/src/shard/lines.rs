@@ -11,6 +11,9 @@ use crate::ledger::LedgerKind;
 use crate::position::Deltas;
 use crate::reservation::ReserveLine;
 
+/// (sku, location, units) for one line of a reservation.
+pub type LineQuantity = (Sku, LocationId, i64);
+
 /// What a home shard asks a line's shard to do. Every op is idempotent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LineOp {
@@ -35,7 +38,7 @@ pub enum LineOp {
         /// The reservation.
         id: ReservationId,
         /// (sku, location, units committed) for each line on this shard.
-        lines: Vec<(Sku, LocationId, i64)>,
+        lines: Vec<LineQuantity>,
     },
     /// Free committed units not yet shipped.
     Cancel {
@@ -67,7 +70,12 @@ impl LineHolds {
 
 impl ShardState {
     /// Applies a line op. Only `Hold` can fail; a failed hold changes nothing.
-    pub fn apply_line_op(&mut self, op: &LineOp, catalog: &Catalog, now: i64) -> Result<(), CoreError> {
+    pub fn apply_line_op(
+        &mut self,
+        op: &LineOp,
+        catalog: &Catalog,
+        now: i64,
+    ) -> Result<(), CoreError> {
         let now = self.advance(now);
         match op {
             LineOp::Hold { id, channel, lines } => self.hold(id, channel, lines, catalog, now),

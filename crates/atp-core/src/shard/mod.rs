@@ -22,7 +22,7 @@ use crate::ledger::{LedgerEntry, LedgerKind};
 use crate::position::{Deltas, Position};
 
 pub use home::Begin;
-pub use lines::LineOp;
+pub use lines::{LineOp, LineQuantity};
 pub use stock::{EventApplied, ShipNotice};
 
 /// Tunables of a shard, with the defaults of a fresh node.
@@ -101,6 +101,8 @@ pub struct ShardState {
     applied_sequence: u64,
     clock_ms: i64,
     deadlines: BinaryHeap<Reverse<(i64, Deadline)>>,
+    /// Line ops of a tick inside a request that then failed; the next tick returns them.
+    undelivered: Vec<(u32, LineOp)>,
     dirty: HashSet<Sku>,
 }
 
@@ -120,6 +122,7 @@ impl ShardState {
             applied_sequence: 0,
             clock_ms: i64::MIN,
             deadlines: BinaryHeap::new(),
+            undelivered: Vec::new(),
             dirty: HashSet::new(),
         }
     }
@@ -175,7 +178,12 @@ impl ShardState {
     }
 
     /// Ledger entries of `sku` (optionally one location), oldest first, at most `limit` newest.
-    pub fn ledger(&self, sku: &Sku, location: Option<&LocationId>, limit: usize) -> Vec<LedgerEntry> {
+    pub fn ledger(
+        &self,
+        sku: &Sku,
+        location: Option<&LocationId>,
+        limit: usize,
+    ) -> Vec<LedgerEntry> {
         let mut entries: Vec<LedgerEntry> = self
             .ledger
             .iter()
@@ -195,6 +203,9 @@ impl ShardState {
 
     /// When the shard next needs [`ShardState::tick`], if ever.
     pub fn next_deadline(&self) -> Option<i64> {
+        if !self.undelivered.is_empty() {
+            return Some(self.clock_ms);
+        }
         self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
@@ -202,7 +213,7 @@ impl ShardState {
     /// ids past their retention. Returns the line releases to deliver.
     pub fn tick(&mut self, now: i64) -> Vec<(u32, LineOp)> {
         let now = self.advance(now);
-        let mut effects = Vec::new();
+        let mut effects = std::mem::take(&mut self.undelivered);
         while let Some(Reverse((at, _))) = self.deadlines.peek() {
             if *at > now {
                 break;

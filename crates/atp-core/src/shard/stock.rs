@@ -61,12 +61,17 @@ impl ShardState {
                     event.id
                 )));
             }
-            return Ok(EventApplied { position: memo.position.clone(), duplicate: true, notice: None });
+            return Ok(EventApplied {
+                position: memo.position.clone(),
+                duplicate: true,
+                notice: None,
+            });
         }
         let (sku, location) = (&event.sku, &event.location);
         let cause = event.id.to_string();
         let kind = LedgerKind::Event(event.kind.name());
-        let state = self.positions.get(sku).and_then(|m| m.get(location)).cloned().unwrap_or_default();
+        let state =
+            self.positions.get(sku).and_then(|m| m.get(location)).cloned().unwrap_or_default();
         let position = &state.position;
         let within = |value: i64| (-MAX_POSITION_UNITS..=MAX_POSITION_UNITS).contains(&value);
         let mut notice = None;
@@ -100,7 +105,8 @@ impl ShardState {
                          sku {sku} at {location}; cannot ship {quantity}"
                     ));
                 }
-                let deltas = Deltas { on_hand: -quantity, committed: -quantity, ..Deltas::default() };
+                let deltas =
+                    Deltas { on_hand: -quantity, committed: -quantity, ..Deltas::default() };
                 self.change(sku, location, &cause, kind, deltas, true, now);
                 let holds = self.holds.get_mut(reservation).expect("checked above");
                 let line = holds
@@ -126,7 +132,8 @@ impl ShardState {
                         format!("is {} s in the future", (as_of_ms - now) / 1000),
                     ));
                 }
-                let oldest = (now - self.settings.count_window_ms).max(state.movements_complete_since);
+                let oldest =
+                    (now - self.settings.count_window_ms).max(state.movements_complete_since);
                 if *as_of_ms < oldest {
                     return Err(CoreError::invalid(
                         "counted.as_of_ms",
@@ -156,7 +163,9 @@ impl ShardState {
             }
             StockEventKind::MarkedUnavailable { quantity, .. } => {
                 if !within(position.unavailable + quantity) {
-                    return refuse(format!("unavailable would pass the limit {MAX_POSITION_UNITS}"));
+                    return refuse(format!(
+                        "unavailable would pass the limit {MAX_POSITION_UNITS}"
+                    ));
                 }
                 let deltas = Deltas { unavailable: *quantity, ..Deltas::default() };
                 self.change(sku, location, &cause, kind, deltas, false, now);
@@ -175,8 +184,12 @@ impl ShardState {
                 if !within(position.incoming_total() + quantity) {
                     return refuse(format!("incoming would pass the limit {MAX_POSITION_UNITS}"));
                 }
-                *self.position_mut(sku, location).position.incoming.entry(*expected_at_ms).or_default() +=
-                    quantity;
+                *self
+                    .position_mut(sku, location)
+                    .position
+                    .incoming
+                    .entry(*expected_at_ms)
+                    .or_default() += quantity;
                 let deltas = Deltas { incoming: *quantity, ..Deltas::default() };
                 self.change(sku, location, &cause, kind, deltas, false, now);
             }
@@ -201,14 +214,16 @@ impl ShardState {
                         first.remove();
                     }
                 }
-                let deltas = Deltas { on_hand: *quantity, incoming: -quantity, ..Deltas::default() };
+                let deltas =
+                    Deltas { on_hand: *quantity, incoming: -quantity, ..Deltas::default() };
                 self.change(sku, location, &cause, kind, deltas, true, now);
             }
         }
         self.applied_sequence += 1;
         // Keep the position entry so the SKU shows where it was touched.
         let state = self.position_mut(sku, location);
-        let after = LocationAvailability::of(location, &state.position, catalog.safety_stock(location));
+        let after =
+            LocationAvailability::of(location, &state.position, catalog.safety_stock(location));
         let retention_ms = self.settings.retention_ms;
         self.events.insert(
             event.id.clone(),

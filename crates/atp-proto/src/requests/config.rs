@@ -1,0 +1,87 @@
+//! UpsertLocation and UpsertChannel → domain configuration.
+
+use atp_core::CoreError;
+use atp_core::catalog::{Channel, Location, LocationKind, MAX_LOCATIONS_PER_CHANNEL};
+use atp_core::ids::{ChannelId, LocationId};
+
+use super::{Violations, parse_ids, within_count};
+use crate::v1;
+
+/// UpsertLocation. `LOCATION_KIND_UNSPECIFIED` means a warehouse (the
+/// domain's default kind); an unknown kind number is refused.
+pub fn parse_location(message: v1::UpsertLocationRequest) -> Result<Location, CoreError> {
+    let Some(location) = message.location else {
+        return Err(CoreError::invalid("location", "must be set"));
+    };
+    let mut violations = Violations::default();
+    let id = violations.parse(LocationId::parse("location.location_id", &location.location_id));
+    let kind = match v1::LocationKind::try_from(location.kind) {
+        Ok(v1::LocationKind::Unspecified | v1::LocationKind::Warehouse) => {
+            Some(LocationKind::Warehouse)
+        }
+        Ok(v1::LocationKind::Store) => Some(LocationKind::Store),
+        Ok(v1::LocationKind::ThirdParty) => Some(LocationKind::ThirdParty),
+        Err(_) => {
+            violations
+                .push("location.kind", format!("{} is not a known location kind", location.kind));
+            None
+        }
+    };
+    // `Location::validate` checks the other fields and never looks at the id,
+    // so a stand-in id lets one answer report a bad id and bad numbers together.
+    let stand_in = || LocationId::parse("location.location_id", "-").expect("a valid stand-in id");
+    let candidate = Location {
+        id: id.clone().unwrap_or_else(stand_in),
+        kind: kind.unwrap_or_default(),
+        name: location.name,
+        latitude: location.latitude,
+        longitude: location.longitude,
+        safety_stock: location.safety_stock,
+        daily_capacity: location.daily_capacity,
+        shipping_cost: location.shipping_cost,
+        active: location.active,
+    };
+    match candidate.validate("location") {
+        Ok(()) => {}
+        Err(CoreError::InvalidArgument(found)) => violations.extend(found),
+        Err(other) => return Err(other),
+    }
+    let location = (id.is_some() && kind.is_some()).then_some(candidate);
+    violations.finish(location)
+}
+
+/// UpsertChannel. Ids are checked here; the name, buffer, cap and whether
+/// each location exists are checked by the catalog when the channel is
+/// stored (with the same field paths).
+pub fn parse_channel(message: v1::UpsertChannelRequest) -> Result<Channel, CoreError> {
+    let Some(channel) = message.channel else {
+        return Err(CoreError::invalid("channel", "must be set"));
+    };
+    let mut violations = Violations::default();
+    let id = violations.parse(ChannelId::parse("channel.channel_id", &channel.channel_id));
+    let mut locations = None;
+    if within_count(
+        &mut violations,
+        "channel.location_ids",
+        channel.location_ids.len(),
+        MAX_LOCATIONS_PER_CHANNEL,
+    ) {
+        locations = parse_ids(
+            &mut violations,
+            "channel.location_ids",
+            &channel.location_ids,
+            LocationId::parse,
+        );
+    }
+    let parsed = match (id, locations) {
+        (Some(id), Some(locations)) => Some(Channel {
+            id,
+            name: channel.name,
+            locations,
+            buffer: channel.buffer,
+            cap: channel.cap,
+        }),
+        _ => None,
+    };
+    violations.finish(parsed)
+}

@@ -1,0 +1,298 @@
+use atp_core::events::StockEventKind;
+use atp_core::ids::{MAX_EVENTS_PER_BATCH, MAX_TTL_MS};
+
+use super::*;
+use crate::v1::stock_event::Kind;
+
+const DEFAULT_TTL_MS: i64 = 900_000;
+
+/// The fields named by an InvalidArgument, in order.
+fn fields<T: std::fmt::Debug>(result: Result<T, CoreError>) -> Vec<String> {
+    match result {
+        Err(CoreError::InvalidArgument(violations)) => {
+            violations.into_iter().map(|violation| violation.field).collect()
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+fn line(sku: &str, location: &str, quantity: i64) -> v1::ReservationLine {
+    v1::ReservationLine { sku: sku.into(), location_id: location.into(), quantity }
+}
+
+fn reserve(lines: Vec<v1::ReservationLine>) -> v1::ReserveRequest {
+    v1::ReserveRequest {
+        reservation_id: "r-1".into(),
+        channel_id: "web".into(),
+        lines,
+        ttl_seconds: 0,
+    }
+}
+
+#[test]
+fn reserve_converts_and_takes_the_default_ttl() {
+    let request =
+        parse_reserve(reserve(vec![line("tee", "dc-1", 2)]), DEFAULT_TTL_MS).expect("valid");
+    assert_eq!(request.id.as_str(), "r-1");
+    assert_eq!(request.channel.as_str(), "web");
+    assert_eq!(request.ttl_ms, DEFAULT_TTL_MS);
+    assert_eq!(request.lines[0].sku.as_str(), "tee");
+    assert_eq!(request.lines[0].location.as_str(), "dc-1");
+    assert_eq!(request.lines[0].quantity, 2);
+
+    let mut message = reserve(vec![line("tee", "dc-1", 2)]);
+    message.ttl_seconds = 60;
+    assert_eq!(parse_reserve(message, DEFAULT_TTL_MS).expect("valid").ttl_ms, 60_000);
+}
+
+#[test]
+fn reserve_names_every_bad_field() {
+    let message = v1::ReserveRequest {
+        reservation_id: String::new(),
+        channel_id: "web\n".into(),
+        lines: vec![
+            line("tee", "dc-1", 1),
+            line("", "dc-1", 1),
+            line("tee", "", 0),
+            line("tee", "dc-2", -5),
+            line(&"x".repeat(1_000_000), "dc-1", 1_000_001),
+        ],
+        ttl_seconds: u32::try_from(MAX_TTL_MS / 1000 + 1).expect("fits"),
+    };
+    assert_eq!(
+        fields(parse_reserve(message, DEFAULT_TTL_MS)),
+        vec![
+            "reservation_id",
+            "channel_id",
+            "ttl_seconds",
+            "lines[1].sku",
+            "lines[2].location_id",
+            "lines[2].quantity",
+            "lines[3].quantity",
+            "lines[4].sku",
+            "lines[4].quantity",
+        ]
+    );
+}
+
+#[test]
+fn reserve_counts_lines_before_checking_them() {
+    let lines = (0..10_000).map(|_| line("", "", 0)).collect();
+    let result = parse_reserve(reserve(lines), DEFAULT_TTL_MS);
+    let Err(CoreError::InvalidArgument(violations)) = result else {
+        panic!("expected InvalidArgument");
+    };
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].field, "lines");
+    assert!(violations[0].description.contains("10000"), "{}", violations[0].description);
+
+    assert_eq!(fields(parse_reserve(reserve(Vec::new()), DEFAULT_TTL_MS)), vec!["lines"]);
+    let at_limit = (0..MAX_LINES_PER_RESERVATION).map(|i| line(&format!("s{i}"), "dc-1", 1));
+    assert!(parse_reserve(reserve(at_limit.collect()), DEFAULT_TTL_MS).is_ok());
+}
+
+#[test]
+fn commit_allows_zero_but_not_negative_quantities() {
+    let message = v1::CommitRequest {
+        reservation_id: "r-1".into(),
+        lines: vec![
+            v1::CommitLine { sku: "tee".into(), location_id: "dc-1".into(), quantity: 0 },
+            v1::CommitLine { sku: "tee".into(), location_id: "dc-2".into(), quantity: -1 },
+            v1::CommitLine { sku: String::new(), location_id: "dc-3".into(), quantity: 1 },
+        ],
+    };
+    assert_eq!(fields(parse_commit(message)), vec!["lines[1].quantity", "lines[2].sku"]);
+    let all = parse_commit(v1::CommitRequest { reservation_id: "r-1".into(), lines: Vec::new() });
+    assert_eq!(all.expect("valid").lines, Vec::new());
+}
+
+#[test]
+fn extend_checks_id_and_ttl() {
+    let message = v1::ExtendReservationRequest { reservation_id: String::new(), ttl_seconds: 0 };
+    assert_eq!(fields(parse_extend(message, DEFAULT_TTL_MS)), vec!["reservation_id"]);
+    let message =
+        v1::ExtendReservationRequest { reservation_id: "r-1".into(), ttl_seconds: 90_000 };
+    assert_eq!(fields(parse_extend(message, DEFAULT_TTL_MS)), vec!["ttl_seconds"]);
+    let message = v1::ExtendReservationRequest { reservation_id: "r-1".into(), ttl_seconds: 1 };
+    assert_eq!(parse_extend(message, DEFAULT_TTL_MS).expect("valid").ttl_ms, 1_000);
+    assert_eq!(fields(parse_reservation_id("")), vec!["reservation_id"]);
+}
+
+#[test]
+fn availability_query_limits_skus() {
+    let message = v1::GetAvailabilityRequest {
+        skus: vec!["tee".into(), String::new()],
+        location_ids: vec!["dc-1".into(), "a\tb".into()],
+        channel_ids: vec![String::new()],
+    };
+    assert_eq!(
+        fields(parse_availability_query(message)),
+        vec!["skus[1]", "location_ids[1]", "channel_ids[0]"]
+    );
+    let too_many = v1::GetAvailabilityRequest {
+        skus: vec![String::new(); MAX_SKUS_PER_QUERY + 1],
+        ..Default::default()
+    };
+    assert_eq!(fields(parse_availability_query(too_many)), vec!["skus"]);
+    assert_eq!(fields(parse_availability_query(Default::default())), vec!["skus"]);
+}
+
+fn event(index: usize, kind: Option<Kind>) -> v1::StockEvent {
+    v1::StockEvent {
+        event_id: format!("e-{index}"),
+        sku: "tee".into(),
+        location_id: "dc-1".into(),
+        kind,
+    }
+}
+
+#[test]
+fn stock_events_name_the_bad_field_inside_the_kind() {
+    let events = vec![
+        event(0, Some(Kind::Received(v1::Received { quantity: 5 }))),
+        event(1, None),
+        event(2, Some(Kind::Received(v1::Received { quantity: 0 }))),
+        event(3, Some(Kind::Shipped(v1::Shipped { quantity: 1, reservation_id: "r\n".into() }))),
+        event(4, Some(Kind::Counted(v1::Counted { on_hand: -1, as_of_ms: 0 }))),
+        event(5, Some(Kind::Adjusted(v1::Adjusted { delta: 0, reason: "x".repeat(300) }))),
+        event(6, Some(Kind::Adjusted(v1::Adjusted { delta: i64::MIN, reason: String::new() }))),
+        event(
+            7,
+            Some(Kind::Unavailable(v1::MarkedUnavailable { quantity: -1, reason: "ok".into() })),
+        ),
+        event(8, Some(Kind::ReleasedUnavailable(v1::ReleasedUnavailable { quantity: 0 }))),
+        event(9, Some(Kind::Incoming(v1::IncomingExpected { quantity: 1, expected_at_ms: -1 }))),
+        event(10, Some(Kind::IncomingReceived(v1::IncomingReceived { quantity: 0 }))),
+        v1::StockEvent {
+            event_id: String::new(),
+            sku: String::new(),
+            location_id: String::new(),
+            ..event(11, Some(Kind::Received(v1::Received { quantity: 1 })))
+        },
+    ];
+    let message = v1::ApplyStockEventsRequest { events };
+    assert_eq!(
+        fields(parse_stock_events(message)),
+        vec![
+            "events[1].kind",
+            "events[2].received.quantity",
+            "events[3].shipped.reservation_id",
+            "events[4].counted.on_hand",
+            "events[4].counted.as_of_ms",
+            "events[5].adjusted.delta",
+            "events[5].adjusted.reason",
+            "events[6].adjusted.delta",
+            "events[7].unavailable.quantity",
+            "events[8].released_unavailable.quantity",
+            "events[9].incoming.expected_at_ms",
+            "events[10].incoming_received.quantity",
+            "events[11].event_id",
+            "events[11].sku",
+            "events[11].location_id",
+        ]
+    );
+}
+
+#[test]
+fn stock_events_convert_each_kind() {
+    let events = vec![
+        event(0, Some(Kind::Shipped(v1::Shipped { quantity: 2, reservation_id: "r-1".into() }))),
+        event(1, Some(Kind::Shipped(v1::Shipped { quantity: 2, reservation_id: String::new() }))),
+        event(2, Some(Kind::Adjusted(v1::Adjusted { delta: -3, reason: "recount".into() }))),
+        event(3, Some(Kind::Counted(v1::Counted { on_hand: 0, as_of_ms: 1 }))),
+    ];
+    let parsed = parse_stock_events(v1::ApplyStockEventsRequest { events }).expect("valid");
+    let kinds: Vec<_> = parsed.into_iter().map(|event| event.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            StockEventKind::Shipped {
+                quantity: 2,
+                reservation: Some(ReservationId::parse("r", "r-1").expect("valid id")),
+            },
+            StockEventKind::Shipped { quantity: 2, reservation: None },
+            StockEventKind::Adjusted { delta: -3, reason: "recount".into() },
+            StockEventKind::Counted { on_hand: 0, as_of_ms: 1 },
+        ]
+    );
+}
+
+#[test]
+fn stock_event_batches_are_counted_first() {
+    let events = vec![event(0, None); MAX_EVENTS_PER_BATCH + 1];
+    assert_eq!(fields(parse_stock_events(v1::ApplyStockEventsRequest { events })), vec!["events"]);
+}
+
+#[test]
+fn location_reports_id_and_numbers_together() {
+    let message = v1::UpsertLocationRequest {
+        location: Some(v1::Location {
+            location_id: String::new(),
+            kind: 42,
+            latitude: 91.0,
+            safety_stock: -1,
+            ..Default::default()
+        }),
+    };
+    assert_eq!(
+        fields(parse_location(message)),
+        vec!["location.location_id", "location.kind", "location.latitude", "location.safety_stock"]
+    );
+    assert_eq!(
+        fields(parse_location(v1::UpsertLocationRequest { location: None })),
+        vec!["location"]
+    );
+    let message = v1::UpsertLocationRequest {
+        location: Some(v1::Location {
+            location_id: "store-9".into(),
+            kind: v1::LocationKind::Store.into(),
+            active: true,
+            ..Default::default()
+        }),
+    };
+    let location = parse_location(message).expect("valid");
+    assert_eq!(location.kind, atp_core::catalog::LocationKind::Store);
+    assert!(location.active);
+}
+
+#[test]
+fn channel_checks_its_ids() {
+    let message = v1::UpsertChannelRequest {
+        channel: Some(v1::Channel {
+            channel_id: "web".into(),
+            location_ids: vec!["dc-1".into(), String::new()],
+            cap: Some(5),
+            ..Default::default()
+        }),
+    };
+    assert_eq!(fields(parse_channel(message)), vec!["channel.location_ids[1]"]);
+    let message = v1::UpsertChannelRequest {
+        channel: Some(v1::Channel {
+            channel_id: "web".into(),
+            location_ids: vec!["dc-1".into()],
+            cap: Some(5),
+            ..Default::default()
+        }),
+    };
+    assert_eq!(parse_channel(message).expect("valid").cap, Some(5));
+}
+
+#[test]
+fn shard_target_and_ledger_query() {
+    use v1::get_shard_request::Target;
+    let by_sku = v1::GetShardRequest { target: Some(Target::Sku("sku-1".into())) };
+    assert_eq!(parse_shard_target(by_sku).expect("valid"), 951);
+    let by_number = v1::GetShardRequest { target: Some(Target::Shard(7)) };
+    assert_eq!(parse_shard_target(by_number).expect("valid"), 7);
+    let too_big = v1::GetShardRequest { target: Some(Target::Shard(SHARD_COUNT)) };
+    assert_eq!(fields(parse_shard_target(too_big)), vec!["shard"]);
+    assert_eq!(fields(parse_shard_target(v1::GetShardRequest { target: None })), vec!["target"]);
+
+    let query =
+        |limit| v1::QueryLedgerRequest { sku: "tee".into(), location_id: String::new(), limit };
+    assert_eq!(parse_ledger_query(query(0)).expect("valid").limit, DEFAULT_LEDGER_LIMIT);
+    assert_eq!(parse_ledger_query(query(5)).expect("valid").limit, 5);
+    assert_eq!(parse_ledger_query(query(5_000)).expect("valid").limit, MAX_LEDGER_LIMIT);
+    let bad = v1::QueryLedgerRequest { sku: String::new(), location_id: "a\u{7}".into(), limit: 0 };
+    assert_eq!(fields(parse_ledger_query(bad)), vec!["sku", "location_id"]);
+}

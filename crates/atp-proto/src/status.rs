@@ -1,0 +1,217 @@
+//! The error table: every [`CoreError`] to one gRPC code, with `google.rpc`
+//! details a client can act on without parsing the message.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use atp_core::{CoreError, FieldViolation};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `google.rpc.ErrorInfo.domain` of atp's errors.
+pub const ERROR_DOMAIN: &str = "atp.v1";
+/// `PreconditionFailure` violation type (and `ErrorInfo` reason) of a refused promise.
+pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
+/// `PreconditionFailure` violation type (and `ErrorInfo` reason) of a reservation
+/// in the wrong state for the operation.
+pub const WRONG_STATE: &str = "WRONG_STATE";
+/// Bytes of field violations (paths and descriptions) carried in one status.
+/// The details travel base64-encoded in a trailer next to the message, and
+/// common clients (hyper, so tonic) refuse response headers over 16 KiB: a
+/// request with 100 bad lines must still get a readable answer.
+pub const MAX_REPORTED_VIOLATION_BYTES: usize = 6 * 1024;
+/// Bytes of violations spelled out in the status message; the rest are counted.
+const MAX_MESSAGE_VIOLATION_BYTES: usize = 1024;
+/// Protobuf framing of one field violation, counted against the budget.
+const VIOLATION_OVERHEAD_BYTES: usize = 8;
+/// Suggested wait before retrying a request whose id is still being worked on.
+const IN_PROGRESS_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// The gRPC status of a domain error. One exhaustive match: a new variant
+/// does not compile until it has a code.
+pub fn status_of(error: CoreError) -> Status {
+    let message = error.to_string();
+    match error {
+        CoreError::InvalidArgument(violations) => invalid_argument(violations),
+        CoreError::InsufficientStock { sku, location, requested, available } => {
+            let mut details = ErrorDetails::with_precondition_failure_violation(
+                INSUFFICIENT_STOCK,
+                format!("sku:{sku}/location:{location}"),
+                message.clone(),
+            );
+            details.set_error_info(
+                INSUFFICIENT_STOCK,
+                ERROR_DOMAIN,
+                HashMap::from([
+                    ("sku".to_owned(), sku),
+                    ("location".to_owned(), location),
+                    ("requested".to_owned(), requested.to_string()),
+                    ("available".to_owned(), available.to_string()),
+                ]),
+            );
+            Status::with_error_details(Code::FailedPrecondition, message, details)
+        }
+        CoreError::WrongState { reservation_id, state, operation } => {
+            let mut details = ErrorDetails::with_precondition_failure_violation(
+                WRONG_STATE,
+                format!("reservation:{reservation_id}"),
+                message.clone(),
+            );
+            details.set_error_info(
+                WRONG_STATE,
+                ERROR_DOMAIN,
+                HashMap::from([
+                    ("reservation_id".to_owned(), reservation_id),
+                    ("state".to_owned(), state.to_string()),
+                    ("operation".to_owned(), operation.to_owned()),
+                ]),
+            );
+            Status::with_error_details(Code::FailedPrecondition, message, details)
+        }
+        CoreError::FailedPrecondition(_) => Status::failed_precondition(message),
+        CoreError::AlreadyExists(_) => Status::already_exists(message),
+        CoreError::NotFound(_) => Status::not_found(message),
+        CoreError::InProgress(_) => Status::with_error_details(
+            Code::Unavailable,
+            message,
+            ErrorDetails::with_retry_info(Some(IN_PROGRESS_RETRY_DELAY)),
+        ),
+    }
+}
+
+/// INVALID_ARGUMENT with a `BadRequest` naming each field, as many as fit in
+/// [`MAX_REPORTED_VIOLATION_BYTES`] (the message says how many more there were).
+fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
+    let total = violations.len();
+    let mut message = String::from("invalid argument: ");
+    let mut in_message = 0;
+    let mut reported = Vec::new();
+    let mut reported_bytes = 0;
+    for violation in violations {
+        let text = format!("{} {}", violation.field, violation.description);
+        if in_message == reported.len() && message.len() + text.len() <= MAX_MESSAGE_VIOLATION_BYTES
+        {
+            if in_message > 0 {
+                message.push_str("; ");
+            }
+            message.push_str(&text);
+            in_message += 1;
+        }
+        let size = violation.field.len() + violation.description.len() + VIOLATION_OVERHEAD_BYTES;
+        if reported_bytes + size > MAX_REPORTED_VIOLATION_BYTES {
+            break;
+        }
+        reported_bytes += size;
+        reported.push(tonic_types::FieldViolation::new(violation.field, violation.description));
+    }
+    if in_message < total {
+        message.push_str(&format!("; and {} more", total - in_message));
+    }
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request(reported),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use atp_core::reservation::ReservationState;
+
+    use super::*;
+
+    fn bad_request_fields(status: &Status) -> Vec<String> {
+        let bad_request = status.get_details_bad_request().expect("a BadRequest detail");
+        bad_request.field_violations.into_iter().map(|violation| violation.field).collect()
+    }
+
+    #[test]
+    fn invalid_argument_names_every_field() {
+        let status = status_of(CoreError::InvalidArgument(vec![
+            FieldViolation::new("lines[0].sku", "must not be empty"),
+            FieldViolation::new("lines[3].quantity", "is 0; must be 1..=1000000"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(bad_request_fields(&status), vec!["lines[0].sku", "lines[3].quantity"]);
+        assert!(status.message().contains("lines[3].quantity is 0"), "{}", status.message());
+    }
+
+    #[test]
+    fn many_violations_fit_in_a_header() {
+        let violations = (0..300)
+            .map(|index| {
+                let field = format!("lines[{index}].location_id");
+                FieldViolation::new(field, format!("unknown location {}", "x".repeat(128)))
+            })
+            .collect();
+        let status = status_of(CoreError::InvalidArgument(violations));
+        let fields = bad_request_fields(&status);
+        assert!((10..300).contains(&fields.len()), "{} reported", fields.len());
+        assert_eq!(fields[0], "lines[0].location_id");
+        // The encoded google.rpc.Status repeats the message; base64 adds a third.
+        let encoded = status.details().len() * 4 / 3 + status.message().len();
+        assert!(encoded < 12 * 1024, "{encoded} bytes of trailers");
+        assert!(status.message().len() <= MAX_MESSAGE_VIOLATION_BYTES + 32);
+        assert!(status.message().ends_with("more"), "{}", status.message());
+    }
+
+    #[test]
+    fn insufficient_stock_names_sku_location_and_numbers() {
+        let status = status_of(CoreError::InsufficientStock {
+            sku: "tee".into(),
+            location: "dc-1".into(),
+            requested: 3,
+            available: 1,
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        for part in ["tee", "dc-1", "requested 3", "available 1"] {
+            assert!(status.message().contains(part), "{part} missing in {}", status.message());
+        }
+        let failure = status.get_details_precondition_failure().expect("a PreconditionFailure");
+        assert_eq!(failure.violations[0].r#type, INSUFFICIENT_STOCK);
+        assert_eq!(failure.violations[0].subject, "sku:tee/location:dc-1");
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.metadata["available"], "1");
+    }
+
+    #[test]
+    fn every_variant_has_its_code() {
+        let cases = [
+            (
+                CoreError::WrongState {
+                    reservation_id: "r-1".into(),
+                    state: ReservationState::Expired,
+                    operation: "commit",
+                },
+                Code::FailedPrecondition,
+            ),
+            (CoreError::FailedPrecondition("inactive".into()), Code::FailedPrecondition),
+            (CoreError::AlreadyExists("r-1".into()), Code::AlreadyExists),
+            (CoreError::NotFound("r-1".into()), Code::NotFound),
+            (CoreError::InProgress("r-1".into()), Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let status = status_of(error.clone());
+            assert_eq!(status.code(), code, "{error:?}");
+            assert_eq!(status.message(), error.to_string());
+        }
+    }
+
+    #[test]
+    fn wrong_state_names_the_state() {
+        let status = status_of(CoreError::WrongState {
+            reservation_id: "r-1".into(),
+            state: ReservationState::Expired,
+            operation: "commit",
+        });
+        assert!(status.message().contains("EXPIRED"), "{}", status.message());
+        let failure = status.get_details_precondition_failure().expect("a PreconditionFailure");
+        assert_eq!(failure.violations[0].r#type, WRONG_STATE);
+    }
+
+    #[test]
+    fn in_progress_suggests_a_retry() {
+        let status = status_of(CoreError::InProgress("reservation r-1 is being created".into()));
+        assert!(status.get_details_retry_info().is_some());
+    }
+}

@@ -1,0 +1,78 @@
+//! `atp.v1.AdminService` over a [`Node`]: shards and the ledger.
+
+use atp_core::hash::SHARD_COUNT;
+use atp_proto::requests::{parse_ledger_query, parse_shard_target};
+use atp_proto::status_of;
+use atp_proto::v1;
+use atp_proto::v1::admin_service_server::AdminService;
+use atp_shard::{Node, ShardInfo};
+use tonic::{Request, Response, Status};
+
+use crate::SINGLE_NODE_EPOCH;
+use crate::error::node_status;
+
+/// The operator's view of the node.
+#[derive(Clone)]
+pub struct AdminApi {
+    node: Node,
+}
+
+impl AdminApi {
+    /// The service over `node`.
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+/// A shard as the admin API shows it.
+pub fn shard_info_message(info: ShardInfo) -> v1::ShardInfo {
+    v1::ShardInfo {
+        shard: info.shard,
+        epoch: info.epoch,
+        sku_count: info.stats.sku_count,
+        position_count: info.stats.position_count,
+        open_holds: info.stats.open_holds,
+        reservation_count: info.stats.reservation_count,
+        mailbox_depth: info.mailbox_depth,
+        mailbox_capacity: info.mailbox_capacity,
+        last_applied_sequence: info.stats.last_applied_sequence,
+        node: info.node,
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn list_shards(
+        &self,
+        request: Request<v1::ListShardsRequest>,
+    ) -> Result<Response<v1::ListShardsResponse>, Status> {
+        let include_empty = request.into_inner().include_empty;
+        let shards = self.node.list_shards(include_empty).await.map_err(node_status)?;
+        Ok(Response::new(v1::ListShardsResponse {
+            shards: shards.into_iter().map(shard_info_message).collect(),
+            shard_count: SHARD_COUNT,
+        }))
+    }
+
+    async fn get_shard(
+        &self,
+        request: Request<v1::GetShardRequest>,
+    ) -> Result<Response<v1::GetShardResponse>, Status> {
+        let shard = parse_shard_target(request.into_inner()).map_err(status_of)?;
+        let info = self.node.shard_info(shard).await.map_err(node_status)?;
+        Ok(Response::new(v1::GetShardResponse { shard: Some(shard_info_message(info)) }))
+    }
+
+    async fn query_ledger(
+        &self,
+        request: Request<v1::QueryLedgerRequest>,
+    ) -> Result<Response<v1::QueryLedgerResponse>, Status> {
+        let query = parse_ledger_query(request.into_inner()).map_err(status_of)?;
+        let entries =
+            self.node.ledger(query.sku, query.location, query.limit).await.map_err(node_status)?;
+        Ok(Response::new(v1::QueryLedgerResponse {
+            entries: entries.into_iter().map(Into::into).collect(),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
+}

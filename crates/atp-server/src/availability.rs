@@ -1,0 +1,174 @@
+//! `atp.v1.AvailabilityService` over a [`Node`].
+
+use atp_core::shard::EventApplied;
+use atp_proto::requests::{
+    parse_availability_query, parse_commit, parse_extend, parse_reservation_id, parse_reserve,
+    parse_stock_events,
+};
+use atp_proto::status_of;
+use atp_proto::v1;
+use atp_proto::v1::availability_service_server::AvailabilityService;
+use atp_shard::{Node, NodeError};
+use tonic::{Request, Response, Status};
+
+use crate::SINGLE_NODE_EPOCH;
+use crate::error::node_status;
+
+/// Holds, commits, availability reads and stock events.
+#[derive(Clone)]
+pub struct AvailabilityApi {
+    node: Node,
+}
+
+impl AvailabilityApi {
+    /// The service over `node`.
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+
+    fn default_ttl_ms(&self) -> i64 {
+        self.node.config().default_ttl_ms
+    }
+}
+
+#[tonic::async_trait]
+impl AvailabilityService for AvailabilityApi {
+    async fn reserve(
+        &self,
+        request: Request<v1::ReserveRequest>,
+    ) -> Result<Response<v1::ReserveResponse>, Status> {
+        let request =
+            parse_reserve(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
+        let view = self.node.reserve(request).await.map_err(node_status)?;
+        Ok(Response::new(v1::ReserveResponse {
+            reservation: Some(view.into()),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        let commit = parse_commit(request.into_inner()).map_err(status_of)?;
+        let view = self.node.commit(commit.id, commit.lines).await.map_err(node_status)?;
+        Ok(Response::new(v1::CommitResponse {
+            reservation: Some(view.into()),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
+        let view = self.node.release(id).await.map_err(node_status)?;
+        Ok(Response::new(v1::ReleaseResponse {
+            reservation: Some(view.into()),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelRequest>,
+    ) -> Result<Response<v1::CancelResponse>, Status> {
+        let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
+        let view = self.node.cancel(id).await.map_err(node_status)?;
+        Ok(Response::new(v1::CancelResponse {
+            reservation: Some(view.into()),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
+
+    async fn extend_reservation(
+        &self,
+        request: Request<v1::ExtendReservationRequest>,
+    ) -> Result<Response<v1::ExtendReservationResponse>, Status> {
+        let extend =
+            parse_extend(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
+        let view = self.node.extend(extend.id, extend.ttl_ms).await.map_err(node_status)?;
+        Ok(Response::new(v1::ExtendReservationResponse {
+            reservation: Some(view.into()),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<v1::GetReservationRequest>,
+    ) -> Result<Response<v1::GetReservationResponse>, Status> {
+        let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
+        let view = self.node.get_reservation(id).await.map_err(node_status)?;
+        Ok(Response::new(v1::GetReservationResponse {
+            reservation: Some(view.into()),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
+
+    async fn get_availability(
+        &self,
+        request: Request<v1::GetAvailabilityRequest>,
+    ) -> Result<Response<v1::GetAvailabilityResponse>, Status> {
+        let query = parse_availability_query(request.into_inner()).map_err(status_of)?;
+        let skus = self
+            .node
+            .availability(&query.skus, &query.locations, &query.channels)
+            .map_err(node_status)?;
+        Ok(Response::new(v1::GetAvailabilityResponse {
+            skus: skus.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn apply_stock_events(
+        &self,
+        request: Request<v1::ApplyStockEventsRequest>,
+    ) -> Result<Response<v1::ApplyStockEventsResponse>, Status> {
+        let events = parse_stock_events(request.into_inner()).map_err(status_of)?;
+        let event_ids: Vec<String> = events.iter().map(|event| event.id.to_string()).collect();
+        let outcomes = self.node.apply_events(events).await.map_err(node_status)?;
+        let results = event_ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(event_id, outcome)| event_result(event_id, outcome))
+            .collect();
+        Ok(Response::new(v1::ApplyStockEventsResponse { results }))
+    }
+}
+
+/// One event's result: applied, duplicate, or rejected with the code the
+/// error would have had as a whole call.
+fn event_result(
+    event_id: String,
+    outcome: Result<EventApplied, NodeError>,
+) -> v1::StockEventResult {
+    match outcome {
+        Ok(applied) => {
+            let outcome = if applied.duplicate {
+                v1::StockEventOutcome::Duplicate
+            } else {
+                v1::StockEventOutcome::Applied
+            };
+            v1::StockEventResult {
+                event_id,
+                outcome: outcome.into(),
+                error_code: 0,
+                error_message: String::new(),
+                position: Some(applied.position.into()),
+                epoch: SINGLE_NODE_EPOCH,
+            }
+        }
+        Err(error) => {
+            let status = node_status(error);
+            v1::StockEventResult {
+                event_id,
+                outcome: v1::StockEventOutcome::Rejected.into(),
+                error_code: status.code().into(),
+                error_message: status.message().to_owned(),
+                position: None,
+                epoch: SINGLE_NODE_EPOCH,
+            }
+        }
+    }
+}

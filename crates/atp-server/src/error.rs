@@ -1,0 +1,55 @@
+//! The node's errors as gRPC statuses.
+
+use std::time::Duration;
+
+use atp_proto::status_of;
+use atp_shard::NodeError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Suggested wait before retrying on a full shard mailbox.
+const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The gRPC status of a node error. One exhaustive match: domain errors go
+/// through [`atp_proto::status_of`], the node's own through this table.
+pub fn node_status(error: NodeError) -> Status {
+    match error {
+        NodeError::Core(error) => status_of(error),
+        NodeError::Overloaded { .. } => Status::with_error_details(
+            Code::ResourceExhausted,
+            error.to_string(),
+            ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY)),
+        ),
+        NodeError::ShuttingDown => Status::unavailable(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use atp_core::CoreError;
+
+    use super::*;
+
+    #[test]
+    fn each_node_error_has_its_code() {
+        let cases = [
+            (NodeError::Core(CoreError::NotFound("r-1".into())), Code::NotFound),
+            (
+                NodeError::Core(CoreError::invalid("sku", "must not be empty")),
+                Code::InvalidArgument,
+            ),
+            (NodeError::Overloaded { shard: 3 }, Code::ResourceExhausted),
+            (NodeError::ShuttingDown, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            assert_eq!(node_status(error.clone()).code(), code, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn overload_names_the_shard_and_suggests_a_retry() {
+        let status = node_status(NodeError::Overloaded { shard: 3 });
+        assert!(status.message().contains("shard 3"), "{}", status.message());
+        assert!(status.get_details_retry_info().is_some());
+    }
+}

@@ -1,0 +1,166 @@
+//! Cross-cutting concerns as tower layers, and the stack they form.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tonic::Status;
+use tonic::codegen::http;
+use tower::layer::util::{Identity, Stack};
+use tower::limit::ConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+use tower::util::MapErrLayer;
+use tower::{BoxError, Layer, Service, ServiceBuilder};
+
+/// Maps the errors of the layers below to gRPC statuses.
+type ErrorToStatus = fn(BoxError) -> BoxError;
+
+/// The layer stack of [`crate::serve`], outermost first.
+pub type Layers = Stack<
+    TimeoutLayer,
+    Stack<
+        ConcurrencyLimitLayer,
+        Stack<LoadShedLayer, Stack<MapErrLayer<ErrorToStatus>, Stack<TraceLayer, Identity>>>,
+    >,
+>;
+
+/// Builds the stack every request passes through. It is applied once to the
+/// router, so the concurrency limit is shared by every connection.
+pub fn layers(request_timeout: Duration, max_concurrent_requests: usize) -> ServiceBuilder<Layers> {
+    ServiceBuilder::new()
+        // Tracing is outermost so every request gets a span and a result line,
+        // including those shed or timed out by the layers below.
+        .layer(TraceLayer)
+        // Errors of the layers below become statuses here, above all of them,
+        // so clients see RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED, not UNKNOWN.
+        .layer(MapErrLayer::new(error_to_status as ErrorToStatus))
+        // Load shed sits right above the limit: when the limit has no room, the
+        // request is refused at once instead of queueing behind the others.
+        .layer(LoadShedLayer::new())
+        // The limit bounds requests in flight on the whole node, which bounds
+        // the memory and mailbox slots that a burst can take.
+        .layer(ConcurrencyLimitLayer::new(max_concurrent_requests))
+        // The timeout is innermost: it bounds the time a handler runs, not the
+        // time spent above it (there is no waiting for the limit: it sheds).
+        .layer(TimeoutLayer::new(request_timeout))
+}
+
+fn error_to_status(error: BoxError) -> BoxError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        return Box::new(Status::resource_exhausted(
+            "the node has too many requests in flight; retry later",
+        ));
+    }
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return Box::new(Status::deadline_exceeded(
+            "the request took longer than the server allows",
+        ));
+    }
+    error
+}
+
+/// Opens a `grpc` span per request (method name) and logs its result and
+/// latency at debug level, like tower-http's default for gRPC.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace { inner }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Clone, Debug)]
+pub struct Trace<S> {
+    inner: S,
+}
+
+impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for Trace<S>
+where
+    S: Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let span = tracing::debug_span!("grpc", method = %request.uri().path());
+        let started = Instant::now();
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let result = response.await;
+                let elapsed_us = started.elapsed().as_micros();
+                match &result {
+                    // An error status travels in the headers ("trailers only");
+                    // a reply without one is OK (its trailers come later).
+                    Ok(response) => {
+                        let code = response
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or("0");
+                        tracing::debug!(code, elapsed_us, "request finished");
+                    }
+                    Err(error) => tracing::debug!(%error, elapsed_us, "request failed"),
+                }
+                result
+            },
+            span,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tonic::Code;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    type Request = http::Request<()>;
+    type Response = http::Response<()>;
+
+    fn never_answers(_: Request) -> std::future::Pending<Result<Response, Infallible>> {
+        std::future::pending()
+    }
+
+    fn status_of(error: BoxError) -> Status {
+        *error.downcast::<Status>().expect("the layers turn errors into statuses")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_gets_deadline_exceeded() {
+        let service = layers(Duration::from_millis(10), 4).service_fn(never_answers);
+        let error = service.oneshot(Request::new(())).await.expect_err("timed out");
+        assert_eq!(status_of(error).code(), Code::DeadlineExceeded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_over_the_limit_are_shed_at_once() {
+        let mut service = layers(Duration::from_secs(60), 1).service_fn(never_answers);
+        let in_flight = service.ready().await.expect("ready").call(Request::new(()));
+        let shed = service.ready().await.expect("ready").call(Request::new(())).await;
+        assert_eq!(status_of(shed.expect_err("shed")).code(), Code::ResourceExhausted);
+        drop(in_flight);
+        let again = service.ready().await.expect("ready").call(Request::new(()));
+        let timed_out = again.await.expect_err("room again, then the timeout");
+        assert_eq!(status_of(timed_out).code(), Code::DeadlineExceeded);
+    }
+}

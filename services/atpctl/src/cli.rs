@@ -1,0 +1,456 @@
+//! Command-line arguments: one subcommand per RPC, plus `config apply` and `import`.
+//!
+//! Numeric options accept negative values: the server owns the rules, and its
+//! field violation says what is allowed better than clap's "unexpected argument".
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::line::LineSpec;
+
+/// Where `atpd` listens by default.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+
+const GLOBAL: &str = "Global options";
+
+const EXAMPLES: &str = "\
+Examples:
+  atpctl config apply atp.toml
+  atpctl import stock.csv
+  atpctl availability sku-1 sku-2 --channel web
+  atpctl reserve --id order-17 --channel web --line sku-1@dc-east=2 --ttl 900
+  atpctl commit --id order-17
+  atpctl event received --id grn-5 --sku sku-1 --location dc-east --quantity 40
+  atpctl --json ledger sku-1 --limit 20";
+
+/// The `config apply` file format, shown by `atpctl config apply --help`.
+const CONFIG_FORMAT: &str = concat!(
+    "File format (TOML; locations are applied before channels; an upsert replaces \
+     the whole item, so a key left out takes its default):\n\n",
+    include_str!("../config.example.toml")
+);
+
+/// Operator CLI for atp, the available-to-promise service.
+///
+/// Every subcommand makes one gRPC call (`config apply` and `import` make several)
+/// and prints the answer as a table, or as JSON with --json. On an error it prints
+/// the gRPC code, the message and any field violations, and exits with status 1.
+#[derive(Debug, Parser)]
+#[command(name = "atpctl", version, propagate_version = true, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Address of an atpd node (`http://host:port`; `host:port` means http).
+    #[arg(long, global = true, env = "ATP_ADDR", default_value = DEFAULT_ADDR, help_heading = GLOBAL)]
+    pub addr: String,
+
+    /// Print the response as JSON instead of a table.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub json: bool,
+
+    /// Give up on each call after this many seconds.
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS", help_heading = GLOBAL)]
+    pub timeout_seconds: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hold units for a checkout: every line or none (idempotent by --id).
+    Reserve(ReserveArgs),
+    /// Turn a HELD reservation into an order; lines not named commit all they hold.
+    Commit(CommitArgs),
+    /// Free a HELD reservation.
+    Release(IdArgs),
+    /// Free the unshipped units of a COMMITTED reservation.
+    Cancel(IdArgs),
+    /// Move a HELD reservation's expiry to now + --ttl.
+    Extend(ExtendArgs),
+    /// Show one reservation.
+    #[command(visible_alias = "reservation")]
+    GetReservation(IdArgs),
+    /// Availability of SKUs per location and per channel.
+    Availability(AvailabilityArgs),
+    /// Send one stock event (a physical fact from ERP/WMS).
+    #[command(subcommand, visible_alias = "events")]
+    Event(EventCommand),
+    /// Configure or list locations.
+    #[command(subcommand)]
+    Location(LocationCommand),
+    /// Configure or list channels.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+    /// Apply a declarative TOML file of locations and channels.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    // Help given as attributes where the text has brackets that rustdoc would read as links.
+    #[command(
+        about = "Load initial stock from a CSV of counts: event_id,sku,location_id,on_hand[,as_of_ms]"
+    )]
+    Import(ImportArgs),
+    /// List the node's shards.
+    Shards(ShardsArgs),
+    /// Show one shard, by number or by a SKU it holds.
+    Shard(ShardArgs),
+    /// Show the ledger entries of one SKU, newest last.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Reservation id.
+    #[arg(long)]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReserveArgs {
+    /// Reservation id, chosen by the caller (the idempotency key).
+    #[arg(long)]
+    pub id: String,
+    /// Channel whose rules the hold must respect.
+    #[arg(long)]
+    pub channel: String,
+    /// A line as SKU@LOCATION=QUANTITY; repeat for more lines.
+    #[arg(long = "line", required = true, value_name = "SKU@LOC=QTY")]
+    pub lines: Vec<LineSpec>,
+    /// Hold lifetime in seconds (default: the server's).
+    #[arg(long = "ttl", value_name = "SECONDS")]
+    pub ttl_seconds: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// Reservation id.
+    #[arg(long)]
+    pub id: String,
+    /// Units to commit of one line, SKU@LOCATION=QUANTITY (0..=held); repeatable.
+    #[arg(long = "line", value_name = "SKU@LOC=QTY")]
+    pub lines: Vec<LineSpec>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// Reservation id.
+    #[arg(long)]
+    pub id: String,
+    /// New lifetime from now, in seconds.
+    #[arg(long = "ttl", value_name = "SECONDS")]
+    pub ttl_seconds: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct AvailabilityArgs {
+    /// SKUs to show.
+    #[arg(required = true, value_name = "SKU")]
+    pub skus: Vec<String>,
+    /// Only these locations (default: every location with a position).
+    #[arg(long = "location", value_name = "LOCATION")]
+    pub locations: Vec<String>,
+    /// Only these channels (default: every channel).
+    #[arg(long = "channel", value_name = "CHANNEL")]
+    pub channels: Vec<String>,
+}
+
+/// The (event, sku, location) every stock event names.
+#[derive(Debug, Args)]
+pub struct EventTarget {
+    /// Event id: an event is applied at most once.
+    #[arg(long)]
+    pub id: String,
+    /// The SKU whose position changes.
+    #[arg(long)]
+    pub sku: String,
+    /// The location whose position changes.
+    #[arg(long)]
+    pub location: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Units arrived (on_hand += quantity).
+    Received {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Units (positive).
+        #[arg(long, allow_negative_numbers = true)]
+        quantity: i64,
+    },
+    /// Units left the building (on_hand -= quantity; also committed with --reservation).
+    Shipped {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Units (positive).
+        #[arg(long, allow_negative_numbers = true)]
+        quantity: i64,
+        /// The committed reservation this shipment fulfils.
+        #[arg(long)]
+        reservation: Option<String>,
+    },
+    /// A count: on_hand as of a time; movements applied after it are added back.
+    Counted {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Units counted on hand.
+        #[arg(long, allow_negative_numbers = true)]
+        on_hand: i64,
+        /// When the count was taken, ms since the Unix epoch (default: now).
+        #[arg(long, allow_negative_numbers = true)]
+        as_of_ms: Option<i64>,
+    },
+    /// A correction of on_hand by a signed delta.
+    Adjusted {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Signed change of on_hand.
+        #[arg(long, allow_negative_numbers = true)]
+        delta: i64,
+        /// Why, in a few words.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Units damaged, on quality hold or quarantined.
+    Unavailable {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Units (positive).
+        #[arg(long, allow_negative_numbers = true)]
+        quantity: i64,
+        /// Why, in a few words.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Units back from unavailable.
+    ReleaseUnavailable {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Units (positive).
+        #[arg(long, allow_negative_numbers = true)]
+        quantity: i64,
+    },
+    /// Units expected (in transit or on order).
+    Incoming {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Units (positive).
+        #[arg(long, allow_negative_numbers = true)]
+        quantity: i64,
+        /// Expected arrival, ms since the Unix epoch.
+        #[arg(long, allow_negative_numbers = true)]
+        expected_at_ms: i64,
+    },
+    /// Expected units arrived (incoming -> on_hand).
+    IncomingReceived {
+        #[command(flatten)]
+        target: EventTarget,
+        /// Units (positive).
+        #[arg(long, allow_negative_numbers = true)]
+        quantity: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocationCommand {
+    /// Create or replace a location (fields not given are reset to their defaults).
+    Upsert(LocationUpsertArgs),
+    /// List configured locations.
+    List,
+}
+
+/// What sort of building a location is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LocationKindArg {
+    Warehouse,
+    Store,
+    #[value(name = "3pl", alias = "third-party")]
+    ThirdParty,
+}
+
+#[derive(Debug, Args)]
+pub struct LocationUpsertArgs {
+    #[arg(long)]
+    pub id: String,
+    #[arg(long, value_enum)]
+    pub kind: LocationKindArg,
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Latitude in degrees (with --lon).
+    #[arg(long = "lat", requires = "longitude", allow_negative_numbers = true)]
+    pub latitude: Option<f64>,
+    /// Longitude in degrees (with --lat).
+    #[arg(long = "lon", requires = "latitude", allow_negative_numbers = true)]
+    pub longitude: Option<f64>,
+    /// Units never promised at this location, per SKU.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub safety_stock: i64,
+    /// Shipments per day (0 = unlimited).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub daily_capacity: i64,
+    /// Cost units per shipment.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub shipping_cost: f64,
+    /// The location keeps its stock but feeds no channel and takes no hold.
+    #[arg(long)]
+    pub inactive: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Create or replace a channel (fields not given are reset to their defaults).
+    Upsert(ChannelUpsertArgs),
+    /// List configured channels.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ChannelUpsertArgs {
+    #[arg(long)]
+    pub id: String,
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// A location feeding the channel; repeat for more.
+    #[arg(long = "location", required = true, value_name = "LOCATION")]
+    pub locations: Vec<String>,
+    /// Units withheld from the channel's total.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub buffer: i64,
+    /// Most units ever published to the channel (default: no cap).
+    #[arg(long, allow_negative_numbers = true)]
+    pub cap: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    #[command(
+        about = "Upsert every [[location]] then every [[channel]] of FILE; prints what changed",
+        after_long_help = CONFIG_FORMAT
+    )]
+    Apply {
+        /// The TOML file (format: see --help).
+        file: PathBuf,
+    },
+    /// Check FILE and print what it declares, without contacting the server.
+    #[command(after_long_help = CONFIG_FORMAT)]
+    Check {
+        /// The TOML file (format: see --help).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[arg(help = "CSV with header event_id,sku,location_id,on_hand[,as_of_ms]")]
+    pub file: PathBuf,
+    /// The as_of_ms of rows that give none (default: now). Counts are idempotent by
+    /// event id and payload, so to run an import again give the value it printed.
+    #[arg(long, allow_negative_numbers = true, value_name = "MS")]
+    pub as_of_ms: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShardsArgs {
+    /// Also list shards that hold nothing.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ShardArgs {
+    /// Shard number.
+    #[arg(value_name = "SHARD_NUMBER")]
+    pub shard: Option<u32>,
+    /// The shard that holds this SKU.
+    #[arg(long)]
+    pub sku: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    pub sku: String,
+    /// Only this location.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Entries to return, newest last (server default 100, at most 1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reserve_takes_repeated_lines() {
+        let cli = Cli::try_parse_from([
+            "atpctl",
+            "reserve",
+            "--id",
+            "r1",
+            "--channel",
+            "web",
+            "--line",
+            "a@dc=1",
+            "--line",
+            "b@dc=2",
+            "--ttl",
+            "60",
+        ])
+        .expect("valid command line");
+        let Command::Reserve(args) = cli.command else { panic!("not reserve") };
+        assert_eq!(args.lines.len(), 2);
+        assert_eq!(args.ttl_seconds, Some(60));
+    }
+
+    #[test]
+    fn adjusted_accepts_a_negative_delta() {
+        let cli = Cli::try_parse_from([
+            "atpctl",
+            "event",
+            "adjusted",
+            "--id",
+            "e",
+            "--sku",
+            "s",
+            "--location",
+            "l",
+            "--delta",
+            "-3",
+            "--reason",
+            "count",
+        ])
+        .expect("valid command line");
+        let Command::Event(EventCommand::Adjusted { delta, .. }) = cli.command else {
+            panic!("not adjusted")
+        };
+        assert_eq!(delta, -3);
+    }
+
+    #[test]
+    fn shard_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["atpctl", "shard"]).is_err());
+        assert!(Cli::try_parse_from(["atpctl", "shard", "3", "--sku", "x"]).is_err());
+        assert!(Cli::try_parse_from(["atpctl", "shard", "--sku", "x"]).is_ok());
+    }
+
+    #[test]
+    fn location_kind_3pl_and_lat_lon_pair() {
+        let ok = Cli::try_parse_from([
+            "atpctl", "location", "upsert", "--id", "x", "--kind", "3pl", "--lat", "-33.9",
+            "--lon", "18.4",
+        ]);
+        assert!(ok.is_ok());
+        let lat_only = Cli::try_parse_from([
+            "atpctl", "location", "upsert", "--id", "x", "--kind", "store", "--lat", "1",
+        ]);
+        assert!(lat_only.is_err());
+    }
+}

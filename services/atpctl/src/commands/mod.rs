@@ -1,0 +1,44 @@
+//! One function per subcommand: check the input, call the server, print the answer.
+
+mod admin;
+mod availability;
+mod config;
+mod event;
+mod import;
+mod reservation;
+
+use std::process::ExitCode;
+
+use crate::cli::{ChannelCommand, Cli, Command, ConfigCommand, LocationCommand};
+use crate::client::Context;
+
+/// Runs the parsed command line. `Ok(ExitCode::FAILURE)` means the call worked but the
+/// server refused part of the work (a rejected stock event); that has been printed.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let context = Context::new(&cli);
+    let context = &context;
+    match cli.command {
+        Command::Reserve(args) => reservation::reserve(context, args).await,
+        Command::Commit(args) => reservation::commit(context, args).await,
+        Command::Release(args) => reservation::release(context, args).await,
+        Command::Cancel(args) => reservation::cancel(context, args).await,
+        Command::Extend(args) => reservation::extend(context, args).await,
+        Command::GetReservation(args) => reservation::get(context, args).await,
+        Command::Availability(args) => availability::availability(context, args).await,
+        Command::Event(event) => event::send(context, event).await,
+        Command::Location(LocationCommand::Upsert(args)) => {
+            config::upsert_location(context, args).await
+        }
+        Command::Location(LocationCommand::List) => config::list_locations(context).await,
+        Command::Channel(ChannelCommand::Upsert(args)) => {
+            config::upsert_channel(context, args).await
+        }
+        Command::Channel(ChannelCommand::List) => config::list_channels(context).await,
+        Command::Config(ConfigCommand::Apply { file }) => config::apply(context, &file).await,
+        Command::Config(ConfigCommand::Check { file }) => config::check(context, &file),
+        Command::Import(args) => import::import(context, args).await,
+        Command::Shards(args) => admin::shards(context, args).await,
+        Command::Shard(args) => admin::shard(context, args).await,
+        Command::Ledger(args) => admin::ledger(context, args).await,
+    }
+}

@@ -1,0 +1,196 @@
+//! Reserve, commit, release, cancel, extend and get: every answer is one reservation.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow};
+use atp_proto::v1::{
+    CancelRequest, CommitRequest, ExtendReservationRequest, GetReservationRequest, ReleaseRequest,
+    Reservation, ReserveRequest,
+};
+use serde_json::{Value, json};
+
+use crate::cli::{CommitArgs, ExtendArgs, IdArgs, ReserveArgs};
+use crate::client::Context;
+use crate::format::{reservation_state, time_ms};
+use crate::table::{Fields, Table};
+
+pub async fn reserve(context: &Context, args: ReserveArgs) -> anyhow::Result<ExitCode> {
+    let request = ReserveRequest {
+        reservation_id: args.id.clone(),
+        channel_id: args.channel,
+        lines: args.lines.into_iter().map(Into::into).collect(),
+        // 0 asks for the server's default lifetime.
+        ttl_seconds: args.ttl_seconds.unwrap_or(0),
+    };
+    let clients = context.connect().await?;
+    let response = clients
+        .availability()
+        .reserve(request)
+        .await
+        .with_context(|| format!("reserve {}", args.id))?
+        .into_inner();
+    print_reservation(context, response.reservation, response.epoch)
+}
+
+pub async fn commit(context: &Context, args: CommitArgs) -> anyhow::Result<ExitCode> {
+    let request = CommitRequest {
+        reservation_id: args.id.clone(),
+        lines: args.lines.into_iter().map(Into::into).collect(),
+    };
+    let clients = context.connect().await?;
+    let response = clients
+        .availability()
+        .commit(request)
+        .await
+        .with_context(|| format!("commit {}", args.id))?
+        .into_inner();
+    print_reservation(context, response.reservation, response.epoch)
+}
+
+pub async fn release(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
+    let clients = context.connect().await?;
+    let response = clients
+        .availability()
+        .release(ReleaseRequest { reservation_id: args.id.clone() })
+        .await
+        .with_context(|| format!("release {}", args.id))?
+        .into_inner();
+    print_reservation(context, response.reservation, response.epoch)
+}
+
+pub async fn cancel(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
+    let clients = context.connect().await?;
+    let response = clients
+        .availability()
+        .cancel(CancelRequest { reservation_id: args.id.clone() })
+        .await
+        .with_context(|| format!("cancel {}", args.id))?
+        .into_inner();
+    print_reservation(context, response.reservation, response.epoch)
+}
+
+pub async fn extend(context: &Context, args: ExtendArgs) -> anyhow::Result<ExitCode> {
+    let request =
+        ExtendReservationRequest { reservation_id: args.id.clone(), ttl_seconds: args.ttl_seconds };
+    let clients = context.connect().await?;
+    let response = clients
+        .availability()
+        .extend_reservation(request)
+        .await
+        .with_context(|| format!("extend {}", args.id))?
+        .into_inner();
+    print_reservation(context, response.reservation, response.epoch)
+}
+
+pub async fn get(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
+    let clients = context.connect().await?;
+    let response = clients
+        .availability()
+        .get_reservation(GetReservationRequest { reservation_id: args.id.clone() })
+        .await
+        .with_context(|| format!("get reservation {}", args.id))?
+        .into_inner();
+    print_reservation(context, response.reservation, response.epoch)
+}
+
+fn print_reservation(
+    context: &Context,
+    reservation: Option<Reservation>,
+    epoch: u64,
+) -> anyhow::Result<ExitCode> {
+    let reservation =
+        reservation.ok_or_else(|| anyhow!("the server's answer has no reservation"))?;
+    context.print(
+        || json!({ "reservation": reservation_json(&reservation), "epoch": epoch }),
+        || reservation_text(&reservation, epoch),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reservation_json(reservation: &Reservation) -> Value {
+    let lines: Vec<Value> = reservation
+        .lines
+        .iter()
+        .map(|line| {
+            json!({
+                "sku": line.sku,
+                "location_id": line.location_id,
+                "quantity": line.quantity,
+                "committed": line.committed,
+                "shipped": line.shipped,
+            })
+        })
+        .collect();
+    json!({
+        "reservation_id": reservation.reservation_id,
+        "channel_id": reservation.channel_id,
+        "state": reservation_state(reservation.state),
+        "lines": lines,
+        "created_at_ms": reservation.created_at_ms,
+        "expires_at_ms": reservation.expires_at_ms,
+        "ended_at_ms": reservation.ended_at_ms,
+    })
+}
+
+fn reservation_text(reservation: &Reservation, epoch: u64) -> String {
+    let mut fields = Fields::new();
+    fields
+        .add("reservation", &reservation.reservation_id)
+        .add("channel", &reservation.channel_id)
+        .add("state", reservation_state(reservation.state))
+        .add("created", time_ms(reservation.created_at_ms))
+        .add("expires", time_ms(reservation.expires_at_ms))
+        .add("ended", time_ms(reservation.ended_at_ms))
+        .add("epoch", epoch);
+    let mut lines = Table::new(&["SKU", "LOCATION", "QUANTITY>", "COMMITTED>", "SHIPPED>"]);
+    for line in &reservation.lines {
+        lines.row(vec![
+            line.sku.clone(),
+            line.location_id.clone(),
+            line.quantity.to_string(),
+            line.committed.to_string(),
+            line.shipped.to_string(),
+        ]);
+    }
+    format!("{}\n{}", fields.render(), lines.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use atp_proto::v1::{ReservationLineState, ReservationState};
+
+    use super::*;
+
+    fn sample() -> Reservation {
+        Reservation {
+            reservation_id: "r1".into(),
+            channel_id: "web".into(),
+            state: ReservationState::Committed as i32,
+            lines: vec![ReservationLineState {
+                sku: "sku-1".into(),
+                location_id: "dc-east".into(),
+                quantity: 3,
+                committed: 2,
+                shipped: 0,
+            }],
+            created_at_ms: 1_700_000_000_000,
+            expires_at_ms: 1_700_000_900_000,
+            ended_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn json_names_the_state() {
+        let value = reservation_json(&sample());
+        assert_eq!(value["state"], "COMMITTED");
+        assert_eq!(value["lines"][0]["committed"], 2);
+    }
+
+    #[test]
+    fn text_has_fields_then_lines() {
+        let text = reservation_text(&sample(), 1);
+        assert!(text.starts_with("reservation  r1\nchannel      web\nstate        COMMITTED\n"));
+        assert!(text.contains("ended        -\n"));
+        assert!(text.contains("SKU    LOCATION  QUANTITY  COMMITTED  SHIPPED\nsku-1  dc-east          3          2        0\n"), "{text}");
+    }
+}

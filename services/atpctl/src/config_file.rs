@@ -1,0 +1,424 @@
+//! The declarative configuration file of `atpctl config apply`.
+//!
+//! A TOML file with any number of `[[location]]` and `[[channel]]` tables.
+//! `config apply` upserts every location first, then every channel (a channel
+//! may only name locations that exist), and prints for each item whether the
+//! server's copy changed. Applying the same file twice changes nothing. An
+//! upsert replaces the whole item, so a key left out takes its default.
+//!
+//! ```toml
+//! [[location]]
+//! id = "dc-east"            # required
+//! kind = "warehouse"        # required: "warehouse", "store" or "3pl"
+//! name = "East DC"          # default ""
+//! latitude = 40.71          # degrees; give both or neither (default 0, 0)
+//! longitude = -74.01
+//! safety_stock = 2          # units never promised, per SKU (default 0)
+//! daily_capacity = 5000     # shipments per day, 0 = unlimited (default 0)
+//! shipping_cost = 4.5       # cost units per shipment (default 0)
+//! active = true             # default true
+//!
+//! [[channel]]
+//! id = "web"                # required
+//! name = "Web store"        # default ""
+//! locations = ["dc-east"]   # required: the locations feeding the channel
+//! buffer = 5                # units withheld from the channel (default 0)
+//! cap = 100                 # most units ever published (default: no cap)
+//! ```
+//!
+//! Unknown keys are errors, and every error names the item (`location
+//! "dc-east"`, or `location #3` when the id itself is missing). The whole file
+//! is checked before anything is sent. `services/atpctl/config.example.toml`
+//! is a complete example (shown by `atpctl config apply --help`).
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, anyhow, bail};
+use atp_core::CoreError;
+use atp_core::catalog::{self, MAX_CHANNELS, MAX_LOCATIONS};
+use atp_core::ids::{LocationId, validate_id};
+use atp_proto::v1::{Channel, Location, LocationKind};
+use serde::Deserialize;
+
+/// Everything a configuration file declares, checked.
+#[derive(Debug, Default, PartialEq)]
+pub struct ConfigFile {
+    pub locations: Vec<LocationEntry>,
+    pub channels: Vec<ChannelEntry>,
+}
+
+/// How a `[[location]]` spells the kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KindEntry {
+    Warehouse,
+    Store,
+    #[serde(rename = "3pl", alias = "third-party")]
+    ThirdParty,
+}
+
+/// One `[[location]]` table.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationEntry {
+    pub id: String,
+    pub kind: KindEntry,
+    #[serde(default)]
+    pub name: String,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    #[serde(default)]
+    pub safety_stock: i64,
+    #[serde(default)]
+    pub daily_capacity: i64,
+    #[serde(default)]
+    pub shipping_cost: f64,
+    #[serde(default = "active_by_default")]
+    pub active: bool,
+}
+
+fn active_by_default() -> bool {
+    true
+}
+
+/// One `[[channel]]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelEntry {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub locations: Vec<String>,
+    #[serde(default)]
+    pub buffer: i64,
+    pub cap: Option<i64>,
+}
+
+impl ConfigFile {
+    /// Reads and checks a whole file; nothing is applied when any item is bad.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let document: toml::Table = toml::from_str(text)
+            .map_err(|error| anyhow!("{}", error.to_string().trim_end()))
+            .context("invalid TOML")?;
+        let mut file = ConfigFile::default();
+        for (key, value) in document {
+            match key.as_str() {
+                "location" => file.locations = parse_items(&key, value)?,
+                "channel" => file.channels = parse_items(&key, value)?,
+                other => bail!(
+                    "unknown top-level key `{other}`: expected [[location]] or [[channel]] tables"
+                ),
+            }
+        }
+        if file.locations.is_empty() && file.channels.is_empty() {
+            bail!("the file declares no [[location]] or [[channel]]");
+        }
+        if file.locations.len() > MAX_LOCATIONS {
+            bail!("{} locations; at most {MAX_LOCATIONS} may be configured", file.locations.len());
+        }
+        if file.channels.len() > MAX_CHANNELS {
+            bail!("{} channels; at most {MAX_CHANNELS} may be configured", file.channels.len());
+        }
+        Ok(file)
+    }
+}
+
+/// What `parse_items` needs of a `[[location]]` or `[[channel]]` entry.
+trait Item: for<'de> Deserialize<'de> {
+    fn id(&self) -> &str;
+    /// The checks serde cannot express; errors need not name the item.
+    fn check(&self) -> anyhow::Result<()>;
+}
+
+/// Reads the array of tables under `key` (`location` or `channel`), checking each item.
+fn parse_items<T: Item>(key: &str, value: toml::Value) -> anyhow::Result<Vec<T>> {
+    let toml::Value::Array(items) = value else {
+        bail!("`{key}` must be written as [[{key}]] tables");
+    };
+    let mut entries: Vec<T> = Vec::with_capacity(items.len());
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let number = index + 1;
+        let label = match item.get("id").and_then(toml::Value::as_str) {
+            Some(id) => format!("{key} {id:?}"),
+            None => format!("{key} #{number}"),
+        };
+        if !item.is_table() {
+            bail!("{label}: must be a table");
+        }
+        let entry: T = item
+            .try_into()
+            .map_err(|error: toml::de::Error| anyhow!("{label}: {}", error.message().trim_end()))?;
+        entry.check().with_context(|| label.clone())?;
+        if let Some(first) = first_seen.insert(entry.id().to_owned(), number) {
+            bail!("{label} is declared twice (#{first} and #{number})");
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+impl Item for LocationEntry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.latitude.is_some() != self.longitude.is_some() {
+            bail!("give both latitude and longitude, or neither");
+        }
+        // The server applies the same rules; checking here keeps a bad file from half-applying.
+        let location = catalog::Location {
+            id: LocationId::parse("id", &self.id)
+                .map_err(|violation| anyhow!("{}: {}", violation.field, violation.description))?,
+            kind: match self.kind {
+                KindEntry::Warehouse => catalog::LocationKind::Warehouse,
+                KindEntry::Store => catalog::LocationKind::Store,
+                KindEntry::ThirdParty => catalog::LocationKind::ThirdParty,
+            },
+            name: self.name.clone(),
+            latitude: self.latitude.unwrap_or(0.0),
+            longitude: self.longitude.unwrap_or(0.0),
+            safety_stock: self.safety_stock,
+            daily_capacity: self.daily_capacity,
+            shipping_cost: self.shipping_cost,
+            active: self.active,
+        };
+        location.validate("location").map_err(|error| describe_core_error(error, "location."))
+    }
+}
+
+impl LocationEntry {
+    pub fn to_proto(&self) -> Location {
+        let kind = match self.kind {
+            KindEntry::Warehouse => LocationKind::Warehouse,
+            KindEntry::Store => LocationKind::Store,
+            KindEntry::ThirdParty => LocationKind::ThirdParty,
+        };
+        Location {
+            location_id: self.id.clone(),
+            kind: kind as i32,
+            name: self.name.clone(),
+            latitude: self.latitude.unwrap_or(0.0),
+            longitude: self.longitude.unwrap_or(0.0),
+            safety_stock: self.safety_stock,
+            daily_capacity: self.daily_capacity,
+            shipping_cost: self.shipping_cost,
+            active: self.active,
+        }
+    }
+}
+
+impl Item for ChannelEntry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        check_id("id", &self.id)?;
+        for (index, location) in self.locations.iter().enumerate() {
+            check_id(&format!("locations[{index}]"), location)?;
+            if self.locations[..index].contains(location) {
+                bail!("locations[{index}]: location {location:?} is listed twice");
+            }
+        }
+        if self.buffer < 0 {
+            bail!("buffer: must be >= 0");
+        }
+        if self.cap.is_some_and(|cap| cap < 0) {
+            bail!("cap: must be >= 0");
+        }
+        Ok(())
+    }
+}
+
+impl ChannelEntry {
+    pub fn to_proto(&self) -> Channel {
+        Channel {
+            channel_id: self.id.clone(),
+            name: self.name.clone(),
+            location_ids: self.locations.clone(),
+            buffer: self.buffer,
+            cap: self.cap,
+        }
+    }
+}
+
+fn check_id(field: &str, value: &str) -> anyhow::Result<()> {
+    validate_id(field, value)
+        .map_err(|violation| anyhow!("{}: {}", violation.field, violation.description))
+}
+
+/// `field: description; …` with the core's field prefix dropped.
+fn describe_core_error(error: CoreError, prefix: &str) -> anyhow::Error {
+    match error {
+        CoreError::InvalidArgument(violations) => anyhow!(
+            "{}",
+            violations
+                .iter()
+                .map(|v| format!(
+                    "{}: {}",
+                    v.field.strip_prefix(prefix).unwrap_or(&v.field),
+                    v.description
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        other => anyhow!("{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [[location]]
+        id = "dc-east"
+        kind = "warehouse"
+        name = "East DC"
+        latitude = 40.71
+        longitude = -74.01
+        safety_stock = 2
+        daily_capacity = 5000
+        shipping_cost = 4.5
+
+        [[location]]
+        id = "store-12"
+        kind = "store"
+        active = false
+
+        [[location]]
+        id = "acme"
+        kind = "3pl"
+
+        [[channel]]
+        id = "web"
+        name = "Web store"
+        locations = ["dc-east", "acme"]
+        buffer = 5
+        cap = 100
+
+        [[channel]]
+        id = "pos-12"
+        locations = ["store-12"]
+    "#;
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", ConfigFile::parse(text).expect_err("a bad file"))
+    }
+
+    #[test]
+    fn reads_locations_and_channels_with_defaults() {
+        let file = ConfigFile::parse(EXAMPLE).expect("valid file");
+        assert_eq!(file.locations.len(), 3);
+        assert_eq!(file.channels.len(), 2);
+
+        let east = file.locations[0].to_proto();
+        assert_eq!(east.location_id, "dc-east");
+        assert_eq!(east.kind, LocationKind::Warehouse as i32);
+        assert_eq!((east.latitude, east.longitude), (40.71, -74.01));
+        assert_eq!((east.safety_stock, east.daily_capacity), (2, 5000));
+        assert!(east.active);
+
+        let store = file.locations[1].to_proto();
+        assert_eq!(store.kind, LocationKind::Store as i32);
+        assert!(!store.active);
+        assert_eq!((store.name.as_str(), store.safety_stock), ("", 0));
+        assert_eq!(file.locations[2].kind, KindEntry::ThirdParty);
+
+        let web = file.channels[0].to_proto();
+        assert_eq!(web.location_ids, ["dc-east", "acme"]);
+        assert_eq!((web.buffer, web.cap), (5, Some(100)));
+        let pos = file.channels[1].to_proto();
+        assert_eq!((pos.buffer, pos.cap, pos.name.as_str()), (0, None, ""));
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let file =
+            ConfigFile::parse(include_str!("../config.example.toml")).expect("valid example");
+        assert_eq!((file.locations.len(), file.channels.len()), (2, 2));
+    }
+
+    #[test]
+    fn a_file_with_only_channels_is_fine() {
+        let file = ConfigFile::parse("[[channel]]\nid = \"web\"\nlocations = [\"dc\"]\n")
+            .expect("valid file");
+        assert!(file.locations.is_empty());
+        assert_eq!(file.channels.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_item() {
+        let cases = [
+            (
+                "[[location]]\nid = \"dc\"\nkind = \"depot\"\n",
+                "location \"dc\": unknown variant `depot`",
+            ),
+            (
+                "[[location]]\nid = \"dc\"\nkind = \"store\"\nkidn = 1\n",
+                "location \"dc\": unknown field `kidn`",
+            ),
+            ("[[location]]\nkind = \"store\"\n", "location #1: missing field `id`"),
+            ("[[location]]\nid = \"\"\nkind = \"store\"\n", "location \"\": id: must not be empty"),
+            (
+                "[[location]]\nid = \"dc\"\nkind = \"store\"\nlatitude = 10.0\n",
+                "location \"dc\": give both latitude and longitude",
+            ),
+            (
+                "[[location]]\nid = \"dc\"\nkind = \"store\"\nlatitude = 100.0\nlongitude = 0.0\n",
+                "location \"dc\": latitude: must be -90..=90",
+            ),
+            (
+                "[[location]]\nid = \"dc\"\nkind = \"store\"\nsafety_stock = -1\n",
+                "location \"dc\": safety_stock: must be 0..=",
+            ),
+            (
+                "[[location]]\nid = \"dc\"\nkind = \"store\"\nsafety_stock = \"2\"\n",
+                "location \"dc\": invalid type: string \"2\", expected i64",
+            ),
+            ("[[channel]]\nid = \"web\"\n", "channel \"web\": missing field `locations`"),
+            (
+                "[[channel]]\nid = \"web\"\nlocations = [\"a\", \"a\"]\n",
+                "channel \"web\": locations[1]: location \"a\" is listed twice",
+            ),
+            (
+                "[[channel]]\nid = \"web\"\nlocations = [\"a\"]\nbuffer = -2\n",
+                "channel \"web\": buffer: must be >= 0",
+            ),
+            (
+                "[[channel]]\nid = \"web\"\nlocations = [\"a\"]\ncap = -1\n",
+                "channel \"web\": cap: must be >= 0",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_of(text);
+            assert!(error.contains(expected), "{text:?}\n  got: {error}\n  want: {expected}");
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let text = "[[location]]\nid = \"dc\"\nkind = \"store\"\n\
+                    [[location]]\nid = \"x\"\nkind = \"store\"\n\
+                    [[location]]\nid = \"dc\"\nkind = \"warehouse\"\n";
+        assert_eq!(error_of(text), "location \"dc\" is declared twice (#1 and #3)");
+    }
+
+    #[test]
+    fn structural_mistakes_are_explained() {
+        assert!(
+            error_of("[[locations]]\nid = \"dc\"\n").contains("unknown top-level key `locations`")
+        );
+        assert!(
+            error_of("[location]\nid = \"dc\"\n")
+                .contains("must be written as [[location]] tables")
+        );
+        assert!(error_of("location = [1]\n").contains("location #1: must be a table"));
+        assert!(error_of("").contains("declares no [[location]] or [[channel]]"));
+        let syntax = error_of("[[location]]\nid = \"dc\n");
+        assert!(syntax.starts_with("invalid TOML: "), "{syntax}");
+        assert!(syntax.contains("line 2"), "{syntax}");
+    }
+}

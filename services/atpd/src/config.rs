@@ -1,0 +1,344 @@
+//! The node's configuration: one typed struct, read from an optional TOML
+//! file, then overridden by `ATP_<KEY>` environment variables, then checked
+//! as a whole. `docs/CONFIGURATION.md` documents every key; keep both in step.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atp_core::ids::{MAX_ID_BYTES, MAX_TTL_MS, MIN_TTL_MS};
+use atp_core::shard::ShardSettings;
+use atp_server::ServerConfig;
+use atp_shard::NodeConfig;
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override keys (`ATP_LISTEN_ADDR`).
+pub const ENV_PREFIX: &str = "ATP_";
+/// The variable naming the config file (also `--config`); not a key.
+pub const CONFIG_FILE_ENV: &str = "ATP_CONFIG";
+
+const DAY_S: u64 = 24 * 60 * 60;
+
+/// Everything `atpd` can be told. Every key has a default, so no file and no
+/// variable at all gives a working single node on `127.0.0.1:50051`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server binds, `IP:PORT`. Port 0 picks a free port; the
+    /// bound address is printed as `atpd listening on IP:PORT` on stderr.
+    /// Default `127.0.0.1:50051`.
+    pub listen_addr: SocketAddr,
+    /// Name of this node in the admin API (1..=128 bytes). Default `atpd-0`.
+    pub node_name: String,
+    /// Operations each shard's mailbox holds before callers get
+    /// RESOURCE_EXHAUSTED (1..=1048576). Default 4096.
+    pub mailbox_capacity: usize,
+    /// Most operations a shard applies per batch (1..=65536). Default 256.
+    pub batch_max: usize,
+    /// Hold lifetime when a Reserve (or Extend) says `ttl_seconds = 0`
+    /// (1..=86400). Default 900.
+    pub reservation_ttl_default_s: u64,
+    /// How long an ended reservation's id, and a stock event's id, is
+    /// remembered for idempotent retries (1..=2592000). Default 86400.
+    pub retention_s: u64,
+    /// Ledger entries kept in memory per shard, oldest dropped first
+    /// (1..=1000000). Default 4096.
+    pub ledger_tail_capacity: usize,
+    /// How far back a count's `as_of_ms` may reach; movements are kept this
+    /// long (1..=2592000). Default 86400.
+    pub count_window_s: u64,
+    /// Movements kept per position for late counts, oldest dropped first
+    /// (1..=1000000). Default 10000.
+    pub movements_per_position: usize,
+    /// Longest a request may run before DEADLINE_EXCEEDED (1..=3600000).
+    /// Default 10000.
+    pub request_timeout_ms: u64,
+    /// Requests in flight on the node; more are refused at once with
+    /// RESOURCE_EXHAUSTED (1..=1000000). Default 4096.
+    pub max_concurrent_requests: usize,
+    /// Largest request message accepted, in bytes (1024..=67108864).
+    /// Default 4194304 (4 MiB).
+    pub max_message_bytes: usize,
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish
+    /// before the node stops anyway (0..=3600). Default 10.
+    pub shutdown_grace_s: u64,
+    /// Log filter in `tracing-subscriber` `EnvFilter` syntax
+    /// (`info`, `atp_server=debug,info`). `RUST_LOG`, when set, wins.
+    /// Default `info`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let node = NodeConfig::default();
+        let server = ServerConfig::default();
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            node_name: node.node_name,
+            mailbox_capacity: node.mailbox_capacity,
+            batch_max: node.batch_max,
+            reservation_ttl_default_s: seconds(node.default_ttl_ms),
+            retention_s: seconds(node.shard.retention_ms),
+            ledger_tail_capacity: node.shard.ledger_capacity,
+            count_window_s: seconds(node.shard.count_window_ms),
+            movements_per_position: node.shard.movements_per_position,
+            request_timeout_ms: millis(server.request_timeout),
+            max_concurrent_requests: server.max_concurrent_requests,
+            max_message_bytes: server.max_message_bytes,
+            shutdown_grace_s: server.shutdown_grace.as_secs(),
+            log: "info".to_owned(),
+        }
+    }
+}
+
+fn seconds(ms: i64) -> u64 {
+    u64::try_from(ms / 1000).expect("default durations are positive")
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).expect("default durations fit in u64 ms")
+}
+
+/// A loaded configuration and what was odd about its sources.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The checked configuration.
+    pub config: Config,
+    /// `ATP_*` variables that name no key (ignored; logged once logging is up).
+    pub unknown_variables: Vec<String>,
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `ATP_<KEY>` overrides from `variables`,
+    /// and checks the result. Every problem is reported at once.
+    pub fn load(
+        file: Option<&Path>,
+        variables: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Loaded> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        let mut problems = Vec::new();
+        let mut unknown_variables = Vec::new();
+        for (name, value) in variables {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if name == CONFIG_FILE_ENV {
+                continue;
+            }
+            match config.set(&key.to_ascii_lowercase(), &value) {
+                Ok(true) => {}
+                Ok(false) => unknown_variables.push(name),
+                Err(problem) => problems.push(format!("{name}: {problem}")),
+            }
+        }
+        problems.extend(config.problems());
+        if !problems.is_empty() {
+            bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        }
+        Ok(Loaded { config, unknown_variables })
+    }
+
+    /// Sets `key` from its text form; `Ok(false)` when there is no such key.
+    fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        match key {
+            "listen_addr" => self.listen_addr = parse(value, "an IP:PORT address")?,
+            "node_name" => self.node_name = value.to_owned(),
+            "mailbox_capacity" => self.mailbox_capacity = parse(value, "a whole number")?,
+            "batch_max" => self.batch_max = parse(value, "a whole number")?,
+            "reservation_ttl_default_s" => {
+                self.reservation_ttl_default_s = parse(value, "a whole number of seconds")?;
+            }
+            "retention_s" => self.retention_s = parse(value, "a whole number of seconds")?,
+            "ledger_tail_capacity" => self.ledger_tail_capacity = parse(value, "a whole number")?,
+            "count_window_s" => self.count_window_s = parse(value, "a whole number of seconds")?,
+            "movements_per_position" => {
+                self.movements_per_position = parse(value, "a whole number")?;
+            }
+            "request_timeout_ms" => {
+                self.request_timeout_ms = parse(value, "a whole number of milliseconds")?;
+            }
+            "max_concurrent_requests" => {
+                self.max_concurrent_requests = parse(value, "a whole number")?;
+            }
+            "max_message_bytes" => {
+                self.max_message_bytes = parse(value, "a whole number of bytes")?
+            }
+            "shutdown_grace_s" => {
+                self.shutdown_grace_s = parse(value, "a whole number of seconds")?
+            }
+            "log" => self.log = value.to_owned(),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Every key out of its bounds, as `key: what is wrong`.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut within = |key: &str, value: u64, low: u64, high: u64| {
+            if !(low..=high).contains(&value) {
+                problems.push(format!("{key}: must be {low}..={high}, got {value}"));
+            }
+        };
+        let ttl_low = seconds(MIN_TTL_MS);
+        let ttl_high = seconds(MAX_TTL_MS);
+        within("mailbox_capacity", as_u64(self.mailbox_capacity), 1, 1 << 20);
+        within("batch_max", as_u64(self.batch_max), 1, 1 << 16);
+        within("reservation_ttl_default_s", self.reservation_ttl_default_s, ttl_low, ttl_high);
+        within("retention_s", self.retention_s, 1, 30 * DAY_S);
+        within("ledger_tail_capacity", as_u64(self.ledger_tail_capacity), 1, 1_000_000);
+        within("count_window_s", self.count_window_s, 1, 30 * DAY_S);
+        within("movements_per_position", as_u64(self.movements_per_position), 1, 1_000_000);
+        within("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000);
+        within("max_concurrent_requests", as_u64(self.max_concurrent_requests), 1, 1_000_000);
+        within("max_message_bytes", as_u64(self.max_message_bytes), 1024, 64 << 20);
+        within("shutdown_grace_s", self.shutdown_grace_s, 0, 3600);
+        if let Err(violation) = atp_core::ids::validate_id("node_name", &self.node_name) {
+            problems.push(format!(
+                "node_name: {} (at most {MAX_ID_BYTES} bytes)",
+                violation.description
+            ));
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&self.log) {
+            problems.push(format!("log: {error}"));
+        }
+        problems
+    }
+
+    /// The shard layer's settings.
+    pub fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            node_name: self.node_name.clone(),
+            mailbox_capacity: self.mailbox_capacity,
+            batch_max: self.batch_max,
+            default_ttl_ms: ms(self.reservation_ttl_default_s),
+            shard: ShardSettings {
+                retention_ms: ms(self.retention_s),
+                ledger_capacity: self.ledger_tail_capacity,
+                count_window_ms: ms(self.count_window_s),
+                movements_per_position: self.movements_per_position,
+            },
+        }
+    }
+
+    /// The gRPC server's limits.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_message_bytes: self.max_message_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_s),
+        }
+    }
+}
+
+fn parse<T: FromStr>(value: &str, what: &str) -> Result<T, String> {
+    value.trim().parse().map_err(|_| format!("cannot read {value:?} as {what}"))
+}
+
+fn as_u64(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+/// Seconds (already checked to be at most 30 days) as ms.
+fn ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn variables(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_serve_on_50051() {
+        let loaded = Config::load(None, Vec::new()).expect("defaults are valid");
+        assert_eq!(loaded.config, Config::default());
+        assert_eq!(loaded.config.listen_addr.to_string(), "127.0.0.1:50051");
+        let node = loaded.config.node_config();
+        assert_eq!(node.default_ttl_ms, NodeConfig::default().default_ttl_ms);
+        assert_eq!(node.shard.retention_ms, ShardSettings::default().retention_ms);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let mut file = tempfile();
+        writeln!(
+            file.1,
+            "listen_addr = \"127.0.0.1:6000\"\nmailbox_capacity = 64\nlog = \"debug\""
+        )
+        .expect("write config");
+        let loaded = Config::load(
+            Some(&file.0),
+            variables(&[
+                ("ATP_LISTEN_ADDR", "127.0.0.1:0"),
+                ("ATP_BATCH_MAX", "8"),
+                ("ATP_CONFIG", "ignored"),
+                ("ATP_ADDR", "for atpctl"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(loaded.config.listen_addr.to_string(), "127.0.0.1:0");
+        assert_eq!(loaded.config.mailbox_capacity, 64);
+        assert_eq!(loaded.config.batch_max, 8);
+        assert_eq!(loaded.config.log, "debug");
+        assert_eq!(loaded.unknown_variables, vec!["ATP_ADDR"]);
+        std::fs::remove_file(&file.0).expect("remove temp file");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let error = Config::load(
+            None,
+            variables(&[
+                ("ATP_MAILBOX_CAPACITY", "0"),
+                ("ATP_RESERVATION_TTL_DEFAULT_S", "100000"),
+                ("ATP_REQUEST_TIMEOUT_MS", "soon"),
+                ("ATP_NODE_NAME", ""),
+            ]),
+        )
+        .expect_err("invalid");
+        let message = format!("{error:#}");
+        for part in [
+            "ATP_REQUEST_TIMEOUT_MS: cannot read \"soon\"",
+            "mailbox_capacity: must be 1..=1048576, got 0",
+            "reservation_ttl_default_s: must be 1..=86400, got 100000",
+            "node_name: must not be empty",
+        ] {
+            assert!(message.contains(part), "{part:?} missing in:\n{message}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let mut file = tempfile();
+        writeln!(file.1, "listen_adr = \"127.0.0.1:6000\"").expect("write config");
+        let error = Config::load(Some(&file.0), Vec::new()).expect_err("unknown key");
+        assert!(format!("{error:#}").contains("listen_adr"), "{error:#}");
+        std::fs::remove_file(&file.0).expect("remove temp file");
+    }
+
+    fn tempfile() -> (std::path::PathBuf, std::fs::File) {
+        let path = std::env::temp_dir().join(format!(
+            "atpd-config-test-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = std::fs::File::create(&path).expect("create temp file");
+        (path, file)
+    }
+}
