@@ -7,7 +7,7 @@ use crate::ids::{ChannelId, LocationId, Sku};
 use crate::position::Position;
 
 /// One position as shown to callers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LocationAvailability {
     /// The location.
     pub location: LocationId,

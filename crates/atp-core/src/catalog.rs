@@ -13,7 +13,7 @@ pub const MAX_CHANNELS: usize = 1_000;
 pub const MAX_LOCATIONS_PER_CHANNEL: usize = 1_000;
 
 /// What sort of building a location is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum LocationKind {
     /// A distribution centre.
     #[default]
@@ -25,7 +25,7 @@ pub enum LocationKind {
 }
 
 /// A fulfilment location.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Location {
     /// Its id.
     pub id: LocationId,
@@ -81,7 +81,7 @@ impl Location {
 }
 
 /// A sales channel and the rule that turns location ATP into the number it is shown.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Channel {
     /// Its id.
     pub id: ChannelId,
@@ -112,7 +112,7 @@ impl Channel {
 }
 
 /// All configuration: an immutable snapshot handed to each shard operation.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Catalog {
     /// Locations by id.
     pub locations: BTreeMap<LocationId, Location>,

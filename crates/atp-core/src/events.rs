@@ -3,7 +3,7 @@
 use crate::ids::{EventId, LocationId, ReservationId, Sku};
 
 /// What happened.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StockEventKind {
     /// Units arrived: on_hand += quantity.
     Received {
@@ -59,6 +59,18 @@ pub enum StockEventKind {
 }
 
 impl StockEventKind {
+    /// Every kind's [`StockEventKind::name`].
+    pub const NAMES: [&'static str; 8] = [
+        "received",
+        "shipped",
+        "counted",
+        "adjusted",
+        "unavailable",
+        "released_unavailable",
+        "incoming",
+        "incoming_received",
+    ];
+
     /// Short name used in the ledger.
     pub fn name(&self) -> &'static str {
         match self {
@@ -75,7 +87,7 @@ impl StockEventKind {
 }
 
 /// One (sku, location) fact with its own id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StockEvent {
     /// Applied at most once (deduplicated on the SKU's shard).
     pub id: EventId,

@@ -35,10 +35,39 @@ impl LedgerKind {
             Self::Event(name) => name,
         }
     }
+
+    /// The kind named `name` (the inverse of [`LedgerKind::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "reserve" => Self::Reserve,
+            "release" => Self::Release,
+            "expire" => Self::Expire,
+            "abort" => Self::Abort,
+            "commit" => Self::Commit,
+            "cancel" => Self::Cancel,
+            other => {
+                Self::Event(crate::events::StockEventKind::NAMES.iter().find(|n| **n == other)?)
+            }
+        })
+    }
+}
+
+impl serde::Serialize for LedgerKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LedgerKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown ledger kind {name}")))
+    }
 }
 
 /// One change of one position.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LedgerEntry {
     /// Position in the shard's ledger (gap-free, from 1).
     pub sequence: u64,

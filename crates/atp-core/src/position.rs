@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 ///
 /// `safety_stock` is configuration (per location) and is passed in where needed,
 /// so the stored position holds only what events and requests change.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// Physical units in the building (may go negative if a fact says so).
     pub on_hand: i64,
@@ -21,7 +21,7 @@ pub struct Position {
 }
 
 /// Changes to the buckets of a position, as recorded in the ledger.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deltas {
     /// Change of on_hand.
     pub on_hand: i64,

@@ -14,7 +14,7 @@ use crate::ids::{ChannelId, LocationId, MAX_LINES_PER_RESERVATION, ReservationId
 ///  │ └─release──▶ RELEASED    └──cancel──▶ CANCELLED
 ///  └──ttl passes──▶ EXPIRED
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ReservationState {
     /// Being created across shards; not yet answered.
     Pending,
@@ -55,7 +55,7 @@ impl fmt::Display for ReservationState {
 }
 
 /// One line of a Reserve: units of a SKU at a location.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReserveLine {
     /// The SKU.
     pub sku: Sku,
@@ -66,7 +66,7 @@ pub struct ReserveLine {
 }
 
 /// A validated Reserve.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReserveRequest {
     /// Idempotency key; the home shard is `shard_of(id)`.
     pub id: ReservationId,

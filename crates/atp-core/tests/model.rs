@@ -29,7 +29,7 @@ use atp_core::hash::shard_of;
 use atp_core::ids::{LocationId, MAX_TTL_MS, ReservationId, Sku};
 use atp_core::position::Position;
 use atp_core::reservation::{CommitLine, ReservationState, ReservationView, ReserveRequest};
-use atp_core::shard::EventApplied;
+use atp_core::shard::{EventApplied, ShardState, recover};
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestCaseError};
 
@@ -136,6 +136,8 @@ struct Run {
     wall_ms: i64,
     /// Every position after the last step.
     positions: BTreeMap<Key, Position>,
+    /// Per shard, the records its drained changes wrote.
+    stores: BTreeMap<u32, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl Run {
@@ -147,6 +149,7 @@ impl Run {
             checker: Checker::default(),
             wall_ms: START_MS,
             positions: BTreeMap::new(),
+            stores: BTreeMap::new(),
         }
     }
 
@@ -197,6 +200,40 @@ impl Run {
         let named = request.as_ref().and_then(Request::reservation);
         self.checker.check(&mut self.node, &self.model, &positions, named)?;
         self.positions = positions;
+        self.persist()
+    }
+
+    /// Hands every shard's changes to a stand-in store: what the store holds
+    /// must be exactly the shard's state (no change left untracked).
+    fn persist(&mut self) -> Result<(), TestCaseError> {
+        for (shard, state) in &mut self.node.shards {
+            let store = self.stores.entry(*shard).or_default();
+            for (key, value) in state.drain_changes().records {
+                match value {
+                    Some(value) => store.insert(key, value),
+                    None => store.remove(&key),
+                };
+            }
+            prop_assert!(store == &state.dump(), "shard {} stored differs from its state", shard);
+        }
+        Ok(())
+    }
+
+    /// Every shard restored from the store and recovered equals the live one.
+    fn restore(&self) -> Result<(), TestCaseError> {
+        let mut restored = BTreeMap::new();
+        for (shard, store) in &self.stores {
+            let records = store.iter().map(|(k, v)| (k.clone(), v.clone()));
+            let state = ShardState::restore(*shard, 1, common::settings(), records)
+                .map_err(|error| TestCaseError::fail(error.to_string()))?;
+            restored.insert(*shard, state);
+        }
+        let now = self.model.clock_ms;
+        recover(&mut restored, &catalog(), now);
+        for (shard, state) in &self.node.shards {
+            let again = restored.get(shard).map(ShardState::dump).unwrap_or_default();
+            prop_assert!(again == state.dump(), "shard {} differs after restore", shard);
+        }
         Ok(())
     }
 
@@ -262,7 +299,8 @@ impl Run {
             self.model.reservations.values().all(|r| r.state == ReservationState::Committed),
             "ended reservations outlived the retention"
         );
-        check_full_ledger(&self.node)
+        check_full_ledger(&self.node)?;
+        self.restore()
     }
 }
 

@@ -9,7 +9,7 @@ use crate::ids::ReservationId;
 use crate::ledger::LedgerKind;
 use crate::reservation::{CommitLine, LineView, ReservationState, ReservationView, ReserveRequest};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Record {
     request: ReserveRequest,
     state: ReservationState,
@@ -33,6 +33,19 @@ pub enum Begin {
 }
 
 impl Record {
+    pub(super) fn state(&self) -> ReservationState {
+        self.state
+    }
+
+    /// When the shard must next look at this record (expiry or forgetting).
+    pub(super) fn deadline(&self, retention_ms: i64) -> Option<i64> {
+        match self.state {
+            ReservationState::Held => Some(self.expires_at_ms),
+            state if state.is_final() => Some(self.ended_at_ms + retention_ms),
+            _ => None,
+        }
+    }
+
     fn view(&self, state: ReservationState) -> ReservationView {
         let lines = self
             .request
@@ -456,5 +469,59 @@ impl ShardState {
         if due {
             self.records.remove(id);
         }
+    }
+}
+
+impl ShardState {
+    /// Whether this shard holds the record of reservation `id`.
+    pub(super) fn has_record(&self, id: &ReservationId) -> bool {
+        self.records.contains_key(id)
+    }
+
+    /// Every line of every COMMITTED record, with the units committed.
+    pub(super) fn committed_lines(&self) -> Vec<super::ShipNotice> {
+        let mut lines = Vec::new();
+        for (id, record) in self.records.iter() {
+            let (ReservationState::Committed, Some(committed)) = (record.state, &record.committed)
+            else {
+                continue;
+            };
+            for (line, units) in record.request.lines.iter().zip(committed) {
+                lines.push(super::ShipNotice {
+                    reservation: id.clone(),
+                    sku: line.sku.clone(),
+                    location: line.location.clone(),
+                    shipped_total: *units,
+                });
+            }
+        }
+        lines
+    }
+
+    /// The line ops every record's state implies on its lines' shards. All are
+    /// idempotent, so recovery re-sends them in case a crash lost them.
+    pub(super) fn implied_line_ops(&self) -> Vec<(u32, LineOp)> {
+        let mut ops = Vec::new();
+        for (id, record) in self.records.iter() {
+            let commit = |lines| LineOp::Commit { id: id.clone(), lines };
+            let release = |kind| move |_| LineOp::Release { id: id.clone(), kind };
+            match record.state {
+                ReservationState::Pending | ReservationState::Held => {}
+                ReservationState::Committed | ReservationState::Fulfilled => {
+                    ops.extend(record.line_ops(commit));
+                }
+                ReservationState::Cancelled => {
+                    ops.extend(record.line_ops(commit));
+                    ops.extend(record.line_ops(|_| LineOp::Cancel { id: id.clone() }));
+                }
+                ReservationState::Released => {
+                    ops.extend(record.line_ops(release(LedgerKind::Release)));
+                }
+                ReservationState::Expired => {
+                    ops.extend(record.line_ops(release(LedgerKind::Expire)));
+                }
+            }
+        }
+        ops
     }
 }

@@ -47,7 +47,7 @@ pub enum LineOp {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct HeldLine {
     pub(crate) sku: Sku,
     pub(crate) location: LocationId,
@@ -56,7 +56,7 @@ pub(crate) struct HeldLine {
     pub(crate) shipped: i64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LineHolds {
     pub(crate) committed: bool,
     pub(crate) lines: Vec<HeldLine>,
@@ -236,5 +236,35 @@ impl ShardState {
             let deltas = Deltas { committed: -unshipped, ..Deltas::default() };
             self.change(&line.sku, &line.location, &cause, LedgerKind::Cancel, deltas, false, now);
         }
+    }
+}
+
+impl ShardState {
+    /// Reservations with uncommitted holds on this shard.
+    pub(super) fn uncommitted_holds(&self) -> Vec<ReservationId> {
+        self.holds.iter().filter(|(_, holds)| holds.is_held()).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Whether a line of reservation `id` is still held or committed here.
+    pub(super) fn has_line(&self, id: &ReservationId, sku: &Sku, location: &LocationId) -> bool {
+        self.holds
+            .get(id)
+            .is_some_and(|h| h.lines.iter().any(|l| &l.sku == sku && &l.location == location))
+    }
+
+    /// What shipped so far on every committed line, for the lines' homes.
+    pub(super) fn ship_notices(&self) -> Vec<super::ShipNotice> {
+        let mut notices = Vec::new();
+        for (id, holds) in self.holds.iter().filter(|(_, holds)| holds.committed) {
+            for line in holds.lines.iter().filter(|line| line.shipped > 0) {
+                notices.push(super::ShipNotice {
+                    reservation: id.clone(),
+                    sku: line.sku.clone(),
+                    location: line.location.clone(),
+                    shipped_total: line.shipped,
+                });
+            }
+        }
+        notices
     }
 }

@@ -11,18 +11,24 @@
 
 mod home;
 mod lines;
+mod persist;
+mod recover;
 mod stock;
+mod tracked;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crate::catalog::Catalog;
 use crate::ids::{EventId, LocationId, ReservationId, Sku};
 use crate::ledger::{LedgerEntry, LedgerKind};
 use crate::position::{Deltas, Position};
+use tracked::Tracked;
 
 pub use home::Begin;
 pub use lines::{LineOp, LineQuantity};
+pub use persist::{Changes, RestoreError};
+pub use recover::{RecoveryReport, recover};
 pub use stock::{EventApplied, ShipNotice};
 
 /// Tunables of a shard, with the defaults of a fresh node.
@@ -31,6 +37,7 @@ pub struct ShardSettings {
     /// How long an ended reservation's id (and a stock event's id) is remembered.
     pub retention_ms: i64,
     /// Ledger entries kept in memory per shard (oldest dropped first); 0 = unbounded.
+    /// The durable ledger (the store) keeps them all for its retention.
     pub ledger_capacity: usize,
     /// How far back a count's `as_of` may reach (movements are kept this long).
     pub count_window_ms: i64,
@@ -42,7 +49,7 @@ impl Default for ShardSettings {
     fn default() -> Self {
         Self {
             retention_ms: 24 * 60 * 60 * 1000,
-            ledger_capacity: 4096,
+            ledger_capacity: 64,
             count_window_ms: 24 * 60 * 60 * 1000,
             movements_per_position: 10_000,
         }
@@ -53,7 +60,7 @@ impl Default for ShardSettings {
 pub const MAX_COUNT_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// One position and what counts need to know about its past.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PositionState {
     pub(crate) position: Position,
     /// (applied at ms, on_hand delta) of non-count movements, oldest first.
@@ -92,18 +99,21 @@ pub struct ShardState {
     shard: u32,
     epoch: u64,
     settings: ShardSettings,
-    positions: HashMap<Sku, BTreeMap<LocationId, PositionState>>,
-    holds: HashMap<ReservationId, lines::LineHolds>,
-    records: HashMap<ReservationId, home::Record>,
-    events: HashMap<EventId, stock::EventMemo>,
+    positions: Tracked<Sku, BTreeMap<LocationId, PositionState>>,
+    holds: Tracked<ReservationId, lines::LineHolds>,
+    records: Tracked<ReservationId, home::Record>,
+    events: Tracked<EventId, stock::EventMemo>,
     ledger: VecDeque<LedgerEntry>,
+    /// Ledger entries not yet handed out by [`ShardState::drain_changes`].
+    ledger_outbox: Vec<LedgerEntry>,
     ledger_sequence: u64,
     applied_sequence: u64,
     clock_ms: i64,
     deadlines: BinaryHeap<Reverse<(i64, Deadline)>>,
     /// Line ops of a tick inside a request that then failed; the next tick returns them.
     undelivered: Vec<(u32, LineOp)>,
-    dirty: HashSet<Sku>,
+    /// The meta record as last handed out by [`ShardState::drain_changes`].
+    drained_meta: persist::Meta,
 }
 
 impl ShardState {
@@ -113,17 +123,18 @@ impl ShardState {
             shard,
             epoch,
             settings,
-            positions: HashMap::new(),
-            holds: HashMap::new(),
-            records: HashMap::new(),
-            events: HashMap::new(),
+            positions: Tracked::default(),
+            holds: Tracked::default(),
+            records: Tracked::default(),
+            events: Tracked::default(),
             ledger: VecDeque::new(),
+            ledger_outbox: Vec::new(),
             ledger_sequence: 0,
             applied_sequence: 0,
             clock_ms: i64::MIN,
             deadlines: BinaryHeap::new(),
             undelivered: Vec::new(),
-            dirty: HashSet::new(),
+            drained_meta: persist::Meta::default(),
         }
     }
 
@@ -161,15 +172,10 @@ impl ShardState {
             .unwrap_or_default()
     }
 
-    /// SKUs whose positions changed since the last call (for publishing a read view).
-    pub fn take_dirty_skus(&mut self) -> Vec<Sku> {
-        self.dirty.drain().collect()
-    }
-
     /// Every position of the shard, for checks and tests.
     pub fn all_positions(&self) -> Vec<(Sku, LocationId, Position)> {
         let mut all = Vec::new();
-        for (sku, by_location) in &self.positions {
+        for (sku, by_location) in self.positions.iter() {
             for (location, state) in by_location {
                 all.push((sku.clone(), location.clone(), state.position.clone()));
             }
@@ -238,7 +244,7 @@ impl ShardState {
     }
 
     fn position_mut(&mut self, sku: &Sku, location: &LocationId) -> &mut PositionState {
-        self.positions.entry(sku.clone()).or_default().entry(location.clone()).or_default()
+        self.positions.get_or_default(sku).entry(location.clone()).or_default()
     }
 
     fn position(&self, sku: &Sku, location: &LocationId) -> Position {
@@ -264,9 +270,6 @@ impl ShardState {
     ) {
         if deltas.is_zero() {
             return;
-        }
-        if !self.dirty.contains(sku) {
-            self.dirty.insert(sku.clone());
         }
         let movements_per_position = self.settings.movements_per_position;
         let count_window_ms = self.settings.count_window_ms;
@@ -305,6 +308,7 @@ impl ShardState {
             unavailable: position.unavailable,
             incoming: position.incoming_total(),
         };
+        self.ledger_outbox.push(entry.clone());
         self.ledger.push_back(entry);
         if self.settings.ledger_capacity > 0 && self.ledger.len() > self.settings.ledger_capacity {
             self.ledger.pop_front();

@@ -10,7 +10,7 @@ use crate::ids::{EventId, LocationId, MAX_POSITION_UNITS, ReservationId, Sku};
 use crate::ledger::LedgerKind;
 use crate::position::Deltas;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct EventMemo {
     event: StockEvent,
     position: LocationAvailability,
@@ -43,6 +43,12 @@ pub struct ShipNotice {
 
 fn refuse(message: String) -> Result<EventApplied, CoreError> {
     Err(CoreError::FailedPrecondition(message))
+}
+
+impl EventMemo {
+    pub(super) fn applied_at_ms(&self) -> i64 {
+        self.applied_at_ms
+    }
 }
 
 impl ShardState {

@@ -1,0 +1,234 @@
+//! A shard's state as store records: what changed in a batch
+//! ([`ShardState::drain_changes`]) and the state rebuilt from every record
+//! ([`ShardState::restore`]).
+//!
+//! Keys are a tag byte and an id: `p`+sku → the SKU's positions, `r`+id → a
+//! reservation record (home side), `h`+id → line holds, `e`+id → a stock event
+//! memo, `m` → sequences and clock. Values are postcard. A reservation still
+//! being created (PENDING) is never written: if the node dies before the
+//! Reserve finishes, recovery finds its line holds without a record and
+//! releases them (see [`super::recover`]).
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Deadline, PositionState, ShardSettings, ShardState, home, lines, stock};
+use crate::ids::{EventId, LocationId, ReservationId, Sku};
+use crate::ledger::LedgerEntry;
+use crate::reservation::ReservationState;
+
+const META: u8 = b'm';
+const POSITIONS: u8 = b'p';
+const RECORD: u8 = b'r';
+const HOLDS: u8 = b'h';
+const EVENT: u8 = b'e';
+
+/// Sequences and clock of a shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    ledger_sequence: u64,
+    applied_sequence: u64,
+    clock_ms: i64,
+}
+
+/// What one batch changed, ready for the store.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Records to write (`Some`) or delete (`None`).
+    pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// New ledger entries, in sequence order.
+    pub ledger: Vec<LedgerEntry>,
+    /// SKUs whose positions changed (to publish to a read view).
+    pub skus: Vec<Sku>,
+}
+
+impl Changes {
+    /// True when nothing needs writing.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.ledger.is_empty()
+    }
+}
+
+/// A stored record could not be read back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("shard {shard}: record {key:?}: {message}")]
+pub struct RestoreError {
+    /// The shard.
+    pub shard: u32,
+    /// The record's key (lossy text).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn key(tag: u8, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(tag);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("in-memory state always encodes")
+}
+
+impl ShardState {
+    fn meta(&self) -> Meta {
+        Meta {
+            ledger_sequence: self.ledger_sequence,
+            applied_sequence: self.applied_sequence,
+            clock_ms: self.clock_ms,
+        }
+    }
+
+    /// True when [`ShardState::drain_changes`] has something to write.
+    pub fn has_changes(&self) -> bool {
+        !self.positions.touched_is_empty()
+            || !self.records.touched_is_empty()
+            || !self.holds.touched_is_empty()
+            || !self.events.touched_is_empty()
+            || !self.ledger_outbox.is_empty()
+    }
+
+    /// Everything changed since the last call, as store records.
+    pub fn drain_changes(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        let skus = self.positions.take_touched();
+        for sku in &skus {
+            let value = self.positions.get(sku).map(encode);
+            changes.records.push((key(POSITIONS, sku.as_str()), value));
+        }
+        changes.skus = skus;
+        for id in self.records.take_touched() {
+            // A PENDING record is not a promise yet; it is never stored.
+            let value = self
+                .records
+                .get(&id)
+                .filter(|record| record.state() != ReservationState::Pending)
+                .map(encode);
+            changes.records.push((key(RECORD, id.as_str()), value));
+        }
+        for id in self.holds.take_touched() {
+            let value = self.holds.get(&id).map(encode);
+            changes.records.push((key(HOLDS, id.as_str()), value));
+        }
+        for id in self.events.take_touched() {
+            let value = self.events.get(&id).map(encode);
+            changes.records.push((key(EVENT, id.as_str()), value));
+        }
+        changes.ledger = std::mem::take(&mut self.ledger_outbox);
+        let meta = self.meta();
+        if !changes.records.is_empty() || meta != self.drained_meta {
+            self.drained_meta = meta;
+            changes.records.push((vec![META], Some(encode(&meta))));
+        }
+        changes
+    }
+
+    /// Every record of the shard as [`ShardState::drain_changes`] would have
+    /// written them, in key order: the store's content should equal this.
+    pub fn dump(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut records = BTreeMap::new();
+        for (sku, positions) in self.positions.iter() {
+            records.insert(key(POSITIONS, sku.as_str()), encode(positions));
+        }
+        for (id, record) in self.records.iter() {
+            if record.state() != ReservationState::Pending {
+                records.insert(key(RECORD, id.as_str()), encode(record));
+            }
+        }
+        for (id, holds) in self.holds.iter() {
+            records.insert(key(HOLDS, id.as_str()), encode(holds));
+        }
+        for (id, memo) in self.events.iter() {
+            records.insert(key(EVENT, id.as_str()), encode(memo));
+        }
+        records.insert(vec![META], encode(&self.meta()));
+        records
+    }
+
+    /// Rebuilds a shard from every record it wrote. Deadlines (expiry and
+    /// id retention) are scheduled again from the records; call
+    /// [`super::recover`] before serving.
+    pub fn restore(
+        shard: u32,
+        epoch: u64,
+        settings: ShardSettings,
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, RestoreError> {
+        let mut state = Self::new(shard, epoch, settings);
+        for (key, value) in records {
+            state.load(&key, &value).map_err(|message| RestoreError {
+                shard,
+                key: String::from_utf8_lossy(&key).into_owned(),
+                message,
+            })?;
+        }
+        state.drained_meta = state.meta();
+        state.deadlines = state.rebuild_deadlines().into_iter().map(Reverse).collect();
+        Ok(state)
+    }
+
+    fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        fn decode<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<T, String> {
+            postcard::from_bytes(value).map_err(|error| error.to_string())
+        }
+        let Some((&tag, id)) = key.split_first() else {
+            return Err("empty key".to_owned());
+        };
+        let id = std::str::from_utf8(id).map_err(|error| error.to_string())?;
+        let parse_error = |violation: crate::error::FieldViolation| violation.description;
+        match tag {
+            META => {
+                let meta: Meta = decode(value)?;
+                self.ledger_sequence = meta.ledger_sequence;
+                self.applied_sequence = meta.applied_sequence;
+                self.clock_ms = meta.clock_ms;
+            }
+            POSITIONS => {
+                let sku = Sku::parse("sku", id).map_err(parse_error)?;
+                let positions: BTreeMap<LocationId, PositionState> = decode(value)?;
+                self.positions.load(sku, positions);
+            }
+            RECORD => {
+                let id = ReservationId::parse("reservation_id", id).map_err(parse_error)?;
+                let record: home::Record = decode(value)?;
+                self.records.load(id, record);
+            }
+            HOLDS => {
+                let id = ReservationId::parse("reservation_id", id).map_err(parse_error)?;
+                let holds: lines::LineHolds = decode(value)?;
+                self.holds.load(id, holds);
+            }
+            EVENT => {
+                let id = EventId::parse("event_id", id).map_err(parse_error)?;
+                let memo: stock::EventMemo = decode(value)?;
+                self.events.load(id, memo);
+            }
+            other => return Err(format!("unknown record tag {other}")),
+        }
+        Ok(())
+    }
+
+    fn rebuild_deadlines(&self) -> Vec<(i64, Deadline)> {
+        let retention_ms = self.settings.retention_ms;
+        let mut deadlines = Vec::new();
+        for (id, record) in self.records.iter() {
+            if let Some(at) = record.deadline(retention_ms) {
+                let deadline = if record.state() == ReservationState::Held {
+                    Deadline::Expire(id.clone())
+                } else {
+                    Deadline::ForgetReservation(id.clone())
+                };
+                deadlines.push((at, deadline));
+            }
+        }
+        for (id, memo) in self.events.iter() {
+            deadlines
+                .push((memo.applied_at_ms() + retention_ms, Deadline::ForgetEvent(id.clone())));
+        }
+        deadlines
+    }
+}

@@ -1,0 +1,170 @@
+//! Restore from stored records and recovery of what a crash cut short between
+//! shards: an unfinished Reserve, a lost commit delivery, holds that expired
+//! while the node was down, and a lost ship notice.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use atp_core::events::{StockEvent, StockEventKind};
+use atp_core::hash::shard_of;
+use atp_core::ledger::LedgerKind;
+use atp_core::reservation::ReservationState;
+use atp_core::shard::{Begin, LineOp, ShardState, recover};
+
+use common::{Node, START_MS, WEB, catalog, event_id, line, reservation, reserve_request, sku};
+
+const TTL_MS: i64 = 60_000;
+
+/// Per shard, the records its drained changes wrote.
+type Stores = BTreeMap<u32, BTreeMap<Vec<u8>, Vec<u8>>>;
+const SKU: &str = "sku-apple";
+const LOCATION: &str = "loc-central";
+
+/// A node with 10 units of `SKU` at `LOCATION`, every change drained to `stores`.
+fn node() -> (Node, Stores) {
+    let mut node = Node::new(catalog());
+    node.tick(START_MS);
+    let event = StockEvent {
+        id: event_id("receipt-1"),
+        sku: sku(SKU),
+        location: common::location(LOCATION),
+        kind: StockEventKind::Received { quantity: 10 },
+    };
+    node.apply_event(&event, START_MS).expect("receipt applies");
+    let mut stores = BTreeMap::new();
+    persist(&mut node, &mut stores);
+    (node, stores)
+}
+
+fn persist(node: &mut Node, stores: &mut Stores) {
+    for (shard, state) in &mut node.shards {
+        let store: &mut BTreeMap<Vec<u8>, Vec<u8>> = stores.entry(*shard).or_default();
+        for (key, value) in state.drain_changes().records {
+            match value {
+                Some(value) => store.insert(key, value),
+                None => store.remove(&key),
+            };
+        }
+    }
+}
+
+/// "Crash": rebuild every shard from its records and recover at `now`.
+fn restart(stores: &Stores, now: i64) -> Node {
+    let mut node = Node::new(catalog());
+    for (shard, store) in stores {
+        let records = store.iter().map(|(k, v)| (k.clone(), v.clone()));
+        let state = ShardState::restore(*shard, 1, common::settings(), records).expect("restores");
+        node.shards.insert(*shard, state);
+    }
+    recover(&mut node.shards, &node.catalog, now);
+    node
+}
+
+/// A reservation id whose home is not the SKU's shard.
+fn remote_id(name: &str) -> String {
+    (0..)
+        .map(|n| format!("{name}-{n}"))
+        .find(|id| shard_of(id) != shard_of(SKU))
+        .expect("some id lives elsewhere")
+}
+
+#[test]
+fn restored_state_answers_like_the_live_one() {
+    let (mut node, mut stores) = node();
+    let id = remote_id("order");
+    let request = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 3)], TTL_MS);
+    let first = node.reserve(&request, START_MS + 1).expect("reserves");
+    persist(&mut node, &mut stores);
+
+    let mut node = restart(&stores, START_MS + 2);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 3);
+    // A retry after the restart gets the first answer; the id is remembered.
+    assert_eq!(node.reserve(&request, START_MS + 3).expect("replays"), first);
+    let other = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 4)], TTL_MS);
+    assert!(node.reserve(&other, START_MS + 3).is_err(), "same id, other payload");
+}
+
+#[test]
+fn an_unfinished_reserve_is_rolled_back() {
+    let (mut node, mut stores) = node();
+    let id = remote_id("unfinished");
+    let request = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 4)], TTL_MS);
+    let home = shard_of(&id);
+    let begin = node.shard_mut(home).begin_reserve(&request, START_MS + 1).expect("begins");
+    assert_eq!(begin, Begin::Started);
+    let hold = LineOp::Hold {
+        id: reservation(&id),
+        channel: request.channel.clone(),
+        lines: request.lines.clone(),
+    };
+    node.shard_mut(shard_of(SKU)).apply_line_op(&hold, &catalog(), START_MS + 1).expect("holds");
+    persist(&mut node, &mut stores);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 4);
+
+    let mut node = restart(&stores, START_MS + 2);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 0, "the orphan hold is released");
+    assert!(node.get(&reservation(&id)).is_err(), "the unfinished reservation is unknown");
+    let entries: Vec<_> = node.shards[&shard_of(SKU)].ledger_entries().cloned().collect();
+    assert!(entries.iter().any(|e| e.kind == LedgerKind::Abort && e.cause == id));
+    // Nothing was promised, so the retry is judged afresh.
+    assert!(node.reserve(&request, START_MS + 3).is_ok());
+}
+
+#[test]
+fn a_commit_whose_delivery_was_lost_reaches_its_lines() {
+    let (mut node, mut stores) = node();
+    let id = remote_id("commit");
+    let request = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 5)], TTL_MS);
+    node.reserve(&request, START_MS + 1).expect("reserves");
+    // The home commits; the crash comes before the lines hear of it.
+    let (_, ops) = node
+        .shard_mut(shard_of(&id))
+        .commit(&reservation(&id), &[], START_MS + 2)
+        .expect("commits");
+    assert!(!ops.is_empty());
+    persist(&mut node, &mut stores);
+    assert_eq!(node.position(SKU, LOCATION).committed, 0);
+
+    let mut node = restart(&stores, START_MS + 3);
+    let position = node.position(SKU, LOCATION);
+    assert_eq!((position.reserved, position.committed), (0, 5));
+    assert_eq!(node.get(&reservation(&id)).expect("found").state, ReservationState::Committed);
+}
+
+#[test]
+fn holds_that_expired_while_down_are_released() {
+    let (mut node, mut stores) = node();
+    let id = remote_id("expiring");
+    let request = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 2)], TTL_MS);
+    node.reserve(&request, START_MS + 1).expect("reserves");
+    persist(&mut node, &mut stores);
+
+    let mut node = restart(&stores, START_MS + 1 + TTL_MS);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 0);
+    assert_eq!(node.get(&reservation(&id)).expect("found").state, ReservationState::Expired);
+}
+
+#[test]
+fn a_lost_ship_notice_fulfils_the_order_on_recovery() {
+    let (mut node, mut stores) = node();
+    let id = remote_id("shipped");
+    let request = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 2)], TTL_MS);
+    node.reserve(&request, START_MS + 1).expect("reserves");
+    node.commit(&reservation(&id), &[], START_MS + 2).expect("commits");
+    // The SKU's shard applies the shipment; its notice to the home is lost.
+    let ship = StockEvent {
+        id: event_id("ship-1"),
+        sku: sku(SKU),
+        location: common::location(LOCATION),
+        kind: StockEventKind::Shipped { quantity: 2, reservation: Some(reservation(&id)) },
+    };
+    let applied = node.shard_mut(shard_of(SKU)).apply_event(&ship, &catalog(), START_MS + 3);
+    assert!(applied.expect("ships").notice.is_some());
+    persist(&mut node, &mut stores);
+    assert_eq!(node.get(&reservation(&id)).expect("found").state, ReservationState::Committed);
+
+    let mut node = restart(&stores, START_MS + 4);
+    assert_eq!(node.get(&reservation(&id)).expect("found").state, ReservationState::Fulfilled);
+    assert_eq!(node.position(SKU, LOCATION).on_hand, 8);
+}
