@@ -1,0 +1,107 @@
+//! Durable storage for one atp node.
+//!
+//! A [`Store`] keeps three things:
+//! - **shard records**: opaque `(key, value)` pairs written by a shard's state
+//!   machine (`atp_core::shard`), scanned per shard for recovery (and later
+//!   handoff). Keys are unique within a shard; a `None` value deletes.
+//! - **the catalog** (locations and channels), one encoded blob.
+//! - **the ledger**: every [`LedgerEntry`], queryable by sku, location, cause
+//!   and time range, paged, and swept after a retention period.
+//!
+//! [`Store::commit`] writes many shards' batches as one atomic batch and
+//! returns only once it is durable (fsync). A failed commit is never retried:
+//! the caller must treat the store as failed (see `docs/ARCHITECTURE.md`).
+
+use atp_core::ledger::LedgerEntry;
+
+/// The changes of one shard's applied batch.
+#[derive(Clone, Debug, Default)]
+pub struct ShardBatch {
+    /// The shard.
+    pub shard: u32,
+    /// The shard's epoch when the batch was applied (stored with every record).
+    pub epoch: u64,
+    /// Records to write (`Some`) or delete (`None`), in order.
+    pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// New ledger entries, in sequence order.
+    pub ledger: Vec<LedgerEntry>,
+}
+
+impl ShardBatch {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.ledger.is_empty()
+    }
+}
+
+/// A ledger query. At least one of `sku`, `location` or `cause` must be set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerQuery {
+    /// Only this SKU.
+    pub sku: Option<String>,
+    /// Only this location.
+    pub location: Option<String>,
+    /// Only entries caused by this reservation or event id.
+    pub cause: Option<String>,
+    /// Entries at or after this time (ms), inclusive.
+    pub from_ms: Option<i64>,
+    /// Entries before this time (ms), exclusive.
+    pub to_ms: Option<i64>,
+    /// Most entries to return (the store caps it at [`MAX_LEDGER_PAGE`]).
+    pub limit: usize,
+    /// Where the previous page ended (empty for the first page).
+    pub page_token: Vec<u8>,
+}
+
+/// Largest ledger page.
+pub const MAX_LEDGER_PAGE: usize = 1000;
+
+/// One page of ledger entries, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerPage {
+    /// The entries.
+    pub entries: Vec<LedgerEntry>,
+    /// Token for the next page; empty when there is none.
+    pub next_page_token: Vec<u8>,
+}
+
+/// Why the store failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The disk write or fsync failed; nothing of that batch may be acknowledged.
+    #[error("storage write failed: {0}")]
+    Io(String),
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// A query was malformed (bad page token, no filter).
+    #[error("invalid ledger query: {field}: {message}")]
+    InvalidQuery {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Durable storage of one node.
+pub trait Store: Send + Sync + 'static {
+    /// Writes every batch as one atomic write and returns once it is durable
+    /// (fsync). On error none of it may be reported as written.
+    fn commit(&self, batches: &[ShardBatch]) -> Result<(), StoreError>;
+
+    /// Every record of `shard`, in key order.
+    fn load_shard(&self, shard: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Writes the encoded catalog durably.
+    fn save_catalog(&self, catalog: &[u8]) -> Result<(), StoreError>;
+
+    /// The encoded catalog, if one was saved.
+    fn load_catalog(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// One page of ledger entries matching `query`, oldest first.
+    fn query_ledger(&self, query: &LedgerQuery) -> Result<LedgerPage, StoreError>;
+
+    /// Deletes ledger entries older than `before_ms`; returns how many.
+    fn sweep_ledger(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
