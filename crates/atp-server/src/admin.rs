@@ -1,7 +1,7 @@
 //! `atp.v1.AdminService` over a [`Node`]: shards and the ledger.
 
 use atp_core::hash::SHARD_COUNT;
-use atp_proto::requests::{parse_ledger_query, parse_shard_target};
+use atp_proto::requests::{encode_page_token, parse_ledger_query, parse_shard_target};
 use atp_proto::status_of;
 use atp_proto::v1;
 use atp_proto::v1::admin_service_server::AdminService;
@@ -68,11 +68,20 @@ impl AdminService for AdminApi {
         request: Request<v1::QueryLedgerRequest>,
     ) -> Result<Response<v1::QueryLedgerResponse>, Status> {
         let query = parse_ledger_query(request.into_inner()).map_err(status_of)?;
-        let entries =
-            self.node.ledger(query.sku, query.location, query.limit).await.map_err(node_status)?;
+        let query = atp_store::LedgerQuery {
+            sku: query.sku.map(|sku| sku.as_str().to_owned()),
+            location: query.location.map(|location| location.as_str().to_owned()),
+            cause: query.cause,
+            from_ms: query.from_ms,
+            to_ms: query.to_ms,
+            limit: query.limit,
+            page_token: query.page_token,
+        };
+        let page = self.node.query_ledger(query).await.map_err(node_status)?;
         Ok(Response::new(v1::QueryLedgerResponse {
-            entries: entries.into_iter().map(Into::into).collect(),
+            entries: page.entries.into_iter().map(Into::into).collect(),
             epoch: SINGLE_NODE_EPOCH,
+            next_page_token: encode_page_token(&page.next_page_token),
         }))
     }
 }

@@ -20,7 +20,9 @@ pub fn node_status(error: NodeError) -> Status {
             error.to_string(),
             ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY)),
         ),
-        NodeError::ShuttingDown => Status::unavailable(error.to_string()),
+        NodeError::ShuttingDown | NodeError::Recovering | NodeError::StorageFailed(_) => {
+            Status::unavailable(error.to_string())
+        }
     }
 }
 
@@ -40,6 +42,8 @@ mod tests {
             ),
             (NodeError::Overloaded { shard: 3 }, Code::ResourceExhausted),
             (NodeError::ShuttingDown, Code::Unavailable),
+            (NodeError::Recovering, Code::Unavailable),
+            (NodeError::StorageFailed("fsync".into()), Code::Unavailable),
         ];
         for (error, code) in cases {
             assert_eq!(node_status(error.clone()).code(), code, "{error:?}");

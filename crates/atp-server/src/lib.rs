@@ -95,7 +95,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    set_status(&health, ServingStatus::Serving).await;
+    // NOT_SERVING until the node has recovered its state, and again once a
+    // durable write failed (the node then takes no writes until restarted).
+    set_status(&health, ServingStatus::NotServing).await;
+    let watcher = {
+        let (health, node) = (health.clone(), node.clone());
+        tokio::spawn(async move {
+            node.wait_ready().await;
+            set_status(&health, ServingStatus::Serving).await;
+            let mut failure = node.failure();
+            if failure.wait_for(Option::is_some).await.is_ok() {
+                set_status(&health, ServingStatus::NotServing).await;
+            }
+        })
+    };
 
     let limit = config.max_message_bytes;
     let availability = AvailabilityServiceServer::new(AvailabilityApi::new(node.clone()))
@@ -118,8 +131,10 @@ pub async fn serve(
     // from ~4 ms to ~44 ms.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopping, stopping_seen) = oneshot::channel::<()>();
+    let watcher_abort = watcher.abort_handle();
     let signal = async move {
         shutdown.await;
+        watcher_abort.abort();
         tracing::info!("stopping: no new connections, finishing requests in flight");
         set_status(&health, ServingStatus::NotServing).await;
         let _ = stopping.send(());
@@ -138,6 +153,7 @@ pub async fn serve(
             tracing::warn!(grace_ms = grace.as_millis(), "requests still open after the shutdown grace; closing them");
         }
     }
+    watcher.abort();
     Ok(())
 }
 

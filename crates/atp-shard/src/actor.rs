@@ -1,8 +1,11 @@
 //! The shard actor: state + a bounded mailbox of operations + a handle.
 //!
 //! An operation is a closure over the pure [`ShardState`] that returns the
-//! reply to send once the batch it belongs to is finished. Splitting "apply"
-//! from "reply" is what lets a durable group commit slot in between.
+//! reply to send once the batch it belongs to is finished. The actor applies a
+//! whole batch, hands its changes to the node's group committer, and only
+//! when they are durable publishes the new positions to the read view and
+//! sends the replies. If the write fails, every reply of the batch is the
+//! error and the shard refuses all later work (its memory is ahead of disk).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -11,14 +14,17 @@ use atp_core::catalog::Catalog;
 use atp_core::ids::{LocationId, Sku};
 use atp_core::position::Position;
 use atp_core::shard::{LineOp, ShardState};
+use atp_store::ShardBatch;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
+use crate::committer::Committer;
 use crate::error::NodeError;
 
-/// What to do once the batch is finished (send the answer).
-pub(crate) type Reply = Box<dyn FnOnce() + Send>;
+/// What to do once the batch is finished: send the answer, or the error that
+/// kept the batch from becoming durable.
+pub(crate) type Reply = Box<dyn FnOnce(Result<(), NodeError>) + Send>;
 /// One unit of work for a shard.
 pub(crate) type Operation = Box<dyn FnOnce(&mut ShardState, &Catalog, i64) -> Reply + Send>;
 
@@ -30,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) shards: Vec<ShardHandle>,
     pub(crate) batch_max: usize,
+    /// None: an in-memory node (tests only) whose answers are not durable.
+    pub(crate) committer: Option<Committer>,
 }
 
 impl Shared {
@@ -43,9 +51,10 @@ impl Shared {
 pub(crate) struct ShardHandle {
     shard: u32,
     sender: mpsc::Sender<Operation>,
+    committer: Option<Committer>,
 }
 
-fn operation<T, F>(work: F) -> (Operation, oneshot::Receiver<T>)
+fn operation<T, F>(work: F) -> (Operation, oneshot::Receiver<Result<T, NodeError>>)
 where
     T: Send + 'static,
     F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
@@ -53,18 +62,31 @@ where
     let (reply_to, receiver) = oneshot::channel();
     let op: Operation = Box::new(move |state, catalog, now| {
         let answer = work(state, catalog, now);
-        Box::new(move || {
+        Box::new(move |outcome: Result<(), NodeError>| {
             // The caller may have gone away; the work is done either way.
-            let _ = reply_to.send(answer);
+            let _ = reply_to.send(outcome.map(|()| answer));
         })
     });
     (op, receiver)
 }
 
 impl ShardHandle {
-    pub(crate) fn new(shard: u32, capacity: usize) -> (Self, mpsc::Receiver<Operation>) {
+    pub(crate) fn new(
+        shard: u32,
+        capacity: usize,
+        committer: Option<Committer>,
+    ) -> (Self, mpsc::Receiver<Operation>) {
         let (sender, receiver) = mpsc::channel(capacity);
-        (Self { shard, sender }, receiver)
+        (Self { shard, sender, committer }, receiver)
+    }
+
+    fn refuse_if_failed(&self) -> Result<(), NodeError> {
+        match &self.committer {
+            Some(committer) if committer.has_failed() => Err(NodeError::StorageFailed(
+                "an earlier durable write failed; restart the node".to_owned(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Messages waiting in the mailbox.
@@ -83,11 +105,12 @@ impl ShardHandle {
         F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
     {
         let (op, receiver) = operation(work);
+        self.refuse_if_failed()?;
         self.sender.try_send(op).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => NodeError::Overloaded { shard: self.shard },
             mpsc::error::TrySendError::Closed(_) => NodeError::ShuttingDown,
         })?;
-        receiver.await.map_err(|_| NodeError::ShuttingDown)
+        receiver.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
     /// Enqueues `work`, waiting for room: for follow-ups of work already
@@ -98,8 +121,9 @@ impl ShardHandle {
         F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
     {
         let (op, receiver) = operation(work);
+        self.refuse_if_failed()?;
         self.sender.send(op).await.map_err(|_| NodeError::ShuttingDown)?;
-        receiver.await.map_err(|_| NodeError::ShuttingDown)
+        receiver.await.map_err(|_| NodeError::ShuttingDown)?
     }
 }
 
@@ -121,6 +145,7 @@ pub(crate) async fn run(
 ) {
     let mut batch: Vec<Operation> = Vec::with_capacity(shared.batch_max);
     let mut replies: Vec<Reply> = Vec::with_capacity(shared.batch_max);
+    let mut failed = false;
     loop {
         let wake_at = state.next_deadline().map(|at| shared.clock.instant_at(at));
         tokio::select! {
@@ -131,11 +156,17 @@ pub(crate) async fn run(
             }
             () = async {
                 match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+                    Some(at) if !failed => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
                 }
             } => {}
             _ = stop.changed() => break,
+        }
+        if failed {
+            // Memory is ahead of the disk: apply nothing, acknowledge nothing
+            // (dropped operations answer Unavailable).
+            batch.clear();
+            continue;
         }
         let now = shared.clock.now_ms();
         let catalog = shared.catalog();
@@ -143,15 +174,33 @@ pub(crate) async fn run(
         for op in batch.drain(..) {
             replies.push(op(&mut state, &catalog, now));
         }
-        // The durable group commit of this batch goes here (next issue).
-        for sku in state.take_dirty_skus() {
-            let positions = state.positions_of(&sku);
-            shared.view.insert(sku, Arc::new(positions));
+        let changes = state.drain_changes();
+        let mut outcome = Ok(());
+        if let Some(committer) = &shared.committer
+            && !changes.is_empty()
+        {
+            let batch = ShardBatch {
+                shard: state.shard(),
+                epoch: state.epoch(),
+                records: changes.records,
+                ledger: changes.ledger,
+            };
+            if let Err(error) = committer.commit(batch).await {
+                tracing::error!(shard = state.shard(), %error, "batch not durable; shard stops");
+                failed = true;
+                outcome = Err(NodeError::StorageFailed(error.to_string()));
+            }
+        }
+        if outcome.is_ok() {
+            for sku in changes.skus {
+                let positions = state.positions_of(&sku);
+                shared.view.insert(sku, Arc::new(positions));
+            }
         }
         for reply in replies.drain(..) {
-            reply();
+            reply(outcome.clone());
         }
-        if !expired.is_empty() {
+        if outcome.is_ok() && !expired.is_empty() {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
                 if let Err(error) = deliver(&shared, expired).await {

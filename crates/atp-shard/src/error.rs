@@ -17,4 +17,11 @@ pub enum NodeError {
     /// The node is stopping.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The node is loading its state from disk; retry shortly.
+    #[error("the node is recovering its state; retry shortly")]
+    Recovering,
+    /// A durable write failed: nothing of it was acknowledged and the node
+    /// takes no more writes until it restarts and recovers.
+    #[error("storage failed; the node must restart: {0}")]
+    StorageFailed(String),
 }

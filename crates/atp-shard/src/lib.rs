@@ -14,9 +14,11 @@
 
 mod actor;
 mod clock;
+mod committer;
 mod error;
 mod node;
 
 pub use clock::Clock;
+pub use committer::CommitterStats;
 pub use error::NodeError;
-pub use node::{Node, NodeConfig, ShardInfo};
+pub use node::{Node, NodeConfig, RecoveryStats, SINGLE_NODE_EPOCH, ShardInfo};

@@ -93,7 +93,7 @@ pub enum Command {
     Shards(ShardsArgs),
     /// Show one shard, by number or by a SKU it holds.
     Shard(ShardArgs),
-    /// Show the ledger entries of one SKU, newest last.
+    /// Show durable ledger entries by SKU, location or cause, oldest first, paged.
     Ledger(LedgerArgs),
 }
 
@@ -368,13 +368,26 @@ pub struct ShardArgs {
 
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
-    pub sku: String,
+    /// Only this SKU (one of SKU, --location or --cause is required).
+    pub sku: Option<String>,
     /// Only this location.
     #[arg(long)]
     pub location: Option<String>,
-    /// Entries to return, newest last (server default 100, at most 1000).
+    /// Only changes caused by this reservation or stock event id.
+    #[arg(long)]
+    pub cause: Option<String>,
+    /// Only entries at or after this time (ms since the Unix epoch).
+    #[arg(long)]
+    pub from_ms: Option<i64>,
+    /// Only entries before this time (ms since the Unix epoch).
+    #[arg(long)]
+    pub to_ms: Option<i64>,
+    /// Entries per page, oldest first (server default 100, at most 1000).
     #[arg(long)]
     pub limit: Option<u32>,
+    /// Continue after a previous page (its `next page` token).
+    #[arg(long)]
+    pub page_token: Option<String>,
 }
 
 #[cfg(test)]

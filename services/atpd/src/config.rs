@@ -3,7 +3,7 @@
 //! as a whole. `docs/CONFIGURATION.md` documents every key; keep both in step.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,6 +32,12 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     /// Name of this node in the admin API (1..=128 bytes). Default `atpd-0`.
     pub node_name: String,
+    /// Directory of the node's durable store (created if missing). Relative
+    /// paths are relative to the working directory. Default `atp-data`.
+    pub data_dir: PathBuf,
+    /// How long the durable ledger keeps an entry, in seconds
+    /// (60..=315360000). Default 2592000 (30 days).
+    pub ledger_retention_s: u64,
     /// Operations each shard's mailbox holds before callers get
     /// RESOURCE_EXHAUSTED (1..=1048576). Default 4096.
     pub mailbox_capacity: usize,
@@ -44,7 +50,7 @@ pub struct Config {
     /// remembered for idempotent retries (1..=2592000). Default 86400.
     pub retention_s: u64,
     /// Ledger entries kept in memory per shard, oldest dropped first
-    /// (1..=1000000). Default 4096.
+    /// (1..=1000000). Default 64.
     pub ledger_tail_capacity: usize,
     /// How far back a count's `as_of_ms` may reach; movements are kept this
     /// long (1..=2592000). Default 86400.
@@ -77,6 +83,8 @@ impl Default for Config {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             node_name: node.node_name,
+            data_dir: PathBuf::from("atp-data"),
+            ledger_retention_s: seconds(node.ledger_retention_ms),
             mailbox_capacity: node.mailbox_capacity,
             batch_max: node.batch_max,
             reservation_ttl_default_s: seconds(node.default_ttl_ms),
@@ -157,6 +165,10 @@ impl Config {
                 self.reservation_ttl_default_s = parse(value, "a whole number of seconds")?;
             }
             "retention_s" => self.retention_s = parse(value, "a whole number of seconds")?,
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "ledger_retention_s" => {
+                self.ledger_retention_s = parse(value, "a whole number of seconds")?;
+            }
             "ledger_tail_capacity" => self.ledger_tail_capacity = parse(value, "a whole number")?,
             "count_window_s" => self.count_window_s = parse(value, "a whole number of seconds")?,
             "movements_per_position" => {
@@ -194,6 +206,7 @@ impl Config {
         within("batch_max", as_u64(self.batch_max), 1, 1 << 16);
         within("reservation_ttl_default_s", self.reservation_ttl_default_s, ttl_low, ttl_high);
         within("retention_s", self.retention_s, 1, 30 * DAY_S);
+        within("ledger_retention_s", self.ledger_retention_s, 60, 3650 * DAY_S);
         within("ledger_tail_capacity", as_u64(self.ledger_tail_capacity), 1, 1_000_000);
         within("count_window_s", self.count_window_s, 1, 30 * DAY_S);
         within("movements_per_position", as_u64(self.movements_per_position), 1, 1_000_000);
@@ -206,6 +219,9 @@ impl Config {
                 "node_name: {} (at most {MAX_ID_BYTES} bytes)",
                 violation.description
             ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push("data_dir: must not be empty".to_owned());
         }
         if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&self.log) {
             problems.push(format!("log: {error}"));
@@ -220,6 +236,8 @@ impl Config {
             mailbox_capacity: self.mailbox_capacity,
             batch_max: self.batch_max,
             default_ttl_ms: ms(self.reservation_ttl_default_s),
+            ledger_retention_ms: ms(self.ledger_retention_s),
+            ledger_sweep_interval_ms: NodeConfig::default().ledger_sweep_interval_ms,
             shard: ShardSettings {
                 retention_ms: ms(self.retention_s),
                 ledger_capacity: self.ledger_tail_capacity,

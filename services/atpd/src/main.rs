@@ -1,9 +1,15 @@
 //! `atpd`: one atp node serving the `atp.v1` gRPC API.
 //!
 //! Loads the [`config::Config`] (optional TOML file from `--config` or
-//! `ATP_CONFIG`, then `ATP_<KEY>` variables), starts logging to stderr, starts
-//! the node's shard actors and serves until SIGTERM or Ctrl-C; then it stops
-//! accepting, lets requests in flight finish, stops the node and exits 0.
+//! `ATP_CONFIG`, then `ATP_<KEY>` variables), starts logging to stderr, opens
+//! the durable store in `data_dir`, recovers every shard from it (health says
+//! NOT_SERVING and requests get UNAVAILABLE until then), and serves until
+//! SIGTERM or Ctrl-C; then it stops accepting, lets requests in flight finish,
+//! stops the node and exits 0.
+//!
+//! If a durable write fails, atpd exits at once with status 1 (never
+//! retrying the fsync, never acknowledging the batch): its supervisor restarts
+//! it and recovery reloads what the store holds.
 //!
 //! Once it accepts connections it prints `atpd listening on IP:PORT` on
 //! stderr, whatever the log filter, so scripts and tests can find the port
@@ -15,8 +21,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use atp_shard::{Clock, Node};
+use atp_store::{FjallStore, StoreOptions};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -87,10 +96,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    let node = Node::start(config.node_config(), Clock::system());
+    let store = FjallStore::open(&config.data_dir, StoreOptions::default())
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let node = Node::open(config.node_config(), Clock::system(), Arc::new(store));
     tracing::info!(
         %address,
         node = %config.node_name,
+        data_dir = %config.data_dir.display(),
         mailbox_capacity = config.mailbox_capacity,
         batch_max = config.batch_max,
         reservation_ttl_default_s = config.reservation_ttl_default_s,
@@ -101,9 +113,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The readiness line scripts and tests wait for; printed whatever the log filter.
     eprintln!("atpd listening on {address}");
 
-    let served = atp_server::serve(node.clone(), listener, config.server_config(), shutdown).await;
-    node.shutdown();
-    served.context("serving gRPC")?;
-    tracing::info!("atpd stopped");
-    Ok(())
+    let serving = atp_server::serve(node.clone(), listener, config.server_config(), shutdown);
+    tokio::pin!(serving);
+    tokio::select! {
+        recovered = node.recover() => {
+            let stats = recovered.context("recovering from the store")?;
+            tracing::info!(
+                elapsed_ms = stats.elapsed.as_millis() as u64,
+                load_ms = stats.load.as_millis() as u64,
+                positions = stats.positions,
+                open_holds = stats.open_holds,
+                reservations = stats.reservations,
+                redelivered = stats.report.redelivered,
+                aborted = stats.report.aborted,
+                expired = stats.report.expired,
+                "recovered; serving"
+            );
+        }
+        served = &mut serving => {
+            served.context("serving gRPC")?;
+            tracing::info!("atpd stopped before recovery finished");
+            return Ok(());
+        }
+    }
+    let mut failure = node.failure();
+    tokio::select! {
+        served = &mut serving => {
+            node.shutdown();
+            served.context("serving gRPC")?;
+            tracing::info!("atpd stopped");
+            Ok(())
+        }
+        reason = failure.wait_for(Option::is_some) => {
+            let reason = reason.map(|reason| reason.clone().unwrap_or_default()).unwrap_or_default();
+            tracing::error!(%reason, "a durable write failed; exiting so the node restarts and recovers");
+            std::process::exit(1);
+        }
+    }
 }

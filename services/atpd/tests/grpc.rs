@@ -392,7 +392,11 @@ async fn commit_cancel_extend_and_the_admin_view() {
     assert!(listed.shards.iter().any(|info| info.shard == shard_of("mug")));
 
     // The ledger names each change's cause.
-    let query = v1::QueryLedgerRequest { sku: "mug".into(), location_id: "dc-1".into(), limit: 0 };
+    let query = v1::QueryLedgerRequest {
+        sku: "mug".into(),
+        location_id: "dc-1".into(),
+        ..Default::default()
+    };
     let ledger = admin.query_ledger(query).await.expect("ledger").into_inner();
     assert_eq!(ledger.epoch, 1);
     let causes: Vec<(&str, &str)> =

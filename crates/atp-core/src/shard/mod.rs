@@ -172,6 +172,11 @@ impl ShardState {
             .unwrap_or_default()
     }
 
+    /// The SKUs with positions on this shard.
+    pub fn skus(&self) -> impl Iterator<Item = &Sku> {
+        self.positions.keys()
+    }
+
     /// Every position of the shard, for checks and tests.
     pub fn all_positions(&self) -> Vec<(Sku, LocationId, Position)> {
         let mut all = Vec::new();

@@ -294,31 +294,82 @@ pub fn parse_shard_target(message: v1::GetShardRequest) -> Result<u32, CoreError
 /// A validated QueryLedger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerQuery {
-    /// The SKU whose ledger is read.
-    pub sku: Sku,
+    /// Only this SKU.
+    pub sku: Option<Sku>,
     /// Only this location.
     pub location: Option<LocationId>,
-    /// Entries to return: 1..=[`MAX_LEDGER_LIMIT`].
+    /// Only changes caused by this reservation or event id.
+    pub cause: Option<String>,
+    /// Entries at or after this time (ms).
+    pub from_ms: Option<i64>,
+    /// Entries before this time (ms).
+    pub to_ms: Option<i64>,
+    /// Entries per page: 1..=[`MAX_LEDGER_LIMIT`].
     pub limit: usize,
+    /// Where the previous page ended (decoded from hex; empty for the first page).
+    pub page_token: Vec<u8>,
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect()
+}
+
+/// A page token as it travels in QueryLedgerResponse (lowercase hex).
+pub fn encode_page_token(token: &[u8]) -> String {
+    token.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// QueryLedger. A limit of 0 is [`DEFAULT_LEDGER_LIMIT`]; one above
 /// [`MAX_LEDGER_LIMIT`] is lowered to it (a page size, not an error).
 pub fn parse_ledger_query(message: v1::QueryLedgerRequest) -> Result<LedgerQuery, CoreError> {
     let mut violations = Violations::default();
-    let sku = violations.parse(Sku::parse("sku", &message.sku));
-    let location = if message.location_id.is_empty() {
-        Some(None)
-    } else {
-        violations.parse(LocationId::parse("location_id", &message.location_id)).map(Some)
+    let optional = |value: &str| (!value.is_empty()).then_some(value.to_owned());
+    let sku = match optional(&message.sku) {
+        None => Some(None),
+        Some(sku) => violations.parse(Sku::parse("sku", &sku)).map(Some),
     };
+    let location = match optional(&message.location_id) {
+        None => Some(None),
+        Some(location) => violations.parse(LocationId::parse("location_id", &location)).map(Some),
+    };
+    let cause = optional(&message.cause_id);
+    if let Some(cause) = &cause {
+        violations.check(atp_core::ids::validate_id("cause_id", cause));
+    }
+    if message.sku.is_empty() && message.location_id.is_empty() && message.cause_id.is_empty() {
+        violations.push("sku", "one of sku, location_id or cause_id is required");
+    }
+    if message.from_ms < 0 || message.to_ms < 0 {
+        violations.push("from_ms", "times are ms since the Unix epoch and not negative");
+    }
+    if message.to_ms != 0 && message.from_ms > message.to_ms {
+        violations.push("to_ms", "must not be before from_ms");
+    }
+    let page_token = decode_hex(&message.page_token);
+    if page_token.is_none() {
+        violations.push("page_token", "is not a token this server returned");
+    }
     let limit = match usize::try_from(message.limit) {
         Ok(0) => DEFAULT_LEDGER_LIMIT,
         Ok(limit) => limit.min(MAX_LEDGER_LIMIT),
         Err(_) => MAX_LEDGER_LIMIT,
     };
-    let query = match (sku, location) {
-        (Some(sku), Some(location)) => Some(LedgerQuery { sku, location, limit }),
+    let query = match (sku, location, page_token) {
+        (Some(sku), Some(location), Some(page_token)) => Some(LedgerQuery {
+            sku,
+            location,
+            cause,
+            from_ms: (message.from_ms != 0).then_some(message.from_ms),
+            to_ms: (message.to_ms != 0).then_some(message.to_ms),
+            limit,
+            page_token,
+        }),
         _ => None,
     };
     violations.finish(query)

@@ -288,11 +288,20 @@ fn shard_target_and_ledger_query() {
     assert_eq!(fields(parse_shard_target(too_big)), vec!["shard"]);
     assert_eq!(fields(parse_shard_target(v1::GetShardRequest { target: None })), vec!["target"]);
 
-    let query =
-        |limit| v1::QueryLedgerRequest { sku: "tee".into(), location_id: String::new(), limit };
+    let query = |limit| v1::QueryLedgerRequest { sku: "tee".into(), limit, ..Default::default() };
     assert_eq!(parse_ledger_query(query(0)).expect("valid").limit, DEFAULT_LEDGER_LIMIT);
     assert_eq!(parse_ledger_query(query(5)).expect("valid").limit, 5);
     assert_eq!(parse_ledger_query(query(5_000)).expect("valid").limit, MAX_LEDGER_LIMIT);
-    let bad = v1::QueryLedgerRequest { sku: String::new(), location_id: "a\u{7}".into(), limit: 0 };
-    assert_eq!(fields(parse_ledger_query(bad)), vec!["sku", "location_id"]);
+    let bad = v1::QueryLedgerRequest { location_id: "a\u{7}".into(), ..Default::default() };
+    assert_eq!(fields(parse_ledger_query(bad)), vec!["location_id"]);
+    let nothing = v1::QueryLedgerRequest::default();
+    assert_eq!(fields(parse_ledger_query(nothing)), vec!["sku"]);
+    let by_cause = v1::QueryLedgerRequest { cause_id: "order-1".into(), ..Default::default() };
+    assert_eq!(parse_ledger_query(by_cause).expect("valid").cause.as_deref(), Some("order-1"));
+    let token = v1::QueryLedgerRequest { page_token: "zz".into(), ..query(0) };
+    assert_eq!(fields(parse_ledger_query(token)), vec!["page_token"]);
+    let token = v1::QueryLedgerRequest { page_token: encode_page_token(&[1, 0xab]), ..query(0) };
+    assert_eq!(parse_ledger_query(token).expect("valid").page_token, vec![1, 0xab]);
+    let backwards = v1::QueryLedgerRequest { from_ms: 10, to_ms: 5, ..query(0) };
+    assert_eq!(fields(parse_ledger_query(backwards)), vec!["to_ms"]);
 }

@@ -97,27 +97,43 @@ pub async fn shard(context: &Context, args: ShardArgs) -> anyhow::Result<ExitCod
 }
 
 pub async fn ledger(context: &Context, args: LedgerArgs) -> anyhow::Result<ExitCode> {
+    let what = [args.sku.as_deref(), args.location.as_deref(), args.cause.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
     let request = QueryLedgerRequest {
-        sku: args.sku.clone(),
+        sku: args.sku.unwrap_or_default(),
         location_id: args.location.unwrap_or_default(),
         // 0 asks for the server's default.
         limit: args.limit.unwrap_or(0),
+        cause_id: args.cause.unwrap_or_default(),
+        from_ms: args.from_ms.unwrap_or(0),
+        to_ms: args.to_ms.unwrap_or(0),
+        page_token: args.page_token.unwrap_or_default(),
     };
     let clients = context.connect().await?;
     let response = clients
         .admin()
         .query_ledger(request)
         .await
-        .with_context(|| format!("query ledger of {}", args.sku))?
+        .with_context(|| format!("query ledger of {what}"))?
         .into_inner();
     context.print(
         || {
             json!({
                 "epoch": response.epoch,
                 "entries": response.entries.iter().map(ledger_entry_json).collect::<Vec<_>>(),
+                "next_page_token": response.next_page_token,
             })
         },
-        || ledger_text(&response.entries),
+        || {
+            let mut text = ledger_text(&response.entries);
+            if !response.next_page_token.is_empty() {
+                text.push_str(&format!("next page: --page-token {}\n", response.next_page_token));
+            }
+            text
+        },
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -163,6 +179,7 @@ fn ledger_text(entries: &[LedgerEntry]) -> String {
     let mut table = Table::new(&[
         "SEQ>",
         "AT",
+        "SKU",
         "LOCATION",
         "KIND",
         "CAUSE",
@@ -176,6 +193,7 @@ fn ledger_text(entries: &[LedgerEntry]) -> String {
         table.row(vec![
             entry.sequence.to_string(),
             time_ms(entry.at_ms),
+            entry.sku.clone(),
             entry.location_id.clone(),
             entry.kind.clone(),
             entry.cause_id.clone(),
@@ -212,13 +230,13 @@ mod tests {
         assert_eq!(
             lines.next(),
             Some(
-                "SEQ  AT                        LOCATION  KIND     CAUSE  ON_HAND  RESERVED  COMMITTED  UNAVAILABLE  INCOMING"
+                "SEQ  AT                        SKU  LOCATION  KIND     CAUSE  ON_HAND  RESERVED  COMMITTED  UNAVAILABLE  INCOMING"
             )
         );
         assert_eq!(
             lines.next(),
             Some(
-                "  7  2023-11-14T22:13:20.000Z  dc        reserve  r1          10    2 (+2)          0            0         0"
+                "  7  2023-11-14T22:13:20.000Z  s    dc        reserve  r1          10    2 (+2)          0            0         0"
             )
         );
     }

@@ -382,6 +382,6 @@ impl AdminService for Fake {
                 ..Default::default()
             })
             .collect();
-        Ok(Response::new(QueryLedgerResponse { entries, epoch: 1 }))
+        Ok(Response::new(QueryLedgerResponse { entries, epoch: 1, next_page_token: String::new() }))
     }
 }

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -31,12 +32,30 @@ pub struct Atpd {
     /// The address it bound.
     pub address: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// The data directory it owns (removed when dropped), if the test gave none.
+    data: Option<tempfile::TempDir>,
 }
 
 impl Atpd {
-    /// Starts `atpd` on a free port with `variables` set, and waits until it
-    /// answers health checks.
+    /// Starts `atpd` on a free port with a fresh data directory and
+    /// `variables` set, and waits until it answers health checks.
     pub async fn start(variables: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().expect("a temporary data directory");
+        let mut atpd = Self::start_in(data.path(), variables).await;
+        atpd.data = Some(data);
+        atpd
+    }
+
+    /// Starts `atpd` on the data directory `data_dir` (kept by the caller),
+    /// and waits until it has recovered and answers SERVING.
+    pub async fn start_in(data_dir: &Path, variables: &[(&str, &str)]) -> Self {
+        let atpd = Self::spawn_in(data_dir, variables);
+        atpd.wait_until_serving().await;
+        atpd
+    }
+
+    /// Starts `atpd` on `data_dir` and waits only until it printed its address.
+    pub fn spawn_in(data_dir: &Path, variables: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_atpd"));
         // Only what the test says: no inherited ATP_* keys or RUST_LOG.
         for (name, _) in std::env::vars() {
@@ -46,6 +65,7 @@ impl Atpd {
         }
         command
             .env("ATP_LISTEN_ADDR", "127.0.0.1:0")
+            .env("ATP_DATA_DIR", data_dir)
             .envs(variables.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -73,9 +93,13 @@ impl Atpd {
                 panic!("atpd printed no address ({outcome:?}); its stderr:\n{log}");
             }
         };
-        let atpd = Self { child, address, log };
-        atpd.wait_until_serving().await;
-        atpd
+        Self { child, address, log, data: None }
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no flush) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The process id.
@@ -112,7 +136,7 @@ impl Atpd {
         HealthClient::new(self.channel())
     }
 
-    async fn wait_until_serving(&self) {
+    pub async fn wait_until_serving(&self) {
         let mut health = self.health();
         let serving = eventually(STARTUP_DEADLINE, || {
             let mut health = health.clone();

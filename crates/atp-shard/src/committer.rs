@@ -1,0 +1,113 @@
+//! The node's group committer: one thread that takes the changes of many
+//! shards' batches, writes them as one atomic store batch with one fsync, then
+//! completes every waiting batch.
+//!
+//! A batch arriving while a write is in flight waits for the next one, so the
+//! busier the node, the more batches share an fsync. A failed write is never
+//! retried and never reported as success: every batch in it gets the error,
+//! the committer refuses everything after it, and the node reports itself
+//! failed (atpd then exits so its supervisor restarts it; recovery reloads the
+//! state from the store — whatever the failed write did or did not keep).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use atp_store::{ShardBatch, Store, StoreError};
+use tokio::sync::{oneshot, watch};
+
+/// Most shard batches written by one store commit.
+const MAX_GROUP: usize = 1024;
+
+struct Job {
+    batch: ShardBatch,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Counters of the committer, for the admin API and benchmarks.
+#[derive(Debug, Default)]
+pub struct CommitterStats {
+    /// Store commits (fsyncs) made.
+    pub commits: AtomicU64,
+    /// Shard batches written.
+    pub batches: AtomicU64,
+}
+
+/// A handle to the committer thread.
+#[derive(Clone)]
+pub(crate) struct Committer {
+    sender: mpsc::Sender<Job>,
+    failed: Arc<AtomicBool>,
+    pub(crate) stats: Arc<CommitterStats>,
+}
+
+impl Committer {
+    /// Starts the committer thread over `store`; a failed write is reported on `failure`.
+    pub(crate) fn start(store: Arc<dyn Store>, failure: watch::Sender<Option<String>>) -> Self {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(CommitterStats::default());
+        let thread_failed = Arc::clone(&failed);
+        let thread_stats = Arc::clone(&stats);
+        thread::Builder::new()
+            .name("atp-committer".to_owned())
+            .spawn(move || run(&*store, &receiver, &thread_failed, &thread_stats, &failure))
+            .expect("the committer thread starts");
+        Self { sender, failed, stats }
+    }
+
+    /// Whether a write has failed (the node must not acknowledge anything more).
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Makes `batch` durable; resolves once it is on disk, or with the error.
+    pub(crate) async fn commit(&self, batch: ShardBatch) -> Result<(), StoreError> {
+        let (done, receiver) = oneshot::channel();
+        if self.sender.send(Job { batch, done }).is_err() {
+            return Err(StoreError::Io("the committer has stopped".to_owned()));
+        }
+        receiver.await.unwrap_or_else(|_| Err(StoreError::Io("the committer has stopped".into())))
+    }
+}
+
+fn run(
+    store: &dyn Store,
+    receiver: &mpsc::Receiver<Job>,
+    failed: &AtomicBool,
+    stats: &CommitterStats,
+    failure: &watch::Sender<Option<String>>,
+) {
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = receiver.recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (dones, batches): (Vec<_>, Vec<_>) =
+            jobs.drain(..).map(|job| (job.done, job.batch)).unzip();
+        let outcome = if failed.load(Ordering::Acquire) {
+            Err(StoreError::Io("an earlier write failed; the node must restart".to_owned()))
+        } else {
+            let started = Instant::now();
+            let outcome = store.commit(&batches);
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.batches.fetch_add(batches.len() as u64, Ordering::Relaxed);
+            tracing::trace!(batches = batches.len(), elapsed = ?started.elapsed(), "group commit");
+            if let Err(error) = &outcome {
+                failed.store(true, Ordering::Release);
+                tracing::error!(%error, "durable write failed; refusing every write from now on");
+                let _ = failure.send(Some(error.to_string()));
+            }
+            outcome
+        };
+        for done in dones {
+            let _ = done.send(outcome.clone());
+        }
+    }
+}
