@@ -97,7 +97,8 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the node has recovered its state, and again once a
     // durable write failed (the node then takes no writes until restarted).
-    set_status(&health, ServingStatus::NotServing).await;
+    let initial = if node.is_ready() { ServingStatus::Serving } else { ServingStatus::NotServing };
+    set_status(&health, initial).await;
     let watcher = {
         let (health, node) = (health.clone(), node.clone());
         tokio::spawn(async move {
@@ -178,7 +179,7 @@ mod tests {
     use atp_proto::v1::admin_service_client::AdminServiceClient;
     use atp_shard::{Clock, NodeConfig};
     use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus::Serving;
+    use tonic_health::pb::health_check_response::ServingStatus::{NotServing, Serving};
     use tonic_health::pb::health_client::HealthClient;
 
     use super::*;
@@ -210,6 +211,51 @@ mod tests {
         let shard = admin.get_shard(request).await.expect("get shard").into_inner().shard;
         assert_eq!(shard.expect("shard info").node, "atpd-0");
 
+        stop.send(()).expect("the server is waiting");
+        let served = tokio::time::timeout(Duration::from_secs(10), server).await;
+        served.expect("serve returns after shutdown").expect("task").expect("served cleanly");
+        node.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn not_serving_until_the_node_has_recovered() {
+        let store = std::sync::Arc::new(atp_store::MemoryStore::new());
+        let node = Node::open(NodeConfig::default(), Clock::system(), store);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let server = tokio::spawn(serve(node.clone(), listener, ServerConfig::default(), shutdown));
+        let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+            .expect("a valid uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        let status = |mut health: HealthClient<tonic::transport::Channel>| async move {
+            let request = HealthCheckRequest { service: String::new() };
+            health.check(request).await.expect("health check").into_inner().status()
+        };
+        assert_eq!(status(health.clone()).await, NotServing);
+        let mut availability =
+            v1::availability_service_client::AvailabilityServiceClient::new(channel.clone());
+        let request = v1::GetReservationRequest { reservation_id: "r-1".into() };
+        let refused = availability.get_reservation(request).await.expect_err("recovering");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+        node.recover().await.expect("recovers");
+        let mut seen = NotServing;
+        for _ in 0..500 {
+            seen = status(health.clone()).await;
+            if seen == Serving {
+                break;
+            }
+            tokio::task::yield_now().await;
+            let _ = health.check(HealthCheckRequest { service: String::new() }).await;
+        }
+        assert_eq!(seen, Serving);
         stop.send(()).expect("the server is waiting");
         let served = tokio::time::timeout(Duration::from_secs(10), server).await;
         served.expect("serve returns after shutdown").expect("task").expect("served cleanly");

@@ -559,8 +559,11 @@ impl Node {
             // Durable before it is visible or acknowledged.
             if let Some(store) = &self.store {
                 let bytes = postcard::to_stdvec(&next).expect("a catalog always encodes");
-                let saved = tokio::task::block_in_place(|| store.save_catalog(&bytes));
-                saved.map_err(|error| NodeError::StorageFailed(error.to_string()))?;
+                // A rare, small write: done in place (blocking this worker
+                // for one fsync) so the change is durable before it is seen.
+                store
+                    .save_catalog(&bytes)
+                    .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
             }
             *current = Arc::new(next);
         }

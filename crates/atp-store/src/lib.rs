@@ -174,3 +174,38 @@ pub trait Store: Send + Sync + 'static {
     /// crash may bring some back, and the next sweep deletes them again.
     fn sweep_ledger(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
+
+/// A shared store is a store (tests restart a node on the same `Arc`).
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn commit(&self, batches: &[ShardBatch]) -> Result<(), StoreError> {
+        (**self).commit(batches)
+    }
+
+    fn load_shard(&self, shard: u32) -> Result<Records, StoreError> {
+        (**self).load_shard(shard)
+    }
+
+    fn load_shard_with_epoch(&self, shard: u32) -> Result<LoadedShard, StoreError> {
+        (**self).load_shard_with_epoch(shard)
+    }
+
+    fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError> {
+        (**self).load_all()
+    }
+
+    fn save_catalog(&self, catalog: &[u8]) -> Result<(), StoreError> {
+        (**self).save_catalog(catalog)
+    }
+
+    fn load_catalog(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).load_catalog()
+    }
+
+    fn query_ledger(&self, query: &LedgerQuery) -> Result<LedgerPage, StoreError> {
+        (**self).query_ledger(query)
+    }
+
+    fn sweep_ledger(&self, before_ms: i64) -> Result<u64, StoreError> {
+        (**self).sweep_ledger(before_ms)
+    }
+}

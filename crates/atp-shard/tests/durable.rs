@@ -1,0 +1,181 @@
+//! A durable node: nothing is acknowledged (or shown) before its batch's
+//! fsync, nothing is acknowledged for a batch whose fsync failed, and a node
+//! started again on the same store finds everything it acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atp_core::catalog::{Channel, Location, LocationKind};
+use atp_core::events::{StockEvent, StockEventKind};
+use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
+use atp_core::reservation::{ReservationState, ReserveLine, ReserveRequest};
+use atp_shard::{Clock, Node, NodeConfig, NodeError};
+use atp_store::{FaultyStore, LedgerQuery, MemoryStore, Store};
+
+const START_MS: i64 = 1_700_000_000_000;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn sku(id: &str) -> Sku {
+    Sku::parse("sku", id).expect("valid sku")
+}
+
+fn loc(id: &str) -> LocationId {
+    LocationId::parse("location", id).expect("valid location")
+}
+
+fn rid(id: &str) -> ReservationId {
+    ReservationId::parse("reservation_id", id).expect("valid id")
+}
+
+fn reserve(id: &str, units: i64) -> ReserveRequest {
+    ReserveRequest {
+        id: rid(id),
+        channel: ChannelId::parse("channel", "web").expect("valid"),
+        lines: vec![ReserveLine { sku: sku("mug"), location: loc("dc-1"), quantity: units }],
+        ttl_ms: 60_000,
+    }
+}
+
+async fn open(store: Arc<dyn Store>) -> Node {
+    let node = Node::open(NodeConfig::default(), Clock::starting_at(START_MS), store);
+    assert!(!node.is_ready());
+    node.recover().await.expect("recovers");
+    assert!(node.is_ready());
+    node
+}
+
+async fn configure(node: &Node, units: i64) {
+    node.upsert_location(Location {
+        id: loc("dc-1"),
+        kind: LocationKind::Warehouse,
+        name: String::new(),
+        latitude: 0.0,
+        longitude: 0.0,
+        safety_stock: 0,
+        daily_capacity: 0,
+        shipping_cost: 0.0,
+        active: true,
+    })
+    .expect("location");
+    node.upsert_channel(Channel {
+        id: ChannelId::parse("channel", "web").expect("valid"),
+        name: String::new(),
+        locations: vec![loc("dc-1")],
+        buffer: 0,
+        cap: None,
+    })
+    .expect("channel");
+    let event = StockEvent {
+        id: EventId::parse("event_id", "receipt-1").expect("valid"),
+        sku: sku("mug"),
+        location: loc("dc-1"),
+        kind: StockEventKind::Received { quantity: units },
+    };
+    for result in node.apply_events(vec![event]).await.expect("accepted") {
+        result.expect("applied");
+    }
+}
+
+fn reserved(node: &Node) -> i64 {
+    let availability = node.availability(&[sku("mug")], &[], &[]).expect("availability");
+    availability[0].locations.iter().map(|l| l.reserved).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_unavailable_until_it_has_recovered() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let node = Node::open(NodeConfig::default(), Clock::starting_at(START_MS), store);
+    assert_eq!(node.reserve(reserve("r-1", 1)).await, Err(NodeError::Recovering));
+    assert_eq!(node.availability(&[sku("mug")], &[], &[]).err(), Some(NodeError::Recovering));
+    node.recover().await.expect("recovers");
+    configure(&node, 5).await;
+    node.reserve(reserve("r-1", 1)).await.expect("serves once recovered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_and_no_read_before_the_fsync_completes() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let node = open(Arc::clone(&store) as Arc<dyn Store>).await;
+    configure(&node, 10).await;
+    let commits_before = store.commit_count();
+
+    let hold = store.hold_commits();
+    let pending = tokio::spawn({
+        let node = node.clone();
+        async move { node.reserve(reserve("r-slow", 4)).await }
+    });
+    // The Reserve's first durable batch is now in "fsync": nothing may show.
+    assert!(store.wait_for_waiting_commits(1, WAIT), "the reserve never reached the store");
+    assert!(!pending.is_finished(), "answered before its batch was durable");
+    assert_eq!(reserved(&node), 0, "a read showed a hold that is not durable yet");
+    hold.release();
+
+    let view = pending.await.expect("task").expect("reserved");
+    assert_eq!(view.state, ReservationState::Held);
+    assert_eq!(reserved(&node), 4);
+    assert!(store.commit_count() > commits_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_never_acknowledged_and_never_retried() {
+    let memory = Arc::new(MemoryStore::new());
+    let store = Arc::new(FaultyStore::new(Arc::clone(&memory)));
+    let node = open(Arc::clone(&store) as Arc<dyn Store>).await;
+    configure(&node, 10).await;
+    let mut failure = node.failure();
+    assert!(failure.borrow().is_none());
+
+    store.fail_next_commits(1);
+    let refused = node.reserve(reserve("r-lost", 3)).await;
+    assert!(matches!(refused, Err(NodeError::StorageFailed(_))), "{refused:?}");
+    assert_eq!(reserved(&node), 0, "the failed batch must not show");
+    failure.wait_for(Option::is_some).await.expect("the node reports its failure");
+    // Everything after it is refused too: memory may be ahead of the disk.
+    let after = node.reserve(reserve("r-after", 1)).await;
+    assert!(matches!(after, Err(NodeError::StorageFailed(_))), "{after:?}");
+    assert_eq!(store.failed_commit_count(), 1, "the failed write was retried");
+    node.shutdown();
+
+    // A restart on what the disk holds knows nothing of either.
+    let restarted = open(memory as Arc<dyn Store>).await;
+    assert!(restarted.get_reservation(rid("r-lost")).await.is_err());
+    assert!(restarted.get_reservation(rid("r-after")).await.is_err());
+    assert_eq!(reserved(&restarted), 0);
+    restarted.reserve(reserve("r-again", 10)).await.expect("all 10 units are still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_finds_what_it_acknowledged() {
+    let store = Arc::new(MemoryStore::new());
+    let node = open(Arc::clone(&store) as Arc<dyn Store>).await;
+    configure(&node, 10).await;
+    node.reserve(reserve("r-held", 2)).await.expect("held");
+    node.reserve(reserve("r-committed", 3)).await.expect("held");
+    node.commit(rid("r-committed"), vec![]).await.expect("committed");
+    node.reserve(reserve("r-released", 1)).await.expect("held");
+    node.release(rid("r-released")).await.expect("released");
+    node.shutdown();
+
+    let node = open(Arc::clone(&store) as Arc<dyn Store>).await;
+    assert_eq!(node.locations().len(), 1, "configuration survives");
+    assert_eq!(node.channels().len(), 1);
+    let state = |id: &'static str| {
+        let node = node.clone();
+        async move { node.get_reservation(rid(id)).await.expect("found").state }
+    };
+    assert_eq!(state("r-held").await, ReservationState::Held);
+    assert_eq!(state("r-committed").await, ReservationState::Committed);
+    assert_eq!(state("r-released").await, ReservationState::Released);
+    let position = node.availability(&[sku("mug")], &[], &[]).expect("read");
+    let position = &position[0].locations[0];
+    assert_eq!((position.on_hand, position.reserved, position.committed), (10, 2, 3));
+    // A retry of an acknowledged Reserve gets the first answer, not a new hold.
+    node.reserve(reserve("r-held", 2)).await.expect("replayed");
+    assert_eq!(reserved(&node), 2);
+
+    // The durable ledger has every change, by cause.
+    let query = LedgerQuery { cause: Some("r-committed".into()), ..LedgerQuery::default() };
+    let page = node.query_ledger(query).await.expect("ledger");
+    let kinds: Vec<_> = page.entries.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(kinds, vec!["reserve", "commit"]);
+}
