@@ -1,0 +1,190 @@
+//! Measures recovery: a store holding POSITIONS positions (and as many
+//! received-event memos) and HOLDS open holds (each a reservation record on
+//! its home shard plus a line hold on its SKU's shard), then the real
+//! `Node::open` + `Node::recover` over it, as atpd does at start.
+//!
+//! ```text
+//! cargo run --release -p atp-shard --example recovery_bench -- [DIR] [POSITIONS] [HOLDS]
+//! ```
+//!
+//! DIR (default: a temporary directory under /tmp) must be on the disk to
+//! measure. Defaults: 1,000,000 positions (250,000 SKUs at 4 locations) and
+//! 1,000,000 holds of one unit each. A DIR that already holds a store is
+//! recovered as it is (run it twice to time a warm page cache).
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use atp_core::catalog::{Catalog, Channel, Location, LocationKind};
+use atp_core::events::{StockEvent, StockEventKind};
+use atp_core::hash::{SHARD_COUNT, shard_of};
+use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
+use atp_core::reservation::{ReserveLine, ReserveRequest};
+use atp_core::shard::{Begin, LineOp, ShardSettings, ShardState};
+use atp_shard::{Clock, Node, NodeConfig};
+use atp_store::{FjallStore, ShardBatch, Store, StoreOptions};
+
+const LOCATIONS: usize = 4;
+const START_MS: i64 = 1_800_000_000_000;
+
+fn catalog() -> Catalog {
+    let mut catalog = Catalog::default();
+    let ids: Vec<LocationId> = (0..LOCATIONS)
+        .map(|i| LocationId::parse("location", &format!("dc-{i}")).expect("valid"))
+        .collect();
+    for id in &ids {
+        catalog
+            .upsert_location(Location {
+                id: id.clone(),
+                kind: LocationKind::Warehouse,
+                name: String::new(),
+                latitude: 0.0,
+                longitude: 0.0,
+                safety_stock: 0,
+                daily_capacity: 0,
+                shipping_cost: 1.0,
+                active: true,
+            })
+            .expect("valid location");
+    }
+    catalog
+        .upsert_channel(Channel {
+            id: ChannelId::parse("channel", "web").expect("valid"),
+            name: String::new(),
+            locations: ids,
+            buffer: 0,
+            cap: None,
+        })
+        .expect("valid channel");
+    catalog
+}
+
+fn fill(store: &FjallStore, positions: usize, holds: usize) {
+    let started = Instant::now();
+    let catalog = catalog();
+    store.save_catalog(&postcard::to_stdvec(&catalog).expect("encodes")).expect("saved");
+    let settings = ShardSettings::default();
+    let mut shards: BTreeMap<u32, ShardState> = (0..SHARD_COUNT)
+        .map(|shard| (shard, ShardState::new(shard, 1, settings.clone())))
+        .collect();
+    let skus = positions.div_ceil(LOCATIONS);
+    let location = |i: usize| LocationId::parse("location", &format!("dc-{i}")).expect("valid");
+    let sku = |i: usize| Sku::parse("sku", &format!("sku-{i:07}")).expect("valid");
+    let flush = |shards: &mut BTreeMap<u32, ShardState>| {
+        let batches: Vec<ShardBatch> = shards
+            .values_mut()
+            .map(|state| {
+                let changes = state.drain_changes();
+                ShardBatch {
+                    shard: state.shard(),
+                    epoch: 1,
+                    records: changes.records,
+                    ledger: changes.ledger,
+                }
+            })
+            .filter(|batch| !batch.is_empty())
+            .collect();
+        store.commit(&batches).expect("commit");
+    };
+    for n in 0..positions {
+        let (s, l) = (n / LOCATIONS, n % LOCATIONS);
+        let event = StockEvent {
+            id: EventId::parse("event_id", &format!("recv-{n}")).expect("valid"),
+            sku: sku(s),
+            location: location(l),
+            kind: StockEventKind::Received { quantity: 1_000 },
+        };
+        let shard = shard_of(event.sku.as_str());
+        shards
+            .get_mut(&shard)
+            .expect("shard")
+            .apply_event(&event, &catalog, START_MS)
+            .expect("applies");
+        if n % 100_000 == 99_999 {
+            flush(&mut shards);
+        }
+    }
+    flush(&mut shards);
+    let channel = ChannelId::parse("channel", "web").expect("valid");
+    for n in 0..holds {
+        let request = ReserveRequest {
+            id: ReservationId::parse("reservation_id", &format!("order-{n}")).expect("valid"),
+            channel: channel.clone(),
+            lines: vec![ReserveLine {
+                sku: sku(n % skus),
+                location: location(n % LOCATIONS),
+                quantity: 1,
+            }],
+            ttl_ms: 24 * 60 * 60 * 1000,
+        };
+        let home = shard_of(request.id.as_str());
+        let begun =
+            shards.get_mut(&home).expect("home").begin_reserve(&request, START_MS).expect("begins");
+        assert_eq!(begun, Begin::Started);
+        let line = shard_of(request.lines[0].sku.as_str());
+        let hold = LineOp::Hold {
+            id: request.id.clone(),
+            channel: channel.clone(),
+            lines: request.lines.clone(),
+        };
+        shards
+            .get_mut(&line)
+            .expect("line")
+            .apply_line_op(&hold, &catalog, START_MS)
+            .expect("holds");
+        shards
+            .get_mut(&home)
+            .expect("home")
+            .finish_reserve(&request.id, true, START_MS)
+            .expect("held");
+        if n % 100_000 == 99_999 {
+            flush(&mut shards);
+        }
+    }
+    flush(&mut shards);
+    println!(
+        "filled {positions} positions and {holds} holds in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let temporary = tempfile::tempdir().expect("create a temporary directory");
+    let dir = args.next().map_or_else(|| temporary.path().to_owned(), PathBuf::from);
+    let positions: usize =
+        args.next().map_or(1_000_000, |n| n.parse().expect("POSITIONS is a number"));
+    let holds: usize = args.next().map_or(1_000_000, |n| n.parse().expect("HOLDS is a number"));
+    let fresh = !dir.join("keyspaces").exists()
+        && std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    println!("store in {}", dir.display());
+    if fresh {
+        let store = FjallStore::open(&dir, StoreOptions::default()).expect("open");
+        fill(&store, positions, holds);
+    }
+
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let opened = Instant::now();
+        let store = FjallStore::open(&dir, StoreOptions::default()).expect("open");
+        let open_time = opened.elapsed();
+        // Recovery expires nothing: the clock is well before the holds' TTL.
+        let node = Node::open(NodeConfig::default(), Clock::starting_at(START_MS + 1_000), Arc::new(store));
+        let stats = node.recover().await.expect("recovers");
+        println!(
+            "store open {:.2} s; recovery {:.2} s (load {:.2} s): {} positions, {} open holds, {} reservations, {:?}",
+            open_time.as_secs_f64(),
+            stats.elapsed.as_secs_f64(),
+            stats.load.as_secs_f64(),
+            stats.positions,
+            stats.open_holds,
+            stats.reservations,
+            stats.report,
+        );
+        node.shutdown();
+    });
+}
