@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    println!("cargo:rerun-if-changed=../../proto/google/rpc/status.proto");
     tonic_prost_build::configure()
+        // google.rpc.Status (ReserveBatch's per-item errors) is tonic-types'
+        // own message, so `tonic_types::StatusExt` reads its details.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .file_descriptor_set_path(out_dir.join("atp_v1_descriptor.bin"))
         .compile_protos(&protos, &["../../proto"])?;
     Ok(())

@@ -12,13 +12,15 @@
 //!   comparison.
 //! - [`replies`]: domain values → reply messages (`From` impls).
 //! - [`status`]: [`status::status_of`], the exhaustive table from
-//!   [`atp_core::CoreError`] to [`tonic::Status`] with `google.rpc` details.
+//!   [`atp_core::CoreError`] to [`tonic::Status`] with `google.rpc` details,
+//!   and [`status::rpc_status`] for an error carried inside a reply (the
+//!   items of a ReserveBatch).
 
 pub mod replies;
 pub mod requests;
 pub mod status;
 
-pub use status::status_of;
+pub use status::{rpc_status, status_from_rpc, status_of};
 
 /// Generated messages, clients and servers of package `atp.v1`
 /// (`proto/atp/v1/*.proto`).

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use atp_core::{CoreError, FieldViolation};
+use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -77,6 +78,31 @@ pub fn status_of(error: CoreError) -> Status {
             ErrorDetails::with_retry_info(Some(IN_PROGRESS_RETRY_DELAY)),
         ),
     }
+}
+
+/// `status` as a `google.rpc.Status` message (code, message and the same
+/// details), for an error carried inside a reply, such as one item of a
+/// ReserveBatch. [`tonic::Status::details`] already holds an encoded
+/// `google.rpc.Status` when the status was built with details.
+pub fn rpc_status(status: &Status) -> tonic_types::pb::Status {
+    let decoded = (!status.details().is_empty())
+        .then(|| tonic_types::pb::Status::decode(status.details()).ok())
+        .flatten();
+    let details = decoded.map(|decoded| decoded.details).unwrap_or_default();
+    tonic_types::pb::Status {
+        code: status.code().into(),
+        message: status.message().to_owned(),
+        details,
+    }
+}
+
+/// The [`tonic::Status`] that a `google.rpc.Status` carried in a reply
+/// stands for, so a client reads its details as it would a call's error
+/// (`tonic_types::StatusExt`).
+pub fn status_from_rpc(status: tonic_types::pb::Status) -> Status {
+    let code = Code::from(status.code);
+    let message = status.message.clone();
+    Status::with_details(code, message, status.encode_to_vec().into())
 }
 
 /// INVALID_ARGUMENT with a `BadRequest` naming each field, as many as fit in
@@ -207,6 +233,23 @@ mod tests {
         assert!(status.message().contains("EXPIRED"), "{}", status.message());
         let failure = status.get_details_precondition_failure().expect("a PreconditionFailure");
         assert_eq!(failure.violations[0].r#type, WRONG_STATE);
+    }
+
+    #[test]
+    fn rpc_status_keeps_code_message_and_details() {
+        let status = status_of(CoreError::InvalidArgument(vec![FieldViolation::new(
+            "reservations[2].lines[0].sku",
+            "must not be empty",
+        )]));
+        let rpc = rpc_status(&status);
+        assert_eq!(rpc.code, i32::from(Code::InvalidArgument));
+        assert_eq!(rpc.message, status.message());
+        let back = status_from_rpc(rpc);
+        assert_eq!(back.code(), Code::InvalidArgument);
+        assert_eq!(bad_request_fields(&back), vec!["reservations[2].lines[0].sku"]);
+
+        let plain = rpc_status(&Status::not_found("r-1"));
+        assert_eq!((plain.code, plain.details.len()), (i32::from(Code::NotFound), 0));
     }
 
     #[test]

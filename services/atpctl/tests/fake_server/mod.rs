@@ -270,6 +270,14 @@ impl AvailabilityService for Fake {
         let results = events.into_iter().map(|event| self.apply_one(event)).collect();
         Ok(Response::new(ApplyStockEventsResponse { results }))
     }
+
+    /// atpctl has no batch command.
+    async fn reserve_batch(
+        &self,
+        _request: Request<atp_proto::v1::ReserveBatchRequest>,
+    ) -> Reply<atp_proto::v1::ReserveBatchResponse> {
+        Err(Status::unimplemented("the fake serves no ReserveBatch"))
+    }
 }
 
 #[tonic::async_trait]
