@@ -21,6 +21,10 @@ pub(crate) struct Record {
     committed: Option<Vec<i64>>,
     /// Per line, as reported by the lines' shards.
     shipped: Vec<i64>,
+    /// While PENDING: the id's stored record was deleted earlier in this
+    /// batch (forgotten), so a refused Reserve must still write the delete.
+    #[serde(skip)]
+    replaces_stored: bool,
 }
 
 /// What the home shard says when a Reserve arrives.
@@ -212,6 +216,7 @@ impl ShardState {
             ended_at_ms: 0,
             committed: None,
             shipped: vec![0; request.lines.len()],
+            replaces_stored: self.records.is_touched(&request.id),
         };
         self.records.insert(request.id.clone(), record);
         Ok(Begin::Started)
@@ -232,7 +237,13 @@ impl ShardState {
         }
         self.applied_sequence += 1;
         if !held {
-            self.records.remove(id);
+            // A PENDING record is never stored: nothing to delete, unless
+            // it replaced a stored one this batch.
+            if record.replaces_stored {
+                self.records.remove(id);
+            } else {
+                self.records.discard(id);
+            }
             return None;
         }
         record.state = ReservationState::Held;

@@ -172,6 +172,11 @@ impl ShardState {
             .unwrap_or_default()
     }
 
+    /// The sequence of the shard's latest ledger entry (0 before the first).
+    pub fn ledger_sequence(&self) -> u64 {
+        self.ledger_sequence
+    }
+
     /// The SKUs with positions on this shard.
     pub fn skus(&self) -> impl Iterator<Item = &Sku> {
         self.positions.keys()

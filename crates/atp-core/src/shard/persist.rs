@@ -102,12 +102,13 @@ impl ShardState {
         }
         changes.skus = skus;
         for id in self.records.take_touched() {
-            // A PENDING record is not a promise yet; it is never stored.
-            let value = self
-                .records
-                .get(&id)
-                .filter(|record| record.state() != ReservationState::Pending)
-                .map(encode);
+            let value = match self.records.get(&id) {
+                // A PENDING record is not a promise yet; it is never stored
+                // (so a Reserve's first step costs no fsync).
+                Some(record) if record.state() == ReservationState::Pending => continue,
+                Some(record) => Some(encode(record)),
+                None => None,
+            };
             changes.records.push((key(RECORD, id.as_str()), value));
         }
         for id in self.holds.take_touched() {
@@ -119,8 +120,11 @@ impl ShardState {
             changes.records.push((key(EVENT, id.as_str()), value));
         }
         changes.ledger = std::mem::take(&mut self.ledger_outbox);
+        // The meta record rides along with real changes only: sequences and
+        // clock alone (a read, a PENDING record) are not worth an fsync.
         let meta = self.meta();
-        if !changes.records.is_empty() || meta != self.drained_meta {
+        if (!changes.records.is_empty() || !changes.ledger.is_empty()) && meta != self.drained_meta
+        {
             self.drained_meta = meta;
             changes.records.push((vec![META], Some(encode(&meta))));
         }

@@ -62,6 +62,18 @@ impl<K: Eq + Hash + Clone, V> Tracked<K, V> {
         self.map.entry(key.clone()).or_default()
     }
 
+    /// Whether `key` was changed since the last [`Tracked::take_touched`].
+    pub(crate) fn is_touched(&self, key: &K) -> bool {
+        self.touched.contains(key)
+    }
+
+    /// Removes an entry that was never stored, forgetting that it was touched
+    /// (nothing to write or delete).
+    pub(crate) fn discard(&mut self, key: &K) -> Option<V> {
+        self.touched.remove(key);
+        self.map.remove(key)
+    }
+
     /// Inserts without marking (loading from the store).
     pub(crate) fn load(&mut self, key: K, value: V) {
         self.map.insert(key, value);
