@@ -14,6 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use atp_core::hash::SHARD_COUNT;
+use atp_core::ids::{LocationId, Sku};
+use atp_core::ledger::{LedgerEntry, LedgerKind};
+use atp_core::position::Deltas;
 use atp_store::{FjallStore, ShardBatch, Store, StoreOptions};
 
 /// Records per commit when filling the store.
@@ -27,13 +30,21 @@ fn main() {
         args.next().map_or(3_000_000, |count| count.parse().expect("RECORDS is a number"));
     println!("store in {}", dir.display());
 
-    let store = FjallStore::open(&dir, StoreOptions::default()).expect("open the store");
-    durable_commits(&store);
-    fill(&store, total);
-    drop(store);
+    let mut options = StoreOptions::default();
+    if let Ok(mib) = std::env::var("ATP_MEMTABLE_MIB") {
+        options.memtable_size_bytes =
+            mib.parse::<u64>().expect("ATP_MEMTABLE_MIB is a number") << 20;
+    }
+    println!("{options:?}");
+    if std::env::var_os("ATP_LOAD_ONLY").is_none() {
+        let store = FjallStore::open(&dir, options.clone()).expect("open the store");
+        durable_commits(&store);
+        group_commits(&store);
+        fill(&store, total);
+    }
 
     let started = Instant::now();
-    let store = FjallStore::open(&dir, StoreOptions::default()).expect("reopen the store");
+    let store = FjallStore::open(&dir, options).expect("reopen the store");
     println!("reopen (journal replay): {:?}", started.elapsed());
     load(&store, total);
     // Again, with the blocks in the OS page cache and fjall's block cache.
@@ -77,6 +88,69 @@ fn durable_commits(store: &FjallStore) {
         latencies[500],
         latencies[990],
         latencies[999]
+    );
+}
+
+/// Group commits as a busy node makes them: 256 shard batches of 3 records
+/// (150 B) and 2 ledger entries each, one fsync per commit.
+fn group_commits(store: &FjallStore) {
+    let commits: u64 = std::env::var("ATP_GROUP_COMMITS")
+        .map_or(200, |count| count.parse().expect("ATP_GROUP_COMMITS is a number"));
+    let location = LocationId::parse("location", "warehouse-01").expect("valid");
+    let mut sequence = 0;
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for commit in 0..commits {
+        let batches: Vec<ShardBatch> = (0..256u32)
+            .map(|i| {
+                let shard = (i * 4 + u32::try_from(commit % 4).expect("fits")) % SHARD_COUNT;
+                let records = (0..3u64)
+                    .map(|r| {
+                        let key = format!("g/{commit}/{i}/{r}").into_bytes();
+                        (key, Some(value(commit * 1000 + u64::from(i) * 3 + r, 150)))
+                    })
+                    .collect();
+                let sku = Sku::parse("sku", &format!("sku-{commit}-{i}")).expect("valid");
+                let ledger = (0..2)
+                    .map(|_| {
+                        sequence += 1;
+                        LedgerEntry {
+                            sequence,
+                            at_ms: 1_700_000_000_000 + i64::try_from(commit).expect("fits"),
+                            sku: sku.clone(),
+                            location: location.clone(),
+                            cause: format!("reservation-{commit}-{i}"),
+                            kind: LedgerKind::Reserve,
+                            deltas: Deltas { reserved: 1, ..Deltas::default() },
+                            on_hand: 100,
+                            reserved: 1,
+                            committed: 0,
+                            unavailable: 0,
+                            incoming: 0,
+                        }
+                    })
+                    .collect();
+                ShardBatch { shard, epoch: 1, records, ledger }
+            })
+            .collect();
+        let one = Instant::now();
+        store.commit(&batches).expect("commit");
+        latencies.push(one.elapsed());
+    }
+    let elapsed: Duration = latencies.iter().sum();
+    latencies.sort();
+    let count = latencies.len();
+    let slow = latencies.iter().filter(|latency| **latency > Duration::from_millis(20)).count();
+    println!(
+        "{count} group commits of 256 batches × (3 records + 2 ledger entries): {elapsed:?} in \
+         commit ({:?} wall with building), mean {:?}, p50 {:?}, p99 {:?}, max {:?}, {slow} over \
+         20 ms; {:.0} shard batches/s",
+        started.elapsed(),
+        elapsed / u32::try_from(count).expect("fits"),
+        latencies[count / 2],
+        latencies[count * 99 / 100],
+        latencies[count - 1],
+        rate(count * 256, elapsed)
     );
 }
 

@@ -29,16 +29,17 @@ pub struct StoreOptions {
     pub cache_size_bytes: u64,
     /// Most journal (write-ahead log) kept on disk; beyond it fjall flushes
     /// memtables so older journal files can go. Bounds how much journal a
-    /// restart replays. At least 64 MiB (smaller values are raised to it).
+    /// restart replays (about 0.65 s per 64 MB measured). At least 64 MiB
+    /// (smaller values are raised to it).
     pub max_journal_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            memtable_size_bytes: 16 * MIB,
+            memtable_size_bytes: 32 * MIB,
             cache_size_bytes: 64 * MIB,
-            max_journal_bytes: 256 * MIB,
+            max_journal_bytes: 128 * MIB,
         }
     }
 }
@@ -58,6 +59,7 @@ pub struct FjallStore {
 impl FjallStore {
     /// Opens the store in `dir`, creating it if needed, and replays its journal.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<FjallStore, StoreError> {
+        let started = std::time::Instant::now();
         let db = Database::builder(dir)
             .cache_size(options.cache_size_bytes)
             .max_journaling_size(options.max_journal_bytes.max(MIN_JOURNAL_BYTES))
@@ -71,6 +73,7 @@ impl FjallStore {
         };
         let [shards, config, ledger, index] = Space::ALL;
         let keyspaces = [open(shards)?, open(config)?, open(ledger)?, open(index)?];
+        tracing::info!(dir = %dir.display(), elapsed = ?started.elapsed(), "opened the store");
         Ok(FjallStore { db, keyspaces })
     }
 

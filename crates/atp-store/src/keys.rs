@@ -3,21 +3,24 @@
 //! All integers are big-endian so that byte order is numeric order, which is
 //! what makes a shard a key prefix and a time range a key range.
 //!
-//! | keyspace | key                                   | value                      |
-//! |----------|---------------------------------------|----------------------------|
-//! | shards   | shard u16 ++ record key               | epoch u64 ++ record value  |
-//! | config   | `catalog`                             | encoded catalog            |
-//! | ledger   | shard u16 ++ sequence u64             | postcard `LedgerEntry`     |
-//! | index    | `t` ++ suffix                         | postcard (sku, location, cause) |
-//! | index    | `s` ++ len u16 ++ sku ++ suffix       | location bytes             |
-//! | index    | `l` ++ len u16 ++ location ++ suffix  | empty                      |
-//! | index    | `c` ++ len u16 ++ cause ++ suffix     | postcard (sku, location)   |
+//! | keyspace     | key                                   | value                     |
+//! |--------------|---------------------------------------|---------------------------|
+//! | shards       | shard u16 ++ record key               | epoch u64 ++ record value |
+//! | config       | `catalog`                             | encoded catalog           |
+//! | ledger       | shard u16 ++ sequence u64             | postcard `LedgerEntry`    |
+//! | ledger_index | `s` ++ len u16 ++ sku ++ suffix       | location bytes            |
+//! | ledger_index | `l` ++ len u16 ++ location ++ suffix  | empty                     |
+//! | ledger_index | `c` ++ len u16 ++ cause ++ suffix     | postcard (sku, location)  |
 //!
 //! where suffix = at_ms (sign bit flipped, so negative times sort first) ++
 //! shard u16 ++ sequence u64. The length prefix makes a value's prefix
 //! unambiguous without assuming anything about the bytes of ids. Index values
-//! carry what a query's secondary filters and the sweep need, so neither has
-//! to read the primary entry of an index entry it rejects or deletes.
+//! carry what a query's secondary filters need, so a query reads the primary
+//! entry only of the index entries it returns.
+//!
+//! There is no time index: a shard's clock never goes back, so its ledger in
+//! sequence order is in time order, and the retention sweep walks each
+//! shard's oldest entries in the primary keyspace.
 
 use atp_core::hash::SHARD_COUNT;
 use atp_core::ledger::LedgerEntry;
@@ -98,8 +101,6 @@ fn time_from_bytes(bytes: [u8; 8]) -> i64 {
 /// Which ledger index a key belongs to (its first byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Index {
-    /// Every entry, by time: drives the retention sweep.
-    Time,
     /// By sku.
     Sku,
     /// By location.
@@ -111,7 +112,6 @@ pub(crate) enum Index {
 impl Index {
     fn tag(self) -> u8 {
         match self {
-            Self::Time => b't',
             Self::Sku => b's',
             Self::Location => b'l',
             Self::Cause => b'c',
@@ -119,12 +119,9 @@ impl Index {
     }
 }
 
-/// The key prefix of the entries of `index` with `value` (ignored for
-/// [`Index::Time`]); `None` if `value` is too long to be an id at all.
+/// The key prefix of the entries of `index` with `value`; `None` if `value`
+/// is too long to be an id at all.
 pub(crate) fn index_prefix(index: Index, value: &str) -> Option<Vec<u8>> {
-    if index == Index::Time {
-        return Some(vec![index.tag()]);
-    }
     let length = u16::try_from(value.len()).ok()?;
     let mut prefix = Vec::with_capacity(3 + value.len() + SUFFIX_BYTES);
     prefix.push(index.tag());
@@ -213,51 +210,35 @@ impl Suffix {
     }
 }
 
-/// `prefix ++ suffix`.
-pub(crate) fn index_key(prefix: &[u8], suffix: Suffix) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + SUFFIX_BYTES);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&suffix.to_bytes());
-    key
+/// `prefix ++ suffix` (reusing the prefix's allocation, sized for this).
+pub(crate) fn index_key(mut prefix: Vec<u8>, suffix: Suffix) -> Vec<u8> {
+    prefix.extend_from_slice(&suffix.to_bytes());
+    prefix
 }
 
 /// The index entries of `entry` of `shard`, as (key, value).
-pub(crate) fn index_entries(shard: [u8; 2], entry: &LedgerEntry) -> [(Vec<u8>, Vec<u8>); 4] {
-    let suffix = Suffix::of(shard, entry);
-    let (sku, location, cause) = (entry.sku.as_str(), entry.location.as_str(), &*entry.cause);
-    let prefix = |index, value| {
-        index_prefix(index, value).expect("ids in ledger entries are validated to be short")
-    };
+pub(crate) fn index_entries(shard: [u8; 2], entry: &LedgerEntry) -> [(Vec<u8>, Vec<u8>); 3] {
+    let [by_sku, by_location, by_cause] = index_keys(shard, entry);
+    let (sku, location) = (entry.sku.as_str(), entry.location.as_str());
     [
-        (index_key(&prefix(Index::Time, ""), suffix), encode(&(sku, location, cause))),
-        (index_key(&prefix(Index::Sku, sku), suffix), location.as_bytes().to_vec()),
-        (index_key(&prefix(Index::Location, location), suffix), Vec::new()),
-        (index_key(&prefix(Index::Cause, cause), suffix), encode(&(sku, location))),
+        (by_sku, location.as_bytes().to_vec()),
+        (by_location, Vec::new()),
+        (by_cause, encode(&(sku, location))),
     ]
 }
 
-/// The keys of every index entry of the entry that time-index entry
-/// (`key`, `value`) describes.
-pub(crate) fn index_keys_from_time_entry(
-    key: &[u8],
-    value: &[u8],
-) -> Result<(Suffix, [Vec<u8>; 4]), StoreError> {
-    let suffix = Suffix::from_key(key)?;
-    let (sku, location, cause): (&str, &str, &str) = decode(value)?;
-    let prefix = |index, value: &str| {
-        index_prefix(index, value).ok_or_else(|| {
-            StoreError::Corrupt(format!("time index value with a {index:?} too long"))
-        })
+/// The index keys of `entry` of `shard`: by sku, by location, by cause.
+pub(crate) fn index_keys(shard: [u8; 2], entry: &LedgerEntry) -> [Vec<u8>; 3] {
+    let suffix = Suffix::of(shard, entry);
+    let key = |index, value| {
+        let prefix = index_prefix(index, value).expect("ids in ledger entries are short");
+        index_key(prefix, suffix)
     };
-    Ok((
-        suffix,
-        [
-            key.to_vec(),
-            index_key(&prefix(Index::Sku, sku)?, suffix),
-            index_key(&prefix(Index::Location, location)?, suffix),
-            index_key(&prefix(Index::Cause, cause)?, suffix),
-        ],
-    ))
+    [
+        key(Index::Sku, entry.sku.as_str()),
+        key(Index::Location, entry.location.as_str()),
+        key(Index::Cause, &entry.cause),
+    ]
 }
 
 /// Postcard encoding of something that always encodes.
@@ -288,7 +269,7 @@ mod tests {
     #[test]
     fn suffix_and_token_round_trip() {
         let suffix = Suffix { at_ms: -42, shard: [3, 255], sequence: 7 };
-        assert_eq!(Suffix::from_key(&index_key(b"s\0\x01x", suffix)).unwrap(), suffix);
+        assert_eq!(Suffix::from_key(&index_key(b"s\0\x01x".to_vec(), suffix)).unwrap(), suffix);
         assert_eq!(Suffix::from_token(&suffix.to_token()).unwrap(), suffix);
         assert!(Suffix::from_token(b"").is_err());
         assert!(Suffix::from_token(&[TOKEN_VERSION; 5]).is_err());

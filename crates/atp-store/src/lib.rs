@@ -145,7 +145,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every record of `shard`, in key order, with the highest epoch stored.
     fn load_shard_with_epoch(&self, shard: u32) -> Result<LoadedShard, StoreError>;
 
-    /// Every shard, `SHARD_COUNT` of them, index = shard number (empty shards
+    /// Every shard, [`SHARD_COUNT`] of them, index = shard number (empty shards
     /// included). Stores override this with one pass over all records, which
     /// is faster than loading shard by shard.
     fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError> {

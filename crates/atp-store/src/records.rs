@@ -61,15 +61,54 @@ pub(crate) fn load_shard<B: Backend>(backend: &B, shard: u32) -> Result<LoadedSh
     Ok(loaded)
 }
 
-/// Every shard, index = shard, in one pass over all records.
-pub(crate) fn load_all<B: Backend>(backend: &B) -> Result<Vec<LoadedShard>, StoreError> {
+/// Every shard, index = shard: one pass over all records, split into a
+/// contiguous range of shards per available core (at most [`LOAD_THREADS`]).
+pub(crate) fn load_all<B: Backend + Sync>(backend: &B) -> Result<Vec<LoadedShard>, StoreError> {
+    let threads = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let threads = u32::try_from(threads.clamp(1, LOAD_THREADS)).expect("small");
+    let per_thread = SHARD_COUNT.div_ceil(threads);
+    let ranges: Vec<(u32, u32)> = (0..threads)
+        .map(|part| (part * per_thread, ((part + 1) * per_thread).min(SHARD_COUNT)))
+        .filter(|(first, end)| first < end)
+        .collect();
+    let parts: Vec<Result<Vec<LoadedShard>, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ranges
+            .into_iter()
+            .map(|(first, end)| scope.spawn(move || load_range(backend, first, end)))
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("a loader thread panicked")).collect()
+    });
+    let mut shards = Vec::with_capacity(SHARD_COUNT as usize);
+    for part in parts {
+        shards.extend(part?);
+    }
+    Ok(shards)
+}
+
+/// Most threads [`load_all`] uses.
+const LOAD_THREADS: usize = 4;
+
+/// Shards `first..end`, in one scan.
+fn load_range<B: Backend>(
+    backend: &B,
+    first: u32,
+    end: u32,
+) -> Result<Vec<LoadedShard>, StoreError> {
     let mut shards: Vec<LoadedShard> =
-        (0..SHARD_COUNT).map(|shard| LoadedShard { shard, ..LoadedShard::default() }).collect();
-    for item in backend.scan(Space::Shards, Bound::Unbounded, Bound::Unbounded) {
+        (first..end).map(|shard| LoadedShard { shard, ..LoadedShard::default() }).collect();
+    let start = Bound::Included(shard_prefix(first).to_vec());
+    let stop = match end {
+        SHARD_COUNT => Bound::Unbounded,
+        end => Bound::Excluded(shard_prefix(end).to_vec()),
+    };
+    for item in backend.scan(Space::Shards, start, stop) {
         let (key, value) = item?;
         let key = key.as_ref();
         let shard = shard_of_record_key(key)?;
-        let Some(loaded) = usize::try_from(shard).ok().and_then(|index| shards.get_mut(index))
+        let Some(loaded) = shard
+            .checked_sub(first)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| shards.get_mut(index))
         else {
             return Err(StoreError::Corrupt(format!("record of shard {shard}")));
         };
