@@ -1,0 +1,366 @@
+//! After a run: the node's own numbers, read through the API, against what
+//! it acknowledged and what the setup's stock events imply.
+//!
+//! - **Acknowledged means present**: every logged reservation is found in its
+//!   acknowledged state or a legal successor ([`crate::AckEntry::allowed`]),
+//!   with the lines that were sent; a refused one does not exist.
+//! - **Nothing oversold**: at every position of the setup
+//!   `reserved + committed + unavailable + safety_stock <= on_hand` and no
+//!   shortfall (the load generator sends only `received` events, so no fact
+//!   can have caused one).
+//! - **Units conserved**: `on_hand` is what the setup received; `reserved`
+//!   and `committed` equal the sums over the reservations found (held
+//!   units of HELD ones, unshipped committed units of COMMITTED ones).
+//!
+//! Holds may expire while the check reads, so it reads the reservations,
+//! then the positions, then the reservations that could have changed again;
+//! if any did, it reads again, until two reads agree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use atp_proto::v1;
+use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
+use futures::{StreamExt, stream};
+use serde::Serialize;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::LoadError;
+use crate::acks::{AckEntry, AckLog, Found, InDoubt, LineRef};
+use crate::client::{self, retry};
+use crate::setup::Setup;
+
+/// Longest wait for one answer while checking.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// GetReservation calls in flight at once.
+const CHECK_CONCURRENCY: usize = 64;
+/// Most SKUs per GetAvailability (the server's limit).
+const MAX_SKUS_PER_READ: usize = 1_000;
+/// How long reads may keep disagreeing (holds still expiring) before the
+/// check gives up on a stable picture.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between two reads that disagreed.
+const SETTLE_PAUSE: Duration = Duration::from_millis(100);
+/// Violations spelled out in the report (all are counted).
+const MAX_REPORTED_VIOLATIONS: usize = 50;
+
+/// What the check found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Positions compared (sku × location of the setup).
+    pub positions: usize,
+    /// Reservations compared (every logged one).
+    pub reservations: usize,
+    /// How many reservations were found in each state.
+    pub found: BTreeMap<String, usize>,
+    /// Units held and committed over every position.
+    pub reserved_units: i64,
+    /// Unshipped committed units over every position.
+    pub committed_units: i64,
+    /// Reads of the positions until two reads of the reservations agreed.
+    pub reads: u32,
+    /// Violations found (only the first ones are in `violations`).
+    pub violation_count: usize,
+    /// The first violations, one sentence each.
+    pub violations: Vec<String>,
+}
+
+impl CheckReport {
+    /// Whether no invariant was violated.
+    pub fn passed(&self) -> bool {
+        self.violation_count == 0
+    }
+
+    fn violation(&mut self, text: String) {
+        self.violation_count += 1;
+        if self.violations.len() < MAX_REPORTED_VIOLATIONS {
+            self.violations.push(text);
+        }
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.passed() { "passed" } else { "FAILED" };
+        let found: Vec<String> =
+            self.found.iter().map(|(state, count)| format!("{state}={count}")).collect();
+        write!(
+            f,
+            "check {verdict}: {} positions, {} reservations ({}), {} units reserved, {} committed, \
+             {} read(s)",
+            self.positions,
+            self.reservations,
+            found.join(" "),
+            self.reserved_units,
+            self.committed_units,
+            self.reads
+        )?;
+        if !self.passed() {
+            write!(f, "\n{} violation(s):", self.violation_count)?;
+            for violation in &self.violations {
+                write!(f, "\n  {violation}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reservation as read: `None` when the node answered NOT_FOUND.
+type Fetched = Option<v1::Reservation>;
+
+/// The setup's SKU and location ids → their indexes in a [`LineRef`].
+struct Names<'a> {
+    skus: HashMap<&'a str, u32>,
+    locations: HashMap<&'a str, u16>,
+}
+
+impl<'a> Names<'a> {
+    fn new(setup: &'a Setup) -> Self {
+        let skus = setup.skus.iter().zip(0..).map(|(sku, index)| (sku.as_str(), index)).collect();
+        let locations = setup
+            .locations
+            .iter()
+            .zip(0..)
+            .map(|(location, index)| (location.as_str(), index))
+            .collect();
+        Self { skus, locations }
+    }
+
+    fn position(&self, sku: &str, location: &str) -> Option<(u32, u16)> {
+        Some((*self.skus.get(sku)?, *self.locations.get(location)?))
+    }
+}
+
+/// Checks the invariants of the data of `setup` on the node at `endpoint`
+/// against `acks` (the merged logs of every run over that setup). Errors
+/// only when the node could not be read; broken invariants are in the report.
+pub async fn check(endpoint: &str, setup: &Setup, acks: &AckLog) -> Result<CheckReport, LoadError> {
+    let client = client::availability(client::channel(endpoint, CHECK_TIMEOUT)?);
+    let ids: Vec<&str> = acks.iter().map(|(id, _)| id).collect();
+    let mut found = fetch(&client, &ids).await?;
+    let mut report = CheckReport::default();
+    let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
+    let positions = loop {
+        report.reads += 1;
+        let positions = read_positions(&client, setup).await?;
+        let unsettled: Vec<&str> = found
+            .iter()
+            .filter(|(id, fetched)| may_change(fetched, acks.get(id)))
+            .map(|(id, _)| *id)
+            .collect();
+        let again = fetch(&client, &unsettled).await?;
+        let changed = again.iter().filter(|(id, fetched)| found.get(*id) != Some(fetched)).count();
+        found.extend(again);
+        if changed == 0 {
+            break positions;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            report.violation(format!(
+                "no stable picture after {:?}: {changed} reservations still changing",
+                SETTLE_DEADLINE
+            ));
+            break positions;
+        }
+        tokio::time::sleep(SETTLE_PAUSE).await;
+    };
+    compare(&mut report, setup, acks, &found, &positions);
+    Ok(report)
+}
+
+/// Whether a reservation could still change without a request: a hold may
+/// expire; a Reserve whose answer was lost may still be finishing.
+fn may_change(fetched: &Fetched, entry: Option<&AckEntry>) -> bool {
+    match fetched {
+        Some(reservation) => reservation.state() == v1::ReservationState::Held,
+        None => entry.is_some_and(|entry| entry.in_doubt.contains(&InDoubt::Reserve)),
+    }
+}
+
+async fn fetch<'a>(
+    client: &AvailabilityServiceClient<Channel>,
+    ids: &[&'a str],
+) -> Result<HashMap<&'a str, Fetched>, LoadError> {
+    let reads = ids.iter().map(|&id| async move {
+        let request = v1::GetReservationRequest { reservation_id: id.to_owned() };
+        let fetched = retry("get reservation", || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move {
+                match client.get_reservation(request).await {
+                    Ok(response) => Ok(response.into_inner().reservation),
+                    Err(status) if status.code() == Code::NotFound => Ok(None),
+                    Err(status) => Err(status),
+                }
+            }
+        })
+        .await?;
+        Ok::<_, LoadError>((id, fetched))
+    });
+    stream::iter(reads)
+        .buffer_unordered(CHECK_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Every position of the setup, by (sku index, location index).
+async fn read_positions(
+    client: &AvailabilityServiceClient<Channel>,
+    setup: &Setup,
+) -> Result<HashMap<(u32, u16), v1::LocationAvailability>, LoadError> {
+    let names = Names::new(setup);
+    let mut positions = HashMap::with_capacity(setup.position_count());
+    for skus in setup.skus.chunks(MAX_SKUS_PER_READ) {
+        let request = v1::GetAvailabilityRequest {
+            skus: skus.to_vec(),
+            location_ids: setup.locations.clone(),
+            channel_ids: vec![setup.channel.clone()],
+        };
+        let response = retry("get availability", || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.get_availability(request).await }
+        })
+        .await?;
+        for sku in response.into_inner().skus {
+            for position in sku.locations {
+                if let Some(at) = names.position(&sku.sku, &position.location_id) {
+                    positions.insert(at, position);
+                }
+            }
+        }
+    }
+    Ok(positions)
+}
+
+fn found_state(fetched: &Fetched) -> Found {
+    let Some(reservation) = fetched else { return Found::Missing };
+    match reservation.state() {
+        v1::ReservationState::Held => Found::Held,
+        v1::ReservationState::Committed => Found::Committed,
+        v1::ReservationState::Released => Found::Released,
+        v1::ReservationState::Expired => Found::Expired,
+        v1::ReservationState::Cancelled => Found::Cancelled,
+        v1::ReservationState::Fulfilled => Found::Fulfilled,
+        // The wire never shows a pending reservation; count it as absent so
+        // the comparison with the log flags it.
+        v1::ReservationState::Unspecified => Found::Missing,
+    }
+}
+
+/// The comparison, on what was read.
+fn compare(
+    report: &mut CheckReport,
+    setup: &Setup,
+    acks: &AckLog,
+    found: &HashMap<&str, Fetched>,
+    positions: &HashMap<(u32, u16), v1::LocationAvailability>,
+) {
+    let names = Names::new(setup);
+    let mut reserved: HashMap<(u32, u16), i64> = HashMap::new();
+    let mut committed: HashMap<(u32, u16), i64> = HashMap::new();
+    let mut states: BTreeMap<Found, usize> = BTreeMap::new();
+    for (id, entry) in acks.iter() {
+        report.reservations += 1;
+        let fetched = found.get(id).expect("every logged reservation was read");
+        let state = found_state(fetched);
+        *states.entry(state).or_default() += 1;
+        if !entry.allowed().contains(&state) {
+            report.violation(format!(
+                "reservation {id}: acknowledged {:?} (in doubt: {:?}), found {state:?}",
+                entry.acked, entry.in_doubt
+            ));
+        }
+        let Some(reservation) = fetched else { continue };
+        let mut lines = Vec::with_capacity(reservation.lines.len());
+        for line in &reservation.lines {
+            let Some((sku, location)) = names.position(&line.sku, &line.location_id) else {
+                report.violation(format!(
+                    "reservation {id}: line {}@{} is not of this setup",
+                    line.sku, line.location_id
+                ));
+                continue;
+            };
+            lines.push(LineRef { sku, location, quantity: line.quantity });
+            match state {
+                Found::Held => *reserved.entry((sku, location)).or_default() += line.quantity,
+                Found::Committed => {
+                    *committed.entry((sku, location)).or_default() += line.committed - line.shipped;
+                    if line.committed != line.quantity {
+                        report.violation(format!(
+                            "reservation {id}: {}@{} committed {} of {} (every commit sent \
+                             commits all)",
+                            line.sku, line.location_id, line.committed, line.quantity
+                        ));
+                    }
+                }
+                Found::Missing
+                | Found::Released
+                | Found::Expired
+                | Found::Cancelled
+                | Found::Fulfilled => {}
+            }
+        }
+        let mut sent = entry.lines.clone();
+        sent.sort();
+        lines.sort();
+        if lines != sent {
+            report.violation(format!(
+                "reservation {id}: lines {lines:?} differ from the lines sent {sent:?}"
+            ));
+        }
+    }
+    report.found = states.into_iter().map(|(state, count)| (format!("{state:?}"), count)).collect();
+
+    for sku in 0..setup.skus.len() as u32 {
+        for location in 0..setup.locations.len() as u16 {
+            report.positions += 1;
+            let name =
+                format!("{}@{}", setup.skus[sku as usize], setup.locations[usize::from(location)]);
+            let Some(position) = positions.get(&(sku, location)) else {
+                report.violation(format!("{name}: no position (stock was received there)"));
+                continue;
+            };
+            report.reserved_units += position.reserved;
+            report.committed_units += position.committed;
+            if position.on_hand != setup.stock_per_position {
+                report.violation(format!(
+                    "{name}: on_hand {} but the stock events sent imply {}",
+                    position.on_hand, setup.stock_per_position
+                ));
+            }
+            let claims = position.reserved
+                + position.committed
+                + position.unavailable
+                + position.safety_stock;
+            if claims > position.on_hand || position.shortfall != 0 {
+                report.violation(format!(
+                    "{name}: oversold: reserved {} + committed {} + unavailable {} + safety {} \
+                     against on_hand {} (shortfall {})",
+                    position.reserved,
+                    position.committed,
+                    position.unavailable,
+                    position.safety_stock,
+                    position.on_hand,
+                    position.shortfall
+                ));
+            }
+            let held = reserved.get(&(sku, location)).copied().unwrap_or(0);
+            if position.reserved != held {
+                report.violation(format!(
+                    "{name}: reserved {} but the HELD reservations hold {held}",
+                    position.reserved
+                ));
+            }
+            let ordered = committed.get(&(sku, location)).copied().unwrap_or(0);
+            if position.committed != ordered {
+                report.violation(format!(
+                    "{name}: committed {} but the COMMITTED reservations commit {ordered}",
+                    position.committed
+                ));
+            }
+        }
+    }
+}

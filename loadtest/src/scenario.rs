@@ -1,0 +1,280 @@
+//! One worker: the requests of a scenario, each call timed, each outcome
+//! logged in the worker's own [`AckLog`] before and after it is sent.
+
+use std::sync::Arc;
+
+use atp_proto::v1;
+use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
+use atp_proto::v1::reserve_batch_result::Outcome;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::acks::{AckLog, Acked, InDoubt, LineRef};
+use crate::client::{passing, refused};
+use crate::config::{Config, Scenario};
+use crate::setup::Setup;
+use crate::stats::{Recorder, Rpc};
+
+/// Most lines of one checkout.
+const MAX_CHECKOUT_LINES: usize = 3;
+/// Most units of one checkout line.
+const MAX_CHECKOUT_UNITS: i64 = 2;
+/// Of 100 checkouts, how many commit; then how many release (the rest expire).
+const COMMIT_PERCENT: u32 = 70;
+const RELEASE_PERCENT: u32 = 20;
+
+/// What every worker of a run shares.
+pub struct Plan {
+    /// The data the run works on.
+    pub setup: Setup,
+    /// The traffic.
+    pub scenario: Scenario,
+    /// Reservations per ReserveBatch.
+    pub batch_size: usize,
+    /// TTL of holds that are committed, released or kept.
+    pub hold_ttl_s: u32,
+    /// TTL of checkout holds left to expire.
+    pub expire_ttl_s: u32,
+}
+
+impl Plan {
+    /// The plan of `config` over `setup`.
+    pub fn new(config: &Config, setup: &Setup) -> Self {
+        Self {
+            setup: setup.clone(),
+            scenario: config.scenario,
+            batch_size: config.batch_size,
+            hold_ttl_s: config.hold_ttl_s,
+            expire_ttl_s: config.expire_ttl_s,
+        }
+    }
+}
+
+/// A client of the run: its connection, its random stream, its ids, its
+/// numbers and its log.
+pub struct Worker {
+    client: AvailabilityServiceClient<Channel>,
+    plan: Arc<Plan>,
+    rng: fastrand::Rng,
+    prefix: String,
+    next_id: u64,
+    /// What it measured.
+    pub recorder: Recorder,
+    /// What the node acknowledged to it.
+    pub acks: AckLog,
+}
+
+impl Worker {
+    /// Worker `index` of the run segment `segment`, over `channel`.
+    pub fn new(plan: Arc<Plan>, channel: Channel, segment: &str, index: usize, seed: u64) -> Self {
+        let prefix = format!("{}-{segment}-{index}", plan.setup.run_id);
+        Self {
+            client: AvailabilityServiceClient::new(channel),
+            plan,
+            rng: fastrand::Rng::with_seed(seed),
+            prefix,
+            next_id: 0,
+            recorder: Recorder::default(),
+            acks: AckLog::new(),
+        }
+    }
+
+    /// Runs one step of the scenario; returns whether the node could not
+    /// take it (the caller then pauses before the next).
+    pub async fn step(&mut self, measured: bool) -> bool {
+        match self.plan.scenario {
+            Scenario::Reserve => {
+                let lines = vec![self.random_line(1)];
+                let (_, code) = self.reserve(lines, self.plan.hold_ttl_s, measured).await;
+                code.is_some_and(passing)
+            }
+            Scenario::FlashSale => {
+                let lines = vec![LineRef { sku: 0, location: 0, quantity: 1 }];
+                let (_, code) = self.reserve(lines, self.plan.hold_ttl_s, measured).await;
+                code.is_some_and(passing)
+            }
+            Scenario::Checkout => self.checkout(measured).await,
+            Scenario::Batch => self.batch(measured).await,
+        }
+    }
+
+    fn id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{}-{}", self.prefix, self.next_id)
+    }
+
+    fn random_line(&mut self, quantity: i64) -> LineRef {
+        let sku = self.rng.usize(..self.plan.setup.skus.len());
+        let location = self.rng.usize(..self.plan.setup.locations.len());
+        let sku = u32::try_from(sku).expect("validated: at most u32::MAX skus");
+        let location = u16::try_from(location).expect("validated: at most u16::MAX locations");
+        LineRef { sku, location, quantity }
+    }
+
+    fn reserve_request(&self, id: &str, lines: &[LineRef], ttl_s: u32) -> v1::ReserveRequest {
+        let setup = &self.plan.setup;
+        v1::ReserveRequest {
+            reservation_id: id.to_owned(),
+            channel_id: setup.channel.clone(),
+            lines: lines
+                .iter()
+                .map(|line| v1::ReservationLine {
+                    sku: setup.skus[line.sku as usize].clone(),
+                    location_id: setup.locations[usize::from(line.location)].clone(),
+                    quantity: line.quantity,
+                })
+                .collect(),
+            ttl_seconds: ttl_s,
+        }
+    }
+
+    /// Logs what a failed operation means: refused (nothing changed) or
+    /// unknown (it may have landed; the log keeps it in doubt).
+    fn settle(&mut self, id: &str, attempt: InDoubt, code: Code) {
+        if refused(code) {
+            self.acks.refused(id, attempt);
+        } else {
+            self.recorder.unknown += 1;
+        }
+    }
+
+    /// One unary Reserve under a fresh id; returns its answer and the error
+    /// code, if any.
+    async fn reserve(
+        &mut self,
+        lines: Vec<LineRef>,
+        ttl_s: u32,
+        measured: bool,
+    ) -> (Option<String>, Option<Code>) {
+        let id = self.id();
+        let request = self.reserve_request(&id, &lines, ttl_s);
+        self.acks.reserve_sent(&id, lines);
+        let sent = Instant::now();
+        let result = self.client.reserve(request).await;
+        self.recorder.call(Rpc::Reserve, sent.elapsed(), measured);
+        if measured {
+            self.recorder.reservations += 1;
+        }
+        match result {
+            Ok(_) => {
+                self.acks.acknowledged(&id, Acked::Held);
+                if measured {
+                    self.recorder.held += 1;
+                }
+                (Some(id), None)
+            }
+            Err(status) => {
+                self.recorder.error(status.code());
+                self.settle(&id, InDoubt::Reserve, status.code());
+                (None, Some(status.code()))
+            }
+        }
+    }
+
+    /// Reserve 1–3 lines, then commit, release or leave the hold to expire.
+    async fn checkout(&mut self, measured: bool) -> bool {
+        let count = self.rng.usize(1..=MAX_CHECKOUT_LINES).min(self.plan.setup.position_count());
+        let mut lines: Vec<LineRef> = Vec::with_capacity(count);
+        while lines.len() < count {
+            let quantity = self.rng.i64(1..=MAX_CHECKOUT_UNITS);
+            let line = self.random_line(quantity);
+            let repeated =
+                lines.iter().any(|other| (other.sku, other.location) == (line.sku, line.location));
+            if !repeated {
+                lines.push(line);
+            }
+        }
+        let fate = self.rng.u32(..100);
+        let expire = fate >= COMMIT_PERCENT + RELEASE_PERCENT;
+        let ttl_s = if expire { self.plan.expire_ttl_s } else { self.plan.hold_ttl_s };
+        let (held, code) = self.reserve(lines, ttl_s, measured).await;
+        let Some(id) = held else {
+            return code.is_some_and(passing);
+        };
+        if expire {
+            return false;
+        }
+        let commit = fate < COMMIT_PERCENT;
+        let (rpc, attempt, state) = if commit {
+            (Rpc::Commit, InDoubt::Commit, Acked::Committed)
+        } else {
+            (Rpc::Release, InDoubt::Release, Acked::Released)
+        };
+        self.acks.sent(&id, attempt);
+        let sent = Instant::now();
+        let result = if commit {
+            // No lines named: every line commits all it holds.
+            let request = v1::CommitRequest { reservation_id: id.clone(), lines: Vec::new() };
+            self.client.commit(request).await.map(drop)
+        } else {
+            let request = v1::ReleaseRequest { reservation_id: id.clone() };
+            self.client.release(request).await.map(drop)
+        };
+        self.recorder.call(rpc, sent.elapsed(), measured);
+        match result {
+            Ok(()) => {
+                self.acks.acknowledged(&id, state);
+                false
+            }
+            Err(status) => {
+                self.recorder.error(status.code());
+                self.settle(&id, attempt, status.code());
+                passing(status.code())
+            }
+        }
+    }
+
+    /// One ReserveBatch of one-line reservations.
+    async fn batch(&mut self, measured: bool) -> bool {
+        let mut ids = Vec::with_capacity(self.plan.batch_size);
+        let mut reservations = Vec::with_capacity(self.plan.batch_size);
+        for _ in 0..self.plan.batch_size {
+            let id = self.id();
+            let lines = vec![self.random_line(1)];
+            reservations.push(self.reserve_request(&id, &lines, self.plan.hold_ttl_s));
+            self.acks.reserve_sent(&id, lines);
+            ids.push(id);
+        }
+        if measured {
+            self.recorder.reservations += ids.len() as u64;
+        }
+        let sent = Instant::now();
+        let result = self.client.reserve_batch(v1::ReserveBatchRequest { reservations }).await;
+        self.recorder.call(Rpc::ReserveBatch, sent.elapsed(), measured);
+        let results = match result {
+            Ok(response) => response.into_inner().results,
+            Err(status) => {
+                self.recorder.error(status.code());
+                for id in &ids {
+                    self.settle(id, InDoubt::Reserve, status.code());
+                }
+                return passing(status.code());
+            }
+        };
+        let mut pause = false;
+        let mut results = results.into_iter();
+        for id in &ids {
+            match results.next().and_then(|result| result.outcome) {
+                Some(Outcome::Reserved(_)) => {
+                    self.acks.acknowledged(id, Acked::Held);
+                    if measured {
+                        self.recorder.held += 1;
+                    }
+                }
+                Some(Outcome::Error(status)) => {
+                    let code = Code::from(status.code);
+                    self.recorder.error(code);
+                    self.settle(id, InDoubt::Reserve, code);
+                    pause |= passing(code);
+                }
+                // A reply with fewer results than items: the rest are unknown.
+                None => {
+                    self.recorder.error(Code::Internal);
+                    self.settle(id, InDoubt::Reserve, Code::Internal);
+                }
+            }
+        }
+        pause
+    }
+}

@@ -1,0 +1,186 @@
+//! The data a run works on, created through the API: locations, one channel
+//! over all of them, and stock by `received` events. Every id starts with
+//! the run id, so runs never collide, and every call is idempotent (same ids,
+//! same payloads), so setup can be repeated against a node that restarted.
+
+use atp_proto::v1;
+use futures::{StreamExt, stream};
+use serde::{Deserialize, Serialize};
+
+use crate::LoadError;
+use crate::client::{self, retry};
+use crate::config::{Config, Scenario};
+
+/// Most events one ApplyStockEvents call carries (the server's limit).
+pub const MAX_EVENTS_PER_CALL: usize = 1_000;
+/// ApplyStockEvents calls in flight at once during setup.
+const SETUP_CONCURRENCY: usize = 4;
+
+/// What [`setup`] created: enough to generate requests against it and to
+/// check the node's numbers afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Prefix of every id of the run.
+    pub run_id: String,
+    /// The channel every reservation names; fed by every location.
+    pub channel: String,
+    /// Location ids, indexed by [`crate::LineRef::location`].
+    pub locations: Vec<String>,
+    /// SKU ids, indexed by [`crate::LineRef::sku`].
+    pub skus: Vec<String>,
+    /// Units received at every (sku, location): what `on_hand` must be.
+    pub stock_per_position: i64,
+}
+
+impl Setup {
+    /// The ids and stock a run of `config` uses; no I/O. The run id is
+    /// `config.run_id`, or a fresh random one.
+    pub fn plan(config: &Config) -> Self {
+        let run_id = config.run_id.clone().unwrap_or_else(random_run_id);
+        let (skus, locations, stock) = match config.scenario {
+            Scenario::FlashSale => (1, 1, config.flash_stock),
+            Scenario::Reserve | Scenario::Checkout | Scenario::Batch => {
+                (config.skus, config.locations, config.stock)
+            }
+        };
+        Self {
+            channel: format!("{run_id}-web"),
+            locations: (0..locations).map(|index| format!("{run_id}-loc-{index}")).collect(),
+            skus: (0..skus).map(|index| format!("{run_id}-sku-{index}")).collect(),
+            stock_per_position: stock,
+            run_id,
+        }
+    }
+
+    /// Positions (sku × location) the run stocks.
+    pub fn position_count(&self) -> usize {
+        self.skus.len() * self.locations.len()
+    }
+
+    /// The `received` event that stocks `sku` at `location`.
+    fn stock_event(&self, sku: usize, location: usize) -> v1::StockEvent {
+        v1::StockEvent {
+            event_id: format!("{}-recv-{sku}-{location}", self.run_id),
+            sku: self.skus[sku].clone(),
+            location_id: self.locations[location].clone(),
+            kind: Some(v1::stock_event::Kind::Received(v1::Received {
+                quantity: self.stock_per_position,
+            })),
+        }
+    }
+}
+
+/// A run id nobody used: 8 hex digits.
+fn random_run_id() -> String {
+    format!("lg{:08x}", fastrand::u32(..))
+}
+
+/// Creates the run's locations, channel and stock on the node at
+/// `config.endpoint` and returns what it created. Safe to repeat.
+pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
+    config.validate()?;
+    let setup = Setup::plan(config);
+    let channel = client::channel(&config.endpoint, config.request_timeout)?;
+    let configuration = client::configuration(channel.clone());
+    for location_id in &setup.locations {
+        let location = v1::Location {
+            location_id: location_id.clone(),
+            kind: v1::LocationKind::Warehouse.into(),
+            name: format!("load generator {location_id}"),
+            active: true,
+            ..Default::default()
+        };
+        let request = v1::UpsertLocationRequest { location: Some(location) };
+        retry("upsert location", || {
+            let (mut configuration, request) = (configuration.clone(), request.clone());
+            async move { configuration.upsert_location(request).await }
+        })
+        .await?;
+    }
+    let channel_config = v1::Channel {
+        channel_id: setup.channel.clone(),
+        name: format!("load generator {}", setup.run_id),
+        location_ids: setup.locations.clone(),
+        buffer: 0,
+        cap: None,
+    };
+    let request = v1::UpsertChannelRequest { channel: Some(channel_config) };
+    retry("upsert channel", || {
+        let (mut configuration, request) = (configuration.clone(), request.clone());
+        async move { configuration.upsert_channel(request).await }
+    })
+    .await?;
+
+    let positions: Vec<(usize, usize)> = (0..setup.skus.len())
+        .flat_map(|sku| (0..setup.locations.len()).map(move |location| (sku, location)))
+        .collect();
+    let availability = client::availability(channel);
+    let calls = positions.chunks(MAX_EVENTS_PER_CALL).map(|chunk| {
+        let events: Vec<_> =
+            chunk.iter().map(|&(sku, location)| setup.stock_event(sku, location)).collect();
+        stock(availability.clone(), events)
+    });
+    let outcomes: Vec<_> = stream::iter(calls).buffer_unordered(SETUP_CONCURRENCY).collect().await;
+    outcomes.into_iter().collect::<Result<(), _>>()?;
+    Ok(setup)
+}
+
+/// Applies `events` until each is APPLIED or DUPLICATE (a REJECTED one, e.g.
+/// for a full mailbox, is sent again).
+async fn stock(
+    client: atp_proto::v1::availability_service_client::AvailabilityServiceClient<
+        tonic::transport::Channel,
+    >,
+    mut events: Vec<v1::StockEvent>,
+) -> Result<(), LoadError> {
+    let deadline = tokio::time::Instant::now() + client::RETRY_DEADLINE;
+    while !events.is_empty() {
+        let request = v1::ApplyStockEventsRequest { events: events.clone() };
+        let response = retry("apply stock events", || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.apply_stock_events(request).await }
+        })
+        .await?;
+        let mut rejected = Vec::new();
+        for (event, result) in events.into_iter().zip(response.into_inner().results) {
+            if result.outcome() == v1::StockEventOutcome::Rejected {
+                let code = tonic::Code::from(result.error_code);
+                if !client::passing(code) || tokio::time::Instant::now() >= deadline {
+                    return Err(LoadError::Setup(format!(
+                        "stock event {} rejected: {code:?} {}",
+                        event.event_id, result.error_message
+                    )));
+                }
+                rejected.push(event);
+            }
+        }
+        events = rejected;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_id_starts_with_the_run_id() {
+        let config =
+            Config { run_id: Some("r1".into()), skus: 3, locations: 2, ..Config::default() };
+        let setup = Setup::plan(&config);
+        assert_eq!(setup.position_count(), 6);
+        assert_eq!(setup.skus, ["r1-sku-0", "r1-sku-1", "r1-sku-2"]);
+        assert_eq!(setup.locations, ["r1-loc-0", "r1-loc-1"]);
+        assert_eq!(setup.channel, "r1-web");
+        assert_eq!(setup.stock_event(2, 1).event_id, "r1-recv-2-1");
+    }
+
+    #[test]
+    fn flash_sale_has_one_position() {
+        let config =
+            Config { scenario: Scenario::FlashSale, flash_stock: 100, ..Config::default() };
+        let setup = Setup::plan(&config);
+        assert_eq!((setup.position_count(), setup.stock_per_position), (1, 100));
+        assert!(setup.run_id.starts_with("lg"));
+    }
+}
