@@ -13,12 +13,13 @@
 //!   units of HELD ones, unshipped committed units of COMMITTED ones).
 //!
 //! Holds may expire while the check reads, so it reads the reservations,
-//! then the positions, then the reservations that could have changed again;
+//! then the positions, then the reservations that could have changed again
+//! (holds within 30 s of their expiry, operations in doubt);
 //! if any did, it reads again, until two reads agree.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atp_proto::v1;
 use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
@@ -28,7 +29,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::LoadError;
-use crate::acks::{AckEntry, AckLog, Found, InDoubt, LineRef};
+use crate::acks::{AckEntry, AckLog, Found, LineRef};
 use crate::client::{self, retry};
 use crate::setup::Setup;
 
@@ -43,6 +44,10 @@ const MAX_SKUS_PER_READ: usize = 1_000;
 const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
 /// Pause between two reads that disagreed.
 const SETTLE_PAUSE: Duration = Duration::from_millis(100);
+/// A hold whose expiry is further away than this cannot expire between two
+/// reads, so it is not read twice (allows for the node's clock being ahead
+/// of this one by less than that), ms.
+const EXPIRY_MARGIN_MS: i64 = 30_000;
 /// Violations spelled out in the report (all are counted).
 const MAX_REPORTED_VIOLATIONS: usize = 50;
 
@@ -145,9 +150,10 @@ pub async fn check(endpoint: &str, setup: &Setup, acks: &AckLog) -> Result<Check
     let positions = loop {
         report.reads += 1;
         let positions = read_positions(&client, setup).await?;
+        let now_ms = wall_clock_ms();
         let unsettled: Vec<&str> = found
             .iter()
-            .filter(|(id, fetched)| may_change(fetched, acks.get(id)))
+            .filter(|(id, fetched)| may_change(fetched, acks.get(id), now_ms))
             .map(|(id, _)| *id)
             .collect();
         let again = fetch(&client, &unsettled).await?;
@@ -169,13 +175,23 @@ pub async fn check(endpoint: &str, setup: &Setup, acks: &AckLog) -> Result<Check
     Ok(report)
 }
 
-/// Whether a reservation could still change without a request: a hold may
-/// expire; a Reserve whose answer was lost may still be finishing.
-fn may_change(fetched: &Fetched, entry: Option<&AckEntry>) -> bool {
+/// Whether a reservation could still change now that no client sends
+/// anything: a hold near or past its expiry may expire; an operation whose
+/// answer was lost may still be finishing on the node.
+fn may_change(fetched: &Fetched, entry: Option<&AckEntry>, now_ms: i64) -> bool {
+    let in_doubt = entry.is_some_and(|entry| !entry.in_doubt.is_empty());
     match fetched {
-        Some(reservation) => reservation.state() == v1::ReservationState::Held,
-        None => entry.is_some_and(|entry| entry.in_doubt.contains(&InDoubt::Reserve)),
+        Some(reservation) => {
+            reservation.state() == v1::ReservationState::Held
+                && (in_doubt || reservation.expires_at_ms <= now_ms + EXPIRY_MARGIN_MS)
+        }
+        None => in_doubt,
     }
+}
+
+fn wall_clock_ms() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 async fn fetch<'a>(
