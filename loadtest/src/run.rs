@@ -100,6 +100,7 @@ async fn drive(
     end: Instant,
 ) -> (Recorder, AckLog) {
     while let Some(due) = pacing.next(end).await {
+        worker.recorder.active_clients = 1;
         let measured = due >= measure_from;
         let pause = worker.step(measured).await;
         worker.recorder.step(due.elapsed(), measured);

@@ -70,6 +70,8 @@ pub struct Recorder {
     pub errors: BTreeMap<i32, u64>,
     /// Operations whose answer was lost.
     pub unknown: u64,
+    /// Workers that started at least one step.
+    pub active_clients: u64,
 }
 
 impl Default for Recorder {
@@ -82,6 +84,7 @@ impl Default for Recorder {
             held: 0,
             errors: BTreeMap::new(),
             unknown: 0,
+            active_clients: 0,
         }
     }
 }
@@ -122,6 +125,7 @@ impl Recorder {
             *self.errors.entry(code).or_default() += count;
         }
         self.unknown += other.unknown;
+        self.active_clients += other.active_clients;
     }
 }
 
@@ -170,6 +174,9 @@ pub struct Report {
     pub mode: Mode,
     /// Clients (closed) or most arrivals in flight (open).
     pub clients: usize,
+    /// Clients that started at least one step (fewer than `clients` when the
+    /// load generator itself could not keep up).
+    pub active_clients: u64,
     /// gRPC connections.
     pub connections: usize,
     /// Open mode: the arrival rate asked for, per second.
@@ -228,6 +235,7 @@ impl Report {
             scenario: config.scenario,
             mode: config.mode,
             clients: config.clients,
+            active_clients: recorder.active_clients,
             connections: config.connections,
             target_rate: (config.mode == Mode::Open).then_some(config.rate),
             run_id: run_id.to_owned(),
@@ -279,6 +287,13 @@ impl fmt::Display for Report {
             "scenario {:?}, {pacing}, {} connections, run id {}, measured {:.1} s",
             self.scenario, self.connections, self.run_id, self.measured_s
         )?;
+        if self.active_clients < self.clients as u64 {
+            writeln!(
+                f,
+                "warning: only {} of {} clients started a step (the load generator is short of CPU)",
+                self.active_clients, self.clients
+            )?;
+        }
         writeln!(f, "steps/s          {:>12.1}  ({} steps)", self.steps_per_s, self.steps)?;
         writeln!(f, "calls/s          {:>12.1}", self.calls_per_s)?;
         writeln!(

@@ -88,6 +88,8 @@ pub fn short(server: &Server, scenario: Scenario, mode: Mode) -> Config {
         warmup: Duration::from_millis(200),
         skus: 200,
         locations: 3,
+        // A debug build on a busy machine: a slow answer is not a lost one.
+        request_timeout: Duration::from_secs(30),
         ..Config::default()
     }
 }
