@@ -168,3 +168,22 @@ fn a_lost_ship_notice_fulfils_the_order_on_recovery() {
     assert_eq!(node.get(&reservation(&id)).expect("found").state, ReservationState::Fulfilled);
     assert_eq!(node.position(SKU, LOCATION).on_hand, 8);
 }
+
+#[test]
+fn a_cancel_that_overtakes_its_commit_frees_the_hold() {
+    let (mut node, _) = node();
+    let id = remote_id("raced");
+    let request = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 3)], TTL_MS);
+    node.reserve(&request, START_MS + 1).expect("reserves");
+    let home = shard_of(&id);
+    let (_, commit_ops) =
+        node.shard_mut(home).commit(&reservation(&id), &[], START_MS + 2).expect("commits");
+    let (_, cancel_ops) =
+        node.shard_mut(home).cancel(&reservation(&id), START_MS + 3).expect("cancels");
+    // The Cancel's line op arrives first, the Commit's after it.
+    node.deliver(cancel_ops, START_MS + 4);
+    node.deliver(commit_ops, START_MS + 5);
+    let position = node.position(SKU, LOCATION);
+    assert_eq!((position.reserved, position.committed), (0, 0));
+    assert_eq!(node.get(&reservation(&id)).expect("found").state, ReservationState::Cancelled);
+}

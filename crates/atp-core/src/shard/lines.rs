@@ -224,16 +224,20 @@ impl ShardState {
     }
 
     fn cancel_lines(&mut self, id: &ReservationId, now: i64) {
-        let Some(holds) = self.holds.get(id) else { return };
-        if !holds.committed {
-            return;
-        }
-        let holds = self.holds.remove(id).expect("checked above");
+        let Some(holds) = self.holds.remove(id) else { return };
         self.applied_sequence += 1;
         let cause = id.to_string();
         for line in holds.lines {
-            let unshipped = line.committed - line.shipped;
-            let deltas = Deltas { committed: -unshipped, ..Deltas::default() };
+            // A Cancel can overtake its reservation's Commit on the way to
+            // this shard (the home committed, then cancelled, and the two
+            // deliveries raced): the hold is still uncommitted, nothing of it
+            // shipped, so the whole hold is freed and the late Commit finds
+            // nothing to commit.
+            let deltas = if holds.committed {
+                Deltas { committed: -(line.committed - line.shipped), ..Deltas::default() }
+            } else {
+                Deltas { reserved: -line.held, ..Deltas::default() }
+            };
             self.change(&line.sku, &line.location, &cause, LedgerKind::Cancel, deltas, false, now);
         }
     }
