@@ -179,3 +179,32 @@ async fn a_restarted_node_finds_what_it_acknowledged() {
     let kinds: Vec<_> = page.entries.iter().map(|e| e.kind.name()).collect();
     assert_eq!(kinds, vec!["reserve", "commit"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_durable_ledger_forgets_entries_past_its_retention() {
+    let config = NodeConfig {
+        ledger_retention_ms: 60_000,
+        ledger_sweep_interval_ms: 1_000,
+        ..NodeConfig::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let node = Node::open(config, Clock::starting_at(START_MS), store);
+    node.recover().await.expect("recovers");
+    configure(&node, 10).await;
+    let by_sku = || LedgerQuery { sku: Some("mug".into()), ..LedgerQuery::default() };
+    assert_eq!(node.query_ledger(by_sku()).await.expect("ledger").entries.len(), 1);
+
+    // Past the retention, the sweep (every second) deletes the receipt's entry.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    node.reserve(reserve("r-new", 1)).await.expect("reserved");
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let page = node.query_ledger(by_sku()).await.expect("ledger");
+        kinds = page.entries.iter().map(|e| e.kind.name()).collect::<Vec<_>>();
+        if kinds == ["reserve"] {
+            break;
+        }
+    }
+    assert_eq!(kinds, vec!["reserve"], "only the entry inside the retention is left");
+}

@@ -412,6 +412,40 @@ async fn commit_cancel_extend_and_the_admin_view() {
     }
     assert!(ledger.entries.windows(2).all(|pair| pair[0].sequence < pair[1].sequence));
 
+    // Paged, two at a time: every entry once, in the same order.
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let query = v1::QueryLedgerRequest {
+            sku: "mug".into(),
+            location_id: "dc-1".into(),
+            limit: 2,
+            page_token: page_token.clone(),
+            ..Default::default()
+        };
+        let page = admin.query_ledger(query).await.expect("ledger page").into_inner();
+        assert!(page.entries.len() <= 2);
+        paged.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(paged, ledger.entries);
+    // By cause, and a time range that ends before everything.
+    let query = v1::QueryLedgerRequest { cause_id: "order-1".into(), ..Default::default() };
+    let by_cause = admin.query_ledger(query).await.expect("by cause").into_inner();
+    assert!(by_cause.entries.iter().all(|entry| entry.cause_id == "order-1"));
+    assert!(by_cause.entries.len() >= 3, "{:?}", by_cause.entries);
+    let first_at = ledger.entries[0].at_ms;
+    let query = v1::QueryLedgerRequest { sku: "mug".into(), to_ms: first_at, ..Default::default() };
+    let before = admin.query_ledger(query).await.expect("time range").into_inner();
+    assert!(before.entries.is_empty(), "{:?}", before.entries);
+    let bad =
+        v1::QueryLedgerRequest { sku: "mug".into(), page_token: "zz".into(), ..Default::default() };
+    let refused = admin.query_ledger(bad).await.expect_err("bad token");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
     // Health: the server and every atp service are SERVING.
     let mut health = atpd.health();
     for service in ["", "atp.v1.AvailabilityService", "atp.v1.ConfigService", "atp.v1.AdminService"]
