@@ -184,9 +184,11 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn serves_until_shutdown_then_returns() {
-        let node = Node::start(NodeConfig::default(), Clock::system());
+    type Server = tokio::task::JoinHandle<Result<(), ServeError>>;
+
+    /// Serves `node` on a free port; returns a connected channel, the
+    /// shutdown trigger and the server task.
+    async fn start(node: &Node) -> (tonic::transport::Channel, oneshot::Sender<()>, Server) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -194,12 +196,25 @@ mod tests {
             let _ = stopped.await;
         };
         let server = tokio::spawn(serve(node.clone(), listener, ServerConfig::default(), shutdown));
-
         let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
             .expect("a valid uri")
             .connect()
             .await
             .expect("connect");
+        (channel, stop, server)
+    }
+
+    /// Triggers shutdown; the server must return cleanly within 10 s.
+    async fn stop_server(stop: oneshot::Sender<()>, server: Server) {
+        stop.send(()).expect("the server is waiting");
+        let served = tokio::time::timeout(Duration::from_secs(10), server).await;
+        served.expect("serve returns after shutdown").expect("task").expect("served cleanly");
+    }
+
+    #[tokio::test]
+    async fn serves_until_shutdown_then_returns() {
+        let node = Node::start(NodeConfig::default(), Clock::system());
+        let (channel, stop, server) = start(&node).await;
         let mut health = HealthClient::new(channel.clone());
         for service in SERVICE_NAMES.into_iter().chain([""]) {
             let request = HealthCheckRequest { service: service.to_owned() };
@@ -211,9 +226,7 @@ mod tests {
         let shard = admin.get_shard(request).await.expect("get shard").into_inner().shard;
         assert_eq!(shard.expect("shard info").node, "atpd-0");
 
-        stop.send(()).expect("the server is waiting");
-        let served = tokio::time::timeout(Duration::from_secs(10), server).await;
-        served.expect("serve returns after shutdown").expect("task").expect("served cleanly");
+        stop_server(stop, server).await;
         node.shutdown();
     }
 
@@ -221,18 +234,7 @@ mod tests {
     async fn not_serving_until_the_node_has_recovered() {
         let store = std::sync::Arc::new(atp_store::MemoryStore::new());
         let node = Node::open(NodeConfig::default(), Clock::system(), store);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("bound address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let server = tokio::spawn(serve(node.clone(), listener, ServerConfig::default(), shutdown));
-        let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-            .expect("a valid uri")
-            .connect()
-            .await
-            .expect("connect");
+        let (channel, stop, server) = start(&node).await;
         let mut health = HealthClient::new(channel.clone());
         let status = |mut health: HealthClient<tonic::transport::Channel>| async move {
             let request = HealthCheckRequest { service: String::new() };
@@ -256,9 +258,7 @@ mod tests {
             let _ = health.check(HealthCheckRequest { service: String::new() }).await;
         }
         assert_eq!(seen, Serving);
-        stop.send(()).expect("the server is waiting");
-        let served = tokio::time::timeout(Duration::from_secs(10), server).await;
-        served.expect("serve returns after shutdown").expect("task").expect("served cleanly");
+        stop_server(stop, server).await;
         node.shutdown();
     }
 }

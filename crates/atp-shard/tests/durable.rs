@@ -5,27 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use atp_core::catalog::{Channel, Location, LocationKind};
-use atp_core::events::{StockEvent, StockEventKind};
-use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
+mod common;
+
+use atp_core::ids::ChannelId;
 use atp_core::reservation::{ReservationState, ReserveLine, ReserveRequest};
 use atp_shard::{Clock, Node, NodeConfig, NodeError};
 use atp_store::{FaultyStore, LedgerQuery, MemoryStore, Store};
 
+use common::{loc, rid, sku};
+
 const START_MS: i64 = 1_700_000_000_000;
 const WAIT: Duration = Duration::from_secs(10);
-
-fn sku(id: &str) -> Sku {
-    Sku::parse("sku", id).expect("valid sku")
-}
-
-fn loc(id: &str) -> LocationId {
-    LocationId::parse("location", id).expect("valid location")
-}
-
-fn rid(id: &str) -> ReservationId {
-    ReservationId::parse("reservation_id", id).expect("valid id")
-}
 
 fn reserve(id: &str, units: i64) -> ReserveRequest {
     ReserveRequest {
@@ -45,35 +35,7 @@ async fn open(store: Arc<dyn Store>) -> Node {
 }
 
 async fn configure(node: &Node, units: i64) {
-    node.upsert_location(Location {
-        id: loc("dc-1"),
-        kind: LocationKind::Warehouse,
-        name: String::new(),
-        latitude: 0.0,
-        longitude: 0.0,
-        safety_stock: 0,
-        daily_capacity: 0,
-        shipping_cost: 0.0,
-        active: true,
-    })
-    .expect("location");
-    node.upsert_channel(Channel {
-        id: ChannelId::parse("channel", "web").expect("valid"),
-        name: String::new(),
-        locations: vec![loc("dc-1")],
-        buffer: 0,
-        cap: None,
-    })
-    .expect("channel");
-    let event = StockEvent {
-        id: EventId::parse("event_id", "receipt-1").expect("valid"),
-        sku: sku("mug"),
-        location: loc("dc-1"),
-        kind: StockEventKind::Received { quantity: units },
-    };
-    for result in node.apply_events(vec![event]).await.expect("accepted") {
-        result.expect("applied");
-    }
+    common::stock(node, &[("mug", units)]).await;
 }
 
 fn reserved(node: &Node) -> i64 {

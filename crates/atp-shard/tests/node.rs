@@ -3,66 +3,22 @@
 
 use std::time::Duration;
 
-use atp_core::catalog::{Channel, Location, LocationKind};
+mod common;
+
 use atp_core::error::CoreError;
-use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::hash::shard_of;
-use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
+use atp_core::ids::ChannelId;
 use atp_core::reservation::{ReservationState, ReserveLine, ReserveRequest};
 use atp_shard::{Clock, Node, NodeConfig, NodeError};
 use futures::future::join_all;
 
+use common::{loc, rid, sku};
+
 const START_MS: i64 = 1_700_000_000_000;
-
-fn location(id: &str) -> Location {
-    Location {
-        id: LocationId::parse("location", id).expect("valid id"),
-        kind: LocationKind::Warehouse,
-        name: String::new(),
-        latitude: 0.0,
-        longitude: 0.0,
-        safety_stock: 0,
-        daily_capacity: 0,
-        shipping_cost: 0.0,
-        active: true,
-    }
-}
-
-fn sku(id: &str) -> Sku {
-    Sku::parse("sku", id).expect("valid sku")
-}
-
-fn loc(id: &str) -> LocationId {
-    LocationId::parse("location", id).expect("valid location")
-}
-
-fn rid(id: &str) -> ReservationId {
-    ReservationId::parse("reservation_id", id).expect("valid id")
-}
 
 async fn node_with_stock(config: NodeConfig, stock: &[(&str, i64)]) -> Node {
     let node = Node::start(config, Clock::starting_at(START_MS));
-    node.upsert_location(location("dc-1")).expect("location");
-    node.upsert_channel(Channel {
-        id: ChannelId::parse("channel", "web").expect("valid"),
-        name: String::new(),
-        locations: vec![loc("dc-1")],
-        buffer: 0,
-        cap: None,
-    })
-    .expect("channel");
-    let events = stock
-        .iter()
-        .map(|(s, units)| StockEvent {
-            id: EventId::parse("event_id", &format!("recv-{s}")).expect("valid"),
-            sku: sku(s),
-            location: loc("dc-1"),
-            kind: StockEventKind::Received { quantity: *units },
-        })
-        .collect();
-    for result in node.apply_events(events).await.expect("events accepted") {
-        result.expect("event applied");
-    }
+    common::stock(&node, stock).await;
     node
 }
 

@@ -109,6 +109,49 @@ pub(crate) fn is_empty_range(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bo
     }
 }
 
+/// Implements [`crate::Store`] for a [`Backend`]: every store operation is the
+/// same code over any backend (`records` and `ledger`), only the engine differs.
+macro_rules! store_over_backend {
+    ($backend:ty) => {
+        impl $crate::Store for $backend {
+            fn commit(&self, batches: &[$crate::ShardBatch]) -> Result<(), $crate::StoreError> {
+                $crate::records::commit(self, batches)
+            }
+
+            fn load_shard_with_epoch(
+                &self,
+                shard: u32,
+            ) -> Result<$crate::LoadedShard, $crate::StoreError> {
+                $crate::records::load_shard(self, shard)
+            }
+
+            fn load_all(&self) -> Result<Vec<$crate::LoadedShard>, $crate::StoreError> {
+                $crate::records::load_all(self)
+            }
+
+            fn save_catalog(&self, catalog: &[u8]) -> Result<(), $crate::StoreError> {
+                $crate::records::save_catalog(self, catalog)
+            }
+
+            fn load_catalog(&self) -> Result<Option<Vec<u8>>, $crate::StoreError> {
+                $crate::records::load_catalog(self)
+            }
+
+            fn query_ledger(
+                &self,
+                query: &$crate::LedgerQuery,
+            ) -> Result<$crate::LedgerPage, $crate::StoreError> {
+                $crate::ledger::query(self, query)
+            }
+
+            fn sweep_ledger(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {
+                $crate::ledger::sweep(self, before_ms)
+            }
+        }
+    };
+}
+pub(crate) use store_over_backend;
+
 #[cfg(test)]
 mod tests {
     use super::*;

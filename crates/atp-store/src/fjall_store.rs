@@ -6,8 +6,8 @@ use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 
+use crate::StoreError;
 use crate::backend::{Backend, Scan, Space, Write, is_empty_range};
-use crate::{LedgerPage, LedgerQuery, LoadedShard, ShardBatch, Store, StoreError, ledger, records};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -122,32 +122,4 @@ impl Backend for FjallStore {
     }
 }
 
-impl Store for FjallStore {
-    fn commit(&self, batches: &[ShardBatch]) -> Result<(), StoreError> {
-        records::commit(self, batches)
-    }
-
-    fn load_shard_with_epoch(&self, shard: u32) -> Result<LoadedShard, StoreError> {
-        records::load_shard(self, shard)
-    }
-
-    fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError> {
-        records::load_all(self)
-    }
-
-    fn save_catalog(&self, catalog: &[u8]) -> Result<(), StoreError> {
-        records::save_catalog(self, catalog)
-    }
-
-    fn load_catalog(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        records::load_catalog(self)
-    }
-
-    fn query_ledger(&self, query: &LedgerQuery) -> Result<LedgerPage, StoreError> {
-        ledger::query(self, query)
-    }
-
-    fn sweep_ledger(&self, before_ms: i64) -> Result<u64, StoreError> {
-        ledger::sweep(self, before_ms)
-    }
-}
+crate::backend::store_over_backend!(FjallStore);

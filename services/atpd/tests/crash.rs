@@ -164,33 +164,15 @@ async fn client_loop(
             let (rid, state) = target;
             let kind = rng.below(10);
             let (result, next) = if state == Some(v1::ReservationState::Held) && kind < 7 {
-                history
-                    .lock()
-                    .expect("history")
-                    .reservations
-                    .get_mut(&rid)
-                    .expect("k")
-                    .commit_sent = true;
+                mark(&history, &rid, |known| known.commit_sent = true);
                 let request = v1::CommitRequest { reservation_id: rid.clone(), lines: vec![] };
                 (client.commit(request).await.map(|_| ()), v1::ReservationState::Committed)
             } else if state == Some(v1::ReservationState::Held) {
-                history
-                    .lock()
-                    .expect("history")
-                    .reservations
-                    .get_mut(&rid)
-                    .expect("k")
-                    .release_sent = true;
+                mark(&history, &rid, |known| known.release_sent = true);
                 let request = v1::ReleaseRequest { reservation_id: rid.clone() };
                 (client.release(request).await.map(|_| ()), v1::ReservationState::Released)
             } else {
-                history
-                    .lock()
-                    .expect("history")
-                    .reservations
-                    .get_mut(&rid)
-                    .expect("k")
-                    .cancel_sent = true;
+                mark(&history, &rid, |known| known.cancel_sent = true);
                 let request = v1::CancelRequest { reservation_id: rid.clone() };
                 (client.cancel(request).await.map(|_| ()), v1::ReservationState::Cancelled)
             };
@@ -217,6 +199,11 @@ async fn client_loop(
             }
         }
     }
+}
+
+/// Records on a reservation what was sent for it (before the answer comes).
+fn mark(history: &Mutex<History>, rid: &str, sent: impl FnOnce(&mut Known)) {
+    sent(history.lock().expect("history").reservations.get_mut(rid).expect("known"));
 }
 
 fn dedupe(lines: Vec<(String, String, i64)>) -> Vec<(String, String, i64)> {
