@@ -46,7 +46,7 @@ impl Default for StoreOptions {
 
 /// The node's durable store, on fjall.
 ///
-/// Every [`Store::commit`] is one fjall write batch across keyspaces, synced
+/// Every [`Store::commit`](crate::Store::commit) is one fjall write batch across keyspaces, synced
 /// with `fdatasync` before it returns. A failed write or sync poisons the
 /// database: every later write fails too, and the node must restart (reopen)
 /// to go on — the journal then tells what did reach the disk.

@@ -12,7 +12,7 @@ const SCAN_CHUNK: usize = 1024;
 
 type Maps = [BTreeMap<Vec<u8>, Vec<u8>>; 4];
 
-/// A [`Store`] in `BTreeMap`s: the same key layout, commit, ledger query and
+/// A [`Store`](crate::Store) in `BTreeMap`s: the same key layout, commit, ledger query and
 /// sweep code as [`FjallStore`](crate::FjallStore), without a disk.
 ///
 /// "Durable" here means "kept as long as this value lives": a test can stop
