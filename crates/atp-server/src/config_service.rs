@@ -29,7 +29,7 @@ impl ConfigService for ConfigApi {
         request: Request<v1::UpsertLocationRequest>,
     ) -> Result<Response<v1::UpsertLocationResponse>, Status> {
         let location = parse_location(request.into_inner()).map_err(status_of)?;
-        let changed = self.node.upsert_location(location.clone()).map_err(node_status)?;
+        let changed = self.node.upsert_location(location.clone()).await.map_err(node_status)?;
         Ok(Response::new(v1::UpsertLocationResponse { location: Some(location.into()), changed }))
     }
 
@@ -38,7 +38,7 @@ impl ConfigService for ConfigApi {
         request: Request<v1::UpsertChannelRequest>,
     ) -> Result<Response<v1::UpsertChannelResponse>, Status> {
         let channel = parse_channel(request.into_inner()).map_err(status_of)?;
-        let changed = self.node.upsert_channel(channel.clone()).map_err(node_status)?;
+        let changed = self.node.upsert_channel(channel.clone()).await.map_err(node_status)?;
         Ok(Response::new(v1::UpsertChannelResponse { channel: Some(channel.into()), changed }))
     }
 

@@ -20,6 +20,17 @@ pub fn node_status(error: NodeError) -> Status {
             error.to_string(),
             ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY)),
         ),
+        // Not retryable by waiting: an operator must free space and restart
+        // the node. Reads (availability, ledger) go on meanwhile.
+        NodeError::DiskFull(_) => Status::with_error_details(
+            Code::ResourceExhausted,
+            error.to_string(),
+            ErrorDetails::with_error_info(
+                "DISK_FULL",
+                "atp",
+                std::collections::HashMap::<String, String>::new(),
+            ),
+        ),
         NodeError::ShuttingDown | NodeError::Recovering | NodeError::StorageFailed(_) => {
             Status::unavailable(error.to_string())
         }
@@ -44,6 +55,7 @@ mod tests {
             (NodeError::ShuttingDown, Code::Unavailable),
             (NodeError::Recovering, Code::Unavailable),
             (NodeError::StorageFailed("fsync".into()), Code::Unavailable),
+            (NodeError::DiskFull("no space".into()), Code::ResourceExhausted),
         ];
         for (error, code) in cases {
             assert_eq!(node_status(error.clone()).code(), code, "{error:?}");

@@ -1,6 +1,6 @@
 //! Reserve throughput of the node alone (no gRPC): CLIENTS tasks each
 //! reserving one unit of a random SKU, one at a time, for SECONDS, on a
-//! durable node over a fjall store in DIR.
+//! durable node over a log store in DIR.
 //!
 //! ```text
 //! cargo run --release -p atp-shard --example node_bench -- [CLIENTS] [SECONDS] [DIR]
@@ -17,7 +17,7 @@ use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
 use atp_core::reservation::{ReserveLine, ReserveRequest};
 use atp_shard::{Clock, Node, NodeConfig};
-use atp_store::{FjallStore, StoreOptions};
+use atp_store::{LogOptions, LogStore};
 
 const SKUS: usize = 10_000;
 
@@ -30,7 +30,7 @@ fn main() {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
-        let store = FjallStore::open(&dir, StoreOptions::default()).expect("open");
+        let store = LogStore::open(&dir, LogOptions::default()).expect("open");
         let node = Node::open(NodeConfig::default(), Clock::system(), Arc::new(store));
         node.recover().await.expect("recover");
         let location = LocationId::parse("location", "dc-1").expect("valid");
@@ -45,6 +45,7 @@ fn main() {
             shipping_cost: 1.0,
             active: true,
         })
+        .await
         .expect("location");
         let channel = ChannelId::parse("channel", "web").expect("valid");
         node.upsert_channel(Channel {
@@ -54,6 +55,7 @@ fn main() {
             buffer: 0,
             cap: None,
         })
+        .await
         .expect("channel");
         let sku = |i: usize| Sku::parse("sku", &format!("sku-{i:05}")).expect("valid");
         for chunk in (0..SKUS).collect::<Vec<_>>().chunks(1000) {

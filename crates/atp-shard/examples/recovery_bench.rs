@@ -1,16 +1,20 @@
 //! Measures recovery: a store holding POSITIONS positions (and as many
 //! received-event memos) and HOLDS open holds (each a reservation record on
 //! its home shard plus a line hold on its SKU's shard), then the real
-//! `Node::open` + `Node::recover` over it, as atpd does at start.
+//! `Node::open` + `Node::recover` over it, as atpd does at start, and the
+//! process's resident memory before and after.
 //!
 //! ```text
-//! cargo run --release -p atp-shard --example recovery_bench -- [DIR] [POSITIONS] [HOLDS]
+//! cargo run --release -p atp-shard --example recovery_bench -- [DIR] [POSITIONS] [HOLDS] [checkpoint|log]
 //! ```
 //!
 //! DIR (default: a temporary directory under /tmp) must be on the disk to
 //! measure. Defaults: 1,000,000 positions (250,000 SKUs at 4 locations) and
-//! 1,000,000 holds of one unit each. A DIR that already holds a store is
-//! recovered as it is (run it twice to time a warm page cache).
+//! 1,000,000 holds of one unit each. The fill writes everything to the log
+//! in batches of 100,000 operations, then (`checkpoint`, the default) a
+//! checkpoint of every shard, as a running node's checkpointer would; `log`
+//! leaves it all in the log. A DIR that already holds a store is recovered
+//! as it is (run it twice to time a warm page cache).
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -25,7 +29,7 @@ use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
 use atp_core::reservation::{ReserveLine, ReserveRequest};
 use atp_core::shard::{Begin, LineOp, ShardSettings, ShardState};
 use atp_shard::{Clock, Node, NodeConfig};
-use atp_store::{FjallStore, ShardBatch, Store, StoreOptions};
+use atp_store::{Checkpoint, LogOptions, LogStore, ShardBatch, Store};
 
 const LOCATIONS: usize = 4;
 const START_MS: i64 = 1_800_000_000_000;
@@ -62,7 +66,7 @@ fn catalog() -> Catalog {
     catalog
 }
 
-fn fill(store: &FjallStore, positions: usize, holds: usize) {
+fn fill(store: &dyn Store, positions: usize, holds: usize, checkpoint: bool) {
     let started = Instant::now();
     let catalog = catalog();
     store.save_catalog(&postcard::to_stdvec(&catalog).expect("encodes")).expect("saved");
@@ -73,19 +77,23 @@ fn fill(store: &FjallStore, positions: usize, holds: usize) {
     let skus = positions.div_ceil(LOCATIONS);
     let location = |i: usize| LocationId::parse("location", &format!("dc-{i}")).expect("valid");
     let sku = |i: usize| Sku::parse("sku", &format!("sku-{i:07}")).expect("valid");
-    let flush = |shards: &mut BTreeMap<u32, ShardState>| {
+    let mut sequences = vec![0u64; SHARD_COUNT as usize];
+    let mut flush = |shards: &mut BTreeMap<u32, ShardState>| {
         let batches: Vec<ShardBatch> = shards
             .values_mut()
+            .filter(|state| state.has_changes())
             .map(|state| {
                 let changes = state.drain_changes();
+                let sequence = &mut sequences[state.shard() as usize];
+                *sequence += 1;
                 ShardBatch {
                     shard: state.shard(),
                     epoch: 1,
+                    sequence: *sequence,
                     records: changes.records,
                     ledger: changes.ledger,
                 }
             })
-            .filter(|batch| !batch.is_empty())
             .collect();
         store.commit(&batches).expect("commit");
     };
@@ -145,6 +153,23 @@ fn fill(store: &FjallStore, positions: usize, holds: usize) {
         }
     }
     flush(&mut shards);
+    if checkpoint {
+        store.rotate_log();
+        for state in shards.values() {
+            let sequence = sequences[state.shard() as usize];
+            let records = state.dump().into_iter().collect();
+            let checkpoint = Checkpoint { shard: state.shard(), epoch: 1, sequence, records };
+            store.write_checkpoint(&checkpoint).expect("checkpoint");
+        }
+        // The indexer must pass the segments before they may go.
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        while store.log_stats().indexed < store.log_stats().durable && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let deleted = store.compact_log().expect("compacts");
+        println!("checkpointed every shard; {deleted} log segments deleted");
+    }
+    println!("{:?}", store.log_stats());
     println!(
         "filled {positions} positions and {holds} holds in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -158,19 +183,20 @@ fn main() {
     let positions: usize =
         args.next().map_or(1_000_000, |n| n.parse().expect("POSITIONS is a number"));
     let holds: usize = args.next().map_or(1_000_000, |n| n.parse().expect("HOLDS is a number"));
-    let fresh = !dir.join("keyspaces").exists()
-        && std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    let checkpoint = args.next().is_none_or(|mode| mode != "log");
+    let fresh = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
     println!("store in {}", dir.display());
     if fresh {
-        let store = FjallStore::open(&dir, StoreOptions::default()).expect("open");
-        fill(&store, positions, holds);
+        let store = LogStore::open(&dir, LogOptions::default()).expect("open");
+        fill(&store, positions, holds, checkpoint);
     }
+    let rss_before = rss_kib();
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let opened = Instant::now();
-        let store = FjallStore::open(&dir, StoreOptions::default()).expect("open");
+        let store = LogStore::open(&dir, LogOptions::default()).expect("open");
         let open_time = opened.elapsed();
         // Recovery expires nothing: the clock is well before the holds' TTL.
         let node = Node::open(NodeConfig::default(), Clock::starting_at(START_MS + 1_000), Arc::new(store));
@@ -185,6 +211,25 @@ fn main() {
             stats.reservations,
             stats.report,
         );
+        let rss_after = rss_kib();
+        let items = (stats.positions + stats.open_holds).max(1);
+        println!(
+            "rss before open {} MiB, after recovery {} MiB: {:.0} bytes per position + open hold",
+            rss_before / 1024,
+            rss_after / 1024,
+            (rss_after.saturating_sub(rss_before) * 1024) as f64 / items as f64,
+        );
         node.shutdown();
     });
+}
+
+/// The process's resident set size (KiB), from /proc.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
 }

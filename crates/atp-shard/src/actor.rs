@@ -8,13 +8,15 @@
 //! error and the shard refuses all later work (its memory is ahead of disk).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use atp_core::catalog::Catalog;
 use atp_core::ids::{LocationId, Sku};
 use atp_core::position::Position;
 use atp_core::shard::{LineOp, ShardState};
-use atp_store::ShardBatch;
+use atp_store::{Checkpoint, ShardBatch, StoreError};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -38,6 +40,18 @@ pub(crate) struct Shared {
     pub(crate) batch_max: usize,
     /// None: an in-memory node (tests only) whose answers are not durable.
     pub(crate) committer: Option<Committer>,
+    /// Longest time a shard paused to hand over its state for a checkpoint (µs).
+    pub(crate) longest_checkpoint_pause_us: AtomicU64,
+}
+
+/// Asks an actor for its state between two batches.
+pub(crate) enum Control {
+    /// A checkpoint of the shard, unless nothing changed since `since`
+    /// (the sequence of its last checkpoint).
+    Checkpoint { since: u64, reply: oneshot::Sender<Option<Checkpoint>> },
+    /// Panics the actor (tests of "a dead shard fails the node").
+    #[cfg(feature = "testing")]
+    Panic,
 }
 
 impl Shared {
@@ -51,6 +65,7 @@ impl Shared {
 pub(crate) struct ShardHandle {
     shard: u32,
     sender: mpsc::Sender<Operation>,
+    control: mpsc::Sender<Control>,
     committer: Option<Committer>,
 }
 
@@ -75,17 +90,34 @@ impl ShardHandle {
         shard: u32,
         capacity: usize,
         committer: Option<Committer>,
-    ) -> (Self, mpsc::Receiver<Operation>) {
+    ) -> (Self, mpsc::Receiver<Operation>, mpsc::Receiver<Control>) {
         let (sender, receiver) = mpsc::channel(capacity);
-        (Self { shard, sender, committer }, receiver)
+        let (control, controls) = mpsc::channel(4);
+        (Self { shard, sender, control, committer }, receiver, controls)
+    }
+
+    /// A checkpoint of the shard between two batches, unless nothing changed
+    /// since the one covering `since` (or the shard is stopped or failed).
+    pub(crate) async fn checkpoint(&self, since: u64) -> Option<Checkpoint> {
+        let (reply, answer) = oneshot::channel();
+        let request = Control::Checkpoint { since, reply };
+        let asked = tokio::time::timeout(CHECKPOINT_WAIT, self.control.send(request)).await;
+        if !matches!(asked, Ok(Ok(()))) {
+            return None;
+        }
+        tokio::time::timeout(CHECKPOINT_WAIT, answer).await.ok()?.ok()?
+    }
+
+    /// Makes the shard's actor panic (tests only).
+    #[cfg(feature = "testing")]
+    pub(crate) async fn panic(&self) {
+        let _ = self.control.send(Control::Panic).await;
     }
 
     fn refuse_if_failed(&self) -> Result<(), NodeError> {
         match &self.committer {
-            Some(committer) if committer.has_failed() => Err(NodeError::StorageFailed(
-                "an earlier durable write failed; restart the node".to_owned(),
-            )),
-            _ => Ok(()),
+            Some(committer) => committer.refusal(),
+            None => Ok(()),
         }
     }
 
@@ -136,13 +168,30 @@ pub(crate) async fn deliver(shared: &Shared, ops: Vec<(u32, LineOp)>) -> Result<
     Ok(())
 }
 
+/// Where a shard's actor starts.
+pub(crate) struct Start {
+    pub(crate) state: ShardState,
+    /// The sequence of its last durable batch.
+    pub(crate) sequence: u64,
+}
+
+/// The node error for a store error of a shard's commit.
+pub(crate) fn storage_error(error: &StoreError) -> NodeError {
+    match error {
+        StoreError::DiskFull(reason) => NodeError::DiskFull(reason.clone()),
+        other => NodeError::StorageFailed(other.to_string()),
+    }
+}
+
 /// Runs one shard until `stop` turns true.
 pub(crate) async fn run(
-    mut state: ShardState,
+    start: Start,
     mut mailbox: mpsc::Receiver<Operation>,
+    mut control: mpsc::Receiver<Control>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Start { mut state, mut sequence } = start;
     let mut batch: Vec<Operation> = Vec::with_capacity(shared.batch_max);
     let mut replies: Vec<Reply> = Vec::with_capacity(shared.batch_max);
     let mut failed = false;
@@ -153,6 +202,10 @@ pub(crate) async fn run(
                 if received == 0 {
                     break;
                 }
+            }
+            Some(request) = control.recv() => {
+                handle_control(request, &state, sequence, failed, &shared);
+                continue;
             }
             () = async {
                 match wake_at {
@@ -182,13 +235,17 @@ pub(crate) async fn run(
             let batch = ShardBatch {
                 shard: state.shard(),
                 epoch: state.epoch(),
+                sequence: sequence + 1,
                 records: changes.records,
                 ledger: changes.ledger,
             };
-            if let Err(error) = committer.commit(batch).await {
-                tracing::error!(shard = state.shard(), %error, "batch not durable; shard stops");
-                failed = true;
-                outcome = Err(NodeError::StorageFailed(error.to_string()));
+            match committer.commit(batch).await {
+                Ok(()) => sequence += 1,
+                Err(error) => {
+                    tracing::error!(shard = state.shard(), %error, "batch not durable; shard stops");
+                    failed = true;
+                    outcome = Err(storage_error(&error));
+                }
             }
         }
         if outcome.is_ok() {
@@ -211,3 +268,35 @@ pub(crate) async fn run(
     }
     tracing::debug!(shard = state.shard(), "shard actor stopped");
 }
+
+/// Answers a control request. Runs between batches: everything the state
+/// holds is durable up to `sequence` (a batch's changes are drained and
+/// committed before the next request is looked at).
+fn handle_control(
+    request: Control,
+    state: &ShardState,
+    sequence: u64,
+    failed: bool,
+    shared: &Shared,
+) {
+    match request {
+        Control::Checkpoint { since, reply } => {
+            if failed || sequence <= since {
+                let _ = reply.send(None);
+                return;
+            }
+            let started = Instant::now();
+            let records = state.dump().into_iter().collect();
+            let checkpoint =
+                Checkpoint { shard: state.shard(), epoch: state.epoch(), sequence, records };
+            let paused = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            shared.longest_checkpoint_pause_us.fetch_max(paused, Ordering::Relaxed);
+            let _ = reply.send(Some(checkpoint));
+        }
+        #[cfg(feature = "testing")]
+        Control::Panic => panic!("shard {} was told to panic (test switch)", state.shard()),
+    }
+}
+
+/// How long a checkpoint request may wait for a busy shard.
+pub(crate) const CHECKPOINT_WAIT: Duration = Duration::from_secs(30);

@@ -9,14 +9,16 @@
 //! failed (atpd then exits so its supervisor restarts it; recovery reloads the
 //! state from the store — whatever the failed write did or did not keep).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Instant;
 
 use atp_store::{ShardBatch, Store, StoreError};
 use tokio::sync::{oneshot, watch};
+
+use crate::error::NodeError;
 
 /// Most shard batches written by one store commit.
 const MAX_GROUP: usize = 1024;
@@ -40,22 +42,54 @@ pub struct CommitterStats {
 pub(crate) struct Committer {
     sender: mpsc::Sender<Job>,
     failed: Arc<AtomicBool>,
+    /// Why writes are refused when the failure was a full disk.
+    disk_full: Arc<OnceLock<String>>,
     pub(crate) stats: Arc<CommitterStats>,
 }
 
 impl Committer {
     /// Starts the committer thread over `store`; a failed write is reported on `failure`.
-    pub(crate) fn start(store: Arc<dyn Store>, failure: watch::Sender<Option<String>>) -> Self {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        failure: Arc<watch::Sender<Option<String>>>,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel::<Job>();
         let failed = Arc::new(AtomicBool::new(false));
+        let disk_full = Arc::new(OnceLock::new());
         let stats = Arc::new(CommitterStats::default());
-        let thread_failed = Arc::clone(&failed);
-        let thread_stats = Arc::clone(&stats);
+        let thread = Shared {
+            failed: Arc::clone(&failed),
+            disk_full: Arc::clone(&disk_full),
+            stats: Arc::clone(&stats),
+            failure,
+        };
         thread::Builder::new()
             .name("atp-committer".to_owned())
-            .spawn(move || run(&*store, &receiver, &thread_failed, &thread_stats, &failure))
+            .spawn(move || run(&*store, &receiver, &thread))
             .expect("the committer thread starts");
-        Self { sender, failed, stats }
+        Self { sender, failed, disk_full, stats }
+    }
+
+    /// Why new work must be refused, if a write failed: a full disk refuses
+    /// writes (`DiskFull`, reads go on); any other failure stops the node.
+    pub(crate) fn refusal(&self) -> Result<(), NodeError> {
+        if !self.has_failed() {
+            return Ok(());
+        }
+        Err(match self.disk_full.get() {
+            Some(reason) => NodeError::DiskFull(reason.clone()),
+            None => NodeError::StorageFailed(
+                "an earlier durable write failed; restart the node".to_owned(),
+            ),
+        })
+    }
+
+    /// Records a failure found outside the committer (recovery's own write).
+    pub(crate) fn note_failure(&self, error: &StoreError) {
+        if let StoreError::DiskFull(reason) = error {
+            let _ = self.disk_full.set(reason.clone());
+        }
+        self.failed.store(true, Ordering::Release);
     }
 
     /// Whether a write has failed (the node must not acknowledge anything more).
@@ -73,13 +107,14 @@ impl Committer {
     }
 }
 
-fn run(
-    store: &dyn Store,
-    receiver: &mpsc::Receiver<Job>,
-    failed: &AtomicBool,
-    stats: &CommitterStats,
-    failure: &watch::Sender<Option<String>>,
-) {
+struct Shared {
+    failed: Arc<AtomicBool>,
+    disk_full: Arc<OnceLock<String>>,
+    stats: Arc<CommitterStats>,
+    failure: Arc<watch::Sender<Option<String>>>,
+}
+
+fn run(store: &dyn Store, receiver: &mpsc::Receiver<Job>, shared: &Shared) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = receiver.recv() {
         jobs.push(first);
@@ -91,18 +126,29 @@ fn run(
         }
         let (dones, batches): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|job| (job.done, job.batch)).unzip();
-        let outcome = if failed.load(Ordering::Acquire) {
-            Err(StoreError::Io("an earlier write failed; the node must restart".to_owned()))
+        let outcome = if shared.failed.load(Ordering::Acquire) {
+            Err(match shared.disk_full.get() {
+                Some(reason) => StoreError::DiskFull(reason.clone()),
+                None => StoreError::Io("an earlier write failed; the node must restart".to_owned()),
+            })
         } else {
             let started = Instant::now();
             let outcome = store.commit(&batches);
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.batches.fetch_add(batches.len() as u64, Ordering::Relaxed);
+            shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+            shared.stats.batches.fetch_add(batches.len() as u64, Ordering::Relaxed);
             tracing::trace!(batches = batches.len(), elapsed = ?started.elapsed(), "group commit");
-            if let Err(error) = &outcome {
-                failed.store(true, Ordering::Release);
-                tracing::error!(%error, "durable write failed; refusing every write from now on");
-                let _ = failure.send(Some(error.to_string()));
+            match &outcome {
+                Err(StoreError::DiskFull(reason)) => {
+                    let _ = shared.disk_full.set(reason.clone());
+                    shared.failed.store(true, Ordering::Release);
+                    tracing::error!(%reason, "disk full: refusing every write until space is freed and the node restarts; reads go on");
+                }
+                Err(error) => {
+                    shared.failed.store(true, Ordering::Release);
+                    tracing::error!(%error, "durable write failed; refusing every write from now on");
+                    shared.failure.send_replace(Some(error.to_string()));
+                }
+                Ok(()) => {}
             }
             outcome
         };

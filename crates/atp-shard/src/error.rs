@@ -24,4 +24,8 @@ pub enum NodeError {
     /// takes no more writes until it restarts and recovers.
     #[error("storage failed; the node must restart: {0}")]
     StorageFailed(String),
+    /// The disk is full: writes are refused (nothing of the failed one was
+    /// acknowledged); reads go on. Free space, then restart the node.
+    #[error("disk full: writes are refused until space is freed and the node restarts ({0})")]
+    DiskFull(String),
 }

@@ -21,4 +21,4 @@ mod node;
 pub use clock::Clock;
 pub use committer::CommitterStats;
 pub use error::NodeError;
-pub use node::{Node, NodeConfig, RecoveryStats, SINGLE_NODE_EPOCH, ShardInfo};
+pub use node::{CheckpointRound, Node, NodeConfig, RecoveryStats, SINGLE_NODE_EPOCH, ShardInfo};

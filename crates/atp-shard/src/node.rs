@@ -2,6 +2,7 @@
 //! whose lines live on other shards than their home.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,12 +16,12 @@ use atp_core::ledger::{LedgerEntry, LedgerKind};
 use atp_core::reservation::{CommitLine, ReservationView, ReserveRequest};
 use atp_core::shard::{Begin, EventApplied, LineOp, ShardSettings, ShardState, ShardStats};
 use atp_core::shard::{RecoveryReport, recover};
-use atp_store::{LedgerPage, LedgerQuery, ShardBatch, Store, StoreError};
+use atp_store::{LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError};
 use dashmap::DashMap;
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 
-use crate::actor::{self, Operation, ShardHandle, Shared};
+use crate::actor::{self, Control, Operation, ShardHandle, Shared, Start};
 use crate::clock::Clock;
 use crate::committer::{Committer, CommitterStats};
 use crate::error::NodeError;
@@ -45,6 +46,10 @@ pub struct NodeConfig {
     pub ledger_retention_ms: i64,
     /// How often entries past the ledger retention are deleted.
     pub ledger_sweep_interval_ms: i64,
+    /// A checkpoint round starts once the log grew this much since the last one.
+    pub checkpoint_log_bytes: u64,
+    /// A checkpoint round starts at least this often while anything changed.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -57,6 +62,8 @@ impl Default for NodeConfig {
             shard: ShardSettings::default(),
             ledger_retention_ms: 30 * 24 * 60 * 60 * 1000,
             ledger_sweep_interval_ms: 60 * 1000,
+            checkpoint_log_bytes: 64 << 20,
+            checkpoint_interval_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -95,6 +102,22 @@ pub struct RecoveryStats {
     pub elapsed: Duration,
 }
 
+/// How often the checkpointer looks at the log's size.
+const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
+
+/// What one checkpoint round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointRound {
+    /// Shards checkpointed.
+    pub checkpoints: u64,
+    /// Log segments deleted after it.
+    pub segments_deleted: u64,
+    /// How long the round took.
+    pub elapsed: Duration,
+    /// The longest time any shard paused to hand over its state (since start).
+    pub longest_pause: Duration,
+}
+
 /// A running node: 1024 shard actors and the shared read view.
 #[derive(Clone)]
 pub struct Node {
@@ -103,20 +126,28 @@ pub struct Node {
     stop: Arc<watch::Sender<bool>>,
     store: Option<Arc<dyn Store>>,
     /// Mailboxes of actors not started yet (until recovery ends).
-    mailboxes: Arc<Mutex<Option<Vec<mpsc::Receiver<Operation>>>>>,
+    mailboxes: Arc<Mutex<Option<Vec<Mailboxes>>>>,
     ready: Arc<watch::Sender<bool>>,
+    failure_sender: Arc<watch::Sender<Option<String>>>,
     failure: watch::Receiver<Option<String>>,
+    /// Serialises catalog changes.
+    catalog_updates: Arc<tokio::sync::Mutex<()>>,
 }
+
+type Mailboxes = (mpsc::Receiver<Operation>, mpsc::Receiver<Control>);
 
 impl Node {
     /// Starts an in-memory node: nothing is durable and a restart loses all.
     /// For tests and benchmarks of the actors alone; atpd uses [`Node::open`].
     pub fn start(config: NodeConfig, clock: Clock) -> Self {
         let node = Self::build(config, clock, None);
-        let states = (0..SHARD_COUNT)
-            .map(|shard| ShardState::new(shard, SINGLE_NODE_EPOCH, node.config.shard.clone()))
+        let starts = (0..SHARD_COUNT)
+            .map(|shard| Start {
+                state: ShardState::new(shard, SINGLE_NODE_EPOCH, node.config.shard.clone()),
+                sequence: 0,
+            })
             .collect();
-        node.spawn_actors(states);
+        node.spawn_actors(starts);
         node
     }
 
@@ -128,15 +159,17 @@ impl Node {
 
     fn build(config: NodeConfig, clock: Clock, store: Option<Arc<dyn Store>>) -> Self {
         let (failure_sender, failure) = watch::channel(None);
-        let committer =
-            store.as_ref().map(|store| Committer::start(Arc::clone(store), failure_sender));
+        let failure_sender = Arc::new(failure_sender);
+        let committer = store
+            .as_ref()
+            .map(|store| Committer::start(Arc::clone(store), Arc::clone(&failure_sender)));
         let mut handles = Vec::with_capacity(SHARD_COUNT as usize);
         let mut mailboxes = Vec::with_capacity(SHARD_COUNT as usize);
         for shard in 0..SHARD_COUNT {
-            let (handle, mailbox) =
+            let (handle, mailbox, controls) =
                 ShardHandle::new(shard, config.mailbox_capacity, committer.clone());
             handles.push(handle);
-            mailboxes.push(mailbox);
+            mailboxes.push((mailbox, controls));
         }
         let shared = Arc::new(Shared {
             catalog: RwLock::new(Arc::new(Catalog::default())),
@@ -145,6 +178,7 @@ impl Node {
             shards: handles,
             batch_max: config.batch_max.max(1),
             committer,
+            longest_checkpoint_pause_us: AtomicU64::new(0),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);
@@ -155,20 +189,42 @@ impl Node {
             store,
             mailboxes: Arc::new(Mutex::new(Some(mailboxes))),
             ready: Arc::new(ready),
+            failure_sender,
             failure,
+            catalog_updates: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    fn spawn_actors(&self, states: Vec<ShardState>) {
+    fn spawn_actors(&self, starts: Vec<Start>) {
         let mailboxes = self
             .mailboxes
             .lock()
             .expect("mailbox lock is never poisoned")
             .take()
             .expect("actors start once");
-        for (state, mailbox) in states.into_iter().zip(mailboxes) {
+        for (start, (mailbox, controls)) in starts.into_iter().zip(mailboxes) {
+            let shard = start.state.shard();
             let stopped = self.stop.subscribe();
-            tokio::spawn(actor::run(state, mailbox, Arc::clone(&self.shared), stopped));
+            let actor = tokio::spawn(actor::run(
+                start,
+                mailbox,
+                controls,
+                Arc::clone(&self.shared),
+                stopped,
+            ));
+            // A shard whose actor panicked is dead: the node must not go on
+            // saying SERVING. It fails (health NOT_SERVING; atpd exits 1) so
+            // its supervisor restarts it and recovery reloads the shard.
+            let failure = Arc::clone(&self.failure_sender);
+            tokio::spawn(async move {
+                if let Err(error) = actor.await
+                    && error.is_panic()
+                {
+                    let reason = format!("shard {shard}'s actor panicked; the node must restart");
+                    tracing::error!(shard, "{reason}");
+                    failure.send_replace(Some(reason));
+                }
+            });
         }
         self.ready.send_replace(true);
     }
@@ -188,13 +244,17 @@ impl Node {
         *self.shared.catalog.write().expect("catalog lock is never poisoned") =
             Arc::new(catalog.clone());
         let settings = self.config.shard.clone();
-        let loaded = {
+        let loaded: Vec<LoadedShard> = {
             let store = Arc::clone(&store);
             tokio::task::spawn_blocking(move || store.load_all())
                 .await
                 .map_err(|error| NodeError::StorageFailed(error.to_string()))?
                 .map_err(storage)?
         };
+        let mut sequences: Vec<u64> = vec![0; SHARD_COUNT as usize];
+        for shard in &loaded {
+            sequences[shard.shard as usize] = shard.sequence;
+        }
         // Decoding is the bulk of the work: two blocking decoders in parallel.
         let (even, odd): (Vec<_>, Vec<_>) =
             loaded.into_iter().partition(|loaded| loaded.shard % 2 == 0);
@@ -225,6 +285,7 @@ impl Node {
                 ShardBatch {
                     shard: state.shard(),
                     epoch: state.epoch(),
+                    sequence: sequences[state.shard() as usize] + 1,
                     records: changes.records,
                     ledger: changes.ledger,
                 }
@@ -232,11 +293,28 @@ impl Node {
             .filter(|batch| !batch.is_empty())
             .collect();
         if !batches.is_empty() {
+            let written: Vec<u32> = batches.iter().map(|batch| batch.shard).collect();
             let store = Arc::clone(&store);
-            tokio::task::spawn_blocking(move || store.commit(&batches))
+            let outcome = tokio::task::spawn_blocking(move || store.commit(&batches))
                 .await
-                .map_err(|error| NodeError::StorageFailed(error.to_string()))?
-                .map_err(storage)?;
+                .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
+            match outcome {
+                Ok(()) => {
+                    for shard in written {
+                        sequences[shard as usize] += 1;
+                    }
+                }
+                Err(error @ StoreError::DiskFull(_)) => {
+                    // No crash loop on a full disk: serve reads of the
+                    // recovered state and refuse writes until space is freed
+                    // and the node restarts.
+                    tracing::error!(%error, "recovery could not write its changes; serving reads only");
+                    if let Some(committer) = &self.shared.committer {
+                        committer.note_failure(&error);
+                    }
+                }
+                Err(error) => return Err(storage(error)),
+            }
         }
         let mut stats = RecoveryStats { report, load, ..RecoveryStats::default() };
         for state in states.values() {
@@ -248,10 +326,110 @@ impl Node {
                 self.shared.view.insert(sku.clone(), Arc::new(state.positions_of(sku)));
             }
         }
-        self.spawn_actors(states.into_values().collect());
-        self.spawn_ledger_sweeper(store);
+        let starts = states
+            .into_values()
+            .map(|state| {
+                let sequence = sequences[state.shard() as usize];
+                Start { state, sequence }
+            })
+            .collect();
+        self.spawn_actors(starts);
+        self.spawn_ledger_sweeper(Arc::clone(&store));
+        self.spawn_checkpointer(store);
         stats.elapsed = started.elapsed();
         Ok(stats)
+    }
+
+    /// Starts the background checkpointer: a round starts once the log grew
+    /// `checkpoint_log_bytes` since the last one (or `checkpoint_interval_ms`
+    /// passed with anything written); it closes the current segment, takes a
+    /// checkpoint of every shard that changed since its last one, then
+    /// deletes the segments the checkpoints cover.
+    fn spawn_checkpointer(&self, store: Arc<dyn Store>) {
+        let node = self.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut covered = vec![0u64; SHARD_COUNT as usize];
+            let mut last_round = tokio::time::Instant::now();
+            let mut round_start = store.log_stats().log_bytes;
+            let mut poll = tokio::time::interval(CHECKPOINT_POLL);
+            loop {
+                tokio::select! {
+                    _ = poll.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                let log_bytes = store.log_stats().log_bytes;
+                let grown = log_bytes.saturating_sub(round_start);
+                let due = grown >= node.config.checkpoint_log_bytes
+                    || (grown > 0
+                        && last_round.elapsed()
+                            >= Duration::from_millis(node.config.checkpoint_interval_ms));
+                if !due {
+                    continue;
+                }
+                match node.checkpoint_round(&store, &mut covered).await {
+                    Ok(round) => tracing::debug!(?round, "checkpoint round"),
+                    Err(error) => tracing::warn!(%error, "checkpoint round failed"),
+                }
+                last_round = tokio::time::Instant::now();
+                round_start = store.log_stats().log_bytes;
+            }
+        });
+    }
+
+    /// One checkpoint round (see [`Node::checkpoint_now`]).
+    async fn checkpoint_round(
+        &self,
+        store: &Arc<dyn Store>,
+        covered: &mut [u64],
+    ) -> Result<CheckpointRound, NodeError> {
+        let started = Instant::now();
+        store.rotate_log();
+        let mut round = CheckpointRound::default();
+        for shard in 0..SHARD_COUNT {
+            let since = covered[shard as usize];
+            let Some(checkpoint) = self.shard(shard).checkpoint(since).await else { continue };
+            let sequence = checkpoint.sequence;
+            let store = Arc::clone(store);
+            tokio::task::spawn_blocking(move || store.write_checkpoint(&checkpoint))
+                .await
+                .map_err(|error| NodeError::StorageFailed(error.to_string()))?
+                .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
+            covered[shard as usize] = sequence;
+            round.checkpoints += 1;
+        }
+        let compacting = Arc::clone(store);
+        round.segments_deleted = tokio::task::spawn_blocking(move || compacting.compact_log())
+            .await
+            .map_err(|error| NodeError::StorageFailed(error.to_string()))?
+            .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
+        round.elapsed = started.elapsed();
+        round.longest_pause =
+            Duration::from_micros(self.shared.longest_checkpoint_pause_us.load(Ordering::Relaxed));
+        Ok(round)
+    }
+
+    /// Runs a checkpoint round now: every shard that changed since its last
+    /// checkpoint writes a new one, then covered log segments are deleted.
+    /// (The background checkpointer does this on its own; for tests, tools
+    /// and benchmarks.) Every shard is checkpointed whose state changed since
+    /// this node started, as the round does not know the older checkpoints.
+    pub async fn checkpoint_now(&self) -> Result<CheckpointRound, NodeError> {
+        self.check_ready()?;
+        let Some(store) = self.store.clone() else { return Ok(CheckpointRound::default()) };
+        let mut covered = vec![0u64; SHARD_COUNT as usize];
+        self.checkpoint_round(&store, &mut covered).await
+    }
+
+    /// Sizes of the log and checkpoints (None for an in-memory node).
+    pub fn log_stats(&self) -> Option<LogStats> {
+        self.store.as_ref().map(|store| store.log_stats())
+    }
+
+    /// Makes shard `shard`'s actor panic, to test that the node then fails.
+    #[cfg(feature = "testing")]
+    pub async fn panic_shard(&self, shard: u32) {
+        self.shard(shard).panic().await;
     }
 
     fn spawn_ledger_sweeper(&self, store: Arc<dyn Store>) {
@@ -538,36 +716,45 @@ impl Node {
     }
 
     /// Inserts or replaces a location; returns whether it changed.
-    pub fn upsert_location(&self, location: Location) -> Result<bool, NodeError> {
-        self.update_catalog(|catalog| catalog.upsert_location(location))
+    pub async fn upsert_location(&self, location: Location) -> Result<bool, NodeError> {
+        self.update_catalog(|catalog| catalog.upsert_location(location)).await
     }
 
     /// Inserts or replaces a channel; returns whether it changed.
-    pub fn upsert_channel(&self, channel: Channel) -> Result<bool, NodeError> {
-        self.update_catalog(|catalog| catalog.upsert_channel(channel))
+    pub async fn upsert_channel(&self, channel: Channel) -> Result<bool, NodeError> {
+        self.update_catalog(|catalog| catalog.upsert_channel(channel)).await
     }
 
-    fn update_catalog(
+    /// Changes the catalog: durable before it is visible or acknowledged.
+    /// Updates run one at a time; the file is written on a blocking thread,
+    /// never on a runtime worker, and the lock that actors and reads take is
+    /// held only to swap the new catalog in.
+    async fn update_catalog(
         &self,
-        change: impl FnOnce(&mut Catalog) -> Result<bool, CoreError>,
+        change: impl FnOnce(&mut Catalog) -> Result<bool, CoreError> + Send + 'static,
     ) -> Result<bool, NodeError> {
         self.check_ready()?;
-        let mut current = self.shared.catalog.write().expect("catalog lock is never poisoned");
-        let mut next = Catalog::clone(&current);
-        let changed = change(&mut next)?;
-        if changed {
-            // Durable before it is visible or acknowledged.
-            if let Some(store) = &self.store {
-                let bytes = postcard::to_stdvec(&next).expect("a catalog always encodes");
-                // A rare, small write: done in place (blocking this worker
-                // for one fsync) so the change is durable before it is seen.
-                store
-                    .save_catalog(&bytes)
-                    .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
+        let node = self.clone();
+        spawn_to_completion(async move {
+            let _one_at_a_time = node.catalog_updates.lock().await;
+            let mut next = Catalog::clone(&node.shared.catalog());
+            if !change(&mut next)? {
+                return Ok(false);
             }
-            *current = Arc::new(next);
-        }
-        Ok(changed)
+            if let Some(store) = node.store.clone() {
+                if let Some(committer) = &node.shared.committer {
+                    committer.refusal()?;
+                }
+                let bytes = postcard::to_stdvec(&next).expect("a catalog always encodes");
+                tokio::task::spawn_blocking(move || store.save_catalog(&bytes))
+                    .await
+                    .map_err(|_| NodeError::ShuttingDown)?
+                    .map_err(|error| actor::storage_error(&error))?;
+            }
+            *node.shared.catalog.write().expect("catalog lock is never poisoned") = Arc::new(next);
+            Ok(true)
+        })
+        .await
     }
 
     /// Admin view of one shard.

@@ -4,13 +4,11 @@ use std::ops::Bound;
 
 use crate::StoreError;
 
-/// One of the store's keyspaces (see `keys` for their layouts).
+/// One of the ledger index's keyspaces (see `keys` for their layouts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Space {
-    /// Shard records.
-    Shards,
-    /// The catalog.
-    Config,
+    /// The indexer's cursor and the index format.
+    Meta,
     /// Ledger entries by shard and sequence.
     Ledger,
     /// The ledger's secondary indexes.
@@ -19,23 +17,21 @@ pub(crate) enum Space {
 
 impl Space {
     /// Every keyspace.
-    pub(crate) const ALL: [Space; 4] = [Space::Shards, Space::Config, Space::Ledger, Space::Index];
+    pub(crate) const ALL: [Space; 3] = [Space::Meta, Space::Ledger, Space::Index];
 
     /// The keyspace's position in [`Space::ALL`].
     pub(crate) fn index(self) -> usize {
         match self {
-            Self::Shards => 0,
-            Self::Config => 1,
-            Self::Ledger => 2,
-            Self::Index => 3,
+            Self::Meta => 0,
+            Self::Ledger => 1,
+            Self::Index => 2,
         }
     }
 
     /// The keyspace's name on disk.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Self::Shards => "shards",
-            Self::Config => "config",
+            Self::Meta => "meta",
             Self::Ledger => "ledger",
             Self::Index => "ledger_index",
         }
@@ -61,28 +57,24 @@ impl Write {
 }
 
 /// A key range scan, in key order.
-pub(crate) type Scan<'a, Bytes> = Box<dyn Iterator<Item = Result<(Bytes, Bytes), StoreError>> + 'a>;
+pub(crate) type Scan<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
 
-/// A key-value engine with atomic multi-keyspace writes.
-pub(crate) trait Backend {
-    /// Bytes as the engine hands them out.
-    type Bytes: AsRef<[u8]>;
-
+/// A key-value engine with atomic multi-keyspace writes: what the ledger
+/// index is kept in.
+pub(crate) trait Backend: Send + Sync + 'static {
     /// The entries of `space` between `start` and `end`, in key order. An
     /// empty or inverted range yields nothing.
-    fn scan(
-        &self,
-        space: Space,
-        start: Bound<Vec<u8>>,
-        end: Bound<Vec<u8>>,
-    ) -> Scan<'_, Self::Bytes>;
+    fn scan(&self, space: Space, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Scan<'_>;
 
     /// The value of `key` in `space`.
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Self::Bytes>, StoreError>;
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Applies every write atomically, in order; when `durable`, returns only
     /// once they are on disk.
     fn write(&self, writes: Vec<Write>, durable: bool) -> Result<(), StoreError>;
+
+    /// Makes every earlier write durable.
+    fn persist(&self) -> Result<(), StoreError>;
 }
 
 /// The range of every key starting with `prefix`.
@@ -108,49 +100,6 @@ pub(crate) fn is_empty_range(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bo
         | (Bound::Excluded(start), Bound::Included(end)) => start >= end,
     }
 }
-
-/// Implements [`crate::Store`] for a [`Backend`]: every store operation is the
-/// same code over any backend (`records` and `ledger`), only the engine differs.
-macro_rules! store_over_backend {
-    ($backend:ty) => {
-        impl $crate::Store for $backend {
-            fn commit(&self, batches: &[$crate::ShardBatch]) -> Result<(), $crate::StoreError> {
-                $crate::records::commit(self, batches)
-            }
-
-            fn load_shard_with_epoch(
-                &self,
-                shard: u32,
-            ) -> Result<$crate::LoadedShard, $crate::StoreError> {
-                $crate::records::load_shard(self, shard)
-            }
-
-            fn load_all(&self) -> Result<Vec<$crate::LoadedShard>, $crate::StoreError> {
-                $crate::records::load_all(self)
-            }
-
-            fn save_catalog(&self, catalog: &[u8]) -> Result<(), $crate::StoreError> {
-                $crate::records::save_catalog(self, catalog)
-            }
-
-            fn load_catalog(&self) -> Result<Option<Vec<u8>>, $crate::StoreError> {
-                $crate::records::load_catalog(self)
-            }
-
-            fn query_ledger(
-                &self,
-                query: &$crate::LedgerQuery,
-            ) -> Result<$crate::LedgerPage, $crate::StoreError> {
-                $crate::ledger::query(self, query)
-            }
-
-            fn sweep_ledger(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {
-                $crate::ledger::sweep(self, before_ms)
-            }
-        }
-    };
-}
-pub(crate) use store_over_backend;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{LedgerPage, LedgerQuery, LoadedShard, Records, ShardBatch, Store, StoreError};
+use crate::{
+    Checkpoint, LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError,
+};
 
 /// Wraps a [`Store`] and lets a test delay or fail its commits.
 ///
@@ -174,16 +176,24 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.commit(batches)
     }
 
-    fn load_shard(&self, shard: u32) -> Result<Records, StoreError> {
-        self.inner.load_shard(shard)
-    }
-
-    fn load_shard_with_epoch(&self, shard: u32) -> Result<LoadedShard, StoreError> {
-        self.inner.load_shard_with_epoch(shard)
-    }
-
     fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError> {
         self.inner.load_all()
+    }
+
+    fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.inner.write_checkpoint(checkpoint)
+    }
+
+    fn rotate_log(&self) {
+        self.inner.rotate_log()
+    }
+
+    fn compact_log(&self) -> Result<u64, StoreError> {
+        self.inner.compact_log()
+    }
+
+    fn log_stats(&self) -> LogStats {
+        self.inner.log_stats()
     }
 
     fn save_catalog(&self, catalog: &[u8]) -> Result<(), StoreError> {
@@ -216,6 +226,7 @@ mod tests {
         vec![ShardBatch {
             shard: 1,
             epoch: 1,
+            sequence: 1,
             records: vec![(b"k".to_vec(), Some(b"v".to_vec()))],
             ledger: Vec::new(),
         }]
@@ -231,12 +242,15 @@ mod tests {
 
         assert!(store.wait_for_waiting_commits(1, Duration::from_secs(10)));
         assert!(finished.try_recv().is_err(), "no answer while held");
-        assert!(store.inner().load_shard(1).unwrap().is_empty(), "nothing written while held");
+        assert!(
+            store.inner().load_all().unwrap()[1].records.is_empty(),
+            "nothing written while held"
+        );
 
         hold.release();
         assert_eq!(finished.recv().unwrap(), Ok(()));
         thread.join().unwrap();
-        assert_eq!(store.inner().load_shard(1).unwrap().len(), 1);
+        assert_eq!(store.inner().load_all().unwrap()[1].records.len(), 1);
         assert_eq!(store.waiting_commits(), 0);
         assert_eq!(store.commit_count(), 1);
     }
@@ -247,9 +261,9 @@ mod tests {
         store.fail_next_commits(2);
         assert!(matches!(store.commit(&batch()), Err(StoreError::Io(_))));
         assert!(matches!(store.commit(&batch()), Err(StoreError::Io(_))));
-        assert!(store.inner().load_shard(1).unwrap().is_empty());
+        assert!(store.inner().load_all().unwrap()[1].records.is_empty());
         assert_eq!(store.commit(&batch()), Ok(()));
-        assert_eq!(store.inner().load_shard(1).unwrap().len(), 1);
+        assert_eq!(store.inner().load_all().unwrap()[1].records.len(), 1);
         assert_eq!((store.commit_count(), store.failed_commit_count()), (3, 2));
     }
 

@@ -5,8 +5,7 @@
 //!
 //! | keyspace     | key                                   | value                     |
 //! |--------------|---------------------------------------|---------------------------|
-//! | shards       | shard u16 ++ record key               | epoch u64 ++ record value |
-//! | config       | `catalog`                             | encoded catalog           |
+//! | meta         | `indexed`                             | log position indexed to   |
 //! | ledger       | shard u16 ++ sequence u64             | postcard `LedgerEntry`    |
 //! | ledger_index | `s` ++ len u16 ++ sku ++ suffix       | location bytes            |
 //! | ledger_index | `l` ++ len u16 ++ location ++ suffix  | empty                     |
@@ -27,12 +26,6 @@ use atp_core::ledger::LedgerEntry;
 
 use crate::StoreError;
 
-/// Key of the catalog in the config keyspace.
-pub(crate) const CATALOG_KEY: &[u8] = b"catalog";
-
-/// Bytes of the epoch in front of every record value.
-const EPOCH_BYTES: usize = 8;
-
 /// Bytes of the (at_ms, shard, sequence) suffix of every index key.
 pub(crate) const SUFFIX_BYTES: usize = 8 + 2 + 8;
 
@@ -46,38 +39,6 @@ const TOKEN_VERSION: u8 = 1;
 pub(crate) fn shard_prefix(shard: u32) -> [u8; 2] {
     assert!(shard < SHARD_COUNT, "shard {shard} is out of range (fewer than {SHARD_COUNT})");
     u16::try_from(shard).expect("SHARD_COUNT fits in u16").to_be_bytes()
-}
-
-/// The shard of a shards-keyspace key.
-pub(crate) fn shard_of_record_key(key: &[u8]) -> Result<u32, StoreError> {
-    match key {
-        [high, low, ..] => Ok(u32::from(u16::from_be_bytes([*high, *low]))),
-        _ => Err(StoreError::Corrupt(format!("record key of {} bytes", key.len()))),
-    }
-}
-
-/// The stored key of record `key` of `shard`.
-pub(crate) fn record_key(shard: u32, key: &[u8]) -> Vec<u8> {
-    let mut stored = Vec::with_capacity(2 + key.len());
-    stored.extend_from_slice(&shard_prefix(shard));
-    stored.extend_from_slice(key);
-    stored
-}
-
-/// The stored value of a record: the epoch, then the value.
-pub(crate) fn record_value(epoch: u64, value: &[u8]) -> Vec<u8> {
-    let mut stored = Vec::with_capacity(EPOCH_BYTES + value.len());
-    stored.extend_from_slice(&epoch.to_be_bytes());
-    stored.extend_from_slice(value);
-    stored
-}
-
-/// Splits a stored record value into its epoch and the value.
-pub(crate) fn split_record_value(stored: &[u8]) -> Result<(u64, &[u8]), StoreError> {
-    let Some((epoch, value)) = stored.split_first_chunk::<EPOCH_BYTES>() else {
-        return Err(StoreError::Corrupt(format!("record value of {} bytes", stored.len())));
-    };
-    Ok((u64::from_be_bytes(*epoch), value))
 }
 
 /// The primary ledger key of entry `sequence` of `shard`.
@@ -284,13 +245,5 @@ mod tests {
         let long = index_prefix(Index::Sku, "abc").unwrap();
         assert!(!long.starts_with(&short));
         assert!(index_prefix(Index::Sku, &"x".repeat(70_000)).is_none());
-    }
-
-    #[test]
-    fn record_values_carry_the_epoch() {
-        let stored = record_value(9, b"value");
-        assert_eq!(split_record_value(&stored).unwrap(), (9, &b"value"[..]));
-        assert!(split_record_value(b"short").is_err());
-        assert_eq!(shard_of_record_key(&record_key(1023, b"k")).unwrap(), 1023);
     }
 }

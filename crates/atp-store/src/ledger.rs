@@ -62,8 +62,8 @@ pub(crate) fn query<B: Backend>(
     let mut last_returned = None;
     for (scanned, item) in backend.scan(Space::Index, start, end).enumerate() {
         let (key, value) = item?;
-        let suffix = Suffix::from_key(key.as_ref())?;
-        if passes_other_filters(index, value.as_ref(), query)? {
+        let suffix = Suffix::from_key(key.as_slice())?;
+        if passes_other_filters(index, value.as_slice(), query)? {
             if page.entries.len() == limit {
                 // There is at least one more: point the token at what we returned.
                 let last: Suffix = last_returned.expect("limit is at least 1");
@@ -121,13 +121,13 @@ pub(crate) fn sweep<B: Backend>(backend: &B, before_ms: i64) -> Result<u64, Stor
             let mut last_key = None;
             for item in backend.scan(Space::Ledger, start.clone(), end.clone()).take(SWEEP_BATCH) {
                 let (key, value) = item?;
-                let entry: LedgerEntry = decode(value.as_ref())?;
+                let entry: LedgerEntry = decode(value.as_slice())?;
                 if entry.at_ms >= before_ms {
                     break;
                 }
                 scanned += 1;
-                sweep.delete(key.as_ref(), prefix, &entry)?;
-                last_key = Some(key.as_ref().to_vec());
+                sweep.delete(key.as_slice(), prefix, &entry)?;
+                last_key = Some(key.as_slice().to_vec());
             }
             match last_key {
                 Some(last_key) if scanned == SWEEP_BATCH => start = Bound::Excluded(last_key),
@@ -183,7 +183,8 @@ mod tests {
     use atp_core::position::Deltas;
 
     use super::*;
-    use crate::{FjallStore, MemoryStore, ShardBatch, Store, StoreOptions};
+    use crate::disk::Disk;
+    use crate::{LogOptions, LogStore, MemoryStore, ShardBatch, Store};
 
     fn entry(sequence: u64, at_ms: i64) -> LedgerEntry {
         LedgerEntry {
@@ -207,25 +208,27 @@ mod tests {
     }
 
     /// Sweeping everything leaves no primary or index entry behind.
-    fn sweep_leaves_nothing<B: Backend + Store>(store: &B) {
+    fn sweep_leaves_nothing<D: Disk>(store: &LogStore<D>) {
         let batches: Vec<ShardBatch> = [0, 1, 513, 1023]
             .into_iter()
             .map(|shard| ShardBatch {
                 shard,
                 epoch: 1,
+                sequence: 1,
                 records: Vec::new(),
                 ledger: (1..=5000).map(|sequence| entry(sequence, sequence as i64)).collect(),
             })
             .collect();
         store.commit(&batches).unwrap();
-        assert_eq!(count(store, Space::Ledger), 4 * 5000);
-        assert_eq!(count(store, Space::Index), 3 * 4 * 5000);
+        let index = store.indexed_for_tests();
+        assert_eq!(count(index, Space::Ledger), 4 * 5000);
+        assert_eq!(count(index, Space::Index), 3 * 4 * 5000);
         assert_eq!(store.sweep_ledger(2501).unwrap(), 4 * 2500);
-        assert_eq!(count(store, Space::Ledger), 4 * 2500);
-        assert_eq!(count(store, Space::Index), 3 * 4 * 2500);
+        assert_eq!(count(index, Space::Ledger), 4 * 2500);
+        assert_eq!(count(index, Space::Index), 3 * 4 * 2500);
         assert_eq!(store.sweep_ledger(i64::MAX).unwrap(), 4 * 2500);
-        assert_eq!(count(store, Space::Ledger), 0);
-        assert_eq!(count(store, Space::Index), 0);
+        assert_eq!(count(index, Space::Ledger), 0);
+        assert_eq!(count(index, Space::Index), 0);
     }
 
     #[test]
@@ -236,6 +239,6 @@ mod tests {
     #[test]
     fn fjall_sweep_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        sweep_leaves_nothing(&FjallStore::open(dir.path(), StoreOptions::default()).unwrap());
+        sweep_leaves_nothing(&LogStore::open(dir.path(), LogOptions::default()).unwrap());
     }
 }

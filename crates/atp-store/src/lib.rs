@@ -1,41 +1,48 @@
-//! Durable storage for one atp node.
+//! Durable storage for one atp node: the log is the store.
 //!
-//! A [`Store`] keeps three things:
-//! - **shard records**: opaque `(key, value)` pairs written by a shard's state
-//!   machine (`atp_core::shard`), scanned per shard for recovery (and later
-//!   handoff). Keys are unique within a shard; a `None` value deletes.
-//! - **the catalog** (locations and channels), one encoded blob.
-//! - **the ledger**: every [`LedgerEntry`], queryable by sku, location, cause
-//!   and time range, paged, and swept after a retention period.
+//! A [`Store`] keeps:
+//! - **the log**: one record per shard batch (shard, epoch, the shard's batch
+//!   sequence, the batch's record writes and ledger entries), versioned and
+//!   checksummed, appended in groups with one write + one fdatasync
+//!   ([`Store::commit`]);
+//! - **checkpoints**: each shard's records at a batch boundary, written in the
+//!   background; recovery = checkpoint + the log after it ([`Store::load_all`]);
+//!   a log segment is deleted once checkpoints cover it ([`Store::compact_log`]);
+//! - **the catalog** (locations and channels), one checksummed file;
+//! - **the ledger index**: every [`LedgerEntry`], queryable by sku, location,
+//!   cause and time range, built from the log by a background indexer.
 //!
-//! [`Store::commit`] writes many shards' batches as one atomic batch and
-//! returns only once it is durable (fsync). A failed commit is never retried:
-//! the caller must treat the store as failed (see `docs/ARCHITECTURE.md`).
+//! A failed commit is never retried: the caller must treat the store as failed
+//! (see `docs/ARCHITECTURE.md`). The file formats are in the `log` and
+//! `checkpoint` modules; the disk sits behind [`Disk`] so a simulation can
+//! tear writes and fail fsyncs ([`SimDisk`]).
 //!
-//! Implementations:
-//! - [`FjallStore`]: the durable one, on an embedded LSM tree (fjall).
-//! - [`MemoryStore`]: the same layout and query logic on `BTreeMap`s, for tests.
-//! - [`FaultyStore`]: wraps another store to hold or fail commits, for tests of
-//!   "never acknowledged before durable".
-//!
-//! Both real implementations share the key layout (`keys`) and the commit,
-//! load, ledger query and sweep logic (`records`, `ledger`) through a small
-//! internal `Backend` trait, so the fast in-memory tests exercise the same code
-//! as the disk store.
+//! Implementations: [`LogStore`] (on a [`RealDisk`] with a fjall ledger index,
+//! or on a [`SimDisk`] with an in-memory one) and [`FaultyStore`], which wraps
+//! a store to hold or fail commits in tests.
 
 mod backend;
+mod checkpoint;
+mod codec;
+mod disk;
 mod faulty;
 mod fjall_store;
+mod indexer;
 mod keys;
 mod ledger;
+mod log;
+mod log_store;
 mod memory;
-mod records;
 
+pub use checkpoint::{CHECKPOINT_FORMAT_VERSION, Checkpoint};
+pub use disk::{CrashMode, Disk, RealDisk, SimDisk};
 pub use faulty::{CommitHold, FaultyStore};
-pub use fjall_store::{FjallStore, StoreOptions};
-pub use memory::MemoryStore;
+pub use log::{LOG_FORMAT_VERSION, LogPosition, RECORD_VERSION};
+pub use log_store::{DATA_FORMAT_VERSION, LogOptions, LogStore, check_bytes};
 
-use atp_core::hash::SHARD_COUNT;
+/// A store on a simulated disk with an in-memory ledger index (tests).
+pub type MemoryStore = LogStore<std::sync::Arc<SimDisk>>;
+
 use atp_core::ledger::LedgerEntry;
 
 /// The changes of one shard's applied batch.
@@ -43,8 +50,10 @@ use atp_core::ledger::LedgerEntry;
 pub struct ShardBatch {
     /// The shard.
     pub shard: u32,
-    /// The shard's epoch when the batch was applied (stored with every record).
+    /// The shard's epoch when the batch was applied.
     pub epoch: u64,
+    /// The shard's batch number: 1 for its first batch, +1 for each next one.
+    pub sequence: u64,
     /// Records to write (`Some`) or delete (`None`), in order.
     pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// New ledger entries, in sequence order.
@@ -97,9 +106,11 @@ pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct LoadedShard {
     /// The shard.
     pub shard: u32,
-    /// The highest epoch any of its records was written with (0 when it has none).
+    /// The highest epoch of its checkpoint and log records (0 when it has none).
     pub epoch: u64,
-    /// Its records, in key order, without the stored epoch.
+    /// The sequence of its last durable batch (0: none).
+    pub sequence: u64,
+    /// Its records, in key order.
     pub records: Records,
 }
 
@@ -121,6 +132,13 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The disk is full: nothing of the write may be acknowledged; the node
+    /// refuses writes until space is freed and it restarts.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// The data directory is of a format this build does not read.
+    #[error("unsupported data format: {0}")]
+    Format(String),
     /// A query was malformed (bad page token, no filter).
     #[error("invalid ledger query: {field}: {message}")]
     InvalidQuery {
@@ -131,26 +149,47 @@ pub enum StoreError {
     },
 }
 
+/// Sizes and positions of the log, for the admin API and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Log segments on disk.
+    pub segments: u64,
+    /// Bytes in them.
+    pub log_bytes: u64,
+    /// Shard checkpoints on disk.
+    pub checkpoints: u64,
+    /// Bytes in them.
+    pub checkpoint_bytes: u64,
+    /// End of the durable log.
+    pub durable: LogPosition,
+    /// Where the ledger indexer got to.
+    pub indexed: LogPosition,
+}
+
 /// Durable storage of one node.
 pub trait Store: Send + Sync + 'static {
-    /// Writes every batch as one atomic write and returns once it is durable
-    /// (fsync). On error none of it may be reported as written.
+    /// Writes every batch and returns once it is durable (fdatasync). On
+    /// error none of it may be reported as written, and every later commit
+    /// fails too.
     fn commit(&self, batches: &[ShardBatch]) -> Result<(), StoreError>;
 
-    /// Every record of `shard`, in key order.
-    fn load_shard(&self, shard: u32) -> Result<Records, StoreError> {
-        self.load_shard_with_epoch(shard).map(|loaded| loaded.records)
-    }
+    /// Every shard, [`SHARD_COUNT`](atp_core::hash::SHARD_COUNT) of them, index = shard number (empty
+    /// shards included): its checkpoint with the log's later batches applied.
+    fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError>;
 
-    /// Every record of `shard`, in key order, with the highest epoch stored.
-    fn load_shard_with_epoch(&self, shard: u32) -> Result<LoadedShard, StoreError>;
+    /// Replaces a shard's checkpoint, durably.
+    fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
 
-    /// Every shard, [`SHARD_COUNT`] of them, index = shard number (empty shards
-    /// included). Stores override this with one pass over all records, which
-    /// is faster than loading shard by shard.
-    fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError> {
-        (0..SHARD_COUNT).map(|shard| self.load_shard_with_epoch(shard)).collect()
-    }
+    /// Closes the current log segment (if it holds anything), so that the
+    /// next checkpoints can cover all of it.
+    fn rotate_log(&self);
+
+    /// Deletes the oldest log segments that every checkpoint covers and the
+    /// ledger indexer has passed; returns how many.
+    fn compact_log(&self) -> Result<u64, StoreError>;
+
+    /// Sizes and positions of the log.
+    fn log_stats(&self) -> LogStats;
 
     /// Writes the encoded catalog durably.
     fn save_catalog(&self, catalog: &[u8]) -> Result<(), StoreError>;
@@ -159,7 +198,8 @@ pub trait Store: Send + Sync + 'static {
     fn load_catalog(&self) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// One page of ledger entries matching `query`, oldest first (by time,
-    /// then shard, then sequence).
+    /// then shard, then sequence). Sees every entry durable before the call
+    /// (it waits for the indexer to get there).
     ///
     /// The most selective filter set (cause, then sku, then location) picks
     /// the index scanned; the others are checked on each index entry. `limit`
@@ -181,16 +221,24 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         (**self).commit(batches)
     }
 
-    fn load_shard(&self, shard: u32) -> Result<Records, StoreError> {
-        (**self).load_shard(shard)
-    }
-
-    fn load_shard_with_epoch(&self, shard: u32) -> Result<LoadedShard, StoreError> {
-        (**self).load_shard_with_epoch(shard)
-    }
-
     fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError> {
         (**self).load_all()
+    }
+
+    fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        (**self).write_checkpoint(checkpoint)
+    }
+
+    fn rotate_log(&self) {
+        (**self).rotate_log()
+    }
+
+    fn compact_log(&self) -> Result<u64, StoreError> {
+        (**self).compact_log()
+    }
+
+    fn log_stats(&self) -> LogStats {
+        (**self).log_stats()
     }
 
     fn save_catalog(&self, catalog: &[u8]) -> Result<(), StoreError> {

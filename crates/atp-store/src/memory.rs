@@ -1,4 +1,5 @@
-//! An in-memory store with the disk store's layout and logic, for tests.
+//! The ledger index in memory: the same layout and query code as the fjall
+//! one, for tests and simulation.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -10,25 +11,15 @@ use crate::backend::{Backend, Scan, Space, Write, is_empty_range};
 /// Entries a scan copies out per lock.
 const SCAN_CHUNK: usize = 1024;
 
-type Maps = [BTreeMap<Vec<u8>, Vec<u8>>; 4];
+type Maps = [BTreeMap<Vec<u8>, Vec<u8>>; 3];
 
-/// A [`Store`](crate::Store) in `BTreeMap`s: the same key layout, commit, ledger query and
-/// sweep code as [`FjallStore`](crate::FjallStore), without a disk.
-///
-/// "Durable" here means "kept as long as this value lives": a test can stop
-/// a node and start another on the same `Arc<MemoryStore>` to simulate a
-/// restart.
+/// The ledger index in `BTreeMap`s (kept as long as the value lives).
 #[derive(Default)]
-pub struct MemoryStore {
+pub(crate) struct MemoryIndex {
     maps: Mutex<Maps>,
 }
 
-impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
+impl MemoryIndex {
     fn lock(&self) -> MutexGuard<'_, Maps> {
         // A panic while holding the lock leaves the maps as they were between
         // writes (a write is applied after every check), so go on using them.
@@ -36,10 +27,8 @@ impl MemoryStore {
     }
 }
 
-impl Backend for MemoryStore {
-    type Bytes = Vec<u8>;
-
-    fn scan(&self, space: Space, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Scan<'_, Vec<u8>> {
+impl Backend for MemoryIndex {
+    fn scan(&self, space: Space, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Scan<'_> {
         Box::new(ChunkedScan {
             store: self,
             space,
@@ -64,13 +53,17 @@ impl Backend for MemoryStore {
         }
         Ok(())
     }
+
+    fn persist(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A scan that copies [`SCAN_CHUNK`] entries at a time, so it holds the lock
 /// only briefly and sees writes made between chunks (as a real engine's
 /// iterator may not; the shared logic does not depend on either).
 struct ChunkedScan<'a> {
-    store: &'a MemoryStore,
+    store: &'a MemoryIndex,
     space: Space,
     /// Where the next chunk starts.
     next: Bound<Vec<u8>>,
@@ -100,4 +93,40 @@ impl Iterator for ChunkedScan<'_> {
     }
 }
 
-crate::backend::store_over_backend!(MemoryStore);
+/// The ledger index of a store: on disk, or in memory for tests.
+pub(crate) enum LedgerIndex {
+    /// fjall, in the data directory.
+    Fjall(crate::fjall_store::FjallIndex),
+    /// `BTreeMap`s.
+    Memory(MemoryIndex),
+}
+
+impl Backend for LedgerIndex {
+    fn scan(&self, space: Space, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Scan<'_> {
+        match self {
+            Self::Fjall(index) => index.scan(space, start, end),
+            Self::Memory(index) => index.scan(space, start, end),
+        }
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Self::Fjall(index) => index.get(space, key),
+            Self::Memory(index) => index.get(space, key),
+        }
+    }
+
+    fn write(&self, writes: Vec<Write>, durable: bool) -> Result<(), StoreError> {
+        match self {
+            Self::Fjall(index) => index.write(writes, durable),
+            Self::Memory(index) => index.write(writes, durable),
+        }
+    }
+
+    fn persist(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Fjall(index) => index.persist(),
+            Self::Memory(index) => index.persist(),
+        }
+    }
+}

@@ -244,6 +244,7 @@ impl Config {
                 count_window_ms: ms(self.count_window_s),
                 movements_per_position: self.movements_per_position,
             },
+            ..NodeConfig::default()
         }
     }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use atp_shard::{Clock, Node};
-use atp_store::{FjallStore, StoreOptions};
+use atp_store::{LogOptions, LogStore};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -96,7 +96,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    let store = FjallStore::open(&config.data_dir, StoreOptions::default())
+    let store = LogStore::open(&config.data_dir, LogOptions::default())
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let node = Node::open(config.node_config(), Clock::system(), Arc::new(store));
     tracing::info!(

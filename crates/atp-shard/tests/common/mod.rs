@@ -34,6 +34,7 @@ pub async fn stock(node: &Node, stock: &[(&str, i64)]) {
         shipping_cost: 0.0,
         active: true,
     })
+    .await
     .expect("location");
     node.upsert_channel(Channel {
         id: ChannelId::parse("channel", "web").expect("valid"),
@@ -42,6 +43,7 @@ pub async fn stock(node: &Node, stock: &[(&str, i64)]) {
         buffer: 0,
         cap: None,
     })
+    .await
     .expect("channel");
     let events = stock
         .iter()
