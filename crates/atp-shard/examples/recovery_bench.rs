@@ -123,13 +123,8 @@ fn fill(store: &FjallStore, positions: usize, holds: usize) {
         let home = shard_of(request.id.as_str());
         let begun =
             shards.get_mut(&home).expect("home").begin_reserve(&request, START_MS).expect("begins");
-        assert_eq!(begun, Begin::Started);
-        let line = shard_of(request.lines[0].sku.as_str());
-        let hold = LineOp::Hold {
-            id: request.id.clone(),
-            channel: channel.clone(),
-            lines: request.lines.clone(),
-        };
+        let Begin::Started { holds } = begun else { panic!("a new id starts") };
+        let (line, hold) = holds.into_iter().next().expect("one line, one hold");
         shards
             .get_mut(&line)
             .expect("line")
