@@ -321,7 +321,9 @@ impl ShardState {
             | ReservationState::Cancelled
             | ReservationState::Fulfilled => {
                 if record.committed.as_ref() == Some(&quantities) {
-                    return Ok((record.commit_answer(), effects));
+                    // A replay re-sends what the state implies, so its
+                    // answer, too, waits until the lines have it.
+                    return Ok((record.commit_answer(), record.implied_ops(id)));
                 }
                 return Err(CoreError::AlreadyExists(format!(
                     "reservation {id} was already committed with other quantities"
@@ -363,7 +365,7 @@ impl ShardState {
         let record = self.record(id)?;
         match record.state {
             ReservationState::Held => {}
-            ReservationState::Released => return Ok((record.current(), effects)),
+            ReservationState::Released => return Ok((record.current(), record.implied_ops(id))),
             state => {
                 return Err(CoreError::WrongState {
                     reservation_id: id.to_string(),
@@ -403,7 +405,7 @@ impl ShardState {
         let record = self.record(id)?;
         match record.state {
             ReservationState::Committed => {}
-            ReservationState::Cancelled => return Ok((record.current(), effects)),
+            ReservationState::Cancelled => return Ok((record.current(), record.implied_ops(id))),
             state => {
                 return Err(CoreError::WrongState {
                     reservation_id: id.to_string(),

@@ -12,6 +12,26 @@ use crate::ids::ReservationId;
 use crate::ledger::LedgerKind;
 use crate::reservation::ReservationState;
 
+impl Record {
+    /// The line ops this record's state implies on its lines' shards (none
+    /// while PENDING or HELD). Re-sent by recovery and by replayed requests.
+    pub(in crate::shard) fn implied_ops(&self, id: &ReservationId) -> Vec<(u32, LineOp)> {
+        let commit = |lines| LineOp::Commit { id: id.clone(), lines };
+        let release = |kind| move |_| LineOp::Release { id: id.clone(), kind };
+        match self.state {
+            ReservationState::Pending | ReservationState::Held => Vec::new(),
+            ReservationState::Committed | ReservationState::Fulfilled => self.line_ops(commit),
+            ReservationState::Cancelled => {
+                let mut ops = self.line_ops(commit);
+                ops.extend(self.line_ops(|_| LineOp::Cancel { id: id.clone() }));
+                ops
+            }
+            ReservationState::Released => self.line_ops(release(LedgerKind::Release)),
+            ReservationState::Expired => self.line_ops(release(LedgerKind::Expire)),
+        }
+    }
+}
+
 impl ShardState {
     /// Whether this shard holds the record of reservation `id`.
     pub(in crate::shard) fn has_record(&self, id: &ReservationId) -> bool {
@@ -49,24 +69,7 @@ impl ShardState {
     pub(in crate::shard) fn implied_line_ops(&self) -> Vec<(u32, LineOp)> {
         let mut ops = Vec::new();
         for (id, record) in self.records_by_id() {
-            let commit = |lines| LineOp::Commit { id: id.clone(), lines };
-            let release = |kind| move |_| LineOp::Release { id: id.clone(), kind };
-            match record.state {
-                ReservationState::Pending | ReservationState::Held => {}
-                ReservationState::Committed | ReservationState::Fulfilled => {
-                    ops.extend(record.line_ops(commit));
-                }
-                ReservationState::Cancelled => {
-                    ops.extend(record.line_ops(commit));
-                    ops.extend(record.line_ops(|_| LineOp::Cancel { id: id.clone() }));
-                }
-                ReservationState::Released => {
-                    ops.extend(record.line_ops(release(LedgerKind::Release)));
-                }
-                ReservationState::Expired => {
-                    ops.extend(record.line_ops(release(LedgerKind::Expire)));
-                }
-            }
+            ops.extend(record.implied_ops(id));
         }
         ops
     }
