@@ -86,7 +86,7 @@ proptest! {
     #[test]
     fn protocol_survives_reordering_loss_and_crashes(
         stock in proptest::collection::vec(0..=6i64, SKUS.len() * LOCATIONS.len()),
-        actions in proptest::collection::vec(action(), 10..=50),
+        actions in proptest::collection::vec(action(), 10..=40),
     ) {
         let mut world = World::new(&stock);
         world.persist()?;

@@ -23,7 +23,7 @@ use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
 use atp_core::reservation::{ReserveLine, ReserveRequest};
-use atp_core::shard::{Begin, LineOp, ShardSettings, ShardState};
+use atp_core::shard::{Begin, ShardSettings, ShardState};
 use atp_shard::{Clock, Node, NodeConfig};
 use atp_store::{FjallStore, ShardBatch, Store, StoreOptions};
 
