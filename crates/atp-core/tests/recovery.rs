@@ -6,10 +6,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use atp_core::CoreError;
 use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::hash::shard_of;
 use atp_core::ledger::LedgerKind;
-use atp_core::reservation::ReservationState;
+use atp_core::reservation::{ReservationState, ReserveRequest};
 use atp_core::shard::{Begin, LineOp, ShardState, recover};
 
 use common::{Node, START_MS, WEB, catalog, event_id, line, reservation, reserve_request, sku};
@@ -19,6 +20,8 @@ const TTL_MS: i64 = 60_000;
 /// Per shard, the records its drained changes wrote.
 type Stores = BTreeMap<u32, BTreeMap<Vec<u8>, Vec<u8>>>;
 const SKU: &str = "sku-apple";
+/// A SKU on another shard than `SKU`.
+const OTHER_SKU: &str = "sku-banana";
 const LOCATION: &str = "loc-central";
 
 /// A node with 10 units of `SKU` at `LOCATION`, every change drained to `stores`.
@@ -85,30 +88,134 @@ fn restored_state_answers_like_the_live_one() {
     assert!(node.reserve(&other, START_MS + 3).is_err(), "same id, other payload");
 }
 
-#[test]
-fn an_unfinished_reserve_is_rolled_back() {
-    let (mut node, mut stores) = node();
-    let id = remote_id("unfinished");
-    let request = reserve_request(&id, WEB, vec![line(SKU, LOCATION, 4)], TTL_MS);
-    let home = shard_of(&id);
-    let begin = node.shard_mut(home).begin_reserve(&request, START_MS + 1).expect("begins");
-    assert_eq!(begin, Begin::Started);
-    let hold = LineOp::Hold {
-        id: reservation(&id),
-        channel: request.channel.clone(),
-        lines: request.lines.clone(),
+/// Receives 10 units of `sku_id` at `LOCATION`.
+fn receive(node: &mut Node, sku_id: &str, now: i64) {
+    let event = StockEvent {
+        id: event_id(&format!("receipt-{sku_id}")),
+        sku: sku(sku_id),
+        location: common::location(LOCATION),
+        kind: StockEventKind::Received { quantity: 10 },
     };
-    node.shard_mut(shard_of(SKU)).apply_line_op(&hold, &catalog(), START_MS + 1).expect("holds");
+    node.apply_event(&event, now).expect("receipt applies");
+}
+
+/// A Reserve of 2 units of apple and 3 of banana (two line shards) whose home
+/// is neither; `begin_reserve` has run, none of its holds is applied yet.
+fn begin_two_shard_reserve(
+    node: &mut Node,
+    stores: &mut Stores,
+    name: &str,
+) -> (ReserveRequest, Vec<(u32, LineOp)>) {
+    receive(node, OTHER_SKU, START_MS);
+    persist(node, stores);
+    let id = (0..)
+        .map(|n| format!("{name}-{n}"))
+        .find(|id| shard_of(id) != shard_of(SKU) && shard_of(id) != shard_of(OTHER_SKU))
+        .expect("some id lives elsewhere");
+    let lines = vec![line(SKU, LOCATION, 2), line(OTHER_SKU, LOCATION, 3)];
+    let request = reserve_request(&id, WEB, lines, TTL_MS);
+    let begin = node.shard_mut(shard_of(&id)).begin_reserve(&request, START_MS + 1);
+    let Ok(Begin::Started { holds }) = begin else { panic!("a new id starts: {begin:?}") };
+    assert_eq!(holds.len(), 2, "one hold per line shard");
+    (request, holds)
+}
+
+fn apply_hold(node: &mut Node, (shard, hold): &(u32, LineOp)) {
+    node.shard_mut(*shard).apply_line_op(hold, &catalog(), START_MS + 1).expect("holds");
+}
+
+#[test]
+fn a_reserve_whose_holds_are_all_durable_recovers_held() {
+    let (mut node, mut stores) = node();
+    let (request, holds) = begin_two_shard_reserve(&mut node, &mut stores, "durable");
+    for hold in &holds {
+        apply_hold(&mut node, hold);
+    }
+    // The crash comes before `finish_reserve`: the holds are durable, the
+    // home record (PENDING, never stored) is not.
     persist(&mut node, &mut stores);
-    assert_eq!(node.position(SKU, LOCATION).reserved, 4);
 
     let mut node = restart(&stores, START_MS + 2);
-    assert_eq!(node.position(SKU, LOCATION).reserved, 0, "the orphan hold is released");
-    assert!(node.get(&reservation(&id)).is_err(), "the unfinished reservation is unknown");
-    let entries: Vec<_> = node.shards[&shard_of(SKU)].ledger_entries().cloned().collect();
-    assert!(entries.iter().any(|e| e.kind == LedgerKind::Abort && e.cause == id));
-    // Nothing was promised, so the retry is judged afresh.
-    assert!(node.reserve(&request, START_MS + 3).is_ok());
+    let view = node.get(&request.id).expect("rebuilt from its holds");
+    assert_eq!(view.state, ReservationState::Held);
+    assert_eq!((view.created_at_ms, view.expires_at_ms), (START_MS + 1, START_MS + 1 + TTL_MS));
+    assert_eq!(node.position(SKU, LOCATION).reserved, 2);
+    assert_eq!(node.position(OTHER_SKU, LOCATION).reserved, 3);
+    // A retry with the same payload gets the answer the Reserve would have
+    // got; another payload under the id is refused.
+    let replay = node.reserve(&request, START_MS + 3).expect("replays");
+    assert_eq!(replay, view);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 2, "the replay held nothing more");
+    let mut other = request.clone();
+    other.lines[0].quantity = 1;
+    assert!(matches!(node.reserve(&other, START_MS + 3), Err(CoreError::AlreadyExists(_))));
+    // The rebuilt record is durable like any other, and expires on its TTL.
+    persist(&mut node, &mut stores);
+    let mut node = restart(&stores, START_MS + 1 + TTL_MS);
+    assert_eq!(node.get(&request.id).expect("found").state, ReservationState::Expired);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 0);
+    assert_eq!(node.position(OTHER_SKU, LOCATION).reserved, 0);
+}
+
+#[test]
+fn a_rebuilt_reserve_whose_ttl_passed_while_down_expires() {
+    let (mut node, mut stores) = node();
+    let (request, holds) = begin_two_shard_reserve(&mut node, &mut stores, "late");
+    for hold in &holds {
+        apply_hold(&mut node, hold);
+    }
+    persist(&mut node, &mut stores);
+
+    let mut node = restart(&stores, START_MS + 1 + TTL_MS);
+    assert_eq!(node.get(&request.id).expect("rebuilt").state, ReservationState::Expired);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 0);
+    assert_eq!(node.position(OTHER_SKU, LOCATION).reserved, 0);
+}
+
+#[test]
+fn a_reserve_with_a_hold_missing_is_rolled_back() {
+    for missing in 0..2 {
+        let (mut node, mut stores) = node();
+        let (request, holds) = begin_two_shard_reserve(&mut node, &mut stores, "partial");
+        apply_hold(&mut node, &holds[1 - missing]);
+        persist(&mut node, &mut stores);
+        let (held_sku, held_units) = if missing == 0 { (OTHER_SKU, 3) } else { (SKU, 2) };
+        assert_eq!(node.position(held_sku, LOCATION).reserved, held_units);
+
+        let mut node = restart(&stores, START_MS + 2);
+        assert_eq!(node.position(SKU, LOCATION).reserved, 0, "the orphan hold is released");
+        assert_eq!(node.position(OTHER_SKU, LOCATION).reserved, 0);
+        assert!(node.get(&request.id).is_err(), "the unfinished reservation is unknown");
+        let entries: Vec<_> = node.shards[&shard_of(held_sku)].ledger_entries().cloned().collect();
+        assert!(
+            entries.iter().any(|e| e.kind == LedgerKind::Abort && e.cause == request.id.as_str())
+        );
+        // Nothing was promised, so the retry is judged afresh.
+        let view = node.reserve(&request, START_MS + 3).expect("reserves afresh");
+        assert_eq!(view.created_at_ms, START_MS + 3);
+    }
+}
+
+#[test]
+fn holds_of_two_incarnations_do_not_rebuild_a_reservation() {
+    let (mut node, mut stores) = node();
+    let (request, first) = begin_two_shard_reserve(&mut node, &mut stores, "reused");
+    // The first incarnation holds on one shard only and fails; its hold
+    // stays (as if its rollback was lost). The id is then used again and the
+    // second holds only the other shard: together they cover every line
+    // shard, but not with one version, so nothing is rebuilt.
+    apply_hold(&mut node, &first[0]);
+    let home = shard_of(request.id.as_str());
+    assert_eq!(node.shard_mut(home).finish_reserve(&request.id, false, START_MS + 1), None);
+    let again = node.shard_mut(home).begin_reserve(&request, START_MS + 1);
+    let Ok(Begin::Started { holds: second }) = again else { panic!("starts again: {again:?}") };
+    apply_hold(&mut node, &second[1]);
+    persist(&mut node, &mut stores);
+
+    let mut node = restart(&stores, START_MS + 2);
+    assert!(node.get(&request.id).is_err(), "no record from mixed incarnations");
+    assert_eq!(node.position(SKU, LOCATION).reserved, 0);
+    assert_eq!(node.position(OTHER_SKU, LOCATION).reserved, 0);
 }
 
 #[test]

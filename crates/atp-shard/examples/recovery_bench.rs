@@ -27,7 +27,7 @@ use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
 use atp_core::reservation::{ReserveLine, ReserveRequest};
-use atp_core::shard::{Begin, LineOp, ShardSettings, ShardState};
+use atp_core::shard::{Begin, ShardSettings, ShardState};
 use atp_shard::{Clock, Node, NodeConfig};
 use atp_store::{Checkpoint, LogOptions, LogStore, ShardBatch, Store};
 
@@ -131,13 +131,8 @@ fn fill(store: &dyn Store, positions: usize, holds: usize, checkpoint: bool) {
         let home = shard_of(request.id.as_str());
         let begun =
             shards.get_mut(&home).expect("home").begin_reserve(&request, START_MS).expect("begins");
-        assert_eq!(begun, Begin::Started);
-        let line = shard_of(request.lines[0].sku.as_str());
-        let hold = LineOp::Hold {
-            id: request.id.clone(),
-            channel: channel.clone(),
-            lines: request.lines.clone(),
-        };
+        let Begin::Started { holds } = begun else { panic!("a new id starts") };
+        let (line, hold) = holds.into_iter().next().expect("one line, one hold");
         shards
             .get_mut(&line)
             .expect("line")

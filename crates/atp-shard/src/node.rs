@@ -817,16 +817,12 @@ async fn reserve(shared: &Shared, request: ReserveRequest) -> Result<Reservation
         let request = request.clone();
         home.try_call(move |state, _, now| state.begin_reserve(&request, now)).await??
     };
-    if let Begin::Replay(view) = begin {
-        return Ok(view);
-    }
-    let groups = request.lines_by_shard();
-    let holds = join_all(groups.iter().map(|(shard, lines)| {
-        let op = LineOp::Hold {
-            id: request.id.clone(),
-            channel: request.channel.clone(),
-            lines: lines.clone(),
-        };
+    let groups = match begin {
+        Begin::Replay(view) => return Ok(view),
+        Begin::Started { holds } => holds,
+    };
+    let holds = join_all(groups.iter().map(|(shard, op)| {
+        let op = op.clone();
         shared.shards[*shard as usize]
             .try_call(move |state, catalog, now| state.apply_line_op(&op, catalog, now))
     }))

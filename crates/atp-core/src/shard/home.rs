@@ -1,7 +1,9 @@
 //! Reservation records on their home shard: the authority for a reservation's
 //! state. Lines' shards only apply what the home decided.
 
-use super::lines::LineQuantity;
+mod recovery;
+
+use super::lines::{Incarnation, LineQuantity};
 use super::{Deadline, LineOp, ShardState};
 use crate::error::{CoreError, FieldViolation};
 use crate::hash::shard_of;
@@ -21,6 +23,8 @@ pub(crate) struct Record {
     committed: Option<Vec<i64>>,
     /// Per line, as reported by the lines' shards.
     shipped: Vec<i64>,
+    /// The incarnation its holds carry (see [`Incarnation::version`]).
+    version: u64,
     /// While PENDING: the id's stored record was deleted earlier in this
     /// batch (forgotten), so a refused Reserve must still write the delete.
     #[serde(skip)]
@@ -30,13 +34,33 @@ pub(crate) struct Record {
 /// What the home shard says when a Reserve arrives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Begin {
-    /// New: hold the lines, then call [`ShardState::finish_reserve`].
-    Started,
+    /// New: apply these holds (one per line shard), then call
+    /// [`ShardState::finish_reserve`]. Each carries the whole reservation.
+    Started {
+        /// `(shard, LineOp::Hold)` for every shard holding a line.
+        holds: Vec<(u32, LineOp)>,
+    },
     /// Seen before with the same payload: this is the first answer.
     Replay(ReservationView),
 }
 
 impl Record {
+    /// The HELD record of `incarnation`, as first answered.
+    fn held(incarnation: &Incarnation) -> Self {
+        Self {
+            request: incarnation.request.clone(),
+            state: ReservationState::Held,
+            created_at_ms: incarnation.created_at_ms,
+            expires_at_ms: incarnation.expires_at_ms,
+            first_expires_at_ms: incarnation.expires_at_ms,
+            ended_at_ms: 0,
+            committed: None,
+            shipped: vec![0; incarnation.request.lines.len()],
+            version: incarnation.version,
+            replaces_stored: false,
+        }
+    }
+
     pub(super) fn state(&self) -> ReservationState {
         self.state
     }
@@ -207,19 +231,18 @@ impl ShardState {
             return Ok(Begin::Replay(record.reserve_answer()));
         }
         self.applied_sequence += 1;
-        let record = Record {
+        let incarnation = Incarnation {
             request: request.clone(),
-            state: ReservationState::Pending,
             created_at_ms: now,
             expires_at_ms: now + request.ttl_ms,
-            first_expires_at_ms: now + request.ttl_ms,
-            ended_at_ms: 0,
-            committed: None,
-            shipped: vec![0; request.lines.len()],
-            replaces_stored: self.records.is_touched(&request.id),
+            version: self.applied_sequence,
         };
+        let replaces_stored = self.records.is_touched(&request.id);
+        let mut record = Record::held(&incarnation);
+        record.state = ReservationState::Pending;
+        record.replaces_stored = replaces_stored;
         self.records.insert(request.id.clone(), record);
-        Ok(Begin::Started)
+        Ok(Begin::Started { holds: incarnation.holds() })
     }
 
     /// Home side, after the lines' shards answered: `held` = every line is held.
@@ -298,7 +321,9 @@ impl ShardState {
             | ReservationState::Cancelled
             | ReservationState::Fulfilled => {
                 if record.committed.as_ref() == Some(&quantities) {
-                    return Ok((record.commit_answer(), effects));
+                    // A replay re-sends what the state implies, so its
+                    // answer, too, waits until the lines have it.
+                    return Ok((record.commit_answer(), record.implied_ops(id)));
                 }
                 return Err(CoreError::AlreadyExists(format!(
                     "reservation {id} was already committed with other quantities"
@@ -340,7 +365,7 @@ impl ShardState {
         let record = self.record(id)?;
         match record.state {
             ReservationState::Held => {}
-            ReservationState::Released => return Ok((record.current(), effects)),
+            ReservationState::Released => return Ok((record.current(), record.implied_ops(id))),
             state => {
                 return Err(CoreError::WrongState {
                     reservation_id: id.to_string(),
@@ -380,7 +405,7 @@ impl ShardState {
         let record = self.record(id)?;
         match record.state {
             ReservationState::Committed => {}
-            ReservationState::Cancelled => return Ok((record.current(), effects)),
+            ReservationState::Cancelled => return Ok((record.current(), record.implied_ops(id))),
             state => {
                 return Err(CoreError::WrongState {
                     reservation_id: id.to_string(),
@@ -480,59 +505,5 @@ impl ShardState {
         if due {
             self.records.remove(id);
         }
-    }
-}
-
-impl ShardState {
-    /// Whether this shard holds the record of reservation `id`.
-    pub(super) fn has_record(&self, id: &ReservationId) -> bool {
-        self.records.contains_key(id)
-    }
-
-    /// Every line of every COMMITTED record, with the units committed.
-    pub(super) fn committed_lines(&self) -> Vec<super::ShipNotice> {
-        let mut lines = Vec::new();
-        for (id, record) in self.records.iter() {
-            let (ReservationState::Committed, Some(committed)) = (record.state, &record.committed)
-            else {
-                continue;
-            };
-            for (line, units) in record.request.lines.iter().zip(committed) {
-                lines.push(super::ShipNotice {
-                    reservation: id.clone(),
-                    sku: line.sku.clone(),
-                    location: line.location.clone(),
-                    shipped_total: *units,
-                });
-            }
-        }
-        lines
-    }
-
-    /// The line ops every record's state implies on its lines' shards. All are
-    /// idempotent, so recovery re-sends them in case a crash lost them.
-    pub(super) fn implied_line_ops(&self) -> Vec<(u32, LineOp)> {
-        let mut ops = Vec::new();
-        for (id, record) in self.records.iter() {
-            let commit = |lines| LineOp::Commit { id: id.clone(), lines };
-            let release = |kind| move |_| LineOp::Release { id: id.clone(), kind };
-            match record.state {
-                ReservationState::Pending | ReservationState::Held => {}
-                ReservationState::Committed | ReservationState::Fulfilled => {
-                    ops.extend(record.line_ops(commit));
-                }
-                ReservationState::Cancelled => {
-                    ops.extend(record.line_ops(commit));
-                    ops.extend(record.line_ops(|_| LineOp::Cancel { id: id.clone() }));
-                }
-                ReservationState::Released => {
-                    ops.extend(record.line_ops(release(LedgerKind::Release)));
-                }
-                ReservationState::Expired => {
-                    ops.extend(record.line_ops(release(LedgerKind::Expire)));
-                }
-            }
-        }
-        ops
     }
 }

@@ -9,22 +9,54 @@ use crate::error::CoreError;
 use crate::ids::{ChannelId, LocationId, ReservationId, Sku};
 use crate::ledger::LedgerKind;
 use crate::position::Deltas;
-use crate::reservation::ReserveLine;
+use crate::reservation::{ReserveLine, ReserveRequest};
 
 /// (sku, location, units) for one line of a reservation.
 pub type LineQuantity = (Sku, LocationId, i64);
+
+/// One incarnation of a reservation, as every one of its holds carries it:
+/// enough to rebuild the home record when the holds became durable and the
+/// record did not (see `docs/PROTOCOL.md`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Incarnation {
+    /// The whole Reserve: id, channel, every line (on every shard) and TTL,
+    /// so a replay after a rebuild is judged against the same payload.
+    pub request: ReserveRequest,
+    /// When the home accepted it (ms).
+    pub created_at_ms: i64,
+    /// When its holds expire unless extended (ms): the first answer's expiry.
+    pub expires_at_ms: i64,
+    /// Tells two incarnations of one id apart (an id reused after the first
+    /// was forgotten or rolled back): the home's operation sequence when it
+    /// began. Holds rebuild a record only if every line shard holds this version.
+    pub version: u64,
+}
+
+impl Incarnation {
+    /// The shards holding this reservation's lines, in order of first line.
+    pub fn line_shards(&self) -> Vec<u32> {
+        self.request.lines_by_shard().into_iter().map(|(shard, _)| shard).collect()
+    }
+
+    /// One `Hold` per line shard.
+    pub fn holds(&self) -> Vec<(u32, LineOp)> {
+        self.request
+            .lines_by_shard()
+            .into_iter()
+            .map(|(shard, lines)| (shard, LineOp::Hold { lines, reservation: self.clone() }))
+            .collect()
+    }
+}
 
 /// What a home shard asks a line's shard to do. Every op is idempotent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LineOp {
     /// Hold every line or none, under the channel's rules.
     Hold {
-        /// The reservation.
-        id: ReservationId,
-        /// Its channel.
-        channel: ChannelId,
         /// The lines on this shard.
         lines: Vec<ReserveLine>,
+        /// The reservation they belong to (id, channel, all lines, expiry, version).
+        reservation: Incarnation,
     },
     /// Free held units (Release, expiry, or a failed multi-shard Reserve).
     Release {
@@ -60,6 +92,37 @@ pub(crate) struct HeldLine {
 pub(crate) struct LineHolds {
     pub(crate) committed: bool,
     pub(crate) lines: Vec<HeldLine>,
+    /// The reservation as the Hold carried it: recovery rebuilds its home
+    /// record from it when every line shard holds the same version.
+    pub(crate) reservation: Incarnation,
+}
+
+/// A reservation's hold on one shard, as checks and admin tools see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldView {
+    /// The reservation.
+    pub id: ReservationId,
+    /// The incarnation the hold belongs to.
+    pub version: u64,
+    /// Whether the home's Commit reached it (its units are committed, not held).
+    pub committed: bool,
+    /// Its lines on this shard.
+    pub lines: Vec<HeldLineView>,
+}
+
+/// One line of a [`HoldView`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLineView {
+    /// The SKU.
+    pub sku: Sku,
+    /// The location.
+    pub location: LocationId,
+    /// Units held (counted in `reserved` until committed).
+    pub held: i64,
+    /// Units committed (counted in `committed` until shipped).
+    pub committed: i64,
+    /// Committed units shipped.
+    pub shipped: i64,
 }
 
 impl LineHolds {
@@ -78,7 +141,7 @@ impl ShardState {
     ) -> Result<(), CoreError> {
         let now = self.advance(now);
         match op {
-            LineOp::Hold { id, channel, lines } => self.hold(id, channel, lines, catalog, now),
+            LineOp::Hold { lines, reservation } => self.hold(lines, reservation, catalog, now),
             LineOp::Release { id, kind } => {
                 self.release_lines(id, *kind, now);
                 Ok(())
@@ -96,12 +159,13 @@ impl ShardState {
 
     fn hold(
         &mut self,
-        id: &ReservationId,
-        channel_id: &ChannelId,
         lines: &[ReserveLine],
+        reservation: &Incarnation,
         catalog: &Catalog,
         now: i64,
     ) -> Result<(), CoreError> {
+        let (id, channel_id): (&ReservationId, &ChannelId) =
+            (&reservation.request.id, &reservation.request.channel);
         if self.holds.contains_key(id) {
             return Ok(());
         }
@@ -170,7 +234,8 @@ impl ShardState {
                 shipped: 0,
             })
             .collect();
-        self.holds.insert(id.clone(), LineHolds { committed: false, lines: held });
+        let holds = LineHolds { committed: false, lines: held, reservation: reservation.clone() };
+        self.holds.insert(id.clone(), holds);
         Ok(())
     }
 
@@ -244,9 +309,42 @@ impl ShardState {
 }
 
 impl ShardState {
-    /// Reservations with uncommitted holds on this shard.
-    pub(super) fn uncommitted_holds(&self) -> Vec<ReservationId> {
-        self.holds.iter().filter(|(_, holds)| holds.is_held()).map(|(id, _)| id.clone()).collect()
+    /// Every hold on this shard, by reservation id.
+    pub fn line_holds(&self) -> Vec<HoldView> {
+        let mut views: Vec<HoldView> = self
+            .holds
+            .iter()
+            .map(|(id, holds)| HoldView {
+                id: id.clone(),
+                version: holds.reservation.version,
+                committed: holds.committed,
+                lines: holds
+                    .lines
+                    .iter()
+                    .map(|line| HeldLineView {
+                        sku: line.sku.clone(),
+                        location: line.location.clone(),
+                        held: line.held,
+                        committed: line.committed,
+                        shipped: line.shipped,
+                    })
+                    .collect(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
+    }
+
+    /// Uncommitted holds on this shard, with the reservation each carries, by id.
+    pub(super) fn uncommitted_holds(&self) -> Vec<(ReservationId, Incarnation)> {
+        let mut held: Vec<_> = self
+            .holds
+            .iter()
+            .filter(|(_, holds)| holds.is_held())
+            .map(|(id, holds)| (id.clone(), holds.reservation.clone()))
+            .collect();
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        held
     }
 
     /// Whether a line of reservation `id` is still held or committed here.
@@ -269,6 +367,10 @@ impl ShardState {
                 });
             }
         }
+        // Deterministic order (the holds are a hash map): recovery replays these.
+        notices.sort_by(|a, b| {
+            (&a.reservation, &a.sku, &a.location).cmp(&(&b.reservation, &b.sku, &b.location))
+        });
         notices
     }
 }

@@ -26,7 +26,7 @@ use crate::position::{Deltas, Position};
 use tracked::Tracked;
 
 pub use home::Begin;
-pub use lines::{LineOp, LineQuantity};
+pub use lines::{HeldLineView, HoldView, Incarnation, LineOp, LineQuantity};
 pub use persist::{Changes, RestoreError};
 pub use recover::{RecoveryReport, recover};
 pub use stock::{EventApplied, ShipNotice};

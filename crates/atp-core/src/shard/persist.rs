@@ -7,7 +7,8 @@
 //! memo, `m` → sequences and clock. Values are postcard. A reservation still
 //! being created (PENDING) is never written: if the node dies before the
 //! Reserve finishes, recovery finds its line holds without a record and
-//! releases them (see [`super::recover`]).
+//! rebuilds the record from them if every line shard holds it, else releases
+//! them (see [`super::recover`] and `docs/PROTOCOL.md`).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;

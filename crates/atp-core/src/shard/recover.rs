@@ -4,10 +4,15 @@
 //! Each step is idempotent, so a crash during recovery is recovered the same way:
 //! 1. every reservation record re-sends the line ops its state implies
 //!    (commit, release, expire, cancel) — a crash may have lost the delivery;
-//! 2. uncommitted line holds whose home has no record belong to a Reserve that
-//!    never finished (its PENDING record is never stored): they are released
+//! 2. uncommitted line holds whose home has no record belong to a Reserve whose
+//!    record never became durable (a PENDING record is never stored). Each
+//!    hold carries its reservation whole ([`super::Incarnation`]): if **every**
+//!    line shard holds the same id *and version*, the Reserve got as far as its
+//!    last hold, so the home record is rebuilt HELD with the carried expiry (a
+//!    replay then gets that answer; a passed TTL expires it in step 4);
+//!    otherwise the Reserve never completed and every hold it left is released
 //!    (`abort`), so an unfinished multi-shard Reserve is rolled back here, not
-//!    only by its TTL;
+//!    only by its TTL. Either way no reservation is left half held;
 //! 3. shipped units on committed lines are told to the reservations' homes,
 //!    and a COMMITTED line whose hold is gone shipped in full (a line's hold
 //!    ends only when every unit shipped, or by Cancel, which ends the record first);
@@ -16,9 +21,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{LineOp, ShardState};
+use super::{Incarnation, LineOp, ShardState};
 use crate::catalog::Catalog;
 use crate::hash::shard_of;
+use crate::ids::ReservationId;
 use crate::ledger::LedgerKind;
 
 /// What recovery did.
@@ -28,6 +34,8 @@ pub struct RecoveryReport {
     pub redelivered: usize,
     /// Holds of unfinished Reserves released.
     pub aborted: usize,
+    /// HELD records rebuilt from holds durable on every line shard.
+    pub rebuilt: usize,
     /// Ship notices re-sent to homes.
     pub ship_notices: usize,
     /// Line releases from holds that expired while the node was down.
@@ -48,7 +56,8 @@ fn deliver(
     }
 }
 
-/// Recovers `shards` (every shard of the node, by number) as of `now`.
+/// Recovers `shards` (every shard of the node, by number) as of `now`. A home
+/// shard missing from `shards` is created empty if a reservation is rebuilt on it.
 pub fn recover(
     shards: &mut BTreeMap<u32, ShardState>,
     catalog: &Catalog,
@@ -60,17 +69,7 @@ pub fn recover(
     report.redelivered = implied.len();
     deliver(shards, implied, catalog, now);
 
-    let mut orphans = Vec::new();
-    for (shard, state) in shards.iter() {
-        for id in state.uncommitted_holds() {
-            let home = shard_of(id.as_str());
-            if !shards.get(&home).is_some_and(|home| home.has_record(&id)) {
-                orphans.push((*shard, LineOp::Release { id, kind: LedgerKind::Abort }));
-            }
-        }
-    }
-    report.aborted = orphans.len();
-    deliver(shards, orphans, catalog, now);
+    settle_orphans(shards, catalog, now, &mut report);
 
     let mut notices: Vec<_> = shards.values().flat_map(ShardState::ship_notices).collect();
     for line in shards.values().flat_map(ShardState::committed_lines) {
@@ -96,4 +95,46 @@ pub fn recover(
     report.expired = expired.len();
     deliver(shards, expired, catalog, now);
     report
+}
+
+/// Step 2: rebuilds or rolls back every reservation that has uncommitted
+/// holds but no home record.
+fn settle_orphans(
+    shards: &mut BTreeMap<u32, ShardState>,
+    catalog: &Catalog,
+    now: i64,
+    report: &mut RecoveryReport,
+) {
+    // By id: the shards holding it, each with the incarnation its hold carries.
+    let mut orphans: BTreeMap<ReservationId, Vec<(u32, Incarnation)>> = BTreeMap::new();
+    for (shard, state) in shards.iter() {
+        for (id, incarnation) in state.uncommitted_holds() {
+            let home = shard_of(id.as_str());
+            if !shards.get(&home).is_some_and(|home| home.has_record(&id)) {
+                orphans.entry(id).or_default().push((*shard, incarnation));
+            }
+        }
+    }
+    let mut aborts = Vec::new();
+    for (id, holds) in orphans {
+        let (_, incarnation) = &holds[0];
+        let complete = holds.iter().all(|(_, other)| other == incarnation)
+            && incarnation.line_shards().iter().all(|line| holds.iter().any(|(s, _)| s == line));
+        if complete {
+            let home = shard_of(id.as_str());
+            let template = &shards[&holds[0].0];
+            let (epoch, settings) = (template.epoch(), template.settings.clone());
+            let state =
+                shards.entry(home).or_insert_with(|| ShardState::new(home, epoch, settings));
+            if state.rebuild_held(incarnation, now) {
+                report.rebuilt += 1;
+            }
+        } else {
+            for (shard, _) in holds {
+                aborts.push((shard, LineOp::Release { id: id.clone(), kind: LedgerKind::Abort }));
+            }
+        }
+    }
+    report.aborted = aborts.len();
+    deliver(shards, aborts, catalog, now);
 }

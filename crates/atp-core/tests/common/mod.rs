@@ -162,14 +162,13 @@ impl Node {
         self.clock_ms = self.clock_ms.max(now);
         request.check(&self.catalog)?;
         let home = shard_of(request.id.as_str());
-        if let Begin::Replay(view) = self.shard_mut(home).begin_reserve(request, now)? {
-            return Ok(view);
-        }
+        let holds = match self.shard_mut(home).begin_reserve(request, now)? {
+            Begin::Replay(view) => return Ok(view),
+            Begin::Started { holds } => holds,
+        };
         let mut failure = None;
         let mut rollback = Vec::new();
-        for (shard, lines) in request.lines_by_shard() {
-            let op =
-                LineOp::Hold { id: request.id.clone(), channel: request.channel.clone(), lines };
+        for (shard, op) in holds {
             let state = shard_entry(&mut self.shards, self.clock_ms, shard);
             match state.apply_line_op(&op, &self.catalog, now) {
                 Ok(()) => rollback.push((

@@ -1,0 +1,93 @@
+//! What recovery asks of the home side: which records exist, what their
+//! states imply for the lines' shards, and rebuilding a record from its holds.
+//!
+//! Records live in a hash map; everything here walks them in id order, so
+//! recovery delivers its line ops (and numbers its ledger entries) the same
+//! way every time.
+
+use super::super::lines::Incarnation;
+use super::super::{Deadline, LineOp, ShardState, ShipNotice};
+use super::Record;
+use crate::ids::ReservationId;
+use crate::ledger::LedgerKind;
+use crate::reservation::ReservationState;
+
+impl Record {
+    /// The line ops this record's state implies on its lines' shards (none
+    /// while PENDING or HELD). Re-sent by recovery and by replayed requests.
+    pub(in crate::shard) fn implied_ops(&self, id: &ReservationId) -> Vec<(u32, LineOp)> {
+        let commit = |lines| LineOp::Commit { id: id.clone(), lines };
+        let release = |kind| move |_| LineOp::Release { id: id.clone(), kind };
+        match self.state {
+            ReservationState::Pending | ReservationState::Held => Vec::new(),
+            ReservationState::Committed | ReservationState::Fulfilled => self.line_ops(commit),
+            ReservationState::Cancelled => {
+                let mut ops = self.line_ops(commit);
+                ops.extend(self.line_ops(|_| LineOp::Cancel { id: id.clone() }));
+                ops
+            }
+            ReservationState::Released => self.line_ops(release(LedgerKind::Release)),
+            ReservationState::Expired => self.line_ops(release(LedgerKind::Expire)),
+        }
+    }
+}
+
+impl ShardState {
+    /// Whether this shard holds the record of reservation `id`.
+    pub(in crate::shard) fn has_record(&self, id: &ReservationId) -> bool {
+        self.records.contains_key(id)
+    }
+
+    fn records_by_id(&self) -> Vec<(&ReservationId, &Record)> {
+        let mut records: Vec<_> = self.records.iter().collect();
+        records.sort_by(|a, b| a.0.cmp(b.0));
+        records
+    }
+
+    /// Every line of every COMMITTED record, with the units committed.
+    pub(in crate::shard) fn committed_lines(&self) -> Vec<ShipNotice> {
+        let mut lines = Vec::new();
+        for (id, record) in self.records_by_id() {
+            let (ReservationState::Committed, Some(committed)) = (record.state, &record.committed)
+            else {
+                continue;
+            };
+            for (line, units) in record.request.lines.iter().zip(committed) {
+                lines.push(ShipNotice {
+                    reservation: id.clone(),
+                    sku: line.sku.clone(),
+                    location: line.location.clone(),
+                    shipped_total: *units,
+                });
+            }
+        }
+        lines
+    }
+
+    /// The line ops every record's state implies on its lines' shards. All are
+    /// idempotent, so recovery re-sends them in case a crash lost them.
+    pub(in crate::shard) fn implied_line_ops(&self) -> Vec<(u32, LineOp)> {
+        let mut ops = Vec::new();
+        for (id, record) in self.records_by_id() {
+            ops.extend(record.implied_ops(id));
+        }
+        ops
+    }
+
+    /// Rebuilds the HELD record of a reservation whose holds are durable on
+    /// every line shard but whose record is not (the crash came between the
+    /// two group commits of a Reserve). Its expiry is the first answer's; if
+    /// that passed, the next [`ShardState::tick`] expires it as usual.
+    /// Returns false (and changes nothing) if the id already has a record.
+    pub(in crate::shard) fn rebuild_held(&mut self, incarnation: &Incarnation, now: i64) -> bool {
+        self.advance(now);
+        let id = &incarnation.request.id;
+        if self.records.contains_key(id) {
+            return false;
+        }
+        self.applied_sequence += 1;
+        self.records.insert(id.clone(), Record::held(incarnation));
+        self.schedule(incarnation.expires_at_ms, Deadline::Expire(id.clone()));
+        true
+    }
+}

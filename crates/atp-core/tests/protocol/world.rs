@@ -1,0 +1,506 @@
+//! The simulated node of the protocol test: shards, the network between
+//! them, the Reserves in progress (lost at a crash) and what was made durable.
+
+use std::collections::BTreeMap;
+
+use atp_core::CoreError;
+use atp_core::catalog::Catalog;
+use atp_core::events::{StockEvent, StockEventKind};
+use atp_core::hash::shard_of;
+use atp_core::ids::{LocationId, ReservationId, Sku};
+use atp_core::ledger::LedgerKind;
+use atp_core::reservation::{ReservationState, ReserveRequest};
+use atp_core::shard::{Begin, Incarnation, LineOp, ShardState, ShipNotice};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+use crate::checks::{self, LedgerLives};
+use crate::common::{
+    LOCATIONS, MARKET, SKUS, START_MS, WEB, catalog, event_id, location, settings, sku,
+};
+
+const TTLS_MS: [i64; 3] = [1_000, 5_000, 30_000];
+/// Key of a shard's meta record (sequences and clock; written only with real
+/// changes, so it may lag the live shard: comparisons leave it out).
+const META_KEY: &[u8] = b"m";
+
+type Records = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// One step of the run; numbers are selectors, resolved against the state.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// A client sends a Reserve: lines are (sku, location of the channel, units).
+    Reserve {
+        id: u8,
+        market: bool,
+        lines: Vec<(u8, u8, i64)>,
+        ttl: u8,
+    },
+    /// A client sends its last Reserve for the id again.
+    Retry {
+        id: u8,
+    },
+    /// The network delivers a message (twice in a row: a duplicate).
+    Deliver {
+        pick: u8,
+        twice: bool,
+    },
+    /// The network loses a message.
+    Drop {
+        pick: u8,
+    },
+    Commit {
+        id: u8,
+        partial: bool,
+    },
+    Release {
+        id: u8,
+    },
+    Cancel {
+        id: u8,
+    },
+    /// A warehouse ships one committed unit of a reservation line.
+    Ship {
+        id: u8,
+        line: u8,
+    },
+    /// Time passes and a shard wakes up (its expiry deadlines).
+    Tick {
+        shard: u8,
+        by_ms: i64,
+    },
+    /// A shard's checkpoint is taken; its log starts afresh.
+    Checkpoint {
+        shard: u8,
+    },
+    /// The node dies; with `Some`, recovery's writes reach only some shards
+    /// (bit i of the byte: shard i) before it dies again.
+    Crash {
+        lose_recovery_on: Option<u8>,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Message {
+    /// A Reserve's hold; the outcome goes back to its Reserve in progress.
+    Hold {
+        shard: u32,
+        op: LineOp,
+    },
+    /// Release/Commit/Cancel/expiry/rollback; `ack` completes a waiting answer.
+    Line {
+        shard: u32,
+        op: LineOp,
+        ack: Option<u32>,
+    },
+    /// The Reserve's last step on its home.
+    Finish {
+        id: ReservationId,
+        held: bool,
+    },
+    Notice(ShipNotice),
+}
+
+/// What answering waits for once every line op of it was delivered.
+enum Waiting {
+    Client(ReservationId, ReservationState),
+    Rollback(ReservationId),
+}
+
+/// A Reserve in progress (the node's task running it): lost at a crash.
+struct Reserving {
+    incarnation: Incarnation,
+    /// Per line shard: None while the hold is in flight, then whether it held.
+    outcomes: BTreeMap<u32, Option<bool>>,
+}
+
+/// What survives a crash for one shard.
+#[derive(Default)]
+struct Durable {
+    /// Everything ever written, overlaid (the old key/value store).
+    store: Records,
+    /// The last checkpoint (`dump()`), and the records drained since.
+    checkpoint: Records,
+    log: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Durable {
+    /// The checkpoint overlaid with the log, in order: what recovery reads.
+    fn replayed(&self) -> Records {
+        let mut records = self.checkpoint.clone();
+        for (key, value) in &self.log {
+            match value {
+                Some(value) => records.insert(key.clone(), value.clone()),
+                None => records.remove(key),
+            };
+        }
+        records
+    }
+}
+
+pub struct World {
+    catalog: Catalog,
+    pub ids: Vec<ReservationId>,
+    now: i64,
+    shards: BTreeMap<u32, ShardState>,
+    durable: BTreeMap<u32, Durable>,
+    lives: LedgerLives,
+    network: Vec<Message>,
+    reserving: BTreeMap<ReservationId, Reserving>,
+    waiting: BTreeMap<u32, (Waiting, usize)>,
+    next_token: u32,
+    /// The last state each client was told of.
+    acked: BTreeMap<ReservationId, ReservationState>,
+    /// Every incarnation begun, and the last Reserve sent, per id.
+    begun: BTreeMap<ReservationId, Vec<Incarnation>>,
+    sent: BTreeMap<ReservationId, ReserveRequest>,
+    on_hand: BTreeMap<(Sku, LocationId), i64>,
+    shipments: u32,
+}
+
+fn without_meta(mut records: Records) -> Records {
+    records.remove(META_KEY);
+    records
+}
+
+fn restore(shard: u32, records: &Records) -> Result<ShardState, TestCaseError> {
+    let records = records.iter().map(|(k, v)| (k.clone(), v.clone()));
+    ShardState::restore(shard, 1, settings(), records)
+        .map_err(|e| TestCaseError::fail(e.to_string()))
+}
+
+fn pick<T>(items: &[T], selector: u8) -> Option<&T> {
+    (!items.is_empty()).then(|| &items[selector as usize % items.len()])
+}
+
+impl World {
+    /// Shards of the fixture's SKUs and of four reservation ids (one of them
+    /// homed on a line shard), stock received at every position.
+    pub fn new(stock: &[i64]) -> Self {
+        let line_shards: Vec<u32> = SKUS.iter().map(|s| shard_of(s)).collect();
+        let candidates =
+            (0..).map(|n| ReservationId::parse("id", &format!("{}{n}", crate::ID_PREFIX)));
+        let candidates = candidates.map(|id| id.expect("valid id"));
+        let mut ids: Vec<ReservationId> = candidates
+            .clone()
+            .filter(|id| line_shards.contains(&shard_of(id.as_str())))
+            .take(1)
+            .collect();
+        ids.extend(candidates.filter(|id| !line_shards.contains(&shard_of(id.as_str()))).take(3));
+        let mut world = Self {
+            catalog: catalog(),
+            ids,
+            now: START_MS,
+            shards: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            lives: LedgerLives::default(),
+            network: Vec::new(),
+            reserving: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            next_token: 0,
+            acked: BTreeMap::new(),
+            begun: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            on_hand: BTreeMap::new(),
+            shipments: 0,
+        };
+        let homes = world.ids.iter().map(|id| shard_of(id.as_str()));
+        for shard in line_shards.iter().copied().chain(homes) {
+            world.shards.entry(shard).or_insert_with(|| ShardState::new(shard, 1, settings()));
+            world.durable.entry(shard).or_default();
+        }
+        let positions = SKUS.iter().flat_map(|s| LOCATIONS.iter().map(move |(l, _)| (s, l)));
+        for (index, ((sku_id, location_id), units)) in positions.zip(stock).enumerate() {
+            let event = StockEvent {
+                id: event_id(&format!("seed-{index}")),
+                sku: sku(sku_id),
+                location: location(location_id),
+                kind: StockEventKind::Received { quantity: *units },
+            };
+            if *units > 0 {
+                let state = world.shards.get_mut(&shard_of(sku_id)).expect("line shard");
+                state.apply_event(&event, &world.catalog, START_MS).expect("receipt applies");
+                world.on_hand.insert((sku(sku_id), location(location_id)), *units);
+            }
+        }
+        world
+    }
+
+    /// Runs one action, makes its changes durable and checks the invariants.
+    pub fn step(&mut self, action: &Action) -> Result<(), TestCaseError> {
+        match action {
+            Action::Reserve { id, market, lines, ttl } => {
+                let id = pick(&self.ids, *id).expect("ids").clone();
+                let (channel, first) = if *market { (MARKET, 1) } else { (WEB, 0) };
+                let lines = lines
+                    .iter()
+                    .map(|(s, l, units)| {
+                        crate::common::line(
+                            SKUS[*s as usize],
+                            LOCATIONS[first + *l as usize].0,
+                            *units,
+                        )
+                    })
+                    .collect();
+                let ttl_ms = TTLS_MS[*ttl as usize % TTLS_MS.len()];
+                let request =
+                    ReserveRequest { id, channel: crate::common::channel(channel), lines, ttl_ms };
+                self.reserve(request)?;
+            }
+            Action::Retry { id } => {
+                let id = pick(&self.ids, *id).expect("ids");
+                if let Some(request) = self.sent.get(id).cloned() {
+                    self.reserve(request)?;
+                }
+            }
+            Action::Deliver { pick: selector, twice } => {
+                if !self.network.is_empty() {
+                    let message = self.network.remove(*selector as usize % self.network.len());
+                    self.deliver(message, *twice)?;
+                }
+            }
+            Action::Drop { pick: selector } => {
+                if !self.network.is_empty() {
+                    let message = self.network.remove(*selector as usize % self.network.len());
+                    if let Message::Hold { shard, op: LineOp::Hold { reservation, .. } } = message {
+                        // Never applied: the Reserve hears a refusal (as from a full mailbox).
+                        self.hold_outcome(&reservation.request.id, shard, false);
+                    }
+                }
+            }
+            Action::Commit { id, partial } => {
+                self.client_op(*id, ReservationState::Committed, *partial)?
+            }
+            Action::Release { id } => self.client_op(*id, ReservationState::Released, false)?,
+            Action::Cancel { id } => self.client_op(*id, ReservationState::Cancelled, false)?,
+            Action::Ship { id, line } => self.ship(*id, *line)?,
+            Action::Tick { shard, by_ms } => {
+                self.now += by_ms;
+                let shards: Vec<u32> = self.shards.keys().copied().collect();
+                self.on_shard(*pick(&shards, *shard).expect("shards"), |_, _, _| ());
+            }
+            Action::Checkpoint { shard } => {
+                let shards: Vec<u32> = self.shards.keys().copied().collect();
+                let shard = *pick(&shards, *shard).expect("shards");
+                let durable = self.durable.get_mut(&shard).expect("durable");
+                durable.checkpoint = self.shards[&shard].dump();
+                durable.log.clear();
+            }
+            Action::Crash { lose_recovery_on } => self.crash(*lose_recovery_on)?,
+        }
+        self.persist()?;
+        checks::positions_match_holds(&self.shards, &self.catalog)?;
+        self.check_on_hand()
+    }
+
+    /// Ticks `shard` first, as every actor batch does (its expiry releases go
+    /// out on the network), then runs `work` on it.
+    fn on_shard<T>(
+        &mut self,
+        shard: u32,
+        work: impl FnOnce(&mut ShardState, &Catalog, i64) -> T,
+    ) -> T {
+        let state = self.shards.get_mut(&shard).expect("known shard");
+        let expired = state.tick(self.now);
+        let out = work(state, &self.catalog, self.now);
+        self.send_line_ops(expired, None);
+        out
+    }
+
+    fn send_line_ops(&mut self, ops: Vec<(u32, LineOp)>, ack: Option<u32>) {
+        for (shard, op) in ops {
+            self.network.push(Message::Line { shard, op, ack });
+        }
+    }
+
+    /// Line ops whose delivery completes `waiting`; with none it completes now.
+    fn send_then(
+        &mut self,
+        ops: Vec<(u32, LineOp)>,
+        waiting: Waiting,
+    ) -> Result<(), TestCaseError> {
+        if ops.is_empty() {
+            return self.complete(waiting);
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.waiting.insert(token, (waiting, ops.len()));
+        self.send_line_ops(ops, Some(token));
+        Ok(())
+    }
+
+    fn reserve(&mut self, request: ReserveRequest) -> Result<(), TestCaseError> {
+        if request.check(&self.catalog).is_err() {
+            return Ok(()); // the node refuses it before any shard
+        }
+        self.sent.insert(request.id.clone(), request.clone());
+        let home = shard_of(request.id.as_str());
+        let begin = self.on_shard(home, |state, _, now| state.begin_reserve(&request, now));
+        let id = request.id.clone();
+        match begin {
+            Ok(Begin::Started { holds }) => {
+                prop_assert!(!self.acked.contains_key(&id), "acknowledged {} was forgotten", id);
+                prop_assert!(!self.reserving.contains_key(&id), "{} started twice at once", id);
+                let Some((_, LineOp::Hold { reservation, .. })) = holds.first() else {
+                    return Err(TestCaseError::fail("a Reserve starts with holds"));
+                };
+                prop_assert_eq!(&reservation.request, &request);
+                self.begun.entry(id.clone()).or_default().push(reservation.clone());
+                let outcomes = holds.iter().map(|(shard, _)| (*shard, None)).collect();
+                let incarnation = reservation.clone();
+                self.reserving.insert(id, Reserving { incarnation, outcomes });
+                for (shard, op) in holds {
+                    self.network.push(Message::Hold { shard, op });
+                }
+            }
+            Ok(Begin::Replay(view)) => {
+                // The first answer: that of an incarnation of this payload.
+                let first = self.begun.get(&id).into_iter().flatten().any(|inc| {
+                    inc.request == request
+                        && (inc.created_at_ms, inc.expires_at_ms)
+                            == (view.created_at_ms, view.expires_at_ms)
+                });
+                prop_assert!(first, "replay of {} is no first answer: {:?}", id, view);
+                prop_assert_eq!(view.state, ReservationState::Held);
+                self.acked.entry(id).or_insert(ReservationState::Held);
+            }
+            Err(CoreError::AlreadyExists(_) | CoreError::InProgress(_)) => {}
+            Err(error) => return Err(TestCaseError::fail(format!("reserve {id}: {error}"))),
+        }
+        Ok(())
+    }
+
+    fn hold_outcome(&mut self, id: &ReservationId, shard: u32, held: bool) {
+        let Some(reserving) = self.reserving.get_mut(id) else { return };
+        reserving.outcomes.insert(shard, Some(held));
+        if reserving.outcomes.values().any(Option::is_none) {
+            return;
+        }
+        if reserving.outcomes.values().all(|held| *held == Some(true)) {
+            self.network.push(Message::Finish { id: id.clone(), held: true });
+            return;
+        }
+        // Roll back what held before the home forgets the reservation.
+        let rollback = reserving
+            .outcomes
+            .iter()
+            .filter(|(_, held)| **held == Some(true))
+            .map(|(shard, _)| (*shard, LineOp::Release { id: id.clone(), kind: LedgerKind::Abort }))
+            .collect();
+        self.send_then(rollback, Waiting::Rollback(id.clone())).expect("a rollback completes");
+    }
+
+    fn deliver(&mut self, message: Message, twice: bool) -> Result<(), TestCaseError> {
+        match message {
+            Message::Hold { shard, op } => {
+                let LineOp::Hold { reservation, .. } = &op else { unreachable!("holds only") };
+                let id = reservation.request.id.clone();
+                let held = self
+                    .on_shard(shard, |state, catalog, now| state.apply_line_op(&op, catalog, now));
+                if twice {
+                    let before = self.shards[&shard].all_positions();
+                    let again = self.on_shard(shard, |state, catalog, now| {
+                        state.apply_line_op(&op, catalog, now)
+                    });
+                    prop_assert!(
+                        held.is_err() || again.is_ok(),
+                        "a repeated hold of {} failed",
+                        id
+                    );
+                    prop_assert_eq!(
+                        before,
+                        self.shards[&shard].all_positions(),
+                        "a repeated hold of {}",
+                        id
+                    );
+                }
+                self.hold_outcome(&id, shard, held.is_ok());
+            }
+            Message::Line { shard, op, ack } => {
+                for _ in 0..if twice { 2 } else { 1 } {
+                    let applied = self.on_shard(shard, |state, catalog, now| {
+                        state.apply_line_op(&op, catalog, now)
+                    });
+                    prop_assert!(applied.is_ok(), "{:?}: {:?}", op, applied);
+                }
+                if let Some(token) = ack {
+                    let (_, left) = self.waiting.get_mut(&token).expect("waiting for its ops");
+                    *left -= 1;
+                    if *left == 0 {
+                        let (waiting, _) = self.waiting.remove(&token).expect("present");
+                        self.complete(waiting)?;
+                    }
+                }
+            }
+            Message::Finish { id, held } => {
+                let Some(reserving) = self.reserving.remove(&id) else {
+                    return Err(TestCaseError::fail(format!("finish of {id} without its Reserve")));
+                };
+                let home = shard_of(id.as_str());
+                let answer =
+                    self.on_shard(home, |state, _, now| state.finish_reserve(&id, held, now));
+                if held {
+                    let view = answer
+                        .ok_or_else(|| TestCaseError::fail(format!("{id} held, no answer")))?;
+                    let incarnation = &reserving.incarnation;
+                    prop_assert_eq!(
+                        (view.created_at_ms, view.expires_at_ms),
+                        (incarnation.created_at_ms, incarnation.expires_at_ms)
+                    );
+                    self.acked.insert(id, ReservationState::Held);
+                } else {
+                    prop_assert!(answer.is_none(), "a failed Reserve {} answered", id);
+                }
+            }
+            Message::Notice(notice) => {
+                for _ in 0..if twice { 2 } else { 1 } {
+                    let home = shard_of(notice.reservation.as_str());
+                    self.on_shard(home, |state, _, now| state.note_shipped(&notice, now));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every shard's drained changes become durable: in its store, in its
+    /// log, and the ledger entries in the ledger check.
+    pub fn persist(&mut self) -> Result<(), TestCaseError> {
+        let shards: Vec<u32> = self.shards.keys().copied().collect();
+        for shard in shards {
+            self.persist_shard(shard)?;
+        }
+        Ok(())
+    }
+
+    fn persist_shard(&mut self, shard: u32) -> Result<(), TestCaseError> {
+        let changes = self.shards.get_mut(&shard).expect("known shard").drain_changes();
+        let durable = self.durable.get_mut(&shard).expect("durable");
+        for (key, value) in changes.records {
+            match &value {
+                Some(value) => durable.store.insert(key.clone(), value.clone()),
+                None => durable.store.remove(&key),
+            };
+            durable.log.push((key, value));
+        }
+        for entry in &changes.ledger {
+            self.lives.feed(entry)?;
+        }
+        Ok(())
+    }
+
+    fn check_on_hand(&self) -> Result<(), TestCaseError> {
+        for state in self.shards.values() {
+            for (sku, location, position) in state.all_positions() {
+                let expected =
+                    self.on_hand.get(&(sku.clone(), location.clone())).copied().unwrap_or(0);
+                prop_assert_eq!(position.on_hand, expected, "on_hand of {}/{}", sku, location);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[path = "client.rs"]
+mod client;
+#[path = "crash.rs"]
+mod crash;
