@@ -146,7 +146,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         reason = failure.wait_for(Option::is_some) => {
             let reason = reason.map(|reason| reason.clone().unwrap_or_default()).unwrap_or_default();
-            tracing::error!(%reason, "a durable write failed; exiting so the node restarts and recovers");
+            tracing::error!(%reason, "the node failed (a durable write failed or a shard died); exiting so it restarts and recovers");
             std::process::exit(1);
         }
     }
