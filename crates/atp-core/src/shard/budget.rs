@@ -9,24 +9,8 @@
 //! through [`ShardState::drain_changes`]. Live reservations (PENDING, HELD,
 //! COMMITTED) are never indexed here, so never forgotten early.
 //!
-//! ## Memory estimate (defaults)
-//!
-//! Bytes per entry were measured with a counting allocator
-//! (`crates/atp-core/tests/memory.rs`, which also fails if they grow past
-//! the constants below): the map entry, the record, its id and line
-//! allocations, its deadline-heap entry and its entry in this index, for a
-//! reservation of 3 lines and an event with 36-byte ids and 16-byte SKU and
-//! location ids. Ids are `Arc<str>`, so the id kept in the heap and the index
-//! shares the record's allocation. A worst-case reservation (100 lines,
-//! 128-byte ids everywhere) is about 40 times larger; the limit counts
-//! entries, not bytes, so such traffic can exceed the figure below.
-//!
-//! Defaults: 1024 shards × 512 × [`BYTES_PER_ENDED_RESERVATION`] ≈ 384 MiB
-//! and 1024 × 512 × [`BYTES_PER_EVENT_MEMO`] ≈ 224 MiB; together about 600
-//! MiB per node at the limit, with typical entries. At 1,000 ended
-//! reservations a second spread over the shards, 512 per shard still keeps
-//! each one about 8 minutes: long enough for client retries, not for a
-//! replay a day later.
+//! The memory estimate behind the defaults is on
+//! [`DEFAULT_MAX_ENDED_RESERVATIONS`].
 
 use std::collections::BTreeSet;
 
@@ -34,14 +18,26 @@ use super::ShardState;
 use crate::ids::{EventId, ReservationId};
 
 /// Default of [`super::ShardSettings::max_ended_reservations`], per shard.
-pub const DEFAULT_MAX_ENDED_RESERVATIONS: usize = 512;
-/// Default of [`super::ShardSettings::max_event_memos`], per shard.
-pub const DEFAULT_MAX_EVENT_MEMOS: usize = 512;
-/// Measured heap bytes of one ended 3-line reservation (see the module docs),
-/// rounded up.
-pub const BYTES_PER_ENDED_RESERVATION: usize = 768;
-/// Measured heap bytes of one stock-event memo (see the module docs), rounded up.
-pub const BYTES_PER_EVENT_MEMO: usize = 448;
+///
+/// Memory estimate: heap bytes per entry were measured with a counting global
+/// allocator around a shard (a scratch program, not in the repo: the
+/// workspace forbids `unsafe`, which a global allocator needs): the map entry,
+/// the record with its id and line allocations, its deadline-heap entry and
+/// its entry in the budget's index. An ended reservation of 1 line with
+/// 36-byte ids takes ~670 B, of 3 lines ~890 B; the worst case the limits
+/// allow (100 lines, 128-byte ids) ~34 KB. An event memo with a 36-byte id
+/// takes ~620 B (128-byte id: ~820 B).
+///
+/// With 1 KiB per ended reservation and 640 B per memo, 1024 shards × 256
+/// is 256 MiB + 160 MiB ≈ 416 MiB per node at the limits. The limit counts
+/// entries, not bytes: reservations of many lines with long ids can exceed
+/// that figure (up to ~35× for the largest). At 1,000 ended reservations a
+/// second spread over the shards, 256 per shard still keeps each one ~4
+/// minutes: enough for client retries, not for a replay hours later.
+pub const DEFAULT_MAX_ENDED_RESERVATIONS: usize = 256;
+/// Default of [`super::ShardSettings::max_event_memos`], per shard (see
+/// [`DEFAULT_MAX_ENDED_RESERVATIONS`] for the memory estimate).
+pub const DEFAULT_MAX_EVENT_MEMOS: usize = 256;
 
 /// Ended records and event memos by age: (ended or applied at ms, id).
 #[derive(Debug, Default)]

@@ -26,10 +26,7 @@ use crate::ledger::{LedgerEntry, LedgerKind};
 use crate::position::{Deltas, Position};
 use tracked::Tracked;
 
-pub use budget::{
-    BYTES_PER_ENDED_RESERVATION, BYTES_PER_EVENT_MEMO, DEFAULT_MAX_ENDED_RESERVATIONS,
-    DEFAULT_MAX_EVENT_MEMOS,
-};
+pub use budget::{DEFAULT_MAX_ENDED_RESERVATIONS, DEFAULT_MAX_EVENT_MEMOS};
 pub use home::Begin;
 pub use lines::{LineOp, LineQuantity};
 pub use persist::{Changes, RestoreError};
