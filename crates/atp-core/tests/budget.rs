@@ -10,11 +10,16 @@ use atp_core::CoreError;
 use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::ids::ReservationId;
 use atp_core::reservation::{ReservationState, ReservationView};
-use atp_core::shard::{Begin, STALE_DEADLINES_ALLOWED, ShardSettings, ShardState};
+use atp_core::shard::{
+    Begin, MIN_AGE_BEFORE_EARLY_FORGET_MS, STALE_DEADLINES_ALLOWED, ShardSettings, ShardState,
+};
 
 use common::{START_MS, WEB, catalog, event_id, line, location, reservation, reserve_request, sku};
 
-const TTL_MS: i64 = 60_000;
+/// Long enough that no hold of these tests expires unless a test waits for it.
+const TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// Ended records this far apart may forget each other early.
+const AGE_MS: i64 = MIN_AGE_BEFORE_EARLY_FORGET_MS;
 
 fn shard(settings: ShardSettings) -> ShardState {
     let mut state = ShardState::new(0, 1, settings);
@@ -106,17 +111,17 @@ fn the_budget_forgets_the_oldest_ended_reservations_first_and_persists_it() {
     let live_held = held(&mut state, "live-held", START_MS);
     let live_committed = held(&mut state, "live-committed", START_MS);
     state.commit(&live_committed, &[], START_MS).expect("commit");
-    // Ended at START+1 (c), START+2 (b then a: same time, id order decides), START+3 (d).
-    released(&mut state, "c", START_MS + 1);
-    released(&mut state, "b", START_MS + 2);
-    released(&mut state, "a", START_MS + 2);
+    // Ended at 1 (c), 2 (b then a: same time, id order decides), 3 (d), 4 (e) ages.
+    released(&mut state, "c", START_MS + AGE_MS);
+    released(&mut state, "b", START_MS + 2 * AGE_MS);
+    released(&mut state, "a", START_MS + 2 * AGE_MS);
     persist(&mut state, &mut store);
     assert_eq!(state.stats().evicted_ended_reservations, 0);
 
-    released(&mut state, "d", START_MS + 3);
+    released(&mut state, "d", START_MS + 3 * AGE_MS);
     let deleted = persist(&mut state, &mut store);
     assert_eq!(deleted, vec![record_key("c")], "the oldest by ended time goes first");
-    released(&mut state, "e", START_MS + 4);
+    released(&mut state, "e", START_MS + 4 * AGE_MS);
     let deleted = persist(&mut state, &mut store);
     assert_eq!(deleted, vec![record_key("a")], "same ended time: the smaller id goes first");
     assert_eq!(state.stats().evicted_ended_reservations, 2);
@@ -137,7 +142,7 @@ fn the_budget_forgets_the_oldest_ended_reservations_first_and_persists_it() {
     stored.remove(&b"m"[..]);
     assert_eq!(stored, dump);
     let mut restored = ShardState::restore(0, 1, settings, store.clone()).expect("restore");
-    released(&mut restored, "f", START_MS + 5);
+    released(&mut restored, "f", START_MS + 5 * AGE_MS);
     assert_eq!(persist(&mut restored, &mut store), vec![record_key("b")]);
 }
 
@@ -147,7 +152,7 @@ fn the_budget_never_forgets_live_reservations() {
     let mut state = shard(settings);
     let mut live = Vec::new();
     for index in 0..50 {
-        let now = START_MS + index;
+        let now = START_MS + index * AGE_MS;
         let id = held(&mut state, &format!("held-{index}"), now);
         if index % 2 == 0 {
             state.commit(&id, &[], now).expect("commit");
@@ -162,7 +167,29 @@ fn the_budget_never_forgets_live_reservations() {
     }
     // A retry of an evicted id is new: it is held again.
     let request = reserve_request("ended-0", WEB, vec![line("sku-apple", "loc-north", 1)], TTL_MS);
-    assert_eq!(state.begin_reserve(&request, START_MS + 100), Ok(Begin::Started));
+    assert_eq!(state.begin_reserve(&request, START_MS + 100 * AGE_MS), Ok(Begin::Started));
+}
+
+#[test]
+fn records_ended_within_the_minimum_age_are_kept_until_they_are_old_enough() {
+    let settings = ShardSettings { max_ended_reservations: 2, ..ShardSettings::default() };
+    let mut state = shard(settings);
+    let mut store = BTreeMap::new();
+    for index in 0..5 {
+        released(&mut state, &format!("young-{index}"), START_MS + index);
+    }
+    // Their line ops may still be in flight: over budget for now.
+    assert_eq!(state.stats().reservation_count, 5);
+    assert_eq!(state.stats().evicted_ended_reservations, 0);
+    persist(&mut state, &mut store);
+    // The next end, once they are old enough, brings the shard back to its limit.
+    released(&mut state, "later", START_MS + 4 + AGE_MS);
+    let deleted = persist(&mut state, &mut store);
+    let expected: Vec<Vec<u8>> =
+        (0..4).map(|index| record_key(&format!("young-{index}"))).collect();
+    assert_eq!(deleted, expected);
+    assert_eq!(state.stats().reservation_count, 2);
+    assert_eq!(state.stats().evicted_ended_reservations, 4);
 }
 
 fn received(id: &str, quantity: i64) -> StockEvent {

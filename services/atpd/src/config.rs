@@ -61,7 +61,7 @@ pub struct Config {
     /// (1..=1000000). Default 10000.
     pub movements_per_position: usize,
     /// Ended reservations each shard remembers for `retention_s`; past it the
-    /// oldest are forgotten early, and a retry of a forgotten id is treated
+    /// oldest that ended at least 60 s ago are forgotten early, and a retry of a forgotten id is treated
     /// as new (0..=100000000, 0 = no limit). Default 256 (about 256 MiB per
     /// node for 3-line reservations; see docs/CONFIGURATION.md).
     pub max_ended_reservations: usize,

@@ -39,6 +39,16 @@ pub const DEFAULT_MAX_ENDED_RESERVATIONS: usize = 256;
 /// [`DEFAULT_MAX_ENDED_RESERVATIONS`] for the memory estimate).
 pub const DEFAULT_MAX_EVENT_MEMOS: usize = 256;
 
+/// How long an ended reservation is kept before the budget may forget it.
+/// The line ops of its end (release, cancel) are delivered to the lines'
+/// shards after the home's batch is durable, and recovery re-sends them from
+/// the record; forgotten too soon, a crash before delivery would leave a
+/// cancelled order's committed units held for ever (recovery releases
+/// orphaned uncommitted holds, not committed ones). Deliveries take
+/// milliseconds; a minute leaves room for a node under load. Ended records
+/// younger than this may exceed `max_ended_reservations` for that minute.
+pub const MIN_AGE_BEFORE_EARLY_FORGET_MS: i64 = 60_000;
+
 /// Ended records and event memos by age: (ended or applied at ms, id).
 #[derive(Debug, Default)]
 pub(super) struct Retained {
@@ -49,9 +59,10 @@ pub(super) struct Retained {
 }
 
 impl ShardState {
-    /// Record `id` ended at `at`: indexes it, then forgets the oldest other
-    /// ended records while the shard holds more than its limit. `id` itself
-    /// is never forgotten here (its caller still reads it).
+    /// Record `id` ended at `at` (now): indexes it, then forgets the oldest
+    /// other ended records at least [`MIN_AGE_BEFORE_EARLY_FORGET_MS`] old
+    /// while the shard holds more than its limit. `id` itself is never
+    /// forgotten here (its caller still reads it).
     pub(super) fn retain_ended(&mut self, id: &ReservationId, at: i64) {
         self.retained.ended.insert((at, id.clone()));
         let limit = self.settings.max_ended_reservations;
@@ -63,6 +74,9 @@ impl ShardState {
             .retained
             .ended
             .iter()
+            .take_while(|(ended_at, _)| {
+                *ended_at <= at.saturating_sub(MIN_AGE_BEFORE_EARLY_FORGET_MS)
+            })
             .filter(|(_, other)| other != id)
             .take(excess)
             .cloned()

@@ -26,7 +26,9 @@ use crate::ledger::{LedgerEntry, LedgerKind};
 use crate::position::{Deltas, Position};
 use tracked::Tracked;
 
-pub use budget::{DEFAULT_MAX_ENDED_RESERVATIONS, DEFAULT_MAX_EVENT_MEMOS};
+pub use budget::{
+    DEFAULT_MAX_ENDED_RESERVATIONS, DEFAULT_MAX_EVENT_MEMOS, MIN_AGE_BEFORE_EARLY_FORGET_MS,
+};
 pub use home::Begin;
 pub use lines::{LineOp, LineQuantity};
 pub use persist::{Changes, RestoreError};
@@ -48,7 +50,7 @@ pub struct ShardSettings {
     /// Most ended (RELEASED, EXPIRED, CANCELLED, FULFILLED) reservation records
     /// this shard keeps for their retention; 0 = no limit. Past it, the oldest
     /// (by ended time, then id) is forgotten early, exactly as retention would
-    /// forget it. Live (PENDING, HELD, COMMITTED) records never count and are
+    /// forget it, once it ended [`MIN_AGE_BEFORE_EARLY_FORGET_MS`] ago. Live (PENDING, HELD, COMMITTED) records never count and are
     /// never forgotten: stock bounds them. After an early forget the id is
     /// unknown, so a retry is treated as new: Reserve holds stock again (a
     /// second promise if the first was released or expired), Commit, Release,
