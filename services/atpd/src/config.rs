@@ -20,6 +20,8 @@ pub const ENV_PREFIX: &str = "ATP_";
 pub const CONFIG_FILE_ENV: &str = "ATP_CONFIG";
 
 const DAY_S: u64 = 24 * 60 * 60;
+/// Largest per-shard retention budget accepted (entries).
+const MAX_BUDGET: u64 = 100_000_000;
 
 /// Everything `atpd` can be told. Every key has a default, so no file and no
 /// variable at all gives a working single node on `127.0.0.1:50051`.
@@ -58,6 +60,15 @@ pub struct Config {
     /// Movements kept per position for late counts, oldest dropped first
     /// (1..=1000000). Default 10000.
     pub movements_per_position: usize,
+    /// Ended reservations each shard remembers for `retention_s`; past it the
+    /// oldest that ended at least 60 s ago are forgotten early, and a retry of a forgotten id is treated
+    /// as new (0..=100000000, 0 = no limit). Default 256 (about 256 MiB per
+    /// node for 3-line reservations; see docs/CONFIGURATION.md).
+    pub max_ended_reservations: usize,
+    /// Stock-event ids each shard remembers for `retention_s`; past it the
+    /// oldest are forgotten early, and a repeated event with a forgotten id
+    /// is applied again (0..=100000000, 0 = no limit). Default 256.
+    pub max_event_memos: usize,
     /// Longest a request may run before DEADLINE_EXCEEDED (1..=3600000).
     /// Default 10000.
     pub request_timeout_ms: u64,
@@ -92,6 +103,8 @@ impl Default for Config {
             ledger_tail_capacity: node.shard.ledger_capacity,
             count_window_s: seconds(node.shard.count_window_ms),
             movements_per_position: node.shard.movements_per_position,
+            max_ended_reservations: node.shard.max_ended_reservations,
+            max_event_memos: node.shard.max_event_memos,
             request_timeout_ms: millis(server.request_timeout),
             max_concurrent_requests: server.max_concurrent_requests,
             max_message_bytes: server.max_message_bytes,
@@ -174,6 +187,10 @@ impl Config {
             "movements_per_position" => {
                 self.movements_per_position = parse(value, "a whole number")?;
             }
+            "max_ended_reservations" => {
+                self.max_ended_reservations = parse(value, "a whole number")?;
+            }
+            "max_event_memos" => self.max_event_memos = parse(value, "a whole number")?,
             "request_timeout_ms" => {
                 self.request_timeout_ms = parse(value, "a whole number of milliseconds")?;
             }
@@ -210,6 +227,8 @@ impl Config {
         within("ledger_tail_capacity", as_u64(self.ledger_tail_capacity), 1, 1_000_000);
         within("count_window_s", self.count_window_s, 1, 30 * DAY_S);
         within("movements_per_position", as_u64(self.movements_per_position), 1, 1_000_000);
+        within("max_ended_reservations", as_u64(self.max_ended_reservations), 0, MAX_BUDGET);
+        within("max_event_memos", as_u64(self.max_event_memos), 0, MAX_BUDGET);
         within("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000);
         within("max_concurrent_requests", as_u64(self.max_concurrent_requests), 1, 1_000_000);
         within("max_message_bytes", as_u64(self.max_message_bytes), 1024, 64 << 20);
@@ -243,6 +262,8 @@ impl Config {
                 ledger_capacity: self.ledger_tail_capacity,
                 count_window_ms: ms(self.count_window_s),
                 movements_per_position: self.movements_per_position,
+                max_ended_reservations: self.max_ended_reservations,
+                max_event_memos: self.max_event_memos,
             },
             ..NodeConfig::default()
         }
@@ -290,6 +311,8 @@ mod tests {
         let node = loaded.config.node_config();
         assert_eq!(node.default_ttl_ms, NodeConfig::default().default_ttl_ms);
         assert_eq!(node.shard.retention_ms, ShardSettings::default().retention_ms);
+        assert_eq!(node.shard.max_ended_reservations, 256);
+        assert_eq!(node.shard.max_event_memos, 256);
     }
 
     #[test]
@@ -305,6 +328,8 @@ mod tests {
             variables(&[
                 ("ATP_LISTEN_ADDR", "127.0.0.1:0"),
                 ("ATP_BATCH_MAX", "8"),
+                ("ATP_MAX_ENDED_RESERVATIONS", "0"),
+                ("ATP_MAX_EVENT_MEMOS", "1000"),
                 ("ATP_CONFIG", "ignored"),
                 ("ATP_ADDR", "for atpctl"),
                 ("HOME", "/root"),
@@ -315,6 +340,8 @@ mod tests {
         assert_eq!(loaded.config.mailbox_capacity, 64);
         assert_eq!(loaded.config.batch_max, 8);
         assert_eq!(loaded.config.log, "debug");
+        let shard = loaded.config.node_config().shard;
+        assert_eq!((shard.max_ended_reservations, shard.max_event_memos), (0, 1000));
         assert_eq!(loaded.unknown_variables, vec!["ATP_ADDR"]);
         std::fs::remove_file(&file.0).expect("remove temp file");
     }
@@ -328,6 +355,7 @@ mod tests {
                 ("ATP_RESERVATION_TTL_DEFAULT_S", "100000"),
                 ("ATP_REQUEST_TIMEOUT_MS", "soon"),
                 ("ATP_NODE_NAME", ""),
+                ("ATP_MAX_EVENT_MEMOS", "100000001"),
             ]),
         )
         .expect_err("invalid");
@@ -337,6 +365,7 @@ mod tests {
             "mailbox_capacity: must be 1..=1048576, got 0",
             "reservation_ttl_default_s: must be 1..=86400, got 100000",
             "node_name: must not be empty",
+            "max_event_memos: must be 0..=100000000, got 100000001",
         ] {
             assert!(message.contains(part), "{part:?} missing in:\n{message}");
         }

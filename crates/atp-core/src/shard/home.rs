@@ -65,6 +65,10 @@ impl Record {
         self.state
     }
 
+    pub(super) fn ended_at_ms(&self) -> i64 {
+        self.ended_at_ms
+    }
+
     /// When the shard must next look at this record (expiry or forgetting).
     pub(super) fn deadline(&self, retention_ms: i64) -> Option<i64> {
         match self.state {
@@ -206,6 +210,7 @@ impl ShardState {
         record.state = state;
         record.ended_at_ms = now;
         self.schedule(now + retention_ms, Deadline::ForgetReservation(id.clone()));
+        self.retain_ended(id, now);
     }
 
     /// Home side of Reserve: deduplicates by id, or records the reservation as pending.
@@ -449,9 +454,15 @@ impl ShardState {
         }
         self.applied_sequence += 1;
         let record = self.records.get_mut(id).expect("record checked above");
+        // A later expiry needs no new deadline: the scheduled one fires first
+        // and re-arms (`ShardState::rearm_expiry`), so repeated Extends do not
+        // grow the heap.
+        let earlier = now + ttl_ms < record.expires_at_ms;
         record.expires_at_ms = now + ttl_ms;
         let view = record.current();
-        self.schedule(now + ttl_ms, Deadline::Expire(id.clone()));
+        if earlier {
+            self.schedule(now + ttl_ms, Deadline::Expire(id.clone()));
+        }
         Ok((view, effects))
     }
 
@@ -503,7 +514,7 @@ impl ShardState {
             .get(id)
             .is_some_and(|r| r.state.is_final() && r.ended_at_ms + retention_ms <= now);
         if due {
-            self.records.remove(id);
+            self.forget_ended(id);
         }
     }
 }

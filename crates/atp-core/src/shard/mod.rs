@@ -9,6 +9,7 @@
 //! are held on the SKUs' shards. Methods that change a record return the
 //! [`LineOp`]s the lines' shards must apply; the caller delivers them.
 
+mod budget;
 mod home;
 mod lines;
 mod persist;
@@ -25,6 +26,9 @@ use crate::ledger::{LedgerEntry, LedgerKind};
 use crate::position::{Deltas, Position};
 use tracked::Tracked;
 
+pub use budget::{
+    DEFAULT_MAX_ENDED_RESERVATIONS, DEFAULT_MAX_EVENT_MEMOS, MIN_AGE_BEFORE_EARLY_FORGET_MS,
+};
 pub use home::Begin;
 pub use lines::{HeldLineView, HoldView, Incarnation, LineOp, LineQuantity};
 pub use persist::{Changes, RestoreError};
@@ -43,6 +47,20 @@ pub struct ShardSettings {
     pub count_window_ms: i64,
     /// Movements kept per position for counts (oldest dropped first).
     pub movements_per_position: usize,
+    /// Most ended (RELEASED, EXPIRED, CANCELLED, FULFILLED) reservation records
+    /// this shard keeps for their retention; 0 = no limit. Past it, the oldest
+    /// (by ended time, then id) is forgotten early, exactly as retention would
+    /// forget it, once it ended [`MIN_AGE_BEFORE_EARLY_FORGET_MS`] ago. Live (PENDING, HELD, COMMITTED) records never count and are
+    /// never forgotten: stock bounds them. After an early forget the id is
+    /// unknown, so a retry is treated as new: Reserve holds stock again (a
+    /// second promise if the first was released or expired), Commit, Release,
+    /// Cancel, Extend and GetReservation answer NOT_FOUND. See
+    /// [`DEFAULT_MAX_ENDED_RESERVATIONS`] for the memory estimate.
+    pub max_ended_reservations: usize,
+    /// Most stock-event memos this shard keeps for their retention; 0 = no
+    /// limit. Past it, the oldest (by applied time, then id) is forgotten
+    /// early; an event repeated after that is applied again (not DUPLICATE).
+    pub max_event_memos: usize,
 }
 
 impl Default for ShardSettings {
@@ -52,12 +70,20 @@ impl Default for ShardSettings {
             ledger_capacity: 64,
             count_window_ms: 24 * 60 * 60 * 1000,
             movements_per_position: 10_000,
+            max_ended_reservations: DEFAULT_MAX_ENDED_RESERVATIONS,
+            max_event_memos: DEFAULT_MAX_EVENT_MEMOS,
         }
     }
 }
 
 /// How far in the future a count's `as_of` may be (clock skew allowance).
 pub const MAX_COUNT_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// Stale entries the deadline heap may hold beyond one per live entry before
+/// it is rebuilt from the records. Entries go stale when an Extend shortens
+/// a hold or a record or memo is forgotten early; without a rebuild they
+/// would pile up until their time came (up to a retention later).
+pub const STALE_DEADLINES_ALLOWED: usize = 1024;
 
 /// One position and what counts need to know about its past.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -91,6 +117,12 @@ pub struct ShardStats {
     pub reservation_count: u64,
     /// State-changing operations applied so far.
     pub last_applied_sequence: u64,
+    /// Ended reservation records forgotten before their retention because the
+    /// shard held `max_ended_reservations` of them (since the process started).
+    pub evicted_ended_reservations: u64,
+    /// Stock-event memos forgotten before their retention because the shard
+    /// held `max_event_memos` of them (since the process started).
+    pub evicted_event_memos: u64,
 }
 
 /// State of one virtual shard.
@@ -110,6 +142,8 @@ pub struct ShardState {
     applied_sequence: u64,
     clock_ms: i64,
     deadlines: BinaryHeap<Reverse<(i64, Deadline)>>,
+    /// Ended records and event memos by age, for the memory budget.
+    retained: budget::Retained,
     /// Line ops of a tick inside a request that then failed; the next tick returns them.
     undelivered: Vec<(u32, LineOp)>,
     /// The meta record as last handed out by [`ShardState::drain_changes`].
@@ -133,6 +167,7 @@ impl ShardState {
             applied_sequence: 0,
             clock_ms: i64::MIN,
             deadlines: BinaryHeap::new(),
+            retained: budget::Retained::default(),
             undelivered: Vec::new(),
             drained_meta: persist::Meta::default(),
         }
@@ -156,6 +191,8 @@ impl ShardState {
             open_holds: self.holds.values().filter(|h| h.is_held()).count() as u64,
             reservation_count: self.records.len() as u64,
             last_applied_sequence: self.applied_sequence,
+            evicted_ended_reservations: self.retained.evicted_ended_reservations,
+            evicted_event_memos: self.retained.evicted_event_memos,
         }
     }
 
@@ -225,6 +262,12 @@ impl ShardState {
         self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Entries in the deadline heap, live and stale (for tests and diagnostics:
+    /// it stays below twice the records and memos plus [`STALE_DEADLINES_ALLOWED`]).
+    pub fn deadline_count(&self) -> usize {
+        self.deadlines.len()
+    }
+
     /// Advances the shard's clock: expires holds whose TTL passed and forgets
     /// ids past their retention. Returns the line releases to deliver.
     pub fn tick(&mut self, now: i64) -> Vec<(u32, LineOp)> {
@@ -236,7 +279,10 @@ impl ShardState {
             }
             let Some(Reverse((_, deadline))) = self.deadlines.pop() else { break };
             match deadline {
-                Deadline::Expire(id) => effects.extend(self.expire(&id, now)),
+                Deadline::Expire(id) => {
+                    effects.extend(self.expire(&id, now));
+                    self.rearm_expiry(&id, now);
+                }
                 Deadline::ForgetReservation(id) => self.forget_reservation(&id, now),
                 Deadline::ForgetEvent(id) => self.forget_event(&id, now),
             }
@@ -249,8 +295,34 @@ impl ShardState {
         self.clock_ms
     }
 
+    /// Every state change that needs a deadline calls this after changing the
+    /// state, so a rebuild here sees the deadline being scheduled.
     fn schedule(&mut self, at: i64, deadline: Deadline) {
         self.deadlines.push(Reverse((at, deadline)));
+        let live = self.records.len() + self.events.len();
+        if self.deadlines.len() > 2 * live + STALE_DEADLINES_ALLOWED {
+            // At least `live + STALE_DEADLINES_ALLOWED` stale entries were
+            // pushed since the last rebuild, so rebuilds cost O(1) per push.
+            self.deadlines = BinaryHeap::from(
+                self.rebuild_deadlines().into_iter().map(Reverse).collect::<Vec<_>>(),
+            );
+        }
+    }
+
+    /// An Extend that moves a hold's expiry later schedules nothing (the
+    /// earlier entry is still there); when that entry fires and the hold is
+    /// still HELD with a later expiry, it is scheduled again here. So
+    /// repeated Extends keep one entry per hold, not one per Extend.
+    fn rearm_expiry(&mut self, id: &ReservationId, now: i64) {
+        let later = self
+            .records
+            .get(id)
+            .filter(|record| record.state() == crate::reservation::ReservationState::Held)
+            .and_then(|record| record.deadline(self.settings.retention_ms))
+            .filter(|at| *at > now);
+        if let Some(at) = later {
+            self.schedule(at, Deadline::Expire(id.clone()));
+        }
     }
 
     fn position_mut(&mut self, sku: &Sku, location: &LocationId) -> &mut PositionState {

@@ -173,6 +173,7 @@ impl ShardState {
         }
         state.drained_meta = state.meta();
         state.deadlines = state.rebuild_deadlines().into_iter().map(Reverse).collect();
+        state.rebuild_retained();
         Ok(state)
     }
 
@@ -217,7 +218,8 @@ impl ShardState {
         Ok(())
     }
 
-    fn rebuild_deadlines(&self) -> Vec<(i64, Deadline)> {
+    /// Every live deadline, computed from the records and memos.
+    pub(super) fn rebuild_deadlines(&self) -> Vec<(i64, Deadline)> {
         let retention_ms = self.settings.retention_ms;
         let mut deadlines = Vec::new();
         for (id, record) in self.records.iter() {

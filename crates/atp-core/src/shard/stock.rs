@@ -236,13 +236,14 @@ impl ShardState {
             EventMemo { event: event.clone(), position: after.clone(), applied_at_ms: now },
         );
         self.schedule(now + retention_ms, Deadline::ForgetEvent(event.id.clone()));
+        self.retain_memo(&event.id, now);
         Ok(EventApplied { position: after, duplicate: false, notice })
     }
 
     pub(super) fn forget_event(&mut self, id: &EventId, now: i64) {
         let retention_ms = self.settings.retention_ms;
         if self.events.get(id).is_some_and(|m| m.applied_at_ms + retention_ms <= now) {
-            self.events.remove(id);
+            self.forget_memo(id);
         }
     }
 }

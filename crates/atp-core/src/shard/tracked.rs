@@ -1,33 +1,39 @@
 //! A map that remembers which keys were changed, so a batch's changes can be
 //! written to the store without tracking them by hand at every call site.
+//!
+//! Ordered (`BTreeMap`/`BTreeSet`), not hashed: the shard iterates these maps
+//! where the order decides results (recovery's line ops and thus ledger
+//! sequences, the order of a batch's records), and `HashMap`'s order changes
+//! from process to process (random seed), which would break STYLE rule 16
+//! (a seeded simulation must replay a failure exactly).
 
-use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
 
-/// A `HashMap` whose every mutable access marks the key as touched. Reads go
-/// through `Deref`; there is deliberately no `DerefMut`.
+/// A `BTreeMap` whose every mutable access marks the key as touched. Reads go
+/// through `Deref`; there is deliberately no `DerefMut`. Iteration is in key
+/// order.
 #[derive(Debug)]
 pub(crate) struct Tracked<K, V> {
-    map: HashMap<K, V>,
-    touched: HashSet<K>,
+    map: BTreeMap<K, V>,
+    touched: BTreeSet<K>,
 }
 
-impl<K: Eq + Hash + Clone, V> Default for Tracked<K, V> {
+impl<K: Ord + Clone, V> Default for Tracked<K, V> {
     fn default() -> Self {
-        Self { map: HashMap::new(), touched: HashSet::new() }
+        Self { map: BTreeMap::new(), touched: BTreeSet::new() }
     }
 }
 
-impl<K: Eq + Hash + Clone, V> Deref for Tracked<K, V> {
-    type Target = HashMap<K, V>;
+impl<K: Ord + Clone, V> Deref for Tracked<K, V> {
+    type Target = BTreeMap<K, V>;
 
     fn deref(&self) -> &Self::Target {
         &self.map
     }
 }
 
-impl<K: Eq + Hash + Clone, V> Tracked<K, V> {
+impl<K: Ord + Clone, V> Tracked<K, V> {
     fn touch(&mut self, key: &K) {
         if !self.touched.contains(key) {
             self.touched.insert(key.clone());
@@ -79,9 +85,9 @@ impl<K: Eq + Hash + Clone, V> Tracked<K, V> {
         self.map.insert(key, value);
     }
 
-    /// Keys changed since the last call.
+    /// Keys changed since the last call, in key order.
     pub(crate) fn take_touched(&mut self) -> Vec<K> {
-        self.touched.drain().collect()
+        std::mem::take(&mut self.touched).into_iter().collect()
     }
 
     pub(crate) fn touched_is_empty(&self) -> bool {
