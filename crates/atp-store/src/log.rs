@@ -224,7 +224,7 @@ pub(crate) fn record_at(segment: &[u8], offset: usize) -> Option<Found> {
 
 /// How a segment ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Ending {
+pub enum Ending {
     /// Every byte belongs to a valid record.
     Clean,
     /// Bytes from `offset` on are not a valid record and nothing valid follows.
