@@ -62,12 +62,12 @@ pub struct Config {
     pub movements_per_position: usize,
     /// Ended reservations each shard remembers for `retention_s`; past it the
     /// oldest that ended at least 60 s ago are forgotten early, and a retry of a forgotten id is treated
-    /// as new (0..=100000000, 0 = no limit). Default 256 (about 256 MiB per
+    /// as new (0..=100000000, 0 = no limit). Default 1024 (about 1 GiB per
     /// node for 3-line reservations; see docs/CONFIGURATION.md).
     pub max_ended_reservations: usize,
     /// Stock-event ids each shard remembers for `retention_s`; past it the
     /// oldest are forgotten early, and a repeated event with a forgotten id
-    /// is applied again (0..=100000000, 0 = no limit). Default 256.
+    /// is applied again (0..=100000000, 0 = no limit). Default 2048.
     pub max_event_memos: usize,
     /// Longest a request may run before DEADLINE_EXCEEDED (1..=3600000).
     /// Default 10000.
@@ -311,8 +311,8 @@ mod tests {
         let node = loaded.config.node_config();
         assert_eq!(node.default_ttl_ms, NodeConfig::default().default_ttl_ms);
         assert_eq!(node.shard.retention_ms, ShardSettings::default().retention_ms);
-        assert_eq!(node.shard.max_ended_reservations, 256);
-        assert_eq!(node.shard.max_event_memos, 256);
+        assert_eq!(node.shard.max_ended_reservations, 1024);
+        assert_eq!(node.shard.max_event_memos, 2048);
     }
 
     #[test]

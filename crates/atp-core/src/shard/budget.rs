@@ -28,16 +28,19 @@ use crate::ids::{EventId, ReservationId};
 /// allow (100 lines, 128-byte ids) ~34 KB. An event memo with a 36-byte id
 /// takes ~620 B (128-byte id: ~820 B).
 ///
-/// With 1 KiB per ended reservation and 640 B per memo, 1024 shards × 256
-/// is 256 MiB + 160 MiB ≈ 416 MiB per node at the limits. The limit counts
-/// entries, not bytes: reservations of many lines with long ids can exceed
-/// that figure (up to ~35× for the largest). At 1,000 ended reservations a
-/// second spread over the shards, 256 per shard still keeps each one ~4
-/// minutes: enough for client retries, not for a replay hours later.
-pub const DEFAULT_MAX_ENDED_RESERVATIONS: usize = 256;
+/// With 1 KiB per ended reservation and 640 B per memo, 1024 shards × 1024
+/// ended reservations + 1024 shards × 2048 memos is 1 GiB + 1.25 GiB ≈ 2.3 GiB
+/// per node at the limits. The limit counts entries, not bytes: reservations
+/// of many lines with long ids can exceed that figure (up to ~35× for the
+/// largest). At 1,000 ended reservations a second spread over the shards,
+/// 1024 per shard keeps each one ~17 minutes: enough for client retries,
+/// not for a replay hours later. Event ids get twice the room because a
+/// forgotten one makes a re-sent event apply twice (a stock error), while a
+/// forgotten reservation only answers NOT_FOUND or holds again.
+pub const DEFAULT_MAX_ENDED_RESERVATIONS: usize = 1024;
 /// Default of [`super::ShardSettings::max_event_memos`], per shard (see
 /// [`DEFAULT_MAX_ENDED_RESERVATIONS`] for the memory estimate).
-pub const DEFAULT_MAX_EVENT_MEMOS: usize = 256;
+pub const DEFAULT_MAX_EVENT_MEMOS: usize = 2048;
 
 /// How long an ended reservation is kept before the budget may forget it.
 /// The line ops of its end (release, cancel) are delivered to the lines'
