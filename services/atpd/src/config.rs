@@ -69,6 +69,13 @@ pub struct Config {
     /// oldest are forgotten early, and a repeated event with a forgotten id
     /// is applied again (0..=100000000, 0 = no limit). Default 2048.
     pub max_event_memos: usize,
+    /// A checkpoint round starts once the log grew this many bytes since the
+    /// last one; bounds the log kept on disk and replayed at restart
+    /// (1048576..=68719476736). Default 67108864 (64 MiB).
+    pub checkpoint_log_bytes: u64,
+    /// A checkpoint round starts at least this often while anything was
+    /// written (1..=86400). Default 300.
+    pub checkpoint_interval_s: u64,
     /// Longest a request may run before DEADLINE_EXCEEDED (1..=3600000).
     /// Default 10000.
     pub request_timeout_ms: u64,
@@ -105,6 +112,8 @@ impl Default for Config {
             movements_per_position: node.shard.movements_per_position,
             max_ended_reservations: node.shard.max_ended_reservations,
             max_event_memos: node.shard.max_event_memos,
+            checkpoint_log_bytes: node.checkpoint_log_bytes,
+            checkpoint_interval_s: node.checkpoint_interval_ms / 1000,
             request_timeout_ms: millis(server.request_timeout),
             max_concurrent_requests: server.max_concurrent_requests,
             max_message_bytes: server.max_message_bytes,
@@ -191,6 +200,12 @@ impl Config {
                 self.max_ended_reservations = parse(value, "a whole number")?;
             }
             "max_event_memos" => self.max_event_memos = parse(value, "a whole number")?,
+            "checkpoint_log_bytes" => {
+                self.checkpoint_log_bytes = parse(value, "a whole number of bytes")?;
+            }
+            "checkpoint_interval_s" => {
+                self.checkpoint_interval_s = parse(value, "a whole number of seconds")?;
+            }
             "request_timeout_ms" => {
                 self.request_timeout_ms = parse(value, "a whole number of milliseconds")?;
             }
@@ -229,6 +244,8 @@ impl Config {
         within("movements_per_position", as_u64(self.movements_per_position), 1, 1_000_000);
         within("max_ended_reservations", as_u64(self.max_ended_reservations), 0, MAX_BUDGET);
         within("max_event_memos", as_u64(self.max_event_memos), 0, MAX_BUDGET);
+        within("checkpoint_log_bytes", self.checkpoint_log_bytes, 1 << 20, 64 << 30);
+        within("checkpoint_interval_s", self.checkpoint_interval_s, 1, DAY_S);
         within("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000);
         within("max_concurrent_requests", as_u64(self.max_concurrent_requests), 1, 1_000_000);
         within("max_message_bytes", as_u64(self.max_message_bytes), 1024, 64 << 20);
@@ -265,7 +282,8 @@ impl Config {
                 max_ended_reservations: self.max_ended_reservations,
                 max_event_memos: self.max_event_memos,
             },
-            ..NodeConfig::default()
+            checkpoint_log_bytes: self.checkpoint_log_bytes,
+            checkpoint_interval_ms: self.checkpoint_interval_s * 1000,
         }
     }
 
