@@ -368,7 +368,15 @@ impl Node {
                     continue;
                 }
                 match node.checkpoint_round(&store, &mut covered).await {
-                    Ok(round) => tracing::debug!(?round, "checkpoint round"),
+                    Ok(round) => tracing::info!(
+                        checkpoints = round.checkpoints,
+                        segments_deleted = round.segments_deleted,
+                        elapsed_ms = round.elapsed.as_millis() as u64,
+                        longest_pause_us = round.longest_pause.as_micros() as u64,
+                        log_bytes = store.log_stats().log_bytes,
+                        checkpoint_bytes = store.log_stats().checkpoint_bytes,
+                        "checkpoint round"
+                    ),
                     Err(error) => tracing::warn!(%error, "checkpoint round failed"),
                 }
                 last_round = tokio::time::Instant::now();
