@@ -40,44 +40,8 @@ pub use faulty::{CommitHold, FaultyStore};
 pub use log::{LOG_FORMAT_VERSION, LogPosition, RECORD_VERSION};
 pub use log_store::{DATA_FORMAT_VERSION, LogOptions, LogStore};
 
-/// The log-segment and checkpoint readers and writers, for the fuzz target
-/// and the randomized format tests: not part of the store's API.
 #[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::log::Ending;
-    use crate::{Checkpoint, ShardBatch};
-
-    /// Every batch of a segment's bytes (`id` = the segment number its header
-    /// must name), and how the segment ends. `Err` for a damaged header or a
-    /// checksummed record that does not decode.
-    pub fn read_segment(bytes: &[u8], id: u64) -> Result<(Vec<ShardBatch>, Ending), String> {
-        let (found, ending) = crate::log::scan_segment(bytes, id)?;
-        let mut batches = Vec::with_capacity(found.len());
-        for record in found {
-            batches.push(crate::log::split_body(record.body(bytes))?.batch()?);
-        }
-        Ok((batches, ending))
-    }
-
-    /// A checkpoint file's content, or why it is damaged.
-    pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
-        crate::checkpoint::decode(bytes)
-    }
-
-    /// Segment `id` holding `batches`, as the store writes it.
-    pub fn encode_segment(id: u64, batches: &[ShardBatch]) -> Vec<u8> {
-        let mut out = crate::log::header(id).to_vec();
-        for batch in batches {
-            crate::log::encode_record(batch, &mut out);
-        }
-        out
-    }
-
-    /// A checkpoint file's bytes.
-    pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Vec<u8> {
-        crate::checkpoint::encode(checkpoint)
-    }
-}
+pub mod fuzzing;
 
 /// A store on a simulated disk with an in-memory ledger index (tests).
 pub type MemoryStore = LogStore<std::sync::Arc<SimDisk>>;
