@@ -13,9 +13,10 @@
 //! records after it. A segment is deleted once every shard that wrote into
 //! it has a checkpoint covering its records there and the ledger indexer has
 //! read past it (and the index is synced); a shard with nothing in a segment
-//! never pins it.
+//! never pins it. Only checkpoints whose checksum this process verified
+//! (written by it, or decoded by `load_all`) count as covering.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -83,6 +84,11 @@ struct Layout {
     segments: BTreeMap<u64, SegmentInfo>,
     /// Per shard: (sequence covered, file bytes).
     checkpoints: BTreeMap<u32, (u64, u64)>,
+    /// Shards whose checkpoint was checksum-verified (written by this
+    /// process or decoded by `load_all`). Opening reads only each file's
+    /// header; compaction trusts only these, so bit rot in a header never
+    /// deletes log segments that the checkpoint does not really cover.
+    verified: BTreeSet<u32>,
 }
 
 struct Inner<D: Disk> {
@@ -396,6 +402,18 @@ impl<D: Disk> Store for LogStore<D> {
     fn load_all(&self) -> Result<Vec<LoadedShard>, StoreError> {
         let inner = &*self.inner;
         let mut shards = load_checkpoints(&inner.disk)?;
+        {
+            let mut layout = lock(&inner.layout);
+            let Layout { checkpoints, verified, .. } = &mut *layout;
+            for shard in &shards {
+                // A checkpoint written since was verified already (and is newer).
+                if let Some((sequence, _)) = checkpoints.get_mut(&shard.shard)
+                    && verified.insert(shard.shard)
+                {
+                    *sequence = shard.checkpoint_sequence;
+                }
+            }
+        }
         replay_log(inner, &mut shards)?;
         Ok(shards.into_iter().map(Replayed::finish).collect())
     }
@@ -404,9 +422,9 @@ impl<D: Disk> Store for LogStore<D> {
         let path = format!("{CHECKPOINT_DIR}/{}", checkpoint_name(checkpoint.shard));
         let bytes = checkpoint::encode(checkpoint);
         self.inner.disk.replace(&path, &bytes).map_err(io(format!("writing {path}")))?;
-        lock(&self.inner.layout)
-            .checkpoints
-            .insert(checkpoint.shard, (checkpoint.sequence, bytes.len() as u64));
+        let mut layout = lock(&self.inner.layout);
+        layout.checkpoints.insert(checkpoint.shard, (checkpoint.sequence, bytes.len() as u64));
+        layout.verified.insert(checkpoint.shard);
         Ok(())
     }
 
@@ -431,10 +449,11 @@ impl<D: Disk> Store for LogStore<D> {
                     **id < current
                         && **id < indexed.segment
                         && info.sequences.iter().all(|(shard, sequence)| {
-                            layout
-                                .checkpoints
-                                .get(shard)
-                                .is_some_and(|(covered, _)| covered >= sequence)
+                            layout.verified.contains(shard)
+                                && layout
+                                    .checkpoints
+                                    .get(shard)
+                                    .is_some_and(|(covered, _)| covered >= sequence)
                         })
                 })
                 .map(|(id, _)| *id)

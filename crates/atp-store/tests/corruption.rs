@@ -245,3 +245,91 @@ fn a_flipped_byte_before_the_tail_is_corruption_naming_file_and_offset() {
     }
     assert!(checked > 1000, "{checked}");
 }
+
+#[test]
+fn a_torn_tail_on_a_real_disk_is_truncated_and_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::default();
+    let store = LogStore::open(dir.path(), options()).unwrap();
+    for number in 0..12 {
+        store.commit(&group(&mut model, number)).unwrap();
+    }
+    drop(store);
+    let log = dir.path().join("log");
+    let mut segments: Vec<_> =
+        std::fs::read_dir(&log).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let last = segments.last().unwrap().clone();
+    let acknowledged = std::fs::read(&last).unwrap();
+    let mut with_final = model.clone();
+    let final_group = group(&mut with_final, 12);
+    let mut full = acknowledged.clone();
+    full.extend_from_slice(&encode_segment(0, &final_group)[16..]);
+    // Where each batch of the final group ends.
+    let ends: Vec<usize> = (1..=final_group.len())
+        .map(|count| acknowledged.len() + encode_segment(0, &final_group[..count]).len() - 16)
+        .collect();
+
+    for cut in (acknowledged.len()..full.len()).step_by(7).chain(ends.iter().copied()) {
+        std::fs::write(&last, &full[..cut]).unwrap();
+        let store = LogStore::open(dir.path(), options()).unwrap();
+        let mut expected = model.clone();
+        let whole = ends.iter().filter(|end| **end <= cut).count();
+        final_group[..whole].iter().for_each(|batch| expected.apply(batch));
+        assert_loads(&store, &expected);
+        drop(store);
+        let kept = std::fs::metadata(&last).unwrap().len() as usize;
+        assert!(kept <= cut, "cut at {cut}: {kept} bytes kept");
+    }
+
+    // A header cut by a crash in a new last segment: removed, then written again.
+    std::fs::write(&last, &full).unwrap();
+    let next = last.with_file_name(format!("{:020}.log", segments.len() as u64 + 1));
+    std::fs::write(&next, &encode_segment(segments.len() as u64 + 1, &[])[..5]).unwrap();
+    let store = LogStore::open(dir.path(), options()).unwrap();
+    assert!(!next.exists(), "the headerless segment is removed");
+    assert_loads(&store, &with_final);
+    store.rotate_log();
+    let mut after = with_final.clone();
+    store.commit(&group(&mut after, 13)).unwrap();
+    drop(store);
+    assert!(next.exists());
+    assert_loads(&LogStore::open(dir.path(), options()).unwrap(), &after);
+}
+
+#[test]
+fn compaction_never_trusts_a_checkpoint_it_has_not_verified() {
+    let disk = Arc::new(SimDisk::new());
+    let mut model = Model::default();
+    {
+        let store = LogStore::simulated(Arc::clone(&disk), options()).unwrap();
+        store.commit(&group(&mut model, 0)).unwrap();
+        // Checkpoints of every shard as of the first group.
+        for shard in 0..4 {
+            store.write_checkpoint(&model.checkpoint(shard)).unwrap();
+        }
+        for number in 1..12 {
+            store.commit(&group(&mut model, number)).unwrap();
+        }
+        // The other shards' checkpoints are current: only shard 1 pins the log.
+        for shard in [0, 2, 3] {
+            store.write_checkpoint(&model.checkpoint(shard)).unwrap();
+        }
+        store.rotate_log();
+    }
+    // Bit rot in checkpoint 1's sequence field (bytes 22..30) makes it claim
+    // to cover batches it does not hold.
+    let path = "checkpoints/0001.ckpt";
+    disk.corrupt(path, 29, 0x7F);
+    let store = LogStore::simulated(Arc::clone(&disk), options()).unwrap();
+    store.query_ledger(&LedgerQuery { sku: Some("S".into()), ..LedgerQuery::default() }).unwrap();
+    let segments = store.log_stats().segments;
+    store.compact_log().unwrap();
+    assert_eq!(store.log_stats().segments, segments, "segments deleted on a damaged checkpoint");
+    let message = corrupt_message(store.load_all().map(|_| ()));
+    assert!(message.contains(path), "{message}");
+    // Once the checkpoint is rewritten (the log still holds everything), the
+    // store loads again.
+    store.write_checkpoint(&model.checkpoint(1)).unwrap();
+    assert_loads(&store, &model);
+}
