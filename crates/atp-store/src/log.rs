@@ -216,6 +216,12 @@ pub(crate) fn record_at(segment: &[u8], offset: usize) -> Option<Found> {
     let sum = u64::from_le_bytes(frame[4..].try_into().expect("eight bytes"));
     let body_start = offset + FRAME_BYTES;
     let body = segment.get(body_start..body_start.checked_add(len)?)?;
+    // Cheap checks before the checksum: the search for a valid record after
+    // a bad one tries every offset, and most fail here.
+    let shard = u32::from_le_bytes(body[1..5].try_into().expect("four bytes"));
+    if body[0] != RECORD_VERSION || shard >= atp_core::hash::SHARD_COUNT {
+        return None;
+    }
     if checksum(body) != sum || split_body(body).is_err() {
         return None;
     }
