@@ -447,7 +447,8 @@ impl<D: Disk> Store for LogStore<D> {
                 .iter()
                 .take_while(|(id, info)| {
                     **id < current
-                        && **id < indexed.segment
+                        && (**id < indexed.segment
+                            || (**id == indexed.segment && indexed.offset >= info.bytes))
                         && info.sequences.iter().all(|(shard, sequence)| {
                             layout.verified.contains(shard)
                                 && layout

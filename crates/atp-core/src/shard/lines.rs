@@ -336,15 +336,12 @@ impl ShardState {
     }
 
     /// Uncommitted holds on this shard, with the reservation each carries, by id.
-    pub(super) fn uncommitted_holds(&self) -> Vec<(ReservationId, Incarnation)> {
-        let mut held: Vec<_> = self
-            .holds
+    pub(super) fn uncommitted_holds(&self) -> impl Iterator<Item = (&ReservationId, &Incarnation)> {
+        // The holds map is ordered by id, so this is in id order.
+        self.holds
             .iter()
             .filter(|(_, holds)| holds.is_held())
-            .map(|(id, holds)| (id.clone(), holds.reservation.clone()))
-            .collect();
-        held.sort_by(|a, b| a.0.cmp(&b.0));
-        held
+            .map(|(id, holds)| (id, &holds.reservation))
     }
 
     /// Whether a line of reservation `id` is still held or committed here.

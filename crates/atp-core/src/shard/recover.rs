@@ -110,8 +110,8 @@ fn settle_orphans(
     for (shard, state) in shards.iter() {
         for (id, incarnation) in state.uncommitted_holds() {
             let home = shard_of(id.as_str());
-            if !shards.get(&home).is_some_and(|home| home.has_record(&id)) {
-                orphans.entry(id).or_default().push((*shard, incarnation));
+            if !shards.get(&home).is_some_and(|home| home.has_record(id)) {
+                orphans.entry(id.clone()).or_default().push((*shard, incarnation.clone()));
             }
         }
     }
