@@ -1,9 +1,8 @@
 //! What callers are shown: per-location and per-channel availability.
 
-use std::collections::BTreeMap;
-
 use crate::catalog::Catalog;
 use crate::ids::{ChannelId, LocationId, Sku};
+use crate::location_map::LocationMap;
 use crate::position::Position;
 
 /// One position as shown to callers.
@@ -68,7 +67,7 @@ pub struct SkuAvailability {
 pub fn channel_atp(
     catalog: &Catalog,
     channel: &crate::catalog::Channel,
-    positions: &BTreeMap<LocationId, Position>,
+    positions: &LocationMap<Position>,
 ) -> i64 {
     let total = channel
         .locations
@@ -87,7 +86,7 @@ pub fn sku_availability(
     sku: &Sku,
     shard: u32,
     epoch: u64,
-    positions: &BTreeMap<LocationId, Position>,
+    positions: &LocationMap<Position>,
     catalog: &Catalog,
     location_filter: &[LocationId],
     channel_filter: &[ChannelId],

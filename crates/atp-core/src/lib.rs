@@ -18,6 +18,7 @@ pub mod events;
 pub mod hash;
 pub mod ids;
 pub mod ledger;
+pub mod location_map;
 pub mod position;
 pub mod reservation;
 pub mod shard;

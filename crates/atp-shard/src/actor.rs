@@ -7,13 +7,13 @@
 //! sends the replies. If the write fails, every reply of the batch is the
 //! error and the shard refuses all later work (its memory is ahead of disk).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use atp_core::catalog::Catalog;
-use atp_core::ids::{LocationId, Sku};
+use atp_core::ids::Sku;
+use atp_core::location_map::LocationMap;
 use atp_core::position::Position;
 use atp_core::shard::{LineOp, ShardState};
 use atp_store::{Checkpoint, ShardBatch, StoreError};
@@ -34,7 +34,7 @@ pub(crate) type Operation = Box<dyn FnOnce(&mut ShardState, &Catalog, i64) -> Re
 pub(crate) struct Shared {
     pub(crate) catalog: RwLock<Arc<Catalog>>,
     /// Positions per SKU as of each shard's last finished batch.
-    pub(crate) view: DashMap<Sku, Arc<BTreeMap<LocationId, Position>>>,
+    pub(crate) view: DashMap<Sku, Arc<LocationMap<Position>>>,
     pub(crate) clock: Clock,
     pub(crate) shards: Vec<ShardHandle>,
     pub(crate) batch_max: usize,

@@ -13,6 +13,7 @@ use atp_core::events::StockEvent;
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, LocationId, MAX_SKUS_PER_QUERY, ReservationId, Sku};
 use atp_core::ledger::{LedgerEntry, LedgerKind};
+use atp_core::location_map::LocationMap;
 use atp_core::reservation::{CommitLine, ReservationView, ReserveRequest};
 use atp_core::shard::{Begin, EventApplied, LineOp, ShardSettings, ShardState, ShardStats};
 use atp_core::shard::{RecoveryReport, recover};
@@ -667,7 +668,7 @@ impl Node {
         if !violations.is_empty() {
             return Err(CoreError::InvalidArgument(violations).into());
         }
-        let empty = BTreeMap::new();
+        let empty = LocationMap::new();
         Ok(skus
             .iter()
             .map(|sku| {

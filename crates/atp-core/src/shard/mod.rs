@@ -18,11 +18,12 @@ mod stock;
 mod tracked;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::catalog::Catalog;
 use crate::ids::{EventId, LocationId, ReservationId, Sku};
 use crate::ledger::{LedgerEntry, LedgerKind};
+use crate::location_map::LocationMap;
 use crate::position::{Deltas, Position};
 use tracked::Tracked;
 
@@ -131,7 +132,7 @@ pub struct ShardState {
     shard: u32,
     epoch: u64,
     settings: ShardSettings,
-    positions: Tracked<Sku, BTreeMap<LocationId, PositionState>>,
+    positions: Tracked<Sku, LocationMap<PositionState>>,
     holds: Tracked<ReservationId, lines::LineHolds>,
     records: Tracked<ReservationId, home::Record>,
     events: Tracked<EventId, stock::EventMemo>,
@@ -197,15 +198,10 @@ impl ShardState {
     }
 
     /// The positions of `sku` (empty if none).
-    pub fn positions_of(&self, sku: &Sku) -> BTreeMap<LocationId, Position> {
+    pub fn positions_of(&self, sku: &Sku) -> LocationMap<Position> {
         self.positions
             .get(sku)
-            .map(|by_location| {
-                by_location
-                    .iter()
-                    .map(|(location, state)| (location.clone(), state.position.clone()))
-                    .collect()
-            })
+            .map(|by_location| by_location.map(|state| state.position.clone()))
             .unwrap_or_default()
     }
 
@@ -223,7 +219,7 @@ impl ShardState {
     pub fn all_positions(&self) -> Vec<(Sku, LocationId, Position)> {
         let mut all = Vec::new();
         for (sku, by_location) in self.positions.iter() {
-            for (location, state) in by_location {
+            for (location, state) in by_location.iter() {
                 all.push((sku.clone(), location.clone(), state.position.clone()));
             }
         }
@@ -326,7 +322,7 @@ impl ShardState {
     }
 
     fn position_mut(&mut self, sku: &Sku, location: &LocationId) -> &mut PositionState {
-        self.positions.get_or_default(sku).entry(location.clone()).or_default()
+        self.positions.get_or_default(sku).get_or_default(location)
     }
 
     fn position(&self, sku: &Sku, location: &LocationId) -> Position {

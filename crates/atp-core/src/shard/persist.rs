@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Deadline, PositionState, ShardSettings, ShardState, home, lines, stock};
-use crate::ids::{EventId, LocationId, ReservationId, Sku};
+use crate::ids::{EventId, ReservationId, Sku};
 use crate::ledger::LedgerEntry;
+use crate::location_map::LocationMap;
 use crate::reservation::ReservationState;
 
 const META: u8 = b'm';
@@ -195,7 +196,7 @@ impl ShardState {
             }
             POSITIONS => {
                 let sku = Sku::parse("sku", id).map_err(parse_error)?;
-                let positions: BTreeMap<LocationId, PositionState> = decode(value)?;
+                let positions: LocationMap<PositionState> = decode(value)?;
                 self.positions.load(sku, positions);
             }
             RECORD => {
