@@ -8,13 +8,27 @@ use crate::error::CoreError;
 use crate::events::{StockEvent, StockEventKind};
 use crate::ids::{EventId, LocationId, MAX_POSITION_UNITS, ReservationId, Sku};
 use crate::ledger::LedgerKind;
-use crate::position::Deltas;
+use crate::position::{Deltas, Position};
 
+/// What an applied event leaves behind for its retention: enough to tell a
+/// repeat from a reuse of its id and to give a repeat the first answer —
+/// not the event itself (a memo is kept per event id for a day by default,
+/// so its size is the node's memory; see `budget.rs`).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct EventMemo {
-    event: StockEvent,
-    position: LocationAvailability,
+    /// xxh3-64 of the event's encoding: another payload under the same id
+    /// differs here (a collision is a 2^-64 chance).
+    fingerprint: u64,
+    /// The position right after the event was first applied (at the event's
+    /// location) and the safety stock it was shown with.
+    position: Position,
+    safety_stock: i64,
     applied_at_ms: i64,
+}
+
+fn fingerprint(event: &StockEvent) -> u64 {
+    let encoded = postcard::to_stdvec(event).expect("a stock event always encodes");
+    xxhash_rust::xxh3::xxh3_64(&encoded)
 }
 
 /// An applied (or already applied) stock event.
@@ -61,17 +75,15 @@ impl ShardState {
     ) -> Result<EventApplied, CoreError> {
         let now = self.advance(now);
         if let Some(memo) = self.events.get(&event.id) {
-            if memo.event != *event {
+            if memo.fingerprint != fingerprint(event) {
                 return Err(CoreError::AlreadyExists(format!(
                     "event {} was already applied with another payload",
                     event.id
                 )));
             }
-            return Ok(EventApplied {
-                position: memo.position.clone(),
-                duplicate: true,
-                notice: None,
-            });
+            let position =
+                LocationAvailability::of(&event.location, &memo.position, memo.safety_stock);
+            return Ok(EventApplied { position, duplicate: true, notice: None });
         }
         let (sku, location) = (&event.sku, &event.location);
         let cause = event.id.to_string();
@@ -228,13 +240,17 @@ impl ShardState {
         self.applied_sequence += 1;
         // Keep the position entry so the SKU shows where it was touched.
         let state = self.position_mut(sku, location);
-        let after =
-            LocationAvailability::of(location, &state.position, catalog.safety_stock(location));
+        let safety_stock = catalog.safety_stock(location);
+        let position = state.position.clone();
+        let after = LocationAvailability::of(location, &position, safety_stock);
         let retention_ms = self.settings.retention_ms;
-        self.events.insert(
-            event.id.clone(),
-            EventMemo { event: event.clone(), position: after.clone(), applied_at_ms: now },
-        );
+        let memo = EventMemo {
+            fingerprint: fingerprint(event),
+            position,
+            safety_stock,
+            applied_at_ms: now,
+        };
+        self.events.insert(event.id.clone(), memo);
         self.schedule(now + retention_ms, Deadline::ForgetEvent(event.id.clone()));
         self.retain_memo(&event.id, now);
         Ok(EventApplied { position: after, duplicate: false, notice })
