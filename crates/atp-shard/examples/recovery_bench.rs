@@ -197,10 +197,12 @@ fn main() {
         let node = Node::open(NodeConfig::default(), Clock::starting_at(START_MS + 1_000), Arc::new(store));
         let stats = node.recover().await.expect("recovers");
         println!(
-            "store open {:.2} s; recovery {:.2} s (load {:.2} s): {} positions, {} open holds, {} reservations, {:?}",
+            "store open {:.2} s; recovery {:.2} s (read {:.2} s, read+decode {:.2} s, cross-shard {:.2} s): {} positions, {} open holds, {} reservations, {:?}",
             open_time.as_secs_f64(),
             stats.elapsed.as_secs_f64(),
+            stats.read.as_secs_f64(),
             stats.load.as_secs_f64(),
+            stats.cross_shard.as_secs_f64(),
             stats.positions,
             stats.open_holds,
             stats.reservations,

@@ -97,8 +97,12 @@ pub struct RecoveryStats {
     pub reservations: u64,
     /// What the cross-shard recovery did.
     pub report: RecoveryReport,
-    /// Time to read the store.
+    /// Time to read the store (checkpoints and log).
+    pub read: Duration,
+    /// Time to read and decode every shard (includes `read`).
     pub load: Duration,
+    /// Time of the cross-shard recovery and its write.
+    pub cross_shard: Duration,
     /// Time in total.
     pub elapsed: Duration,
 }
@@ -259,16 +263,29 @@ impl Node {
         // Decoding is the bulk of the work: two blocking decoders in parallel.
         let (even, odd): (Vec<_>, Vec<_>) =
             loaded.into_iter().partition(|loaded| loaded.shard % 2 == 0);
+        // Each decoder also publishes its shards' positions to the read view
+        // (recovery's own changes are published again below).
+        let read = started.elapsed();
         let decoders = [even, odd].map(|part| {
             let settings = settings.clone();
+            let shared = Arc::clone(&self.shared);
             tokio::task::spawn_blocking(move || {
                 part.into_iter()
                     .map(|loaded| {
                         let epoch = loaded.epoch.max(SINGLE_NODE_EPOCH);
-                        ShardState::restore(loaded.shard, epoch, settings.clone(), loaded.records)
-                            .map_err(|error| NodeError::StorageFailed(error.to_string()))
+                        let state = ShardState::restore(
+                            loaded.shard,
+                            epoch,
+                            settings.clone(),
+                            loaded.records,
+                        )
+                        .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
+                        for sku in state.skus() {
+                            shared.view.insert(sku.clone(), Arc::new(state.positions_of(sku)));
+                        }
+                        Ok(state)
                     })
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, NodeError>>()
             })
         });
         let mut states = BTreeMap::new();
@@ -279,10 +296,12 @@ impl Node {
         }
         let load = started.elapsed();
         let report = recover(&mut states, &catalog, self.shared.clock.now_ms());
+        let mut republish = Vec::new();
         let batches: Vec<ShardBatch> = states
             .values_mut()
             .map(|state| {
                 let changes = state.drain_changes();
+                republish.extend(changes.skus.into_iter().map(|sku| (state.shard(), sku)));
                 ShardBatch {
                     shard: state.shard(),
                     epoch: state.epoch(),
@@ -317,15 +336,18 @@ impl Node {
                 Err(error) => return Err(storage(error)),
             }
         }
-        let mut stats = RecoveryStats { report, load, ..RecoveryStats::default() };
+        let cross_shard = started.elapsed() - load;
+        let mut stats =
+            RecoveryStats { report, read, load, cross_shard, ..RecoveryStats::default() };
+        for (shard, sku) in republish {
+            let positions = states[&shard].positions_of(&sku);
+            self.shared.view.insert(sku, Arc::new(positions));
+        }
         for state in states.values() {
             let shard_stats = state.stats();
             stats.positions += shard_stats.position_count;
             stats.open_holds += shard_stats.open_holds;
             stats.reservations += shard_stats.reservation_count;
-            for sku in state.skus() {
-                self.shared.view.insert(sku.clone(), Arc::new(state.positions_of(sku)));
-            }
         }
         let starts = states
             .into_values()

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -91,9 +91,13 @@ struct Layout {
     verified: BTreeSet<u32>,
 }
 
+/// Opens the ledger index (on the indexer thread).
+type OpenIndex = Box<dyn FnOnce() -> Result<LedgerIndex, StoreError> + Send>;
+
 struct Inner<D: Disk> {
     disk: D,
-    index: LedgerIndex,
+    /// Set by the indexer thread once open.
+    index: OnceLock<LedgerIndex>,
     progress: Arc<Progress>,
     writer: Mutex<Writer>,
     layout: Mutex<Layout>,
@@ -123,8 +127,11 @@ impl LogStore<RealDisk> {
     pub fn open(dir: &Path, options: LogOptions) -> Result<Self, StoreError> {
         let disk = RealDisk::new(dir).map_err(io(format!("creating {}", dir.display())))?;
         check_format(&disk, dir)?;
-        let index = FjallIndex::open(&dir.join("ledger-index"))?;
-        Self::with_parts(disk, LedgerIndex::Fjall(index), options)
+        // Opened by the indexer thread: replaying fjall's journal takes a
+        // second or more and recovery of the shards does not need it.
+        let index_dir = dir.join("ledger-index");
+        let open_index = Box::new(move || FjallIndex::open(&index_dir).map(LedgerIndex::Fjall));
+        Self::with_parts(disk, open_index, options)
     }
 }
 
@@ -137,7 +144,8 @@ impl LogStore<Arc<SimDisk>> {
             disk.replace(FORMAT_FILE, format_line().as_bytes())
                 .map_err(io("writing FORMAT".to_owned()))?;
         }
-        Self::with_parts(disk, LedgerIndex::Memory(MemoryIndex::default()), options)
+        let open_index = Box::new(|| Ok(LedgerIndex::Memory(MemoryIndex::default())));
+        Self::with_parts(disk, open_index, options)
     }
 
     /// A fresh simulated store (see [`LogStore::simulated`]).
@@ -199,7 +207,7 @@ fn check_format(disk: &RealDisk, dir: &Path) -> Result<(), StoreError> {
 }
 
 impl<D: Disk> LogStore<D> {
-    fn with_parts(disk: D, index: LedgerIndex, options: LogOptions) -> Result<Self, StoreError> {
+    fn with_parts(disk: D, open_index: OpenIndex, options: LogOptions) -> Result<Self, StoreError> {
         let mut layout = Layout::default();
         let (segment, offset) = open_log(&disk, &mut layout)?;
         for name in disk.list(CHECKPOINT_DIR).map_err(io("listing checkpoints".to_owned()))? {
@@ -216,35 +224,13 @@ impl<D: Disk> LogStore<D> {
         let durable = LogPosition { segment, offset };
         let first = layout.segments.keys().next().copied().unwrap_or(segment);
         let start = LogPosition { segment: first, offset: 0 };
-        let indexed = match indexer::stored_cursor(&index)? {
-            Some(cursor) if cursor < start => {
-                tracing::warn!(
-                    ?cursor,
-                    ?start,
-                    "ledger index is behind the oldest log segment; entries in between are missing from it"
-                );
-                start
-            }
-            Some(cursor) if cursor > durable => {
-                tracing::warn!(
-                    ?cursor,
-                    ?durable,
-                    "ledger index is ahead of the log; re-indexing from the log's end"
-                );
-                durable
-            }
-            Some(cursor) => cursor,
-            None => start,
-        };
         let progress = Arc::new(Progress::default());
-        {
-            let mut state = progress.lock();
-            state.durable = durable;
-            state.indexed = indexed;
-        }
+        // Until the index is open, nothing counts as indexed: queries wait,
+        // and no segment may be deleted.
+        progress.lock().durable = durable;
         let inner = Arc::new(Inner {
             disk,
-            index,
+            index: OnceLock::new(),
             progress,
             writer: Mutex::new(Writer { segment, offset, failed: None, buffer: Vec::new() }),
             layout: Mutex::new(layout),
@@ -255,15 +241,30 @@ impl<D: Disk> LogStore<D> {
         let indexer = std::thread::Builder::new()
             .name("atp-indexer".to_owned())
             .spawn(move || {
-                indexer::run(
-                    &thread_inner.disk,
-                    &thread_inner.index,
-                    &thread_inner.progress,
-                    interval,
-                )
+                let inner = &*thread_inner;
+                match open_ledger_index(open_index, start, durable) {
+                    Ok((index, indexed)) => {
+                        let index = inner.index.get_or_init(|| index);
+                        inner.progress.lock().indexed = indexed;
+                        inner.progress.to_queries.notify_all();
+                        indexer::run(&inner.disk, index, &inner.progress, interval);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "could not open the ledger index");
+                        inner.progress.lock().failed = Some(error.to_string());
+                        inner.progress.to_queries.notify_all();
+                    }
+                }
             })
             .map_err(io("starting the ledger indexer".to_owned()))?;
         Ok(Self { inner, indexer: Some(indexer) })
+    }
+
+    fn ledger_index(&self) -> Result<&LedgerIndex, StoreError> {
+        self.inner
+            .index
+            .get()
+            .ok_or_else(|| StoreError::Io("the ledger index is not open yet; retry".to_owned()))
     }
 
     /// The disk under the store.
@@ -275,7 +276,7 @@ impl<D: Disk> LogStore<D> {
     #[cfg(test)]
     pub(crate) fn indexed_for_tests(&self) -> &LedgerIndex {
         self.inner.progress.wait_indexed(Duration::from_secs(30)).expect("the indexer catches up");
-        &self.inner.index
+        self.inner.index.get().expect("indexed, so open")
     }
 }
 
@@ -338,6 +339,37 @@ fn open_log<D: Disk>(disk: &D, layout: &mut Layout) -> Result<(u64, u64), StoreE
         next = (id, end as u64);
     }
     Ok(next)
+}
+
+/// Opens the ledger index and finds where its indexer resumes in the log
+/// (`start`: the oldest segment; `durable`: the log's end).
+fn open_ledger_index(
+    open_index: OpenIndex,
+    start: LogPosition,
+    durable: LogPosition,
+) -> Result<(LedgerIndex, LogPosition), StoreError> {
+    let index = open_index()?;
+    let indexed = match indexer::stored_cursor(&index)? {
+        Some(cursor) if cursor < start => {
+            tracing::warn!(
+                ?cursor,
+                ?start,
+                "ledger index is behind the oldest log segment; entries in between are missing from it"
+            );
+            start
+        }
+        Some(cursor) if cursor > durable => {
+            tracing::warn!(
+                ?cursor,
+                ?durable,
+                "ledger index is ahead of the log; re-indexing from the log's end"
+            );
+            durable
+        }
+        Some(cursor) => cursor,
+        None => start,
+    };
+    Ok((index, indexed))
 }
 
 impl<D: Disk> Drop for LogStore<D> {
@@ -447,8 +479,7 @@ impl<D: Disk> Store for LogStore<D> {
                 .iter()
                 .take_while(|(id, info)| {
                     **id < current
-                        && (**id < indexed.segment
-                            || (**id == indexed.segment && indexed.offset >= info.bytes))
+                        && **id < indexed.segment
                         && info.sequences.iter().all(|(shard, sequence)| {
                             layout.verified.contains(shard)
                                 && layout
@@ -464,7 +495,8 @@ impl<D: Disk> Store for LogStore<D> {
             return Ok(0);
         }
         // The ledger read from these segments must outlive them.
-        inner.index.persist()?;
+        let Some(index) = inner.index.get() else { return Ok(0) };
+        index.persist()?;
         for id in &deletable {
             let path = format!("{LOG_DIR}/{}", segment_name(*id));
             inner.disk.remove(&path).map_err(io(format!("removing {path}")))?;
@@ -511,7 +543,7 @@ impl<D: Disk> Store for LogStore<D> {
     fn query_ledger(&self, query: &LedgerQuery) -> Result<LedgerPage, StoreError> {
         let wait = Duration::from_millis(self.inner.options.index_wait_ms);
         self.inner.progress.wait_indexed(wait)?;
-        crate::ledger::query(&self.inner.index, query)
+        crate::ledger::query(self.ledger_index()?, query)
     }
 
     fn sweep_ledger(&self, before_ms: i64) -> Result<u64, StoreError> {
@@ -519,7 +551,7 @@ impl<D: Disk> Store for LogStore<D> {
         // one still waiting for the indexer would otherwise outlive it.
         let wait = Duration::from_millis(self.inner.options.index_wait_ms);
         self.inner.progress.wait_indexed(wait)?;
-        crate::ledger::sweep(&self.inner.index, before_ms)
+        crate::ledger::sweep(self.ledger_index()?, before_ms)
     }
 }
 
