@@ -19,6 +19,9 @@ use crate::disk::Disk;
 use crate::keys::{encode, index_entries, ledger_key, shard_prefix};
 use crate::log::{HEADER_BYTES, LogPosition, record_at, segment_name, split_body};
 
+/// The ledger index opens at the latest this long after the store did.
+pub(crate) const OPEN_INDEX_AFTER: Duration = Duration::from_secs(10);
+
 /// Key of the indexer's cursor in the meta keyspace.
 const CURSOR_KEY: &[u8] = b"indexed";
 
@@ -44,6 +47,8 @@ pub(crate) struct ProgressState {
     pub(crate) stop: bool,
     /// Why the indexer stopped, if it failed.
     pub(crate) failed: Option<String>,
+    /// Set once the ledger index may be opened (see [`Progress::allow_open`]).
+    pub(crate) may_open: bool,
 }
 
 impl Progress {
@@ -58,12 +63,45 @@ impl Progress {
         self.to_indexer.notify_one();
     }
 
+    /// Lets the indexer thread open the ledger index. Opening replays the
+    /// index store's journal (a second or more on a 2-core machine), which
+    /// would compete with recovery's decoding for the cores; so it waits
+    /// until the first commit (recovery's own write, or the first request's)
+    /// or a query needs it, or [`OPEN_INDEX_AFTER`] passed.
+    pub(crate) fn allow_open(&self) {
+        let mut state = self.lock();
+        if !state.may_open {
+            state.may_open = true;
+            self.to_indexer.notify_all();
+        }
+    }
+
+    /// Blocks the indexer thread until it may open the index; false on stop.
+    pub(crate) fn wait_until_open_allowed(&self) -> bool {
+        let deadline = Instant::now() + OPEN_INDEX_AFTER;
+        let mut state = self.lock();
+        while !state.may_open && !state.stop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self
+                .to_indexer
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        !state.stop
+    }
+
     /// Waits until everything durable now is indexed (at most `timeout`).
     pub(crate) fn wait_indexed(&self, timeout: Duration) -> Result<(), StoreError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
         let target = state.durable;
         state.waiting += 1;
+        state.may_open = true;
+        self.to_indexer.notify_all();
         self.to_indexer.notify_one();
         let outcome = loop {
             if let Some(reason) = &state.failed {

@@ -242,6 +242,9 @@ impl<D: Disk> LogStore<D> {
             .name("atp-indexer".to_owned())
             .spawn(move || {
                 let inner = &*thread_inner;
+                if !inner.progress.wait_until_open_allowed() {
+                    return;
+                }
                 match open_ledger_index(open_index, start, durable) {
                     Ok((index, indexed)) => {
                         let index = inner.index.get_or_init(|| index);
@@ -385,6 +388,7 @@ impl<D: Disk> Drop for LogStore<D> {
 impl<D: Disk> Store for LogStore<D> {
     fn commit(&self, batches: &[ShardBatch]) -> Result<(), StoreError> {
         let inner = &*self.inner;
+        inner.progress.allow_open();
         let mut writer = lock(&inner.writer);
         if let Some(error) = &writer.failed {
             return Err(StoreError::Io(format!(
