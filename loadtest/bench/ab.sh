@@ -24,11 +24,6 @@ ATP_RUN=${ATP_RUN:---duration 20s --warmup 3s}
 mkdir -p "$out/A/$mode" "$out/B/$mode"
 here=$(dirname "$0")
 
-noise() {
-  echo "# $(date -Is) $(uptime | sed 's/.*load average/load average/')"
-  top -bn1 -o %CPU | sed -n '8,11p' | sed 's/^/# top: /'
-}
-
 run() {
   local side=$1 name=$2; shift 2
   local f=$out/$side/$mode/$r-$name.log bin

@@ -67,6 +67,12 @@ stop_atpd() {
   ATPD_PID=""
 }
 
+# A run log's header: the time, the load average and the busiest processes.
+noise() {
+  echo "# $(date -Is) $(uptime | sed 's/.*load average/load average/')"
+  top -bn1 -o %CPU | sed -n '8,11p' | sed 's/^/# top: /'
+}
+
 # Busy share of both cores (percent) over 2 s, from /proc/stat.
 busy_pct() {
   local a b

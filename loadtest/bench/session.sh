@@ -29,11 +29,6 @@ ATP_RUN=${ATP_RUN:---duration 20s --warmup 3s}
 mkdir -p "$out/$mode"
 here=$(dirname "$0")
 
-noise() {
-  echo "# $(date -Is) $(uptime | sed 's/.*load average/load average/')"
-  top -bn1 -o %CPU | sed -n '8,11p' | sed 's/^/# top: /'
-}
-
 run() {
   local name=$1; shift
   local f=$out/$mode/$r-$name.log

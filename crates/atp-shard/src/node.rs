@@ -391,15 +391,18 @@ impl Node {
                     continue;
                 }
                 match node.checkpoint_round(&store, &mut covered).await {
-                    Ok(round) => tracing::info!(
-                        checkpoints = round.checkpoints,
-                        segments_deleted = round.segments_deleted,
-                        elapsed_ms = round.elapsed.as_millis() as u64,
-                        longest_pause_us = round.longest_pause.as_micros() as u64,
-                        log_bytes = store.log_stats().log_bytes,
-                        checkpoint_bytes = store.log_stats().checkpoint_bytes,
-                        "checkpoint round"
-                    ),
+                    Ok(round) => {
+                        let sizes = store.log_stats();
+                        tracing::info!(
+                            checkpoints = round.checkpoints,
+                            segments_deleted = round.segments_deleted,
+                            elapsed_ms = round.elapsed.as_millis() as u64,
+                            longest_pause_us = round.longest_pause.as_micros() as u64,
+                            log_bytes = sizes.log_bytes,
+                            checkpoint_bytes = sizes.checkpoint_bytes,
+                            "checkpoint round"
+                        );
+                    }
                     Err(error) => tracing::warn!(%error, "checkpoint round failed"),
                 }
                 last_round = tokio::time::Instant::now();

@@ -10,7 +10,7 @@
 //! rename, fsync the directory), so a crash leaves one whole file. One that
 //! fails its checksum is corruption: the store refuses to open naming it.
 
-use crate::codec::{Reader, checksum, put_bytes, put_varint};
+use crate::codec::{Reader, checksum, numbered_file, put_bytes, put_varint};
 
 const MAGIC: &[u8; 8] = b"ATPCKPT1";
 /// Version of the checkpoint layout.
@@ -29,6 +29,16 @@ pub struct Checkpoint {
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Bytes of the fixed header: magic, version, shard, epoch, sequence.
+pub(crate) const HEADER_BYTES: usize = 8 + 2 + 4 + 8 + 8;
+
+/// The sequence in a checkpoint's header (unverified: the checksum covers
+/// the whole file; `decode` checks it).
+pub(crate) fn header_sequence(head: &[u8]) -> Option<u64> {
+    let bytes = head.get(HEADER_BYTES - 8..HEADER_BYTES)?;
+    Some(u64::from_le_bytes(bytes.try_into().expect("eight bytes")))
+}
+
 /// The file name of `shard`'s checkpoint in the checkpoint directory.
 pub(crate) fn checkpoint_name(shard: u32) -> String {
     format!("{shard:04}.ckpt")
@@ -36,11 +46,7 @@ pub(crate) fn checkpoint_name(shard: u32) -> String {
 
 /// The shard of a checkpoint file name.
 pub(crate) fn checkpoint_shard(name: &str) -> Option<u32> {
-    let digits = name.strip_suffix(".ckpt")?;
-    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    numbered_file(name, 4, ".ckpt").and_then(|shard| u32::try_from(shard).ok())
 }
 
 /// The file's bytes.

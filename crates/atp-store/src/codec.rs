@@ -90,6 +90,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The number in a file name of exactly `width` digits then `suffix`
+/// (`00000042.log`), if `name` is one.
+pub(crate) fn numbered_file(name: &str, width: usize, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != width || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The checksum of the store's formats: xxh3, 64 bits.
 pub(crate) fn checksum(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)

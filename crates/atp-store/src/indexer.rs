@@ -47,7 +47,7 @@ pub(crate) struct ProgressState {
     pub(crate) stop: bool,
     /// Why the indexer stopped, if it failed.
     pub(crate) failed: Option<String>,
-    /// Set once the ledger index may be opened (see [`Progress::allow_open`]).
+    /// Set once the ledger index may be opened (see [`Progress::wait_until_open_allowed`]).
     pub(crate) may_open: bool,
 }
 
@@ -57,40 +57,51 @@ impl Progress {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Marks `position` durable and wakes the indexer.
+    /// Marks `position` durable and wakes the indexer. The first commit
+    /// also lets the index open (see [`Progress::wait_until_open_allowed`]).
     pub(crate) fn set_durable(&self, position: LogPosition) {
-        self.lock().durable = position;
+        let mut state = self.lock();
+        state.durable = position;
+        state.may_open = true;
+        drop(state);
         self.to_indexer.notify_one();
     }
 
-    /// Lets the indexer thread open the ledger index. Opening replays the
-    /// index store's journal (a second or more on a 2-core machine), which
-    /// would compete with recovery's decoding for the cores; so it waits
-    /// until the first commit (recovery's own write, or the first request's)
-    /// or a query needs it, or [`OPEN_INDEX_AFTER`] passed.
-    pub(crate) fn allow_open(&self) {
-        let mut state = self.lock();
-        if !state.may_open {
-            state.may_open = true;
-            self.to_indexer.notify_all();
+    /// Waits on `signal` until `done` holds or `deadline` (if any) passes.
+    fn wait_until<'a>(
+        &self,
+        signal: &Condvar,
+        mut state: MutexGuard<'a, ProgressState>,
+        deadline: Option<Instant>,
+        done: impl Fn(&ProgressState) -> bool,
+    ) -> MutexGuard<'a, ProgressState> {
+        while !done(&state) {
+            state = match deadline {
+                None => signal.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    signal
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0
+                }
+            };
         }
+        state
     }
 
-    /// Blocks the indexer thread until it may open the index; false on stop.
+    /// Blocks the indexer thread until it may open the ledger index; false
+    /// on stop. Opening replays the index store's journal (a second or more
+    /// on a 2-core machine), which would compete with recovery's decoding for
+    /// the cores; so it waits for the first commit (recovery's own write, or
+    /// the first request's) or query, or [`OPEN_INDEX_AFTER`].
     pub(crate) fn wait_until_open_allowed(&self) -> bool {
         let deadline = Instant::now() + OPEN_INDEX_AFTER;
-        let mut state = self.lock();
-        while !state.may_open && !state.stop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = self
-                .to_indexer
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
+        let state = self
+            .wait_until(&self.to_indexer, self.lock(), Some(deadline), |s| s.may_open || s.stop);
         !state.stop
     }
 
@@ -102,29 +113,20 @@ impl Progress {
         state.waiting += 1;
         state.may_open = true;
         self.to_indexer.notify_all();
-        self.to_indexer.notify_one();
-        let outcome = loop {
-            if let Some(reason) = &state.failed {
-                break Err(StoreError::Io(format!("the ledger indexer failed: {reason}")));
-            }
-            if state.indexed >= target {
-                break Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break Err(StoreError::Io(format!(
-                    "the ledger index is behind the log (indexed {:?}, wanted {target:?}); retry",
-                    state.indexed
-                )));
-            }
-            state = self
-                .to_queries
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        };
+        let mut state = self.wait_until(&self.to_queries, state, Some(deadline), |s| {
+            s.failed.is_some() || s.indexed >= target
+        });
         state.waiting -= 1;
-        outcome
+        if let Some(reason) = &state.failed {
+            return Err(StoreError::Io(format!("the ledger indexer failed: {reason}")));
+        }
+        if state.indexed < target {
+            return Err(StoreError::Io(format!(
+                "the ledger index is behind the log (indexed {:?}, wanted {target:?}); retry",
+                state.indexed
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -155,27 +157,15 @@ pub(crate) fn run<D: Disk, B: Backend>(
 ) {
     loop {
         let (from, to) = {
-            let mut state = progress.lock();
-            while !state.stop && state.durable <= state.indexed {
-                state = progress
-                    .to_indexer
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
+            let state = progress.lock();
+            let state = progress
+                .wait_until(&progress.to_indexer, state, None, |s| s.stop || s.durable > s.indexed);
             // New entries wait up to `interval` to be indexed in one larger
             // batch, unless a query wants them now.
             let deadline = Instant::now() + interval;
-            while !state.stop && state.waiting == 0 {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                state = progress
-                    .to_indexer
-                    .wait_timeout(state, deadline - now)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
-            }
+            let state = progress.wait_until(&progress.to_indexer, state, Some(deadline), |s| {
+                s.stop || s.waiting > 0
+            });
             if state.stop {
                 return;
             }

@@ -23,7 +23,7 @@
 use atp_core::ledger::LedgerEntry;
 
 use crate::ShardBatch;
-use crate::codec::{Reader, checksum, put_bytes, put_varint};
+use crate::codec::{Reader, checksum, numbered_file, put_bytes, put_varint};
 
 /// Magic bytes at the start of every segment.
 const MAGIC: &[u8; 6] = b"ATPLOG";
@@ -56,11 +56,7 @@ pub(crate) fn segment_name(id: u64) -> String {
 
 /// The segment number of a file name, if it is a segment.
 pub(crate) fn segment_id(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".log")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    numbered_file(name, 20, ".log")
 }
 
 /// The header of segment `id`.

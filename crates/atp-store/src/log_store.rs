@@ -213,11 +213,11 @@ impl<D: Disk> LogStore<D> {
         for name in disk.list(CHECKPOINT_DIR).map_err(io("listing checkpoints".to_owned()))? {
             let Some(shard) = checkpoint_shard(&name) else { continue };
             let path = format!("{CHECKPOINT_DIR}/{name}");
-            let head = disk.read_at(&path, 0, 30).map_err(io(format!("reading {path}")))?;
+            let head = disk
+                .read_at(&path, 0, checkpoint::HEADER_BYTES)
+                .map_err(io(format!("reading {path}")))?;
             let bytes = disk.len(&path).map_err(io(format!("reading {path}")))?;
-            let sequence = head
-                .get(22..30)
-                .map(|b| u64::from_le_bytes(b.try_into().expect("eight bytes")))
+            let sequence = checkpoint::header_sequence(&head)
                 .ok_or_else(|| StoreError::Corrupt(format!("{path}: truncated header")))?;
             layout.checkpoints.insert(shard, (sequence, bytes));
         }
@@ -388,7 +388,6 @@ impl<D: Disk> Drop for LogStore<D> {
 impl<D: Disk> Store for LogStore<D> {
     fn commit(&self, batches: &[ShardBatch]) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        inner.progress.allow_open();
         let mut writer = lock(&inner.writer);
         if let Some(error) = &writer.failed {
             return Err(StoreError::Io(format!(

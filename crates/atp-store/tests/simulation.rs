@@ -27,23 +27,16 @@ const SKUS: [&str; 6] = ["sku-a", "sku-b", "sku-c", "sku-d", "sku-e", "sku-f"];
 const LOCATIONS: [&str; 2] = ["loc-a", "loc-b"];
 const START_MS: i64 = 1_700_000_000_000;
 
-/// xorshift64*: small, seeded, the same on every machine.
-struct Rng(u64);
+/// A seeded generator (fastrand's: the same sequence on every machine).
+struct Rng(fastrand::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        Self(fastrand::Rng::with_seed(seed))
     }
 
     fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
+        self.0.u64(..bound)
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
