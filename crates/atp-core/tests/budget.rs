@@ -30,8 +30,10 @@ fn shard(settings: ShardSettings) -> ShardState {
 /// A HELD reservation on `state` as its home (the lines' shards are not needed here).
 fn held(state: &mut ShardState, id: &str, now: i64) -> ReservationId {
     let request = reserve_request(id, WEB, vec![line("sku-apple", "loc-north", 1)], TTL_MS);
-    assert!(matches!(state.begin_reserve(&request, now), Ok(Begin::Started { .. })));
-    state.finish_reserve(&request.id, true, now).expect("held");
+    let Ok(Begin::Started { version, .. }) = state.begin_reserve(&request, now) else {
+        panic!("a new id starts")
+    };
+    state.finish_reserve(&request.id, version, true, now).expect("held");
     request.id
 }
 
@@ -295,8 +297,8 @@ fn mixed_operations_under_a_small_budget_persist_every_forget() {
                 let lines = vec![line("sku-apple", "loc-north", 1)];
                 let request = reserve_request(&format!("r-{created}"), WEB, lines, ttl_ms);
                 created += 1;
-                if matches!(state.begin_reserve(&request, now), Ok(Begin::Started { .. })) {
-                    state.finish_reserve(&request.id, true, now).expect("held");
+                if let Ok(Begin::Started { version, .. }) = state.begin_reserve(&request, now) {
+                    state.finish_reserve(&request.id, version, true, now).expect("held");
                 }
             }
             1 => {

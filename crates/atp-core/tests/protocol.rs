@@ -12,6 +12,13 @@
 //! records drained since (the log), and runs `recover`; sometimes the
 //! recovery's own writes are lost on some shards and it crashes again.
 //!
+//! A Reserve is acknowledged after one group commit (its holds'): the home
+//! applies its finish and answers before that batch is durable, so the model
+//! leaves the home unflushed for a step and a crash then loses the HELD
+//! record, which recovery must rebuild from the holds. A Reserve left PENDING
+//! past the (shortened) pending timeout is abandoned by its home's tick:
+//! `Abort` of its version goes to the lines, and late holds are refused.
+//!
 //! After every step: positions equal the sums over holds and nothing promised
 //! is oversold, on_hand moves only by shipments, and the durable ledger shows
 //! every hold ending at most once. At every crash: checkpoint + log restores

@@ -115,7 +115,7 @@ fn begin_two_shard_reserve(
     let lines = vec![line(SKU, LOCATION, 2), line(OTHER_SKU, LOCATION, 3)];
     let request = reserve_request(&id, WEB, lines, TTL_MS);
     let begin = node.shard_mut(shard_of(&id)).begin_reserve(&request, START_MS + 1);
-    let Ok(Begin::Started { holds }) = begin else { panic!("a new id starts: {begin:?}") };
+    let Ok(Begin::Started { holds, .. }) = begin else { panic!("a new id starts: {begin:?}") };
     assert_eq!(holds.len(), 2, "one hold per line shard");
     (request, holds)
 }
@@ -206,9 +206,12 @@ fn holds_of_two_incarnations_do_not_rebuild_a_reservation() {
     // shard, but not with one version, so nothing is rebuilt.
     apply_hold(&mut node, &first[0]);
     let home = shard_of(request.id.as_str());
-    assert_eq!(node.shard_mut(home).finish_reserve(&request.id, false, START_MS + 1), None);
+    let LineOp::Hold { reservation, .. } = &first[0].1 else { panic!("a hold") };
+    let version = reservation.version;
+    let finished = node.shard_mut(home).finish_reserve(&request.id, version, false, START_MS + 1);
+    assert_eq!(finished, None);
     let again = node.shard_mut(home).begin_reserve(&request, START_MS + 1);
-    let Ok(Begin::Started { holds: second }) = again else { panic!("starts again: {again:?}") };
+    let Ok(Begin::Started { holds: second, .. }) = again else { panic!("starts again: {again:?}") };
     apply_hold(&mut node, &second[1]);
     persist(&mut node, &mut stores);
 

@@ -35,10 +35,13 @@ pub(crate) struct Record {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Begin {
     /// New: apply these holds (one per line shard), then call
-    /// [`ShardState::finish_reserve`]. Each carries the whole reservation.
+    /// [`ShardState::finish_reserve`] with `version`. Each carries the whole
+    /// reservation.
     Started {
         /// `(shard, LineOp::Hold)` for every shard holding a line.
         holds: Vec<(u32, LineOp)>,
+        /// The incarnation's version (what `Abort` and the finish name).
+        version: u64,
     },
     /// Seen before with the same payload: this is the first answer.
     Replay(ReservationView),
@@ -76,6 +79,12 @@ impl Record {
             state if state.is_final() => Some(self.ended_at_ms + retention_ms),
             _ => None,
         }
+    }
+
+    /// While PENDING: when it is abandoned, and its version.
+    pub(super) fn abandon_at(&self, pending_timeout_ms: i64) -> Option<(i64, u64)> {
+        (self.state == ReservationState::Pending)
+            .then(|| (self.created_at_ms.saturating_add(pending_timeout_ms), self.version))
     }
 
     fn view(&self, state: ReservationState) -> ReservationView {
@@ -247,20 +256,26 @@ impl ShardState {
         record.state = ReservationState::Pending;
         record.replaces_stored = replaces_stored;
         self.records.insert(request.id.clone(), record);
-        Ok(Begin::Started { holds: incarnation.holds() })
+        let abandon_at = now.saturating_add(self.settings.pending_timeout_ms);
+        self.schedule(abandon_at, Deadline::Abandon(request.id.clone(), incarnation.version));
+        Ok(Begin::Started { holds: incarnation.holds(), version: incarnation.version })
     }
 
-    /// Home side, after the lines' shards answered: `held` = every line is held.
-    /// Returns the Reserve's answer when held; forgets the reservation otherwise.
+    /// Home side, after the lines' shards answered: `held` = every line's
+    /// hold is durable. Returns the Reserve's answer when held (the caller
+    /// may answer at once: the holds rebuild this record if it is lost);
+    /// forgets the reservation otherwise. None if the PENDING record of
+    /// `version` is gone (abandoned after `pending_timeout_ms`).
     pub fn finish_reserve(
         &mut self,
         id: &ReservationId,
+        version: u64,
         held: bool,
         now: i64,
     ) -> Option<ReservationView> {
         self.advance(now);
         let record = self.records.get_mut(id)?;
-        if record.state != ReservationState::Pending {
+        if record.state != ReservationState::Pending || record.version != version {
             return None;
         }
         self.applied_sequence += 1;
@@ -505,6 +520,24 @@ impl ShardState {
         let request_id = id.clone();
         self.records[id]
             .line_ops(|_| LineOp::Release { id: request_id.clone(), kind: LedgerKind::Expire })
+    }
+
+    /// A PENDING Reserve of `version` outlived `pending_timeout_ms`: forget
+    /// it and abort its holds wherever they were taken (line shards refuse
+    /// holds arriving after this, so none is left behind).
+    pub(super) fn abandon(&mut self, id: &ReservationId, version: u64) -> Vec<(u32, LineOp)> {
+        let Some(record) = self.records.get(id) else { return Vec::new() };
+        if record.state != ReservationState::Pending || record.version != version {
+            return Vec::new();
+        }
+        let ops = record.line_ops(|_| LineOp::Abort { id: id.clone(), version });
+        self.applied_sequence += 1;
+        if record.replaces_stored {
+            self.records.remove(id);
+        } else {
+            self.records.discard(id);
+        }
+        ops
     }
 
     pub(super) fn forget_reservation(&mut self, id: &ReservationId, now: i64) {

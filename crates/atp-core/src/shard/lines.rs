@@ -65,6 +65,15 @@ pub enum LineOp {
         /// Release, Expire or Abort.
         kind: LedgerKind,
     },
+    /// Free the held (uncommitted) units of one incarnation: the rollback of
+    /// a Reserve that did not hold everywhere, or was abandoned. Names the
+    /// version, so a late Abort never frees a newer incarnation of the id.
+    Abort {
+        /// The reservation.
+        id: ReservationId,
+        /// The incarnation ([`Incarnation::version`]).
+        version: u64,
+    },
     /// Turn held units into committed ones; the remainder is freed.
     Commit {
         /// The reservation.
@@ -146,6 +155,12 @@ impl ShardState {
                 self.release_lines(id, *kind, now);
                 Ok(())
             }
+            LineOp::Abort { id, version } => {
+                if self.holds.get(id).is_some_and(|holds| holds.reservation.version == *version) {
+                    self.release_lines(id, LedgerKind::Abort, now);
+                }
+                Ok(())
+            }
             LineOp::Commit { id, lines } => {
                 self.commit_lines(id, lines, catalog, now);
                 Ok(())
@@ -166,8 +181,26 @@ impl ShardState {
     ) -> Result<(), CoreError> {
         let (id, channel_id): (&ReservationId, &ChannelId) =
             (&reservation.request.id, &reservation.request.channel);
-        if self.holds.contains_key(id) {
-            return Ok(());
+        if let Some(existing) = self.holds.get(id) {
+            return match (existing.reservation.version == reservation.version, existing.committed) {
+                // A repeated Hold of this incarnation: already done.
+                (true, _) => Ok(()),
+                // An earlier incarnation's hold, being aborted.
+                (false, false) => Err(CoreError::InProgress(format!(
+                    "reservation {id}: an earlier attempt's hold is being rolled back; retry"
+                ))),
+                (false, true) => Err(CoreError::FailedPrecondition(format!(
+                    "reservation {id}: an earlier use of this id still has committed units here"
+                ))),
+            };
+        }
+        if now >= reservation.created_at_ms.saturating_add(self.settings.pending_timeout_ms) {
+            // The home has abandoned this Reserve (or is about to): a hold
+            // taken now would belong to nobody.
+            return Err(CoreError::InProgress(format!(
+                "reservation {id}: the Reserve took longer than {} ms and was abandoned; nothing is held; retry",
+                self.settings.pending_timeout_ms
+            )));
         }
         let Some(channel) = catalog.channels.get(channel_id) else {
             return Err(CoreError::invalid("channel_id", format!("unknown channel {channel_id}")));

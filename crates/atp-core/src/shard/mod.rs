@@ -62,6 +62,12 @@ pub struct ShardSettings {
     /// limit. Past it, the oldest (by applied time, then id) is forgotten
     /// early; an event repeated after that is applied again (not DUPLICATE).
     pub max_event_memos: usize,
+    /// How long a Reserve may stay PENDING on its home. Past it the home
+    /// abandons it: forgets the PENDING record and sends `Abort` (of that
+    /// version) to every line shard, and a line shard refuses a `Hold` that
+    /// arrives later. A Reserve normally finishes in milliseconds; this only
+    /// keeps a lost one from pinning its id and stock.
+    pub pending_timeout_ms: i64,
 }
 
 impl Default for ShardSettings {
@@ -73,9 +79,13 @@ impl Default for ShardSettings {
             movements_per_position: 10_000,
             max_ended_reservations: DEFAULT_MAX_ENDED_RESERVATIONS,
             max_event_memos: DEFAULT_MAX_EVENT_MEMOS,
+            pending_timeout_ms: DEFAULT_PENDING_TIMEOUT_MS,
         }
     }
 }
+
+/// Default of [`ShardSettings::pending_timeout_ms`].
+pub const DEFAULT_PENDING_TIMEOUT_MS: i64 = 30_000;
 
 /// How far in the future a count's `as_of` may be (clock skew allowance).
 pub const MAX_COUNT_SKEW_MS: i64 = 5 * 60 * 1000;
@@ -101,6 +111,8 @@ pub(crate) struct PositionState {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Deadline {
     Expire(ReservationId),
+    /// A PENDING Reserve of this version has not finished in time.
+    Abandon(ReservationId, u64),
     ForgetReservation(ReservationId),
     ForgetEvent(EventId),
 }
@@ -279,6 +291,7 @@ impl ShardState {
                     effects.extend(self.expire(&id, now));
                     self.rearm_expiry(&id, now);
                 }
+                Deadline::Abandon(id, version) => effects.extend(self.abandon(&id, version)),
                 Deadline::ForgetReservation(id) => self.forget_reservation(&id, now),
                 Deadline::ForgetEvent(id) => self.forget_event(&id, now),
             }

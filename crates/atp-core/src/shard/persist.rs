@@ -224,7 +224,9 @@ impl ShardState {
         let retention_ms = self.settings.retention_ms;
         let mut deadlines = Vec::new();
         for (id, record) in self.records.iter() {
-            if let Some(at) = record.deadline(retention_ms) {
+            if let Some((at, version)) = record.abandon_at(self.settings.pending_timeout_ms) {
+                deadlines.push((at, Deadline::Abandon(id.clone(), version)));
+            } else if let Some(at) = record.deadline(retention_ms) {
                 let deadline = if record.state() == ReservationState::Held {
                     Deadline::Expire(id.clone())
                 } else {

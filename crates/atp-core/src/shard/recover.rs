@@ -25,7 +25,6 @@ use super::{Incarnation, LineOp, ShardState};
 use crate::catalog::Catalog;
 use crate::hash::shard_of;
 use crate::ids::ReservationId;
-use crate::ledger::LedgerKind;
 
 /// What recovery did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,8 +129,9 @@ fn settle_orphans(
                 report.rebuilt += 1;
             }
         } else {
-            for (shard, _) in holds {
-                aborts.push((shard, LineOp::Release { id: id.clone(), kind: LedgerKind::Abort }));
+            for (shard, incarnation) in holds {
+                let version = incarnation.version;
+                aborts.push((shard, LineOp::Abort { id: id.clone(), version }));
             }
         }
     }

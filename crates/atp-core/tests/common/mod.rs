@@ -12,7 +12,6 @@ use atp_core::catalog::{Catalog, Channel, Location, LocationKind};
 use atp_core::events::StockEvent;
 use atp_core::hash::shard_of;
 use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
-use atp_core::ledger::LedgerKind;
 use atp_core::position::Position;
 use atp_core::reservation::{CommitLine, ReservationView, ReserveLine, ReserveRequest};
 use atp_core::shard::{Begin, EventApplied, LineOp, ShardSettings, ShardState};
@@ -162,29 +161,26 @@ impl Node {
         self.clock_ms = self.clock_ms.max(now);
         request.check(&self.catalog)?;
         let home = shard_of(request.id.as_str());
-        let holds = match self.shard_mut(home).begin_reserve(request, now)? {
+        let (holds, version) = match self.shard_mut(home).begin_reserve(request, now)? {
             Begin::Replay(view) => return Ok(view),
-            Begin::Started { holds } => holds,
+            Begin::Started { holds, version } => (holds, version),
         };
         let mut failure = None;
         let mut rollback = Vec::new();
         for (shard, op) in holds {
             let state = shard_entry(&mut self.shards, self.clock_ms, shard);
             match state.apply_line_op(&op, &self.catalog, now) {
-                Ok(()) => rollback.push((
-                    shard,
-                    LineOp::Release { id: request.id.clone(), kind: LedgerKind::Abort },
-                )),
+                Ok(()) => rollback.push((shard, LineOp::Abort { id: request.id.clone(), version })),
                 Err(error) => failure = failure.or(Some(error)),
             }
         }
         if let Some(error) = failure {
             self.deliver(rollback, now);
-            let answer = self.shard_mut(home).finish_reserve(&request.id, false, now);
+            let answer = self.shard_mut(home).finish_reserve(&request.id, version, false, now);
             assert_eq!(answer, None, "a failed reserve has no answer");
             return Err(error);
         }
-        let answer = self.shard_mut(home).finish_reserve(&request.id, true, now);
+        let answer = self.shard_mut(home).finish_reserve(&request.id, version, true, now);
         Ok(answer.expect("a pending reservation whose lines are held has an answer"))
     }
 

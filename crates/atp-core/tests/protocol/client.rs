@@ -17,7 +17,9 @@ impl World {
     /// client is told, and its next read sees the lines' stock.
     pub(super) fn complete(&mut self, waiting: Waiting) -> Result<(), TestCaseError> {
         match waiting {
-            Waiting::Rollback(id) => self.network.push(Message::Finish { id, held: false }),
+            Waiting::Rollback(id, version) => {
+                self.network.push(Message::Finish { id, version, held: false })
+            }
             Waiting::Client(id, state) => {
                 let holds = checks::holds_of(&self.shards, &id);
                 match state {

@@ -8,7 +8,6 @@ use atp_core::catalog::Catalog;
 use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::hash::shard_of;
 use atp_core::ids::{LocationId, ReservationId, Sku};
-use atp_core::ledger::LedgerKind;
 use atp_core::reservation::{ReservationState, ReserveRequest};
 use atp_core::shard::{Begin, Incarnation, LineOp, ShardState, ShipNotice};
 use proptest::prelude::*;
@@ -18,6 +17,14 @@ use crate::checks::{self, LedgerLives};
 use crate::common::{
     LOCATIONS, MARKET, SKUS, START_MS, WEB, catalog, event_id, location, settings, sku,
 };
+
+/// A PENDING Reserve is abandoned after this: short enough that the run's
+/// ticks (up to 8 s each) reach it.
+const PENDING_TIMEOUT_MS: i64 = 12_000;
+
+fn protocol_settings() -> atp_core::shard::ShardSettings {
+    atp_core::shard::ShardSettings { pending_timeout_ms: PENDING_TIMEOUT_MS, ..settings() }
+}
 
 const TTLS_MS: [i64; 3] = [1_000, 5_000, 30_000];
 /// Key of a shard's meta record (sequences and clock; written only with real
@@ -96,6 +103,7 @@ enum Message {
     /// The Reserve's last step on its home.
     Finish {
         id: ReservationId,
+        version: u64,
         held: bool,
     },
     Notice(ShipNotice),
@@ -104,7 +112,7 @@ enum Message {
 /// What answering waits for once every line op of it was delivered.
 enum Waiting {
     Client(ReservationId, ReservationState),
-    Rollback(ReservationId),
+    Rollback(ReservationId, u64),
 }
 
 /// A Reserve in progress (the node's task running it): lost at a crash.
@@ -146,7 +154,9 @@ pub struct World {
     durable: BTreeMap<u32, Durable>,
     lives: LedgerLives,
     network: Vec<Message>,
-    reserving: BTreeMap<ReservationId, Reserving>,
+    /// By id and version: an abandoned Reserve may still be running when the
+    /// id starts again.
+    reserving: BTreeMap<(ReservationId, u64), Reserving>,
     waiting: BTreeMap<u32, (Waiting, usize)>,
     next_token: u32,
     /// The last state each client was told of.
@@ -156,6 +166,12 @@ pub struct World {
     sent: BTreeMap<ReservationId, ReserveRequest>,
     on_hand: BTreeMap<(Sku, LocationId), i64>,
     shipments: u32,
+    /// Shards whose last step is not durable yet (a Reserve's finish: the
+    /// caller is answered before the home record is written). The next
+    /// persist writes them, unless a crash comes first.
+    unflushed: std::collections::BTreeSet<u32>,
+    /// Shards to leave unflushed at the end of this step.
+    hold_back: std::collections::BTreeSet<u32>,
 }
 
 fn without_meta(mut records: Records) -> Records {
@@ -165,7 +181,7 @@ fn without_meta(mut records: Records) -> Records {
 
 fn restore(shard: u32, records: &Records) -> Result<ShardState, TestCaseError> {
     let records = records.iter().map(|(k, v)| (k.clone(), v.clone()));
-    ShardState::restore(shard, 1, settings(), records)
+    ShardState::restore(shard, 1, protocol_settings(), records)
         .map_err(|e| TestCaseError::fail(e.to_string()))
 }
 
@@ -203,10 +219,15 @@ impl World {
             sent: BTreeMap::new(),
             on_hand: BTreeMap::new(),
             shipments: 0,
+            unflushed: Default::default(),
+            hold_back: Default::default(),
         };
         let homes = world.ids.iter().map(|id| shard_of(id.as_str()));
         for shard in line_shards.iter().copied().chain(homes) {
-            world.shards.entry(shard).or_insert_with(|| ShardState::new(shard, 1, settings()));
+            world
+                .shards
+                .entry(shard)
+                .or_insert_with(|| ShardState::new(shard, 1, protocol_settings()));
             world.durable.entry(shard).or_default();
         }
         let positions = SKUS.iter().flat_map(|s| LOCATIONS.iter().map(move |(l, _)| (s, l)));
@@ -264,7 +285,8 @@ impl World {
                     let message = self.network.remove(*selector as usize % self.network.len());
                     if let Message::Hold { shard, op: LineOp::Hold { reservation, .. } } = message {
                         // Never applied: the Reserve hears a refusal (as from a full mailbox).
-                        self.hold_outcome(&reservation.request.id, shard, false);
+                        let key = (reservation.request.id.clone(), reservation.version);
+                        self.hold_outcome(&key, shard, false);
                     }
                 }
             }
@@ -338,17 +360,19 @@ impl World {
         let begin = self.on_shard(home, |state, _, now| state.begin_reserve(&request, now));
         let id = request.id.clone();
         match begin {
-            Ok(Begin::Started { holds }) => {
+            Ok(Begin::Started { holds, version }) => {
                 prop_assert!(!self.acked.contains_key(&id), "acknowledged {} was forgotten", id);
-                prop_assert!(!self.reserving.contains_key(&id), "{} started twice at once", id);
+                let key = (id.clone(), version);
+                prop_assert!(!self.reserving.contains_key(&key), "{} started twice at once", id);
                 let Some((_, LineOp::Hold { reservation, .. })) = holds.first() else {
                     return Err(TestCaseError::fail("a Reserve starts with holds"));
                 };
                 prop_assert_eq!(&reservation.request, &request);
+                prop_assert_eq!(reservation.version, version);
                 self.begun.entry(id.clone()).or_default().push(reservation.clone());
                 let outcomes = holds.iter().map(|(shard, _)| (*shard, None)).collect();
                 let incarnation = reservation.clone();
-                self.reserving.insert(id, Reserving { incarnation, outcomes });
+                self.reserving.insert(key, Reserving { incarnation, outcomes });
                 for (shard, op) in holds {
                     self.network.push(Message::Hold { shard, op });
                 }
@@ -370,14 +394,16 @@ impl World {
         Ok(())
     }
 
-    fn hold_outcome(&mut self, id: &ReservationId, shard: u32, held: bool) {
-        let Some(reserving) = self.reserving.get_mut(id) else { return };
+    fn hold_outcome(&mut self, key: &(ReservationId, u64), shard: u32, held: bool) {
+        let id = &key.0;
+        let Some(reserving) = self.reserving.get_mut(key) else { return };
         reserving.outcomes.insert(shard, Some(held));
         if reserving.outcomes.values().any(Option::is_none) {
             return;
         }
+        let version = reserving.incarnation.version;
         if reserving.outcomes.values().all(|held| *held == Some(true)) {
-            self.network.push(Message::Finish { id: id.clone(), held: true });
+            self.network.push(Message::Finish { id: id.clone(), version, held: true });
             return;
         }
         // Roll back what held before the home forgets the reservation.
@@ -385,9 +411,10 @@ impl World {
             .outcomes
             .iter()
             .filter(|(_, held)| **held == Some(true))
-            .map(|(shard, _)| (*shard, LineOp::Release { id: id.clone(), kind: LedgerKind::Abort }))
+            .map(|(shard, _)| (*shard, LineOp::Abort { id: id.clone(), version }))
             .collect();
-        self.send_then(rollback, Waiting::Rollback(id.clone())).expect("a rollback completes");
+        self.send_then(rollback, Waiting::Rollback(id.clone(), version))
+            .expect("a rollback completes");
     }
 
     fn deliver(&mut self, message: Message, twice: bool) -> Result<(), TestCaseError> {
@@ -414,7 +441,7 @@ impl World {
                         id
                     );
                 }
-                self.hold_outcome(&id, shard, held.is_ok());
+                self.hold_outcome(&(id, reservation.version), shard, held.is_ok());
             }
             Message::Line { shard, op, ack } => {
                 for _ in 0..if twice { 2 } else { 1 } {
@@ -432,24 +459,35 @@ impl World {
                     }
                 }
             }
-            Message::Finish { id, held } => {
-                let Some(reserving) = self.reserving.remove(&id) else {
+            Message::Finish { id, version, held } => {
+                let Some(reserving) = self.reserving.remove(&(id.clone(), version)) else {
                     return Err(TestCaseError::fail(format!("finish of {id} without its Reserve")));
                 };
                 let home = shard_of(id.as_str());
-                let answer =
-                    self.on_shard(home, |state, _, now| state.finish_reserve(&id, held, now));
-                if held {
-                    let view = answer
-                        .ok_or_else(|| TestCaseError::fail(format!("{id} held, no answer")))?;
-                    let incarnation = &reserving.incarnation;
-                    prop_assert_eq!(
-                        (view.created_at_ms, view.expires_at_ms),
-                        (incarnation.created_at_ms, incarnation.expires_at_ms)
-                    );
-                    self.acked.insert(id, ReservationState::Held);
-                } else {
-                    prop_assert!(answer.is_none(), "a failed Reserve {} answered", id);
+                // The home's batch ticks first and that batch is durable as
+                // usual (its expiry releases go out only then); the finish
+                // itself is answered at once, before its record is durable
+                // (one group commit per Reserve: the holds'), so the home is
+                // left unflushed until the next step — or a crash.
+                self.on_shard(home, |_, _, _| ());
+                self.persist_shard(home)?;
+                let now = self.now;
+                let state = self.shards.get_mut(&home).expect("known shard");
+                let answer = state.finish_reserve(&id, version, held, now);
+                self.hold_back.insert(home);
+                match answer {
+                    Some(view) => {
+                        prop_assert!(held, "a failed Reserve {} answered", id);
+                        let incarnation = &reserving.incarnation;
+                        prop_assert_eq!(
+                            (view.created_at_ms, view.expires_at_ms),
+                            (incarnation.created_at_ms, incarnation.expires_at_ms)
+                        );
+                        self.acked.insert(id, ReservationState::Held);
+                    }
+                    // None when held: abandoned after the pending timeout
+                    // (its holds are being aborted); the caller gets an error.
+                    None => {}
                 }
             }
             Message::Notice(notice) => {
@@ -466,9 +504,13 @@ impl World {
     /// log, and the ledger entries in the ledger check.
     pub fn persist(&mut self) -> Result<(), TestCaseError> {
         let shards: Vec<u32> = self.shards.keys().copied().collect();
+        let held_back = std::mem::take(&mut self.hold_back);
         for shard in shards {
-            self.persist_shard(shard)?;
+            if !held_back.contains(&shard) {
+                self.persist_shard(shard)?;
+            }
         }
+        self.unflushed = held_back;
         Ok(())
     }
 
