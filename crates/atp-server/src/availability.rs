@@ -1,7 +1,5 @@
 //! `atp.v1.AvailabilityService` over a [`Node`].
 
-use std::collections::HashMap;
-
 use atp_core::CoreError;
 use atp_core::reservation::ReserveRequest;
 use atp_core::shard::EventApplied;
@@ -13,7 +11,6 @@ use atp_proto::v1;
 use atp_proto::v1::availability_service_server::AvailabilityService;
 use atp_proto::{rpc_status, status_of};
 use atp_shard::{Node, NodeError};
-use futures::future::join_all;
 use tonic::{Request, Response, Status};
 
 use crate::SINGLE_NODE_EPOCH;
@@ -147,49 +144,38 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
         let items =
             parse_reserve_batch(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
-        let results = reserve_all(&self.node, items).await;
+        let results = reserve_all(&self.node, items).await?;
         Ok(Response::new(v1::ReserveBatchResponse { results }))
     }
 }
 
-/// Runs every well-formed item's Reserve on the node concurrently and
-/// answers one result per item, in request order. Items sharing an id run
-/// one after another in request order (as a client's retries would), so a
-/// repeat gets the first answer or ALREADY_EXISTS, never a race with itself.
+/// Runs every well-formed item's Reserve on the node together (one message
+/// per shard per step, see [`Node::reserve_batch`]) and answers one result
+/// per item, in request order. Items sharing an id run one after another in
+/// request order (as a client's retries would), so a repeat gets the first
+/// answer or ALREADY_EXISTS, never a race with itself.
 async fn reserve_all(
     node: &Node,
     items: Vec<Result<ReserveRequest, CoreError>>,
-) -> Vec<v1::ReserveBatchResult> {
+) -> Result<Vec<v1::ReserveBatchResult>, Status> {
     let count = items.len();
     let mut outcomes: Vec<Option<Result<v1::ReserveResponse, Status>>> = vec![None; count];
-    // Items grouped by reservation id, each group in request order.
-    let mut groups: Vec<Vec<(usize, ReserveRequest)>> = Vec::new();
-    let mut group_of_id: HashMap<String, usize> = HashMap::new();
+    let mut indexes = Vec::with_capacity(count);
+    let mut requests = Vec::with_capacity(count);
     for (index, item) in items.into_iter().enumerate() {
         match item {
             Err(error) => outcomes[index] = Some(Err(status_of(error))),
             Ok(request) => {
-                let next_group = groups.len();
-                let group = *group_of_id.entry(request.id.to_string()).or_insert(next_group);
-                if group == next_group {
-                    groups.push(Vec::new());
-                }
-                groups[group].push((index, request));
+                indexes.push(index);
+                requests.push(request);
             }
         }
     }
-    let runs = groups.into_iter().map(|group| async move {
-        let mut answers = Vec::with_capacity(group.len());
-        for (index, request) in group {
-            let answer = node.reserve(request).await.map_err(|error| item_status(error, index));
-            answers.push((index, answer.map(reserved)));
-        }
-        answers
-    });
-    for (index, answer) in join_all(runs).await.into_iter().flatten() {
-        outcomes[index] = Some(answer);
+    let answers = node.reserve_batch(requests).await.map_err(node_status)?;
+    for (index, answer) in indexes.into_iter().zip(answers) {
+        outcomes[index] = Some(answer.map(reserved).map_err(|error| item_status(error, index)));
     }
-    outcomes
+    Ok(outcomes
         .into_iter()
         .map(|outcome| {
             let outcome = match outcome.expect("every item of a batch gets an outcome") {
@@ -198,7 +184,7 @@ async fn reserve_all(
             };
             v1::ReserveBatchResult { outcome: Some(outcome) }
         })
-        .collect()
+        .collect())
 }
 
 fn reserved(view: atp_core::reservation::ReservationView) -> v1::ReserveResponse {

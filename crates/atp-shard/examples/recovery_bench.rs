@@ -131,7 +131,7 @@ fn fill(store: &dyn Store, positions: usize, holds: usize, checkpoint: bool) {
         let home = shard_of(request.id.as_str());
         let begun =
             shards.get_mut(&home).expect("home").begin_reserve(&request, START_MS).expect("begins");
-        let Begin::Started { holds } = begun else { panic!("a new id starts") };
+        let Begin::Started { holds, version } = begun else { panic!("a new id starts") };
         let (line, hold) = holds.into_iter().next().expect("one line, one hold");
         shards
             .get_mut(&line)
@@ -141,7 +141,7 @@ fn fill(store: &dyn Store, positions: usize, holds: usize, checkpoint: bool) {
         shards
             .get_mut(&home)
             .expect("home")
-            .finish_reserve(&request.id, true, START_MS)
+            .finish_reserve(&request.id, version, true, START_MS)
             .expect("held");
         if n % 100_000 == 99_999 {
             flush(&mut shards);

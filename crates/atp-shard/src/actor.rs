@@ -42,6 +42,15 @@ pub(crate) struct Shared {
     pub(crate) committer: Option<Committer>,
     /// Longest time a shard paused to hand over its state for a checkpoint (µs).
     pub(crate) longest_checkpoint_pause_us: AtomicU64,
+    /// Reserves in flight by id: a retry waits for the first one's answer.
+    pub(crate) in_flight: DashMap<atp_core::ids::ReservationId, InFlight>,
+}
+
+/// A Reserve being worked on, and where its answer will appear.
+pub(crate) struct InFlight {
+    pub(crate) request: Arc<atp_core::reservation::ReserveRequest>,
+    pub(crate) answer:
+        watch::Receiver<Option<Result<atp_core::reservation::ReservationView, NodeError>>>,
 }
 
 /// Asks an actor for its state between two batches.
@@ -69,19 +78,38 @@ pub(crate) struct ShardHandle {
     committer: Option<Committer>,
 }
 
-fn operation<T, F>(work: F) -> (Operation, oneshot::Receiver<Result<T, NodeError>>)
+/// When an operation's caller hears its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Once the batch's changes are durable (every acknowledged write).
+    Durable,
+    /// As soon as it is applied, before the batch is durable: only for work
+    /// whose answer promises nothing the log does not already hold or that
+    /// recovery cannot rebuild (a Reserve's begin and finish, see
+    /// `docs/PROTOCOL.md`).
+    Applied,
+}
+
+fn operation<T, F>(work: F, answer: Answer) -> (Operation, oneshot::Receiver<Result<T, NodeError>>)
 where
     T: Send + 'static,
     F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
 {
     let (reply_to, receiver) = oneshot::channel();
-    let op: Operation = Box::new(move |state, catalog, now| {
-        let answer = work(state, catalog, now);
-        Box::new(move |outcome: Result<(), NodeError>| {
-            // The caller may have gone away; the work is done either way.
-            let _ = reply_to.send(outcome.map(|()| answer));
-        })
-    });
+    let op: Operation = match answer {
+        Answer::Durable => Box::new(move |state, catalog, now| {
+            let answer = work(state, catalog, now);
+            Box::new(move |outcome: Result<(), NodeError>| {
+                // The caller may have gone away; the work is done either way.
+                let _ = reply_to.send(outcome.map(|()| answer));
+            })
+        }),
+        Answer::Applied => Box::new(move |state, catalog, now| {
+            let _ = reply_to.send(Ok(work(state, catalog, now)));
+            // A closure capturing nothing: boxing it does not allocate.
+            Box::new(|_: Result<(), NodeError>| {})
+        }),
+    };
     (op, receiver)
 }
 
@@ -136,7 +164,20 @@ impl ShardHandle {
         T: Send + 'static,
         F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
     {
-        let (op, receiver) = operation(work);
+        self.try_call_answered(work, Answer::Durable).await
+    }
+
+    /// [`ShardHandle::try_call`], answered when `answer` says.
+    pub(crate) async fn try_call_answered<T, F>(
+        &self,
+        work: F,
+        answer: Answer,
+    ) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
+    {
+        let (op, receiver) = operation(work, answer);
         self.refuse_if_failed()?;
         self.sender.try_send(op).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => NodeError::Overloaded { shard: self.shard },
@@ -152,7 +193,16 @@ impl ShardHandle {
         T: Send + 'static,
         F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
     {
-        let (op, receiver) = operation(work);
+        self.call_answered(work, Answer::Durable).await
+    }
+
+    /// [`ShardHandle::call`], answered when `answer` says.
+    pub(crate) async fn call_answered<T, F>(&self, work: F, answer: Answer) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut ShardState, &Catalog, i64) -> T + Send + 'static,
+    {
+        let (op, receiver) = operation(work, answer);
         self.refuse_if_failed()?;
         self.sender.send(op).await.map_err(|_| NodeError::ShuttingDown)?;
         receiver.await.map_err(|_| NodeError::ShuttingDown)?

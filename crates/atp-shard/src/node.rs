@@ -12,7 +12,7 @@ use atp_core::error::{CoreError, FieldViolation};
 use atp_core::events::StockEvent;
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, LocationId, MAX_SKUS_PER_QUERY, ReservationId, Sku};
-use atp_core::ledger::{LedgerEntry, LedgerKind};
+use atp_core::ledger::LedgerEntry;
 use atp_core::location_map::LocationMap;
 use atp_core::reservation::{CommitLine, ReservationView, ReserveRequest};
 use atp_core::shard::{Begin, EventApplied, LineOp, ShardSettings, ShardState, ShardStats};
@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 
-use crate::actor::{self, Control, Operation, ShardHandle, Shared, Start};
+use crate::actor::{self, Answer, Control, InFlight, Operation, ShardHandle, Shared, Start};
 use crate::clock::Clock;
 use crate::committer::{Committer, CommitterStats};
 use crate::error::NodeError;
@@ -184,6 +184,7 @@ impl Node {
             batch_max: config.batch_max.max(1),
             committer,
             longest_checkpoint_pause_us: AtomicU64::new(0),
+            in_flight: DashMap::new(),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);
@@ -588,7 +589,64 @@ impl Node {
         self.check_ready()?;
         request.check(&self.shared.catalog())?;
         let shared = Arc::clone(&self.shared);
-        spawn_to_completion(async move { reserve(&shared, request).await }).await
+        spawn_to_completion(async move {
+            reserve_many(shared, vec![request]).await.pop().expect("one result per request")
+        })
+        .await
+    }
+
+    /// Reserves many at once (ReserveBatch): one message per shard per step,
+    /// whatever the number of requests. One result per request, in order.
+    /// Requests sharing an id run one after another in order, as a client's
+    /// retries would: a repeat gets the first answer or `ALREADY_EXISTS`.
+    pub async fn reserve_batch(
+        &self,
+        requests: Vec<ReserveRequest>,
+    ) -> Result<Vec<Result<ReservationView, NodeError>>, NodeError> {
+        self.check_ready()?;
+        let catalog = self.shared.catalog();
+        let count = requests.len();
+        let mut results: Vec<Option<ReserveResult>> = (0..count).map(|_| None).collect();
+        // Rounds: the n-th use of an id goes in round n.
+        let mut rounds: Vec<Vec<(usize, ReserveRequest)>> = Vec::new();
+        let mut uses: std::collections::HashMap<ReservationId, usize> = Default::default();
+        for (index, request) in requests.into_iter().enumerate() {
+            if let Err(error) = request.check(&catalog) {
+                results[index] = Some(Err(error.into()));
+                continue;
+            }
+            let round = uses.entry(request.id.clone()).or_default();
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
+            }
+            rounds[*round].push((index, request));
+            *round += 1;
+        }
+        let shared = Arc::clone(&self.shared);
+        let answered = spawn_to_completion(async move {
+            let mut answered = Vec::with_capacity(count);
+            for round in rounds {
+                let (indexes, requests): (Vec<usize>, Vec<ReserveRequest>) =
+                    round.into_iter().unzip();
+                let answers = reserve_many(Arc::clone(&shared), requests).await;
+                answered.extend(indexes.into_iter().zip(answers));
+            }
+            Ok(answered)
+        })
+        .await?;
+        for (index, answer) in answered {
+            results[index] = Some(answer);
+        }
+        Ok(results.into_iter().map(|result| result.expect("every request has a result")).collect())
+    }
+
+    /// Waits until no Reserve of `id` is in flight (a Commit or Release sent
+    /// right after a retried Reserve must not see it PENDING).
+    async fn settled(&self, id: &ReservationId) {
+        let answer = self.shared.in_flight.get(id).map(|entry| entry.answer.clone());
+        if let Some(mut answer) = answer {
+            let _ = answer.wait_for(Option::is_some).await;
+        }
     }
 
     /// Commits a HELD reservation (lines not named commit all they hold).
@@ -598,6 +656,7 @@ impl Node {
         lines: Vec<CommitLine>,
     ) -> Result<ReservationView, NodeError> {
         self.check_ready()?;
+        self.settled(&id).await;
         let home = shard_of(id.as_str());
         self.home_then_lines(home, move |state, _, now| state.commit(&id, &lines, now)).await
     }
@@ -605,6 +664,7 @@ impl Node {
     /// Releases a HELD reservation.
     pub async fn release(&self, id: ReservationId) -> Result<ReservationView, NodeError> {
         self.check_ready()?;
+        self.settled(&id).await;
         let home = shard_of(id.as_str());
         self.home_then_lines(home, move |state, _, now| state.release(&id, now)).await
     }
@@ -612,6 +672,7 @@ impl Node {
     /// Cancels a COMMITTED reservation's unshipped units.
     pub async fn cancel(&self, id: ReservationId) -> Result<ReservationView, NodeError> {
         self.check_ready()?;
+        self.settled(&id).await;
         let home = shard_of(id.as_str());
         self.home_then_lines(home, move |state, _, now| state.cancel(&id, now)).await
     }
@@ -623,6 +684,7 @@ impl Node {
         ttl_ms: i64,
     ) -> Result<ReservationView, NodeError> {
         self.check_ready()?;
+        self.settled(&id).await;
         let home = shard_of(id.as_str());
         self.home_then_lines(home, move |state, _, now| state.extend(&id, ttl_ms, now)).await
     }
@@ -630,6 +692,7 @@ impl Node {
     /// The reservation as its home shard knows it.
     pub async fn get_reservation(&self, id: ReservationId) -> Result<ReservationView, NodeError> {
         self.check_ready()?;
+        self.settled(&id).await;
         let home = shard_of(id.as_str());
         Ok(self.shard(home).try_call(move |state, _, _| state.get(&id)).await??)
     }
@@ -845,45 +908,265 @@ async fn spawn_to_completion<T: Send + 'static>(
     tokio::spawn(work).await.map_err(|_| NodeError::ShuttingDown)?
 }
 
-async fn reserve(shared: &Shared, request: ReserveRequest) -> Result<ReservationView, NodeError> {
-    let home = &shared.shards[shard_of(request.id.as_str()) as usize];
-    let begin = {
-        let request = request.clone();
-        home.try_call(move |state, _, now| state.begin_reserve(&request, now)).await??
-    };
-    let groups = match begin {
-        Begin::Replay(view) => return Ok(view),
-        Begin::Started { holds } => holds,
-    };
-    let holds = join_all(groups.iter().map(|(shard, op)| {
-        let op = op.clone();
-        shared.shards[*shard as usize]
-            .try_call(move |state, catalog, now| state.apply_line_op(&op, catalog, now))
+type ReserveResult = Result<ReservationView, NodeError>;
+
+/// Reserves `requests` together, one message per shard per step (see
+/// `docs/PROTOCOL.md`): the homes begin them, the line shards hold them
+/// (answered once durable), refused ones are rolled back, then the homes
+/// finish them and the held ones are answered. One result per request, in
+/// order. A request whose id is already in flight (a retry racing the
+/// first) waits for that one's answer: the same one if the payload is the
+/// same, else it runs once the first is done (and gets `ALREADY_EXISTS` if
+/// that one holds).
+fn reserve_many(
+    shared: Arc<Shared>,
+    requests: Vec<ReserveRequest>,
+) -> futures::future::BoxFuture<'static, Vec<ReserveResult>> {
+    Box::pin(async move {
+        let count = requests.len();
+        let mut results: Vec<Option<ReserveResult>> = (0..count).map(|_| None).collect();
+        let mut claimed = Vec::with_capacity(count);
+        let mut waiting = Vec::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            let request = Arc::new(request);
+            match shared.in_flight.entry(request.id.clone()) {
+                dashmap::Entry::Occupied(first) => {
+                    let first = first.get();
+                    waiting.push((
+                        index,
+                        request,
+                        Arc::clone(&first.request),
+                        first.answer.clone(),
+                    ));
+                }
+                dashmap::Entry::Vacant(slot) => {
+                    let (answer, receiver) = watch::channel(None);
+                    slot.insert(InFlight { request: Arc::clone(&request), answer: receiver });
+                    claimed.push((index, request, answer));
+                }
+            }
+        }
+        let work: Vec<(usize, Arc<ReserveRequest>)> =
+            claimed.iter().map(|(index, request, _)| (*index, Arc::clone(request))).collect();
+        for (index, result) in run_reserves(&shared, work).await {
+            results[index] = Some(result);
+        }
+        for (index, request, answer) in claimed {
+            let result = results[index].clone().expect("every claimed Reserve has a result");
+            answer.send_replace(Some(result));
+            shared
+                .in_flight
+                .remove_if(&request.id, |_, entry| Arc::ptr_eq(&entry.request, &request));
+        }
+        let mut again = Vec::new();
+        for (index, request, first, mut answer) in waiting {
+            let outcome = answer.wait_for(Option::is_some).await.ok().and_then(|seen| seen.clone());
+            match outcome {
+                Some(result) if *first == *request => results[index] = Some(result),
+                // Another payload, or the first's task is gone: run it now.
+                _ => again.push((index, Arc::unwrap_or_clone(request))),
+            }
+        }
+        if !again.is_empty() {
+            let (indexes, requests): (Vec<usize>, Vec<ReserveRequest>) = again.into_iter().unzip();
+            let answers = reserve_many(Arc::clone(&shared), requests).await;
+            for (index, answer) in indexes.into_iter().zip(answers) {
+                results[index] = Some(answer);
+            }
+        }
+        results.into_iter().map(|result| result.expect("every Reserve has a result")).collect()
+    })
+}
+
+/// A Reserve past its home's begin.
+struct Started {
+    index: usize,
+    id: ReservationId,
+    version: u64,
+    /// Line shards whose hold is durable.
+    held: Vec<u32>,
+    failure: Option<NodeError>,
+}
+
+/// The protocol's steps for Reserves of distinct ids, none in flight.
+async fn run_reserves(
+    shared: &Shared,
+    work: Vec<(usize, Arc<ReserveRequest>)>,
+) -> Vec<(usize, ReserveResult)> {
+    let mut results = Vec::with_capacity(work.len());
+    // 1. Begin on the homes (answered when applied: nothing is written).
+    let mut by_home: BTreeMap<u32, Vec<(usize, Arc<ReserveRequest>)>> = BTreeMap::new();
+    for (index, request) in work {
+        by_home.entry(shard_of(request.id.as_str())).or_default().push((index, request));
+    }
+    let begins = join_all(by_home.into_iter().map(|(home, items)| async move {
+        let indexes: Vec<usize> = items.iter().map(|(index, _)| *index).collect();
+        let begun = shared.shards[home as usize]
+            .try_call_answered(
+                move |state, _, now| {
+                    items
+                        .into_iter()
+                        .map(|(_, request)| {
+                            (request.id.clone(), state.begin_reserve(&request, now))
+                        })
+                        .collect::<Vec<_>>()
+                },
+                Answer::Applied,
+            )
+            .await;
+        (indexes, begun)
     }))
     .await;
-    let mut failure = None;
-    let mut rollback = Vec::new();
-    for ((shard, _), outcome) in groups.iter().zip(holds) {
-        match outcome {
-            Ok(Ok(())) => rollback.push((
-                *shard,
-                LineOp::Release { id: request.id.clone(), kind: LedgerKind::Abort },
-            )),
-            Ok(Err(error)) => failure = failure.or(Some(NodeError::Core(error))),
-            Err(error) => failure = failure.or(Some(error)),
+    let mut started: Vec<Started> = Vec::new();
+    let mut holds: BTreeMap<u32, Vec<(usize, LineOp)>> = BTreeMap::new();
+    for (indexes, begun) in begins {
+        match begun {
+            Err(error) => {
+                results.extend(indexes.into_iter().map(|index| (index, Err(error.clone()))))
+            }
+            Ok(begun) => {
+                for (index, (id, begin)) in indexes.into_iter().zip(begun) {
+                    match begin {
+                        Err(error) => results.push((index, Err(error.into()))),
+                        Ok(Begin::Replay(view)) => results.push((index, Ok(view))),
+                        Ok(Begin::Started { holds: ops, version }) => {
+                            let which = started.len();
+                            for (shard, op) in ops {
+                                holds.entry(shard).or_default().push((which, op));
+                            }
+                            started.push(Started {
+                                index,
+                                id,
+                                version,
+                                held: Vec::new(),
+                                failure: None,
+                            });
+                        }
+                    }
+                }
+            }
         }
     }
-    let held = failure.is_none();
-    if !held {
-        actor::deliver(shared, rollback).await?;
+    if started.is_empty() {
+        return results;
     }
-    let id = request.id.clone();
-    let answer = home.call(move |state, _, now| state.finish_reserve(&id, held, now)).await?;
-    match (failure, answer) {
-        (Some(error), _) => Err(error),
-        (None, Some(view)) => Ok(view),
-        (None, None) => Err(NodeError::ShuttingDown),
+    // 2. Hold on the line shards, each answered once durable.
+    let outcomes = join_all(holds.into_iter().map(|(shard, ops)| async move {
+        let which: Vec<usize> = ops.iter().map(|(which, _)| *which).collect();
+        let outcome = shared.shards[shard as usize]
+            .try_call(move |state, catalog, now| {
+                ops.iter().map(|(_, op)| state.apply_line_op(op, catalog, now)).collect::<Vec<_>>()
+            })
+            .await;
+        (shard, which, outcome)
+    }))
+    .await;
+    for (shard, which, outcome) in outcomes {
+        match outcome {
+            Ok(applied) => {
+                for (which, applied) in which.into_iter().zip(applied) {
+                    let reserve = &mut started[which];
+                    match applied {
+                        Ok(()) => reserve.held.push(shard),
+                        Err(error) => {
+                            reserve.failure = reserve.failure.take().or(Some(error.into()))
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                for which in which {
+                    let reserve = &mut started[which];
+                    reserve.failure = reserve.failure.take().or(Some(error.clone()));
+                }
+            }
+        }
     }
+    // 3. Roll back the holds of Reserves refused somewhere (durable before
+    // the refusal is answered).
+    let mut aborts: BTreeMap<u32, Vec<LineOp>> = BTreeMap::new();
+    for reserve in started.iter().filter(|reserve| reserve.failure.is_some()) {
+        for shard in &reserve.held {
+            let op = LineOp::Abort { id: reserve.id.clone(), version: reserve.version };
+            aborts.entry(*shard).or_default().push(op);
+        }
+    }
+    let rollbacks = join_all(aborts.into_iter().map(|(shard, ops)| {
+        shared.shards[shard as usize].call(move |state, catalog, now| {
+            for op in &ops {
+                let _ = state.apply_line_op(op, catalog, now);
+            }
+        })
+    }))
+    .await;
+    if let Some(Err(error)) = rollbacks.into_iter().find(Result::is_err) {
+        // The node is failing; its restart rolls the holds back (recovery).
+        tracing::warn!(%error, "could not roll back a refused Reserve's holds");
+    }
+    // 4. Finish on the homes, answered when applied: the holds are durable,
+    // so the HELD record is rebuilt from them if the home's next batch is lost.
+    let mut finishes: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (which, reserve) in started.iter().enumerate() {
+        finishes.entry(shard_of(reserve.id.as_str())).or_default().push(which);
+    }
+    let finishing = join_all(finishes.into_iter().map(|(home, which)| {
+        let items: Vec<(ReservationId, u64, bool)> = which
+            .iter()
+            .map(|which| {
+                let reserve = &started[*which];
+                (reserve.id.clone(), reserve.version, reserve.failure.is_none())
+            })
+            .collect();
+        async move {
+            let answers = shared.shards[home as usize]
+                .call_answered(
+                    move |state, _, now| {
+                        items
+                            .iter()
+                            .map(|(id, version, held)| {
+                                state.finish_reserve(id, *version, *held, now)
+                            })
+                            .collect::<Vec<_>>()
+                    },
+                    Answer::Applied,
+                )
+                .await;
+            (which, answers)
+        }
+    }))
+    .await;
+    for (which, answers) in finishing {
+        let answers: Vec<Option<ReservationView>> = match answers {
+            Ok(answers) => answers,
+            Err(error) => {
+                // PENDING stays until its deadline abandons it.
+                for which in which {
+                    let reserve = &mut started[which];
+                    reserve.failure = reserve.failure.take().or(Some(error.clone()));
+                }
+                continue;
+            }
+        };
+        for (which, answer) in which.into_iter().zip(answers) {
+            let reserve = &mut started[which];
+            let result = match (reserve.failure.take(), answer) {
+                (Some(error), _) => Err(error),
+                (None, Some(view)) => Ok(view),
+                (None, None) => Err(CoreError::InProgress(format!(
+                    "reservation {}: the Reserve was abandoned after the pending timeout; nothing is held; retry",
+                    reserve.id
+                ))
+                .into()),
+            };
+            results.push((reserve.index, result));
+        }
+    }
+    for reserve in &mut started {
+        if let Some(error) = reserve.failure.take() {
+            results.push((reserve.index, Err(error)));
+        }
+    }
+    results
 }
 
 async fn apply_events(

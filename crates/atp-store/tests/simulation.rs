@@ -14,7 +14,6 @@ use atp_core::catalog::{Catalog, Channel, Location, LocationKind};
 use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::hash::shard_of;
 use atp_core::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
-use atp_core::ledger::LedgerKind;
 use atp_core::reservation::{ReserveLine, ReserveRequest};
 use atp_core::shard::{Begin, LineOp, ShardSettings, ShardState, recover};
 use atp_store::{
@@ -195,24 +194,22 @@ impl Node {
         request.check(&self.catalog).expect("a valid request");
         let (catalog, now) = (self.catalog.clone(), self.now);
         let home = shard_of(request.id.as_str());
-        let Ok(Begin::Started { holds }) = self.shard(home).begin_reserve(&request, now) else {
+        let Ok(Begin::Started { holds, version }) = self.shard(home).begin_reserve(&request, now)
+        else {
             return;
         };
         let mut held = Vec::new();
         let mut failed = false;
         for (shard, op) in holds {
             match self.shard(shard).apply_line_op(&op, &catalog, now) {
-                Ok(()) => held.push((
-                    shard,
-                    LineOp::Release { id: request.id.clone(), kind: LedgerKind::Abort },
-                )),
+                Ok(()) => held.push((shard, LineOp::Abort { id: request.id.clone(), version })),
                 Err(_) => failed = true,
             }
         }
         if failed {
             self.deliver(held);
         }
-        self.shard(home).finish_reserve(&request.id, !failed, now);
+        self.shard(home).finish_reserve(&request.id, version, !failed, now);
     }
 
     fn tick(&mut self) {

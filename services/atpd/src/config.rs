@@ -69,6 +69,9 @@ pub struct Config {
     /// oldest are forgotten early, and a repeated event with a forgotten id
     /// is applied again (0..=100000000, 0 = no limit). Default 2048.
     pub max_event_memos: usize,
+    /// How long a Reserve may stay PENDING (in flight) before its home
+    /// abandons it and aborts its holds (1000..=600000). Default 30000.
+    pub reserve_pending_timeout_ms: u64,
     /// A checkpoint round starts once the log grew this many bytes since the
     /// last one; bounds the log kept on disk and replayed at restart
     /// (1048576..=68719476736). Default 67108864 (64 MiB).
@@ -112,6 +115,8 @@ impl Default for Config {
             movements_per_position: node.shard.movements_per_position,
             max_ended_reservations: node.shard.max_ended_reservations,
             max_event_memos: node.shard.max_event_memos,
+            reserve_pending_timeout_ms: u64::try_from(node.shard.pending_timeout_ms)
+                .unwrap_or(30_000),
             checkpoint_log_bytes: node.checkpoint_log_bytes,
             checkpoint_interval_s: node.checkpoint_interval_ms / 1000,
             request_timeout_ms: millis(server.request_timeout),
@@ -200,6 +205,9 @@ impl Config {
                 self.max_ended_reservations = parse(value, "a whole number")?;
             }
             "max_event_memos" => self.max_event_memos = parse(value, "a whole number")?,
+            "reserve_pending_timeout_ms" => {
+                self.reserve_pending_timeout_ms = parse(value, "a whole number of ms")?;
+            }
             "checkpoint_log_bytes" => {
                 self.checkpoint_log_bytes = parse(value, "a whole number of bytes")?;
             }
@@ -244,6 +252,7 @@ impl Config {
         within("movements_per_position", as_u64(self.movements_per_position), 1, 1_000_000);
         within("max_ended_reservations", as_u64(self.max_ended_reservations), 0, MAX_BUDGET);
         within("max_event_memos", as_u64(self.max_event_memos), 0, MAX_BUDGET);
+        within("reserve_pending_timeout_ms", self.reserve_pending_timeout_ms, 1000, 600_000);
         within("checkpoint_log_bytes", self.checkpoint_log_bytes, 1 << 20, 64 << 30);
         within("checkpoint_interval_s", self.checkpoint_interval_s, 1, DAY_S);
         within("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000);
@@ -281,6 +290,8 @@ impl Config {
                 movements_per_position: self.movements_per_position,
                 max_ended_reservations: self.max_ended_reservations,
                 max_event_memos: self.max_event_memos,
+                pending_timeout_ms: i64::try_from(self.reserve_pending_timeout_ms)
+                    .unwrap_or(i64::MAX),
             },
             checkpoint_log_bytes: self.checkpoint_log_bytes,
             checkpoint_interval_ms: self.checkpoint_interval_s * 1000,

@@ -475,19 +475,16 @@ impl World {
                 let state = self.shards.get_mut(&home).expect("known shard");
                 let answer = state.finish_reserve(&id, version, held, now);
                 self.hold_back.insert(home);
-                match answer {
-                    Some(view) => {
-                        prop_assert!(held, "a failed Reserve {} answered", id);
-                        let incarnation = &reserving.incarnation;
-                        prop_assert_eq!(
-                            (view.created_at_ms, view.expires_at_ms),
-                            (incarnation.created_at_ms, incarnation.expires_at_ms)
-                        );
-                        self.acked.insert(id, ReservationState::Held);
-                    }
-                    // None when held: abandoned after the pending timeout
-                    // (its holds are being aborted); the caller gets an error.
-                    None => {}
+                // None when held: abandoned after the pending timeout (its
+                // holds are being aborted); the caller gets an error.
+                if let Some(view) = answer {
+                    prop_assert!(held, "a failed Reserve {} answered", id);
+                    let incarnation = &reserving.incarnation;
+                    prop_assert_eq!(
+                        (view.created_at_ms, view.expires_at_ms),
+                        (incarnation.created_at_ms, incarnation.expires_at_ms)
+                    );
+                    self.acked.insert(id, ReservationState::Held);
                 }
             }
             Message::Notice(notice) => {
