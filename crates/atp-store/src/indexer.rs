@@ -224,7 +224,8 @@ fn index_range<D: Disk, B: Backend>(
             offset = found.end;
         }
         let reached = start + offset as u64;
-        if offset < bytes.len() {
+        // Zeros after the last record: the unwritten rest of a preallocated segment.
+        if offset < bytes.len() && !bytes[offset..].iter().all(|byte| *byte == 0) {
             // Durable bytes that are not a record: the log is damaged.
             return Err(StoreError::Corrupt(format!(
                 "{path}: no valid record at offset {reached}"
