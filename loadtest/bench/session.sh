@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side session: ROUNDS rounds, each running, in turn,
+#   atp ceiling (closed loop, 50 clients, gRPC Health/Check: the most steps/s
+#     atpd's gRPC stack and the load generator reach on this machine),
 #   atp reserve (closed loop, 50 clients, 1 unit of one of 10,000 SKUs),
 #   Redis+Lua (redis-reserve.sh: pipeline 1, then 16),
 #   atp batch (ReserveBatch of 16),
@@ -38,6 +40,8 @@ run() {
 }
 
 for r in $(seq 1 "$rounds"); do
+  # shellcheck disable=SC2086
+  run atp-ceiling "$here/atp.sh" --scenario ceiling --clients 50 $ATP_RUN
   # shellcheck disable=SC2086
   run atp-reserve "$here/atp.sh" --scenario reserve --clients 50 --skus 10000 --locations 1 $ATP_RUN
   run redis "$here/peer.sh" redis

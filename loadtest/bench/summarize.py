@@ -90,7 +90,11 @@ def summarize(mode_dir):
                 if r["check"] != "passed" or r["errors"] != "none":
                     notes.append(f"{f.name}: check {r['check']}, errors {r['errors']}")
                 continue
-            fig = {"atp-reserve": "atp unary Reserve", "atp-batch": "atp ReserveBatch×16 (reservations/s)"}[system]
+            fig = {
+                "atp-ceiling": "atp gRPC ceiling (Health/Check)",
+                "atp-reserve": "atp unary Reserve",
+                "atp-batch": "atp ReserveBatch×16 (reservations/s)",
+            }[system]
             key = "reservations/s" if system == "atp-batch" else "steps/s"
             if key not in r:
                 notes.append(f"{f.name}: no throughput line")
@@ -143,6 +147,11 @@ def main():
                 continue
             x = a / b
             print(f"| {name} | {x:.3f}× | ≥ {target:.1f}× | {'yes' if x >= target else 'no'} |")
+        ceiling = meds.get("atp gRPC ceiling (Health/Check)")
+        if ceiling:
+            for name, x in (("unary Reserve", unary), ("Redis+Lua pipeline 1", meds.get("Redis+Lua pipeline 1"))):
+                if x and x == x:
+                    print(f"| {name} / atp gRPC ceiling | {x / ceiling:.3f}× | — | — |")
         for rate, runs in opens.items():
             print(f"\nopen loop at {rate}/s (latency from the intended send time), per run and median:\n")
             print("| run | p50 ms | p99 ms | p99.9 ms | max ms |")

@@ -34,6 +34,11 @@ pub enum Scenario {
     FlashSale,
     /// ReserveBatch of `--batch-size` one-line reservations per call.
     Batch,
+    /// grpc.health.v1.Health/Check of the whole server (service `""`) per
+    /// step: no data, no shard, no disk. The most steps/s this node's gRPC
+    /// stack and this load generator reach together over the same
+    /// connections: the ceiling every other scenario runs under.
+    Ceiling,
 }
 
 /// How requests are paced.
@@ -72,7 +77,7 @@ pub struct Config {
     #[arg(long, default_value_t = 50)]
     pub clients: usize,
     /// Open mode: arrivals per second (an arrival is one scenario step:
-    /// a Reserve, a checkout, a buyer, a batch call).
+    /// a Reserve, a checkout, a buyer, a batch call, a health check).
     #[arg(long, default_value_t = 1_000.0)]
     pub rate: f64,
     /// gRPC connections (HTTP/2 channels); clients are spread round-robin.
@@ -84,7 +89,8 @@ pub struct Config {
     /// Load sent before measuring (its operations are still checked).
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub warmup: Duration,
-    /// SKUs (every one stocked at every location); flash-sale uses one.
+    /// SKUs (every one stocked at every location); flash-sale uses one,
+    /// ceiling none.
     #[arg(long, default_value_t = 10_000)]
     pub skus: usize,
     /// Locations, all feeding the run's channel; flash-sale uses one.

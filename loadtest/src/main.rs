@@ -27,14 +27,19 @@ async fn load(config: &Config) -> anyhow::Result<bool> {
     config.validate()?;
     eprintln!("atp-loadgen: setting up {:?} on {}", config.scenario, config.endpoint);
     let setup = setup(config).await.context("setting up the run's data")?;
+    let data = if setup.position_count() == 0 {
+        "no data".to_owned()
+    } else {
+        format!(
+            "{} skus × {} locations, {} units each",
+            setup.skus.len(),
+            setup.locations.len(),
+            setup.stock_per_position
+        )
+    };
     eprintln!(
-        "atp-loadgen: run {} — {} skus × {} locations, {} units each; warm-up {:?}, measuring {:?}",
-        setup.run_id,
-        setup.skus.len(),
-        setup.locations.len(),
-        setup.stock_per_position,
-        config.warmup,
-        config.duration
+        "atp-loadgen: run {} — {data}; warm-up {:?}, measuring {:?}",
+        setup.run_id, config.warmup, config.duration
     );
     let report = run(config, &setup).await.context("running the load")?;
     println!("{report}");

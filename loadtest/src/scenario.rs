@@ -9,6 +9,9 @@ use atp_proto::v1::reserve_batch_result::Outcome;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::acks::{AckLog, Acked, InDoubt, LineRef};
 use crate::client::{passing, refused};
@@ -55,6 +58,7 @@ impl Plan {
 /// numbers and its log.
 pub struct Worker {
     client: AvailabilityServiceClient<Channel>,
+    health: HealthClient<Channel>,
     plan: Arc<Plan>,
     rng: fastrand::Rng,
     prefix: String,
@@ -70,7 +74,8 @@ impl Worker {
     pub fn new(plan: Arc<Plan>, channel: Channel, segment: &str, index: usize, seed: u64) -> Self {
         let prefix = format!("{}-{segment}-{index}", plan.setup.run_id);
         Self {
-            client: AvailabilityServiceClient::new(channel),
+            client: AvailabilityServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
             plan,
             rng: fastrand::Rng::with_seed(seed),
             prefix,
@@ -96,6 +101,7 @@ impl Worker {
             }
             Scenario::Checkout => self.checkout(measured).await,
             Scenario::Batch => self.batch(measured).await,
+            Scenario::Ceiling => self.health_check(measured).await,
         }
     }
 
@@ -170,6 +176,24 @@ impl Worker {
                 (None, Some(status.code()))
             }
         }
+    }
+
+    /// One Health/Check of the whole server (service `""`), timed like a
+    /// Reserve over the same channel. It writes nothing, so nothing goes in
+    /// the log and no failure leaves an outcome unknown; an answer other than
+    /// SERVING counts as UNAVAILABLE (a recovering or stopping node).
+    async fn health_check(&mut self, measured: bool) -> bool {
+        let request = HealthCheckRequest { service: String::new() };
+        let sent = Instant::now();
+        let result = self.health.check(request).await;
+        self.recorder.call(Rpc::HealthCheck, sent.elapsed(), measured);
+        let code = match result {
+            Ok(response) if response.get_ref().status() == ServingStatus::Serving => return false,
+            Ok(_) => Code::Unavailable,
+            Err(status) => status.code(),
+        };
+        self.recorder.error(code);
+        passing(code)
     }
 
     /// Reserve 1–3 lines, then commit, release or leave the hold to expire.

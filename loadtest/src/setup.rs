@@ -39,6 +39,7 @@ impl Setup {
         let run_id = config.run_id.clone().unwrap_or_else(random_run_id);
         let (skus, locations, stock) = match config.scenario {
             Scenario::FlashSale => (1, 1, config.flash_stock),
+            Scenario::Ceiling => (0, 0, 0),
             Scenario::Reserve | Scenario::Checkout | Scenario::Batch => {
                 (config.skus, config.locations, config.stock)
             }
@@ -76,10 +77,15 @@ fn random_run_id() -> String {
 }
 
 /// Creates the run's locations, channel and stock on the node at
-/// `config.endpoint` and returns what it created. Safe to repeat.
+/// `config.endpoint` and returns what it created. Safe to repeat. The
+/// ceiling scenario reads no data, so for it nothing is sent and the setup
+/// is empty.
 pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
     config.validate()?;
     let setup = Setup::plan(config);
+    if config.scenario == Scenario::Ceiling {
+        return Ok(setup);
+    }
     let channel = client::channel(&config.endpoint, config.request_timeout)?;
     let configuration = client::configuration(channel.clone());
     for location_id in &setup.locations {
@@ -182,5 +188,13 @@ mod tests {
         let setup = Setup::plan(&config);
         assert_eq!((setup.position_count(), setup.stock_per_position), (1, 100));
         assert!(setup.run_id.starts_with("lg"));
+    }
+
+    #[test]
+    fn ceiling_needs_no_data() {
+        let config = Config { scenario: Scenario::Ceiling, ..Config::default() };
+        let setup = Setup::plan(&config);
+        assert_eq!(setup.position_count(), 0);
+        assert!(setup.locations.is_empty());
     }
 }

@@ -38,6 +38,8 @@ pub enum Rpc {
     Release,
     /// AvailabilityService.ReserveBatch.
     ReserveBatch,
+    /// grpc.health.v1.Health.Check (the ceiling scenario).
+    HealthCheck,
 }
 
 impl Rpc {
@@ -48,6 +50,7 @@ impl Rpc {
             Self::Commit => "Commit",
             Self::Release => "Release",
             Self::ReserveBatch => "ReserveBatch",
+            Self::HealthCheck => "HealthCheck",
         }
     }
 }
@@ -186,7 +189,7 @@ pub struct Report {
     /// The measured window, seconds.
     pub measured_s: f64,
     /// Scenario steps started in the window (a Reserve, a checkout, a buyer,
-    /// a batch call).
+    /// a batch call, a health check).
     pub steps: u64,
     /// Steps per second.
     pub steps_per_s: f64,

@@ -79,6 +79,22 @@ async fn batch_reserves_sixteen_per_call() {
     assert_eq!(acks.count(Acked::Held), acks.len());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ceiling_counts_health_checks_and_writes_nothing() {
+    let (reports, acks, checked) = both_modes(Scenario::Ceiling).await;
+    for report in &reports {
+        assert!(report.errors.is_empty(), "every check answered SERVING:\n{report}");
+        let checks = report.calls.get("HealthCheck").expect("health checks");
+        assert_eq!(checks.count, report.steps, "one call per step:\n{report}");
+        assert_eq!(report.calls.len(), 1, "nothing but health checks:\n{report}");
+        assert_eq!(report.reservations_per_s, 0.0, "{report}");
+    }
+    assert_eq!(reports[1].target_rate, Some(300.0));
+    assert!((150..=330).contains(&reports[1].steps), "{}", reports[1]);
+    assert!(acks.is_empty(), "a health check logs no reservation");
+    assert_eq!((checked.positions, checked.reservations), (0, 0), "{checked}");
+}
+
 /// Every buyer's answer in a flash sale: exactly `stock` holds, every other
 /// buyer refused as sold out or overloaded, never in doubt.
 fn assert_sold_exactly(report: &Report, acks: &AckLog, checked: &CheckReport, stock: usize) {
