@@ -133,26 +133,22 @@ fn prepare_next<D: Disk>(inner: &Arc<Inner<D>>) {
         *next = Next::Preparing;
     }
     let thread_inner = Arc::clone(inner);
-    let spawned = std::thread::Builder::new()
-        .name("atp-preallocate".to_owned())
-        .spawn(move || preallocate(&thread_inner));
+    let spawned = std::thread::Builder::new().name("atp-preallocate".to_owned()).spawn(move || {
+        let inner = &*thread_inner;
+        let state = match inner.disk.preallocate(NEXT_SEGMENT, inner.options.segment_bytes) {
+            Ok(true) => Next::Ready,
+            Ok(false) => Next::Unsupported,
+            Err(error) => {
+                tracing::warn!(%error, "could not preallocate the next log segment; it will grow by appends");
+                let _ = inner.disk.remove(NEXT_SEGMENT);
+                Next::Idle
+            }
+        };
+        *lock(&inner.next) = state;
+    });
     if spawned.is_err() {
         *lock(&inner.next) = Next::Idle;
     }
-}
-
-/// Zero-fills the next segment (the state is `Preparing`).
-fn preallocate<D: Disk>(inner: &Inner<D>) {
-    let state = match inner.disk.preallocate(NEXT_SEGMENT, inner.options.segment_bytes) {
-        Ok(true) => Next::Ready,
-        Ok(false) => Next::Unsupported,
-        Err(error) => {
-            tracing::warn!(%error, "could not preallocate the next log segment; it will grow by appends");
-            let _ = inner.disk.remove(NEXT_SEGMENT);
-            Next::Idle
-        }
-    };
-    *lock(&inner.next) = state;
 }
 
 /// Puts the prepared segment in place as `path` if one is ready (the
@@ -305,14 +301,7 @@ impl<D: Disk> LogStore<D> {
             options,
             next: Mutex::new(Next::Idle),
         });
-        if offset == 0 {
-            // The first commit starts a segment: have it ready (one write
-            // of `segment_bytes` zeros, at open), not grown by appends.
-            *lock(&inner.next) = Next::Preparing;
-            preallocate(&inner);
-        } else {
-            prepare_next(&inner);
-        }
+        prepare_next(&inner);
         let thread_inner = Arc::clone(&inner);
         let interval = Duration::from_millis(inner.options.index_interval_ms);
         let indexer = std::thread::Builder::new()
