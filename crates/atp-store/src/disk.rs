@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -47,20 +46,6 @@ pub trait Disk: Send + Sync + 'static {
 
     /// Removes `path` (a missing file is fine).
     fn remove(&self, path: &str) -> io::Result<()>;
-
-    /// Creates `path` holding `len` zero bytes, durably: space that appends
-    /// will overwrite instead of growing a file. Returns false if this disk
-    /// does not preallocate (the default).
-    fn preallocate(&self, _path: &str, _len: u64) -> io::Result<bool> {
-        Ok(false)
-    }
-
-    /// Renames the preallocated `from` to `to`, durably; appends to `to`
-    /// then write from its beginning over the zeros, and [`Disk::len`] is
-    /// the bytes appended. Only after [`Disk::preallocate`] returned true.
-    fn install_preallocated(&self, _from: &str, _to: &str) -> io::Result<()> {
-        Err(io::Error::other("this disk does not preallocate"))
-    }
 }
 
 /// The real file system, under `root`.
@@ -71,19 +56,13 @@ pub trait Disk: Send + Sync + 'static {
 pub struct RealDisk {
     root: PathBuf,
     open: Mutex<BTreeMap<String, Arc<File>>>,
-    /// Preallocated files being appended to, with the bytes appended so far.
-    preallocated: Mutex<BTreeMap<String, u64>>,
 }
 
 impl RealDisk {
     /// A disk rooted at `root` (created if missing).
     pub fn new(root: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
-        Ok(Self {
-            root: root.to_path_buf(),
-            open: Mutex::new(BTreeMap::new()),
-            preallocated: Mutex::new(BTreeMap::new()),
-        })
+        Ok(Self { root: root.to_path_buf(), open: Mutex::new(BTreeMap::new()) })
     }
 
     /// The root directory.
@@ -93,10 +72,6 @@ impl RealDisk {
 
     fn path(&self, path: &str) -> PathBuf {
         self.root.join(path)
-    }
-
-    fn preallocated(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
-        self.preallocated.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn handles(&self) -> MutexGuard<'_, BTreeMap<String, Arc<File>>> {
@@ -154,23 +129,12 @@ impl Disk for RealDisk {
     }
 
     fn len(&self, path: &str) -> io::Result<u64> {
-        if let Some(end) = self.preallocated().get(path) {
-            return Ok(*end);
-        }
         Ok(std::fs::metadata(self.path(path))?.len())
     }
 
     fn append(&self, path: &str, data: &[u8]) -> io::Result<()> {
         let file = self.handle(path)?;
-        let mut preallocated = self.preallocated();
-        match preallocated.get_mut(path) {
-            Some(end) => {
-                file.write_all_at(data, *end)?;
-                *end += data.len() as u64;
-                Ok(())
-            }
-            None => (&*file).write_all(data),
-        }
+        (&*file).write_all(data)
     }
 
     fn sync(&self, path: &str) -> io::Result<()> {
@@ -179,7 +143,6 @@ impl Disk for RealDisk {
 
     fn truncate(&self, path: &str, len: u64) -> io::Result<()> {
         self.handles().remove(path);
-        self.preallocated().remove(path);
         let file = OpenOptions::new().write(true).open(self.path(path))?;
         file.set_len(len)?;
         file.sync_all()
@@ -201,43 +164,10 @@ impl Disk for RealDisk {
 
     fn remove(&self, path: &str) -> io::Result<()> {
         self.handles().remove(path);
-        self.preallocated().remove(path);
         match std::fs::remove_file(self.path(path)) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
             _ => Ok(()),
         }
-    }
-
-    fn preallocate(&self, path: &str, len: u64) -> io::Result<bool> {
-        let full = self.path(path);
-        if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let mut file = File::create(&full)?;
-        // Written zeros, not fallocate: ext4 marks fallocated blocks
-        // unwritten, and the first write to each still commits metadata.
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = len;
-        while left > 0 {
-            let chunk = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..chunk])?;
-            left -= chunk as u64;
-        }
-        file.sync_data()?;
-        Ok(true)
-    }
-
-    fn install_preallocated(&self, from: &str, to: &str) -> io::Result<()> {
-        let target = self.path(to);
-        std::fs::rename(self.path(from), &target)?;
-        if let Some(parent) = target.parent() {
-            sync_dir(parent)?;
-        }
-        // Written at offsets (an O_APPEND handle would write at the end).
-        let file = Arc::new(OpenOptions::new().read(true).write(true).open(&target)?);
-        self.handles().insert(to.to_owned(), file);
-        self.preallocated().insert(to.to_owned(), 0);
-        Ok(())
     }
 }
 
@@ -266,12 +196,6 @@ impl<D: Disk + ?Sized> Disk for Arc<D> {
     }
     fn remove(&self, path: &str) -> io::Result<()> {
         (**self).remove(path)
-    }
-    fn preallocate(&self, path: &str, len: u64) -> io::Result<bool> {
-        (**self).preallocate(path, len)
-    }
-    fn install_preallocated(&self, from: &str, to: &str) -> io::Result<()> {
-        (**self).install_preallocated(from, to)
     }
 }
 

@@ -48,7 +48,7 @@ pub fn check_segment(bytes: &[u8], id: u64) {
     let Ok((batches, ending)) = read_segment(bytes, id) else { return };
     let end = match ending {
         Ending::Clean => bytes.len(),
-        Ending::Torn { offset } | Ending::Corrupt { offset } | Ending::Padded { offset } => offset,
+        Ending::Torn { offset } | Ending::Corrupt { offset } => offset,
     };
     if (end as u64) < HEADER_BYTES {
         assert!(batches.is_empty(), "records accepted from a segment without a header");

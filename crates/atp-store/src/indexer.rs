@@ -224,8 +224,7 @@ fn index_range<D: Disk, B: Backend>(
             offset = found.end;
         }
         let reached = start + offset as u64;
-        // Zeros after the last record: the unwritten rest of a preallocated segment.
-        if offset < bytes.len() && !bytes[offset..].iter().all(|byte| *byte == 0) {
+        if offset < bytes.len() {
             // Durable bytes that are not a record: the log is damaged.
             return Err(StoreError::Corrupt(format!(
                 "{path}: no valid record at offset {reached}"

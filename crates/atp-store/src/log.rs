@@ -12,11 +12,6 @@
 //! bytes    = length:varint byte*
 //! ```
 //!
-//! A segment file may be longer than its records: segments are created
-//! zero-filled ahead of use (so a commit's fdatasync overwrites allocated
-//! blocks instead of growing the file, which costs a journal commit), and
-//! zero bytes after the last record are unwritten space, not damage.
-//!
 //! Reading a segment stops at the first record that is not whole and valid.
 //! If nothing valid follows it (no later offset of the segment starts a valid
 //! record, and no later segment exists), it is a **torn tail** — the write of
@@ -239,12 +234,6 @@ pub enum Ending {
         /// Where the valid part ends.
         offset: usize,
     },
-    /// From `offset` on, only zero bytes: space preallocated for records
-    /// and never written (a clean end).
-    Padded {
-        /// Where the records end.
-        offset: usize,
-    },
     /// A bad record at `offset` with a valid one after it.
     Corrupt {
         /// Where the bad record starts.
@@ -287,9 +276,6 @@ pub(crate) fn scan_segment(segment: &[u8], id: u64) -> Result<(Vec<Found>, Endin
                 found.push(record);
             }
             None => {
-                if segment[offset..].iter().all(|byte| *byte == 0) {
-                    return Ok((found, Ending::Padded { offset }));
-                }
                 let valid_after =
                     (offset + 1..segment.len()).any(|at| record_at(segment, at).is_some());
                 let ending =

@@ -44,22 +44,6 @@ const FORMAT_FILE: &str = "FORMAT";
 const CATALOG_FILE: &str = "catalog";
 const CATALOG_MAGIC: &[u8; 8] = b"ATPCAT01";
 const LOG_DIR: &str = "log";
-/// The next segment, zero-filled ahead of use (not a segment name: a crash
-/// leaves it ignored, and the next preparation overwrites it).
-const NEXT_SEGMENT: &str = "next-segment.tmp";
-
-/// The zero-filled next segment's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Next {
-    /// None ready, none being made.
-    Idle,
-    /// A thread is writing it.
-    Preparing,
-    /// Ready to be renamed into place.
-    Ready,
-    /// The disk does not preallocate (a simulated one).
-    Unsupported,
-}
 const CHECKPOINT_DIR: &str = "checkpoints";
 
 /// Tuning of a [`LogStore`].
@@ -118,54 +102,6 @@ struct Inner<D: Disk> {
     writer: Mutex<Writer>,
     layout: Mutex<Layout>,
     options: LogOptions,
-    next: Mutex<Next>,
-}
-
-/// Starts zero-filling the next segment on a thread of its own, unless one
-/// is ready or on its way. A failure only costs the speed-up: that segment
-/// is then grown by appends.
-fn prepare_next<D: Disk>(inner: &Arc<Inner<D>>) {
-    {
-        let mut next = lock(&inner.next);
-        if *next != Next::Idle {
-            return;
-        }
-        *next = Next::Preparing;
-    }
-    let thread_inner = Arc::clone(inner);
-    let spawned = std::thread::Builder::new().name("atp-preallocate".to_owned()).spawn(move || {
-        let inner = &*thread_inner;
-        let state = match inner.disk.preallocate(NEXT_SEGMENT, inner.options.segment_bytes) {
-            Ok(true) => Next::Ready,
-            Ok(false) => Next::Unsupported,
-            Err(error) => {
-                tracing::warn!(%error, "could not preallocate the next log segment; it will grow by appends");
-                let _ = inner.disk.remove(NEXT_SEGMENT);
-                Next::Idle
-            }
-        };
-        *lock(&inner.next) = state;
-    });
-    if spawned.is_err() {
-        *lock(&inner.next) = Next::Idle;
-    }
-}
-
-/// Puts the prepared segment in place as `path` if one is ready (the
-/// writer is at offset 0 of it), and starts preparing the one after.
-fn install_next<D: Disk>(inner: &Arc<Inner<D>>, path: &str) {
-    let ready = {
-        let mut next = lock(&inner.next);
-        let ready = *next == Next::Ready;
-        if ready {
-            *next = Next::Idle;
-        }
-        ready
-    };
-    if ready && let Err(error) = inner.disk.install_preallocated(NEXT_SEGMENT, path) {
-        tracing::warn!(%error, file = path, "could not use the preallocated segment; appending");
-    }
-    prepare_next(inner);
 }
 
 /// The node's durable store: a log of shard batches, per-shard checkpoints,
@@ -299,9 +235,7 @@ impl<D: Disk> LogStore<D> {
             writer: Mutex::new(Writer { segment, offset, failed: None, buffer: Vec::new() }),
             layout: Mutex::new(layout),
             options,
-            next: Mutex::new(Next::Idle),
         });
-        prepare_next(&inner);
         let thread_inner = Arc::clone(&inner);
         let interval = Duration::from_millis(inner.options.index_interval_ms);
         let indexer = std::thread::Builder::new()
@@ -327,12 +261,6 @@ impl<D: Disk> LogStore<D> {
             })
             .map_err(io("starting the ledger indexer".to_owned()))?;
         Ok(Self { inner, indexer: Some(indexer) })
-    }
-
-    /// Whether a zero-filled next segment is ready (for tests).
-    #[doc(hidden)]
-    pub fn next_segment_ready(&self) -> bool {
-        *lock(&self.inner.next) == Next::Ready
     }
 
     fn ledger_index(&self) -> Result<&LedgerIndex, StoreError> {
@@ -383,13 +311,6 @@ fn open_log<D: Disk>(disk: &D, layout: &mut Layout) -> Result<(u64, u64), StoreE
         let last = index + 1 == ids.len();
         let end = match ending {
             Ending::Clean => bytes.len(),
-            // The unwritten, zero-filled rest of a preallocated segment; the
-            // last one is cut there, so appends go on from its end.
-            Ending::Padded { offset } if last => {
-                disk.truncate(&path, offset as u64).map_err(io(format!("truncating {path}")))?;
-                offset
-            }
-            Ending::Padded { offset } => offset,
             Ending::Torn { offset } if last && (offset as u64) < HEADER_BYTES => {
                 // Not even the header made it: drop the file, so that no
                 // headerless segment is left for `load_all` to refuse; the
@@ -486,9 +407,6 @@ impl<D: Disk> Store for LogStore<D> {
             encode_record(batch, &mut writer.buffer);
         }
         let path = format!("{LOG_DIR}/{}", segment_name(writer.segment));
-        if writer.offset == 0 {
-            install_next(&self.inner, &path);
-        }
         let written =
             inner.disk.append(&path, &writer.buffer).and_then(|()| inner.disk.sync(&path));
         if let Err(error) = written {
@@ -715,7 +633,7 @@ fn replay_log<D: Disk>(inner: &Inner<D>, shards: &mut [Replayed]) -> Result<(), 
         let bytes = inner.disk.read(&path).map_err(io(format!("reading {path}")))?;
         let (found, ending) = scan_segment(&bytes, id)
             .map_err(|message| StoreError::Corrupt(format!("{path}: {message}")))?;
-        if !matches!(ending, Ending::Clean | Ending::Padded { .. }) {
+        if ending != Ending::Clean {
             return Err(StoreError::Corrupt(format!("{path}: {ending:?} after it was opened")));
         }
         for record in found {
