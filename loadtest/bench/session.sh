@@ -47,7 +47,8 @@ for r in $(seq 1 "$rounds"); do
   run redis "$here/peer.sh" redis
   # shellcheck disable=SC2086
   run atp-batch "$here/atp.sh" --scenario batch --batch-size 16 --clients 50 --skus 10000 --locations 1 $ATP_RUN
-  run pg "$here/peer.sh" pg
+  # PG_ROUNDS (default every round): PostgreSQL only in the first PG_ROUNDS rounds.
+  if [ "$r" -le "${PG_ROUNDS:-$rounds}" ]; then run pg "$here/peer.sh" pg; fi
   if [ -n "${OPEN_RATE:-}" ]; then
     run atp-open "$here/atp.sh" --scenario reserve --mode open --rate "$OPEN_RATE" --clients 1000 \
       --skus 10000 --locations 1 --duration 20s --warmup 3s
