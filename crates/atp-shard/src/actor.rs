@@ -2,10 +2,13 @@
 //!
 //! An operation is a closure over the pure [`ShardState`] that returns the
 //! reply to send once the batch it belongs to is finished. The actor applies a
-//! whole batch, hands its changes to the node's group committer, and only
-//! when they are durable publishes the new positions to the read view and
-//! sends the replies. If the write fails, every reply of the batch is the
-//! error and the shard refuses all later work (its memory is ahead of disk).
+//! whole batch and hands its changes, the positions to publish and the
+//! replies to the node's group committer, then goes on with the next batch
+//! without waiting: once the batch is durable (after every earlier one), the
+//! committer publishes the positions to the read view and sends the replies.
+//! A batch that wrote nothing still answers after the shard's batches in
+//! flight. If a write fails, every reply of it is the error and every shard
+//! refuses all later work (memory is ahead of disk).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -218,6 +221,23 @@ pub(crate) async fn deliver(shared: &Shared, ops: Vec<(u32, LineOp)>) -> Result<
     Ok(())
 }
 
+/// Delivers an expiry's releases on their own task (nobody waits for them).
+fn spawn_delivery(
+    runtime: &tokio::runtime::Handle,
+    shared: &Arc<Shared>,
+    expired: Vec<(u32, LineOp)>,
+) {
+    if expired.is_empty() {
+        return;
+    }
+    let shared = Arc::clone(shared);
+    runtime.spawn(async move {
+        if let Err(error) = deliver(&shared, expired).await {
+            tracing::warn!(%error, "could not deliver expiry releases");
+        }
+    });
+}
+
 /// Where a shard's actor starts.
 pub(crate) struct Start {
     pub(crate) state: ShardState,
@@ -243,9 +263,15 @@ pub(crate) async fn run(
 ) {
     let Start { mut state, mut sequence } = start;
     let mut batch: Vec<Operation> = Vec::with_capacity(shared.batch_max);
-    let mut replies: Vec<Reply> = Vec::with_capacity(shared.batch_max);
-    let mut failed = false;
+    // Jobs handed to the committer, and how many of them completed: the
+    // actor goes on applying while its last batches are being made durable.
+    let mut submitted: u64 = 0;
+    let (completed_sender, mut completed) = watch::channel(0u64);
+    let completed_sender = Arc::new(completed_sender);
+    let runtime = tokio::runtime::Handle::current();
+    let has_failed = |shared: &Shared| shared.committer.as_ref().is_some_and(Committer::has_failed);
     loop {
+        let failed = has_failed(&shared);
         let wake_at = state.next_deadline().map(|at| shared.clock.instant_at(at));
         tokio::select! {
             received = mailbox.recv_many(&mut batch, shared.batch_max) => {
@@ -254,7 +280,10 @@ pub(crate) async fn run(
                 }
             }
             Some(request) = control.recv() => {
-                handle_control(request, &state, sequence, failed, &shared);
+                // A checkpoint covers only durable state: wait for the
+                // batches in flight first.
+                let _ = completed.wait_for(|done| *done >= submitted).await;
+                handle_control(request, &state, sequence, has_failed(&shared), &shared);
                 continue;
             }
             () = async {
@@ -265,7 +294,7 @@ pub(crate) async fn run(
             } => {}
             _ = stop.changed() => break,
         }
-        if failed {
+        if has_failed(&shared) {
             // Memory is ahead of the disk: apply nothing, acknowledge nothing
             // (dropped operations answer Unavailable).
             batch.clear();
@@ -274,54 +303,78 @@ pub(crate) async fn run(
         let now = shared.clock.now_ms();
         let catalog = shared.catalog();
         let expired = state.tick(now);
-        for op in batch.drain(..) {
-            replies.push(op(&mut state, &catalog, now));
-        }
+        let replies: Vec<Reply> = batch.drain(..).map(|op| op(&mut state, &catalog, now)).collect();
         let changes = state.drain_changes();
-        let mut outcome = Ok(());
-        if let Some(committer) = &shared.committer
-            && !changes.is_empty()
-        {
-            let batch = ShardBatch {
-                shard: state.shard(),
-                epoch: state.epoch(),
-                sequence: sequence + 1,
-                records: changes.records,
-                ledger: changes.ledger,
-            };
-            match committer.commit(batch).await {
-                Ok(()) => sequence += 1,
-                Err(error) => {
-                    tracing::error!(shard = state.shard(), %error, "batch not durable; shard stops");
-                    failed = true;
-                    outcome = Err(storage_error(&error));
-                }
-            }
-        }
-        if outcome.is_ok() {
+        let Some(committer) = &shared.committer else {
+            // In memory: nothing to wait for.
             for sku in changes.skus {
                 let positions = state.positions_of(&sku);
                 shared.view.insert(sku, Arc::new(positions));
             }
+            replies.into_iter().for_each(|reply| reply(Ok(())));
+            spawn_delivery(&runtime, &shared, expired);
+            continue;
+        };
+        let in_flight = *completed.borrow() < submitted;
+        if changes.is_empty() && !in_flight {
+            // Nothing written and nothing of this shard on its way to disk:
+            // every answer is already durable.
+            replies.into_iter().for_each(|reply| reply(Ok(())));
+            spawn_delivery(&runtime, &shared, expired);
+            continue;
         }
-        for reply in replies.drain(..) {
-            reply(outcome.clone());
-        }
-        if outcome.is_ok() && !expired.is_empty() {
-            let shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                if let Err(error) = deliver(&shared, expired).await {
-                    tracing::warn!(%error, "could not deliver expiry releases");
+        let write = (!changes.is_empty()).then(|| {
+            sequence += 1;
+            ShardBatch {
+                shard: state.shard(),
+                epoch: state.epoch(),
+                sequence,
+                records: changes.records,
+                ledger: changes.ledger,
+            }
+        });
+        // The positions as of this batch, published once it is durable.
+        let published: Vec<(Sku, Arc<LocationMap<Position>>)> = changes
+            .skus
+            .into_iter()
+            .map(|sku| {
+                let positions = Arc::new(state.positions_of(&sku));
+                (sku, positions)
+            })
+            .collect();
+        submitted += 1;
+        let (shared_for_completion, runtime_for_completion) =
+            (Arc::clone(&shared), runtime.clone());
+        let completed_sender = Arc::clone(&completed_sender);
+        let shard = state.shard();
+        committer.submit(
+            write,
+            Box::new(move |outcome: Result<(), StoreError>| {
+                let outcome = outcome.map_err(|error| {
+                    tracing::error!(shard, %error, "batch not durable; shard stops");
+                    storage_error(&error)
+                });
+                if outcome.is_ok() {
+                    for (sku, positions) in published {
+                        shared_for_completion.view.insert(sku, positions);
+                    }
                 }
-            });
-        }
+                for reply in replies {
+                    reply(outcome.clone());
+                }
+                if outcome.is_ok() {
+                    spawn_delivery(&runtime_for_completion, &shared_for_completion, expired);
+                }
+                completed_sender.send_modify(|done| *done += 1);
+            }),
+        );
     }
     tracing::debug!(shard = state.shard(), "shard actor stopped");
 }
 
-/// Answers a control request. Runs between batches: everything the state
-/// holds is durable up to `sequence` (a batch's changes are drained and
-/// committed before the next request is looked at).
+/// Answers a control request. Runs between batches, once every batch
+/// handed to the committer completed: everything the state holds is
+/// durable up to `sequence`.
 fn handle_control(
     request: Control,
     state: &ShardState,

@@ -16,16 +16,22 @@ use std::thread;
 use std::time::Instant;
 
 use atp_store::{ShardBatch, Store, StoreError};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::error::NodeError;
 
 /// Most shard batches written by one store commit.
 const MAX_GROUP: usize = 1024;
 
+/// What runs once a job's group is durable (or failed), on the committer
+/// thread, in the order the jobs were submitted.
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 struct Job {
-    batch: ShardBatch,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    /// None: nothing to write; completes after the jobs submitted before it
+    /// (the replies of a batch that changed nothing, behind earlier writes).
+    batch: Option<ShardBatch>,
+    complete: Completion,
 }
 
 /// Counters of the committer, for the admin API and benchmarks.
@@ -97,13 +103,14 @@ impl Committer {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Makes `batch` durable; resolves once it is on disk, or with the error.
-    pub(crate) async fn commit(&self, batch: ShardBatch) -> Result<(), StoreError> {
-        let (done, receiver) = oneshot::channel();
-        if self.sender.send(Job { batch, done }).is_err() {
-            return Err(StoreError::Io("the committer has stopped".to_owned()));
+    /// Makes `batch` durable, then runs `complete` with the outcome (on the
+    /// committer thread). Jobs complete in the order they were submitted, and
+    /// a job's group is durable only if every earlier group is: so a shard
+    /// may submit its next batch before the last one is durable.
+    pub(crate) fn submit(&self, batch: Option<ShardBatch>, complete: Completion) {
+        if let Err(mpsc::SendError(job)) = self.sender.send(Job { batch, complete }) {
+            (job.complete)(Err(StoreError::Io("the committer has stopped".to_owned())));
         }
-        receiver.await.unwrap_or_else(|_| Err(StoreError::Io("the committer has stopped".into())))
     }
 }
 
@@ -124,13 +131,16 @@ fn run(store: &dyn Store, receiver: &mpsc::Receiver<Job>, shared: &Shared) {
                 Err(_) => break,
             }
         }
-        let (dones, batches): (Vec<_>, Vec<_>) =
-            jobs.drain(..).map(|job| (job.done, job.batch)).unzip();
+        let (completions, batches): (Vec<Completion>, Vec<Option<ShardBatch>>) =
+            jobs.drain(..).map(|job| (job.complete, job.batch)).unzip();
+        let batches: Vec<ShardBatch> = batches.into_iter().flatten().collect();
         let outcome = if shared.failed.load(Ordering::Acquire) {
             Err(match shared.disk_full.get() {
                 Some(reason) => StoreError::DiskFull(reason.clone()),
                 None => StoreError::Io("an earlier write failed; the node must restart".to_owned()),
             })
+        } else if batches.is_empty() {
+            Ok(())
         } else {
             let started = Instant::now();
             let outcome = store.commit(&batches);
@@ -152,8 +162,8 @@ fn run(store: &dyn Store, receiver: &mpsc::Receiver<Job>, shared: &Shared) {
             }
             outcome
         };
-        for done in dones {
-            let _ = done.send(outcome.clone());
+        for complete in completions {
+            complete(outcome.clone());
         }
     }
 }
