@@ -13,7 +13,7 @@ use crate::reservation::{CommitLine, LineView, ReservationState, ReservationView
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Record {
-    request: ReserveRequest,
+    request: std::sync::Arc<ReserveRequest>,
     state: ReservationState,
     created_at_ms: i64,
     expires_at_ms: i64,
@@ -29,6 +29,13 @@ pub(crate) struct Record {
     /// batch (forgotten), so a refused Reserve must still write the delete.
     #[serde(skip)]
     replaces_stored: bool,
+    /// Not expired before this time (ms), whatever its TTL: set when
+    /// recovery rebuilds the record from its holds, so the rebuild is
+    /// written before any expiry frees those holds (recovery's own writes
+    /// may be cut short; a freed hold with its rebuilt record lost would
+    /// lose an acknowledged reservation). Not stored.
+    #[serde(skip)]
+    not_expired_before_ms: i64,
 }
 
 /// What the home shard says when a Reserve arrives.
@@ -51,7 +58,7 @@ impl Record {
     /// The HELD record of `incarnation`, as first answered.
     fn held(incarnation: &Incarnation) -> Self {
         Self {
-            request: incarnation.request.clone(),
+            request: std::sync::Arc::clone(&incarnation.request),
             state: ReservationState::Held,
             created_at_ms: incarnation.created_at_ms,
             expires_at_ms: incarnation.expires_at_ms,
@@ -61,6 +68,7 @@ impl Record {
             shipped: vec![0; incarnation.request.lines.len()],
             version: incarnation.version,
             replaces_stored: false,
+            not_expired_before_ms: 0,
         }
     }
 
@@ -75,7 +83,7 @@ impl Record {
     /// When the shard must next look at this record (expiry or forgetting).
     pub(super) fn deadline(&self, retention_ms: i64) -> Option<i64> {
         match self.state {
-            ReservationState::Held => Some(self.expires_at_ms),
+            ReservationState::Held => Some(self.expires_at_ms.max(self.not_expired_before_ms)),
             state if state.is_final() => Some(self.ended_at_ms + retention_ms),
             _ => None,
         }
@@ -230,7 +238,7 @@ impl ShardState {
     ) -> Result<Begin, CoreError> {
         let now = self.advance(now);
         if let Some(record) = self.records.get(&request.id) {
-            if record.request != *request {
+            if *record.request != *request {
                 return Err(CoreError::AlreadyExists(format!(
                     "reservation {} already exists with another payload",
                     request.id
@@ -246,7 +254,7 @@ impl ShardState {
         }
         self.applied_sequence += 1;
         let incarnation = Incarnation {
-            request: request.clone(),
+            request: std::sync::Arc::new(request.clone()),
             created_at_ms: now,
             expires_at_ms: now + request.ttl_ms,
             version: self.applied_sequence,
@@ -512,7 +520,10 @@ impl ShardState {
 
     pub(super) fn expire(&mut self, id: &ReservationId, now: i64) -> Vec<(u32, LineOp)> {
         let Some(record) = self.records.get(id) else { return Vec::new() };
-        if record.state != ReservationState::Held || record.expires_at_ms > now {
+        if record.state != ReservationState::Held
+            || record.expires_at_ms > now
+            || record.not_expired_before_ms > now
+        {
             return Vec::new();
         }
         self.applied_sequence += 1;

@@ -21,7 +21,9 @@ pub type LineQuantity = (Sku, LocationId, i64);
 pub struct Incarnation {
     /// The whole Reserve: id, channel, every line (on every shard) and TTL,
     /// so a replay after a rebuild is judged against the same payload.
-    pub request: ReserveRequest,
+    /// Shared by the home record and every hold of this incarnation (one
+    /// copy in memory; stored whole in each, as postcard writes the value).
+    pub request: std::sync::Arc<ReserveRequest>,
     /// When the home accepted it (ms).
     pub created_at_ms: i64,
     /// When its holds expire unless extended (ms): the first answer's expiry.

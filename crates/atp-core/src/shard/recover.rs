@@ -17,7 +17,9 @@
 //!    and a COMMITTED line whose hold is gone shipped in full (a line's hold
 //!    ends only when every unit shipped, or by Cancel, which ends the record first);
 //! 4. every shard ticks to `now`: holds whose TTL passed while the node was
-//!    down expire and their lines are released.
+//!    down expire and their lines are released — except records rebuilt in
+//!    step 2, which expire on the first tick after recovery, so their rebuild
+//!    is durable before anything frees their holds.
 
 use std::collections::BTreeMap;
 

@@ -367,7 +367,7 @@ impl World {
                 let Some((_, LineOp::Hold { reservation, .. })) = holds.first() else {
                     return Err(TestCaseError::fail("a Reserve starts with holds"));
                 };
-                prop_assert_eq!(&reservation.request, &request);
+                prop_assert_eq!(&*reservation.request, &request);
                 prop_assert_eq!(reservation.version, version);
                 self.begun.entry(id.clone()).or_default().push(reservation.clone());
                 let outcomes = holds.iter().map(|(shard, _)| (*shard, None)).collect();
@@ -380,7 +380,7 @@ impl World {
             Ok(Begin::Replay(view)) => {
                 // The first answer: that of an incarnation of this payload.
                 let first = self.begun.get(&id).into_iter().flatten().any(|inc| {
-                    inc.request == request
+                    *inc.request == request
                         && (inc.created_at_ms, inc.expires_at_ms)
                             == (view.created_at_ms, view.expires_at_ms)
                 });

@@ -86,8 +86,13 @@ impl ShardState {
             return false;
         }
         self.applied_sequence += 1;
-        self.records.insert(id.clone(), Record::held(incarnation));
-        self.schedule(incarnation.expires_at_ms, Deadline::Expire(id.clone()));
+        let mut record = Record::held(incarnation);
+        // Expires on the first tick after recovery (the actor's, which
+        // writes the EXPIRED record before freeing the holds), not within it.
+        record.not_expired_before_ms = now + 1;
+        let at = record.deadline(self.settings.retention_ms).unwrap_or(now + 1);
+        self.records.insert(id.clone(), record);
+        self.schedule(at, Deadline::Expire(id.clone()));
         true
     }
 }
