@@ -118,17 +118,7 @@ pub async fn serve(
         ConfigServiceServer::new(ConfigApi::new(node.clone())).max_decoding_message_size(limit);
     let admin = AdminServiceServer::new(AdminApi::new(node)).max_decoding_message_size(limit);
 
-    // HTTP/2 tuning (issue 8, measured in docs/BENCHMARKS.md): adaptive flow
-    // control windows, larger initial windows, a stream limit matching the
-    // concurrency limit, TCP_NODELAY on every accepted connection.
     let router = Server::builder()
-        .http2_adaptive_window(Some(true))
-        .initial_stream_window_size(Some(1 << 20))
-        .initial_connection_window_size(Some(8 << 20))
-        .max_concurrent_streams(Some(
-            u32::try_from(config.max_concurrent_requests).unwrap_or(u32::MAX),
-        ))
-        .tcp_nodelay(true)
         .layer(layers::layers(config.request_timeout, config.max_concurrent_requests))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
