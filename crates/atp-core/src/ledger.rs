@@ -77,8 +77,8 @@ pub struct LedgerEntry {
     pub sku: Sku,
     /// The location.
     pub location: LocationId,
-    /// The reservation or event id that caused it.
-    pub cause: String,
+    /// The reservation or event id that caused it (shared with the id).
+    pub cause: std::sync::Arc<str>,
     /// What kind of change.
     pub kind: LedgerKind,
     /// The changes.

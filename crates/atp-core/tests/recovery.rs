@@ -193,7 +193,7 @@ fn a_reserve_with_a_hold_missing_is_rolled_back() {
         assert!(node.get(&request.id).is_err(), "the unfinished reservation is unknown");
         let entries: Vec<_> = node.shards[&shard_of(held_sku)].ledger_entries().cloned().collect();
         assert!(
-            entries.iter().any(|e| e.kind == LedgerKind::Abort && e.cause == request.id.as_str())
+            entries.iter().any(|e| e.kind == LedgerKind::Abort && &*e.cause == request.id.as_str())
         );
         // Nothing was promised, so the retry is judged afresh.
         let view = node.reserve(&request, START_MS + 3).expect("reserves afresh");

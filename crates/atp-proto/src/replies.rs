@@ -134,7 +134,7 @@ impl From<LedgerEntry> for v1::LedgerEntry {
             at_ms: entry.at_ms,
             sku: entry.sku.to_string(),
             location_id: entry.location.to_string(),
-            cause_id: entry.cause,
+            cause_id: entry.cause.to_string(),
             kind: entry.kind.name().to_owned(),
             on_hand_delta: entry.deltas.on_hand,
             reserved_delta: entry.deltas.reserved,

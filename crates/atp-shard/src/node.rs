@@ -514,7 +514,7 @@ impl Node {
         let entries = self.ledger(sku, location, usize::MAX).await?;
         let entries = entries
             .into_iter()
-            .filter(|entry| query.cause.as_ref().is_none_or(|cause| &entry.cause == cause))
+            .filter(|entry| query.cause.as_ref().is_none_or(|cause| *entry.cause == **cause))
             .filter(|entry| query.from_ms.is_none_or(|from| entry.at_ms >= from))
             .filter(|entry| query.to_ms.is_none_or(|to| entry.at_ms < to))
             .take(query.limit.max(1))
@@ -952,11 +952,14 @@ fn reserve_many(
             results[index] = Some(result);
         }
         for (index, request, answer) in claimed {
-            let result = results[index].clone().expect("every claimed Reserve has a result");
-            answer.send_replace(Some(result));
+            // Forget it first: no retry can start waiting after this, so the
+            // answer is copied only for the retries already waiting.
             shared
                 .in_flight
                 .remove_if(&request.id, |_, entry| Arc::ptr_eq(&entry.request, &request));
+            if answer.receiver_count() > 0 {
+                answer.send_replace(results[index].clone());
+            }
         }
         let mut again = Vec::new();
         for (index, request, first, mut answer) in waiting {
@@ -1007,7 +1010,7 @@ async fn run_reserves(
                     items
                         .into_iter()
                         .map(|(_, request)| {
-                            (request.id.clone(), state.begin_reserve(&request, now))
+                            (request.id.clone(), state.begin_reserve_shared(&request, now))
                         })
                         .collect::<Vec<_>>()
                 },

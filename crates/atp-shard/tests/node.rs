@@ -170,5 +170,5 @@ async fn shard_info_counts_holds_and_skus() {
     let ledger = node.ledger(sku("tee"), None, 10).await.expect("ledger");
     let kinds: Vec<_> = ledger.iter().map(|e| e.kind.name()).collect();
     assert_eq!(kinds, ["received", "reserve"]);
-    assert_eq!(ledger[1].cause, "r-1");
+    assert_eq!(&*ledger[1].cause, "r-1");
 }

@@ -132,7 +132,7 @@ impl Log {
             at_ms,
             sku: self.sku.clone(),
             location: self.location.clone(),
-            cause: hold,
+            cause: hold.into(),
             kind: LedgerKind::Reserve,
             deltas: Deltas { reserved: 1, ..Deltas::default() },
             on_hand: 1_000_000,

@@ -192,7 +192,7 @@ mod tests {
             at_ms,
             sku: Sku::parse("sku", &format!("sku-{}", sequence % 7)).unwrap(),
             location: LocationId::parse("location", &format!("L{}", sequence % 3)).unwrap(),
-            cause: format!("cause-{}", sequence % 11),
+            cause: format!("cause-{}", sequence % 11).into(),
             kind: LedgerKind::Expire,
             deltas: Deltas::default(),
             on_hand: 0,

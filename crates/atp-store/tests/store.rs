@@ -152,8 +152,8 @@ fn ledger_queries_by_each_filter(store: &dyn Store) {
     let by_sku = run(LedgerQuery { sku: Some("A".into()), ..query() });
     // Oldest first; ties (100) by shard then sequence.
     assert_eq!(times(&by_sku), [(50, 1), (100, 1), (100, 1), (200, 2)]);
-    assert_eq!(by_sku[1].cause, "r1");
-    assert_eq!(by_sku[2].cause, "r2");
+    assert_eq!(&*by_sku[1].cause, "r1");
+    assert_eq!(&*by_sku[2].cause, "r2");
     let by_location = run(LedgerQuery { location: Some("L2".into()), ..query() });
     assert_eq!(times(&by_location), [(200, 2), (250, 2)]);
     let by_cause = run(LedgerQuery { cause: Some("r1".into()), ..query() });

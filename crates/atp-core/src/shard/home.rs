@@ -236,9 +236,19 @@ impl ShardState {
         request: &ReserveRequest,
         now: i64,
     ) -> Result<Begin, CoreError> {
+        self.begin_reserve_shared(&std::sync::Arc::new(request.clone()), now)
+    }
+
+    /// [`Self::begin_reserve`] for a request the caller already shares: the
+    /// reservation keeps that `Arc` instead of a copy.
+    pub fn begin_reserve_shared(
+        &mut self,
+        request: &std::sync::Arc<ReserveRequest>,
+        now: i64,
+    ) -> Result<Begin, CoreError> {
         let now = self.advance(now);
         if let Some(record) = self.records.get(&request.id) {
-            if *record.request != *request {
+            if !std::sync::Arc::ptr_eq(&record.request, request) && *record.request != **request {
                 return Err(CoreError::AlreadyExists(format!(
                     "reservation {} already exists with another payload",
                     request.id
@@ -254,7 +264,7 @@ impl ShardState {
         }
         self.applied_sequence += 1;
         let incarnation = Incarnation {
-            request: std::sync::Arc::new(request.clone()),
+            request: std::sync::Arc::clone(request),
             created_at_ms: now,
             expires_at_ms: now + request.ttl_ms,
             version: self.applied_sequence,

@@ -245,7 +245,7 @@ impl ShardState {
             }
         }
         self.applied_sequence += 1;
-        let cause = id.to_string();
+        let cause = id.shared();
         for line in lines {
             let deltas = Deltas { reserved: line.quantity, ..Deltas::default() };
             self.change(&line.sku, &line.location, &cause, LedgerKind::Reserve, deltas, false, now);
@@ -281,7 +281,7 @@ impl ShardState {
         }
         let holds = self.holds.remove(id).expect("checked above");
         self.applied_sequence += 1;
-        let cause = id.to_string();
+        let cause = id.shared();
         for line in holds.lines {
             let deltas = Deltas { reserved: -line.held, ..Deltas::default() };
             self.change(&line.sku, &line.location, &cause, kind, deltas, false, now);
@@ -301,7 +301,7 @@ impl ShardState {
             return;
         }
         self.applied_sequence += 1;
-        let cause = id.to_string();
+        let cause = id.shared();
         for line in &mut holds.lines {
             let committed = quantities
                 .iter()
@@ -326,7 +326,7 @@ impl ShardState {
     fn cancel_lines(&mut self, id: &ReservationId, now: i64) {
         let Some(holds) = self.holds.remove(id) else { return };
         self.applied_sequence += 1;
-        let cause = id.to_string();
+        let cause = id.shared();
         for line in holds.lines {
             // A Cancel can overtake its reservation's Commit on the way to
             // this shard (the home committed, then cancelled, and the two

@@ -86,7 +86,7 @@ impl ShardState {
             return Ok(EventApplied { position, duplicate: true, notice: None });
         }
         let (sku, location) = (&event.sku, &event.location);
-        let cause = event.id.to_string();
+        let cause = event.id.shared();
         let kind = LedgerKind::Event(event.kind.name());
         let state =
             self.positions.get(sku).and_then(|m| m.get(location)).cloned().unwrap_or_default();

@@ -22,7 +22,7 @@ struct LedgerReplay {
     entries_seen: usize,
     totals: BTreeMap<Key, [i64; 5]>,
     /// Reserved units per (cause, sku, location): what each reservation holds.
-    reserved_by_cause: BTreeMap<(String, Sku, LocationId), i64>,
+    reserved_by_cause: BTreeMap<(std::sync::Arc<str>, Sku, LocationId), i64>,
 }
 
 impl LedgerReplay {
@@ -153,7 +153,8 @@ impl Checker {
         // reserved = units of HELD reservations; committed = unshipped units of COMMITTED ones.
         let mut reserved: BTreeMap<Key, i64> = BTreeMap::new();
         let mut committed: BTreeMap<Key, i64> = BTreeMap::new();
-        let mut held_by_cause: BTreeMap<(String, Sku, LocationId), i64> = BTreeMap::new();
+        let mut held_by_cause: BTreeMap<(std::sync::Arc<str>, Sku, LocationId), i64> =
+            BTreeMap::new();
         let mut open_holds = 0;
         for record in model.reservations.values() {
             let lines = &record.request.lines;
@@ -162,11 +163,8 @@ impl Checker {
                     for line in lines {
                         let key = (line.sku.clone(), line.location.clone());
                         *reserved.entry(key).or_default() += line.quantity;
-                        let cause = (
-                            record.request.id.to_string(),
-                            line.sku.clone(),
-                            line.location.clone(),
-                        );
+                        let cause =
+                            (record.request.id.shared(), line.sku.clone(), line.location.clone());
                         held_by_cause.insert(cause, line.quantity);
                     }
                     open_holds += record.request.lines_by_shard().len() as u64;

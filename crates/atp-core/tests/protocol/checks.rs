@@ -26,7 +26,7 @@ pub enum HoldLife {
 /// is committed (and later cancelled or shipped).
 #[derive(Default)]
 pub struct LedgerLives {
-    lives: BTreeMap<(String, Sku, LocationId), HoldLife>,
+    lives: BTreeMap<(std::sync::Arc<str>, Sku, LocationId), HoldLife>,
 }
 
 impl LedgerLives {

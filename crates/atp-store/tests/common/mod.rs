@@ -31,7 +31,7 @@ pub fn entry(sequence: u64, at_ms: i64, sku: &str, location: &str, cause: &str) 
         at_ms,
         sku: Sku::parse("sku", sku).expect("a valid sku"),
         location: LocationId::parse("location", location).expect("a valid location"),
-        cause: cause.to_owned(),
+        cause: cause.into(),
         kind: LedgerKind::Reserve,
         deltas: Deltas { reserved: 1, ..Deltas::default() },
         on_hand: 10,
