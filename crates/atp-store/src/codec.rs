@@ -17,6 +17,34 @@ pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// How many bytes [`put_varint`] writes for `value`.
+pub(crate) fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// How many bytes [`put_bytes`] writes for `bytes`.
+pub(crate) fn bytes_len(bytes: &[u8]) -> usize {
+    varint_len(bytes.len() as u64) + bytes.len()
+}
+
+/// Appends what `write` appends, with its length in front (as
+/// [`put_bytes`] would), without an intermediate buffer: one byte is kept
+/// for the length and the rest of a longer length is inserted afterwards.
+pub(crate) fn put_framed(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.push(0);
+    write(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut prefix = Vec::new();
+        put_varint(&mut prefix, len as u64);
+        out[at] = prefix[0];
+        out.splice(at + 1..at + 1, prefix[1..].iter().copied());
+    }
+}
+
 /// A cursor over untrusted bytes: every read fails cleanly past the end.
 pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
@@ -118,6 +146,23 @@ mod tests {
         }
         assert!(Reader::new(&[0xFF; 11]).varint().is_err());
         assert!(Reader::new(&[0x80]).varint().is_err());
+    }
+
+    #[test]
+    fn lengths_and_frames_match_what_put_writes() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(varint_len(value), out.len(), "varint_len({value})");
+        }
+        for len in [0, 1, 127, 128, 200, 16_383, 16_384, 70_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let (mut plain, mut framed) = (vec![9], vec![9]);
+            put_bytes(&mut plain, &bytes);
+            put_framed(&mut framed, |out| out.extend_from_slice(&bytes));
+            assert_eq!(framed, plain, "a frame of {len} bytes");
+            assert_eq!(bytes_len(&bytes), plain.len() - 1);
+        }
     }
 
     #[test]

@@ -23,7 +23,9 @@
 use atp_core::ledger::LedgerEntry;
 
 use crate::ShardBatch;
-use crate::codec::{Reader, checksum, numbered_file, put_bytes, put_varint};
+use crate::codec::{
+    Reader, bytes_len, checksum, numbered_file, put_bytes, put_framed, put_varint, varint_len,
+};
 
 /// Magic bytes at the start of every segment.
 const MAGIC: &[u8; 6] = b"ATPLOG";
@@ -77,23 +79,35 @@ pub(crate) fn encode_record(batch: &ShardBatch, out: &mut Vec<u8>) {
     out.extend_from_slice(&batch.shard.to_le_bytes());
     out.extend_from_slice(&batch.epoch.to_le_bytes());
     out.extend_from_slice(&batch.sequence.to_le_bytes());
-    let mut records = Vec::new();
-    put_varint(&mut records, batch.records.len() as u64);
+    // Keys, values and ledger entries are written once, straight into `out`
+    // (no intermediate buffers): the records section's length is computed
+    // first, each ledger entry's length is patched in after it is encoded.
+    let records_len = varint_len(batch.records.len() as u64)
+        + batch
+            .records
+            .iter()
+            .map(|(key, value)| {
+                bytes_len(key) + 1 + value.as_ref().map_or(0, |value| bytes_len(value))
+            })
+            .sum::<usize>();
+    put_varint(out, records_len as u64);
+    put_varint(out, batch.records.len() as u64);
     for (key, value) in &batch.records {
-        put_bytes(&mut records, key);
+        put_bytes(out, key);
         match value {
             Some(value) => {
-                records.push(1);
-                put_bytes(&mut records, value);
+                out.push(1);
+                put_bytes(out, value);
             }
-            None => records.push(0),
+            None => out.push(0),
         }
     }
-    put_bytes(out, &records);
     put_varint(out, batch.ledger.len() as u64);
     for entry in &batch.ledger {
-        let encoded = postcard::to_stdvec(entry).expect("a ledger entry always encodes");
-        put_bytes(out, &encoded);
+        put_framed(out, |out| {
+            let taken = std::mem::take(out);
+            *out = postcard::to_extend(entry, taken).expect("a ledger entry always encodes");
+        });
     }
     let body_len = out.len() - body_start;
     assert!(
