@@ -102,6 +102,18 @@ impl ClientBuilder {
     }
 }
 
+impl ClientBuilder {
+    /// The client, after checking that each endpoint accepts a connection
+    /// ([`Error::Unavailable`] if one does not). Calls still connect lazily
+    /// and reconnect as needed afterwards.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let connect_timeout = self.connect_timeout;
+        let client = self.build()?;
+        client.transport.connect_first(connect_timeout).await?;
+        Ok(client)
+    }
+}
+
 impl Client {
     /// A builder for a client of `endpoints` (`http://host:port` or
     /// `host:port`; more than one spreads calls over them).
@@ -211,7 +223,7 @@ impl Client {
     ) -> Result<Vec<Result<Reservation, Error>>, Error> {
         let requests: Vec<v1::ReserveRequest> = reserves.into_iter().map(Into::into).collect();
         let mut results: Vec<Result<Reservation, Error>> = (0..requests.len())
-            .map(|_| Err(Error::Unavailable { message: "not sent".to_owned() }))
+            .map(|_| Err(Error::Unavailable { message: "not sent".to_owned(), status: None }))
             .collect();
         let mut pending: Vec<usize> = (0..requests.len()).collect();
         self.retrier.deposit();
@@ -232,6 +244,7 @@ impl Client {
                             reply.results.len(),
                             chunk.len()
                         ),
+                        status: None,
                     });
                 }
                 for (&index, result) in chunk.iter().zip(reply.results) {
@@ -279,6 +292,7 @@ impl Client {
                             message: format!(
                                 "no answer within the client deadline of {deadline:?}"
                             ),
+                            status: None,
                         }),
                     }
                 }
@@ -300,6 +314,7 @@ fn batch_result(result: v1::ReserveBatchResult) -> Result<Reservation, Error> {
             code: tonic::Code::Internal,
             reason: None,
             message: "a ReserveBatch result carries no outcome".to_owned(),
+            status: None,
         }),
     }
 }

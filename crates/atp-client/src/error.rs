@@ -31,6 +31,10 @@ pub enum Error {
         message: String,
         /// The fields the server named.
         violations: Vec<FieldViolation>,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// FAILED_PRECONDITION, reason `INSUFFICIENT_STOCK`: a line asked for more
     /// than the channel may promise at its location.
@@ -46,6 +50,10 @@ pub enum Error {
         requested: i64,
         /// Units the channel could promise there.
         available: i64,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// FAILED_PRECONDITION, reason `WRONG_STATE`: the reservation is not in a
     /// state that allows the operation (commit an expired hold, cancel a held one).
@@ -57,6 +65,10 @@ pub enum Error {
         state: String,
         /// The refused operation (`commit`, `release`, `cancel`, `extend`).
         operation: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// FAILED_PRECONDITION without a reason: another refused precondition
     /// (an inactive channel or location, a missing configuration).
@@ -64,6 +76,10 @@ pub enum Error {
     FailedPrecondition {
         /// The server's message.
         message: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// ALREADY_EXISTS: the id was used before with another payload (a Reserve
     /// with other lines, a Commit with other quantities, a stock event that differs).
@@ -71,12 +87,20 @@ pub enum Error {
     PayloadMismatch {
         /// The server's message (it names the id).
         message: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// NOT_FOUND: no such reservation (or it was forgotten after its retention).
     #[error("not found: {message}")]
     NotFound {
         /// The server's message.
         message: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// UNAVAILABLE with a `RetryInfo`: the id is still being worked on by an
     /// earlier call; the same request may be sent again after `retry_after`.
@@ -86,6 +110,10 @@ pub enum Error {
         message: String,
         /// The wait the server suggested.
         retry_after: Option<Duration>,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// RESOURCE_EXHAUSTED, reason `OVERLOADED`: a full shard mailbox or too
     /// many requests in flight; nothing was done, a retry later may succeed.
@@ -95,6 +123,10 @@ pub enum Error {
         message: String,
         /// The wait the server suggested.
         retry_after: Option<Duration>,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// RESOURCE_EXHAUSTED, reason `DISK_FULL`: the node refuses writes until
     /// an operator frees space; not worth a retry.
@@ -102,6 +134,10 @@ pub enum Error {
     DiskFull {
         /// The server's message.
         message: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// UNAVAILABLE without a `RetryInfo`: no connection, or the node is
     /// starting, stopping or its storage failed. The call may or may not have
@@ -110,6 +146,10 @@ pub enum Error {
     Unavailable {
         /// The server's (or the transport's) message.
         message: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// DEADLINE_EXCEEDED: the call took longer than the client's deadline or
     /// the server's request timeout. Its outcome is unknown.
@@ -117,6 +157,10 @@ pub enum Error {
     DeadlineExceeded {
         /// Who gave up, and after how long.
         message: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// Any other status, kept whole: a request over the server's size limit
     /// (OUT_OF_RANGE from tonic), a RESOURCE_EXHAUSTED that does not say
@@ -129,6 +173,10 @@ pub enum Error {
         reason: Option<String>,
         /// The message.
         message: String,
+        /// The status as received, kept as this error's source (`None`
+        /// when the client itself gave up or found the reply malformed).
+        #[source]
+        status: Option<Box<Status>>,
     },
     /// The client could not be built (an endpoint that is not a URI, a bad
     /// setting): nothing was sent.
@@ -140,6 +188,7 @@ impl Error {
     /// The typed error of `status`.
     pub fn from_status(status: &Status) -> Self {
         let message = status.message().to_owned();
+        let kept = || Some(Box::new(status.clone()));
         let info = status.get_details_error_info();
         let reason = info.as_ref().map(|info| info.reason.as_str());
         let metadata = |key: &str| {
@@ -148,35 +197,47 @@ impl Error {
         let number = |key: &str| metadata(key).parse::<i64>().unwrap_or_default();
         let retry_after = || status.get_details_retry_info().and_then(|info| info.retry_delay);
         match (status.code(), reason) {
-            (Code::InvalidArgument, _) => {
-                Error::InvalidArgument { message, violations: violations_of(status) }
-            }
+            (Code::InvalidArgument, _) => Error::InvalidArgument {
+                message,
+                violations: violations_of(status),
+                status: kept(),
+            },
             (Code::FailedPrecondition, Some(reasons::INSUFFICIENT_STOCK)) => {
                 Error::InsufficientStock {
                     sku: metadata("sku"),
                     location: metadata("location"),
                     requested: number("requested"),
                     available: number("available"),
+                    status: kept(),
                 }
             }
             (Code::FailedPrecondition, Some(reasons::WRONG_STATE)) => Error::WrongState {
                 reservation_id: metadata("reservation_id"),
                 state: metadata("state"),
                 operation: metadata("operation"),
+                status: kept(),
             },
-            (Code::FailedPrecondition, None) => Error::FailedPrecondition { message },
-            (Code::AlreadyExists, None) => Error::PayloadMismatch { message },
-            (Code::NotFound, None) => Error::NotFound { message },
+            (Code::FailedPrecondition, None) => {
+                Error::FailedPrecondition { message, status: kept() }
+            }
+            (Code::AlreadyExists, None) => Error::PayloadMismatch { message, status: kept() },
+            (Code::NotFound, None) => Error::NotFound { message, status: kept() },
             (Code::Unavailable, None) => match retry_after() {
-                Some(delay) => Error::InProgress { message, retry_after: Some(delay) },
-                None => Error::Unavailable { message },
+                Some(delay) => {
+                    Error::InProgress { message, retry_after: Some(delay), status: kept() }
+                }
+                None => Error::Unavailable { message, status: kept() },
             },
             (Code::ResourceExhausted, Some(reasons::OVERLOADED)) => {
-                Error::Overloaded { message, retry_after: retry_after() }
+                Error::Overloaded { message, retry_after: retry_after(), status: kept() }
             }
-            (Code::ResourceExhausted, Some(reasons::DISK_FULL)) => Error::DiskFull { message },
-            (Code::DeadlineExceeded, None) => Error::DeadlineExceeded { message },
-            (code, reason) => Error::Other { code, reason: reason.map(str::to_owned), message },
+            (Code::ResourceExhausted, Some(reasons::DISK_FULL)) => {
+                Error::DiskFull { message, status: kept() }
+            }
+            (Code::DeadlineExceeded, None) => Error::DeadlineExceeded { message, status: kept() },
+            (code, reason) => {
+                Error::Other { code, reason: reason.map(str::to_owned), message, status: kept() }
+            }
         }
     }
 
@@ -229,6 +290,26 @@ impl Error {
             Error::DiskFull { .. } => Some(reasons::DISK_FULL),
             Error::Other { reason, .. } => reason.as_deref(),
             _ => None,
+        }
+    }
+
+    /// The status this error was read from, with every `google.rpc` detail
+    /// (`None` for [`Error::Config`] and errors the client raised itself).
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Error::InvalidArgument { status, .. }
+            | Error::InsufficientStock { status, .. }
+            | Error::WrongState { status, .. }
+            | Error::FailedPrecondition { status, .. }
+            | Error::PayloadMismatch { status, .. }
+            | Error::NotFound { status, .. }
+            | Error::InProgress { status, .. }
+            | Error::Overloaded { status, .. }
+            | Error::DiskFull { status, .. }
+            | Error::Unavailable { status, .. }
+            | Error::DeadlineExceeded { status, .. }
+            | Error::Other { status, .. } => status.as_deref(),
+            Error::Config(_) => None,
         }
     }
 
@@ -298,7 +379,7 @@ mod tests {
         let status = Status::resource_exhausted("quota used up");
         let error = Error::from_status(&status);
         assert!(
-            matches!(&error, Error::Other { code: Code::ResourceExhausted, reason: None, message }
+            matches!(&error, Error::Other { code: Code::ResourceExhausted, reason: None, message, .. }
                 if message == "quota used up"),
             "{error:?}"
         );

@@ -206,9 +206,9 @@ mod tests {
     #[tokio::test]
     async fn retryable_errors_use_every_attempt_and_refusals_one() {
         let retrier = Retrier::new(fast(3)).expect("valid");
-        let unavailable = || Error::Unavailable { message: "gone".into() };
+        let unavailable = || Error::Unavailable { message: "gone".into(), status: None };
         assert_eq!(attempts_until_done(&retrier, unavailable).await, 3);
-        let refused = || Error::NotFound { message: "r-1".into() };
+        let refused = || Error::NotFound { message: "r-1".into(), status: None };
         assert_eq!(attempts_until_done(&retrier, refused).await, 1);
     }
 
@@ -217,7 +217,7 @@ mod tests {
         let policy =
             RetryPolicy { budget_min_retries_per_second: 0, budget_retry_ratio: 0.0, ..fast(5) };
         let retrier = Retrier::new(policy).expect("valid");
-        let unavailable = || Error::Unavailable { message: "gone".into() };
+        let unavailable = || Error::Unavailable { message: "gone".into(), status: None };
         assert_eq!(attempts_until_done(&retrier, unavailable).await, 1);
     }
 

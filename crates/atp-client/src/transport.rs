@@ -51,6 +51,29 @@ impl Transport {
         Ok(Self { nodes: nodes.into(), next: Arc::new(AtomicUsize::new(0)) })
     }
 
+    /// Opens the first connection to each node now, so that an unreachable
+    /// node is an error here rather than at the first call.
+    pub(crate) async fn connect_first(&self, connect_timeout: Duration) -> Result<(), Error> {
+        for node in self.nodes.iter() {
+            let endpoint = Endpoint::from_shared(node.uri.clone())
+                .map_err(|error| Error::Config(format!("endpoint {:?}: {error}", node.uri)))?
+                .connect_timeout(connect_timeout);
+            if let Err(error) = endpoint.connect().await {
+                // The transport error's own message is terse ("transport
+                // error"); its sources say what happened.
+                let mut message = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    message.push_str(": ");
+                    message.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                return Err(Error::Unavailable { message, status: None });
+            }
+        }
+        Ok(())
+    }
+
     /// The channel for the next call (round-robin over every connection).
     pub(crate) fn channel(&self) -> Channel {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);

@@ -164,6 +164,7 @@ impl Reservation {
             code: tonic::Code::Internal,
             reason: None,
             message: "the reply carries no reservation".to_owned(),
+            status: None,
         })?;
         Ok(Self {
             reservation_id: reservation.reservation_id,

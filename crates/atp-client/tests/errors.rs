@@ -35,7 +35,7 @@ async fn refusals_arrive_as_their_typed_errors() {
     // INSUFFICIENT_STOCK with the SKU, location and both numbers.
     let error =
         client.reserve(Reserve::new("r-big", "web").line("tee", "dc-1", 7)).await.expect_err("");
-    let Error::InsufficientStock { sku, location, requested, available } = &error else {
+    let Error::InsufficientStock { sku, location, requested, available, .. } = &error else {
         panic!("{error:?}")
     };
     assert_eq!((sku.as_str(), location.as_str(), *requested, *available), ("tee", "dc-1", 7, 5));
@@ -49,7 +49,7 @@ async fn refusals_arrive_as_their_typed_errors() {
     // WRONG_STATE with the reservation, its state and the operation.
     client.release("r-1").await.expect("released");
     let error = client.commit("r-1").await.expect_err("released");
-    let Error::WrongState { reservation_id, state, operation } = &error else {
+    let Error::WrongState { reservation_id, state, operation, .. } = &error else {
         panic!("{error:?}")
     };
     assert_eq!(
@@ -73,7 +73,7 @@ async fn refusals_arrive_as_their_typed_errors() {
     client.rpc().upsert_location(request).await.expect("deactivate dc-2");
     let error = client.reserve(Reserve::new("r-2", "web").line("tee", "dc-2", 1)).await;
     assert!(
-        matches!(&error, Err(Error::FailedPrecondition { message }) if message.contains("dc-2")),
+        matches!(&error, Err(Error::FailedPrecondition { message, .. }) if message.contains("dc-2")),
         "{error:?}"
     );
 }
@@ -90,7 +90,7 @@ async fn a_message_over_the_limit_is_kept_as_other_with_its_code() {
     }
     let error = client.reserve(reserve).await.expect_err("too large");
     assert!(
-        matches!(&error, Error::Other { code: Code::OutOfRange, reason: None, message }
+        matches!(&error, Error::Other { code: Code::OutOfRange, reason: None, message, .. }
             if message.contains("too large")),
         "{error:?}"
     );

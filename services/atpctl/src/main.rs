@@ -5,6 +5,8 @@
 //! `config apply` (a declarative TOML file of locations and channels, see
 //! [`config_file`]) and `import` (initial stock from a CSV of counts, see
 //! [`import_file`]). Output is an aligned table, or JSON with `--json`.
+//! Every call goes through the SDK, `atp-client` (deadline, safe retries,
+//! typed errors that keep the server's status).
 //!
 //! Errors print the gRPC code, the message and any `google.rpc` details (field
 //! violations first) on stderr, and the process exits with status 1.

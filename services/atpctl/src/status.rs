@@ -10,7 +10,13 @@ pub fn describe_error(error: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     let mut details = String::new();
     for cause in error.chain() {
-        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+        // The SDK's typed error keeps the status it was read from: say it
+        // from the status, with its details.
+        let status = match cause.downcast_ref::<atp_client::Error>() {
+            Some(error) => error.status(),
+            None => cause.downcast_ref::<tonic::Status>(),
+        };
+        if let Some(status) = status {
             parts.push(status_headline(status));
             details = status_details(status);
             break;

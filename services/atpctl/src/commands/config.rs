@@ -50,12 +50,8 @@ pub async fn upsert_location(
 
 pub async fn list_locations(context: &Context) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
-    let response = clients
-        .config()
-        .list_locations(ListLocationsRequest {})
-        .await
-        .context("list locations")?
-        .into_inner();
+    let response =
+        clients.rpc().list_locations(ListLocationsRequest {}).await.context("list locations")?;
     context.print(
         || json!({ "locations": response.locations.iter().map(location_json).collect::<Vec<_>>() }),
         || locations_table(&response.locations),
@@ -88,12 +84,8 @@ pub async fn upsert_channel(
 
 pub async fn list_channels(context: &Context) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
-    let response = clients
-        .config()
-        .list_channels(ListChannelsRequest {})
-        .await
-        .context("list channels")?
-        .into_inner();
+    let response =
+        clients.rpc().list_channels(ListChannelsRequest {}).await.context("list channels")?;
     context.print(
         || json!({ "channels": response.channels.iter().map(channel_json).collect::<Vec<_>>() }),
         || channels_table(&response.channels),
@@ -182,11 +174,10 @@ fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
 async fn send_location(clients: &Clients, location: Location) -> anyhow::Result<(Location, bool)> {
     let id = location.location_id.clone();
     let response = clients
-        .config()
+        .rpc()
         .upsert_location(UpsertLocationRequest { location: Some(location) })
         .await
-        .with_context(|| format!("upsert location {id}"))?
-        .into_inner();
+        .with_context(|| format!("upsert location {id}"))?;
     let stored = response.location.ok_or_else(|| anyhow!("the server's answer has no location"))?;
     Ok((stored, response.changed))
 }
@@ -194,11 +185,10 @@ async fn send_location(clients: &Clients, location: Location) -> anyhow::Result<
 async fn send_channel(clients: &Clients, channel: Channel) -> anyhow::Result<(Channel, bool)> {
     let id = channel.channel_id.clone();
     let response = clients
-        .config()
+        .rpc()
         .upsert_channel(UpsertChannelRequest { channel: Some(channel) })
         .await
-        .with_context(|| format!("upsert channel {id}"))?
-        .into_inner();
+        .with_context(|| format!("upsert channel {id}"))?;
     let stored = response.channel.ok_or_else(|| anyhow!("the server's answer has no channel"))?;
     Ok((stored, response.changed))
 }

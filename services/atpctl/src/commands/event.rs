@@ -22,11 +22,10 @@ pub async fn send(context: &Context, command: EventCommand) -> anyhow::Result<Ex
     let event_id = event.event_id.clone();
     let clients = context.connect().await?;
     let response = clients
-        .availability()
+        .rpc()
         .apply_stock_events(ApplyStockEventsRequest { events: vec![event] })
         .await
-        .with_context(|| format!("apply stock event {event_id}"))?
-        .into_inner();
+        .with_context(|| format!("apply stock event {event_id}"))?;
     let [result] = response.results.as_slice() else {
         bail!("the server answered {} results for one event", response.results.len());
     };

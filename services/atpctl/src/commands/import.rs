@@ -5,10 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use atp_core::ids::MAX_EVENTS_PER_BATCH;
-use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
 use atp_proto::v1::{ApplyStockEventsRequest, StockEventOutcome, StockEventResult};
 use serde_json::json;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use super::event::rejection;
@@ -42,7 +40,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
     let rows = parse_counts(&text, default_as_of_ms)
         .with_context(|| format!("checking {}", path.display()))?;
     let clients = context.connect().await?;
-    let mut client = clients.availability();
+    let client = clients.rpc();
     let mut summary = Summary {
         events: rows.len(),
         default_as_of_ms: rows.iter().any(|row| row.as_of_defaulted).then_some(default_as_of_ms),
@@ -56,7 +54,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
     let batch_count = rows.len().div_ceil(MAX_EVENTS_PER_BATCH);
     let mut failure = None;
     for (batch_index, batch) in rows.chunks(MAX_EVENTS_PER_BATCH).enumerate() {
-        if let Err(error) = send_batch(&mut client, batch, &mut summary).await {
+        if let Err(error) = send_batch(&client, batch, &mut summary).await {
             let (first_line, last_line) = (batch[0].line, batch[batch.len() - 1].line);
             let earlier =
                 if batch_index == 0 { "" } else { "the batches before it were applied; " };
@@ -108,7 +106,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
 /// those rows are counted as rejected and the others sent again: a refused call
 /// stores nothing.
 async fn send_batch(
-    client: &mut AvailabilityServiceClient<Channel>,
+    client: &atp_client::Rpc<'_>,
     batch: &[CountRow],
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -119,9 +117,9 @@ async fn send_batch(
         }
         let request =
             ApplyStockEventsRequest { events: pending.iter().map(|row| row.to_event()).collect() };
-        let status = match client.apply_stock_events(request).await {
+        let error = match client.apply_stock_events(request).await {
             Ok(response) => {
-                let results = response.into_inner().results;
+                let results = response.results;
                 if results.len() != pending.len() {
                     bail!(
                         "the server answered {} results for {} events",
@@ -134,10 +132,11 @@ async fn send_batch(
                 }
                 return Ok(());
             }
-            Err(status) => status,
+            Err(error) => error,
         };
-        let Some(refused) = refused_events(&status, pending.len()) else {
-            return Err(status.into());
+        let refused = error.status().and_then(|status| refused_events(status, pending.len()));
+        let Some(refused) = refused else {
+            return Err(error.into());
         };
         let mut still_pending = Vec::with_capacity(pending.len());
         for (index, row) in pending.into_iter().enumerate() {
@@ -146,7 +145,7 @@ async fn send_batch(
                     let result = StockEventResult {
                         event_id: row.event_id.clone(),
                         outcome: StockEventOutcome::Rejected as i32,
-                        error_code: status.code() as i32,
+                        error_code: error.code() as i32,
                         error_message: reasons.join("; "),
                         ..Default::default()
                     };
