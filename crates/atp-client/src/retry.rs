@@ -159,8 +159,13 @@ impl Retrier {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
+        if self.policy.max_attempts == 1 {
+            // Nothing to budget or back off: the hot path of a client that
+            // never retries (a load generator) stays one call.
+            return attempt().await;
+        }
         self.deposit();
-        let mut backoff = self.backoff();
+        let mut backoff = None;
         let mut attempts = 1;
         loop {
             let error = match attempt().await {
@@ -171,7 +176,8 @@ impl Retrier {
                 return Err(error);
             }
             attempts += 1;
-            Self::pause(&mut backoff, &error).await;
+            let backoff = backoff.get_or_insert_with(|| self.backoff());
+            Self::pause(backoff, &error).await;
         }
     }
 }

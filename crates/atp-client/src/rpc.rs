@@ -31,7 +31,7 @@ macro_rules! unary {
         impl Rpc<'_> {
             $(
                 #[doc = $doc]
-                pub async fn $method(&self, request: $request) -> Result<$reply, Error> {
+                pub async fn $method(self, request: $request) -> Result<$reply, Error> {
                     self.client
                         .unary(request, |channel, request| async move {
                             $service::new(channel).$method(request).await
