@@ -57,6 +57,14 @@ impl Context {
     }
 }
 
+/// Prints `value` as pretty JSON and a newline on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    // Serializing a `serde_json::Value` cannot fail.
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    write_stdout(&text);
+}
+
 /// Writes to stdout; a closed pipe (`atpctl shards | head`) ends the output quietly
 /// instead of panicking as `print!` would.
 fn write_stdout(text: &str) {

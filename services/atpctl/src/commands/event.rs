@@ -30,7 +30,11 @@ pub async fn send(context: &Context, command: EventCommand) -> anyhow::Result<Ex
         bail!("the server answered {} results for one event", response.results.len());
     };
     context.print(|| result_json(result), || result_text(result));
-    Ok(if is_rejected(result) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if is_rejected(result) {
+        ExitCode::from(crate::status::exit::PARTLY_REFUSED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The event a command line describes; `now_ms` is a count's `as_of_ms` when none is given.

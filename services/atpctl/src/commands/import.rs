@@ -98,7 +98,11 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
     if let Some(error) = failure {
         return Err(error);
     }
-    Ok(if rejected == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::status::exit::PARTLY_REFUSED)
+    })
 }
 
 /// Sends one batch and tallies the results. When the server refuses the whole call

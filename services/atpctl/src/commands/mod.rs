@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use crate::cli::{ChannelCommand, Cli, Command, ConfigCommand, LocationCommand};
 use crate::client::Context;
 
-/// Runs the parsed command line. `Ok(ExitCode::FAILURE)` means the call worked but the
+/// Runs the parsed command line. `Ok(ExitCode::from(crate::status::exit::PARTLY_REFUSED))` means the call worked but the
 /// server refused part of the work (a rejected stock event); that has been printed.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let context = Context::new(&cli);

@@ -1,0 +1,113 @@
+//! The atpctl binary against the real `atpd` (started by `atp-testkit`):
+//! JSON errors, exit statuses by class of error, `reserve-batch`.
+
+use std::process::Output;
+
+use atp_testkit::Atpd;
+
+/// Runs `atpctl --addr ADDR ARGS…` to completion.
+async fn atpctl(addr: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_atpctl"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("ATP_ADDR")
+        .output()
+        .await
+        .expect("run the atpctl binary")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "--json prints one JSON document ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Location dc-1 in channel web, and 5 tees received there.
+async fn configure(addr: &str) {
+    let steps: [&[&str]; 3] = [
+        &["location", "upsert", "--id", "dc-1", "--kind", "warehouse"],
+        &["channel", "upsert", "--id", "web", "--location", "dc-1"],
+        &[
+            "event",
+            "received",
+            "--id",
+            "recv-1",
+            "--sku",
+            "tee",
+            "--location",
+            "dc-1",
+            "--quantity",
+            "5",
+        ],
+    ];
+    for step in steps {
+        let output = atpctl(addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+#[tokio::test]
+async fn errors_are_json_on_stdout_and_exit_by_class() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await;
+
+    // Refused by the rules: 4, with the ErrorInfo of the refusal.
+    let short = atpctl(
+        &addr,
+        &["--json", "reserve", "--id", "r-1", "--channel", "web", "--line", "tee@dc-1=9"],
+    )
+    .await;
+    assert_eq!(short.status.code(), Some(4));
+    let error = &json(&short)["error"];
+    assert_eq!(error["code"], "FAILED_PRECONDITION");
+    assert_eq!(error["exit_code"], 4);
+    assert_eq!(error["details"]["error_info"]["reason"], "INSUFFICIENT_STOCK");
+    assert_eq!(error["details"]["error_info"]["metadata"]["available"], "5");
+    assert!(
+        error["message"].as_str().is_some_and(|message| message.starts_with("reserve r-1: ")),
+        "{error}"
+    );
+
+    // Malformed: 3, naming the field.
+    let bad = atpctl(
+        &addr,
+        &["--json", "reserve", "--id", "r-2", "--channel", "web", "--line", "tee@dc-1=0"],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(3));
+    let error = &json(&bad)["error"];
+    assert_eq!(error["code"], "INVALID_ARGUMENT");
+    assert_eq!(error["details"]["field_violations"][0]["field"], "lines[0].quantity");
+
+    // Not found: 5.
+    let missing = atpctl(&addr, &["--json", "get-reservation", "--id", "nobody"]).await;
+    assert_eq!(missing.status.code(), Some(5));
+    assert_eq!(json(&missing)["error"]["code"], "NOT_FOUND");
+
+    // Wrong state: 4 again, from another reason.
+    let held =
+        atpctl(&addr, &["reserve", "--id", "r-3", "--channel", "web", "--line", "tee@dc-1=1"])
+            .await;
+    assert!(held.status.success());
+    assert!(atpctl(&addr, &["release", "--id", "r-3"]).await.status.success());
+    let commit = atpctl(&addr, &["--json", "commit", "--id", "r-3"]).await;
+    assert_eq!(commit.status.code(), Some(4));
+    assert_eq!(json(&commit)["error"]["details"]["error_info"]["reason"], "WRONG_STATE");
+
+    // atpctl's own error (a file that is not there): 2, code LOCAL.
+    let local = atpctl(&addr, &["--json", "config", "apply", "/nonexistent/atp.toml"]).await;
+    assert_eq!(local.status.code(), Some(2));
+    assert_eq!(json(&local)["error"]["code"], "LOCAL");
+
+    // Nobody listening: 6, try again later.
+    let mut atpd = atpd;
+    atpd.kill();
+    let gone = atpctl(&addr, &["--json", "get-reservation", "--id", "r-3"]).await;
+    assert_eq!(gone.status.code(), Some(6));
+    assert_eq!(json(&gone)["error"]["code"], "UNAVAILABLE");
+}
