@@ -189,6 +189,47 @@ impl Reservation {
     }
 }
 
+impl From<ReservationState> for i32 {
+    fn from(state: ReservationState) -> Self {
+        let state = match state {
+            ReservationState::Held => v1::ReservationState::Held,
+            ReservationState::Committed => v1::ReservationState::Committed,
+            ReservationState::Released => v1::ReservationState::Released,
+            ReservationState::Expired => v1::ReservationState::Expired,
+            ReservationState::Cancelled => v1::ReservationState::Cancelled,
+            ReservationState::Fulfilled => v1::ReservationState::Fulfilled,
+            ReservationState::Unknown(value) => return value,
+        };
+        state.into()
+    }
+}
+
+impl From<Reservation> for v1::Reservation {
+    /// The message again (the epoch is not part of it), for code that
+    /// prints or forwards messages.
+    fn from(reservation: Reservation) -> Self {
+        Self {
+            reservation_id: reservation.reservation_id,
+            channel_id: reservation.channel_id,
+            state: reservation.state.into(),
+            lines: reservation
+                .lines
+                .into_iter()
+                .map(|line| v1::ReservationLineState {
+                    sku: line.sku,
+                    location_id: line.location_id,
+                    quantity: line.quantity,
+                    committed: line.committed,
+                    shipped: line.shipped,
+                })
+                .collect(),
+            created_at_ms: reservation.created_at_ms,
+            expires_at_ms: reservation.expires_at_ms,
+            ended_at_ms: reservation.ended_at_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +247,9 @@ mod tests {
     fn an_unknown_state_keeps_its_number() {
         assert_eq!(ReservationState::from(2), ReservationState::Committed);
         assert_eq!(ReservationState::from(42), ReservationState::Unknown(42));
+        for number in 1..=6 {
+            assert_eq!(i32::from(ReservationState::from(number)), number);
+        }
+        assert_eq!(i32::from(ReservationState::Unknown(42)), 42);
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::line::LineSpec;
+use crate::line::{BatchItem, LineSpec};
 
 /// Where `atpd` listens by default.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
@@ -59,6 +59,8 @@ pub struct Cli {
 pub enum Command {
     /// Hold units for a checkout: every line or none (idempotent by --id).
     Reserve(ReserveArgs),
+    /// Many independent Reserves in one ReserveBatch call, each with its own result.
+    ReserveBatch(ReserveBatchArgs),
     /// Turn a HELD reservation into an order; lines not named commit all they hold.
     Commit(CommitArgs),
     /// Free a HELD reservation.
@@ -118,6 +120,20 @@ pub struct ReserveArgs {
     /// Hold lifetime in seconds (default: the server's).
     #[arg(long = "ttl", value_name = "SECONDS")]
     pub ttl_seconds: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReserveBatchArgs {
+    /// Channel whose rules every hold must respect.
+    #[arg(long)]
+    pub channel: String,
+    /// Hold lifetime in seconds (default: the server's).
+    #[arg(long = "ttl", value_name = "SECONDS")]
+    pub ttl_seconds: Option<u32>,
+    /// A reservation as ID:SKU@LOC=QTY[,SKU@LOC=QTY…] (the id ends at the first `:`,
+    /// lines are split at `,`); 1..=1000 of them.
+    #[arg(required = true, value_name = "ID:SKU@LOC=QTY,…")]
+    pub reservations: Vec<BatchItem>,
 }
 
 #[derive(Debug, Args)]

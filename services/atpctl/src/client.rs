@@ -90,6 +90,11 @@ impl Clients {
     pub fn rpc(&self) -> Rpc<'_> {
         self.client.rpc()
     }
+
+    /// The SDK client itself, for its plain-typed methods (`reserve_many`).
+    pub fn sdk(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// `host:port` means `http://host:port`.

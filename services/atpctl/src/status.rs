@@ -107,7 +107,7 @@ pub fn error_json(error: &anyhow::Error) -> Value {
 }
 
 /// The `google.rpc` details of `status` as JSON, by kind.
-fn details_json(status: &tonic::Status) -> Value {
+pub fn details_json(status: &tonic::Status) -> Value {
     let details = status.get_error_details();
     let mut out = serde_json::Map::new();
     if let Some(bad_request) = details.bad_request() {

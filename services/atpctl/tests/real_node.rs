@@ -111,3 +111,44 @@ async fn errors_are_json_on_stdout_and_exit_by_class() {
     assert_eq!(gone.status.code(), Some(6));
     assert_eq!(json(&gone)["error"]["code"], "UNAVAILABLE");
 }
+
+#[tokio::test]
+async fn reserve_batch_answers_each_reservation() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await;
+
+    let items = ["b-1:tee@dc-1=2", "b-2:tee@dc-1=2", "b-3:tee@dc-1=2", "b-4:tee@dc-1=0"];
+    let output =
+        atpctl(&addr, &[&["--json", "reserve-batch", "--channel", "web"][..], &items].concat())
+            .await;
+    assert_eq!(output.status.code(), Some(1), "some reservations were refused");
+    let results = json(&output)["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 4);
+    let ids: Vec<&str> =
+        results.iter().map(|item| item["reservation_id"].as_str().unwrap_or("")).collect();
+    assert_eq!(ids, ["b-1", "b-2", "b-3", "b-4"], "in request order");
+    // The items run concurrently: any two of the first three get the 5 units.
+    let held = results[..3].iter().filter(|item| item["reservation"]["state"] == "HELD").count();
+    let short = results[..3]
+        .iter()
+        .filter(|item| item["error"]["details"]["error_info"]["reason"] == "INSUFFICIENT_STOCK")
+        .count();
+    assert_eq!((held, short), (2, 1), "{results:?}");
+    assert_eq!(results[3]["error"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(
+        results[3]["error"]["details"]["field_violations"][0]["field"],
+        "reservations[3].lines[0].quantity"
+    );
+
+    // The node agrees: 4 units held.
+    let availability = atpctl(&addr, &["--json", "availability", "tee"]).await;
+    assert_eq!(json(&availability)["skus"][0]["locations"][0]["reserved"], 4);
+
+    // A malformed item is refused before anything is sent.
+    let malformed = atpctl(&addr, &["reserve-batch", "--channel", "web", "b-5"]).await;
+    assert_eq!(malformed.status.code(), Some(2));
+    let table = atpctl(&addr, &["reserve-batch", "--channel", "web", "b-1:tee@dc-1=2"]).await;
+    assert!(table.status.success(), "a replay answers the first reservation");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("b-1"), "{:?}", table);
+}

@@ -2,6 +2,7 @@
 
 mod admin;
 mod availability;
+mod batch;
 mod config;
 mod event;
 mod import;
@@ -19,6 +20,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let context = &context;
     match cli.command {
         Command::Reserve(args) => reservation::reserve(context, args).await,
+        Command::ReserveBatch(args) => batch::reserve_batch(context, args).await,
         Command::Commit(args) => reservation::commit(context, args).await,
         Command::Release(args) => reservation::release(context, args).await,
         Command::Cancel(args) => reservation::cancel(context, args).await,
