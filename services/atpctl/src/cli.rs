@@ -346,11 +346,15 @@ pub enum ConfigCommand {
         /// The TOML file (format: see --help).
         file: PathBuf,
     },
-    /// Check FILE and print what it declares, without contacting the server.
+    /// Check FILE (every problem at once) and print what it declares; channels
+    /// naming a location neither the file nor the node has are flagged.
     #[command(after_long_help = CONFIG_FORMAT)]
     Check {
         /// The TOML file (format: see --help).
         file: PathBuf,
+        /// Check the file alone, without asking the node for its locations.
+        #[arg(long)]
+        offline: bool,
     },
 }
 

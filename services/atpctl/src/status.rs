@@ -87,19 +87,22 @@ pub fn code_name(code: Code) -> &'static str {
 /// stderr's first line), `exit_code`, and `details` (the `google.rpc`
 /// details by kind; empty when there are none).
 pub fn error_json(error: &anyhow::Error) -> Value {
-    let message = describe_error(error);
-    let headline = message.lines().next().unwrap_or_default();
-    let headline = headline.strip_prefix("error: ").unwrap_or(headline);
-    let (code, details) = match call_error(error) {
-        Some((sdk, status)) => {
-            (code_name(sdk.code()), status.map(details_json).unwrap_or_else(|| json!({})))
-        }
-        None => ("LOCAL", json!({})),
+    let described = describe_error(error);
+    let described = described.strip_prefix("error: ").unwrap_or(&described);
+    // A call's details are under `details`; atpctl's own error may take
+    // several lines (every problem of a file) and keeps them all.
+    let (code, details, message) = match call_error(error) {
+        Some((sdk, status)) => (
+            code_name(sdk.code()),
+            status.map(details_json).unwrap_or_else(|| json!({})),
+            described.lines().next().unwrap_or_default(),
+        ),
+        None => ("LOCAL", json!({}), described),
     };
     json!({
         "error": {
             "code": code,
-            "message": headline,
+            "message": message,
             "exit_code": exit_code(error),
             "details": details,
         }

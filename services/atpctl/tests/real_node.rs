@@ -152,3 +152,43 @@ async fn reserve_batch_answers_each_reservation() {
     assert!(table.status.success(), "a replay answers the first reservation");
     assert!(String::from_utf8_lossy(&table.stdout).contains("b-1"), "{:?}", table);
 }
+
+#[tokio::test]
+async fn config_check_reports_every_problem_and_locations_nobody_has() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await; // the node has dc-1
+    let directory = std::env::temp_dir().join(format!("atpctl-check-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).expect("a temp directory");
+
+    let bad = directory.join("bad.toml");
+    let text = "[[location]]\nid = \"dc\"\nkind = \"depot\"\n\
+                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\"]\nbuffer = -2\n\
+                [[channel]]\nid = \"pos\"\nlocations = [\"dc-1\"]\ncap = -1\n";
+    std::fs::write(&bad, text).expect("write");
+    let output = atpctl(&addr, &["config", "check", bad.to_str().expect("utf-8")]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3 problems:"), "{stderr}");
+    for part in ["unknown variant `depot`", "buffer: must be >= 0", "cap: must be >= 0"] {
+        assert!(stderr.contains(part), "{part} missing in {stderr}");
+    }
+
+    let unknown = directory.join("unknown.toml");
+    let text = "[[location]]\nid = \"dc-2\"\nkind = \"store\"\n\
+                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\", \"dc-2\", \"dc-9\"]\n\
+                [[channel]]\nid = \"pos\"\nlocations = [\"dc-8\"]\n";
+    std::fs::write(&unknown, text).expect("write");
+    let path = unknown.to_str().expect("utf-8");
+    let output = atpctl(&addr, &["--json", "config", "check", path]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let message = json(&output)["error"]["message"].as_str().expect("a message").to_owned();
+    assert!(message.contains("2 problems:"), "{message}");
+    assert!(message.contains("channel \"web\": locations[2]: location \"dc-9\""), "{message}");
+    assert!(message.contains("channel \"pos\": locations[0]: location \"dc-8\""), "{message}");
+    assert!(!message.contains("\"dc-1\"") && !message.contains("\"dc-2\""), "{message}");
+
+    let offline = atpctl("http://127.0.0.1:1", &["config", "check", "--offline", path]).await;
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+    let _ = std::fs::remove_dir_all(&directory);
+}

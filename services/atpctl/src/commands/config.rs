@@ -93,9 +93,21 @@ pub async fn list_channels(context: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks the file without contacting the server, and shows what it declares.
-pub fn check(context: &Context, path: &Path) -> anyhow::Result<ExitCode> {
+/// Checks the file (and, unless `offline`, that every location a channel
+/// names is in the file or on the node), and shows what it declares.
+pub async fn check(context: &Context, path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     let file = read_config(path)?;
+    if !offline {
+        let clients = context.connect().await?;
+        let response = clients
+            .rpc()
+            .list_locations(ListLocationsRequest {})
+            .await
+            .context("list locations")?;
+        let known = response.locations.into_iter().map(|location| location.location_id).collect();
+        crate::config_file::refuse(file.unknown_locations(&known))
+            .with_context(|| format!("checking {} against the node", path.display()))?;
+    }
     let locations: Vec<Location> = file.locations.iter().map(|entry| entry.to_proto()).collect();
     let channels: Vec<Channel> = file.channels.iter().map(|entry| entry.to_proto()).collect();
     context.print(

@@ -37,7 +37,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Channel(ChannelCommand::List) => config::list_channels(context).await,
         Command::Config(ConfigCommand::Apply { file }) => config::apply(context, &file).await,
-        Command::Config(ConfigCommand::Check { file }) => config::check(context, &file),
+        Command::Config(ConfigCommand::Check { file, offline }) => {
+            config::check(context, &file, offline).await
+        }
         Command::Import(args) => import::import(context, args).await,
         Command::Shards(args) => admin::shards(context, args).await,
         Command::Shard(args) => admin::shard(context, args).await,
