@@ -192,3 +192,36 @@ async fn config_check_reports_every_problem_and_locations_nobody_has() {
     assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+#[tokio::test]
+async fn a_repeated_import_explains_the_as_of_rule() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await;
+    let path = std::env::temp_dir().join(format!("atpctl-import-{}.csv", std::process::id()));
+    std::fs::write(&path, "event_id,sku,location_id,on_hand\ninit-1,mug,dc-1,7\n").expect("write");
+    let path = path.to_str().expect("utf-8").to_owned();
+
+    let first = atpctl(&addr, &["--json", "import", &path]).await;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let first = json(&first);
+    assert_eq!((first["applied"].as_i64(), first["as_of_note"].is_null()), (Some(1), true));
+    let as_of_ms = first["default_as_of_ms"].as_i64().expect("a default as_of_ms");
+
+    // Again with a new default: refused as a reused id, and the note says why.
+    let later = (as_of_ms + 1).to_string();
+    let again = atpctl(&addr, &["import", &path, "--as-of-ms", &later]).await;
+    assert_eq!(again.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("AlreadyExists"), "{text}");
+    assert!(text.contains("note: 1 row(s) without as_of_ms were refused as reused ids"), "{text}");
+    assert!(text.contains("pass the --as-of-ms its summary printed"), "{text}");
+
+    // Again with the first default: a duplicate, nothing refused, no note.
+    let same =
+        atpctl(&addr, &["--json", "import", &path, "--as-of-ms", &as_of_ms.to_string()]).await;
+    assert!(same.status.success());
+    let same = json(&same);
+    assert_eq!((same["duplicate"].as_i64(), same["as_of_note"].is_null()), (Some(1), true));
+    let _ = std::fs::remove_file(&path);
+}

@@ -87,6 +87,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
             json!({
                 "events": summary.events,
                 "default_as_of_ms": summary.default_as_of_ms,
+                "as_of_note": as_of_note(&summary),
                 "applied": summary.applied,
                 "duplicate": summary.duplicate,
                 "rejected": rejected,
@@ -204,6 +205,30 @@ fn tally(summary: &mut Summary, row: &CountRow, result: StockEventResult) {
     }
 }
 
+/// Rows refused as "reused with another payload" that took the default
+/// as_of_ms: most likely a repeated import whose default differs from the
+/// first run's. The rule, and how to repeat an import, in words.
+fn as_of_note(summary: &Summary) -> Option<String> {
+    let repeated = summary
+        .rejected
+        .iter()
+        .filter(|(row, result)| {
+            row.as_of_defaulted && result.error_code == tonic::Code::AlreadyExists as i32
+        })
+        .count();
+    if repeated == 0 {
+        return None;
+    }
+    let ms = summary.default_as_of_ms?;
+    Some(format!(
+        "{repeated} row(s) without as_of_ms were refused as reused ids: a count's payload \
+         includes its as_of_ms, and these rows took this run's default ({ms}), not the one \
+         of the import that first sent them. The first import still stands (nothing was \
+         applied twice). To repeat an import, pass the --as-of-ms its summary printed; for \
+         a new count, use new event ids."
+    ))
+}
+
 fn summary_text(summary: &Summary) -> String {
     let mut fields = Fields::new();
     fields.add("events", summary.events);
@@ -237,6 +262,9 @@ fn summary_text(summary: &Summary) -> String {
         }
         out.push('\n');
         out.push_str(&table.render());
+    }
+    if let Some(note) = as_of_note(summary) {
+        out.push_str(&format!("\nnote: {note}\n"));
     }
     out
 }
