@@ -225,3 +225,34 @@ async fn a_repeated_import_explains_the_as_of_rule() {
     assert_eq!((same["duplicate"].as_i64(), same["as_of_note"].is_null()), (Some(1), true));
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test]
+async fn every_command_takes_its_id_as_an_argument_or_with_id() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    let steps: [&[&str]; 7] = [
+        &["location", "upsert", "dc-1", "--kind", "warehouse"],
+        &["channel", "upsert", "web", "--location", "dc-1"],
+        &["event", "received", "recv-1", "--sku", "tee", "--location", "dc-1", "--quantity", "5"],
+        &["reserve", "r-1", "--channel", "web", "--line", "tee@dc-1=2"],
+        &["extend", "r-1", "--ttl", "600"],
+        &["commit", "r-1"],
+        &["cancel", "--id", "r-1"],
+    ];
+    for step in steps {
+        let output = atpctl(&addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    for form in
+        [&["--json", "get-reservation", "r-1"][..], &["--json", "get-reservation", "--id", "r-1"]]
+    {
+        let output = atpctl(&addr, form).await;
+        assert_eq!(json(&output)["reservation"]["state"], "CANCELLED", "{form:?}");
+    }
+    let both = atpctl(&addr, &["release", "r-1", "--id", "r-2"]).await;
+    assert_eq!(both.status.code(), Some(2), "an id given twice is a usage error");
+    let neither = atpctl(&addr, &["release"]).await;
+    assert_eq!(neither.status.code(), Some(2), "a missing id is a usage error");
+    let locations = atpctl(&addr, &["--json", "location", "list"]).await;
+    assert_eq!(json(&locations)["locations"][0]["id"], "dc-1");
+}

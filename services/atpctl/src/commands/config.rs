@@ -26,7 +26,7 @@ pub async fn upsert_location(
         LocationKindArg::ThirdParty => LocationKind::ThirdParty,
     };
     let location = Location {
-        location_id: args.id,
+        location_id: args.id.to_string(),
         kind: kind as i32,
         name: args.name,
         latitude: args.latitude.unwrap_or(0.0),
@@ -64,7 +64,7 @@ pub async fn upsert_channel(
     args: ChannelUpsertArgs,
 ) -> anyhow::Result<ExitCode> {
     let channel = Channel {
-        channel_id: args.id,
+        channel_id: args.id.to_string(),
         name: args.name,
         location_ids: args.locations,
         buffer: args.buffer,

@@ -67,7 +67,7 @@ fn to_event(command: EventCommand, now_ms: i64) -> StockEvent {
         }
     };
     let EventTarget { id, sku, location } = target;
-    StockEvent { event_id: id, sku, location_id: location, kind: Some(kind) }
+    StockEvent { event_id: id.to_string(), sku, location_id: location, kind: Some(kind) }
 }
 
 pub fn is_rejected(result: &StockEventResult) -> bool {
