@@ -25,7 +25,7 @@ pub struct FieldViolation {
 pub enum Error {
     /// INVALID_ARGUMENT: the request is malformed; `violations` name each bad
     /// field (as many as fit in a status).
-    #[error("invalid argument: {message}")]
+    #[error("{message}")]
     InvalidArgument {
         /// The server's message (it names the first fields too).
         message: String,
@@ -93,7 +93,7 @@ pub enum Error {
         status: Option<Box<Status>>,
     },
     /// NOT_FOUND: no such reservation (or it was forgotten after its retention).
-    #[error("not found: {message}")]
+    #[error("{message}")]
     NotFound {
         /// The server's message.
         message: String,
