@@ -160,7 +160,7 @@ pub struct ReserveBatchArgs {
     /// Hold lifetime in seconds (default: the server's).
     #[arg(long = "ttl", value_name = "SECONDS")]
     pub ttl_seconds: Option<u32>,
-    /// A reservation as ID:SKU@LOC=QTY[,SKU@LOC=QTY…] (the id ends at the first `:`,
+    /// A reservation as `ID:SKU@LOC=QTY[,SKU@LOC=QTY…]` (the id ends at the first `:`,
     /// lines are split at `,`); 1..=1000 of them.
     #[arg(required = true, value_name = "ID:SKU@LOC=QTY,…")]
     pub reservations: Vec<BatchItem>,
