@@ -196,3 +196,36 @@ async fn reserve_many_answers_each_item_and_retries_lost_replies() {
     let empty = client.reserve_many(Vec::new()).await.expect("nothing to send");
     assert!(empty.is_empty());
 }
+
+#[tokio::test]
+async fn reserve_many_resends_only_items_refused_for_overload() {
+    let atpd = Atpd::start(&[]).await;
+    let direct = client(&atpd.endpoint(), RetryPolicy::never());
+    configure(&direct, &["tee"], 100).await;
+    let (proxy, address) = FaultProxy::start(&atpd, Fault::OverloadOddItemsOnce).await;
+    let reserves: Vec<Reserve> = (0..10)
+        .map(|index| Reserve::new(format!("r-{index}"), "web").line("tee", "dc-1", 1))
+        .collect();
+
+    let once = client(&format!("http://{address}"), RetryPolicy::never());
+    let results = once.reserve_many(reserves).await.expect("the batch call");
+    for (index, result) in results.iter().enumerate() {
+        match index % 2 {
+            1 => assert!(matches!(result, Err(Error::Overloaded { .. })), "{index}: {result:?}"),
+            _ => assert!(result.is_ok(), "{index}: {result:?}"),
+        }
+    }
+
+    let more: Vec<Reserve> = (10..20)
+        .map(|index| Reserve::new(format!("r-{index}"), "web").line("tee", "dc-1", 1))
+        .collect();
+    let retrying = client(&format!("http://{address}"), quick_retries(3));
+    let results = retrying.reserve_many(more).await.expect("the batch call");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    for index in 10..20 {
+        let expected = if index % 2 == 1 { 2 } else { 1 };
+        assert_eq!(proxy.attempts_for(&format!("r-{index}")), expected, "r-{index}");
+    }
+    let position = position(&direct, "tee").await;
+    assert_eq!(position.reserved, 5 + 10, "each id held once");
+}

@@ -99,6 +99,9 @@ pub enum Fault {
     DropEveryReply,
     /// Answer RESOURCE_EXHAUSTED `OVERLOADED` without forwarding.
     Overloaded,
+    /// In a ReserveBatch, answer every odd item `OVERLOADED` (in its result,
+    /// not forwarded) the first time its id is seen; forward the others.
+    OverloadOddItemsOnce,
 }
 
 /// A gRPC proxy of AvailabilityService in front of a real node that counts
@@ -171,6 +174,46 @@ impl FaultProxy {
             }
             _ => reply,
         }
+    }
+}
+
+impl FaultProxy {
+    /// [`Fault::OverloadOddItemsOnce`]: counts each item as an attempt of its id.
+    async fn overload_odd_items_once(
+        &self,
+        request: v1::ReserveBatchRequest,
+    ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
+        let mut results: Vec<Option<v1::ReserveBatchResult>> = Vec::new();
+        let mut forwarded = Vec::new();
+        for (index, item) in request.reservations.into_iter().enumerate() {
+            let (_, first) = self.arrive(&item.reservation_id);
+            let odd = item
+                .reservation_id
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|number| number % 2 == 1);
+            if first && odd {
+                let status = atp_proto::rpc_status(&atp_proto::status::overloaded("fault proxy"));
+                results.push(Some(v1::ReserveBatchResult {
+                    outcome: Some(v1::reserve_batch_result::Outcome::Error(status)),
+                }));
+            } else {
+                results.push(None);
+                forwarded.push((index, item));
+            }
+        }
+        let (indices, reservations): (Vec<usize>, Vec<v1::ReserveRequest>) =
+            forwarded.into_iter().unzip();
+        if !reservations.is_empty() {
+            let request = v1::ReserveBatchRequest { reservations };
+            let reply = self.upstream.clone().reserve_batch(request).await?.into_inner();
+            for (index, result) in indices.into_iter().zip(reply.results) {
+                results[index] = Some(result);
+            }
+        }
+        let results = results.into_iter().map(|result| result.expect("every item answered"));
+        Ok(Response::new(v1::ReserveBatchResponse { results: results.collect() }))
     }
 }
 
@@ -249,6 +292,9 @@ impl AvailabilityService for FaultProxy {
         request: Request<v1::ReserveBatchRequest>,
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
         let request = request.into_inner();
+        if *self.fault.lock().expect("fault lock") == Fault::OverloadOddItemsOnce {
+            return self.overload_odd_items_once(request).await;
+        }
         let id = request.reservations.first().map(|item| item.reservation_id.clone());
         self.relay(&id.unwrap_or_default(), self.upstream.clone().reserve_batch(request)).await
     }
