@@ -152,3 +152,30 @@ async fn the_client_deadline_and_a_dead_node_are_retryable() {
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
     assert!(error.is_retryable());
 }
+
+#[tokio::test]
+async fn a_full_shard_mailbox_is_overloaded() {
+    let atpd = Atpd::start(&[("ATP_MAILBOX_CAPACITY", "1")]).await;
+    let client = client(&atpd.endpoint(), RetryPolicy::never());
+    configure(&client, &["tee"], 1_000_000).await;
+    // One operation fits in the shard's mailbox: concurrent Reserves of one
+    // SKU overflow it. Bursts are repeated until one does.
+    let until = Instant::now() + DEADLINE;
+    let mut round = 0;
+    let error = loop {
+        round += 1;
+        let calls = (0..64).map(|index| {
+            let reserve = Reserve::new(format!("r-{round}-{index}"), "web").line("tee", "dc-1", 1);
+            client.reserve(reserve)
+        });
+        let results = futures::future::join_all(calls).await;
+        if let Some(error) = results.into_iter().find_map(Result::err) {
+            break error;
+        }
+        assert!(Instant::now() < until, "the mailbox never overflowed");
+    };
+    assert!(
+        matches!(&error, Error::Overloaded { message, retry_after: Some(_), .. } if message.contains("shard")),
+        "{error:?}"
+    );
+}
