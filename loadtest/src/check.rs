@@ -21,12 +21,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use atp_client::{Client, Error};
 use atp_proto::v1;
-use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
 use futures::{StreamExt, stream};
 use serde::Serialize;
-use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::LoadError;
 use crate::acks::{AckEntry, AckLog, Found, LineRef};
@@ -142,7 +140,7 @@ impl<'a> Names<'a> {
 /// against `acks` (the merged logs of every run over that setup). Errors
 /// only when the node could not be read; broken invariants are in the report.
 pub async fn check(endpoint: &str, setup: &Setup, acks: &AckLog) -> Result<CheckReport, LoadError> {
-    let client = client::availability(client::channel(endpoint, CHECK_TIMEOUT)?);
+    let client = client::client(endpoint, CHECK_TIMEOUT)?;
     let ids: Vec<&str> = acks.iter().map(|(id, _)| id).collect();
     let mut found = fetch(&client, &ids).await?;
     let mut report = CheckReport::default();
@@ -195,19 +193,18 @@ fn wall_clock_ms() -> i64 {
 }
 
 async fn fetch<'a>(
-    client: &AvailabilityServiceClient<Channel>,
+    client: &Client,
     ids: &[&'a str],
 ) -> Result<HashMap<&'a str, Fetched>, LoadError> {
     let reads = ids.iter().map(|&id| async move {
         let request = v1::GetReservationRequest { reservation_id: id.to_owned() };
         let fetched = retry("get reservation", || {
-            let mut client = client.clone();
             let request = request.clone();
             async move {
-                match client.get_reservation(request).await {
-                    Ok(response) => Ok(response.into_inner().reservation),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status),
+                match client.rpc().get_reservation(request).await {
+                    Ok(response) => Ok(response.reservation),
+                    Err(Error::NotFound { .. }) => Ok(None),
+                    Err(error) => Err(error),
                 }
             }
         })
@@ -224,7 +221,7 @@ async fn fetch<'a>(
 
 /// Every position of the setup, by (sku index, location index).
 async fn read_positions(
-    client: &AvailabilityServiceClient<Channel>,
+    client: &Client,
     setup: &Setup,
 ) -> Result<HashMap<(u32, u16), v1::LocationAvailability>, LoadError> {
     let names = Names::new(setup);
@@ -235,12 +232,9 @@ async fn read_positions(
             location_ids: setup.locations.clone(),
             channel_ids: vec![setup.channel.clone()],
         };
-        let response = retry("get availability", || {
-            let (mut client, request) = (client.clone(), request.clone());
-            async move { client.get_availability(request).await }
-        })
-        .await?;
-        for sku in response.into_inner().skus {
+        let response =
+            retry("get availability", || client.rpc().get_availability(request.clone())).await?;
+        for sku in response.skus {
             for position in sku.locations {
                 if let Some(at) = names.position(&sku.sku, &position.location_id) {
                     positions.insert(at, position);

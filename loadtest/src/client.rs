@@ -1,13 +1,11 @@
-//! Channels to the node, and how an error is read: which codes prove that
-//! nothing happened, which leave the outcome unknown, which are worth a retry.
+//! Clients of the node (the SDK, `atp-client`), and how an error is read:
+//! which codes prove that nothing happened, which leave the outcome unknown,
+//! which are worth a retry.
 
 use std::future::Future;
 use std::time::Duration;
 
-use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
-use atp_proto::v1::config_service_client::ConfigServiceClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use atp_client::{Client, Code, Error, RetryPolicy};
 
 use crate::LoadError;
 
@@ -19,26 +17,19 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long setup and check keep retrying one call before giving up.
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A lazily connected channel: it connects on first use and again after the
-/// connection broke, so a node that is killed and restarted costs failed
-/// calls, never the run.
-pub fn channel(endpoint: &str, request_timeout: Duration) -> Result<Channel, LoadError> {
-    let endpoint = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|error| LoadError::Config(format!("endpoint {endpoint:?}: {error}")))?
+/// An SDK client over one lazily connected HTTP/2 connection: it connects
+/// on first use and again after the connection broke, so a node that is
+/// killed and restarted costs failed calls, never the run. It never retries
+/// by itself: a worker measures each call once and logs its outcome, and
+/// setup and check retry with [`retry`].
+pub fn client(endpoint: &str, request_timeout: Duration) -> Result<Client, LoadError> {
+    Client::builder([endpoint])
+        .connections_per_endpoint(1)
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(request_timeout)
-        .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
-}
-
-/// The availability client over `channel`.
-pub fn availability(channel: Channel) -> AvailabilityServiceClient<Channel> {
-    AvailabilityServiceClient::new(channel)
-}
-
-/// The configuration client over `channel`.
-pub fn configuration(channel: Channel) -> ConfigServiceClient<Channel> {
-    ConfigServiceClient::new(channel)
+        .deadline(request_timeout)
+        .retry(RetryPolicy::never())
+        .build()
+        .map_err(|error| LoadError::Config(format!("endpoint {endpoint:?}: {error}")))
 }
 
 /// Whether a failed call certainly changed nothing. The server refuses these
@@ -87,16 +78,16 @@ pub fn passing(code: Code) -> bool {
 pub async fn retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, LoadError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Status>>,
+    Fut: Future<Output = Result<T, Error>>,
 {
     let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
     loop {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(status) if passing(status.code()) && tokio::time::Instant::now() < deadline => {
+            Err(error) if passing(error.code()) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            Err(status) => return Err(LoadError::Call { what: what.to_owned(), status }),
+            Err(error) => return Err(LoadError::Call { what: what.to_owned(), error }),
         }
     }
 }

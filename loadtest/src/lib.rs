@@ -48,12 +48,13 @@ pub enum LoadError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A setup or check call failed for good (or kept failing past its retry deadline).
-    #[error("{what} failed: {status}")]
+    #[error("{what} failed: {error}")]
     Call {
         /// The call, in words.
         what: String,
-        /// Its last status.
-        status: tonic::Status,
+        /// Its last error.
+        #[source]
+        error: atp_client::Error,
     },
     /// The node refused part of the setup.
     #[error("setup: {0}")]

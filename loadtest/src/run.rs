@@ -59,8 +59,8 @@ impl Pacing {
 /// operations are logged as unknown, and the channels reconnect on next use.
 pub async fn run(config: &Config, setup: &Setup) -> Result<Report, LoadError> {
     config.validate()?;
-    let channels = (0..config.connections)
-        .map(|_| client::channel(&config.endpoint, config.request_timeout))
+    let clients = (0..config.connections)
+        .map(|_| client::client(&config.endpoint, config.request_timeout))
         .collect::<Result<Vec<_>, _>>()?;
     // Reservation ids are unique per run, so the logs of several runs over
     // one setup merge without clashes.
@@ -76,9 +76,9 @@ pub async fn run(config: &Config, setup: &Setup) -> Result<Report, LoadError> {
         Mode::Open => Pacing::Open { start, rate: config.rate, next: Arc::new(AtomicU64::new(0)) },
     };
     let workers = (0..config.clients).map(|index| {
-        let channel = channels[index % channels.len()].clone();
+        let client = clients[index % clients.len()].clone();
         let worker_seed = seed.wrapping_add(index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let worker = Worker::new(Arc::clone(&plan), channel, &segment, index, worker_seed);
+        let worker = Worker::new(Arc::clone(&plan), client, &segment, index, worker_seed);
         tokio::spawn(drive(worker, pacing.clone(), measure_from, end))
     });
     let workers: Vec<_> = workers.collect();

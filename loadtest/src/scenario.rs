@@ -3,15 +3,12 @@
 
 use std::sync::Arc;
 
+use atp_client::{Client, Code};
 use atp_proto::v1;
-use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
 use atp_proto::v1::reserve_batch_result::Outcome;
 use tokio::time::Instant;
-use tonic::Code;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::acks::{AckLog, Acked, InDoubt, LineRef};
 use crate::client::{passing, refused};
@@ -57,8 +54,7 @@ impl Plan {
 /// A client of the run: its connection, its random stream, its ids, its
 /// numbers and its log.
 pub struct Worker {
-    client: AvailabilityServiceClient<Channel>,
-    health: HealthClient<Channel>,
+    client: Client,
     plan: Arc<Plan>,
     rng: fastrand::Rng,
     prefix: String,
@@ -70,12 +66,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Worker `index` of the run segment `segment`, over `channel`.
-    pub fn new(plan: Arc<Plan>, channel: Channel, segment: &str, index: usize, seed: u64) -> Self {
+    /// Worker `index` of the run segment `segment`, calling through `client`.
+    pub fn new(plan: Arc<Plan>, client: Client, segment: &str, index: usize, seed: u64) -> Self {
         let prefix = format!("{}-{segment}-{index}", plan.setup.run_id);
         Self {
-            client: AvailabilityServiceClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            client,
             plan,
             rng: fastrand::Rng::with_seed(seed),
             prefix,
@@ -157,7 +152,7 @@ impl Worker {
         let request = self.reserve_request(&id, &lines, ttl_s);
         self.acks.reserve_sent(&id, lines);
         let sent = Instant::now();
-        let result = self.client.reserve(request).await;
+        let result = self.client.rpc().reserve(request).await;
         self.recorder.call(Rpc::Reserve, sent.elapsed(), measured);
         if measured {
             self.recorder.reservations += 1;
@@ -170,10 +165,10 @@ impl Worker {
                 }
                 (Some(id), None)
             }
-            Err(status) => {
-                self.recorder.error(status.code());
-                self.settle(&id, InDoubt::Reserve, status.code());
-                (None, Some(status.code()))
+            Err(error) => {
+                self.recorder.error(error.code());
+                self.settle(&id, InDoubt::Reserve, error.code());
+                (None, Some(error.code()))
             }
         }
     }
@@ -185,12 +180,12 @@ impl Worker {
     async fn health_check(&mut self, measured: bool) -> bool {
         let request = HealthCheckRequest { service: String::new() };
         let sent = Instant::now();
-        let result = self.health.check(request).await;
+        let result = self.client.rpc().check(request).await;
         self.recorder.call(Rpc::HealthCheck, sent.elapsed(), measured);
         let code = match result {
-            Ok(response) if response.get_ref().status() == ServingStatus::Serving => return false,
+            Ok(response) if response.status() == ServingStatus::Serving => return false,
             Ok(_) => Code::Unavailable,
-            Err(status) => status.code(),
+            Err(error) => error.code(),
         };
         self.recorder.error(code);
         passing(code)
@@ -230,10 +225,10 @@ impl Worker {
         let result = if commit {
             // No lines named: every line commits all it holds.
             let request = v1::CommitRequest { reservation_id: id.clone(), lines: Vec::new() };
-            self.client.commit(request).await.map(drop)
+            self.client.rpc().commit(request).await.map(drop)
         } else {
             let request = v1::ReleaseRequest { reservation_id: id.clone() };
-            self.client.release(request).await.map(drop)
+            self.client.rpc().release(request).await.map(drop)
         };
         self.recorder.call(rpc, sent.elapsed(), measured);
         match result {
@@ -241,10 +236,10 @@ impl Worker {
                 self.acks.acknowledged(&id, state);
                 false
             }
-            Err(status) => {
-                self.recorder.error(status.code());
-                self.settle(&id, attempt, status.code());
-                passing(status.code())
+            Err(error) => {
+                self.recorder.error(error.code());
+                self.settle(&id, attempt, error.code());
+                passing(error.code())
             }
         }
     }
@@ -264,16 +259,17 @@ impl Worker {
             self.recorder.reservations += ids.len() as u64;
         }
         let sent = Instant::now();
-        let result = self.client.reserve_batch(v1::ReserveBatchRequest { reservations }).await;
+        let result =
+            self.client.rpc().reserve_batch(v1::ReserveBatchRequest { reservations }).await;
         self.recorder.call(Rpc::ReserveBatch, sent.elapsed(), measured);
         let results = match result {
-            Ok(response) => response.into_inner().results,
-            Err(status) => {
-                self.recorder.error(status.code());
+            Ok(response) => response.results,
+            Err(error) => {
+                self.recorder.error(error.code());
                 for id in &ids {
-                    self.settle(id, InDoubt::Reserve, status.code());
+                    self.settle(id, InDoubt::Reserve, error.code());
                 }
-                return passing(status.code());
+                return passing(error.code());
             }
         };
         let mut pause = false;

@@ -86,8 +86,7 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
     if config.scenario == Scenario::Ceiling {
         return Ok(setup);
     }
-    let channel = client::channel(&config.endpoint, config.request_timeout)?;
-    let configuration = client::configuration(channel.clone());
+    let client = client::client(&config.endpoint, config.request_timeout)?;
     for location_id in &setup.locations {
         let location = v1::Location {
             location_id: location_id.clone(),
@@ -97,11 +96,7 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
             ..Default::default()
         };
         let request = v1::UpsertLocationRequest { location: Some(location) };
-        retry("upsert location", || {
-            let (mut configuration, request) = (configuration.clone(), request.clone());
-            async move { configuration.upsert_location(request).await }
-        })
-        .await?;
+        retry("upsert location", || client.rpc().upsert_location(request.clone())).await?;
     }
     let channel_config = v1::Channel {
         channel_id: setup.channel.clone(),
@@ -111,20 +106,15 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
         cap: None,
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel_config) };
-    retry("upsert channel", || {
-        let (mut configuration, request) = (configuration.clone(), request.clone());
-        async move { configuration.upsert_channel(request).await }
-    })
-    .await?;
+    retry("upsert channel", || client.rpc().upsert_channel(request.clone())).await?;
 
     let positions: Vec<(usize, usize)> = (0..setup.skus.len())
         .flat_map(|sku| (0..setup.locations.len()).map(move |location| (sku, location)))
         .collect();
-    let availability = client::availability(channel);
     let calls = positions.chunks(MAX_EVENTS_PER_CALL).map(|chunk| {
         let events: Vec<_> =
             chunk.iter().map(|&(sku, location)| setup.stock_event(sku, location)).collect();
-        stock(availability.clone(), events)
+        stock(&client, events)
     });
     let outcomes: Vec<_> = stream::iter(calls).buffer_unordered(SETUP_CONCURRENCY).collect().await;
     outcomes.into_iter().collect::<Result<(), _>>()?;
@@ -134,21 +124,17 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
 /// Applies `events` until each is APPLIED or DUPLICATE (a REJECTED one, e.g.
 /// for a full mailbox, is sent again).
 async fn stock(
-    client: atp_proto::v1::availability_service_client::AvailabilityServiceClient<
-        tonic::transport::Channel,
-    >,
+    client: &atp_client::Client,
     mut events: Vec<v1::StockEvent>,
 ) -> Result<(), LoadError> {
     let deadline = tokio::time::Instant::now() + client::RETRY_DEADLINE;
     while !events.is_empty() {
         let request = v1::ApplyStockEventsRequest { events: events.clone() };
-        let response = retry("apply stock events", || {
-            let (mut client, request) = (client.clone(), request.clone());
-            async move { client.apply_stock_events(request).await }
-        })
-        .await?;
+        let response =
+            retry("apply stock events", || client.rpc().apply_stock_events(request.clone()))
+                .await?;
         let mut rejected = Vec::new();
-        for (event, result) in events.into_iter().zip(response.into_inner().results) {
+        for (event, result) in events.into_iter().zip(response.results) {
             if result.outcome() == v1::StockEventOutcome::Rejected {
                 let code = tonic::Code::from(result.error_code);
                 if !client::passing(code) || tokio::time::Instant::now() >= deadline {

@@ -173,18 +173,15 @@ async fn the_run_goes_on_while_the_server_is_away() {
 
 /// Units held over every position of `data`, read through the API.
 async fn held_units(config: &Config, data: &atp_loadgen::Setup) -> i64 {
-    let channel =
-        atp_loadgen::client::channel(&config.endpoint, Duration::from_secs(10)).expect("a channel");
+    let client =
+        atp_loadgen::client::client(&config.endpoint, Duration::from_secs(10)).expect("a client");
     let request = atp_proto::v1::GetAvailabilityRequest {
         skus: data.skus.clone(),
         location_ids: data.locations.clone(),
         channel_ids: Vec::new(),
     };
-    let response = atp_loadgen::client::availability(channel)
-        .get_availability(request)
-        .await
-        .expect("availability");
-    response.into_inner().skus.iter().flat_map(|sku| &sku.locations).map(|at| at.reserved).sum()
+    let response = client.rpc().get_availability(request).await.expect("availability");
+    response.skus.iter().flat_map(|sku| &sku.locations).map(|at| at.reserved).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

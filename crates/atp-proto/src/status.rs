@@ -16,6 +16,15 @@ pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
 /// `PreconditionFailure` violation type (and `ErrorInfo` reason) of a reservation
 /// in the wrong state for the operation.
 pub const WRONG_STATE: &str = "WRONG_STATE";
+/// `ErrorInfo` reason of a RESOURCE_EXHAUSTED that is an overload (a full
+/// shard mailbox, too many requests in flight): worth a retry after the
+/// `RetryInfo` delay. A RESOURCE_EXHAUSTED without it (a message over the
+/// size limit, a full disk) is not.
+pub const OVERLOADED: &str = "OVERLOADED";
+/// `ErrorInfo` reason of a write refused because the node's disk is full.
+pub const DISK_FULL: &str = "DISK_FULL";
+/// Suggested wait before retrying an overloaded node.
+pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Bytes of field violations (paths and descriptions) carried in one status.
 /// The details travel base64-encoded in a trailer next to the message, and
 /// common clients (hyper, so tonic) refuse response headers over 16 KiB: a
@@ -103,6 +112,14 @@ pub fn status_from_rpc(status: tonic_types::pb::Status) -> Status {
     let code = Code::from(status.code);
     let message = status.message.clone();
     Status::with_details(code, message, status.encode_to_vec().into())
+}
+
+/// RESOURCE_EXHAUSTED for an overload, with `ErrorInfo` reason [`OVERLOADED`]
+/// and a `RetryInfo` of [`OVERLOADED_RETRY_DELAY`].
+pub fn overloaded(message: impl Into<String>) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY));
+    details.set_error_info(OVERLOADED, ERROR_DOMAIN, HashMap::<String, String>::new());
+    Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
 /// INVALID_ARGUMENT with a `BadRequest` naming each field, as many as fit in
@@ -250,6 +267,14 @@ mod tests {
 
         let plain = rpc_status(&Status::not_found("r-1"));
         assert_eq!((plain.code, plain.details.len()), (i32::from(Code::NotFound), 0));
+    }
+
+    #[test]
+    fn overload_says_so_and_suggests_a_retry() {
+        let status = overloaded("busy");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.get_details_error_info().expect("an ErrorInfo").reason, OVERLOADED);
+        assert!(status.get_details_retry_info().is_some());
     }
 
     #[test]

@@ -1,33 +1,24 @@
 //! The node's errors as gRPC statuses.
 
-use std::time::Duration;
-
 use atp_proto::status_of;
 use atp_shard::NodeError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-
-/// Suggested wait before retrying on a full shard mailbox.
-const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The gRPC status of a node error. One exhaustive match: domain errors go
 /// through [`atp_proto::status_of`], the node's own through this table.
 pub fn node_status(error: NodeError) -> Status {
     match error {
         NodeError::Core(error) => status_of(error),
-        NodeError::Overloaded { .. } => Status::with_error_details(
-            Code::ResourceExhausted,
-            error.to_string(),
-            ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY)),
-        ),
+        NodeError::Overloaded { .. } => atp_proto::status::overloaded(error.to_string()),
         // Not retryable by waiting: an operator must free space and restart
         // the node. Reads (availability, ledger) go on meanwhile.
         NodeError::DiskFull(_) => Status::with_error_details(
             Code::ResourceExhausted,
             error.to_string(),
             ErrorDetails::with_error_info(
-                "DISK_FULL",
-                "atp",
+                atp_proto::status::DISK_FULL,
+                atp_proto::status::ERROR_DOMAIN,
                 std::collections::HashMap::<String, String>::new(),
             ),
         ),

@@ -49,7 +49,7 @@ pub fn layers(request_timeout: Duration, max_concurrent_requests: usize) -> Serv
 
 fn error_to_status(error: BoxError) -> BoxError {
     if error.is::<tower::load_shed::error::Overloaded>() {
-        return Box::new(Status::resource_exhausted(
+        return Box::new(atp_proto::status::overloaded(
             "the node has too many requests in flight; retry later",
         ));
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::line::LineSpec;
+use crate::line::{BatchItem, LineSpec};
 
 /// Where `atpd` listens by default.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
@@ -59,6 +59,8 @@ pub struct Cli {
 pub enum Command {
     /// Hold units for a checkout: every line or none (idempotent by --id).
     Reserve(ReserveArgs),
+    /// Many independent Reserves in one ReserveBatch call, each with its own result.
+    ReserveBatch(ReserveBatchArgs),
     /// Turn a HELD reservation into an order; lines not named commit all they hold.
     Commit(CommitArgs),
     /// Free a HELD reservation.
@@ -97,18 +99,48 @@ pub enum Command {
     Ledger(LedgerArgs),
 }
 
+/// The id a command is about (reservation, event, location or channel), the
+/// same way in every command: `atpctl commit r-1` or `atpctl commit --id r-1`.
+#[derive(Debug, Args)]
+pub struct MainId {
+    /// The id (or give it as --id ID).
+    #[arg(value_name = "ID", required_unless_present = "id", conflicts_with = "id")]
+    positional: Option<String>,
+    /// The id, as an option.
+    #[arg(long = "id", value_name = "ID")]
+    id: Option<String>,
+}
+
+impl std::ops::Deref for MainId {
+    type Target = String;
+
+    fn deref(&self) -> &String {
+        self.positional.as_ref().or(self.id.as_ref()).expect("clap requires ID or --id")
+    }
+}
+
+impl From<&str> for MainId {
+    fn from(id: &str) -> Self {
+        Self { positional: Some(id.to_owned()), id: None }
+    }
+}
+
+impl std::fmt::Display for MainId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct IdArgs {
-    /// Reservation id.
-    #[arg(long)]
-    pub id: String,
+    #[command(flatten)]
+    pub id: MainId,
 }
 
 #[derive(Debug, Args)]
 pub struct ReserveArgs {
-    /// Reservation id, chosen by the caller (the idempotency key).
-    #[arg(long)]
-    pub id: String,
+    #[command(flatten)]
+    pub id: MainId,
     /// Channel whose rules the hold must respect.
     #[arg(long)]
     pub channel: String,
@@ -121,10 +153,23 @@ pub struct ReserveArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CommitArgs {
-    /// Reservation id.
+pub struct ReserveBatchArgs {
+    /// Channel whose rules every hold must respect.
     #[arg(long)]
-    pub id: String,
+    pub channel: String,
+    /// Hold lifetime in seconds (default: the server's).
+    #[arg(long = "ttl", value_name = "SECONDS")]
+    pub ttl_seconds: Option<u32>,
+    /// A reservation as `ID:SKU@LOC=QTY[,SKU@LOC=QTY…]` (the id ends at the first `:`,
+    /// lines are split at `,`); 1..=1000 of them.
+    #[arg(required = true, value_name = "ID:SKU@LOC=QTY,…")]
+    pub reservations: Vec<BatchItem>,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    #[command(flatten)]
+    pub id: MainId,
     /// Units to commit of one line, SKU@LOCATION=QUANTITY (0..=held); repeatable.
     #[arg(long = "line", value_name = "SKU@LOC=QTY")]
     pub lines: Vec<LineSpec>,
@@ -132,9 +177,8 @@ pub struct CommitArgs {
 
 #[derive(Debug, Args)]
 pub struct ExtendArgs {
-    /// Reservation id.
-    #[arg(long)]
-    pub id: String,
+    #[command(flatten)]
+    pub id: MainId,
     /// New lifetime from now, in seconds.
     #[arg(long = "ttl", value_name = "SECONDS")]
     pub ttl_seconds: u32,
@@ -156,9 +200,8 @@ pub struct AvailabilityArgs {
 /// The (event, sku, location) every stock event names.
 #[derive(Debug, Args)]
 pub struct EventTarget {
-    /// Event id: an event is applied at most once.
-    #[arg(long)]
-    pub id: String,
+    #[command(flatten)]
+    pub id: MainId,
     /// The SKU whose position changes.
     #[arg(long)]
     pub sku: String,
@@ -269,8 +312,8 @@ pub enum LocationKindArg {
 
 #[derive(Debug, Args)]
 pub struct LocationUpsertArgs {
-    #[arg(long)]
-    pub id: String,
+    #[command(flatten)]
+    pub id: MainId,
     #[arg(long, value_enum)]
     pub kind: LocationKindArg,
     #[arg(long, default_value = "")]
@@ -305,8 +348,8 @@ pub enum ChannelCommand {
 
 #[derive(Debug, Args)]
 pub struct ChannelUpsertArgs {
-    #[arg(long)]
-    pub id: String,
+    #[command(flatten)]
+    pub id: MainId,
     #[arg(long, default_value = "")]
     pub name: String,
     /// A location feeding the channel; repeat for more.
@@ -330,11 +373,15 @@ pub enum ConfigCommand {
         /// The TOML file (format: see --help).
         file: PathBuf,
     },
-    /// Check FILE and print what it declares, without contacting the server.
+    /// Check FILE (every problem at once) and print what it declares; channels
+    /// naming a location neither the file nor the node has are flagged.
     #[command(after_long_help = CONFIG_FORMAT)]
     Check {
         /// The TOML file (format: see --help).
         file: PathBuf,
+        /// Check the file alone, without asking the node for its locations.
+        #[arg(long)]
+        offline: bool,
     },
 }
 

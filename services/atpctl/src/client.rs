@@ -4,10 +4,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use atp_proto::v1::admin_service_client::AdminServiceClient;
-use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
-use atp_proto::v1::config_service_client::ConfigServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use atp_client::{Client, Rpc};
 
 use crate::cli::Cli;
 
@@ -32,17 +29,18 @@ impl Context {
         }
     }
 
-    /// Connects to the node; called by each command only once its own input has been checked.
+    /// Connects to the node through the SDK (its deadline is `--timeout-seconds`,
+    /// its retries the SDK's default: only what is safe); called by each command
+    /// only once its own input has been checked.
     pub async fn connect(&self) -> anyhow::Result<Clients> {
-        let endpoint = Endpoint::from_shared(self.addr.clone())
-            .with_context(|| format!("invalid --addr {:?}", self.addr))?
+        let client = Client::builder([self.addr.as_str()])
+            .connections_per_endpoint(1)
             .connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECONDS))
-            .timeout(Duration::from_secs(self.timeout_seconds));
-        let channel = endpoint
+            .deadline(Duration::from_secs(self.timeout_seconds))
             .connect()
             .await
             .with_context(|| format!("connecting to {} (set --addr or ATP_ADDR)", self.addr))?;
-        Ok(Clients { channel })
+        Ok(Clients { client })
     }
 
     /// Prints `json` with `--json`, otherwise the text `table` builds.
@@ -59,6 +57,14 @@ impl Context {
     }
 }
 
+/// Prints `value` as pretty JSON and a newline on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    // Serializing a `serde_json::Value` cannot fail.
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    write_stdout(&text);
+}
+
 /// Writes to stdout; a closed pipe (`atpctl shards | head`) ends the output quietly
 /// instead of panicking as `print!` would.
 fn write_stdout(text: &str) {
@@ -72,23 +78,22 @@ fn write_stdout(text: &str) {
     }
 }
 
-/// One connection shared by the three service clients.
+/// The SDK client every command uses.
 #[derive(Clone, Debug)]
 pub struct Clients {
-    channel: Channel,
+    client: Client,
 }
 
 impl Clients {
-    pub fn availability(&self) -> AvailabilityServiceClient<Channel> {
-        AvailabilityServiceClient::new(self.channel.clone())
+    /// Every RPC with its generated messages, under the SDK's deadline,
+    /// retries and typed errors.
+    pub fn rpc(&self) -> Rpc<'_> {
+        self.client.rpc()
     }
 
-    pub fn config(&self) -> ConfigServiceClient<Channel> {
-        ConfigServiceClient::new(self.channel.clone())
-    }
-
-    pub fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    /// The SDK client itself, for its plain-typed methods (`reserve_many`).
+    pub fn sdk(&self) -> &Client {
+        &self.client
     }
 }
 

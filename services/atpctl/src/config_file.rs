@@ -28,10 +28,10 @@
 //!
 //! Unknown keys are errors, and every error names the item (`location
 //! "dc-east"`, or `location #3` when the id itself is missing). The whole file
-//! is checked before anything is sent. `services/atpctl/config.example.toml`
+//! is checked before anything is sent, and every problem is reported at once. `services/atpctl/config.example.toml`
 //! is a complete example (shown by `atpctl config apply --help`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, anyhow, bail};
 use atp_core::CoreError;
@@ -95,31 +95,68 @@ pub struct ChannelEntry {
 }
 
 impl ConfigFile {
-    /// Reads and checks a whole file; nothing is applied when any item is bad.
+    /// Reads and checks a whole file; nothing is applied when any item is
+    /// bad. Every problem is reported (one per line), not only the first.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let document: toml::Table = toml::from_str(text)
             .map_err(|error| anyhow!("{}", error.to_string().trim_end()))
             .context("invalid TOML")?;
         let mut file = ConfigFile::default();
+        let mut problems = Vec::new();
         for (key, value) in document {
             match key.as_str() {
-                "location" => file.locations = parse_items(&key, value)?,
-                "channel" => file.channels = parse_items(&key, value)?,
-                other => bail!(
+                "location" => file.locations = parse_items(&key, value, &mut problems),
+                "channel" => file.channels = parse_items(&key, value, &mut problems),
+                other => problems.push(format!(
                     "unknown top-level key `{other}`: expected [[location]] or [[channel]] tables"
-                ),
+                )),
             }
         }
-        if file.locations.is_empty() && file.channels.is_empty() {
-            bail!("the file declares no [[location]] or [[channel]]");
+        if file.locations.is_empty() && file.channels.is_empty() && problems.is_empty() {
+            problems.push("the file declares no [[location]] or [[channel]]".to_owned());
         }
         if file.locations.len() > MAX_LOCATIONS {
-            bail!("{} locations; at most {MAX_LOCATIONS} may be configured", file.locations.len());
+            problems.push(format!(
+                "{} locations; at most {MAX_LOCATIONS} may be configured",
+                file.locations.len()
+            ));
         }
         if file.channels.len() > MAX_CHANNELS {
-            bail!("{} channels; at most {MAX_CHANNELS} may be configured", file.channels.len());
+            problems.push(format!(
+                "{} channels; at most {MAX_CHANNELS} may be configured",
+                file.channels.len()
+            ));
         }
+        refuse(problems)?;
         Ok(file)
+    }
+
+    /// The channels' locations that neither the file nor `known` (the
+    /// node's locations) has, one problem each.
+    pub fn unknown_locations(&self, known: &HashSet<String>) -> Vec<String> {
+        let declared: HashSet<&str> =
+            self.locations.iter().map(|entry| entry.id.as_str()).collect();
+        let mut problems = Vec::new();
+        for channel in &self.channels {
+            for (index, location) in channel.locations.iter().enumerate() {
+                if !declared.contains(location.as_str()) && !known.contains(location) {
+                    problems.push(format!(
+                        "channel {:?}: locations[{index}]: location {location:?} is neither in the file nor on the node",
+                        channel.id
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// `Ok` when there is no problem; else one error listing them all.
+pub fn refuse(problems: Vec<String>) -> anyhow::Result<()> {
+    match problems.as_slice() {
+        [] => Ok(()),
+        [one] => bail!("{one}"),
+        many => bail!("{} problems:\n  {}", many.len(), many.join("\n  ")),
     }
 }
 
@@ -130,8 +167,24 @@ trait Item: for<'de> Deserialize<'de> {
     fn check(&self) -> anyhow::Result<()>;
 }
 
-/// Reads the array of tables under `key` (`location` or `channel`), checking each item.
-fn parse_items<T: Item>(key: &str, value: toml::Value) -> anyhow::Result<Vec<T>> {
+/// Reads the array of tables under `key` (`location` or `channel`), checking
+/// each item; a problem is added to `problems` and the item left out.
+fn parse_items<T: Item>(key: &str, value: toml::Value, problems: &mut Vec<String>) -> Vec<T> {
+    match parse_items_checked(key, value, problems) {
+        Ok(entries) => entries,
+        Err(problem) => {
+            problems.push(format!("{problem:#}"));
+            Vec::new()
+        }
+    }
+}
+
+/// The items under `key`; an error only when `key` is not an array of tables.
+fn parse_items_checked<T: Item>(
+    key: &str,
+    value: toml::Value,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Vec<T>> {
     let toml::Value::Array(items) = value else {
         bail!("`{key}` must be written as [[{key}]] tables");
     };
@@ -144,14 +197,24 @@ fn parse_items<T: Item>(key: &str, value: toml::Value) -> anyhow::Result<Vec<T>>
             None => format!("{key} #{number}"),
         };
         if !item.is_table() {
-            bail!("{label}: must be a table");
+            problems.push(format!("{label}: must be a table"));
+            continue;
         }
-        let entry: T = item
-            .try_into()
-            .map_err(|error: toml::de::Error| anyhow!("{label}: {}", error.message().trim_end()))?;
-        entry.check().with_context(|| label.clone())?;
+        let entry: T = match item.try_into() {
+            Ok(entry) => entry,
+            Err(error) => {
+                let error: toml::de::Error = error;
+                problems.push(format!("{label}: {}", error.message().trim_end()));
+                continue;
+            }
+        };
+        if let Err(problem) = entry.check() {
+            problems.push(format!("{label}: {problem:#}"));
+            continue;
+        }
         if let Some(first) = first_seen.insert(entry.id().to_owned(), number) {
-            bail!("{label} is declared twice (#{first} and #{number})");
+            problems.push(format!("{label} is declared twice (#{first} and #{number})"));
+            continue;
         }
         entries.push(entry);
     }
@@ -396,6 +459,35 @@ mod tests {
             let error = error_of(text);
             assert!(error.contains(expected), "{text:?}\n  got: {error}\n  want: {expected}");
         }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "[[location]]\nid = \"dc\"\nkind = \"depot\"\n\
+                    [[location]]\nid = \"ok\"\nkind = \"store\"\n\
+                    [[channel]]\nid = \"web\"\nlocations = [\"ok\"]\nbuffer = -2\n\
+                    [[shops]]\n";
+        let error = error_of(text);
+        assert!(error.starts_with("3 problems:\n"), "{error}");
+        for part in
+            ["unknown variant `depot`", "buffer: must be >= 0", "unknown top-level key `shops`"]
+        {
+            assert!(error.contains(part), "{part} missing in {error}");
+        }
+    }
+
+    #[test]
+    fn channels_naming_locations_nobody_has_are_flagged() {
+        let text = "[[location]]\nid = \"dc\"\nkind = \"store\"\n\
+                    [[channel]]\nid = \"web\"\nlocations = [\"dc\", \"on-node\", \"nowhere\"]\n";
+        let file = ConfigFile::parse(text).expect("valid file");
+        let known = HashSet::from(["on-node".to_owned()]);
+        assert_eq!(
+            file.unknown_locations(&known),
+            [
+                "channel \"web\": locations[2]: location \"nowhere\" is neither in the file nor on the node"
+            ]
+        );
     }
 
     #[test]

@@ -57,6 +57,31 @@ impl FromStr for LineSpec {
     }
 }
 
+/// One reservation of `reserve-batch`: `ID:SKU@LOC=QTY[,SKU@LOC=QTY…]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchItem {
+    pub id: String,
+    pub lines: Vec<LineSpec>,
+}
+
+impl FromStr for BatchItem {
+    type Err = String;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let (id, lines) = input
+            .split_once(':')
+            .ok_or_else(|| format!("{input:?}: expected ID:SKU@LOCATION=QUANTITY[,…]"))?;
+        if id.trim().is_empty() {
+            return Err(format!("{input:?}: the reservation id is empty"));
+        }
+        let lines = lines
+            .split(',')
+            .map(|line| line.parse::<LineSpec>().map_err(|error| error.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BatchItem { id: id.trim().to_owned(), lines })
+    }
+}
+
 impl From<LineSpec> for ReservationLine {
     fn from(line: LineSpec) -> Self {
         ReservationLine { sku: line.sku, location_id: line.location_id, quantity: line.quantity }

@@ -1,8 +1,153 @@
-//! Turning a failed call into words: the gRPC code, the message and the `google.rpc` details.
+//! Turning a failed call into words: the gRPC code, the message and the
+//! `google.rpc` details, for people (stderr), for programs (`--json`), and
+//! as an exit status.
 
 use std::fmt::Write as _;
 
+use serde_json::{Value, json};
+use tonic::Code;
 use tonic_types::StatusExt;
+
+/// Exit statuses, one per class of error (documented in the README).
+pub mod exit {
+    /// Some items of the work were refused (stock events, import rows,
+    /// batch reservations); the rest was done and everything was printed.
+    pub const PARTLY_REFUSED: u8 = 1;
+    /// atpctl's own error: bad arguments (clap's usage errors are 2 too) or a
+    /// bad input file, found before anything was sent; or an answer it could
+    /// not read.
+    pub const LOCAL: u8 = 2;
+    /// The server found the request malformed (INVALID_ARGUMENT, OUT_OF_RANGE).
+    pub const INVALID: u8 = 3;
+    /// The server refused it by its rules: insufficient stock, wrong state,
+    /// an inactive location, an id reused with another payload
+    /// (FAILED_PRECONDITION, ALREADY_EXISTS).
+    pub const REFUSED: u8 = 4;
+    /// No such reservation (NOT_FOUND).
+    pub const NOT_FOUND: u8 = 5;
+    /// Not reachable, too busy or too slow now; the same command may work
+    /// later (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED `OVERLOADED`).
+    pub const TRY_AGAIN: u8 = 6;
+    /// Anything else (a full disk, INTERNAL, UNIMPLEMENTED, ...).
+    pub const OTHER: u8 = 7;
+}
+
+/// The SDK error or status in `error`'s chain, if a call failed.
+fn call_error(error: &anyhow::Error) -> Option<(&atp_client::Error, Option<&tonic::Status>)> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<atp_client::Error>().map(|sdk| (sdk, sdk.status())))
+}
+
+/// The exit status of `error` (see [`exit`]).
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let code = match call_error(error) {
+        Some((atp_client::Error::Config(_), _)) => return exit::LOCAL,
+        Some((sdk, _)) if sdk.is_retryable() => return exit::TRY_AGAIN,
+        Some((sdk, _)) => sdk.code(),
+        None => match error.chain().find_map(|cause| cause.downcast_ref::<tonic::Status>()) {
+            Some(status) => status.code(),
+            None => return exit::LOCAL,
+        },
+    };
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => exit::INVALID,
+        Code::FailedPrecondition | Code::AlreadyExists => exit::REFUSED,
+        Code::NotFound => exit::NOT_FOUND,
+        Code::Unavailable | Code::DeadlineExceeded => exit::TRY_AGAIN,
+        _ => exit::OTHER,
+    }
+}
+
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// `error` as one JSON object for `--json`: `code` (the gRPC code's name,
+/// or `LOCAL` for atpctl's own errors), `message` (the whole chain, as on
+/// stderr's first line), `exit_code`, and `details` (the `google.rpc`
+/// details by kind; empty when there are none).
+pub fn error_json(error: &anyhow::Error) -> Value {
+    let described = describe_error(error);
+    let described = described.strip_prefix("error: ").unwrap_or(&described);
+    // A call's details are under `details`; atpctl's own error may take
+    // several lines (every problem of a file) and keeps them all.
+    let (code, details, message) = match call_error(error) {
+        Some((sdk, status)) => (
+            code_name(sdk.code()),
+            status.map(details_json).unwrap_or_else(|| json!({})),
+            described.lines().next().unwrap_or_default(),
+        ),
+        None => ("LOCAL", json!({}), described),
+    };
+    json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "exit_code": exit_code(error),
+            "details": details,
+        }
+    })
+}
+
+/// The `google.rpc` details of `status` as JSON, by kind.
+pub fn details_json(status: &tonic::Status) -> Value {
+    let details = status.get_error_details();
+    let mut out = serde_json::Map::new();
+    if let Some(bad_request) = details.bad_request() {
+        let violations: Vec<Value> = bad_request
+            .field_violations
+            .iter()
+            .map(|violation| json!({ "field": violation.field, "description": violation.description }))
+            .collect();
+        out.insert("field_violations".into(), violations.into());
+    }
+    if let Some(failure) = details.precondition_failure() {
+        let violations: Vec<Value> = failure
+            .violations
+            .iter()
+            .map(|violation| {
+                json!({
+                    "type": violation.r#type,
+                    "subject": violation.subject,
+                    "description": violation.description,
+                })
+            })
+            .collect();
+        out.insert("precondition_failures".into(), violations.into());
+    }
+    if let Some(info) = details.error_info() {
+        let metadata: serde_json::Map<String, Value> =
+            info.metadata.iter().map(|(key, value)| (key.clone(), value.clone().into())).collect();
+        out.insert(
+            "error_info".into(),
+            json!({ "reason": info.reason, "domain": info.domain, "metadata": metadata }),
+        );
+    }
+    if let Some(retry_delay) = details.retry_info().and_then(|retry| retry.retry_delay) {
+        out.insert("retry_delay_ms".into(), (retry_delay.as_millis() as u64).into());
+    }
+    Value::Object(out)
+}
 
 /// The whole error for stderr: `error: <context>: <Code>: <message>`, then one indented
 /// line per detail (field violations as `field: description`).
@@ -10,7 +155,13 @@ pub fn describe_error(error: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     let mut details = String::new();
     for cause in error.chain() {
-        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+        // The SDK's typed error keeps the status it was read from: say it
+        // from the status, with its details.
+        let status = match cause.downcast_ref::<atp_client::Error>() {
+            Some(error) => error.status(),
+            None => cause.downcast_ref::<tonic::Status>(),
+        };
+        if let Some(status) = status {
             parts.push(status_headline(status));
             details = status_details(status);
             break;

@@ -96,7 +96,7 @@ async fn a_refused_item_is_named_with_its_field_violations() {
         "[[location]]\nid = \"dc\"\nkind = \"warehouse\"\n\n[[channel]]\nid = \"web\"\nlocations = [\"dc\", \"nowhere\"]\n",
     );
     let output = atpctl(&addr, &["config", "apply", path_str(&file)]).await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(3));
     assert!(stdout(&output).contains("location  dc  changed"), "{}", stdout(&output));
     let error = stderr(&output);
     assert!(error.starts_with("error: applying /"), "{error}");
@@ -111,7 +111,7 @@ async fn a_bad_config_file_is_refused_before_connecting() {
     let file = temp_file("bad.toml", "[[location]]\nid = \"dc\"\nkind = \"depot\"\n");
     // Nothing listens on port 1: the error must come from the file, not the connection.
     let output = atpctl("http://127.0.0.1:1", &["config", "apply", path_str(&file)]).await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("location \"dc\": unknown variant `depot`"),
         "{}",
@@ -173,7 +173,7 @@ async fn a_bad_csv_row_stops_the_import_before_anything_is_sent() {
     let addr = fake.start().await;
     let file = temp_file("bad.csv", "event_id,sku,location_id,on_hand\ne1,s,l,3\ne2,\"s\",l,4\n");
     let output = atpctl(&addr, &["import", path_str(&file)]).await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output)
             .contains("1 bad row; nothing was sent\n  line 3: quoted fields are not supported"),
@@ -228,7 +228,7 @@ async fn reservation_lifecycle_and_errors() {
     }
 
     let missing = atpctl(&addr, &["get-reservation", "--id", "nope"]).await;
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(5));
     assert_eq!(
         stderr(&missing),
         "error: get reservation nope: NotFound: reservation nope not found\n"
@@ -239,7 +239,7 @@ async fn reservation_lifecycle_and_errors() {
         &["reserve", "--id", "r2", "--channel", "web", "--line", "a@dc=1", "--line", "b@dc=0"],
     )
     .await;
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(3));
     assert_eq!(
         stderr(&bad),
         "error: reserve r2: InvalidArgument: invalid argument\n  lines[1].quantity: must be 1..=1000000\n"
@@ -310,7 +310,7 @@ async fn events_show_applied_duplicate_and_rejected() {
 
     let unknown = ["event", "received", "--id", "g2", "--sku", "s", "--location", "elsewhere"];
     let refused = atpctl(&addr, &[&unknown[..], &["--quantity", "1"]].concat()).await;
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(3));
     assert_eq!(
         stderr(&refused),
         "error: apply stock event g2: InvalidArgument: invalid argument\n  \
@@ -341,7 +341,7 @@ async fn shards_and_shard() {
         stdout(&by_number)
     );
     let out_of_range = atpctl(&addr, &["shard", "5000"]).await;
-    assert_eq!(out_of_range.status.code(), Some(1));
+    assert_eq!(out_of_range.status.code(), Some(3));
     assert!(
         stderr(&out_of_range).contains("\n  shard: 5000 is not below 1024"),
         "{}",
@@ -352,7 +352,7 @@ async fn shards_and_shard() {
 #[tokio::test]
 async fn an_unreachable_server_is_a_clear_error() {
     let output = atpctl("127.0.0.1:1", &["shards"]).await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(6));
     assert!(
         stderr(&output).starts_with("error: connecting to http://127.0.0.1:1"),
         "{}",

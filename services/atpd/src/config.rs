@@ -19,6 +19,10 @@ pub const ENV_PREFIX: &str = "ATP_";
 /// The variable naming the config file (also `--config`); not a key.
 pub const CONFIG_FILE_ENV: &str = "ATP_CONFIG";
 
+/// The default log filter: the store's engine (fjall, lsm-tree) logs every
+/// file it opens and flush it finishes at INFO; an operator wants atp's.
+pub const DEFAULT_LOG: &str = "info,fjall=warn,lsm_tree=warn";
+
 const DAY_S: u64 = 24 * 60 * 60;
 /// Largest per-shard retention budget accepted (entries).
 const MAX_BUDGET: u64 = 100_000_000;
@@ -93,7 +97,8 @@ pub struct Config {
     pub shutdown_grace_s: u64,
     /// Log filter in `tracing-subscriber` `EnvFilter` syntax
     /// (`info`, `atp_server=debug,info`). `RUST_LOG`, when set, wins.
-    /// Default `info`.
+    /// Default `info,fjall=warn,lsm_tree=warn`: atp's own INFO lines, not
+    /// the storage engine's (`info` shows those too).
     pub log: String,
 }
 
@@ -123,7 +128,7 @@ impl Default for Config {
             max_concurrent_requests: server.max_concurrent_requests,
             max_message_bytes: server.max_message_bytes,
             shutdown_grace_s: server.shutdown_grace.as_secs(),
-            log: "info".to_owned(),
+            log: DEFAULT_LOG.to_owned(),
         }
     }
 }

@@ -17,11 +17,10 @@ use crate::table::{Fields, Table};
 pub async fn shards(context: &Context, args: ShardsArgs) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
     let response = clients
-        .admin()
+        .rpc()
         .list_shards(ListShardsRequest { include_empty: args.all })
         .await
-        .context("list shards")?
-        .into_inner();
+        .context("list shards")?;
     context.print(
         || {
             json!({
@@ -70,11 +69,10 @@ pub async fn shard(context: &Context, args: ShardArgs) -> anyhow::Result<ExitCod
     };
     let clients = context.connect().await?;
     let response = clients
-        .admin()
+        .rpc()
         .get_shard(GetShardRequest { target: Some(target) })
         .await
-        .with_context(|| format!("get {what}"))?
-        .into_inner();
+        .with_context(|| format!("get {what}"))?;
     let shard = response.shard.ok_or_else(|| anyhow!("the server's answer has no shard"))?;
     context.print(
         || shard_json(&shard),
@@ -114,11 +112,10 @@ pub async fn ledger(context: &Context, args: LedgerArgs) -> anyhow::Result<ExitC
     };
     let clients = context.connect().await?;
     let response = clients
-        .admin()
+        .rpc()
         .query_ledger(request)
         .await
-        .with_context(|| format!("query ledger of {what}"))?
-        .into_inner();
+        .with_context(|| format!("query ledger of {what}"))?;
     context.print(
         || {
             json!({

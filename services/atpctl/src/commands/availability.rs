@@ -26,7 +26,7 @@ pub const POSITION_COLUMNS: [&str; 8] = [
 
 pub async fn availability(context: &Context, args: AvailabilityArgs) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
-    let mut client = clients.availability();
+    let client = clients.rpc();
     let mut skus = Vec::with_capacity(args.skus.len());
     // The server takes at most MAX_SKUS_PER_QUERY per call.
     for chunk in args.skus.chunks(MAX_SKUS_PER_QUERY) {
@@ -35,8 +35,7 @@ pub async fn availability(context: &Context, args: AvailabilityArgs) -> anyhow::
             location_ids: args.locations.clone(),
             channel_ids: args.channels.clone(),
         };
-        let response =
-            client.get_availability(request).await.context("get availability")?.into_inner();
+        let response = client.get_availability(request).await.context("get availability")?;
         skus.extend(response.skus);
     }
     context.print(

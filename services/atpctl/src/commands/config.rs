@@ -26,7 +26,7 @@ pub async fn upsert_location(
         LocationKindArg::ThirdParty => LocationKind::ThirdParty,
     };
     let location = Location {
-        location_id: args.id,
+        location_id: args.id.to_string(),
         kind: kind as i32,
         name: args.name,
         latitude: args.latitude.unwrap_or(0.0),
@@ -50,12 +50,8 @@ pub async fn upsert_location(
 
 pub async fn list_locations(context: &Context) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
-    let response = clients
-        .config()
-        .list_locations(ListLocationsRequest {})
-        .await
-        .context("list locations")?
-        .into_inner();
+    let response =
+        clients.rpc().list_locations(ListLocationsRequest {}).await.context("list locations")?;
     context.print(
         || json!({ "locations": response.locations.iter().map(location_json).collect::<Vec<_>>() }),
         || locations_table(&response.locations),
@@ -68,7 +64,7 @@ pub async fn upsert_channel(
     args: ChannelUpsertArgs,
 ) -> anyhow::Result<ExitCode> {
     let channel = Channel {
-        channel_id: args.id,
+        channel_id: args.id.to_string(),
         name: args.name,
         location_ids: args.locations,
         buffer: args.buffer,
@@ -88,12 +84,8 @@ pub async fn upsert_channel(
 
 pub async fn list_channels(context: &Context) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
-    let response = clients
-        .config()
-        .list_channels(ListChannelsRequest {})
-        .await
-        .context("list channels")?
-        .into_inner();
+    let response =
+        clients.rpc().list_channels(ListChannelsRequest {}).await.context("list channels")?;
     context.print(
         || json!({ "channels": response.channels.iter().map(channel_json).collect::<Vec<_>>() }),
         || channels_table(&response.channels),
@@ -101,9 +93,21 @@ pub async fn list_channels(context: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks the file without contacting the server, and shows what it declares.
-pub fn check(context: &Context, path: &Path) -> anyhow::Result<ExitCode> {
+/// Checks the file (and, unless `offline`, that every location a channel
+/// names is in the file or on the node), and shows what it declares.
+pub async fn check(context: &Context, path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     let file = read_config(path)?;
+    if !offline {
+        let clients = context.connect().await?;
+        let response = clients
+            .rpc()
+            .list_locations(ListLocationsRequest {})
+            .await
+            .context("list locations")?;
+        let known = response.locations.into_iter().map(|location| location.location_id).collect();
+        crate::config_file::refuse(file.unknown_locations(&known))
+            .with_context(|| format!("checking {} against the node", path.display()))?;
+    }
     let locations: Vec<Location> = file.locations.iter().map(|entry| entry.to_proto()).collect();
     let channels: Vec<Channel> = file.channels.iter().map(|entry| entry.to_proto()).collect();
     context.print(
@@ -182,11 +186,10 @@ fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
 async fn send_location(clients: &Clients, location: Location) -> anyhow::Result<(Location, bool)> {
     let id = location.location_id.clone();
     let response = clients
-        .config()
+        .rpc()
         .upsert_location(UpsertLocationRequest { location: Some(location) })
         .await
-        .with_context(|| format!("upsert location {id}"))?
-        .into_inner();
+        .with_context(|| format!("upsert location {id}"))?;
     let stored = response.location.ok_or_else(|| anyhow!("the server's answer has no location"))?;
     Ok((stored, response.changed))
 }
@@ -194,11 +197,10 @@ async fn send_location(clients: &Clients, location: Location) -> anyhow::Result<
 async fn send_channel(clients: &Clients, channel: Channel) -> anyhow::Result<(Channel, bool)> {
     let id = channel.channel_id.clone();
     let response = clients
-        .config()
+        .rpc()
         .upsert_channel(UpsertChannelRequest { channel: Some(channel) })
         .await
-        .with_context(|| format!("upsert channel {id}"))?
-        .into_inner();
+        .with_context(|| format!("upsert channel {id}"))?;
     let stored = response.channel.ok_or_else(|| anyhow!("the server's answer has no channel"))?;
     Ok((stored, response.changed))
 }

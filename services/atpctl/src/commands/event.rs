@@ -22,16 +22,19 @@ pub async fn send(context: &Context, command: EventCommand) -> anyhow::Result<Ex
     let event_id = event.event_id.clone();
     let clients = context.connect().await?;
     let response = clients
-        .availability()
+        .rpc()
         .apply_stock_events(ApplyStockEventsRequest { events: vec![event] })
         .await
-        .with_context(|| format!("apply stock event {event_id}"))?
-        .into_inner();
+        .with_context(|| format!("apply stock event {event_id}"))?;
     let [result] = response.results.as_slice() else {
         bail!("the server answered {} results for one event", response.results.len());
     };
     context.print(|| result_json(result), || result_text(result));
-    Ok(if is_rejected(result) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if is_rejected(result) {
+        ExitCode::from(crate::status::exit::PARTLY_REFUSED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The event a command line describes; `now_ms` is a count's `as_of_ms` when none is given.
@@ -64,7 +67,7 @@ fn to_event(command: EventCommand, now_ms: i64) -> StockEvent {
         }
     };
     let EventTarget { id, sku, location } = target;
-    StockEvent { event_id: id, sku, location_id: location, kind: Some(kind) }
+    StockEvent { event_id: id.to_string(), sku, location_id: location, kind: Some(kind) }
 }
 
 pub fn is_rejected(result: &StockEventResult) -> bool {

@@ -5,10 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use atp_core::ids::MAX_EVENTS_PER_BATCH;
-use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
 use atp_proto::v1::{ApplyStockEventsRequest, StockEventOutcome, StockEventResult};
 use serde_json::json;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use super::event::rejection;
@@ -42,7 +40,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
     let rows = parse_counts(&text, default_as_of_ms)
         .with_context(|| format!("checking {}", path.display()))?;
     let clients = context.connect().await?;
-    let mut client = clients.availability();
+    let client = clients.rpc();
     let mut summary = Summary {
         events: rows.len(),
         default_as_of_ms: rows.iter().any(|row| row.as_of_defaulted).then_some(default_as_of_ms),
@@ -56,7 +54,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
     let batch_count = rows.len().div_ceil(MAX_EVENTS_PER_BATCH);
     let mut failure = None;
     for (batch_index, batch) in rows.chunks(MAX_EVENTS_PER_BATCH).enumerate() {
-        if let Err(error) = send_batch(&mut client, batch, &mut summary).await {
+        if let Err(error) = send_batch(&client, batch, &mut summary).await {
             let (first_line, last_line) = (batch[0].line, batch[batch.len() - 1].line);
             let earlier =
                 if batch_index == 0 { "" } else { "the batches before it were applied; " };
@@ -89,6 +87,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
             json!({
                 "events": summary.events,
                 "default_as_of_ms": summary.default_as_of_ms,
+                "as_of_note": as_of_note(&summary),
                 "applied": summary.applied,
                 "duplicate": summary.duplicate,
                 "rejected": rejected,
@@ -100,7 +99,11 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
     if let Some(error) = failure {
         return Err(error);
     }
-    Ok(if rejected == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::status::exit::PARTLY_REFUSED)
+    })
 }
 
 /// Sends one batch and tallies the results. When the server refuses the whole call
@@ -108,7 +111,7 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
 /// those rows are counted as rejected and the others sent again: a refused call
 /// stores nothing.
 async fn send_batch(
-    client: &mut AvailabilityServiceClient<Channel>,
+    client: &atp_client::Rpc<'_>,
     batch: &[CountRow],
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -119,9 +122,9 @@ async fn send_batch(
         }
         let request =
             ApplyStockEventsRequest { events: pending.iter().map(|row| row.to_event()).collect() };
-        let status = match client.apply_stock_events(request).await {
+        let error = match client.apply_stock_events(request).await {
             Ok(response) => {
-                let results = response.into_inner().results;
+                let results = response.results;
                 if results.len() != pending.len() {
                     bail!(
                         "the server answered {} results for {} events",
@@ -134,10 +137,11 @@ async fn send_batch(
                 }
                 return Ok(());
             }
-            Err(status) => status,
+            Err(error) => error,
         };
-        let Some(refused) = refused_events(&status, pending.len()) else {
-            return Err(status.into());
+        let refused = error.status().and_then(|status| refused_events(status, pending.len()));
+        let Some(refused) = refused else {
+            return Err(error.into());
         };
         let mut still_pending = Vec::with_capacity(pending.len());
         for (index, row) in pending.into_iter().enumerate() {
@@ -146,7 +150,7 @@ async fn send_batch(
                     let result = StockEventResult {
                         event_id: row.event_id.clone(),
                         outcome: StockEventOutcome::Rejected as i32,
-                        error_code: status.code() as i32,
+                        error_code: error.code() as i32,
                         error_message: reasons.join("; "),
                         ..Default::default()
                     };
@@ -201,6 +205,30 @@ fn tally(summary: &mut Summary, row: &CountRow, result: StockEventResult) {
     }
 }
 
+/// Rows refused as "reused with another payload" that took the default
+/// as_of_ms: most likely a repeated import whose default differs from the
+/// first run's. The rule, and how to repeat an import, in words.
+fn as_of_note(summary: &Summary) -> Option<String> {
+    let repeated = summary
+        .rejected
+        .iter()
+        .filter(|(row, result)| {
+            row.as_of_defaulted && result.error_code == tonic::Code::AlreadyExists as i32
+        })
+        .count();
+    if repeated == 0 {
+        return None;
+    }
+    let ms = summary.default_as_of_ms?;
+    Some(format!(
+        "{repeated} row(s) without as_of_ms were refused as reused ids: a count's payload \
+         includes its as_of_ms, and these rows took this run's default ({ms}), not the one \
+         of the import that first sent them. The first import still stands (nothing was \
+         applied twice). To repeat an import, pass the --as-of-ms its summary printed; for \
+         a new count, use new event ids."
+    ))
+}
+
 fn summary_text(summary: &Summary) -> String {
     let mut fields = Fields::new();
     fields.add("events", summary.events);
@@ -234,6 +262,9 @@ fn summary_text(summary: &Summary) -> String {
         }
         out.push('\n');
         out.push_str(&table.render());
+    }
+    if let Some(note) = as_of_note(summary) {
+        out.push_str(&format!("\nnote: {note}\n"));
     }
     out
 }

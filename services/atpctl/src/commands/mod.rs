@@ -2,6 +2,7 @@
 
 mod admin;
 mod availability;
+mod batch;
 mod config;
 mod event;
 mod import;
@@ -12,13 +13,14 @@ use std::process::ExitCode;
 use crate::cli::{ChannelCommand, Cli, Command, ConfigCommand, LocationCommand};
 use crate::client::Context;
 
-/// Runs the parsed command line. `Ok(ExitCode::FAILURE)` means the call worked but the
+/// Runs the parsed command line. `Ok(ExitCode::from(crate::status::exit::PARTLY_REFUSED))` means the call worked but the
 /// server refused part of the work (a rejected stock event); that has been printed.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let context = Context::new(&cli);
     let context = &context;
     match cli.command {
         Command::Reserve(args) => reservation::reserve(context, args).await,
+        Command::ReserveBatch(args) => batch::reserve_batch(context, args).await,
         Command::Commit(args) => reservation::commit(context, args).await,
         Command::Release(args) => reservation::release(context, args).await,
         Command::Cancel(args) => reservation::cancel(context, args).await,
@@ -35,7 +37,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Channel(ChannelCommand::List) => config::list_channels(context).await,
         Command::Config(ConfigCommand::Apply { file }) => config::apply(context, &file).await,
-        Command::Config(ConfigCommand::Check { file }) => config::check(context, &file),
+        Command::Config(ConfigCommand::Check { file, offline }) => {
+            config::check(context, &file, offline).await
+        }
         Command::Import(args) => import::import(context, args).await,
         Command::Shards(args) => admin::shards(context, args).await,
         Command::Shard(args) => admin::shard(context, args).await,

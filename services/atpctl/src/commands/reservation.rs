@@ -23,12 +23,8 @@ pub async fn reserve(context: &Context, args: ReserveArgs) -> anyhow::Result<Exi
         ttl_seconds: args.ttl_seconds.unwrap_or(0),
     };
     let clients = context.connect().await?;
-    let response = clients
-        .availability()
-        .reserve(request)
-        .await
-        .with_context(|| format!("reserve {}", args.id))?
-        .into_inner();
+    let response =
+        clients.rpc().reserve(request).await.with_context(|| format!("reserve {}", args.id))?;
     print_reservation(context, response.reservation, response.epoch)
 }
 
@@ -38,34 +34,28 @@ pub async fn commit(context: &Context, args: CommitArgs) -> anyhow::Result<ExitC
         lines: args.lines.into_iter().map(Into::into).collect(),
     };
     let clients = context.connect().await?;
-    let response = clients
-        .availability()
-        .commit(request)
-        .await
-        .with_context(|| format!("commit {}", args.id))?
-        .into_inner();
+    let response =
+        clients.rpc().commit(request).await.with_context(|| format!("commit {}", args.id))?;
     print_reservation(context, response.reservation, response.epoch)
 }
 
 pub async fn release(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
     let response = clients
-        .availability()
+        .rpc()
         .release(ReleaseRequest { reservation_id: args.id.clone() })
         .await
-        .with_context(|| format!("release {}", args.id))?
-        .into_inner();
+        .with_context(|| format!("release {}", args.id))?;
     print_reservation(context, response.reservation, response.epoch)
 }
 
 pub async fn cancel(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
     let response = clients
-        .availability()
+        .rpc()
         .cancel(CancelRequest { reservation_id: args.id.clone() })
         .await
-        .with_context(|| format!("cancel {}", args.id))?
-        .into_inner();
+        .with_context(|| format!("cancel {}", args.id))?;
     print_reservation(context, response.reservation, response.epoch)
 }
 
@@ -74,22 +64,20 @@ pub async fn extend(context: &Context, args: ExtendArgs) -> anyhow::Result<ExitC
         ExtendReservationRequest { reservation_id: args.id.clone(), ttl_seconds: args.ttl_seconds };
     let clients = context.connect().await?;
     let response = clients
-        .availability()
+        .rpc()
         .extend_reservation(request)
         .await
-        .with_context(|| format!("extend {}", args.id))?
-        .into_inner();
+        .with_context(|| format!("extend {}", args.id))?;
     print_reservation(context, response.reservation, response.epoch)
 }
 
 pub async fn get(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
     let clients = context.connect().await?;
     let response = clients
-        .availability()
+        .rpc()
         .get_reservation(GetReservationRequest { reservation_id: args.id.clone() })
         .await
-        .with_context(|| format!("get reservation {}", args.id))?
-        .into_inner();
+        .with_context(|| format!("get reservation {}", args.id))?;
     print_reservation(context, response.reservation, response.epoch)
 }
 

@@ -1,0 +1,82 @@
+//! Every RPC of `atp.v1` by its own name, with the generated request and
+//! reply messages: for what the plain methods of [`Client`] do not cover.
+//! Each goes through the client's deadline, retries and typed errors.
+//!
+//! Adding an RPC is one line in the list below.
+
+use atp_proto::v1;
+use atp_proto::v1::admin_service_client::AdminServiceClient;
+use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
+use atp_proto::v1::config_service_client::ConfigServiceClient;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::{Client, Error};
+
+/// The RPCs of a [`Client`]; see [`Client::rpc`].
+#[derive(Clone, Copy, Debug)]
+pub struct Rpc<'client> {
+    client: &'client Client,
+}
+
+impl<'client> Rpc<'client> {
+    pub(crate) fn new(client: &'client Client) -> Self {
+        Self { client }
+    }
+}
+
+/// `unary!(service client, method, request, reply, doc)`: one method that
+/// sends `request` to `service`'s `method`.
+macro_rules! unary {
+    ($(($service:ident, $method:ident, $request:ty, $reply:ty, $doc:literal)),* $(,)?) => {
+        impl Rpc<'_> {
+            $(
+                #[doc = $doc]
+                pub async fn $method(self, request: $request) -> Result<$reply, Error> {
+                    self.client
+                        .unary(request, |channel, request| async move {
+                            $service::new(channel).$method(request).await
+                        })
+                        .await
+                }
+            )*
+        }
+    };
+}
+
+unary! {
+    (AvailabilityServiceClient, reserve, v1::ReserveRequest, v1::ReserveResponse,
+        "AvailabilityService.Reserve: hold every line or none."),
+    (AvailabilityServiceClient, commit, v1::CommitRequest, v1::CommitResponse,
+        "AvailabilityService.Commit: a held reservation becomes an order."),
+    (AvailabilityServiceClient, release, v1::ReleaseRequest, v1::ReleaseResponse,
+        "AvailabilityService.Release: free a held reservation."),
+    (AvailabilityServiceClient, cancel, v1::CancelRequest, v1::CancelResponse,
+        "AvailabilityService.Cancel: free a committed reservation's unshipped units."),
+    (AvailabilityServiceClient, extend_reservation, v1::ExtendReservationRequest,
+        v1::ExtendReservationResponse, "AvailabilityService.ExtendReservation."),
+    (AvailabilityServiceClient, get_reservation, v1::GetReservationRequest,
+        v1::GetReservationResponse, "AvailabilityService.GetReservation."),
+    (AvailabilityServiceClient, get_availability, v1::GetAvailabilityRequest,
+        v1::GetAvailabilityResponse, "AvailabilityService.GetAvailability."),
+    (AvailabilityServiceClient, apply_stock_events, v1::ApplyStockEventsRequest,
+        v1::ApplyStockEventsResponse,
+        "AvailabilityService.ApplyStockEvents: one result per event (rejections are results, not errors)."),
+    (AvailabilityServiceClient, reserve_batch, v1::ReserveBatchRequest, v1::ReserveBatchResponse,
+        "AvailabilityService.ReserveBatch: one result per Reserve; see also `Client::reserve_many`."),
+    (ConfigServiceClient, upsert_location, v1::UpsertLocationRequest, v1::UpsertLocationResponse,
+        "ConfigService.UpsertLocation."),
+    (ConfigServiceClient, upsert_channel, v1::UpsertChannelRequest, v1::UpsertChannelResponse,
+        "ConfigService.UpsertChannel."),
+    (ConfigServiceClient, list_locations, v1::ListLocationsRequest, v1::ListLocationsResponse,
+        "ConfigService.ListLocations."),
+    (ConfigServiceClient, list_channels, v1::ListChannelsRequest, v1::ListChannelsResponse,
+        "ConfigService.ListChannels."),
+    (AdminServiceClient, list_shards, v1::ListShardsRequest, v1::ListShardsResponse,
+        "AdminService.ListShards."),
+    (AdminServiceClient, get_shard, v1::GetShardRequest, v1::GetShardResponse,
+        "AdminService.GetShard."),
+    (AdminServiceClient, query_ledger, v1::QueryLedgerRequest, v1::QueryLedgerResponse,
+        "AdminService.QueryLedger: one page of the ledger."),
+    (HealthClient, check, tonic_health::pb::HealthCheckRequest,
+        tonic_health::pb::HealthCheckResponse, "grpc.health.v1.Health.Check."),
+}

@@ -1,0 +1,258 @@
+//! The atpctl binary against the real `atpd` (started by `atp-testkit`):
+//! JSON errors, exit statuses by class of error, `reserve-batch`.
+
+use std::process::Output;
+
+use atp_testkit::Atpd;
+
+/// Runs `atpctl --addr ADDR ARGS…` to completion.
+async fn atpctl(addr: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_atpctl"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("ATP_ADDR")
+        .output()
+        .await
+        .expect("run the atpctl binary")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "--json prints one JSON document ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Location dc-1 in channel web, and 5 tees received there.
+async fn configure(addr: &str) {
+    let steps: [&[&str]; 3] = [
+        &["location", "upsert", "--id", "dc-1", "--kind", "warehouse"],
+        &["channel", "upsert", "--id", "web", "--location", "dc-1"],
+        &[
+            "event",
+            "received",
+            "--id",
+            "recv-1",
+            "--sku",
+            "tee",
+            "--location",
+            "dc-1",
+            "--quantity",
+            "5",
+        ],
+    ];
+    for step in steps {
+        let output = atpctl(addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+#[tokio::test]
+async fn errors_are_json_on_stdout_and_exit_by_class() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await;
+
+    // Refused by the rules: 4, with the ErrorInfo of the refusal.
+    let short = atpctl(
+        &addr,
+        &["--json", "reserve", "--id", "r-1", "--channel", "web", "--line", "tee@dc-1=9"],
+    )
+    .await;
+    assert_eq!(short.status.code(), Some(4));
+    let error = &json(&short)["error"];
+    assert_eq!(error["code"], "FAILED_PRECONDITION");
+    assert_eq!(error["exit_code"], 4);
+    assert_eq!(error["details"]["error_info"]["reason"], "INSUFFICIENT_STOCK");
+    assert_eq!(error["details"]["error_info"]["metadata"]["available"], "5");
+    assert!(
+        error["message"].as_str().is_some_and(|message| message.starts_with("reserve r-1: ")),
+        "{error}"
+    );
+
+    // Malformed: 3, naming the field.
+    let bad = atpctl(
+        &addr,
+        &["--json", "reserve", "--id", "r-2", "--channel", "web", "--line", "tee@dc-1=0"],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(3));
+    let error = &json(&bad)["error"];
+    assert_eq!(error["code"], "INVALID_ARGUMENT");
+    assert_eq!(error["details"]["field_violations"][0]["field"], "lines[0].quantity");
+
+    // Not found: 5.
+    let missing = atpctl(&addr, &["--json", "get-reservation", "--id", "nobody"]).await;
+    assert_eq!(missing.status.code(), Some(5));
+    assert_eq!(json(&missing)["error"]["code"], "NOT_FOUND");
+
+    // Wrong state: 4 again, from another reason.
+    let held =
+        atpctl(&addr, &["reserve", "--id", "r-3", "--channel", "web", "--line", "tee@dc-1=1"])
+            .await;
+    assert!(held.status.success());
+    assert!(atpctl(&addr, &["release", "--id", "r-3"]).await.status.success());
+    let commit = atpctl(&addr, &["--json", "commit", "--id", "r-3"]).await;
+    assert_eq!(commit.status.code(), Some(4));
+    assert_eq!(json(&commit)["error"]["details"]["error_info"]["reason"], "WRONG_STATE");
+
+    // atpctl's own error (a file that is not there): 2, code LOCAL.
+    let local = atpctl(&addr, &["--json", "config", "apply", "/nonexistent/atp.toml"]).await;
+    assert_eq!(local.status.code(), Some(2));
+    assert_eq!(json(&local)["error"]["code"], "LOCAL");
+
+    // Nobody listening: 6, try again later.
+    let mut atpd = atpd;
+    atpd.kill();
+    let gone = atpctl(&addr, &["--json", "get-reservation", "--id", "r-3"]).await;
+    assert_eq!(gone.status.code(), Some(6));
+    assert_eq!(json(&gone)["error"]["code"], "UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn reserve_batch_answers_each_reservation() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await;
+
+    let items = ["b-1:tee@dc-1=2", "b-2:tee@dc-1=2", "b-3:tee@dc-1=2", "b-4:tee@dc-1=0"];
+    let output =
+        atpctl(&addr, &[&["--json", "reserve-batch", "--channel", "web"][..], &items].concat())
+            .await;
+    assert_eq!(output.status.code(), Some(1), "some reservations were refused");
+    let results = json(&output)["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 4);
+    let ids: Vec<&str> =
+        results.iter().map(|item| item["reservation_id"].as_str().unwrap_or("")).collect();
+    assert_eq!(ids, ["b-1", "b-2", "b-3", "b-4"], "in request order");
+    // The items run concurrently: any two of the first three get the 5 units.
+    let held = results[..3].iter().filter(|item| item["reservation"]["state"] == "HELD").count();
+    let short = results[..3]
+        .iter()
+        .filter(|item| item["error"]["details"]["error_info"]["reason"] == "INSUFFICIENT_STOCK")
+        .count();
+    assert_eq!((held, short), (2, 1), "{results:?}");
+    assert_eq!(results[3]["error"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(
+        results[3]["error"]["details"]["field_violations"][0]["field"],
+        "reservations[3].lines[0].quantity"
+    );
+
+    // The node agrees: 4 units held.
+    let availability = atpctl(&addr, &["--json", "availability", "tee"]).await;
+    assert_eq!(json(&availability)["skus"][0]["locations"][0]["reserved"], 4);
+
+    // A malformed item is refused before anything is sent.
+    let malformed = atpctl(&addr, &["reserve-batch", "--channel", "web", "b-5"]).await;
+    assert_eq!(malformed.status.code(), Some(2));
+    let table = atpctl(&addr, &["reserve-batch", "--channel", "web", "b-1:tee@dc-1=2"]).await;
+    assert!(table.status.success(), "a replay answers the first reservation");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("b-1"), "{:?}", table);
+}
+
+#[tokio::test]
+async fn config_check_reports_every_problem_and_locations_nobody_has() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await; // the node has dc-1
+    let directory = std::env::temp_dir().join(format!("atpctl-check-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).expect("a temp directory");
+
+    let bad = directory.join("bad.toml");
+    let text = "[[location]]\nid = \"dc\"\nkind = \"depot\"\n\
+                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\"]\nbuffer = -2\n\
+                [[channel]]\nid = \"pos\"\nlocations = [\"dc-1\"]\ncap = -1\n";
+    std::fs::write(&bad, text).expect("write");
+    let output = atpctl(&addr, &["config", "check", bad.to_str().expect("utf-8")]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3 problems:"), "{stderr}");
+    for part in ["unknown variant `depot`", "buffer: must be >= 0", "cap: must be >= 0"] {
+        assert!(stderr.contains(part), "{part} missing in {stderr}");
+    }
+
+    let unknown = directory.join("unknown.toml");
+    let text = "[[location]]\nid = \"dc-2\"\nkind = \"store\"\n\
+                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\", \"dc-2\", \"dc-9\"]\n\
+                [[channel]]\nid = \"pos\"\nlocations = [\"dc-8\"]\n";
+    std::fs::write(&unknown, text).expect("write");
+    let path = unknown.to_str().expect("utf-8");
+    let output = atpctl(&addr, &["--json", "config", "check", path]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let message = json(&output)["error"]["message"].as_str().expect("a message").to_owned();
+    assert!(message.contains("2 problems:"), "{message}");
+    assert!(message.contains("channel \"web\": locations[2]: location \"dc-9\""), "{message}");
+    assert!(message.contains("channel \"pos\": locations[0]: location \"dc-8\""), "{message}");
+    assert!(!message.contains("\"dc-1\"") && !message.contains("\"dc-2\""), "{message}");
+
+    let offline = atpctl("http://127.0.0.1:1", &["config", "check", "--offline", path]).await;
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test]
+async fn a_repeated_import_explains_the_as_of_rule() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await;
+    let path = std::env::temp_dir().join(format!("atpctl-import-{}.csv", std::process::id()));
+    std::fs::write(&path, "event_id,sku,location_id,on_hand\ninit-1,mug,dc-1,7\n").expect("write");
+    let path = path.to_str().expect("utf-8").to_owned();
+
+    let first = atpctl(&addr, &["--json", "import", &path]).await;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let first = json(&first);
+    assert_eq!((first["applied"].as_i64(), first["as_of_note"].is_null()), (Some(1), true));
+    let as_of_ms = first["default_as_of_ms"].as_i64().expect("a default as_of_ms");
+
+    // Again with a new default: refused as a reused id, and the note says why.
+    let later = (as_of_ms + 1).to_string();
+    let again = atpctl(&addr, &["import", &path, "--as-of-ms", &later]).await;
+    assert_eq!(again.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("AlreadyExists"), "{text}");
+    assert!(text.contains("note: 1 row(s) without as_of_ms were refused as reused ids"), "{text}");
+    assert!(text.contains("pass the --as-of-ms its summary printed"), "{text}");
+
+    // Again with the first default: a duplicate, nothing refused, no note.
+    let same =
+        atpctl(&addr, &["--json", "import", &path, "--as-of-ms", &as_of_ms.to_string()]).await;
+    assert!(same.status.success());
+    let same = json(&same);
+    assert_eq!((same["duplicate"].as_i64(), same["as_of_note"].is_null()), (Some(1), true));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn every_command_takes_its_id_as_an_argument_or_with_id() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    let steps: [&[&str]; 7] = [
+        &["location", "upsert", "dc-1", "--kind", "warehouse"],
+        &["channel", "upsert", "web", "--location", "dc-1"],
+        &["event", "received", "recv-1", "--sku", "tee", "--location", "dc-1", "--quantity", "5"],
+        &["reserve", "r-1", "--channel", "web", "--line", "tee@dc-1=2"],
+        &["extend", "r-1", "--ttl", "600"],
+        &["commit", "r-1"],
+        &["cancel", "--id", "r-1"],
+    ];
+    for step in steps {
+        let output = atpctl(&addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    for form in
+        [&["--json", "get-reservation", "r-1"][..], &["--json", "get-reservation", "--id", "r-1"]]
+    {
+        let output = atpctl(&addr, form).await;
+        assert_eq!(json(&output)["reservation"]["state"], "CANCELLED", "{form:?}");
+    }
+    let both = atpctl(&addr, &["release", "r-1", "--id", "r-2"]).await;
+    assert_eq!(both.status.code(), Some(2), "an id given twice is a usage error");
+    let neither = atpctl(&addr, &["release"]).await;
+    assert_eq!(neither.status.code(), Some(2), "a missing id is a usage error");
+    let locations = atpctl(&addr, &["--json", "location", "list"]).await;
+    assert_eq!(json(&locations)["locations"][0]["id"], "dc-1");
+}
