@@ -2,44 +2,41 @@
 
 use std::time::Duration;
 
-use atp_proto::status_of;
+use atp_proto::{Reason, status_of};
 use atp_shard::NodeError;
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
+use tonic_types::ErrorDetails;
 
 /// Suggested wait before retrying on a full shard mailbox.
 const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The gRPC status of a node error. One exhaustive match: domain errors go
-/// through [`atp_proto::status_of`], the node's own through this table.
+/// through [`atp_proto::status_of`], the node's own through this table;
+/// every status is built by its [`Reason`].
 pub fn node_status(error: NodeError) -> Status {
+    let message = error.to_string();
     match error {
         NodeError::Core(error) => status_of(error),
-        NodeError::Overloaded { .. } => Status::with_error_details(
-            Code::ResourceExhausted,
-            error.to_string(),
+        NodeError::Overloaded { shard } => Reason::ShardOverloaded.status(
+            message,
+            [("shard", shard.to_string())],
             ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY)),
         ),
         // Not retryable by waiting: an operator must free space and restart
         // the node. Reads (availability, ledger) go on meanwhile.
-        NodeError::DiskFull(_) => Status::with_error_details(
-            Code::ResourceExhausted,
-            error.to_string(),
-            ErrorDetails::with_error_info(
-                "DISK_FULL",
-                "atp",
-                std::collections::HashMap::<String, String>::new(),
-            ),
-        ),
-        NodeError::ShuttingDown | NodeError::Recovering | NodeError::StorageFailed(_) => {
-            Status::unavailable(error.to_string())
-        }
+        NodeError::DiskFull(_) => Reason::DiskFull.plain(message),
+        NodeError::ShuttingDown => Reason::ShuttingDown.plain(message),
+        NodeError::Recovering => Reason::Recovering.plain(message),
+        NodeError::StorageFailed(_) => Reason::StorageFailed.plain(message),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use atp_core::CoreError;
+
+    use tonic::Code;
+    use tonic_types::StatusExt;
 
     use super::*;
 

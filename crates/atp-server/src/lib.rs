@@ -119,7 +119,11 @@ pub async fn serve(
     let admin = AdminServiceServer::new(AdminApi::new(node)).max_decoding_message_size(limit);
 
     let router = Server::builder()
-        .layer(layers::layers(config.request_timeout, config.max_concurrent_requests))
+        .layer(layers::layers(
+            config.request_timeout,
+            config.max_concurrent_requests,
+            config.max_message_bytes,
+        ))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         // grpcurl before 1.9 speaks only v1alpha.

@@ -81,6 +81,8 @@ pub fn result_json(result: &StockEventResult) -> Value {
     if is_rejected(result) {
         value["error_code"] = json!(result.error_code);
         value["error_name"] = json!(format!("{:?}", tonic::Code::from(result.error_code)));
+        value["error_code_name"] = json!(result.error_code_name);
+        value["error_reason"] = json!(result.error_reason);
         value["error_message"] = json!(result.error_message);
     }
     value
