@@ -5,7 +5,7 @@
 //!   lifecycles, a location carrying `active: bool` and a channel no state.
 //!   It loads with `active = true` as ACTIVE and `active = false` as PAUSED
 //!   (what it meant: no holds, stock kept), every channel ACTIVE.
-//! - **Version 2**: [`HEADER`], a version byte (2), then postcard of
+//! - **Version 2**: a header of ten 0xFF bytes (`HEADER`), a version byte (2), then postcard of
 //!   [`Catalog`]. A version-1 body can never start with the header: postcard
 //!   begins it with the number of locations as a varint, and ten bytes of
 //!   0xFF are not a valid varint of a `u64`.
