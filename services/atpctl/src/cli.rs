@@ -195,7 +195,8 @@ pub enum EventCommand {
         /// Units counted on hand.
         #[arg(long, allow_negative_numbers = true)]
         on_hand: i64,
-        /// When the count was taken, ms since the Unix epoch (default: now).
+        /// When the count was taken, ms since the Unix epoch (default: now, as
+        /// the node applies it; repeating the command is then a DUPLICATE).
         #[arg(long, allow_negative_numbers = true)]
         as_of_ms: Option<i64>,
     },
