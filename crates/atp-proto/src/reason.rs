@@ -64,10 +64,9 @@ reasons! {
     NotFound = "NOT_FOUND" => NotFound;
     /// An earlier request with the same id is still being worked on.
     InProgress = "IN_PROGRESS" => Unavailable;
-    /// The shard's mailbox is full.
-    ShardOverloaded = "SHARD_OVERLOADED" => ResourceExhausted;
-    /// The node has as many requests in flight as it allows.
-    NodeOverloaded = "NODE_OVERLOADED" => ResourceExhausted;
+    /// Overload: a shard's mailbox is full, or the node has as many requests
+    /// in flight as it allows. Nothing was done; retry after `RetryInfo`.
+    Overloaded = "OVERLOADED" => ResourceExhausted;
     /// The disk is full: writes are refused until an operator frees space and restarts.
     DiskFull = "DISK_FULL" => ResourceExhausted;
     /// A durable write failed; the node exits to be restarted.

@@ -26,6 +26,22 @@ const MAX_MESSAGE_VIOLATION_BYTES: usize = 1024;
 const VIOLATION_OVERHEAD_BYTES: usize = 8;
 /// Suggested wait before retrying a request whose id is still being worked on.
 const IN_PROGRESS_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// `ErrorInfo` reason of an overload (a full shard mailbox, too many requests
+/// in flight): worth a retry after the `RetryInfo` delay.
+pub const OVERLOADED: &str = Reason::Overloaded.name();
+/// `ErrorInfo` reason of a write refused because the node's disk is full.
+pub const DISK_FULL: &str = Reason::DiskFull.name();
+/// Suggested wait before retrying an overloaded node.
+pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+pub use crate::reason::ERROR_DOMAIN;
+
+/// RESOURCE_EXHAUSTED for an overload, with reason [`OVERLOADED`] and a
+/// `RetryInfo` of [`OVERLOADED_RETRY_DELAY`].
+pub fn overloaded(message: impl Into<String>) -> Status {
+    let retry = ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY));
+    Reason::Overloaded.status(message, [], retry)
+}
 
 /// The reason a domain error is reported with.
 pub fn reason_of_error(error: &CoreError) -> Reason {

@@ -1,14 +1,8 @@
 //! The node's errors as gRPC statuses.
 
-use std::time::Duration;
-
 use atp_proto::{Reason, status_of};
 use atp_shard::NodeError;
 use tonic::Status;
-use tonic_types::ErrorDetails;
-
-/// Suggested wait before retrying on a full shard mailbox.
-const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The gRPC status of a node error. One exhaustive match: domain errors go
 /// through [`atp_proto::status_of`], the node's own through this table;
@@ -17,11 +11,7 @@ pub fn node_status(error: NodeError) -> Status {
     let message = error.to_string();
     match error {
         NodeError::Core(error) => status_of(error),
-        NodeError::Overloaded { shard } => Reason::ShardOverloaded.status(
-            message,
-            [("shard", shard.to_string())],
-            ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY)),
-        ),
+        NodeError::Overloaded { .. } => atp_proto::status::overloaded(message),
         // Not retryable by waiting: an operator must free space and restart
         // the node. Reads (availability, ledger) go on meanwhile.
         NodeError::DiskFull(_) => Reason::DiskFull.plain(message),

@@ -62,9 +62,9 @@ pub fn layers(
 
 fn error_to_status(error: BoxError) -> BoxError {
     if error.is::<tower::load_shed::error::Overloaded>() {
-        return Box::new(
-            Reason::NodeOverloaded.plain("the node has too many requests in flight; retry later"),
-        );
+        return Box::new(atp_proto::status::overloaded(
+            "the node has too many requests in flight; retry later",
+        ));
     }
     if error.is::<tower::timeout::error::Elapsed>() {
         return Box::new(
