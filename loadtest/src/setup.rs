@@ -92,7 +92,7 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
             location_id: location_id.clone(),
             kind: v1::LocationKind::Warehouse.into(),
             name: format!("load generator {location_id}"),
-            active: true,
+            state: v1::LifecycleState::Active.into(),
             ..Default::default()
         };
         let request = v1::UpsertLocationRequest { location: Some(location) };
@@ -104,6 +104,7 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
         location_ids: setup.locations.clone(),
         buffer: 0,
         cap: None,
+        state: v1::LifecycleState::Active.into(),
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel_config) };
     retry("upsert channel", || client.rpc().upsert_channel(request.clone())).await?;

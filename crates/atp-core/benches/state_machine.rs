@@ -82,7 +82,7 @@ impl Pairs {
                 safety_stock: 0,
                 daily_capacity: 0,
                 shipping_cost: 1.0,
-                active: true,
+                state: atp_core::catalog::Lifecycle::Active,
             })
             .expect("a valid location");
         catalog
@@ -92,6 +92,7 @@ impl Pairs {
                 locations: vec![location.clone()],
                 buffer: 0,
                 cap: None,
+                state: atp_core::catalog::Lifecycle::Active,
             })
             .expect("a valid channel");
         let line_shard = shard_of(SKU);

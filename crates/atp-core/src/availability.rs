@@ -46,6 +46,17 @@ impl LocationAvailability {
             shortfall: position.shortfall(safety_stock),
         }
     }
+
+    /// The view of `position` at `location` as configured in `catalog`: a
+    /// location that is not ACTIVE (paused, retired, unknown) promises
+    /// nothing, so its ATP is 0 while its buckets stay visible.
+    pub fn in_catalog(location: &LocationId, position: &Position, catalog: &Catalog) -> Self {
+        let mut view = Self::of(location, position, catalog.safety_stock(location));
+        if !catalog.is_active(location) {
+            view.atp = 0;
+        }
+        view
+    }
 }
 
 /// One SKU as shown to callers.
@@ -63,7 +74,8 @@ pub struct SkuAvailability {
     pub channels: Vec<(ChannelId, i64)>,
 }
 
-/// ATP of `sku` on `channel`: `clamp(Σ atp over active channel locations − buffer, 0, cap)`.
+/// ATP of `sku` on `channel`: `clamp(Σ atp over active channel locations − buffer, 0, cap)`,
+/// 0 when the channel is not ACTIVE.
 pub fn channel_atp(
     catalog: &Catalog,
     channel: &crate::catalog::Channel,
@@ -94,16 +106,14 @@ pub fn sku_availability(
     let locations = if location_filter.is_empty() {
         positions
             .iter()
-            .map(|(location, p)| {
-                LocationAvailability::of(location, p, catalog.safety_stock(location))
-            })
+            .map(|(location, p)| LocationAvailability::in_catalog(location, p, catalog))
             .collect()
     } else {
         location_filter
             .iter()
             .map(|location| {
                 let position = positions.get(location).cloned().unwrap_or_default();
-                LocationAvailability::of(location, &position, catalog.safety_stock(location))
+                LocationAvailability::in_catalog(location, &position, catalog)
             })
             .collect()
     };

@@ -1,6 +1,8 @@
-//! Configuration the calculation depends on: locations and channels.
+//! Configuration the calculation depends on: locations and channels, each
+//! with one [`Lifecycle`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::error::{CoreError, FieldViolation};
 use crate::ids::{ChannelId, LocationId, MAX_EVENT_QUANTITY, validate_text};
@@ -24,6 +26,50 @@ pub enum LocationKind {
     ThirdParty,
 }
 
+/// Where a location or a channel is in its life. Only an ACTIVE one promises.
+///
+/// - `Active`: takes holds; a location feeds its channels.
+/// - `Paused`: takes no new hold and promises nothing (its per-location and
+///   channel ATP show 0); its stock and open holds stay as they are, stock
+///   events still apply, and Commit, Release, Cancel, expiry and shipments of
+///   existing reservations work. It can be made ACTIVE again.
+/// - `Retired`: like paused, and final: it can never be made ACTIVE or PAUSED
+///   again. Retiring frees nothing by itself: open holds end as they would
+///   (commit, release, expiry), committed units ship, and stock stays
+///   visible so the remainder can be counted, shipped or adjusted out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Lifecycle {
+    /// Promising.
+    #[default]
+    Active,
+    /// Not promising for now.
+    Paused,
+    /// Never promising again.
+    Retired,
+}
+
+impl Lifecycle {
+    /// Whether it takes holds and counts in ATP.
+    pub fn is_active(self) -> bool {
+        self == Lifecycle::Active
+    }
+
+    /// Whether moving from `self` to `next` is allowed (everything but leaving RETIRED).
+    pub fn may_become(self, next: Lifecycle) -> bool {
+        self != Lifecycle::Retired || next == Lifecycle::Retired
+    }
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Lifecycle::Active => "ACTIVE",
+            Lifecycle::Paused => "PAUSED",
+            Lifecycle::Retired => "RETIRED",
+        })
+    }
+}
+
 /// A fulfilment location.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Location {
@@ -43,8 +89,8 @@ pub struct Location {
     pub daily_capacity: i64,
     /// Cost units per shipment; for routing.
     pub shipping_cost: f64,
-    /// An inactive location feeds no channel and takes no new hold.
-    pub active: bool,
+    /// Only an ACTIVE location feeds channels and takes new holds.
+    pub state: Lifecycle,
 }
 
 impl Location {
@@ -93,11 +139,16 @@ pub struct Channel {
     pub buffer: i64,
     /// Most units ever shown; `None` = no cap.
     pub cap: Option<i64>,
+    /// Only an ACTIVE channel takes new holds; any other shows ATP 0.
+    pub state: Lifecycle,
 }
 
 impl Channel {
-    /// `clamp(Σ location_atp − buffer, 0, cap)`.
+    /// `clamp(Σ location_atp − buffer, 0, cap)`; 0 unless the channel is ACTIVE.
     pub fn atp(&self, total_location_atp: i64) -> i64 {
+        if !self.state.is_active() {
+            return 0;
+        }
         let atp = (total_location_atp - self.buffer).max(0);
         match self.cap {
             Some(cap) => atp.min(cap),
@@ -126,9 +177,9 @@ impl Catalog {
         self.locations.get(location).map_or(0, |l| l.safety_stock)
     }
 
-    /// Whether `location` exists and is active.
+    /// Whether `location` exists and is ACTIVE.
     pub fn is_active(&self, location: &LocationId) -> bool {
-        self.locations.get(location).is_some_and(|l| l.active)
+        self.locations.get(location).is_some_and(|l| l.state.is_active())
     }
 
     /// Inserts or replaces a location. Returns whether anything changed.
@@ -136,6 +187,9 @@ impl Catalog {
         location.validate("location")?;
         if self.locations.get(&location.id) == Some(&location) {
             return Ok(false);
+        }
+        if let Some(stored) = self.locations.get(&location.id) {
+            check_transition("location", location.id.as_str(), stored.state, location.state)?;
         }
         if !self.locations.contains_key(&location.id) && self.locations.len() >= MAX_LOCATIONS {
             return Err(CoreError::FailedPrecondition(format!(
@@ -190,6 +244,9 @@ impl Catalog {
         if self.channels.get(&channel.id) == Some(&channel) {
             return Ok(false);
         }
+        if let Some(stored) = self.channels.get(&channel.id) {
+            check_transition("channel", channel.id.as_str(), stored.state, channel.state)?;
+        }
         if !self.channels.contains_key(&channel.id) && self.channels.len() >= MAX_CHANNELS {
             return Err(CoreError::FailedPrecondition(format!(
                 "at most {MAX_CHANNELS} channels may be configured"
@@ -198,4 +255,22 @@ impl Catalog {
         self.channels.insert(channel.id.clone(), channel);
         Ok(true)
     }
+}
+
+/// Refuses leaving RETIRED: retiring is final.
+fn check_transition(
+    kind: &'static str,
+    id: &str,
+    from: Lifecycle,
+    to: Lifecycle,
+) -> Result<(), CoreError> {
+    if from.may_become(to) {
+        return Ok(());
+    }
+    Err(CoreError::NotActive {
+        kind,
+        id: id.to_owned(),
+        state: from,
+        operation: "change its state (retiring is final)",
+    })
 }

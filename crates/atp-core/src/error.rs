@@ -1,5 +1,6 @@
 //! Domain errors. The server maps each variant to one gRPC code in one table.
 
+use crate::catalog::Lifecycle;
 use crate::reservation::ReservationState;
 
 /// One bad field of a request: which field and what is wrong with it.
@@ -48,7 +49,20 @@ pub enum CoreError {
         /// What was attempted.
         operation: &'static str,
     },
-    /// A request or event failed a precondition other than stock (e.g. inactive location).
+    /// A location or channel that is not ACTIVE was asked to promise, or a
+    /// RETIRED one to change its state.
+    #[error("{kind} {id} is {state}; cannot {operation}")]
+    NotActive {
+        /// `location` or `channel`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// Its state.
+        state: Lifecycle,
+        /// What was attempted.
+        operation: &'static str,
+    },
+    /// A request or event failed a precondition other than stock or state.
     #[error("{0}")]
     FailedPrecondition(String),
     /// An id was reused with another payload.

@@ -2,6 +2,10 @@
 
 use crate::ids::{EventId, LocationId, ReservationId, Sku};
 
+/// The `as_of_ms` of a count given without a time: the count is as of the
+/// moment its shard applies it.
+pub const COUNTED_NOW: i64 = 0;
+
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StockEventKind {
@@ -22,7 +26,7 @@ pub enum StockEventKind {
     Counted {
         /// Units counted.
         on_hand: i64,
-        /// When the count was true (ms).
+        /// When the count was true (ms); [`COUNTED_NOW`] (0) means when it is applied.
         as_of_ms: i64,
     },
     /// Signed correction of on_hand.

@@ -13,6 +13,7 @@
 
 pub mod availability;
 pub mod catalog;
+pub mod catalog_codec;
 pub mod error;
 pub mod events;
 pub mod hash;

@@ -122,7 +122,32 @@ impl ReserveRequest {
                 ));
             }
         }
-        if violations.is_empty() { Ok(()) } else { Err(CoreError::InvalidArgument(violations)) }
+        if !violations.is_empty() {
+            return Err(CoreError::InvalidArgument(violations));
+        }
+        self.check_active(catalog)
+    }
+
+    /// A well-formed request may still be refused: only an ACTIVE channel
+    /// and ACTIVE locations take holds.
+    pub fn check_active(&self, catalog: &Catalog) -> Result<(), CoreError> {
+        let not_active = |kind, id: &str, state| CoreError::NotActive {
+            kind,
+            id: id.to_owned(),
+            state,
+            operation: "take holds",
+        };
+        let channel = catalog.channels.get(&self.channel);
+        if let Some(channel) = channel.filter(|channel| !channel.state.is_active()) {
+            return Err(not_active("channel", self.channel.as_str(), channel.state));
+        }
+        for line in &self.lines {
+            let location = catalog.locations.get(&line.location);
+            if let Some(location) = location.filter(|location| !location.state.is_active()) {
+                return Err(not_active("location", line.location.as_str(), location.state));
+            }
+        }
+        Ok(())
     }
 
     /// The shards holding this reservation's lines, each with its lines.

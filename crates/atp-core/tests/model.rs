@@ -107,7 +107,9 @@ pub fn refusal(error: &CoreError) -> Refusal {
         CoreError::InvalidArgument(_) => Refusal::InvalidArgument,
         CoreError::InsufficientStock { .. } => Refusal::InsufficientStock,
         CoreError::WrongState { state, .. } => Refusal::WrongState(*state),
-        CoreError::FailedPrecondition(_) => Refusal::FailedPrecondition,
+        CoreError::FailedPrecondition(_) | CoreError::NotActive { .. } => {
+            Refusal::FailedPrecondition
+        }
         CoreError::AlreadyExists(_) => Refusal::AlreadyExists,
         CoreError::NotFound(_) => Refusal::NotFound,
         CoreError::InProgress(_) => Refusal::InProgress,

@@ -4,6 +4,7 @@ mod common;
 
 use atp_core::CoreError;
 use atp_core::availability::sku_availability;
+use atp_core::catalog::Lifecycle;
 use atp_core::events::{StockEvent, StockEventKind};
 use atp_core::hash::shard_of;
 use atp_core::ids::ReservationId;
@@ -191,6 +192,29 @@ fn a_late_count_does_not_erase_a_later_sale() {
     assert_eq!(node.position("sku-apple", "loc-central").on_hand, 7);
 }
 
+#[test]
+fn a_count_without_as_of_is_a_count_now_and_its_retry_is_a_duplicate() {
+    let mut node = node();
+    receive(&mut node, "e1", "sku-apple", "loc-central", 10, START_MS);
+    let sale = StockEventKind::Shipped { quantity: 3, reservation: None };
+    node.apply_event(&event("sale", "sku-apple", "loc-central", sale), START_MS + 10_000)
+        .expect("sold");
+
+    // Counted 4 now: the sale before it is in the count, not added to it.
+    let now = StockEventKind::Counted { on_hand: 4, as_of_ms: atp_core::events::COUNTED_NOW };
+    let count = event("count-now", "sku-apple", "loc-central", now);
+    let applied = node.apply_event(&count, START_MS + 20_000).expect("counted");
+    assert_eq!((applied.position.on_hand, applied.duplicate), (4, false));
+    let again = node.apply_event(&count, START_MS + 40_000).expect("the same event");
+    assert_eq!((again.position.on_hand, again.duplicate), (4, true));
+
+    // A count as of before it is older than this one: superseded.
+    let late = StockEventKind::Counted { on_hand: 50, as_of_ms: START_MS + 15_000 };
+    node.apply_event(&event("count-late", "sku-apple", "loc-central", late), START_MS + 50_000)
+        .expect("recorded");
+    assert_eq!(node.position("sku-apple", "loc-central").on_hand, 4);
+}
+
 fn committed_order(
     node: &mut Node,
     id: &str,
@@ -268,4 +292,91 @@ fn a_refused_reserve_stores_nothing() {
     // The id is free: another payload is a new reserve, not AlreadyExists.
     let fits = reserve_request("r1", WEB, vec![line("sku-apple", "loc-central", 3)], TTL_MS);
     node.reserve(&fits, START_MS).expect("held");
+}
+
+fn set_location_state(
+    node: &mut Node,
+    location_id: &str,
+    state: Lifecycle,
+) -> Result<bool, CoreError> {
+    let mut location = node.catalog.locations[&common::location(location_id)].clone();
+    location.state = state;
+    node.catalog.upsert_location(location)
+}
+
+fn location_atp(node: &Node, sku_id: &str, location_id: &str) -> (i64, i64) {
+    let shard = shard_of(sku_id);
+    let positions =
+        node.shards.get(&shard).map(|state| state.positions_of(&sku(sku_id))).unwrap_or_default();
+    let filter = [common::location(location_id)];
+    let availability =
+        sku_availability(&sku(sku_id), shard, 1, &positions, &node.catalog, &filter, &[]);
+    let view = &availability.locations[0];
+    (view.on_hand, view.atp)
+}
+
+#[test]
+fn a_paused_location_shows_its_stock_promises_nothing_and_keeps_its_holds() {
+    let mut node = node();
+    receive(&mut node, "e1", "sku-apple", "loc-central", 10, START_MS);
+    let held = reserve_request("r1", WEB, vec![line("sku-apple", "loc-central", 4)], TTL_MS);
+    node.reserve(&held, START_MS).expect("held while active");
+    let other = reserve_request("r2", WEB, vec![line("sku-apple", "loc-central", 1)], TTL_MS);
+    node.reserve(&other, START_MS).expect("held while active");
+
+    assert!(set_location_state(&mut node, "loc-central", Lifecycle::Paused).expect("paused"));
+    assert_eq!(location_atp(&node, "sku-apple", "loc-central"), (10, 0), "on_hand stays visible");
+    assert_eq!(channel_atp(&node, "sku-apple", WEB), 0);
+    let refused = node.reserve(
+        &reserve_request("r3", WEB, vec![line("sku-apple", "loc-central", 1)], TTL_MS),
+        START_MS,
+    );
+    assert!(
+        matches!(
+            &refused,
+            Err(CoreError::NotActive { kind: "location", state: Lifecycle::Paused, .. })
+        ),
+        "{refused:?}"
+    );
+    // Existing holds end as they would; stock events still apply.
+    let view = node.commit(&reservation("r1"), &[], START_MS).expect("commit at a paused location");
+    assert_eq!(view.state, ReservationState::Committed);
+    node.release(&reservation("r2"), START_MS).expect("release at a paused location");
+    receive(&mut node, "e2", "sku-apple", "loc-central", 1, START_MS);
+    let position = node.position("sku-apple", "loc-central");
+    assert_eq!((position.on_hand, position.reserved, position.committed), (11, 0, 4));
+
+    assert!(set_location_state(&mut node, "loc-central", Lifecycle::Active).expect("resumed"));
+    assert_eq!(location_atp(&node, "sku-apple", "loc-central"), (11, 7));
+}
+
+#[test]
+fn retiring_is_final_and_a_paused_channel_takes_no_holds() {
+    let mut node = node();
+    receive(&mut node, "e1", "sku-apple", "loc-north", 10, START_MS);
+    assert!(set_location_state(&mut node, "loc-north", Lifecycle::Retired).expect("retired"));
+    assert_eq!(location_atp(&node, "sku-apple", "loc-north"), (10, 0));
+    assert!(!set_location_state(&mut node, "loc-north", Lifecycle::Retired).expect("unchanged"));
+    for state in [Lifecycle::Active, Lifecycle::Paused] {
+        let refused = set_location_state(&mut node, "loc-north", state);
+        assert!(matches!(refused, Err(CoreError::NotActive { state: Lifecycle::Retired, .. })));
+    }
+
+    receive(&mut node, "e2", "sku-apple", "loc-central", 5, START_MS);
+    let mut web = node.catalog.channels[&common::channel(WEB)].clone();
+    web.state = Lifecycle::Paused;
+    node.catalog.upsert_channel(web).expect("paused");
+    assert_eq!(channel_atp(&node, "sku-apple", WEB), 0);
+    assert_eq!(
+        location_atp(&node, "sku-apple", "loc-central"),
+        (5, 5),
+        "the location still promises"
+    );
+    let refused = node.reserve(
+        &reserve_request("r1", WEB, vec![line("sku-apple", "loc-central", 1)], TTL_MS),
+        START_MS,
+    );
+    assert!(matches!(&refused, Err(CoreError::NotActive { kind: "channel", .. })), "{refused:?}");
+    let market = reserve_request("r2", MARKET, vec![line("sku-apple", "loc-central", 1)], TTL_MS);
+    node.reserve(&market, START_MS).expect("another channel over the same location still holds");
 }

@@ -15,12 +15,16 @@
 //!   [`atp_core::CoreError`] to [`tonic::Status`] with `google.rpc` details,
 //!   and [`status::rpc_status`] for an error carried inside a reply (the
 //!   items of a ReserveBatch).
+//! - [`reason`]: [`reason::Reason`], every reason a status can carry, each
+//!   with its gRPC code; statuses are built only through it.
 
+pub mod reason;
 pub mod replies;
 pub mod requests;
 pub mod status;
 
-pub use status::{rpc_status, status_from_rpc, status_of};
+pub use reason::{ERROR_DOMAIN, Reason, reason_of};
+pub use status::{code_name, rpc_status, status_from_rpc, status_of};
 
 /// Generated messages, clients and servers of package `atp.v1`
 /// (`proto/atp/v1/*.proto`).

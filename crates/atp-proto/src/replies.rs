@@ -1,7 +1,7 @@
 //! Domain values → reply messages.
 
 use atp_core::availability::{LocationAvailability, SkuAvailability};
-use atp_core::catalog::{Channel, Location, LocationKind};
+use atp_core::catalog::{Channel, Lifecycle, Location, LocationKind};
 use atp_core::ledger::LedgerEntry;
 use atp_core::reservation::{LineView, ReservationState, ReservationView};
 
@@ -110,7 +110,8 @@ impl From<Location> for v1::Location {
             safety_stock: location.safety_stock,
             daily_capacity: location.daily_capacity,
             shipping_cost: location.shipping_cost,
-            active: location.active,
+            active: location.state.is_active(),
+            state: v1::LifecycleState::from(location.state).into(),
         }
     }
 }
@@ -123,6 +124,17 @@ impl From<Channel> for v1::Channel {
             location_ids: channel.locations.iter().map(ToString::to_string).collect(),
             buffer: channel.buffer,
             cap: channel.cap,
+            state: v1::LifecycleState::from(channel.state).into(),
+        }
+    }
+}
+
+impl From<Lifecycle> for v1::LifecycleState {
+    fn from(state: Lifecycle) -> Self {
+        match state {
+            Lifecycle::Active => Self::Active,
+            Lifecycle::Paused => Self::Paused,
+            Lifecycle::Retired => Self::Retired,
         }
     }
 }
@@ -262,6 +274,7 @@ mod tests {
             locations: vec![location_id("dc-1"), location_id("dc-2")],
             buffer: 2,
             cap: None,
+            state: atp_core::catalog::Lifecycle::Active,
         };
         let message = v1::Channel::from(channel);
         assert_eq!(message.location_ids, vec!["dc-1", "dc-2"]);

@@ -1,30 +1,20 @@
-//! The error table: every [`CoreError`] to one gRPC code, with `google.rpc`
+//! The error table: every [`CoreError`] to one [`Reason`] (so one gRPC code), with `google.rpc`
 //! details a client can act on without parsing the message.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use atp_core::{CoreError, FieldViolation};
 use prost::Message;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic_types::ErrorDetails;
 
-/// `google.rpc.ErrorInfo.domain` of atp's errors.
-pub const ERROR_DOMAIN: &str = "atp.v1";
+use crate::reason::Reason;
+
 /// `PreconditionFailure` violation type (and `ErrorInfo` reason) of a refused promise.
-pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
+pub const INSUFFICIENT_STOCK: &str = Reason::InsufficientStock.name();
 /// `PreconditionFailure` violation type (and `ErrorInfo` reason) of a reservation
 /// in the wrong state for the operation.
-pub const WRONG_STATE: &str = "WRONG_STATE";
-/// `ErrorInfo` reason of a RESOURCE_EXHAUSTED that is an overload (a full
-/// shard mailbox, too many requests in flight): worth a retry after the
-/// `RetryInfo` delay. A RESOURCE_EXHAUSTED without it (a message over the
-/// size limit, a full disk) is not.
-pub const OVERLOADED: &str = "OVERLOADED";
-/// `ErrorInfo` reason of a write refused because the node's disk is full.
-pub const DISK_FULL: &str = "DISK_FULL";
-/// Suggested wait before retrying an overloaded node.
-pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
+pub const WRONG_STATE: &str = Reason::WrongState.name();
 /// Bytes of field violations (paths and descriptions) carried in one status.
 /// The details travel base64-encoded in a trailer next to the message, and
 /// common clients (hyper, so tonic) refuse response headers over 16 KiB: a
@@ -36,56 +26,114 @@ const MAX_MESSAGE_VIOLATION_BYTES: usize = 1024;
 const VIOLATION_OVERHEAD_BYTES: usize = 8;
 /// Suggested wait before retrying a request whose id is still being worked on.
 const IN_PROGRESS_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// `ErrorInfo` reason of an overload (a full shard mailbox, too many requests
+/// in flight): worth a retry after the `RetryInfo` delay.
+pub const OVERLOADED: &str = Reason::Overloaded.name();
+/// `ErrorInfo` reason of a write refused because the node's disk is full.
+pub const DISK_FULL: &str = Reason::DiskFull.name();
+/// Suggested wait before retrying an overloaded node.
+pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+pub use crate::reason::ERROR_DOMAIN;
+
+/// RESOURCE_EXHAUSTED for an overload, with reason [`OVERLOADED`] and a
+/// `RetryInfo` of [`OVERLOADED_RETRY_DELAY`].
+pub fn overloaded(message: impl Into<String>) -> Status {
+    let retry = ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY));
+    Reason::Overloaded.status(message, [], retry)
+}
+
+/// The reason a domain error is reported with.
+pub fn reason_of_error(error: &CoreError) -> Reason {
+    match error {
+        CoreError::InvalidArgument(_) => Reason::InvalidArgument,
+        CoreError::InsufficientStock { .. } => Reason::InsufficientStock,
+        CoreError::WrongState { .. } => Reason::WrongState,
+        CoreError::NotActive { .. } => Reason::NotActive,
+        CoreError::FailedPrecondition(_) => Reason::PreconditionFailed,
+        CoreError::AlreadyExists(_) => Reason::IdReused,
+        CoreError::NotFound(_) => Reason::NotFound,
+        CoreError::InProgress(_) => Reason::InProgress,
+    }
+}
 
 /// The gRPC status of a domain error. One exhaustive match: a new variant
-/// does not compile until it has a code.
+/// does not compile until it has a reason (and so a code).
 pub fn status_of(error: CoreError) -> Status {
     let message = error.to_string();
+    let reason = reason_of_error(&error);
     match error {
         CoreError::InvalidArgument(violations) => invalid_argument(violations),
         CoreError::InsufficientStock { sku, location, requested, available } => {
-            let mut details = ErrorDetails::with_precondition_failure_violation(
+            let details = ErrorDetails::with_precondition_failure_violation(
                 INSUFFICIENT_STOCK,
                 format!("sku:{sku}/location:{location}"),
                 message.clone(),
             );
-            details.set_error_info(
-                INSUFFICIENT_STOCK,
-                ERROR_DOMAIN,
-                HashMap::from([
-                    ("sku".to_owned(), sku),
-                    ("location".to_owned(), location),
-                    ("requested".to_owned(), requested.to_string()),
-                    ("available".to_owned(), available.to_string()),
-                ]),
-            );
-            Status::with_error_details(Code::FailedPrecondition, message, details)
+            let metadata = [
+                ("sku", sku),
+                ("location", location),
+                ("requested", requested.to_string()),
+                ("available", available.to_string()),
+            ];
+            reason.status(message, metadata, details)
         }
         CoreError::WrongState { reservation_id, state, operation } => {
-            let mut details = ErrorDetails::with_precondition_failure_violation(
+            let details = ErrorDetails::with_precondition_failure_violation(
                 WRONG_STATE,
                 format!("reservation:{reservation_id}"),
                 message.clone(),
             );
-            details.set_error_info(
-                WRONG_STATE,
-                ERROR_DOMAIN,
-                HashMap::from([
-                    ("reservation_id".to_owned(), reservation_id),
-                    ("state".to_owned(), state.to_string()),
-                    ("operation".to_owned(), operation.to_owned()),
-                ]),
-            );
-            Status::with_error_details(Code::FailedPrecondition, message, details)
+            let metadata = [
+                ("reservation_id", reservation_id),
+                ("state", state.to_string()),
+                ("operation", operation.to_owned()),
+            ];
+            reason.status(message, metadata, details)
         }
-        CoreError::FailedPrecondition(_) => Status::failed_precondition(message),
-        CoreError::AlreadyExists(_) => Status::already_exists(message),
-        CoreError::NotFound(_) => Status::not_found(message),
-        CoreError::InProgress(_) => Status::with_error_details(
-            Code::Unavailable,
-            message,
-            ErrorDetails::with_retry_info(Some(IN_PROGRESS_RETRY_DELAY)),
-        ),
+        CoreError::NotActive { kind, id, state, operation } => {
+            let details = ErrorDetails::with_precondition_failure_violation(
+                reason.name(),
+                format!("{kind}:{id}"),
+                message.clone(),
+            );
+            let metadata = [
+                ("kind", kind.to_owned()),
+                ("id", id),
+                ("state", state.to_string()),
+                ("operation", operation.to_owned()),
+            ];
+            reason.status(message, metadata, details)
+        }
+        CoreError::FailedPrecondition(_) | CoreError::AlreadyExists(_) | CoreError::NotFound(_) => {
+            reason.plain(message)
+        }
+        CoreError::InProgress(_) => {
+            reason.status(message, [], ErrorDetails::with_retry_info(Some(IN_PROGRESS_RETRY_DELAY)))
+        }
+    }
+}
+
+/// A gRPC code's name as gRPC spells it (`FAILED_PRECONDITION`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -112,14 +160,6 @@ pub fn status_from_rpc(status: tonic_types::pb::Status) -> Status {
     let code = Code::from(status.code);
     let message = status.message.clone();
     Status::with_details(code, message, status.encode_to_vec().into())
-}
-
-/// RESOURCE_EXHAUSTED for an overload, with `ErrorInfo` reason [`OVERLOADED`]
-/// and a `RetryInfo` of [`OVERLOADED_RETRY_DELAY`].
-pub fn overloaded(message: impl Into<String>) -> Status {
-    let mut details = ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY));
-    details.set_error_info(OVERLOADED, ERROR_DOMAIN, HashMap::<String, String>::new());
-    Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
 /// INVALID_ARGUMENT with a `BadRequest` naming each field, as many as fit in
@@ -150,16 +190,14 @@ fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
     if in_message < total {
         message.push_str(&format!("; and {} more", total - in_message));
     }
-    Status::with_error_details(
-        Code::InvalidArgument,
-        message,
-        ErrorDetails::with_bad_request(reported),
-    )
+    let violations = ("violations", total.to_string());
+    Reason::InvalidArgument.status(message, [violations], ErrorDetails::with_bad_request(reported))
 }
 
 #[cfg(test)]
 mod tests {
     use atp_core::reservation::ReservationState;
+    use tonic_types::StatusExt;
 
     use super::*;
 
@@ -229,6 +267,15 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (CoreError::FailedPrecondition("inactive".into()), Code::FailedPrecondition),
+            (
+                CoreError::NotActive {
+                    kind: "location",
+                    id: "dc-1".into(),
+                    state: atp_core::catalog::Lifecycle::Paused,
+                    operation: "take holds",
+                },
+                Code::FailedPrecondition,
+            ),
             (CoreError::AlreadyExists("r-1".into()), Code::AlreadyExists),
             (CoreError::NotFound("r-1".into()), Code::NotFound),
             (CoreError::InProgress("r-1".into()), Code::Unavailable),
@@ -267,14 +314,6 @@ mod tests {
 
         let plain = rpc_status(&Status::not_found("r-1"));
         assert_eq!((plain.code, plain.details.len()), (i32::from(Code::NotFound), 0));
-    }
-
-    #[test]
-    fn overload_says_so_and_suggests_a_retry() {
-        let status = overloaded("busy");
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        assert_eq!(status.get_details_error_info().expect("an ErrorInfo").reason, OVERLOADED);
-        assert!(status.get_details_retry_info().is_some());
     }
 
     #[test]

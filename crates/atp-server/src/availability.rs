@@ -9,7 +9,7 @@ use atp_proto::requests::{
 };
 use atp_proto::v1;
 use atp_proto::v1::availability_service_server::AvailabilityService;
-use atp_proto::{rpc_status, status_of};
+use atp_proto::{Reason, code_name, reason_of, rpc_status, status_of};
 use atp_shard::{Node, NodeError};
 use tonic::{Request, Response, Status};
 
@@ -221,6 +221,8 @@ fn event_result(
                 error_message: String::new(),
                 position: Some(applied.position.into()),
                 epoch: SINGLE_NODE_EPOCH,
+                error_code_name: String::new(),
+                error_reason: String::new(),
             }
         }
         Err(error) => {
@@ -232,6 +234,8 @@ fn event_result(
                 error_message: status.message().to_owned(),
                 position: None,
                 epoch: SINGLE_NODE_EPOCH,
+                error_code_name: code_name(status.code()).to_owned(),
+                error_reason: reason_of(&status).map(Reason::name).unwrap_or_default().to_owned(),
             }
         }
     }

@@ -1,36 +1,32 @@
 //! The node's errors as gRPC statuses.
 
-use atp_proto::status_of;
+use atp_proto::{Reason, status_of};
 use atp_shard::NodeError;
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
 
 /// The gRPC status of a node error. One exhaustive match: domain errors go
-/// through [`atp_proto::status_of`], the node's own through this table.
+/// through [`atp_proto::status_of`], the node's own through this table;
+/// every status is built by its [`Reason`].
 pub fn node_status(error: NodeError) -> Status {
+    let message = error.to_string();
     match error {
         NodeError::Core(error) => status_of(error),
-        NodeError::Overloaded { .. } => atp_proto::status::overloaded(error.to_string()),
+        NodeError::Overloaded { .. } => atp_proto::status::overloaded(message),
         // Not retryable by waiting: an operator must free space and restart
         // the node. Reads (availability, ledger) go on meanwhile.
-        NodeError::DiskFull(_) => Status::with_error_details(
-            Code::ResourceExhausted,
-            error.to_string(),
-            ErrorDetails::with_error_info(
-                atp_proto::status::DISK_FULL,
-                atp_proto::status::ERROR_DOMAIN,
-                std::collections::HashMap::<String, String>::new(),
-            ),
-        ),
-        NodeError::ShuttingDown | NodeError::Recovering | NodeError::StorageFailed(_) => {
-            Status::unavailable(error.to_string())
-        }
+        NodeError::DiskFull(_) => Reason::DiskFull.plain(message),
+        NodeError::ShuttingDown => Reason::ShuttingDown.plain(message),
+        NodeError::Recovering => Reason::Recovering.plain(message),
+        NodeError::StorageFailed(_) => Reason::StorageFailed.plain(message),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use atp_core::CoreError;
+
+    use tonic::Code;
+    use tonic_types::StatusExt;
 
     use super::*;
 

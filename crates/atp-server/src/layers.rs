@@ -5,8 +5,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use atp_proto::Reason;
 use tonic::Status;
 use tonic::codegen::http;
+use tonic_types::ErrorDetails;
 use tower::layer::util::{Identity, Stack};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
@@ -22,17 +24,28 @@ pub type Layers = Stack<
     TimeoutLayer,
     Stack<
         ConcurrencyLimitLayer,
-        Stack<LoadShedLayer, Stack<MapErrLayer<ErrorToStatus>, Stack<TraceLayer, Identity>>>,
+        Stack<
+            LoadShedLayer,
+            Stack<MapErrLayer<ErrorToStatus>, Stack<TooLargeLayer, Stack<TraceLayer, Identity>>>,
+        >,
     >,
 >;
 
 /// Builds the stack every request passes through. It is applied once to the
 /// router, so the concurrency limit is shared by every connection.
-pub fn layers(request_timeout: Duration, max_concurrent_requests: usize) -> ServiceBuilder<Layers> {
+pub fn layers(
+    request_timeout: Duration,
+    max_concurrent_requests: usize,
+    max_message_bytes: usize,
+) -> ServiceBuilder<Layers> {
     ServiceBuilder::new()
         // Tracing is outermost so every request gets a span and a result line,
         // including those shed or timed out by the layers below.
         .layer(TraceLayer)
+        // tonic refuses a request over max_message_bytes itself, with a bare
+        // OUT_OF_RANGE; this adds its reason (MESSAGE_TOO_LARGE) and the limit,
+        // like every other error. Any place above the router would do.
+        .layer(TooLargeLayer::new(max_message_bytes))
         // Errors of the layers below become statuses here, above all of them,
         // so clients see RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED, not UNKNOWN.
         .layer(MapErrLayer::new(error_to_status as ErrorToStatus))
@@ -54,11 +67,84 @@ fn error_to_status(error: BoxError) -> BoxError {
         ));
     }
     if error.is::<tower::timeout::error::Elapsed>() {
-        return Box::new(Status::deadline_exceeded(
-            "the request took longer than the server allows",
-        ));
+        return Box::new(
+            Reason::RequestTimeout.plain("the request took longer than the server allows"),
+        );
     }
     error
+}
+
+/// Gives tonic's "message too large" refusal (OUT_OF_RANGE, which atp
+/// itself never answers) the reason [`Reason::MessageTooLarge`] and the
+/// limit as `limit_bytes`.
+#[derive(Clone, Copy, Debug)]
+pub struct TooLargeLayer {
+    max_message_bytes: usize,
+}
+
+impl TooLargeLayer {
+    /// The layer for a server whose message limit is `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self { max_message_bytes }
+    }
+}
+
+impl<S> Layer<S> for TooLargeLayer {
+    type Service = TooLarge<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TooLarge { inner, max_message_bytes: self.max_message_bytes }
+    }
+}
+
+/// The service of [`TooLargeLayer`].
+#[derive(Clone, Debug)]
+pub struct TooLarge<S> {
+    inner: S,
+    max_message_bytes: usize,
+}
+
+impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for TooLarge<S>
+where
+    S: Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let response = self.inner.call(request);
+        let limit = self.max_message_bytes;
+        Box::pin(async move {
+            let mut response = response.await?;
+            explain_too_large(response.headers_mut(), limit);
+            Ok(response)
+        })
+    }
+}
+
+/// Adds the reason to a trailers-only OUT_OF_RANGE answer without details.
+fn explain_too_large(headers: &mut http::HeaderMap, limit: usize) {
+    let out_of_range = i32::from(tonic::Code::OutOfRange).to_string();
+    let is_out_of_range =
+        headers.get("grpc-status").is_some_and(|code| code == out_of_range.as_str());
+    if !is_out_of_range || headers.contains_key("grpc-status-details-bin") {
+        return;
+    }
+    let Some(refused) = Status::from_header_map(headers) else { return };
+    let status = Reason::MessageTooLarge.status(
+        refused.message(),
+        [("limit_bytes", limit.to_string())],
+        ErrorDetails::new(),
+    );
+    if status.add_header(headers).is_err() {
+        tracing::debug!("could not add the reason to a message-too-large answer");
+    }
 }
 
 /// Opens a `grpc` span per request (method name) and logs its result and
@@ -147,14 +233,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_request_gets_deadline_exceeded() {
-        let service = layers(Duration::from_millis(10), 4).service_fn(never_answers);
+        let service = layers(Duration::from_millis(10), 4, 1024).service_fn(never_answers);
         let error = service.oneshot(Request::new(())).await.expect_err("timed out");
         assert_eq!(status_of(error).code(), Code::DeadlineExceeded);
     }
 
     #[tokio::test(start_paused = true)]
     async fn requests_over_the_limit_are_shed_at_once() {
-        let mut service = layers(Duration::from_secs(60), 1).service_fn(never_answers);
+        let mut service = layers(Duration::from_secs(60), 1, 1024).service_fn(never_answers);
         let in_flight = service.ready().await.expect("ready").call(Request::new(()));
         let shed = service.ready().await.expect("ready").call(Request::new(())).await;
         assert_eq!(status_of(shed.expect_err("shed")).code(), Code::ResourceExhausted);

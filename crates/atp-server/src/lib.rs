@@ -118,14 +118,18 @@ pub async fn serve(
         ConfigServiceServer::new(ConfigApi::new(node.clone())).max_decoding_message_size(limit);
     let admin = AdminServiceServer::new(AdminApi::new(node)).max_decoding_message_size(limit);
 
-    // HTTP/2 flow control (issue 8, measured in docs/BENCHMARKS.md):
-    // adaptive windows and larger initial windows. No stream limit: one
-    // would refuse streams under overload (the client sees CANCELLED)
-    // instead of the concurrency layer's RESOURCE_EXHAUSTED.
+    // HTTP/2 flow control (issue 8, measured in docs/BENCHMARKS.md): larger
+    // initial windows. No adaptive window and no stream limit: with either,
+    // overload reached clients as CANCELLED/UNKNOWN instead of the
+    // concurrency layer's RESOURCE_EXHAUSTED (the flash-sale test).
     let router = Server::builder()
         .initial_stream_window_size(Some(1 << 20))
         .initial_connection_window_size(Some(8 << 20))
-        .layer(layers::layers(config.request_timeout, config.max_concurrent_requests))
+        .layer(layers::layers(
+            config.request_timeout,
+            config.max_concurrent_requests,
+            config.max_message_bytes,
+        ))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         // grpcurl before 1.9 speaks only v1alpha.

@@ -50,7 +50,7 @@ fn main() {
             safety_stock: 0,
             daily_capacity: 0,
             shipping_cost: 1.0,
-            active: true,
+            state: atp_core::catalog::Lifecycle::Active,
         })
         .await
         .expect("location");
@@ -61,6 +61,7 @@ fn main() {
             locations: vec![location.clone()],
             buffer: 0,
             cap: None,
+            state: atp_core::catalog::Lifecycle::Active,
         })
         .await
         .expect("channel");

@@ -50,7 +50,7 @@ fn catalog() -> Catalog {
                 safety_stock: 0,
                 daily_capacity: 0,
                 shipping_cost: 1.0,
-                active: true,
+                state: atp_core::catalog::Lifecycle::Active,
             })
             .expect("valid location");
     }
@@ -61,6 +61,7 @@ fn catalog() -> Catalog {
             locations: ids,
             buffer: 0,
             cap: None,
+            state: atp_core::catalog::Lifecycle::Active,
         })
         .expect("valid channel");
     catalog
@@ -69,7 +70,7 @@ fn catalog() -> Catalog {
 fn fill(store: &dyn Store, positions: usize, holds: usize, checkpoint: bool) {
     let started = Instant::now();
     let catalog = catalog();
-    store.save_catalog(&postcard::to_stdvec(&catalog).expect("encodes")).expect("saved");
+    store.save_catalog(&atp_core::catalog_codec::encode_catalog(&catalog)).expect("saved");
     let settings = ShardSettings::default();
     let mut shards: BTreeMap<u32, ShardState> = (0..SHARD_COUNT)
         .map(|shard| (shard, ShardState::new(shard, 1, settings.clone())))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use atp_core::availability::{SkuAvailability, sku_availability};
 use atp_core::catalog::{Catalog, Channel, Location};
+use atp_core::catalog_codec::{decode_catalog, encode_catalog};
 use atp_core::error::{CoreError, FieldViolation};
 use atp_core::events::StockEvent;
 use atp_core::hash::{SHARD_COUNT, shard_of};
@@ -243,7 +244,7 @@ impl Node {
         let started = Instant::now();
         let storage = |error: StoreError| NodeError::StorageFailed(error.to_string());
         let catalog = match store.load_catalog().map_err(storage)? {
-            Some(bytes) => postcard::from_bytes::<Catalog>(&bytes)
+            Some(bytes) => decode_catalog(&bytes)
                 .map_err(|error| NodeError::StorageFailed(format!("catalog: {error}")))?,
             None => Catalog::default(),
         };
@@ -842,7 +843,7 @@ impl Node {
                 if let Some(committer) = &node.shared.committer {
                     committer.refusal()?;
                 }
-                let bytes = postcard::to_stdvec(&next).expect("a catalog always encodes");
+                let bytes = encode_catalog(&next);
                 tokio::task::spawn_blocking(move || store.save_catalog(&bytes))
                     .await
                     .map_err(|_| NodeError::ShuttingDown)?

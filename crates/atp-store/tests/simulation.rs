@@ -55,7 +55,7 @@ fn catalog() -> Catalog {
             safety_stock: 0,
             daily_capacity: 0,
             shipping_cost: 1.0,
-            active: true,
+            state: atp_core::catalog::Lifecycle::Active,
         };
         catalog.upsert_location(location).unwrap();
     }
@@ -65,6 +65,7 @@ fn catalog() -> Catalog {
         locations: LOCATIONS.iter().map(|id| LocationId::parse("location", id).unwrap()).collect(),
         buffer: 0,
         cap: None,
+        state: atp_core::catalog::Lifecycle::Active,
     };
     catalog.upsert_channel(web).unwrap();
     catalog

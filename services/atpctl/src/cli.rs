@@ -238,7 +238,8 @@ pub enum EventCommand {
         /// Units counted on hand.
         #[arg(long, allow_negative_numbers = true)]
         on_hand: i64,
-        /// When the count was taken, ms since the Unix epoch (default: now).
+        /// When the count was taken, ms since the Unix epoch (default: now, as
+        /// the node applies it; repeating the command is then a DUPLICATE).
         #[arg(long, allow_negative_numbers = true)]
         as_of_ms: Option<i64>,
     },
@@ -310,6 +311,27 @@ pub enum LocationKindArg {
     ThirdParty,
 }
 
+/// Where a location or channel is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    /// Takes holds and counts in ATP.
+    Active,
+    /// Takes no new hold and shows ATP 0; existing holds go on.
+    Paused,
+    /// Like paused, for good: it can never become active again.
+    Retired,
+}
+
+impl From<StateArg> for atp_proto::v1::LifecycleState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Active => Self::Active,
+            StateArg::Paused => Self::Paused,
+            StateArg::Retired => Self::Retired,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct LocationUpsertArgs {
     #[command(flatten)]
@@ -333,9 +355,19 @@ pub struct LocationUpsertArgs {
     /// Cost units per shipment.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub shipping_cost: f64,
-    /// The location keeps its stock but feeds no channel and takes no hold.
-    #[arg(long)]
+    /// Lifecycle state.
+    #[arg(long, value_enum, default_value = "active")]
+    pub state: StateArg,
+    /// Same as --state paused (older spelling).
+    #[arg(long, conflicts_with = "state")]
     pub inactive: bool,
+}
+
+impl LocationUpsertArgs {
+    /// The state asked for: --state, or paused for --inactive.
+    pub fn state(&self) -> atp_proto::v1::LifecycleState {
+        if self.inactive { StateArg::Paused.into() } else { self.state.into() }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,6 +393,9 @@ pub struct ChannelUpsertArgs {
     /// Most units ever published to the channel (default: no cap).
     #[arg(long, allow_negative_numbers = true)]
     pub cap: Option<i64>,
+    /// Lifecycle state.
+    #[arg(long, value_enum, default_value = "active")]
+    pub state: StateArg,
 }
 
 #[derive(Debug, Subcommand)]

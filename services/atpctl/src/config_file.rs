@@ -16,7 +16,8 @@
 //! safety_stock = 2          # units never promised, per SKU (default 0)
 //! daily_capacity = 5000     # shipments per day, 0 = unlimited (default 0)
 //! shipping_cost = 4.5       # cost units per shipment (default 0)
-//! active = true             # default true
+//! state = "active"          # "active", "paused" or "retired" (default "active")
+//! active = true             # older spelling: false means state = "paused"
 //!
 //! [[channel]]
 //! id = "web"                # required
@@ -24,6 +25,7 @@
 //! locations = ["dc-east"]   # required: the locations feeding the channel
 //! buffer = 5                # units withheld from the channel (default 0)
 //! cap = 100                 # most units ever published (default: no cap)
+//! state = "active"          # "active", "paused" or "retired" (default "active")
 //! ```
 //!
 //! Unknown keys are errors, and every error names the item (`location
@@ -75,10 +77,41 @@ pub struct LocationEntry {
     pub shipping_cost: f64,
     #[serde(default = "active_by_default")]
     pub active: bool,
+    /// Wins over `active` when given.
+    pub state: Option<StateEntry>,
 }
 
 fn active_by_default() -> bool {
     true
+}
+
+/// A lifecycle state as the file spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateEntry {
+    Active,
+    Paused,
+    Retired,
+}
+
+impl StateEntry {
+    fn domain(self) -> catalog::Lifecycle {
+        match self {
+            StateEntry::Active => catalog::Lifecycle::Active,
+            StateEntry::Paused => catalog::Lifecycle::Paused,
+            StateEntry::Retired => catalog::Lifecycle::Retired,
+        }
+    }
+
+    fn proto(self) -> i32 {
+        atp_proto::v1::LifecycleState::from(self.domain()).into()
+    }
+}
+
+impl LocationEntry {
+    fn state(&self) -> StateEntry {
+        self.state.unwrap_or(if self.active { StateEntry::Active } else { StateEntry::Paused })
+    }
 }
 
 /// One `[[channel]]` table.
@@ -92,6 +125,7 @@ pub struct ChannelEntry {
     #[serde(default)]
     pub buffer: i64,
     pub cap: Option<i64>,
+    pub state: Option<StateEntry>,
 }
 
 impl ConfigFile {
@@ -245,7 +279,7 @@ impl Item for LocationEntry {
             safety_stock: self.safety_stock,
             daily_capacity: self.daily_capacity,
             shipping_cost: self.shipping_cost,
-            active: self.active,
+            state: self.state().domain(),
         };
         location.validate("location").map_err(|error| describe_core_error(error, "location."))
     }
@@ -267,7 +301,8 @@ impl LocationEntry {
             safety_stock: self.safety_stock,
             daily_capacity: self.daily_capacity,
             shipping_cost: self.shipping_cost,
-            active: self.active,
+            active: self.state() == StateEntry::Active,
+            state: self.state().proto(),
         }
     }
 }
@@ -303,6 +338,7 @@ impl ChannelEntry {
             location_ids: self.locations.clone(),
             buffer: self.buffer,
             cap: self.cap,
+            state: self.state.unwrap_or(StateEntry::Active).proto(),
         }
     }
 }
@@ -365,6 +401,7 @@ mod tests {
         [[channel]]
         id = "pos-12"
         locations = ["store-12"]
+        state = "paused"
     "#;
 
     fn error_of(text: &str) -> String {
@@ -383,10 +420,12 @@ mod tests {
         assert_eq!((east.latitude, east.longitude), (40.71, -74.01));
         assert_eq!((east.safety_stock, east.daily_capacity), (2, 5000));
         assert!(east.active);
+        assert_eq!(east.state, atp_proto::v1::LifecycleState::Active as i32);
 
         let store = file.locations[1].to_proto();
         assert_eq!(store.kind, LocationKind::Store as i32);
         assert!(!store.active);
+        assert_eq!(store.state, atp_proto::v1::LifecycleState::Paused as i32, "active = false");
         assert_eq!((store.name.as_str(), store.safety_stock), ("", 0));
         assert_eq!(file.locations[2].kind, KindEntry::ThirdParty);
 
@@ -395,6 +434,8 @@ mod tests {
         assert_eq!((web.buffer, web.cap), (5, Some(100)));
         let pos = file.channels[1].to_proto();
         assert_eq!((pos.buffer, pos.cap, pos.name.as_str()), (0, None, ""));
+        assert_eq!(pos.state, atp_proto::v1::LifecycleState::Paused as i32);
+        assert_eq!(web.state, atp_proto::v1::LifecycleState::Active as i32);
     }
 
     #[test]

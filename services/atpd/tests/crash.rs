@@ -226,7 +226,7 @@ async fn configure_and_stock(atpd: &Atpd, history: &Mutex<History>) {
         let location = v1::Location {
             location_id: id.into(),
             kind: v1::LocationKind::Warehouse.into(),
-            active: true,
+            state: v1::LifecycleState::Active.into(),
             ..Default::default()
         };
         config

@@ -25,7 +25,7 @@ fn location(id: &str) -> v1::Location {
         location_id: id.into(),
         kind: v1::LocationKind::Warehouse.into(),
         name: format!("warehouse {id}"),
-        active: true,
+        state: v1::LifecycleState::Active.into(),
         ..Default::default()
     }
 }
@@ -43,6 +43,7 @@ async fn configure(atpd: &Atpd) {
         location_ids: vec!["dc-1".into(), "dc-2".into()],
         buffer: 0,
         cap: None,
+        state: v1::LifecycleState::Active.into(),
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel) };
     config.upsert_channel(request).await.expect("upsert channel");
@@ -258,10 +259,8 @@ async fn malformed_requests_name_the_bad_field() {
 
     let oversized = reserve_request("bad-9", vec![line(&"x".repeat(5 << 20), "dc-1", 1)]);
     let status = client.reserve(oversized).await.expect_err("over the message cap");
-    assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "a clean error for a message over the cap: {status:?}"
-    );
+    assert_eq!(status.code(), Code::OutOfRange, "a clean error for a message over the cap");
+    assert!(status.message().contains("4194304"), "names the limit: {}", status.message());
 
     let valid = reserve_request("good-1", vec![line("tee", "dc-1", 2)]);
     let response = client.reserve(valid).await.expect("the node still serves");

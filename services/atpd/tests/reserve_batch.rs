@@ -19,7 +19,7 @@ async fn configure(atpd: &Atpd) {
             location_id: id.into(),
             kind: v1::LocationKind::Warehouse.into(),
             name: format!("warehouse {id}"),
-            active: true,
+            state: v1::LifecycleState::Active.into(),
             ..Default::default()
         };
         let request = v1::UpsertLocationRequest { location: Some(location) };
@@ -31,6 +31,7 @@ async fn configure(atpd: &Atpd) {
         location_ids: vec!["dc-1".into()],
         buffer: 0,
         cap: None,
+        state: v1::LifecycleState::Active.into(),
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel) };
     config.upsert_channel(request).await.expect("upsert channel");

@@ -29,7 +29,7 @@ async fn configure(atpd: &Atpd) {
         location_id: "dc-1".into(),
         kind: v1::LocationKind::Warehouse.into(),
         name: "warehouse".into(),
-        active: true,
+        state: v1::LifecycleState::Active.into(),
         ..Default::default()
     };
     let mut config = atpd.config();
@@ -41,6 +41,7 @@ async fn configure(atpd: &Atpd) {
         location_ids: vec!["dc-1".into()],
         buffer: 0,
         cap: None,
+        state: v1::LifecycleState::Active.into(),
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel) };
     config.upsert_channel(request).await.expect("upsert channel");

@@ -207,11 +207,13 @@ impl ShardState {
         let Some(channel) = catalog.channels.get(channel_id) else {
             return Err(CoreError::invalid("channel_id", format!("unknown channel {channel_id}")));
         };
+        // The catalog may have changed since the node checked the request.
+        reservation.request.check_active(catalog)?;
         let mut per_sku: BTreeMap<&Sku, i64> = BTreeMap::new();
         for line in lines {
-            if !catalog.is_active(&line.location) {
+            if !catalog.locations.contains_key(&line.location) {
                 return Err(CoreError::FailedPrecondition(format!(
-                    "location {} is inactive or unknown; it takes no holds",
+                    "location {} is unknown; it takes no holds",
                     line.location
                 )));
             }

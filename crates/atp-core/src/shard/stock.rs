@@ -5,7 +5,7 @@ use super::{Deadline, MAX_COUNT_SKEW_MS, ShardState};
 use crate::availability::LocationAvailability;
 use crate::catalog::Catalog;
 use crate::error::CoreError;
-use crate::events::{StockEvent, StockEventKind};
+use crate::events::{COUNTED_NOW, StockEvent, StockEventKind};
 use crate::ids::{EventId, LocationId, MAX_POSITION_UNITS, ReservationId, Sku};
 use crate::ledger::LedgerKind;
 use crate::position::{Deltas, Position};
@@ -81,8 +81,11 @@ impl ShardState {
                     event.id
                 )));
             }
-            let position =
+            let mut position =
                 LocationAvailability::of(&event.location, &memo.position, memo.safety_stock);
+            if !catalog.is_active(&event.location) {
+                position.atp = 0;
+            }
             return Ok(EventApplied { position, duplicate: true, notice: None });
         }
         let (sku, location) = (&event.sku, &event.location);
@@ -144,6 +147,9 @@ impl ShardState {
                 }
             }
             StockEventKind::Counted { on_hand, as_of_ms } => {
+                // 0 (no as_of given) is a count taken now. The event keeps
+                // its 0, so a retry has the same payload and is a DUPLICATE.
+                let as_of_ms = &if *as_of_ms == COUNTED_NOW { now } else { *as_of_ms };
                 if *as_of_ms > now + MAX_COUNT_SKEW_MS {
                     return Err(CoreError::invalid(
                         "counted.as_of_ms",
@@ -242,7 +248,7 @@ impl ShardState {
         let state = self.position_mut(sku, location);
         let safety_stock = catalog.safety_stock(location);
         let position = state.position.clone();
-        let after = LocationAvailability::of(location, &position, safety_stock);
+        let after = LocationAvailability::in_catalog(location, &position, catalog);
         let retention_ms = self.settings.retention_ms;
         let memo = EventMemo {
             fingerprint: fingerprint(event),

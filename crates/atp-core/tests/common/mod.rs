@@ -85,7 +85,7 @@ pub fn catalog() -> Catalog {
             safety_stock,
             daily_capacity: 0,
             shipping_cost: 1.0,
-            active: true,
+            state: atp_core::catalog::Lifecycle::Active,
         };
         catalog.upsert_location(location).expect("valid location");
     }
@@ -95,6 +95,7 @@ pub fn catalog() -> Catalog {
         locations: vec![location("loc-north"), location("loc-central")],
         buffer: 0,
         cap: None,
+        state: atp_core::catalog::Lifecycle::Active,
     };
     let market = Channel {
         id: channel(MARKET),
@@ -102,6 +103,7 @@ pub fn catalog() -> Catalog {
         locations: vec![location("loc-central"), location("loc-south")],
         buffer: MARKET_BUFFER,
         cap: Some(MARKET_CAP),
+        state: atp_core::catalog::Lifecycle::Active,
     };
     catalog.upsert_channel(web).expect("valid channel");
     catalog.upsert_channel(market).expect("valid channel");

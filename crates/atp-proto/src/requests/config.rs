@@ -1,14 +1,29 @@
 //! UpsertLocation and UpsertChannel → domain configuration.
 
 use atp_core::CoreError;
-use atp_core::catalog::{Channel, Location, LocationKind, MAX_LOCATIONS_PER_CHANNEL};
+use atp_core::catalog::{Channel, Lifecycle, Location, LocationKind, MAX_LOCATIONS_PER_CHANNEL};
 use atp_core::ids::{ChannelId, LocationId};
 
 use super::{Violations, parse_ids, within_count};
 use crate::v1;
 
+/// A lifecycle state: UNSPECIFIED (omitted) means ACTIVE; an unknown number
+/// is refused.
+fn lifecycle(violations: &mut Violations, field: &str, state: i32) -> Option<Lifecycle> {
+    match v1::LifecycleState::try_from(state) {
+        Ok(v1::LifecycleState::Unspecified | v1::LifecycleState::Active) => Some(Lifecycle::Active),
+        Ok(v1::LifecycleState::Paused) => Some(Lifecycle::Paused),
+        Ok(v1::LifecycleState::Retired) => Some(Lifecycle::Retired),
+        Err(_) => {
+            violations.push(field, format!("{state} is not a known lifecycle state"));
+            None
+        }
+    }
+}
+
 /// UpsertLocation. `LOCATION_KIND_UNSPECIFIED` means a warehouse (the
-/// domain's default kind); an unknown kind number is refused.
+/// domain's default kind); an unknown kind number is refused. The state
+/// decides whether it is active; the deprecated `active` flag is ignored.
 pub fn parse_location(message: v1::UpsertLocationRequest) -> Result<Location, CoreError> {
     let Some(location) = message.location else {
         return Err(CoreError::invalid("location", "must be set"));
@@ -27,6 +42,7 @@ pub fn parse_location(message: v1::UpsertLocationRequest) -> Result<Location, Co
             None
         }
     };
+    let state = lifecycle(&mut violations, "location.state", location.state);
     // `Location::validate` checks the other fields and never looks at the id,
     // so a stand-in id lets one answer report a bad id and bad numbers together.
     let stand_in = || LocationId::parse("location.location_id", "-").expect("a valid stand-in id");
@@ -39,14 +55,14 @@ pub fn parse_location(message: v1::UpsertLocationRequest) -> Result<Location, Co
         safety_stock: location.safety_stock,
         daily_capacity: location.daily_capacity,
         shipping_cost: location.shipping_cost,
-        active: location.active,
+        state: state.unwrap_or_default(),
     };
     match candidate.validate("location") {
         Ok(()) => {}
         Err(CoreError::InvalidArgument(found)) => violations.extend(found),
         Err(other) => return Err(other),
     }
-    let location = (id.is_some() && kind.is_some()).then_some(candidate);
+    let location = (id.is_some() && kind.is_some() && state.is_some()).then_some(candidate);
     violations.finish(location)
 }
 
@@ -73,13 +89,15 @@ pub fn parse_channel(message: v1::UpsertChannelRequest) -> Result<Channel, CoreE
             LocationId::parse,
         );
     }
-    let parsed = match (id, locations) {
-        (Some(id), Some(locations)) => Some(Channel {
+    let state = lifecycle(&mut violations, "channel.state", channel.state);
+    let parsed = match (id, locations, state) {
+        (Some(id), Some(locations), Some(state)) => Some(Channel {
             id,
             name: channel.name,
             locations,
             buffer: channel.buffer,
             cap: channel.cap,
+            state,
         }),
         _ => None,
     };

@@ -1,7 +1,7 @@
 //! ApplyStockEvents → domain stock events.
 
 use atp_core::CoreError;
-use atp_core::events::{StockEvent, StockEventKind};
+use atp_core::events::{COUNTED_NOW, StockEvent, StockEventKind};
 use atp_core::ids::{
     EventId, LocationId, MAX_EVENT_QUANTITY, MAX_EVENTS_PER_BATCH, MAX_POSITION_UNITS,
     ReservationId, Sku, validate_event_quantity, validate_text,
@@ -91,8 +91,10 @@ fn parse_kind(
                     format!("is {}; must be 0..={MAX_POSITION_UNITS}", counted.on_hand),
                 );
             }
-            let as_of_ok =
-                timestamp(violations, &format!("{prefix}.counted.as_of_ms"), counted.as_of_ms);
+            // 0 (omitted) is a count as of now (`COUNTED_NOW`), resolved by
+            // the shard that applies it.
+            let as_of_ok = counted.as_of_ms == COUNTED_NOW
+                || timestamp(violations, &format!("{prefix}.counted.as_of_ms"), counted.as_of_ms);
             (on_hand_ok && as_of_ok).then_some(StockEventKind::Counted {
                 on_hand: counted.on_hand,
                 as_of_ms: counted.as_of_ms,

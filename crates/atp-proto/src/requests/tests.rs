@@ -1,3 +1,4 @@
+use atp_core::catalog::Lifecycle;
 use atp_core::events::StockEventKind;
 use atp_core::ids::{MAX_EVENTS_PER_BATCH, MAX_TTL_MS};
 
@@ -153,7 +154,7 @@ fn stock_events_name_the_bad_field_inside_the_kind() {
         event(1, None),
         event(2, Some(Kind::Received(v1::Received { quantity: 0 }))),
         event(3, Some(Kind::Shipped(v1::Shipped { quantity: 1, reservation_id: "r\n".into() }))),
-        event(4, Some(Kind::Counted(v1::Counted { on_hand: -1, as_of_ms: 0 }))),
+        event(4, Some(Kind::Counted(v1::Counted { on_hand: -1, as_of_ms: -5 }))),
         event(5, Some(Kind::Adjusted(v1::Adjusted { delta: 0, reason: "x".repeat(300) }))),
         event(6, Some(Kind::Adjusted(v1::Adjusted { delta: i64::MIN, reason: String::new() }))),
         event(
@@ -200,6 +201,7 @@ fn stock_events_convert_each_kind() {
         event(1, Some(Kind::Shipped(v1::Shipped { quantity: 2, reservation_id: String::new() }))),
         event(2, Some(Kind::Adjusted(v1::Adjusted { delta: -3, reason: "recount".into() }))),
         event(3, Some(Kind::Counted(v1::Counted { on_hand: 0, as_of_ms: 1 }))),
+        event(4, Some(Kind::Counted(v1::Counted { on_hand: 7, as_of_ms: 0 }))),
     ];
     let parsed = parse_stock_events(v1::ApplyStockEventsRequest { events }).expect("valid");
     let kinds: Vec<_> = parsed.into_iter().map(|event| event.kind).collect();
@@ -213,6 +215,8 @@ fn stock_events_convert_each_kind() {
             StockEventKind::Shipped { quantity: 2, reservation: None },
             StockEventKind::Adjusted { delta: -3, reason: "recount".into() },
             StockEventKind::Counted { on_hand: 0, as_of_ms: 1 },
+            // No as_of: a count as of now, resolved by the shard.
+            StockEventKind::Counted { on_hand: 7, as_of_ms: atp_core::events::COUNTED_NOW },
         ]
     );
 }
@@ -246,13 +250,53 @@ fn location_reports_id_and_numbers_together() {
         location: Some(v1::Location {
             location_id: "store-9".into(),
             kind: v1::LocationKind::Store.into(),
-            active: true,
             ..Default::default()
         }),
     };
     let location = parse_location(message).expect("valid");
     assert_eq!(location.kind, atp_core::catalog::LocationKind::Store);
-    assert!(location.active);
+    assert_eq!(location.state, Lifecycle::Active, "an omitted state means ACTIVE");
+}
+
+#[test]
+fn lifecycle_states_parse_and_the_old_flag_is_ignored() {
+    let location = |state: i32, active: bool| v1::UpsertLocationRequest {
+        location: Some(v1::Location {
+            location_id: "store-9".into(),
+            state,
+            active,
+            ..Default::default()
+        }),
+    };
+    let cases = [
+        (v1::LifecycleState::Unspecified, false, Lifecycle::Active),
+        (v1::LifecycleState::Active, false, Lifecycle::Active),
+        (v1::LifecycleState::Paused, true, Lifecycle::Paused),
+        (v1::LifecycleState::Retired, true, Lifecycle::Retired),
+    ];
+    for (state, active, expected) in cases {
+        let parsed = parse_location(location(state.into(), active)).expect("valid");
+        assert_eq!(parsed.state, expected, "{state:?} active={active}");
+    }
+    assert_eq!(fields(parse_location(location(9, true))), vec!["location.state"]);
+    let channel = |state: i32| v1::UpsertChannelRequest {
+        channel: Some(v1::Channel { channel_id: "web".into(), state, ..Default::default() }),
+    };
+    assert_eq!(parse_channel(channel(0)).expect("valid").state, Lifecycle::Active);
+    let paused = parse_channel(channel(v1::LifecycleState::Paused.into())).expect("valid");
+    assert_eq!(paused.state, Lifecycle::Paused);
+    assert_eq!(fields(parse_channel(channel(-1))), vec!["channel.state"]);
+    let shown = v1::Location::from(location_with(Lifecycle::Paused));
+    assert_eq!((shown.active, shown.state()), (false, v1::LifecycleState::Paused));
+    let shown = v1::Location::from(location_with(Lifecycle::Active));
+    assert_eq!((shown.active, shown.state()), (true, v1::LifecycleState::Active));
+}
+
+fn location_with(state: Lifecycle) -> atp_core::catalog::Location {
+    let message = v1::UpsertLocationRequest {
+        location: Some(v1::Location { location_id: "dc-1".into(), ..Default::default() }),
+    };
+    atp_core::catalog::Location { state, ..parse_location(message).expect("valid") }
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub async fn stock(node: &Node, stock: &[(&str, i64)]) {
         safety_stock: 0,
         daily_capacity: 0,
         shipping_cost: 0.0,
-        active: true,
+        state: atp_core::catalog::Lifecycle::Active,
     })
     .await
     .expect("location");
@@ -42,6 +42,7 @@ pub async fn stock(node: &Node, stock: &[(&str, i64)]) {
         locations: vec![loc("dc-1")],
         buffer: 0,
         cap: None,
+        state: atp_core::catalog::Lifecycle::Active,
     })
     .await
     .expect("channel");

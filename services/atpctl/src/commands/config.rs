@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
 use atp_proto::v1::{
-    Channel, ListChannelsRequest, ListLocationsRequest, Location, LocationKind,
+    Channel, LifecycleState, ListChannelsRequest, ListLocationsRequest, Location, LocationKind,
     UpsertChannelRequest, UpsertLocationRequest,
 };
 use serde_json::{Value, json};
@@ -25,6 +25,7 @@ pub async fn upsert_location(
         LocationKindArg::Store => LocationKind::Store,
         LocationKindArg::ThirdParty => LocationKind::ThirdParty,
     };
+    let state = args.state();
     let location = Location {
         location_id: args.id.to_string(),
         kind: kind as i32,
@@ -34,7 +35,8 @@ pub async fn upsert_location(
         safety_stock: args.safety_stock,
         daily_capacity: args.daily_capacity,
         shipping_cost: args.shipping_cost,
-        active: !args.inactive,
+        active: state == LifecycleState::Active,
+        state: state.into(),
     };
     let clients = context.connect().await?;
     let (stored, changed) = send_location(&clients, location).await?;
@@ -69,6 +71,7 @@ pub async fn upsert_channel(
         location_ids: args.locations,
         buffer: args.buffer,
         cap: args.cap,
+        state: LifecycleState::from(args.state).into(),
     };
     let clients = context.connect().await?;
     let (stored, changed) = send_channel(&clients, channel).await?;
@@ -220,6 +223,7 @@ pub fn location_json(location: &Location) -> Value {
         "daily_capacity": location.daily_capacity,
         "shipping_cost": location.shipping_cost,
         "active": location.active,
+        "state": state_name(location.state),
     })
 }
 
@@ -230,7 +234,18 @@ pub fn channel_json(channel: &Channel) -> Value {
         "locations": channel.location_ids,
         "buffer": channel.buffer,
         "cap": channel.cap,
+        "state": state_name(channel.state),
     })
+}
+
+/// A lifecycle state as the config file spells it (`active`, `paused`, `retired`).
+fn state_name(state: i32) -> String {
+    match LifecycleState::try_from(state) {
+        Ok(LifecycleState::Unspecified | LifecycleState::Active) => "active".to_owned(),
+        Ok(LifecycleState::Paused) => "paused".to_owned(),
+        Ok(LifecycleState::Retired) => "retired".to_owned(),
+        Err(_) => format!("state {state}"),
+    }
 }
 
 fn locations_table(locations: &[Location]) -> String {
@@ -243,7 +258,7 @@ fn locations_table(locations: &[Location]) -> String {
         "SAFETY>",
         "CAPACITY>",
         "COST>",
-        "ACTIVE",
+        "STATE",
     ]);
     for location in locations {
         table.row(vec![
@@ -255,14 +270,14 @@ fn locations_table(locations: &[Location]) -> String {
             location.safety_stock.to_string(),
             location.daily_capacity.to_string(),
             location.shipping_cost.to_string(),
-            if location.active { "yes" } else { "no" }.to_owned(),
+            state_name(location.state),
         ]);
     }
     table.render()
 }
 
 fn channels_table(channels: &[Channel]) -> String {
-    let mut table = Table::new(&["ID", "NAME", "LOCATIONS", "BUFFER>", "CAP>"]);
+    let mut table = Table::new(&["ID", "NAME", "LOCATIONS", "BUFFER>", "CAP>", "STATE"]);
     for channel in channels {
         table.row(vec![
             channel.channel_id.clone(),
@@ -270,6 +285,7 @@ fn channels_table(channels: &[Channel]) -> String {
             channel.location_ids.join(","),
             channel.buffer.to_string(),
             channel.cap.map_or_else(|| "-".to_owned(), |cap| cap.to_string()),
+            state_name(channel.state),
         ]);
     }
     table.render()
@@ -287,10 +303,11 @@ mod tests {
             location_ids: vec!["a".into(), "b".into()],
             buffer: 2,
             cap: None,
+            state: 0,
         };
         assert_eq!(
             channels_table(std::slice::from_ref(&channel)),
-            "ID   NAME  LOCATIONS  BUFFER  CAP\nweb  Web   a,b             2    -\n"
+            "ID   NAME  LOCATIONS  BUFFER  CAP  STATE\nweb  Web   a,b             2    -  active\n"
         );
         assert!(channel_json(&channel)["cap"].is_null());
     }
@@ -301,10 +318,11 @@ mod tests {
             location_id: "x".into(),
             kind: LocationKind::ThirdParty as i32,
             active: true,
+            state: LifecycleState::Paused.into(),
             ..Default::default()
         };
         let value = location_json(&location);
         assert_eq!(value["kind"], "3pl");
-        assert_eq!(value["active"], true);
+        assert_eq!((&value["active"], &value["state"]), (&json!(true), &json!("paused")));
     }
 }

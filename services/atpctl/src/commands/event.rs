@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 use super::availability::{POSITION_COLUMNS, position_cells, position_json};
 use crate::cli::{EventCommand, EventTarget};
 use crate::client::Context;
-use crate::format::{grpc_code, now_ms, stock_event_outcome};
+use crate::format::{grpc_code, stock_event_outcome};
 use crate::table::Table;
 
 pub async fn send(context: &Context, command: EventCommand) -> anyhow::Result<ExitCode> {
-    let event = to_event(command, now_ms());
+    let event = to_event(command);
     let event_id = event.event_id.clone();
     let clients = context.connect().await?;
     let response = clients
@@ -37,8 +37,10 @@ pub async fn send(context: &Context, command: EventCommand) -> anyhow::Result<Ex
     })
 }
 
-/// The event a command line describes; `now_ms` is a count's `as_of_ms` when none is given.
-fn to_event(command: EventCommand, now_ms: i64) -> StockEvent {
+/// The event a command line describes. A count without `--as-of-ms` is sent
+/// without a time (0): the node counts it as of when it applies it, and a
+/// repeat of the same command is the same payload (a DUPLICATE).
+fn to_event(command: EventCommand) -> StockEvent {
     let (target, kind) = match command {
         EventCommand::Received { target, quantity } => {
             (target, Kind::Received(Received { quantity }))
@@ -48,7 +50,7 @@ fn to_event(command: EventCommand, now_ms: i64) -> StockEvent {
             Kind::Shipped(Shipped { quantity, reservation_id: reservation.unwrap_or_default() }),
         ),
         EventCommand::Counted { target, on_hand, as_of_ms } => {
-            (target, Kind::Counted(Counted { on_hand, as_of_ms: as_of_ms.unwrap_or(now_ms) }))
+            (target, Kind::Counted(Counted { on_hand, as_of_ms: as_of_ms.unwrap_or(0) }))
         }
         EventCommand::Adjusted { target, delta, reason } => {
             (target, Kind::Adjusted(Adjusted { delta, reason }))
@@ -84,6 +86,8 @@ pub fn result_json(result: &StockEventResult) -> Value {
     if is_rejected(result) {
         value["error_code"] = json!(result.error_code);
         value["error_name"] = json!(format!("{:?}", tonic::Code::from(result.error_code)));
+        value["error_code_name"] = json!(result.error_code_name);
+        value["error_reason"] = json!(result.error_reason);
         value["error_message"] = json!(result.error_message);
     }
     value
@@ -128,23 +132,23 @@ mod tests {
     }
 
     #[test]
-    fn a_count_without_as_of_is_as_of_now() {
+    fn a_count_without_as_of_is_sent_without_a_time() {
         let event =
-            to_event(EventCommand::Counted { target: target(), on_hand: 7, as_of_ms: None }, 42);
+            to_event(EventCommand::Counted { target: target(), on_hand: 7, as_of_ms: None });
         assert_eq!(
             (event.event_id.as_str(), event.sku.as_str(), event.location_id.as_str()),
             ("e1", "s", "l")
         );
-        assert_eq!(event.kind, Some(Kind::Counted(Counted { on_hand: 7, as_of_ms: 42 })));
+        assert_eq!(event.kind, Some(Kind::Counted(Counted { on_hand: 7, as_of_ms: 0 })));
         let event =
-            to_event(EventCommand::Counted { target: target(), on_hand: 7, as_of_ms: Some(5) }, 42);
+            to_event(EventCommand::Counted { target: target(), on_hand: 7, as_of_ms: Some(5) });
         assert_eq!(event.kind, Some(Kind::Counted(Counted { on_hand: 7, as_of_ms: 5 })));
     }
 
     #[test]
     fn a_shipment_without_reservation_sends_an_empty_id() {
         let event =
-            to_event(EventCommand::Shipped { target: target(), quantity: 2, reservation: None }, 0);
+            to_event(EventCommand::Shipped { target: target(), quantity: 2, reservation: None });
         assert_eq!(
             event.kind,
             Some(Kind::Shipped(Shipped { quantity: 2, reservation_id: String::new() }))

@@ -80,6 +80,8 @@ pub async fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitC
                         "location_id": row.location_id,
                         "error_code": result.error_code,
                         "error_name": format!("{:?}", tonic::Code::from(result.error_code)),
+                        "error_code_name": result.error_code_name,
+                        "error_reason": result.error_reason,
                         "error_message": result.error_message,
                     })
                 })

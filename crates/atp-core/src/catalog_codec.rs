@@ -1,0 +1,189 @@
+//! The catalog as bytes for the store, in a versioned format that still
+//! reads the catalogs older atpd versions saved.
+//!
+//! - **Version 1** (no header): postcard of the catalog as it was before
+//!   lifecycles, a location carrying `active: bool` and a channel no state.
+//!   It loads with `active = true` as ACTIVE and `active = false` as PAUSED
+//!   (what it meant: no holds, stock kept), every channel ACTIVE.
+//! - **Version 2**: a header of ten 0xFF bytes (`HEADER`), a version byte (2), then postcard of
+//!   [`Catalog`]. A version-1 body can never start with the header: postcard
+//!   begins it with the number of locations as a varint, and ten bytes of
+//!   0xFF are not a valid varint of a `u64`.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::{Catalog, Channel, Lifecycle, Location, LocationKind};
+use crate::ids::{ChannelId, LocationId};
+
+/// Marks a versioned catalog; never the start of a version-1 body.
+const HEADER: [u8; 10] = [0xFF; 10];
+/// The version [`encode_catalog`] writes.
+const VERSION: u8 = 2;
+
+/// Why stored catalog bytes could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogDecodeError {
+    /// A version this build does not know (written by a newer atpd).
+    #[error("catalog format version {0} is unknown; this atpd reads versions 1 and 2")]
+    UnknownVersion(u8),
+    /// The bytes are not a catalog of their version.
+    #[error("catalog format version {version} does not decode")]
+    Malformed {
+        /// The version the bytes claimed (1 when headerless).
+        version: u8,
+        /// What postcard said.
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+/// The catalog as stored (the newest version).
+pub fn encode_catalog(catalog: &Catalog) -> Vec<u8> {
+    let mut bytes = HEADER.to_vec();
+    bytes.push(VERSION);
+    let body = postcard::to_stdvec(catalog).expect("a catalog always encodes");
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// A stored catalog of any version this build knows.
+pub fn decode_catalog(bytes: &[u8]) -> Result<Catalog, CatalogDecodeError> {
+    let Some(rest) = bytes.strip_prefix(&HEADER) else {
+        let legacy: CatalogV1 = postcard::from_bytes(bytes)
+            .map_err(|source| CatalogDecodeError::Malformed { version: 1, source })?;
+        return Ok(legacy.into());
+    };
+    match rest.split_first() {
+        Some((&VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|source| CatalogDecodeError::Malformed { version: VERSION, source }),
+        Some((&other, _)) => Err(CatalogDecodeError::UnknownVersion(other)),
+        None => Err(CatalogDecodeError::UnknownVersion(0)),
+    }
+}
+
+/// Version 1, field for field (postcard depends on the order).
+#[derive(serde::Deserialize)]
+struct CatalogV1 {
+    locations: BTreeMap<LocationId, LocationV1>,
+    channels: BTreeMap<ChannelId, ChannelV1>,
+}
+
+#[derive(serde::Deserialize)]
+struct LocationV1 {
+    id: LocationId,
+    kind: LocationKind,
+    name: String,
+    latitude: f64,
+    longitude: f64,
+    safety_stock: i64,
+    daily_capacity: i64,
+    shipping_cost: f64,
+    active: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct ChannelV1 {
+    id: ChannelId,
+    name: String,
+    locations: Vec<LocationId>,
+    buffer: i64,
+    cap: Option<i64>,
+}
+
+impl From<CatalogV1> for Catalog {
+    fn from(legacy: CatalogV1) -> Self {
+        let locations = legacy
+            .locations
+            .into_iter()
+            .map(|(id, old)| {
+                let state = if old.active { Lifecycle::Active } else { Lifecycle::Paused };
+                let location = Location {
+                    id: old.id,
+                    kind: old.kind,
+                    name: old.name,
+                    latitude: old.latitude,
+                    longitude: old.longitude,
+                    safety_stock: old.safety_stock,
+                    daily_capacity: old.daily_capacity,
+                    shipping_cost: old.shipping_cost,
+                    state,
+                };
+                (id, location)
+            })
+            .collect();
+        let channels = legacy
+            .channels
+            .into_iter()
+            .map(|(id, old)| {
+                let channel = Channel {
+                    id: old.id,
+                    name: old.name,
+                    locations: old.locations,
+                    buffer: old.buffer,
+                    cap: old.cap,
+                    state: Lifecycle::Active,
+                };
+                (id, channel)
+            })
+            .collect();
+        Catalog { locations, channels }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog saved by atpd before lifecycles (commit fcd6c4b): locations
+    /// `dc-on` (active) and `dc-off` (inactive), channel `web` over both.
+    const VERSION_1_CATALOG: &str = "020664632d6f66660664632d6f6666010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f000564632d6f6e0564632d6f6e010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f0101037765620377656203576562020564632d6f6e0664632d6f666604010e";
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn location(id: &str) -> LocationId {
+        LocationId::parse("location", id).expect("a valid id")
+    }
+
+    #[test]
+    fn a_version_1_catalog_still_loads() {
+        let catalog = decode_catalog(&unhex(VERSION_1_CATALOG)).expect("version 1 loads");
+        let on = &catalog.locations[&location("dc-on")];
+        let off = &catalog.locations[&location("dc-off")];
+        assert_eq!((on.state, off.state), (Lifecycle::Active, Lifecycle::Paused));
+        assert_eq!(
+            (on.kind, on.name.as_str(), on.safety_stock),
+            (LocationKind::Store, "Store 12", 3)
+        );
+        assert_eq!((on.latitude, on.longitude, on.daily_capacity), (1.5, -2.25, 40));
+        let web = catalog.channels.values().next().expect("one channel");
+        assert_eq!((web.buffer, web.cap, web.state), (2, Some(7), Lifecycle::Active));
+        assert_eq!(web.locations, vec![location("dc-on"), location("dc-off")]);
+    }
+
+    #[test]
+    fn the_current_version_round_trips() {
+        let mut catalog = decode_catalog(&unhex(VERSION_1_CATALOG)).expect("version 1 loads");
+        catalog.locations.get_mut(&location("dc-off")).expect("dc-off").state = Lifecycle::Retired;
+        let web = catalog.channels.values_mut().next().expect("one channel");
+        web.state = Lifecycle::Paused;
+        let bytes = encode_catalog(&catalog);
+        assert!(bytes.starts_with(&HEADER));
+        let back = decode_catalog(&bytes).expect("decodes");
+        assert_eq!(back.locations, catalog.locations);
+        assert_eq!(back.channels, catalog.channels);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_errors() {
+        let mut newer = HEADER.to_vec();
+        newer.push(3);
+        assert!(matches!(decode_catalog(&newer), Err(CatalogDecodeError::UnknownVersion(3))));
+        assert!(decode_catalog(&[0x05, 0x01]).is_err());
+        assert!(decode_catalog(&HEADER).is_err());
+    }
+}
