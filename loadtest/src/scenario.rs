@@ -132,6 +132,7 @@ impl Worker {
                 })
                 .collect(),
             ttl_seconds: ttl_s,
+            metadata: None,
         }
     }
 

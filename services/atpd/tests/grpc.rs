@@ -72,6 +72,7 @@ fn reserve_request(id: &str, lines: Vec<v1::ReservationLine>) -> v1::ReserveRequ
         channel_id: "web".into(),
         lines,
         ttl_seconds: 0,
+        metadata: None,
     }
 }
 
@@ -368,8 +369,11 @@ async fn commit_cancel_extend_and_the_admin_view() {
         .into_inner()
         .reservation
         .expect("a reservation");
-    let extend =
-        v1::ExtendReservationRequest { reservation_id: "order-2".into(), ttl_seconds: 600 };
+    let extend = v1::ExtendReservationRequest {
+        reservation_id: "order-2".into(),
+        ttl_seconds: 600,
+        ..Default::default()
+    };
     let extended = client.extend_reservation(extend).await.expect("extend").into_inner();
     let extended = extended.reservation.expect("a reservation");
     assert_eq!(extended.state(), v1::ReservationState::Held);

@@ -264,8 +264,13 @@ impl World {
                     })
                     .collect();
                 let ttl_ms = TTLS_MS[*ttl as usize % TTLS_MS.len()];
-                let request =
-                    ReserveRequest { id, channel: crate::common::channel(channel), lines, ttl_ms };
+                let request = ReserveRequest {
+                    id,
+                    channel: crate::common::channel(channel),
+                    lines,
+                    ttl_ms,
+                    metadata: Default::default(),
+                };
                 self.reserve(request)?;
             }
             Action::Retry { id } => {
@@ -377,7 +382,9 @@ impl World {
                     self.network.push(Message::Hold { shard, op });
                 }
             }
-            Ok(Begin::Replay(view)) => {
+            Ok(Begin::Replay(reply)) => {
+                prop_assert!(reply.is_replay(), "a replay says so");
+                let view = reply.reservation;
                 // The first answer: that of an incarnation of this payload.
                 let first = self.begun.get(&id).into_iter().flatten().any(|inc| {
                     *inc.request == request
