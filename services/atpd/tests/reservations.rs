@@ -402,3 +402,39 @@ async fn a_scan_under_concurrent_writes_shows_every_survivor_exactly_once() {
         assert!(unique.contains(id), "{id} lived through the scan and was not shown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_a_keyed_extend_survive_sigkill() {
+    let data = tempfile::tempdir().expect("data directory");
+    let mut atpd = Atpd::start_in(data.path(), &[]).await;
+    configure(&atpd).await;
+    receive(&atpd, "tee", "dc-1", 10).await;
+    let mut client = atpd.availability();
+    let labelled = metadata("cart-1", &[("team", "b")]);
+    let request = reserve("order-1", "tee", "dc-1", Some(labelled.clone()));
+    client.reserve(request.clone()).await.expect("reserved");
+    let extend = v1::ExtendReservationRequest {
+        reservation_id: "order-1".into(),
+        ttl_seconds: 600,
+        request_id: "ext-1".into(),
+    };
+    let extended = client.extend_reservation(extend.clone()).await.expect("extended").into_inner();
+
+    atpd.kill();
+    let atpd = Atpd::start_in(data.path(), &[]).await;
+    let mut client = atpd.availability();
+    let get = v1::GetReservationRequest { reservation_id: "order-1".into() };
+    let found = client.get_reservation(get).await.expect("found").into_inner().reservation;
+    assert_eq!(found.and_then(|r| r.metadata), Some(labelled.clone()));
+    let again = client.extend_reservation(extend).await.expect("replayed").into_inner();
+    assert!(again.replayed, "the keyed Extend is remembered across the crash");
+    assert_eq!(again.reservation, extended.reservation);
+    let replay = client.reserve(request).await.expect("replayed").into_inner();
+    assert!(replay.replayed);
+    let listed = scan(
+        &atpd,
+        v1::ListReservationsRequest { order_id: "cart-1".into(), ..Default::default() },
+    )
+    .await;
+    assert_eq!(ids(&listed), vec!["order-1".to_owned()]);
+}
