@@ -127,6 +127,7 @@ impl Worker {
                 })
                 .collect(),
             ttl_seconds: ttl_s,
+            metadata: None,
         }
     }
 

@@ -136,6 +136,7 @@ impl Pairs {
                         quantity: 1,
                     }],
                     ttl_ms: HOLD_TTL_MS,
+                    metadata: Default::default(),
                 }
             })
             .collect()

@@ -25,6 +25,12 @@ pub const MAX_EVENTS_PER_BATCH: usize = 1_000;
 pub const MAX_SKUS_PER_QUERY: usize = 1_000;
 /// Longest free-text field (reasons, names), in UTF-8 bytes.
 pub const MAX_TEXT_BYTES: usize = 256;
+/// Most labels on one reservation's metadata.
+pub const MAX_LABELS_PER_RESERVATION: usize = 8;
+/// Longest label key, in bytes (`[A-Za-z0-9_.-]`, not empty).
+pub const MAX_LABEL_KEY_BYTES: usize = 64;
+/// Longest label value, in UTF-8 bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 128;
 
 /// Checks the common id rules: non-empty, at most [`MAX_ID_BYTES`], no
 /// control characters, no invisible or bidirectional formatting characters

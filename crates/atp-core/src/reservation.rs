@@ -1,11 +1,15 @@
 //! Reservation requests, states and the views returned to callers.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::catalog::Catalog;
 use crate::error::{CoreError, FieldViolation};
 use crate::hash::shard_of;
-use crate::ids::{ChannelId, LocationId, MAX_LINES_PER_RESERVATION, ReservationId, Sku};
+use crate::ids::{
+    ChannelId, LocationId, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS_PER_RESERVATION,
+    MAX_LINES_PER_RESERVATION, ReservationId, Sku, validate_id,
+};
 
 /// Where a reservation is in its life.
 ///
@@ -65,6 +69,70 @@ pub struct ReserveLine {
     pub quantity: i64,
 }
 
+/// Caller data kept with a reservation and shown with it: the caller's
+/// order or cart id and a few labels (limits in [`crate::ids`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Metadata {
+    /// The caller's order or cart id; empty for none.
+    pub order_id: String,
+    /// Labels, by key (sorted, so equal metadata encodes equally).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// True when nothing was given.
+    pub fn is_empty(&self) -> bool {
+        self.order_id.is_empty() && self.labels.is_empty()
+    }
+
+    /// Checks the limits; `field` is the path of the metadata in the request.
+    pub fn validate(&self, field: &str) -> Vec<FieldViolation> {
+        let mut violations = Vec::new();
+        if !self.order_id.is_empty()
+            && let Err(violation) = validate_id(&format!("{field}.order_id"), &self.order_id)
+        {
+            violations.push(violation);
+        }
+        violations.extend(validate_labels(&format!("{field}.labels"), &self.labels));
+        violations
+    }
+
+    /// Whether every label of `wanted` is on this metadata with the same value.
+    pub fn has_labels(&self, wanted: &BTreeMap<String, String>) -> bool {
+        wanted.iter().all(|(key, value)| self.labels.get(key) == Some(value))
+    }
+}
+
+/// Checks a set of labels against the limits (count, key and value sizes).
+pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Vec<FieldViolation> {
+    let mut violations = Vec::new();
+    if labels.len() > MAX_LABELS_PER_RESERVATION {
+        violations.push(FieldViolation::new(
+            field,
+            format!("has {}; the limit is {MAX_LABELS_PER_RESERVATION}", labels.len()),
+        ));
+        return violations;
+    }
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_KEY_BYTES
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !key_ok {
+            violations.push(FieldViolation::new(
+                format!("{field}[{key:?}]"),
+                format!("keys are 1..={MAX_LABEL_KEY_BYTES} bytes of [A-Za-z0-9_.-]"),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES || value.chars().any(char::is_control) {
+            violations.push(FieldViolation::new(
+                format!("{field}[{key:?}]"),
+                format!("values are at most {MAX_LABEL_VALUE_BYTES} bytes, no control characters"),
+            ));
+        }
+    }
+    violations
+}
+
 /// A validated Reserve.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReserveRequest {
@@ -76,6 +144,11 @@ pub struct ReserveRequest {
     pub lines: Vec<ReserveLine>,
     /// Hold lifetime.
     pub ttl_ms: i64,
+    /// Caller data. Part of the payload (a retry must repeat it). Not in
+    /// this struct's serde encoding, whose layout data already written
+    /// fixes: the shard stores it after the record (`shard::persist`).
+    #[serde(skip)]
+    pub metadata: Metadata,
 }
 
 impl ReserveRequest {
@@ -207,4 +280,63 @@ pub struct ReservationView {
     pub expires_at_ms: i64,
     /// When it ended (ms), 0 while open.
     pub ended_at_ms: i64,
+    /// The caller's data, as given by the Reserve.
+    pub metadata: Metadata,
+}
+
+/// Which reservations ListReservations shows: every condition set must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReservationFilter {
+    /// Only those with a line of this SKU (at `location`, if that is set too).
+    pub sku: Option<Sku>,
+    /// Only those with a line at this location.
+    pub location: Option<LocationId>,
+    /// Only those of this channel.
+    pub channel: Option<ChannelId>,
+    /// Only those in one of these states (empty: any).
+    pub states: Vec<ReservationState>,
+    /// Only those whose metadata has this order id.
+    pub order_id: Option<String>,
+    /// Only those whose metadata has every one of these labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where a ListReservations scan stands: reservations are visited in
+/// (home shard, id) order, and this is the last one visited, so
+/// reservations created or forgotten meanwhile never shift the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPosition {
+    /// The home shard being read.
+    pub shard: u32,
+    /// The last id read on it; `None` to start at the shard's first.
+    pub after: Option<ReservationId>,
+}
+
+/// What an operation on a reservation answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The answer. For a replay (the operation was done before: a retry),
+    /// the answer the first call got.
+    pub reservation: ReservationView,
+    /// For a replay, the reservation as it stands now (the first answer may
+    /// be stale: a replayed Reserve of a since released reservation).
+    /// `None` when this call did the work.
+    pub current: Option<ReservationView>,
+}
+
+impl Reply {
+    /// An answer to a call that did the work.
+    pub fn first(reservation: ReservationView) -> Self {
+        Self { reservation, current: None }
+    }
+
+    /// An answer to a retry: the first answer and the reservation now.
+    pub fn replayed(reservation: ReservationView, current: ReservationView) -> Self {
+        Self { reservation, current: Some(current) }
+    }
+
+    /// Whether this answered a retry.
+    pub fn is_replay(&self) -> bool {
+        self.current.is_some()
+    }
 }

@@ -45,6 +45,10 @@ impl From<ReservationView> for v1::Reservation {
             created_at_ms: view.created_at_ms,
             expires_at_ms: view.expires_at_ms,
             ended_at_ms: view.ended_at_ms,
+            metadata: (!view.metadata.is_empty()).then(|| v1::ReservationMetadata {
+                order_id: view.metadata.order_id,
+                labels: view.metadata.labels.into_iter().collect(),
+            }),
         }
     }
 }
@@ -190,8 +194,15 @@ mod tests {
             created_at_ms: 10,
             expires_at_ms: 20,
             ended_at_ms: 0,
+            metadata: atp_core::reservation::Metadata {
+                order_id: "o-1".into(),
+                labels: [("cart".to_owned(), "c-1".to_owned())].into(),
+            },
         };
         let message = v1::Reservation::from(view);
+        let metadata = message.metadata.clone().expect("metadata is shown");
+        assert_eq!(metadata.order_id, "o-1");
+        assert_eq!(metadata.labels.get("cart").map(String::as_str), Some("c-1"));
         assert_eq!(message.reservation_id, "r-1");
         assert_eq!(message.channel_id, "web");
         assert_eq!(message.state(), v1::ReservationState::Committed);

@@ -1,10 +1,11 @@
 //! `atp.v1.AvailabilityService` over a [`Node`].
 
 use atp_core::CoreError;
-use atp_core::reservation::ReserveRequest;
+use atp_core::reservation::{Reply, ReserveRequest};
 use atp_core::shard::EventApplied;
 use atp_proto::requests::{
-    parse_availability_query, parse_commit, parse_extend, parse_reservation_id, parse_reserve,
+    encode_list_token, parse_availability_query, parse_commit, parse_extend,
+    parse_get_reservations, parse_list_reservations, parse_reservation_id, parse_reserve,
     parse_reserve_batch, parse_stock_events, within_item,
 };
 use atp_proto::v1;
@@ -41,11 +42,8 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ReserveResponse>, Status> {
         let request =
             parse_reserve(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
-        let view = self.node.reserve(request).await.map_err(node_status)?;
-        Ok(Response::new(v1::ReserveResponse {
-            reservation: Some(view.into()),
-            epoch: SINGLE_NODE_EPOCH,
-        }))
+        let reply = self.node.reserve(request).await.map_err(node_status)?;
+        Ok(Response::new(reserved(reply)))
     }
 
     async fn commit(
@@ -53,10 +51,13 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
         let commit = parse_commit(request.into_inner()).map_err(status_of)?;
-        let view = self.node.commit(commit.id, commit.lines).await.map_err(node_status)?;
+        let reply = self.node.commit(commit.id, commit.lines).await.map_err(node_status)?;
+        let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::CommitResponse {
-            reservation: Some(view.into()),
+            reservation,
             epoch: SINGLE_NODE_EPOCH,
+            replayed,
+            current,
         }))
     }
 
@@ -65,10 +66,13 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
         let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
-        let view = self.node.release(id).await.map_err(node_status)?;
+        let reply = self.node.release(id).await.map_err(node_status)?;
+        let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::ReleaseResponse {
-            reservation: Some(view.into()),
+            reservation,
             epoch: SINGLE_NODE_EPOCH,
+            replayed,
+            current,
         }))
     }
 
@@ -77,10 +81,13 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Status> {
         let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
-        let view = self.node.cancel(id).await.map_err(node_status)?;
+        let reply = self.node.cancel(id).await.map_err(node_status)?;
+        let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::CancelResponse {
-            reservation: Some(view.into()),
+            reservation,
             epoch: SINGLE_NODE_EPOCH,
+            replayed,
+            current,
         }))
     }
 
@@ -90,10 +97,17 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ExtendReservationResponse>, Status> {
         let extend =
             parse_extend(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
-        let view = self.node.extend(extend.id, extend.ttl_ms).await.map_err(node_status)?;
+        let reply = self
+            .node
+            .extend(extend.id, extend.ttl_ms, extend.request_id)
+            .await
+            .map_err(node_status)?;
+        let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::ExtendReservationResponse {
-            reservation: Some(view.into()),
+            reservation,
             epoch: SINGLE_NODE_EPOCH,
+            replayed,
+            current,
         }))
     }
 
@@ -147,6 +161,44 @@ impl AvailabilityService for AvailabilityApi {
         let results = reserve_all(&self.node, items).await?;
         Ok(Response::new(v1::ReserveBatchResponse { results }))
     }
+
+    async fn get_reservations(
+        &self,
+        request: Request<v1::GetReservationsRequest>,
+    ) -> Result<Response<v1::GetReservationsResponse>, Status> {
+        let ids = parse_get_reservations(request.into_inner()).map_err(status_of)?;
+        let answers = self.node.get_reservations(ids).await.map_err(node_status)?;
+        let results = answers
+            .into_iter()
+            .map(|answer| {
+                let outcome = match answer {
+                    Ok(view) => v1::get_reservation_result::Outcome::Reservation(view.into()),
+                    Err(error) => {
+                        v1::get_reservation_result::Outcome::Error(rpc_status(&node_status(error)))
+                    }
+                };
+                v1::GetReservationResult { outcome: Some(outcome) }
+            })
+            .collect();
+        Ok(Response::new(v1::GetReservationsResponse { results, epoch: SINGLE_NODE_EPOCH }))
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<v1::ListReservationsRequest>,
+    ) -> Result<Response<v1::ListReservationsResponse>, Status> {
+        let query = parse_list_reservations(request.into_inner()).map_err(status_of)?;
+        let page = self
+            .node
+            .list_reservations(query.filter, query.from, query.page_size)
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(v1::ListReservationsResponse {
+            reservations: page.reservations.into_iter().map(Into::into).collect(),
+            next_page_token: page.next.as_ref().map(encode_list_token).unwrap_or_default(),
+            epoch: SINGLE_NODE_EPOCH,
+        }))
+    }
 }
 
 /// Runs every well-formed item's Reserve on the node together (one message
@@ -187,8 +239,17 @@ async fn reserve_all(
         .collect())
 }
 
-fn reserved(view: atp_core::reservation::ReservationView) -> v1::ReserveResponse {
-    v1::ReserveResponse { reservation: Some(view.into()), epoch: SINGLE_NODE_EPOCH }
+fn reserved(reply: Reply) -> v1::ReserveResponse {
+    let (reservation, replayed, current) = reply_fields(reply);
+    v1::ReserveResponse { reservation, epoch: SINGLE_NODE_EPOCH, replayed, current }
+}
+
+/// A reply's `reservation`, `replayed` and `current` fields.
+pub(crate) fn reply_fields(
+    reply: Reply,
+) -> (Option<v1::Reservation>, bool, Option<v1::Reservation>) {
+    let replayed = reply.is_replay();
+    (Some(reply.reservation.into()), replayed, reply.current.map(Into::into))
 }
 
 /// An item's node error as the status a unary Reserve would get, with the

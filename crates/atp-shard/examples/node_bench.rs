@@ -99,6 +99,7 @@ fn main() {
                                 quantity: 1,
                             }],
                             ttl_ms: 600_000,
+                            metadata: Default::default(),
                         };
                         let sent = Instant::now();
                         node.reserve(request).await.expect("reserved");

@@ -128,6 +128,7 @@ fn fill(store: &dyn Store, positions: usize, holds: usize, checkpoint: bool) {
                 quantity: 1,
             }],
             ttl_ms: 24 * 60 * 60 * 1000,
+            metadata: Default::default(),
         };
         let home = shard_of(request.id.as_str());
         let begun =

@@ -52,8 +52,7 @@ pub(crate) struct Shared {
 /// A Reserve being worked on, and where its answer will appear.
 pub(crate) struct InFlight {
     pub(crate) request: Arc<atp_core::reservation::ReserveRequest>,
-    pub(crate) answer:
-        watch::Receiver<Option<Result<atp_core::reservation::ReservationView, NodeError>>>,
+    pub(crate) answer: watch::Receiver<Option<Result<atp_core::reservation::Reply, NodeError>>>,
 }
 
 /// Asks an actor for its state between two batches.

@@ -17,8 +17,10 @@ mod clock;
 mod committer;
 mod error;
 mod node;
+mod reservations;
 
 pub use clock::Clock;
 pub use committer::CommitterStats;
 pub use error::NodeError;
 pub use node::{CheckpointRound, Node, NodeConfig, RecoveryStats, SINGLE_NODE_EPOCH, ShardInfo};
+pub use reservations::{MAX_RESERVATIONS_READ_PER_PAGE, ReservationPage};

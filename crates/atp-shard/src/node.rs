@@ -15,7 +15,7 @@ use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, LocationId, MAX_SKUS_PER_QUERY, ReservationId, Sku};
 use atp_core::ledger::LedgerEntry;
 use atp_core::location_map::LocationMap;
-use atp_core::reservation::{CommitLine, ReservationView, ReserveRequest};
+use atp_core::reservation::{CommitLine, Reply, ReservationView, ReserveRequest};
 use atp_core::shard::{Begin, EventApplied, LineOp, ShardSettings, ShardState, ShardStats};
 use atp_core::shard::{RecoveryReport, recover};
 use atp_store::{LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError};
@@ -545,7 +545,7 @@ impl Node {
         self.shared.committer.as_ref().map(|committer| Arc::clone(&committer.stats))
     }
 
-    fn check_ready(&self) -> Result<(), NodeError> {
+    pub(crate) fn check_ready(&self) -> Result<(), NodeError> {
         if self.is_ready() { Ok(()) } else { Err(NodeError::Recovering) }
     }
 
@@ -581,12 +581,12 @@ impl Node {
         self.stop.send_replace(true);
     }
 
-    fn shard(&self, shard: u32) -> &ShardHandle {
+    pub(crate) fn shard(&self, shard: u32) -> &ShardHandle {
         &self.shared.shards[shard as usize]
     }
 
     /// Holds every line or none. Runs to completion even if the caller goes away.
-    pub async fn reserve(&self, request: ReserveRequest) -> Result<ReservationView, NodeError> {
+    pub async fn reserve(&self, request: ReserveRequest) -> Result<Reply, NodeError> {
         self.check_ready()?;
         request.check(&self.shared.catalog())?;
         let shared = Arc::clone(&self.shared);
@@ -603,7 +603,7 @@ impl Node {
     pub async fn reserve_batch(
         &self,
         requests: Vec<ReserveRequest>,
-    ) -> Result<Vec<Result<ReservationView, NodeError>>, NodeError> {
+    ) -> Result<Vec<Result<Reply, NodeError>>, NodeError> {
         self.check_ready()?;
         let catalog = self.shared.catalog();
         let count = requests.len();
@@ -643,7 +643,7 @@ impl Node {
 
     /// Waits until no Reserve of `id` is in flight (a Commit or Release sent
     /// right after a retried Reserve must not see it PENDING).
-    async fn settled(&self, id: &ReservationId) {
+    pub(crate) async fn settled(&self, id: &ReservationId) {
         let answer = self.shared.in_flight.get(id).map(|entry| entry.answer.clone());
         if let Some(mut answer) = answer {
             let _ = answer.wait_for(Option::is_some).await;
@@ -655,39 +655,44 @@ impl Node {
         &self,
         id: ReservationId,
         lines: Vec<CommitLine>,
-    ) -> Result<ReservationView, NodeError> {
+    ) -> Result<Reply, NodeError> {
         self.check_ready()?;
         self.settled(&id).await;
         let home = shard_of(id.as_str());
-        self.home_then_lines(home, move |state, _, now| state.commit(&id, &lines, now)).await
+        self.home_then_lines(home, move |state, _, now| state.commit_reply(&id, &lines, now)).await
     }
 
     /// Releases a HELD reservation.
-    pub async fn release(&self, id: ReservationId) -> Result<ReservationView, NodeError> {
+    pub async fn release(&self, id: ReservationId) -> Result<Reply, NodeError> {
         self.check_ready()?;
         self.settled(&id).await;
         let home = shard_of(id.as_str());
-        self.home_then_lines(home, move |state, _, now| state.release(&id, now)).await
+        self.home_then_lines(home, move |state, _, now| state.release_reply(&id, now)).await
     }
 
     /// Cancels a COMMITTED reservation's unshipped units.
-    pub async fn cancel(&self, id: ReservationId) -> Result<ReservationView, NodeError> {
+    pub async fn cancel(&self, id: ReservationId) -> Result<Reply, NodeError> {
         self.check_ready()?;
         self.settled(&id).await;
         let home = shard_of(id.as_str());
-        self.home_then_lines(home, move |state, _, now| state.cancel(&id, now)).await
+        self.home_then_lines(home, move |state, _, now| state.cancel_reply(&id, now)).await
     }
 
-    /// Moves a HELD reservation's expiry to now + `ttl_ms`.
+    /// Moves a HELD reservation's expiry to now + `ttl_ms`; a retry of the
+    /// latest Extend keyed by `request_id` gets its first answer instead.
     pub async fn extend(
         &self,
         id: ReservationId,
         ttl_ms: i64,
-    ) -> Result<ReservationView, NodeError> {
+        request_id: Option<String>,
+    ) -> Result<Reply, NodeError> {
         self.check_ready()?;
         self.settled(&id).await;
         let home = shard_of(id.as_str());
-        self.home_then_lines(home, move |state, _, now| state.extend(&id, ttl_ms, now)).await
+        self.home_then_lines(home, move |state, _, now| {
+            state.extend_reply(&id, ttl_ms, request_id.as_deref(), now)
+        })
+        .await
     }
 
     /// The reservation as its home shard knows it.
@@ -700,13 +705,10 @@ impl Node {
 
     /// Runs a home-shard operation, then applies the line ops it produced
     /// before answering, so the caller's next read sees them.
-    async fn home_then_lines<F>(&self, home: u32, work: F) -> Result<ReservationView, NodeError>
+    async fn home_then_lines<T, F>(&self, home: u32, work: F) -> Result<T, NodeError>
     where
-        F: FnOnce(
-                &mut ShardState,
-                &Catalog,
-                i64,
-            ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError>
+        T: Send + 'static,
+        F: FnOnce(&mut ShardState, &Catalog, i64) -> Result<(T, Vec<(u32, LineOp)>), CoreError>
             + Send
             + 'static,
     {
@@ -909,7 +911,7 @@ async fn spawn_to_completion<T: Send + 'static>(
     tokio::spawn(work).await.map_err(|_| NodeError::ShuttingDown)?
 }
 
-type ReserveResult = Result<ReservationView, NodeError>;
+type ReserveResult = Result<Reply, NodeError>;
 
 /// Reserves `requests` together, one message per shard per step (see
 /// `docs/PROTOCOL.md`): the homes begin them, the line shards hold them
@@ -966,7 +968,14 @@ fn reserve_many(
         for (index, request, first, mut answer) in waiting {
             let outcome = answer.wait_for(Option::is_some).await.ok().and_then(|seen| seen.clone());
             match outcome {
-                Some(result) if *first == *request => results[index] = Some(result),
+                // A retry that raced the first: the first's answer, marked
+                // as a replay (the reservation has not changed since).
+                Some(result) if *first == *request => {
+                    results[index] = Some(result.map(|reply| {
+                        let current = reply.current.unwrap_or_else(|| reply.reservation.clone());
+                        Reply::replayed(reply.reservation, current)
+                    }))
+                }
                 // Another payload, or the first's task is gone: run it now.
                 _ => again.push((index, Arc::unwrap_or_clone(request))),
             }
@@ -1032,7 +1041,7 @@ async fn run_reserves(
                 for (index, (id, begin)) in indexes.into_iter().zip(begun) {
                     match begin {
                         Err(error) => results.push((index, Err(error.into()))),
-                        Ok(Begin::Replay(view)) => results.push((index, Ok(view))),
+                        Ok(Begin::Replay(reply)) => results.push((index, Ok(*reply))),
                         Ok(Begin::Started { holds: ops, version }) => {
                             let which = started.len();
                             for (shard, op) in ops {
@@ -1155,7 +1164,7 @@ async fn run_reserves(
             let reserve = &mut started[which];
             let result = match (reserve.failure.take(), answer) {
                 (Some(error), _) => Err(error),
-                (None, Some(view)) => Ok(view),
+                (None, Some(view)) => Ok(Reply::first(view)),
                 (None, None) => Err(CoreError::InProgress(format!(
                     "reservation {}: the Reserve was abandoned after the pending timeout; nothing is held; retry",
                     reserve.id

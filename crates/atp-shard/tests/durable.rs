@@ -23,6 +23,7 @@ fn reserve(id: &str, units: i64) -> ReserveRequest {
         channel: ChannelId::parse("channel", "web").expect("valid"),
         lines: vec![ReserveLine { sku: sku("mug"), location: loc("dc-1"), quantity: units }],
         ttl_ms: 60_000,
+        metadata: Default::default(),
     }
 }
 
@@ -72,7 +73,7 @@ async fn no_reply_and_no_read_before_the_fsync_completes() {
     assert_eq!(reserved(&node), 0, "a read showed a hold that is not durable yet");
     hold.release();
 
-    let view = pending.await.expect("task").expect("reserved");
+    let view = pending.await.expect("task").expect("reserved").reservation;
     assert_eq!(view.state, ReservationState::Held);
     assert_eq!(reserved(&node), 4);
     assert!(store.commit_count() > commits_before);

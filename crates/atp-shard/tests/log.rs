@@ -22,6 +22,7 @@ fn reserve(id: &str, item: &str, units: i64) -> ReserveRequest {
         channel: ChannelId::parse("channel", "web").expect("valid"),
         lines: vec![ReserveLine { sku: sku(item), location: loc("dc-1"), quantity: units }],
         ttl_ms: 600_000,
+        metadata: Default::default(),
     }
 }
 

@@ -35,6 +35,7 @@ fn reserve_request(id: &str, lines: &[(&str, i64)], ttl_ms: i64) -> ReserveReque
             })
             .collect(),
         ttl_ms,
+        metadata: Default::default(),
     }
 }
 
@@ -56,7 +57,8 @@ fn two_shard_skus() -> (String, String) {
 #[tokio::test(start_paused = true)]
 async fn holds_expire_at_their_ttl_without_any_call() {
     let node = node_with_stock(NodeConfig::default(), &[("tee", 10)]).await;
-    let view = node.reserve(reserve_request("r-1", &[("tee", 4)], 5_000)).await.expect("held");
+    let view =
+        node.reserve(reserve_request("r-1", &[("tee", 4)], 5_000)).await.expect("held").reservation;
     assert_eq!(view.state, ReservationState::Held);
     assert_eq!(view.expires_at_ms, START_MS + 5_000);
     assert_eq!(reserved(&node, "tee"), 4);
@@ -81,7 +83,7 @@ async fn extend_moves_the_expiry() {
     let node = node_with_stock(NodeConfig::default(), &[("tee", 10)]).await;
     node.reserve(reserve_request("r-1", &[("tee", 1)], 5_000)).await.expect("held");
     tokio::time::sleep(Duration::from_millis(4_000)).await;
-    let view = node.extend(rid("r-1"), 10_000).await.expect("extended");
+    let view = node.extend(rid("r-1"), 10_000, None).await.expect("extended").reservation;
     assert_eq!(view.expires_at_ms, START_MS + 14_000);
     tokio::time::sleep(Duration::from_millis(9_000)).await;
     assert_eq!(
@@ -116,7 +118,8 @@ async fn a_multi_shard_reserve_short_on_one_line_holds_nothing() {
     let view = node
         .reserve(reserve_request("r-multi", &[(&a, 5), (&b, 1)], 60_000))
         .await
-        .expect("now it fits");
+        .expect("now it fits")
+        .reservation;
     assert_eq!(view.lines.len(), 2);
     assert_eq!((reserved(&node, &a), reserved(&node, &b)), (5, 1));
     // Commit spans both shards too, and frees the remainder.
@@ -130,7 +133,8 @@ async fn a_multi_shard_reserve_short_on_one_line_holds_nothing() {
             }],
         )
         .await
-        .expect("committed");
+        .expect("committed")
+        .reservation;
     assert_eq!(view.state, ReservationState::Committed);
     let positions = node.availability(&[sku(&a), sku(&b)], &[loc("dc-1")], &[]).expect("read");
     assert_eq!((positions[0].locations[0].reserved, positions[0].locations[0].committed), (0, 3));

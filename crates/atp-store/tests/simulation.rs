@@ -191,6 +191,7 @@ impl Node {
             channel: ChannelId::parse("channel", "web").unwrap(),
             lines,
             ttl_ms: 1_000 + self.rng.below(20_000) as i64,
+            metadata: Default::default(),
         };
         request.check(&self.catalog).expect("a valid request");
         let (catalog, now) = (self.catalog.clone(), self.now);

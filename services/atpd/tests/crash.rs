@@ -126,6 +126,7 @@ async fn client_loop(
                     })
                     .collect(),
                 ttl_seconds,
+                metadata: None,
             };
             match client.reserve(request).await {
                 Ok(_) => {

@@ -73,6 +73,7 @@ fn reserve_request(id: &str, lines: Vec<v1::ReservationLine>) -> v1::ReserveRequ
         channel_id: "web".into(),
         lines,
         ttl_seconds: 0,
+        metadata: None,
     }
 }
 
@@ -151,7 +152,12 @@ async fn two_hundred_clients_race_for_the_last_fifty_units() {
     let mut client = atpd.availability();
     let (request, first) = &won[0];
     let retried = client.reserve(request.clone()).await.expect("a retry is accepted");
-    assert_eq!(retried.get_ref(), first, "a retry returns the first answer");
+    assert_eq!(
+        retried.get_ref().reservation,
+        first.reservation,
+        "a retry returns the first answer"
+    );
+    assert!(retried.get_ref().replayed, "and says it is a replay");
 
     let mut changed = request.clone();
     changed.lines[0].quantity = 2;
@@ -367,8 +373,11 @@ async fn commit_cancel_extend_and_the_admin_view() {
         .into_inner()
         .reservation
         .expect("a reservation");
-    let extend =
-        v1::ExtendReservationRequest { reservation_id: "order-2".into(), ttl_seconds: 600 };
+    let extend = v1::ExtendReservationRequest {
+        reservation_id: "order-2".into(),
+        ttl_seconds: 600,
+        ..Default::default()
+    };
     let extended = client.extend_reservation(extend).await.expect("extend").into_inner();
     let extended = extended.reservation.expect("a reservation");
     assert_eq!(extended.state(), v1::ReservationState::Held);

@@ -70,6 +70,7 @@ fn reserve(n: usize) -> v1::ReserveRequest {
         channel_id: "web".into(),
         lines: vec![line(SKUS[n % 4], 1 + (n % 3) as i64), line(SKUS[(n + 1) % 4], 1)],
         ttl_seconds: 600,
+        metadata: None,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Reservation records on their home shard: the authority for a reservation's
 //! state. Lines' shards only apply what the home decided.
 
+mod listing;
 mod recovery;
+
+pub use listing::ScanPage;
 
 use super::lines::{Incarnation, LineQuantity};
 use super::{Deadline, LineOp, ShardState};
@@ -9,7 +12,9 @@ use crate::error::{CoreError, FieldViolation};
 use crate::hash::shard_of;
 use crate::ids::ReservationId;
 use crate::ledger::LedgerKind;
-use crate::reservation::{CommitLine, LineView, ReservationState, ReservationView, ReserveRequest};
+use crate::reservation::{
+    CommitLine, LineView, Reply, ReservationState, ReservationView, ReserveRequest,
+};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Record {
@@ -25,6 +30,10 @@ pub(crate) struct Record {
     shipped: Vec<i64>,
     /// The incarnation its holds carry (see [`Incarnation::version`]).
     version: u64,
+    /// The latest Extend that named a request id, for its retries. Stored
+    /// after the record (`persist::Extra`), not in its serde layout.
+    #[serde(skip)]
+    last_extend: Option<KeyedExtend>,
     /// While PENDING: the id's stored record was deleted earlier in this
     /// batch (forgotten), so a refused Reserve must still write the delete.
     #[serde(skip)]
@@ -36,6 +45,17 @@ pub(crate) struct Record {
     /// lose an acknowledged reservation). Not stored.
     #[serde(skip)]
     not_expired_before_ms: i64,
+}
+
+/// An Extend keyed by a request id, as first answered.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct KeyedExtend {
+    /// The caller's key of the Extend.
+    pub(crate) request_id: String,
+    /// The lifetime it asked for.
+    pub(crate) ttl_ms: i64,
+    /// The expiry it answered.
+    pub(crate) expires_at_ms: i64,
 }
 
 /// What the home shard says when a Reserve arrives.
@@ -50,8 +70,9 @@ pub enum Begin {
         /// The incarnation's version (what `Abort` and the finish name).
         version: u64,
     },
-    /// Seen before with the same payload: this is the first answer.
-    Replay(ReservationView),
+    /// Seen before with the same payload: the first answer, and the
+    /// reservation as it stands now.
+    Replay(Box<Reply>),
 }
 
 impl Record {
@@ -67,6 +88,7 @@ impl Record {
             committed: None,
             shipped: vec![0; incarnation.request.lines.len()],
             version: incarnation.version,
+            last_extend: None,
             replaces_stored: false,
             not_expired_before_ms: 0,
         }
@@ -74,6 +96,24 @@ impl Record {
 
     pub(super) fn state(&self) -> ReservationState {
         self.state
+    }
+
+    pub(super) fn metadata(&self) -> &crate::reservation::Metadata {
+        &self.request.metadata
+    }
+
+    pub(super) fn last_extend(&self) -> Option<&KeyedExtend> {
+        self.last_extend.as_ref()
+    }
+
+    /// Puts back the keyed Extend stored beside the record (`persist`).
+    pub(super) fn set_last_extend(&mut self, extend: KeyedExtend) {
+        self.last_extend = Some(extend);
+    }
+
+    /// Puts back the metadata stored beside the record (`persist`).
+    pub(super) fn set_metadata(&mut self, metadata: crate::reservation::Metadata) {
+        std::sync::Arc::make_mut(&mut self.request).metadata = metadata;
     }
 
     pub(super) fn ended_at_ms(&self) -> i64 {
@@ -117,6 +157,7 @@ impl Record {
             created_at_ms: self.created_at_ms,
             expires_at_ms: self.expires_at_ms,
             ended_at_ms: self.ended_at_ms,
+            metadata: self.request.metadata.clone(),
         }
     }
 
@@ -260,7 +301,8 @@ impl ShardState {
                     request.id
                 )));
             }
-            return Ok(Begin::Replay(record.reserve_answer()));
+            let reply = Reply::replayed(record.reserve_answer(), record.current());
+            return Ok(Begin::Replay(Box::new(reply)));
         }
         self.applied_sequence += 1;
         let incarnation = Incarnation {
@@ -317,11 +359,11 @@ impl ShardState {
     /// Ticks to `now`, then runs a home-side request. The tick's line ops go
     /// out with the request's; if the request fails they are kept for the next
     /// [`ShardState::tick`], so a refused request never loses an expiry's releases.
-    fn after_tick(
+    fn after_tick<T>(
         &mut self,
         now: i64,
-        request: impl FnOnce(&mut Self) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError>,
-    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        request: impl FnOnce(&mut Self) -> Result<(T, Vec<(u32, LineOp)>), CoreError>,
+    ) -> Result<(T, Vec<(u32, LineOp)>), CoreError> {
         let mut effects = self.tick(now);
         match request(self) {
             Ok((view, ops)) => {
@@ -342,6 +384,16 @@ impl ShardState {
         lines: &[CommitLine],
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        first_answer(self.commit_reply(id, lines, now))
+    }
+
+    /// [`ShardState::commit`], saying whether it was a replay.
+    pub fn commit_reply(
+        &mut self,
+        id: &ReservationId,
+        lines: &[CommitLine],
+        now: i64,
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         self.after_tick(now, |state| state.commit_ticked(id, lines))
     }
 
@@ -349,7 +401,7 @@ impl ShardState {
         &mut self,
         id: &ReservationId,
         lines: &[CommitLine],
-    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let mut effects = Vec::new();
         let record = self.record(id)?;
         let quantities = record.commit_quantities(lines)?;
@@ -361,7 +413,8 @@ impl ShardState {
                 if record.committed.as_ref() == Some(&quantities) {
                     // A replay re-sends what the state implies, so its
                     // answer, too, waits until the lines have it.
-                    return Ok((record.commit_answer(), record.implied_ops(id)));
+                    let reply = Reply::replayed(record.commit_answer(), record.current());
+                    return Ok((reply, record.implied_ops(id)));
                 }
                 return Err(CoreError::AlreadyExists(format!(
                     "reservation {id} was already committed with other quantities"
@@ -382,7 +435,7 @@ impl ShardState {
         let answer = record.commit_answer();
         let request_id = id.clone();
         effects.extend(record.line_ops(|lines| LineOp::Commit { id: request_id.clone(), lines }));
-        Ok((answer, effects))
+        Ok((Reply::first(answer), effects))
     }
 
     /// Release: HELD → RELEASED.
@@ -391,19 +444,31 @@ impl ShardState {
         id: &ReservationId,
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        first_answer(self.release_reply(id, now))
+    }
+
+    /// [`ShardState::release`], saying whether it was a replay.
+    pub fn release_reply(
+        &mut self,
+        id: &ReservationId,
+        now: i64,
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         self.after_tick(now, |state| state.release_ticked(id))
     }
 
     fn release_ticked(
         &mut self,
         id: &ReservationId,
-    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let mut effects = Vec::new();
         let now = self.clock_ms;
         let record = self.record(id)?;
         match record.state {
             ReservationState::Held => {}
-            ReservationState::Released => return Ok((record.current(), record.implied_ops(id))),
+            ReservationState::Released => {
+                let reply = Reply::replayed(record.current(), record.current());
+                return Ok((reply, record.implied_ops(id)));
+            }
             state => {
                 return Err(CoreError::WrongState {
                     reservation_id: id.to_string(),
@@ -422,7 +487,7 @@ impl ShardState {
                 kind: LedgerKind::Release,
             }),
         );
-        Ok((record.current(), effects))
+        Ok((Reply::first(record.current()), effects))
     }
 
     /// Cancel: COMMITTED → CANCELLED, freeing unshipped units.
@@ -431,19 +496,31 @@ impl ShardState {
         id: &ReservationId,
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        first_answer(self.cancel_reply(id, now))
+    }
+
+    /// [`ShardState::cancel`], saying whether it was a replay.
+    pub fn cancel_reply(
+        &mut self,
+        id: &ReservationId,
+        now: i64,
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         self.after_tick(now, |state| state.cancel_ticked(id))
     }
 
     fn cancel_ticked(
         &mut self,
         id: &ReservationId,
-    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let mut effects = Vec::new();
         let now = self.clock_ms;
         let record = self.record(id)?;
         match record.state {
             ReservationState::Committed => {}
-            ReservationState::Cancelled => return Ok((record.current(), record.implied_ops(id))),
+            ReservationState::Cancelled => {
+                let reply = Reply::replayed(record.current(), record.current());
+                return Ok((reply, record.implied_ops(id)));
+            }
             state => {
                 return Err(CoreError::WrongState {
                     reservation_id: id.to_string(),
@@ -457,7 +534,7 @@ impl ShardState {
         let record = &self.records[id];
         let request_id = id.clone();
         effects.extend(record.line_ops(|_| LineOp::Cancel { id: request_id.clone() }));
-        Ok((record.current(), effects))
+        Ok((Reply::first(record.current()), effects))
     }
 
     /// Extend: moves a HELD reservation's expiry to `now + ttl_ms`.
@@ -467,17 +544,44 @@ impl ShardState {
         ttl_ms: i64,
         now: i64,
     ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
-        self.after_tick(now, |state| state.extend_ticked(id, ttl_ms))
+        first_answer(self.extend_reply(id, ttl_ms, None, now))
+    }
+
+    /// Extend keyed by `request_id`: a retry of the reservation's latest
+    /// keyed Extend (same key, same `ttl_ms`) gets its first answer and the
+    /// reservation now, and moves nothing; the same key with another
+    /// `ttl_ms` is ALREADY_EXISTS. Without a key, every call moves the expiry.
+    pub fn extend_reply(
+        &mut self,
+        id: &ReservationId,
+        ttl_ms: i64,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
+        self.after_tick(now, |state| state.extend_ticked(id, ttl_ms, request_id))
     }
 
     fn extend_ticked(
         &mut self,
         id: &ReservationId,
         ttl_ms: i64,
-    ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+        request_id: Option<&str>,
+    ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let effects = Vec::new();
         let now = self.clock_ms;
         let record = self.record(id)?;
+        if let Some(request_id) = request_id
+            && let Some(last) = record.last_extend.as_ref().filter(|e| e.request_id == request_id)
+        {
+            if last.ttl_ms != ttl_ms {
+                return Err(CoreError::AlreadyExists(format!(
+                    "extend {request_id} of reservation {id} was already applied with another ttl"
+                )));
+            }
+            let mut first = record.reserve_answer();
+            first.expires_at_ms = last.expires_at_ms;
+            return Ok((Reply::replayed(first, record.current()), effects));
+        }
         if record.state != ReservationState::Held {
             return Err(CoreError::WrongState {
                 reservation_id: id.to_string(),
@@ -492,11 +596,18 @@ impl ShardState {
         // grow the heap.
         let earlier = now + ttl_ms < record.expires_at_ms;
         record.expires_at_ms = now + ttl_ms;
+        if let Some(request_id) = request_id {
+            record.last_extend = Some(KeyedExtend {
+                request_id: request_id.to_owned(),
+                ttl_ms,
+                expires_at_ms: record.expires_at_ms,
+            });
+        }
         let view = record.current();
         if earlier {
             self.schedule(now + ttl_ms, Deadline::Expire(id.clone()));
         }
-        Ok((view, effects))
+        Ok((Reply::first(view), effects))
     }
 
     /// The reservation as it stands.
@@ -571,4 +682,11 @@ impl ShardState {
             self.forget_ended(id);
         }
     }
+}
+
+/// The answer alone, for callers that do not ask whether it was a replay.
+fn first_answer(
+    result: Result<(Reply, Vec<(u32, LineOp)>), CoreError>,
+) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
+    result.map(|(reply, ops)| (reply.reservation, ops))
 }

@@ -4,7 +4,9 @@
 //!
 //! Keys are a tag byte and an id: `p`+sku → the SKU's positions, `r`+id → a
 //! reservation record (home side), `h`+id → line holds, `e`+id → a stock event
-//! memo, `m` → sequences and clock. Values are postcard. A reservation still
+//! memo, `m` → sequences and clock. Values are postcard; a record or hold
+//! value may be followed by [`Extra`]s, fields added after its layout was
+//! fixed (data written before has none, so it still loads). A reservation still
 //! being created (PENDING) is never written: if the node dies before the
 //! Reserve finishes, recovery finds its line holds without a record and
 //! rebuilds the record from them if every line shard holds it, else releases
@@ -19,7 +21,7 @@ use super::{Deadline, PositionState, ShardSettings, ShardState, home, lines, sto
 use crate::ids::{EventId, ReservationId, Sku};
 use crate::ledger::LedgerEntry;
 use crate::location_map::LocationMap;
-use crate::reservation::ReservationState;
+use crate::reservation::{Metadata, ReservationState};
 
 const META: u8 = b'm';
 const POSITIONS: u8 = b'p';
@@ -76,6 +78,60 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("in-memory state always encodes")
 }
 
+/// A field added to a stored value after its postcard layout was fixed:
+/// written after the value as a postcard list, only when there is one, so
+/// values without extras are byte for byte what older versions wrote, and
+/// their values (no trailing bytes) load with every extra at its default.
+/// New kinds of extra are new variants at the end (never reordered).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Extra {
+    /// The reservation's caller data ([`crate::reservation::ReserveRequest::metadata`]).
+    Metadata(Metadata),
+    /// A record's latest Extend keyed by a request id.
+    KeyedExtend(home::KeyedExtend),
+}
+
+fn encode_with(value: &impl Serialize, extras: &[Extra]) -> Vec<u8> {
+    let mut bytes = encode(value);
+    if !extras.is_empty() {
+        bytes.extend(encode(&extras));
+    }
+    bytes
+}
+
+fn decode_with<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<(T, Vec<Extra>), String> {
+    let (decoded, rest) = postcard::take_from_bytes(value).map_err(|error| error.to_string())?;
+    if rest.is_empty() {
+        return Ok((decoded, Vec::new()));
+    }
+    let extras: Vec<Extra> = postcard::from_bytes(rest).map_err(|error| error.to_string())?;
+    Ok((decoded, extras))
+}
+
+fn record_extras(record: &home::Record) -> Vec<Extra> {
+    let mut extras = Vec::new();
+    if !record.metadata().is_empty() {
+        extras.push(Extra::Metadata(record.metadata().clone()));
+    }
+    if let Some(extend) = record.last_extend() {
+        extras.push(Extra::KeyedExtend(extend.clone()));
+    }
+    extras
+}
+
+fn hold_extras(holds: &lines::LineHolds) -> Vec<Extra> {
+    let metadata = &holds.reservation.request.metadata;
+    if metadata.is_empty() { Vec::new() } else { vec![Extra::Metadata(metadata.clone())] }
+}
+
+fn encode_record(record: &home::Record) -> Vec<u8> {
+    encode_with(record, &record_extras(record))
+}
+
+fn encode_holds(holds: &lines::LineHolds) -> Vec<u8> {
+    encode_with(holds, &hold_extras(holds))
+}
+
 impl ShardState {
     fn meta(&self) -> Meta {
         Meta {
@@ -108,13 +164,13 @@ impl ShardState {
                 // A PENDING record is not a promise yet; it is never stored
                 // (so a Reserve's first step costs no fsync).
                 Some(record) if record.state() == ReservationState::Pending => continue,
-                Some(record) => Some(encode(record)),
+                Some(record) => Some(encode_record(record)),
                 None => None,
             };
             changes.records.push((key(RECORD, id.as_str()), value));
         }
         for id in self.holds.take_touched() {
-            let value = self.holds.get(&id).map(encode);
+            let value = self.holds.get(&id).map(encode_holds);
             changes.records.push((key(HOLDS, id.as_str()), value));
         }
         for id in self.events.take_touched() {
@@ -142,11 +198,11 @@ impl ShardState {
         }
         for (id, record) in self.records.iter() {
             if record.state() != ReservationState::Pending {
-                records.insert(key(RECORD, id.as_str()), encode(record));
+                records.insert(key(RECORD, id.as_str()), encode_record(record));
             }
         }
         for (id, holds) in self.holds.iter() {
-            records.insert(key(HOLDS, id.as_str()), encode(holds));
+            records.insert(key(HOLDS, id.as_str()), encode_holds(holds));
         }
         for (id, memo) in self.events.iter() {
             records.insert(key(EVENT, id.as_str()), encode(memo));
@@ -201,12 +257,29 @@ impl ShardState {
             }
             RECORD => {
                 let id = ReservationId::parse("reservation_id", id).map_err(parse_error)?;
-                let record: home::Record = decode(value)?;
+                let (mut record, extras) = decode_with::<home::Record>(value)?;
+                for extra in extras {
+                    match extra {
+                        Extra::Metadata(metadata) => record.set_metadata(metadata),
+                        Extra::KeyedExtend(extend) => record.set_last_extend(extend),
+                    }
+                }
                 self.records.load(id, record);
             }
             HOLDS => {
                 let id = ReservationId::parse("reservation_id", id).map_err(parse_error)?;
-                let holds: lines::LineHolds = decode(value)?;
+                let (mut holds, extras) = decode_with::<lines::LineHolds>(value)?;
+                for extra in extras {
+                    match extra {
+                        Extra::Metadata(metadata) => {
+                            std::sync::Arc::make_mut(&mut holds.reservation.request).metadata =
+                                metadata
+                        }
+                        Extra::KeyedExtend(_) => {
+                            return Err("a hold carries no extend".to_owned());
+                        }
+                    }
+                }
                 self.holds.load(id, holds);
             }
             EVENT => {

@@ -69,7 +69,13 @@ pub fn reserve_request(
     lines: Vec<ReserveLine>,
     ttl_ms: i64,
 ) -> ReserveRequest {
-    ReserveRequest { id: reservation(id), channel: channel(channel_id), lines, ttl_ms }
+    ReserveRequest {
+        id: reservation(id),
+        channel: channel(channel_id),
+        lines,
+        ttl_ms,
+        metadata: Default::default(),
+    }
 }
 
 /// Three active locations and two channels sharing `loc-central`.
@@ -164,7 +170,7 @@ impl Node {
         request.check(&self.catalog)?;
         let home = shard_of(request.id.as_str());
         let (holds, version) = match self.shard_mut(home).begin_reserve(request, now)? {
-            Begin::Replay(view) => return Ok(view),
+            Begin::Replay(reply) => return Ok(reply.reservation),
             Begin::Started { holds, version } => (holds, version),
         };
         let mut failure = None;

@@ -93,6 +93,7 @@ impl ModelReservation {
             created_at_ms: self.created_at_ms,
             expires_at_ms: self.expires_at_ms,
             ended_at_ms: self.ended_at_ms,
+            metadata: self.request.metadata.clone(),
         }
     }
 }

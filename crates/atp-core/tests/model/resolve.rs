@@ -147,6 +147,7 @@ pub fn resolve(op: &Op, step: usize, history: &History, model: &Model) -> Option
                 channel: channel_id,
                 lines,
                 ttl_ms: *ttl_ms,
+                metadata: Default::default(),
             };
             Request::Reserve(request)
         }

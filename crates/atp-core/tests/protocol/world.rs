@@ -264,8 +264,21 @@ impl World {
                     })
                     .collect();
                 let ttl_ms = TTLS_MS[*ttl as usize % TTLS_MS.len()];
-                let request =
-                    ReserveRequest { id, channel: crate::common::channel(channel), lines, ttl_ms };
+                // Caller data on some: holds carry it, so a record rebuilt
+                // from them after a crash must still show it (checked on
+                // every replay).
+                let mut metadata = atp_core::reservation::Metadata::default();
+                if *ttl % 2 == 0 {
+                    metadata.order_id = format!("order-{id}");
+                    metadata.labels.insert("market".to_owned(), market.to_string());
+                }
+                let request = ReserveRequest {
+                    id,
+                    channel: crate::common::channel(channel),
+                    lines,
+                    ttl_ms,
+                    metadata,
+                };
                 self.reserve(request)?;
             }
             Action::Retry { id } => {
@@ -377,7 +390,9 @@ impl World {
                     self.network.push(Message::Hold { shard, op });
                 }
             }
-            Ok(Begin::Replay(view)) => {
+            Ok(Begin::Replay(reply)) => {
+                prop_assert!(reply.is_replay(), "a replay says so");
+                let view = reply.reservation;
                 // The first answer: that of an incarnation of this payload.
                 let first = self.begun.get(&id).into_iter().flatten().any(|inc| {
                     *inc.request == request
@@ -385,6 +400,12 @@ impl World {
                             == (view.created_at_ms, view.expires_at_ms)
                 });
                 prop_assert!(first, "replay of {} is no first answer: {:?}", id, view);
+                prop_assert_eq!(
+                    &view.metadata,
+                    &request.metadata,
+                    "replay of {} lost its metadata",
+                    id
+                );
                 prop_assert_eq!(view.state, ReservationState::Held);
                 self.acked.entry(id).or_insert(ReservationState::Held);
             }

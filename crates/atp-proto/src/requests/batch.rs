@@ -70,6 +70,7 @@ mod tests {
                 quantity,
             }],
             ttl_seconds: 0,
+            metadata: None,
         }
     }
 

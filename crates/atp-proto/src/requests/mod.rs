@@ -10,6 +10,7 @@
 mod batch;
 mod config;
 mod events;
+mod listing;
 
 use atp_core::catalog::{MAX_CHANNELS, MAX_LOCATIONS};
 use atp_core::hash::{SHARD_COUNT, shard_of};
@@ -17,12 +18,16 @@ use atp_core::ids::{
     ChannelId, LocationId, MAX_LINE_QUANTITY, MAX_LINES_PER_RESERVATION, MAX_SKUS_PER_QUERY,
     ReservationId, Sku, validate_line_quantity, validate_ttl_ms,
 };
-use atp_core::reservation::{CommitLine, ReserveLine, ReserveRequest};
+use atp_core::reservation::{CommitLine, Metadata, ReserveLine, ReserveRequest};
 use atp_core::{CoreError, FieldViolation};
 
 pub use batch::{MAX_RESERVATIONS_PER_BATCH, parse_reserve_batch, within_item};
 pub use config::{parse_channel, parse_location};
 pub use events::parse_stock_events;
+pub use listing::{
+    DEFAULT_LIST_PAGE_SIZE, ListQuery, MAX_IDS_PER_GET, MAX_LIST_PAGE_SIZE, encode_list_token,
+    parse_get_reservations, parse_list_reservations,
+};
 
 use crate::v1;
 
@@ -111,13 +116,28 @@ pub fn parse_reserve(
     {
         lines = parse_reserve_lines(&mut violations, &message.lines);
     }
+    let metadata = parse_metadata(&mut violations, "metadata", message.metadata);
     let request = match (id, channel, lines, ttl_ms) {
         (Some(id), Some(channel), Some(lines), Some(ttl_ms)) => {
-            Some(ReserveRequest { id, channel, lines, ttl_ms })
+            Some(ReserveRequest { id, channel, lines, ttl_ms, metadata })
         }
         _ => None,
     };
     violations.finish(request)
+}
+
+/// A reservation's caller data, checked against its limits (see
+/// [`atp_core::ids::MAX_LABELS_PER_RESERVATION`] and the constants beside it).
+pub(crate) fn parse_metadata(
+    violations: &mut Violations,
+    field: &str,
+    message: Option<v1::ReservationMetadata>,
+) -> Metadata {
+    let Some(message) = message else { return Metadata::default() };
+    let metadata =
+        Metadata { order_id: message.order_id, labels: message.labels.into_iter().collect() };
+    violations.extend(metadata.validate(field));
+    metadata
 }
 
 fn parse_reserve_lines(
@@ -206,6 +226,8 @@ pub struct Extend {
     pub id: ReservationId,
     /// The new lifetime, counted from now.
     pub ttl_ms: i64,
+    /// The Extend's idempotency key, if any.
+    pub request_id: Option<String>,
 }
 
 /// ExtendReservation. `ttl_seconds == 0` takes `default_ttl_ms`, as in Reserve.
@@ -216,8 +238,12 @@ pub fn parse_extend(
     let mut violations = Violations::default();
     let id = violations.parse(ReservationId::parse("reservation_id", &message.reservation_id));
     let ttl_ms = violations.parse(ttl_ms("ttl_seconds", message.ttl_seconds, default_ttl_ms));
+    let request_id = (!message.request_id.is_empty()).then_some(message.request_id);
+    if let Some(request_id) = &request_id {
+        violations.check(atp_core::ids::validate_id("request_id", request_id));
+    }
     let extend = match (id, ttl_ms) {
-        (Some(id), Some(ttl_ms)) => Some(Extend { id, ttl_ms }),
+        (Some(id), Some(ttl_ms)) => Some(Extend { id, ttl_ms, request_id }),
         _ => None,
     };
     violations.finish(extend)
@@ -312,7 +338,7 @@ pub struct LedgerQuery {
     pub page_token: Vec<u8>,
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }

@@ -27,6 +27,7 @@ fn reserve(lines: Vec<v1::ReservationLine>) -> v1::ReserveRequest {
         channel_id: "web".into(),
         lines,
         ttl_seconds: 0,
+        metadata: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn reserve_names_every_bad_field() {
             line(&"x".repeat(1_000_000), "dc-1", 1_000_001),
         ],
         ttl_seconds: u32::try_from(MAX_TTL_MS / 1000 + 1).expect("fits"),
+        metadata: None,
     };
     assert_eq!(
         fields(parse_reserve(message, DEFAULT_TTL_MS)),
@@ -109,12 +111,23 @@ fn commit_allows_zero_but_not_negative_quantities() {
 
 #[test]
 fn extend_checks_id_and_ttl() {
-    let message = v1::ExtendReservationRequest { reservation_id: String::new(), ttl_seconds: 0 };
+    let message = v1::ExtendReservationRequest {
+        reservation_id: String::new(),
+        ttl_seconds: 0,
+        ..Default::default()
+    };
     assert_eq!(fields(parse_extend(message, DEFAULT_TTL_MS)), vec!["reservation_id"]);
-    let message =
-        v1::ExtendReservationRequest { reservation_id: "r-1".into(), ttl_seconds: 90_000 };
+    let message = v1::ExtendReservationRequest {
+        reservation_id: "r-1".into(),
+        ttl_seconds: 90_000,
+        ..Default::default()
+    };
     assert_eq!(fields(parse_extend(message, DEFAULT_TTL_MS)), vec!["ttl_seconds"]);
-    let message = v1::ExtendReservationRequest { reservation_id: "r-1".into(), ttl_seconds: 1 };
+    let message = v1::ExtendReservationRequest {
+        reservation_id: "r-1".into(),
+        ttl_seconds: 1,
+        ..Default::default()
+    };
     assert_eq!(parse_extend(message, DEFAULT_TTL_MS).expect("valid").ttl_ms, 1_000);
     assert_eq!(fields(parse_reservation_id("")), vec!["reservation_id"]);
 }

@@ -21,6 +21,7 @@ pub async fn reserve(context: &Context, args: ReserveArgs) -> anyhow::Result<Exi
         lines: args.lines.into_iter().map(Into::into).collect(),
         // 0 asks for the server's default lifetime.
         ttl_seconds: args.ttl_seconds.unwrap_or(0),
+        metadata: None,
     };
     let clients = context.connect().await?;
     let response =
@@ -60,8 +61,11 @@ pub async fn cancel(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode>
 }
 
 pub async fn extend(context: &Context, args: ExtendArgs) -> anyhow::Result<ExitCode> {
-    let request =
-        ExtendReservationRequest { reservation_id: args.id.clone(), ttl_seconds: args.ttl_seconds };
+    let request = ExtendReservationRequest {
+        reservation_id: args.id.clone(),
+        ttl_seconds: args.ttl_seconds,
+        ..Default::default()
+    };
     let clients = context.connect().await?;
     let response = clients
         .rpc()
@@ -164,6 +168,7 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             expires_at_ms: 1_700_000_900_000,
             ended_at_ms: 0,
+            ..Default::default()
         }
     }
 

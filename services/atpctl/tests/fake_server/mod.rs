@@ -126,6 +126,20 @@ fn invalid(message: &str, violations: Vec<FieldViolation>) -> Status {
 
 #[tonic::async_trait]
 impl AvailabilityService for Fake {
+    async fn get_reservations(
+        &self,
+        _request: Request<GetReservationsRequest>,
+    ) -> Reply<GetReservationsResponse> {
+        Err(Status::unimplemented("the fake server has no GetReservations"))
+    }
+
+    async fn list_reservations(
+        &self,
+        _request: Request<ListReservationsRequest>,
+    ) -> Reply<ListReservationsResponse> {
+        Err(Status::unimplemented("the fake server has no ListReservations"))
+    }
+
     async fn reserve(&self, request: Request<ReserveRequest>) -> Reply<ReserveResponse> {
         let request = request.into_inner();
         let violations: Vec<FieldViolation> = request
@@ -160,9 +174,14 @@ impl AvailabilityService for Fake {
             created_at_ms: NOW_MS,
             expires_at_ms: NOW_MS + ttl_ms,
             ended_at_ms: 0,
+            ..Default::default()
         };
         self.state().reservations.insert(request.reservation_id, reservation.clone());
-        Ok(Response::new(ReserveResponse { reservation: Some(reservation), epoch: 1 }))
+        Ok(Response::new(ReserveResponse {
+            reservation: Some(reservation),
+            epoch: 1,
+            ..Default::default()
+        }))
     }
 
     async fn commit(&self, request: Request<CommitRequest>) -> Reply<CommitResponse> {
@@ -174,19 +193,31 @@ impl AvailabilityService for Fake {
             line.committed = named.map_or(line.quantity, |commit| commit.quantity);
         }
         self.state().reservations.insert(request.reservation_id, reservation.clone());
-        Ok(Response::new(CommitResponse { reservation: Some(reservation), epoch: 1 }))
+        Ok(Response::new(CommitResponse {
+            reservation: Some(reservation),
+            epoch: 1,
+            ..Default::default()
+        }))
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Reply<ReleaseResponse> {
         let reservation =
             self.set_state(&request.into_inner().reservation_id, ReservationState::Released)?;
-        Ok(Response::new(ReleaseResponse { reservation: Some(reservation), epoch: 1 }))
+        Ok(Response::new(ReleaseResponse {
+            reservation: Some(reservation),
+            epoch: 1,
+            ..Default::default()
+        }))
     }
 
     async fn cancel(&self, request: Request<CancelRequest>) -> Reply<CancelResponse> {
         let reservation =
             self.set_state(&request.into_inner().reservation_id, ReservationState::Cancelled)?;
-        Ok(Response::new(CancelResponse { reservation: Some(reservation), epoch: 1 }))
+        Ok(Response::new(CancelResponse {
+            reservation: Some(reservation),
+            epoch: 1,
+            ..Default::default()
+        }))
     }
 
     async fn extend_reservation(
@@ -197,7 +228,11 @@ impl AvailabilityService for Fake {
         let mut reservation = self.find(&request.reservation_id)?;
         reservation.expires_at_ms = NOW_MS + i64::from(request.ttl_seconds) * 1000;
         self.state().reservations.insert(request.reservation_id, reservation.clone());
-        Ok(Response::new(ExtendReservationResponse { reservation: Some(reservation), epoch: 1 }))
+        Ok(Response::new(ExtendReservationResponse {
+            reservation: Some(reservation),
+            epoch: 1,
+            ..Default::default()
+        }))
     }
 
     async fn get_reservation(
