@@ -227,6 +227,37 @@ fn holds_of_two_incarnations_do_not_rebuild_a_reservation() {
 }
 
 #[test]
+fn a_stale_hold_of_an_abandoned_reserve_is_rolled_back_beside_the_next_incarnation() {
+    let (mut node, mut stores) = node();
+    let (request, first) = begin_two_shard_reserve(&mut node, &mut stores, "abandoned");
+    // The first incarnation holds on SKU's shard, then its task is lost: the
+    // home abandons it after the pending timeout, and the process dies before
+    // the Abort reaches the line shard (it is never delivered).
+    apply_hold(&mut node, &first[0]);
+    let home = shard_of(request.id.as_str());
+    let past_timeout = START_MS + 1 + common::settings().pending_timeout_ms + 1;
+    let aborts = node.shard_mut(home).tick(past_timeout);
+    assert!(
+        aborts.iter().any(|(_, op)| matches!(op, LineOp::Abort { .. })),
+        "abandoning sends Aborts: {aborts:?}"
+    );
+    // The id begins again at once, with other lines (OTHER_SKU only), and holds.
+    let retry =
+        reserve_request(request.id.as_str(), WEB, vec![line(OTHER_SKU, LOCATION, 1)], TTL_MS);
+    let again = node.shard_mut(home).begin_reserve(&retry, past_timeout);
+    let Ok(Begin::Started { holds, version }) = again else { panic!("starts again: {again:?}") };
+    node.shard_mut(holds[0].0).apply_line_op(&holds[0].1, &catalog(), past_timeout).expect("holds");
+    node.shard_mut(home).finish_reserve(&retry.id, version, true, past_timeout).expect("held");
+    persist(&mut node, &mut stores);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 2, "the stale hold is still there");
+
+    let mut node = restart(&stores, past_timeout + 1);
+    assert_eq!(node.position(SKU, LOCATION).reserved, 0, "the stale hold is rolled back");
+    assert_eq!(node.position(OTHER_SKU, LOCATION).reserved, 1, "the new incarnation holds");
+    assert_eq!(node.get(&retry.id).expect("known").state, ReservationState::Held);
+}
+
+#[test]
 fn a_commit_whose_delivery_was_lost_reaches_its_lines() {
     let (mut node, mut stores) = node();
     let id = remote_id("commit");

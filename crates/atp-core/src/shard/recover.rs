@@ -12,7 +12,10 @@
 //!    replay then gets that answer; a passed TTL expires it in step 4);
 //!    otherwise the Reserve never completed and every hold it left is released
 //!    (`abort`), so an unfinished multi-shard Reserve is rolled back here, not
-//!    only by its TTL. Either way no reservation is left half held;
+//!    only by its TTL. Either way no reservation is left half held. An
+//!    uncommitted hold older than its home record's version belongs to an
+//!    abandoned Reserve whose `Abort` was lost with the process after a new
+//!    incarnation of the id began: it is aborted too;
 //! 3. shipped units on committed lines are told to the reservations' homes,
 //!    and a COMMITTED line whose hold is gone shipped in full (a line's hold
 //!    ends only when every unit shipped, or by Cancel, which ends the record first);
@@ -108,15 +111,20 @@ fn settle_orphans(
 ) {
     // By id: the shards holding it, each with the incarnation its hold carries.
     let mut orphans: BTreeMap<ReservationId, Vec<(u32, Incarnation)>> = BTreeMap::new();
+    let mut aborts = Vec::new();
     for (shard, state) in shards.iter() {
         for (id, incarnation) in state.uncommitted_holds() {
             let home = shard_of(id.as_str());
-            if !shards.get(&home).is_some_and(|home| home.has_record(id)) {
-                orphans.entry(id.clone()).or_default().push((*shard, incarnation.clone()));
+            match shards.get(&home).and_then(|home| home.record_version(id)) {
+                None => orphans.entry(id.clone()).or_default().push((*shard, incarnation.clone())),
+                // A newer incarnation owns the record: this hold's Reserve
+                // was abandoned and its Abort lost.
+                Some(current) if current > incarnation.version => aborts
+                    .push((*shard, LineOp::Abort { id: id.clone(), version: incarnation.version })),
+                Some(_) => {}
             }
         }
     }
-    let mut aborts = Vec::new();
     for (id, holds) in orphans {
         let (_, incarnation) = &holds[0];
         let complete = holds.iter().all(|(_, other)| other == incarnation)

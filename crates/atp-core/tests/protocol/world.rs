@@ -294,8 +294,19 @@ impl World {
                 }
             }
             Action::Drop { pick: selector } => {
-                if !self.network.is_empty() {
-                    let message = self.network.remove(*selector as usize % self.network.len());
+                // Only what a node can lose without a crash: a Hold refused
+                // by a full mailbox, and a Reserve's Finish (its task lost,
+                // as a node's will be across nodes). Every other line op is
+                // delivered exactly once or lost with the process
+                // (docs/PROTOCOL.md).
+                let droppable: Vec<usize> = (0..self.network.len())
+                    .filter(|at| {
+                        matches!(self.network[*at], Message::Hold { .. } | Message::Finish { .. })
+                    })
+                    .collect();
+                if !droppable.is_empty() {
+                    let at = droppable[*selector as usize % droppable.len()];
+                    let message = self.network.remove(at);
                     if let Message::Hold { shard, op: LineOp::Hold { reservation, .. } } = message {
                         // Never applied: the Reserve hears a refusal (as from a full mailbox).
                         let key = (reservation.request.id.clone(), reservation.version);

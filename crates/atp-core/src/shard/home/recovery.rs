@@ -38,6 +38,11 @@ impl ShardState {
         self.records.contains_key(id)
     }
 
+    /// The incarnation version of the record of `id`, if there is one.
+    pub(in crate::shard) fn record_version(&self, id: &ReservationId) -> Option<u64> {
+        self.records.get(id).map(|record| record.version)
+    }
+
     fn records_by_id(&self) -> Vec<(&ReservationId, &Record)> {
         let mut records: Vec<_> = self.records.iter().collect();
         records.sort_by(|a, b| a.0.cmp(b.0));
