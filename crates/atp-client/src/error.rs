@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use atp_proto::v1::LifecycleState;
 use atp_proto::{Reason, reason_of};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -59,6 +60,12 @@ fn optional_number(details: &Details<'_>, key: &str) -> Option<u64> {
     details.metadata.get(key).and_then(|value| value.parse().ok())
 }
 
+/// A lifecycle state as the server spells it (`PAUSED`); UNSPECIFIED when unknown.
+fn lifecycle(details: &Details<'_>, key: &str) -> LifecycleState {
+    let name = format!("LIFECYCLE_STATE_{}", text(details, key));
+    LifecycleState::from_str_name(&name).unwrap_or(LifecycleState::Unspecified)
+}
+
 fn retry_delay(details: &Details<'_>) -> Option<Duration> {
     details.status.get_details_retry_info().and_then(|info| info.retry_delay)
 }
@@ -77,64 +84,56 @@ fn violations(details: &Details<'_>) -> Vec<FieldViolation> {
         .collect()
 }
 
-/// `errors! { doc Variant = Reason, retry: bool, "display" { field: Type = reader(args) }; }`:
-/// the variants of [`Error`] that stand for a reason, each with `message`
-/// and `status` besides the listed fields, and the functions that need one
-/// arm per reason.
+/// `errors! { doc Variant = Reason, retry: bool, "display prefix" { field: Type = reader(args) }; }`:
+/// the variants of [`Error`] that stand for a reason, each with the status
+/// it was read from besides the listed fields, and the functions that need
+/// one arm per reason.
 macro_rules! errors {
     ($(
         $(#[$doc:meta])*
-        $variant:ident = $reason:ident, retry: $retry:literal, $display:literal {
+        $variant:ident = $reason:ident, retry: $retry:literal, $prefix:literal {
             $($(#[$field_doc:meta])* $field:ident: $type:ty = $read:ident($($argument:expr),*),)*
         };
     )*) => {
         /// What a call failed with: one variant per [`Reason`] the server
         /// sends, then what has no atp reason ([`Error::Unavailable`],
         /// [`Error::DeadlineExceeded`], [`Error::Other`]) and the client's own
-        /// [`Error::Config`]. [`Error::is_retryable`] says which may be sent again.
-        #[derive(Debug, thiserror::Error)]
+        /// [`Error::Config`]. [`Error::is_retryable`] says which may be sent
+        /// again; [`Error::message`] is the server's message.
+        #[derive(Debug)]
         pub enum Error {
             $(
                 $(#[$doc])*
-                #[error($display)]
                 $variant {
                     $($(#[$field_doc])* $field: $type,)*
-                    /// The server's message.
-                    message: String,
-                    /// The status as received, kept as this error's source
-                    /// (`None` when the client built the error itself).
-                    #[source]
-                    status: Option<Box<Status>>,
+                    /// The status as received (its message, every
+                    /// `google.rpc` detail), this error's source.
+                    status: Box<Status>,
                 },
             )*
             /// UNAVAILABLE without an atp reason: no connection, or the
             /// connection broke. The call may or may not have been applied;
             /// the same request is safe to send again.
-            #[error("unavailable: {message}")]
             Unavailable {
                 /// The transport's (or a proxy's) message.
                 message: String,
-                /// The status as received, kept as this error's source
-                /// (`None` when the client built the error itself).
-                #[source]
+                /// The status as received, this error's source (`None` when
+                /// the client built the error itself).
                 status: Option<Box<Status>>,
             },
             /// DEADLINE_EXCEEDED without an atp reason: the client's deadline
             /// passed. The outcome is unknown; the same request is safe to
             /// send again. (The server's own timeout is [`Error::RequestTimeout`].)
-            #[error("deadline exceeded: {message}")]
             DeadlineExceeded {
                 /// Who gave up, and after how long.
                 message: String,
-                /// The status as received, kept as this error's source
-                /// (`None` when the client itself gave up).
-                #[source]
+                /// The status as received, this error's source (`None` when
+                /// the client itself gave up).
                 status: Option<Box<Status>>,
             },
             /// Anything else, kept whole: a reason this SDK does not know (a
             /// newer server), a status without an atp reason (UNIMPLEMENTED,
             /// INTERNAL, CANCELLED, ...), or a reply the client found malformed.
-            #[error("{code:?}: {message}")]
             Other {
                 /// The gRPC code.
                 code: Code,
@@ -142,15 +141,37 @@ macro_rules! errors {
                 reason: Option<String>,
                 /// The message.
                 message: String,
-                /// The status as received, kept as this error's source
-                /// (`None` when the client found the reply malformed).
-                #[source]
+                /// The status as received, this error's source (`None` when
+                /// the client found the reply malformed).
                 status: Option<Box<Status>>,
             },
             /// The client could not be built (an endpoint that is not a URI, a
             /// bad setting): nothing was sent.
-            #[error("invalid client configuration: {0}")]
             Config(String),
+        }
+
+        impl std::fmt::Display for Error {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    $(Error::$variant { status, .. } => {
+                        write!(formatter, "{}{}", $prefix, status.message())
+                    })*
+                    Error::Unavailable { message, .. } => write!(formatter, "unavailable: {message}"),
+                    Error::DeadlineExceeded { message, .. } => {
+                        write!(formatter, "deadline exceeded: {message}")
+                    }
+                    Error::Other { code, message, .. } => write!(formatter, "{code:?}: {message}"),
+                    Error::Config(problem) => {
+                        write!(formatter, "invalid client configuration: {problem}")
+                    }
+                }
+            }
+        }
+
+        impl std::error::Error for Error {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.status().map(|status| status as &(dyn std::error::Error + 'static))
+            }
         }
 
         impl Error {
@@ -162,8 +183,7 @@ macro_rules! errors {
                     $(
                         Reason::$reason => Error::$variant {
                             $($field: $read(&details, $($argument),*),)*
-                            message: status.message().to_owned(),
-                            status: Some(Box::new(status.clone())),
+                            status: Box::new(status.clone()),
                         },
                     )*
                 }
@@ -194,8 +214,8 @@ macro_rules! errors {
             /// raised itself).
             pub fn status(&self) -> Option<&Status> {
                 match self {
-                    $(Error::$variant { status, .. })|*
-                    | Error::Unavailable { status, .. }
+                    $(Error::$variant { status, .. } => Some(status),)*
+                    Error::Unavailable { status, .. }
                     | Error::DeadlineExceeded { status, .. }
                     | Error::Other { status, .. } => status.as_deref(),
                     Error::Config(_) => None,
@@ -205,8 +225,8 @@ macro_rules! errors {
             /// The server's (or the client's) message.
             pub fn message(&self) -> &str {
                 match self {
-                    $(Error::$variant { message, .. })|*
-                    | Error::Unavailable { message, .. }
+                    $(Error::$variant { status, .. } => status.message(),)*
+                    Error::Unavailable { message, .. }
                     | Error::DeadlineExceeded { message, .. }
                     | Error::Other { message, .. }
                     | Error::Config(message) => message,
@@ -219,14 +239,13 @@ macro_rules! errors {
 errors! {
     /// INVALID_ARGUMENT: the request is malformed; `violations` name each bad
     /// field (as many as fit in a status). Nothing changed.
-    InvalidArgument = InvalidArgument, retry: false, "{message}" {
+    InvalidArgument = InvalidArgument, retry: false, "" {
         /// The fields the server named.
         violations: Vec<FieldViolation> = violations(),
     };
     /// FAILED_PRECONDITION `INSUFFICIENT_STOCK`: a line asked for more than
     /// the channel may promise at its location. Nothing was held.
-    InsufficientStock = InsufficientStock, retry: false,
-        "insufficient stock of {sku} at {location}: requested {requested}, available {available}" {
+    InsufficientStock = InsufficientStock, retry: false, "" {
         /// The SKU of the refused line.
         sku: String = text("sku"),
         /// Its location (`channel <id>` when the channel's total was the limit).
@@ -238,8 +257,7 @@ errors! {
     };
     /// FAILED_PRECONDITION `WRONG_STATE`: the reservation's state does not
     /// allow the operation (commit an expired hold, cancel a held one).
-    WrongState = WrongState, retry: false,
-        "reservation {reservation_id} is {state}; cannot {operation}" {
+    WrongState = WrongState, retry: false, "" {
         /// The reservation.
         reservation_id: String = text("reservation_id"),
         /// Its state, as the server spells it (`EXPIRED`).
@@ -250,56 +268,57 @@ errors! {
     /// FAILED_PRECONDITION `NOT_ACTIVE`: a location or channel is PAUSED or
     /// RETIRED (or RETIRED and asked to change); not worth a retry until an
     /// operator makes it ACTIVE.
-    NotActive = NotActive, retry: false, "{message}" {
+    NotActive = NotActive, retry: false, "" {
         /// `location` or `channel`.
         kind: String = text("kind"),
         /// Its id.
         id: String = text("id"),
-        /// Its state (`PAUSED`, `RETIRED`).
-        state: String = text("state"),
+        /// Its state (PAUSED, RETIRED; UNSPECIFIED for a state this SDK
+        /// does not know, which the message still names).
+        state: LifecycleState = lifecycle("state"),
         /// What it refused (`take holds`, ...).
         operation: String = text("operation"),
     };
     /// FAILED_PRECONDITION `PRECONDITION_FAILED`: another refused
     /// precondition (a configuration limit, a reservation id whose earlier
     /// use still has committed units); the message says which.
-    PreconditionFailed = PreconditionFailed, retry: false, "failed precondition: {message}" {};
+    PreconditionFailed = PreconditionFailed, retry: false, "failed precondition: " {};
     /// ALREADY_EXISTS `ID_REUSED`: the id was used before with another
     /// payload (a Reserve with other lines, a Commit with other quantities).
-    IdReused = IdReused, retry: false, "id reused: {message}" {};
+    IdReused = IdReused, retry: false, "id reused: " {};
     /// NOT_FOUND `NOT_FOUND`: no such reservation (or it was forgotten after its retention).
-    NotFound = NotFound, retry: false, "{message}" {};
+    NotFound = NotFound, retry: false, "" {};
     /// UNAVAILABLE `IN_PROGRESS`: the id is still being worked on by an
     /// earlier call; the same request may be sent again after `retry_after`.
-    InProgress = InProgress, retry: true, "in progress: {message}" {
+    InProgress = InProgress, retry: true, "" {
         /// The wait the server suggested.
         retry_after: Option<Duration> = retry_delay(),
     };
     /// RESOURCE_EXHAUSTED `OVERLOADED`: a full shard mailbox or too many
     /// requests in flight; nothing was done, a retry later may succeed.
-    Overloaded = Overloaded, retry: true, "overloaded: {message}" {
+    Overloaded = Overloaded, retry: true, "" {
         /// The wait the server suggested.
         retry_after: Option<Duration> = retry_delay(),
     };
     /// RESOURCE_EXHAUSTED `DISK_FULL`: the node refuses writes until an
     /// operator frees space and restarts it; not worth a retry.
-    DiskFull = DiskFull, retry: false, "disk full: {message}" {};
+    DiskFull = DiskFull, retry: false, "" {};
     /// UNAVAILABLE `STORAGE_FAILED`: a durable write failed and the node
     /// exits to be restarted; the write was not acknowledged, the same
     /// request is safe to send again.
-    StorageFailed = StorageFailed, retry: true, "storage failed: {message}" {};
+    StorageFailed = StorageFailed, retry: true, "" {};
     /// UNAVAILABLE `RECOVERING`: the node is loading its state.
-    Recovering = Recovering, retry: true, "recovering: {message}" {};
+    Recovering = Recovering, retry: true, "" {};
     /// UNAVAILABLE `SHUTTING_DOWN`: the node is stopping.
-    ShuttingDown = ShuttingDown, retry: true, "shutting down: {message}" {};
+    ShuttingDown = ShuttingDown, retry: true, "" {};
     /// DEADLINE_EXCEEDED `REQUEST_TIMEOUT`: the request ran longer than the
     /// server allows (`request_timeout_ms`). Work already handed to a shard
     /// still finishes; the same request (same id) gets its answer.
-    RequestTimeout = RequestTimeout, retry: true, "request timeout: {message}" {};
+    RequestTimeout = RequestTimeout, retry: true, "" {};
     /// OUT_OF_RANGE `MESSAGE_TOO_LARGE`: the request is larger than the
     /// server's `max_message_bytes`; split it. Also tonic's own OUT_OF_RANGE
     /// without a reason (from a server before reasons), with no limit.
-    MessageTooLarge = MessageTooLarge, retry: false, "message too large: {message}" {
+    MessageTooLarge = MessageTooLarge, retry: false, "message too large: " {
         /// The server's limit, in bytes.
         limit_bytes: Option<u64> = optional_number("limit_bytes"),
     };
@@ -321,7 +340,7 @@ impl Error {
             (Code::Unavailable, None) => Error::Unavailable { message, status: kept },
             (Code::DeadlineExceeded, None) => Error::DeadlineExceeded { message, status: kept },
             (Code::OutOfRange, None) => {
-                Error::MessageTooLarge { limit_bytes: None, message, status: kept }
+                Error::MessageTooLarge { limit_bytes: None, status: Box::new(status.clone()) }
             }
             (code, reason) => Error::Other { code, reason, message, status: kept },
         }
@@ -503,7 +522,8 @@ mod tests {
         let Error::NotActive { kind, id, state, operation, .. } = &error else {
             panic!("{error:?}")
         };
-        assert_eq!([kind, id, state, operation], ["location", "dc-1", "PAUSED", "take holds"]);
+        assert_eq!([kind, id, operation], ["location", "dc-1", "take holds"]);
+        assert_eq!(*state, LifecycleState::Paused);
         let limit = [("limit_bytes", "4096")];
         let error =
             Error::from_status(&status(Reason::MessageTooLarge, &limit, ErrorDetails::new()));
