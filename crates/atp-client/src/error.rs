@@ -99,8 +99,10 @@ macro_rules! errors {
         /// sends, then what has no atp reason ([`Error::Unavailable`],
         /// [`Error::DeadlineExceeded`], [`Error::Other`]) and the client's own
         /// [`Error::Config`]. [`Error::is_retryable`] says which may be sent
-        /// again; [`Error::message`] is the server's message.
+        /// again; [`Error::message`] is the server's message. Non-exhaustive:
+        /// a reason added to the list adds a variant.
         #[derive(Debug)]
+        #[non_exhaustive]
         pub enum Error {
             $(
                 $(#[$doc])*
