@@ -7,17 +7,21 @@
 //! goes through one path that applies:
 //!
 //! - a **deadline** per attempt ([`ClientBuilder::deadline`], default 10 s);
-//! - **typed errors** ([`Error`]) read from the status code and its
-//!   `google.rpc` details: one variant per reason the server sends
-//!   ([`Error::InsufficientStock`] with the SKU, location and numbers,
-//!   [`Error::WrongState`], [`Error::PayloadMismatch`], ...) and
-//!   [`Error::Other`] keeping code, reason and message of anything else;
-//! - **retries of only what is safe** ([`RetryPolicy`]): the very same
-//!   request (so the same reservation or event id) is sent again on
-//!   UNAVAILABLE, DEADLINE_EXCEEDED, and RESOURCE_EXHAUSTED only when its
-//!   reason is `OVERLOADED`; refusals, a message too large and a full disk are
-//!   sent once. Backoff with jitter and a retry budget come from
-//!   `tower::retry`.
+//! - **typed errors** ([`Error`]) read from the [`Reason`] each status
+//!   carries (`google.rpc.ErrorInfo`): one variant per reason, with its
+//!   metadata as fields ([`Error::InsufficientStock`] with the SKU, location
+//!   and numbers, [`Error::WrongState`], [`Error::NotActive`],
+//!   [`Error::MessageTooLarge`] with the limit, ...); the code is read only
+//!   when there is no atp reason (a broken connection, the client's
+//!   deadline), and [`Error::Other`] keeps code, reason and message of a
+//!   reason this SDK does not know;
+//! - **retries of only what is safe** ([`RetryPolicy`],
+//!   [`Error::is_retryable`]): the very same request (so the same
+//!   reservation or event id) is sent again on `IN_PROGRESS`, `RECOVERING`,
+//!   `SHUTTING_DOWN`, `STORAGE_FAILED`, `OVERLOADED`, `REQUEST_TIMEOUT`, a
+//!   transport failure and the client's deadline; refusals, `DISK_FULL` and
+//!   `MESSAGE_TOO_LARGE` are sent once. Backoff with jitter and a retry
+//!   budget come from `tower::retry`.
 //!
 //! The common flows take and return plain types ([`Reserve`],
 //! [`Reservation`]): [`Client::reserve`], [`Client::commit`],
@@ -60,9 +64,10 @@ pub use retry::{MAX_ATTEMPTS_LIMIT, RetryPolicy};
 pub use rpc::Rpc;
 pub use types::{Line, Reservation, ReservationLine, ReservationState, Reserve};
 
-/// The `ErrorInfo` reasons the server sends (`INSUFFICIENT_STOCK`, ...).
-pub use atp_proto::status::{DISK_FULL, INSUFFICIENT_STOCK, OVERLOADED, WRONG_STATE};
 /// The generated `atp.v1` messages (requests, replies, enums).
 pub use atp_proto::v1 as proto;
+/// Every reason the server sends (`google.rpc.ErrorInfo.reason` in domain
+/// [`ERROR_DOMAIN`]), as [`Error::reason`] returns it.
+pub use atp_proto::{ERROR_DOMAIN, Reason};
 /// A gRPC status code, as [`Error::code`] returns it.
 pub use tonic::Code;

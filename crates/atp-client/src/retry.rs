@@ -214,7 +214,7 @@ mod tests {
         let retrier = Retrier::new(fast(3)).expect("valid");
         let unavailable = || Error::Unavailable { message: "gone".into(), status: None };
         assert_eq!(attempts_until_done(&retrier, unavailable).await, 3);
-        let refused = || Error::NotFound { message: "r-1".into(), status: None };
+        let refused = || Error::from_status(&atp_proto::Reason::NotFound.plain("r-1"));
         assert_eq!(attempts_until_done(&retrier, refused).await, 1);
     }
 

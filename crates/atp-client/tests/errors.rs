@@ -1,15 +1,15 @@
-//! Every reason the server can be made to send, read by the SDK from a real
-//! `atpd` as its typed error (the server's table: `atp_proto::status` and
-//! `atp-server`'s `error.rs` and `layers.rs`). DISK_FULL and an id still in
-//! progress cannot be caused on demand; `src/error.rs` reads them from
-//! statuses built the server's way.
+//! Every reason a real `atpd` can be made to send, read by the SDK as its
+//! typed error (the server builds them in `atp_proto::status` and
+//! `atp-server`'s `error.rs` and `layers.rs`). DISK_FULL, STORAGE_FAILED,
+//! RECOVERING, SHUTTING_DOWN and IN_PROGRESS cannot be caused on demand;
+//! `src/error.rs` reads them from statuses built the server's way.
 
 mod support;
 
 use std::time::Duration;
 
 use atp_client::proto as v1;
-use atp_client::{Code, Error, Reserve, RetryPolicy};
+use atp_client::{Code, Error, Reason, Reserve, RetryPolicy};
 use atp_testkit::Atpd;
 use support::{client, configure};
 use tokio::time::Instant;
@@ -30,7 +30,10 @@ async fn refusals_arrive_as_their_typed_errors() {
     for field in ["reservation_id", "lines[0].sku", "lines[0].quantity"] {
         assert!(fields.contains(&field), "{field} missing in {fields:?}");
     }
-    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(
+        (error.code(), error.reason()),
+        (Code::InvalidArgument, Some(Reason::InvalidArgument))
+    );
 
     // INSUFFICIENT_STOCK with the SKU, location and both numbers.
     let error =
@@ -39,12 +42,15 @@ async fn refusals_arrive_as_their_typed_errors() {
         panic!("{error:?}")
     };
     assert_eq!((sku.as_str(), location.as_str(), *requested, *available), ("tee", "dc-1", 7, 5));
-    assert_eq!(error.reason(), Some("INSUFFICIENT_STOCK"));
+    assert_eq!(error.reason(), Some(Reason::InsufficientStock));
+    assert_eq!(error.reason_name(), Some("INSUFFICIENT_STOCK"));
 
-    // ALREADY_EXISTS: the same id with another payload.
+    // ID_REUSED: the same id with another payload.
     client.reserve(Reserve::new("r-1", "web").line("tee", "dc-1", 1)).await.expect("held");
     let error = client.reserve(Reserve::new("r-1", "web").line("tee", "dc-1", 2)).await;
-    assert!(matches!(error, Err(Error::PayloadMismatch { .. })), "{error:?}");
+    let error = error.expect_err("another payload");
+    assert!(matches!(error, Error::IdReused { .. }), "{error:?}");
+    assert_eq!(error.code(), Code::AlreadyExists);
 
     // WRONG_STATE with the reservation, its state and the operation.
     client.release("r-1").await.expect("released");
@@ -61,27 +67,55 @@ async fn refusals_arrive_as_their_typed_errors() {
     let error = client.get_reservation("r-nobody").await;
     assert!(matches!(error, Err(Error::NotFound { .. })), "{error:?}");
 
-    // FAILED_PRECONDITION without a reason: a hold at an inactive location.
-    let inactive = v1::Location {
-        location_id: "dc-2".into(),
-        kind: v1::LocationKind::Warehouse.into(),
-        name: "closed".into(),
-        active: false,
-        ..Default::default()
-    };
-    let request = v1::UpsertLocationRequest { location: Some(inactive) };
-    client.rpc().upsert_location(request).await.expect("deactivate dc-2");
+    // NOT_ACTIVE: a hold at a PAUSED location, with what the metadata says.
+    let paused = support::location("dc-2", v1::LifecycleState::Paused);
+    let request = v1::UpsertLocationRequest { location: Some(paused) };
+    client.rpc().upsert_location(request).await.expect("pause dc-2");
     let error = client.reserve(Reserve::new("r-2", "web").line("tee", "dc-2", 1)).await;
-    assert!(
-        matches!(&error, Err(Error::FailedPrecondition { message, .. }) if message.contains("dc-2")),
-        "{error:?}"
+    let error = error.expect_err("paused");
+    let Error::NotActive { kind, id, state, .. } = &error else { panic!("{error:?}") };
+    assert_eq!(
+        (kind.as_str(), id.as_str(), *state),
+        ("location", "dc-2", v1::LifecycleState::Paused)
     );
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(!error.is_retryable());
 }
 
-// tonic refuses a request over the server's decoding limit with OUT_OF_RANGE
-// (not RESOURCE_EXHAUSTED): final either way.
 #[tokio::test]
-async fn a_message_over_the_limit_is_kept_as_other_with_its_code() {
+async fn rejected_stock_events_read_as_their_typed_errors() {
+    let atpd = Atpd::start(&[]).await;
+    let client = client(&atpd.endpoint(), RetryPolicy::never());
+    configure(&client, &["tee"], 5).await;
+    let event = |id: &str, kind| v1::StockEvent {
+        event_id: id.into(),
+        sku: "tee".into(),
+        location_id: "dc-1".into(),
+        kind: Some(kind),
+    };
+    let events = vec![
+        // PRECONDITION_FAILED: nothing is unavailable, so nothing can be released.
+        event(
+            "release-1",
+            v1::stock_event::Kind::ReleasedUnavailable(v1::ReleasedUnavailable { quantity: 1 }),
+        ),
+        // ID_REUSED: configure received `recv-tee` with another quantity.
+        event("recv-tee", v1::stock_event::Kind::Received(v1::Received { quantity: 1 })),
+        event("recv-2", v1::stock_event::Kind::Received(v1::Received { quantity: 1 })),
+    ];
+    let request = v1::ApplyStockEventsRequest { events };
+    let reply = client.rpc().apply_stock_events(request).await.expect("results");
+    let errors: Vec<Option<Error>> = reply.results.iter().map(Error::from_rejected_event).collect();
+    assert!(matches!(&errors[0], Some(Error::PreconditionFailed { .. })), "{errors:?}");
+    assert!(matches!(&errors[1], Some(Error::IdReused { .. })), "{errors:?}");
+    assert!(errors[2].is_none(), "applied: {errors:?}");
+    let error = errors[0].as_ref().expect("rejected");
+    assert_eq!((error.code(), error.is_retryable()), (Code::FailedPrecondition, false));
+}
+
+// Over `max_message_bytes`: OUT_OF_RANGE `MESSAGE_TOO_LARGE` with the limit.
+#[tokio::test]
+async fn a_message_over_the_limit_is_message_too_large_with_the_limit() {
     let atpd = Atpd::start(&[("ATP_MAX_MESSAGE_BYTES", "1024")]).await;
     let client = client(&atpd.endpoint(), RetryPolicy::never());
     let mut reserve = Reserve::new("r-large", "web");
@@ -90,10 +124,11 @@ async fn a_message_over_the_limit_is_kept_as_other_with_its_code() {
     }
     let error = client.reserve(reserve).await.expect_err("too large");
     assert!(
-        matches!(&error, Error::Other { code: Code::OutOfRange, reason: None, message, .. }
-            if message.contains("too large")),
+        matches!(&error, Error::MessageTooLarge { limit_bytes: Some(1024), .. }
+            if error.message().contains("1024")),
         "{error:?}"
     );
+    assert_eq!((error.code(), error.reason()), (Code::OutOfRange, Some(Reason::MessageTooLarge)));
     assert!(!error.is_retryable());
 }
 
@@ -114,12 +149,12 @@ async fn too_many_requests_in_flight_is_overloaded() {
         assert!(Instant::now() < until, "no call was shed");
     };
     assert!(matches!(error, Error::Overloaded { retry_after: Some(_), .. }), "{error:?}");
-    assert_eq!(error.reason(), Some("OVERLOADED"));
+    assert_eq!(error.reason(), Some(Reason::Overloaded));
     assert!(error.is_retryable());
 }
 
 #[tokio::test]
-async fn the_server_timeout_is_deadline_exceeded() {
+async fn the_server_timeout_is_request_timeout() {
     let atpd = Atpd::start(&[("ATP_REQUEST_TIMEOUT_MS", "1")]).await;
     let client = client(&atpd.endpoint(), RetryPolicy::never());
     // A batch of 1000 Reserves takes longer than 1 ms in any build.
@@ -134,7 +169,9 @@ async fn the_server_timeout_is_deadline_exceeded() {
         }
         assert!(Instant::now() < until, "every batch finished within 1 ms");
     };
-    assert!(matches!(error, Error::DeadlineExceeded { .. }), "{error:?}");
+    assert!(matches!(error, Error::RequestTimeout { .. }), "{error:?}");
+    assert_eq!(error.code(), Code::DeadlineExceeded);
+    assert!(error.is_retryable(), "the same ids are safe to send again");
 }
 
 #[tokio::test]
@@ -175,7 +212,7 @@ async fn a_full_shard_mailbox_is_overloaded() {
         assert!(Instant::now() < until, "the mailbox never overflowed");
     };
     assert!(
-        matches!(&error, Error::Overloaded { message, retry_after: Some(_), .. } if message.contains("shard")),
+        matches!(&error, Error::Overloaded { retry_after: Some(_), .. } if error.message().contains("shard")),
         "{error:?}"
     );
 }

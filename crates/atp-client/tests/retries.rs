@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use atp_client::{Client, Error, ReservationState, Reserve, RetryPolicy};
+use atp_client::{Client, Error, Reason, ReservationState, Reserve, RetryPolicy};
 use atp_testkit::Atpd;
 use support::{Fault, FaultProxy, client, configure, position, quick_retries};
 
@@ -36,12 +36,12 @@ async fn refusals_are_sent_exactly_once() {
     }
     let error = client.reserve(large).await;
     once("r-large", error, |error| {
-        matches!(error, Error::Other { code: atp_client::Code::OutOfRange, .. })
+        matches!(error, Error::MessageTooLarge { limit_bytes: Some(1024), .. })
     });
 
     client.reserve(Reserve::new("r-1", "web").line("tee", "dc-1", 1)).await.expect("held");
     let error = client.reserve(Reserve::new("r-1", "web").line("tee", "dc-1", 2)).await;
-    assert!(matches!(error, Err(Error::PayloadMismatch { .. })), "{error:?}");
+    assert!(matches!(error, Err(Error::IdReused { .. })), "{error:?}");
     assert_eq!(proxy.attempts_for("r-1"), 2, "one Reserve, one mismatched Reserve");
     client.release("r-1").await.expect("released");
     let error = client.commit("r-1").await;
@@ -79,6 +79,30 @@ async fn retries_stop_at_max_attempts() {
     let error = client.get_reservation("r-2").await.expect_err("overloaded");
     assert!(matches!(error, Error::Overloaded { retry_after: Some(_), .. }), "{error:?}");
     assert_eq!(proxy.attempts_for("r-2"), 3, "overload is retried");
+}
+
+#[tokio::test]
+async fn each_reason_is_retried_by_its_rule() {
+    let atpd = Atpd::start(&[]).await;
+    let (proxy, address) = FaultProxy::start(&atpd, Fault::None).await;
+    let policy = RetryPolicy { budget_min_retries_per_second: 1_000, ..quick_retries(3) };
+    let client = client(&format!("http://{address}"), policy);
+    let retried = [
+        Reason::InProgress,
+        Reason::Overloaded,
+        Reason::StorageFailed,
+        Reason::Recovering,
+        Reason::ShuttingDown,
+        Reason::RequestTimeout,
+    ];
+    for &reason in Reason::ALL {
+        proxy.set_fault(Fault::Refuse(reason));
+        let id = format!("r-{}", reason.name());
+        let error = client.get_reservation(&id).await.expect_err("refused by the proxy");
+        assert_eq!(error.reason(), Some(reason), "{error:?}");
+        let expected = if retried.contains(&reason) { 3 } else { 1 };
+        assert_eq!(proxy.attempts_for(&id), expected, "{reason:?}");
+    }
 }
 
 #[tokio::test]
@@ -183,7 +207,7 @@ async fn reserve_many_answers_each_item_and_retries_lost_replies() {
             assert!(matches!(error, Error::InsufficientStock { .. }), "{error:?}");
         }
     }
-    assert!(matches!(results[6], Err(Error::PayloadMismatch { .. })), "{:?}", results[6]);
+    assert!(matches!(results[6], Err(Error::IdReused { .. })), "{:?}", results[6]);
     assert!(
         matches!(&results[7], Err(Error::InvalidArgument { violations, .. })
         if violations[0].field.starts_with("reservations[7]")),

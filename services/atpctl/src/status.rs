@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-/// Exit statuses, one per class of error (documented in the README).
+/// Exit statuses, one per class of error (documented in the README). A
+/// failed call is classed by its reason ([`atp_client::Reason`]), through the
+/// SDK's typed error: what the SDK retries is [`exit::TRY_AGAIN`], the rest
+/// by the reason's code.
 pub mod exit {
     /// Some items of the work were refused (stock events, import rows,
     /// batch reservations); the rest was done and everything was printed.
@@ -17,18 +20,21 @@ pub mod exit {
     /// bad input file, found before anything was sent; or an answer it could
     /// not read.
     pub const LOCAL: u8 = 2;
-    /// The server found the request malformed (INVALID_ARGUMENT, OUT_OF_RANGE).
+    /// The server found the request malformed: `INVALID_ARGUMENT`,
+    /// `MESSAGE_TOO_LARGE`.
     pub const INVALID: u8 = 3;
-    /// The server refused it by its rules: insufficient stock, wrong state,
-    /// an inactive location, an id reused with another payload
-    /// (FAILED_PRECONDITION, ALREADY_EXISTS).
+    /// The server refused it by its rules: `INSUFFICIENT_STOCK`,
+    /// `WRONG_STATE`, `NOT_ACTIVE`, `PRECONDITION_FAILED`, `ID_REUSED`.
     pub const REFUSED: u8 = 4;
-    /// No such reservation (NOT_FOUND).
+    /// No such reservation (`NOT_FOUND`).
     pub const NOT_FOUND: u8 = 5;
     /// Not reachable, too busy or too slow now; the same command may work
-    /// later (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED `OVERLOADED`).
+    /// later: what the SDK retries (`IN_PROGRESS`, `OVERLOADED`,
+    /// `STORAGE_FAILED`, `RECOVERING`, `SHUTTING_DOWN`, `REQUEST_TIMEOUT`, a
+    /// broken connection, the client's deadline).
     pub const TRY_AGAIN: u8 = 6;
-    /// Anything else (a full disk, INTERNAL, UNIMPLEMENTED, ...).
+    /// Anything else (`DISK_FULL`, a reason atpctl does not know, INTERNAL,
+    /// UNIMPLEMENTED, ...).
     pub const OTHER: u8 = 7;
 }
 
@@ -41,16 +47,25 @@ fn call_error(error: &anyhow::Error) -> Option<(&atp_client::Error, Option<&toni
 
 /// The exit status of `error` (see [`exit`]).
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    let code = match call_error(error) {
-        Some((atp_client::Error::Config(_), _)) => return exit::LOCAL,
-        Some((sdk, _)) if sdk.is_retryable() => return exit::TRY_AGAIN,
-        Some((sdk, _)) => sdk.code(),
-        None => match error.chain().find_map(|cause| cause.downcast_ref::<tonic::Status>()) {
-            Some(status) => status.code(),
-            None => return exit::LOCAL,
-        },
-    };
-    match code {
+    if let Some((sdk, _)) = call_error(error) {
+        return exit_code_of(sdk);
+    }
+    // A bare status (the generated clients, not the SDK): read as the SDK would.
+    match error.chain().find_map(|cause| cause.downcast_ref::<tonic::Status>()) {
+        Some(status) => exit_code_of(&atp_client::Error::from_status(status)),
+        None => exit::LOCAL,
+    }
+}
+
+/// The exit status of a failed call, by its reason.
+fn exit_code_of(error: &atp_client::Error) -> u8 {
+    if let atp_client::Error::Config(_) = error {
+        return exit::LOCAL;
+    }
+    if error.is_retryable() {
+        return exit::TRY_AGAIN;
+    }
+    match error.code() {
         Code::InvalidArgument | Code::OutOfRange => exit::INVALID,
         Code::FailedPrecondition | Code::AlreadyExists => exit::REFUSED,
         Code::NotFound => exit::NOT_FOUND,
@@ -277,6 +292,40 @@ mod tests {
             "\n  precondition INSUFFICIENT_STOCK sku:s/location:dc\
              \n  reason INSUFFICIENT_STOCK (atp.v1): available=0 sku=s"
         );
+    }
+
+    #[test]
+    fn every_reason_has_its_exit_status() {
+        use atp_client::Reason;
+        for &reason in Reason::ALL {
+            let expected = match reason {
+                Reason::InvalidArgument | Reason::MessageTooLarge => exit::INVALID,
+                Reason::InsufficientStock
+                | Reason::WrongState
+                | Reason::NotActive
+                | Reason::PreconditionFailed
+                | Reason::IdReused => exit::REFUSED,
+                Reason::NotFound => exit::NOT_FOUND,
+                Reason::InProgress
+                | Reason::Overloaded
+                | Reason::StorageFailed
+                | Reason::Recovering
+                | Reason::ShuttingDown
+                | Reason::RequestTimeout => exit::TRY_AGAIN,
+                Reason::DiskFull => exit::OTHER,
+            };
+            let error = anyhow::Error::new(reason.plain("why"));
+            assert_eq!(exit_code(&error), expected, "{reason:?}");
+            let sdk = anyhow::Error::new(atp_client::Error::from_status(&reason.plain("why")));
+            assert_eq!(exit_code(&sdk), expected, "{reason:?} through the SDK");
+        }
+        let unknown = tonic_types::ErrorDetails::with_error_info(
+            "SHARD_MOVED",
+            atp_client::ERROR_DOMAIN,
+            std::collections::HashMap::new(),
+        );
+        let status = tonic::Status::with_error_details(Code::Unavailable, "moved", unknown);
+        assert_eq!(exit_code(&anyhow::Error::new(status)), exit::TRY_AGAIN, "by its code");
     }
 
     #[test]

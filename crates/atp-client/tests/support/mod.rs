@@ -38,12 +38,13 @@ pub fn client(endpoint: &str, policy: RetryPolicy) -> Client {
         .expect("a valid client")
 }
 
-fn location(id: &str, active: bool) -> v1::Location {
+/// Location `id` in lifecycle `state`.
+pub fn location(id: &str, state: v1::LifecycleState) -> v1::Location {
     v1::Location {
         location_id: id.into(),
         kind: v1::LocationKind::Warehouse.into(),
         name: format!("warehouse {id}"),
-        active,
+        state: state.into(),
         ..Default::default()
     }
 }
@@ -52,7 +53,8 @@ fn location(id: &str, active: bool) -> v1::Location {
 /// of `skus` received at dc-1. Through the SDK, so setup uses it too.
 pub async fn configure(client: &Client, skus: &[&str], stock: i64) {
     for id in ["dc-1", "dc-2"] {
-        let request = v1::UpsertLocationRequest { location: Some(location(id, true)) };
+        let request =
+            v1::UpsertLocationRequest { location: Some(location(id, v1::LifecycleState::Active)) };
         client.rpc().upsert_location(request).await.expect("upsert location");
     }
     let channel = v1::Channel {
@@ -61,6 +63,7 @@ pub async fn configure(client: &Client, skus: &[&str], stock: i64) {
         location_ids: vec!["dc-1".into(), "dc-2".into()],
         buffer: 0,
         cap: None,
+        state: v1::LifecycleState::Active.into(),
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel) };
     client.rpc().upsert_channel(request).await.expect("upsert channel");
@@ -99,6 +102,9 @@ pub enum Fault {
     DropEveryReply,
     /// Answer RESOURCE_EXHAUSTED `OVERLOADED` without forwarding.
     Overloaded,
+    /// Answer a status of this reason, built as the server builds it,
+    /// without forwarding.
+    Refuse(atp_client::Reason),
     /// In a ReserveBatch, answer every odd item `OVERLOADED` (in its result,
     /// not forwarded) the first time its id is seen; forward the others.
     OverloadOddItemsOnce,
@@ -163,8 +169,12 @@ impl FaultProxy {
         forward: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
         let (fault, first) = self.arrive(id);
-        if fault == Fault::Overloaded {
-            return Err(atp_proto::status::overloaded("fault proxy: overloaded"));
+        match fault {
+            Fault::Overloaded => {
+                return Err(atp_proto::status::overloaded("fault proxy: overloaded"));
+            }
+            Fault::Refuse(reason) => return Err(reason.plain("fault proxy: refused")),
+            _ => {}
         }
         let reply = forward.await;
         match fault {
