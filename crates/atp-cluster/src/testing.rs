@@ -1,0 +1,341 @@
+//! Test support (feature `testing`): a real etcd process on free loopback
+//! ports ([`EtcdProcess`]), a fault-injecting [`Store`] wrapper
+//! ([`Faulty`]), and [`wait_for`], which waits on a condition with a
+//! deadline. Other crates' tests reuse these through the feature.
+//!
+//! The etcd binary is `ATP_ETCD_BIN`, or `etcd` on the `PATH`, or
+//! `/usr/bin/etcd` (Debian's `etcd-server`, which `.ci/run` installs). When
+//! it is missing, [`EtcdProcess::start_or_skip`] fails the test if `CI` is
+//! set and otherwise skips it with a message.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::etcd::EtcdStore;
+use crate::store::{Lease, Snapshot, Store, StoreError, Watch, WatchEvent};
+
+/// How long etcd may take to start answering.
+pub const ETCD_STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause between two polls of a condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Waits until `condition` holds, polling every [`POLL_INTERVAL`]; panics
+/// with `what` after `deadline`.
+pub async fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !condition() {
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Where the etcd binary is, if anywhere.
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("ATP_ETCD_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|dir| dir.join("etcd")).find(|path| path.is_file())
+    });
+    on_path.or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|path| path.is_file()))
+}
+
+/// A real etcd (one member) on free loopback ports with a temporary data
+/// directory; killed when dropped. Fast elections (heartbeat 50 ms, election
+/// 500 ms) so the minimum lease TTL is 1 s and start-up is quick.
+pub struct EtcdProcess {
+    binary: PathBuf,
+    child: Option<Child>,
+    client_address: SocketAddr,
+    peer_address: SocketAddr,
+    data: tempfile::TempDir,
+}
+
+impl EtcdProcess {
+    /// Starts etcd, or returns `None` after printing why the test is skipped
+    /// (no etcd binary); panics if `CI` is set and there is no etcd.
+    pub async fn start_or_skip() -> Option<Self> {
+        let Some(binary) = etcd_binary() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "etcd is missing: install Debian's etcd-server (apt-get install -y etcd-server; .ci/run does) or set ATP_ETCD_BIN"
+            );
+            eprintln!("skipped: no etcd binary (install etcd-server or set ATP_ETCD_BIN)");
+            return None;
+        };
+        Some(Self::start(binary).await)
+    }
+
+    /// Starts `binary` and waits until it answers.
+    pub async fn start(binary: PathBuf) -> Self {
+        let data = tempfile::tempdir().expect("a temporary etcd data directory");
+        let mut etcd = Self {
+            binary,
+            child: None,
+            client_address: free_port(),
+            peer_address: free_port(),
+            data,
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client_address)
+    }
+
+    /// A new client connection.
+    pub async fn store(&self) -> EtcdStore {
+        EtcdStore::connect(&[self.endpoint()], Duration::from_secs(5))
+            .await
+            .expect("connect to the test etcd")
+    }
+
+    /// SIGSTOP: etcd stops answering, its connections stay open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGKILL, then start again on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("etcd is running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} etcd failed");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn spawn(&mut self) {
+        let client_url = format!("http://{}", self.client_address);
+        let peer_url = format!("http://{}", self.peer_address);
+        let log =
+            std::fs::File::create(self.data.path().join("etcd.log")).expect("create etcd.log");
+        let child = Command::new(&self.binary)
+            .arg("--name=atp-test")
+            .arg(format!("--data-dir={}", self.data.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=atp-test={peer_url}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {}: {error}", self.binary.display()));
+        self.child = Some(child);
+        self.wait_until_ready().await;
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let until = Instant::now() + ETCD_STARTUP_DEADLINE;
+        loop {
+            if let Some(status) =
+                self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+            {
+                panic!("etcd exited with {status} during start-up; log: {}", self.log_tail());
+            }
+            if let Ok(store) =
+                EtcdStore::connect(&[self.endpoint()], Duration::from_millis(500)).await
+            {
+                let read =
+                    tokio::time::timeout(Duration::from_millis(500), store.get_prefix("/")).await;
+                if matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "etcd did not answer within {ETCD_STARTUP_DEADLINE:?}; log: {}",
+                self.log_tail()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default();
+        let start = log.len().saturating_sub(2_000);
+        log.get(start..).unwrap_or(&log).to_owned()
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        // A paused process ignores nothing but SIGKILL, which is what kill sends.
+        self.kill();
+    }
+}
+
+/// A free loopback port (bound, read, released: another process may take it
+/// before etcd binds it, which start-up then reports).
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("the bound address")
+}
+
+/// A [`Store`] wrapper that breaks watch streams on demand, can hold new
+/// watches until released, and records calls, so a test can make changes
+/// (and compact) while a watcher is disconnected, on either store.
+#[derive(Clone)]
+pub struct Faulty<S> {
+    inner: S,
+    faults: Arc<Faults>,
+}
+
+struct Faults {
+    /// Bumped by [`Faulty::break_watches`]: every open watch fails.
+    breaks: watch::Sender<u64>,
+    /// `false` while new watches are held.
+    watches_open: watch::Sender<bool>,
+    calls: Mutex<Calls>,
+    /// Watch opens that found the gate closed.
+    held: AtomicUsize,
+}
+
+/// What a [`Faulty`] store was asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Calls {
+    /// Number of prefix reads.
+    pub reads: usize,
+    /// The start revision of every watch opened.
+    pub watch_starts: Vec<i64>,
+}
+
+impl<S: Store> Faulty<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        let faults = Faults {
+            breaks: watch::channel(0).0,
+            watches_open: watch::channel(true).0,
+            calls: Mutex::new(Calls::default()),
+            held: AtomicUsize::new(0),
+        };
+        Self { inner, faults: Arc::new(faults) }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Breaks every open watch stream (its next read fails).
+    pub fn break_watches(&self) {
+        self.faults.breaks.send_modify(|breaks| *breaks += 1);
+    }
+
+    /// Holds (`false`) or lets through (`true`) new watches.
+    pub fn open_watches(&self, open: bool) {
+        self.faults.watches_open.send_replace(open);
+    }
+
+    /// How many watch opens found new watches held.
+    pub fn held_watches(&self) -> usize {
+        self.faults.held.load(Ordering::SeqCst)
+    }
+
+    /// What was called so far.
+    pub fn calls(&self) -> Calls {
+        self.faults.calls.lock().expect("calls lock poisoned").clone()
+    }
+}
+
+impl<S: Store> Store for Faulty<S> {
+    type Keeper = S::Keeper;
+    type Watch = FaultyWatch<S::Watch>;
+
+    async fn grant(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        self.inner.grant(ttl).await
+    }
+
+    async fn revoke(&self, lease_id: i64) -> Result<(), StoreError> {
+        self.inner.revoke(lease_id).await
+    }
+
+    async fn put(&self, key: &str, value: &[u8], lease_id: i64) -> Result<i64, StoreError> {
+        self.inner.put(key, value, lease_id).await
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        self.faults.calls.lock().expect("calls lock poisoned").reads += 1;
+        self.inner.get_prefix(prefix).await
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        self.inner.compact(revision).await
+    }
+
+    async fn keep_alive(&self, lease_id: i64) -> Result<S::Keeper, StoreError> {
+        self.inner.keep_alive(lease_id).await
+    }
+
+    async fn watch_prefix(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<Self::Watch, StoreError> {
+        let mut open = self.faults.watches_open.subscribe();
+        if !*open.borrow() {
+            self.faults.held.fetch_add(1, Ordering::SeqCst);
+        }
+        open.wait_for(|open| *open).await.expect("the sender lives in self");
+        self.faults.calls.lock().expect("calls lock poisoned").watch_starts.push(start_revision);
+        let mut breaks = self.faults.breaks.subscribe();
+        breaks.mark_unchanged();
+        let inner = self.inner.watch_prefix(prefix, start_revision).await?;
+        Ok(FaultyWatch { inner, breaks })
+    }
+}
+
+/// A watch that fails once [`Faulty::break_watches`] is called.
+pub struct FaultyWatch<W> {
+    inner: W,
+    breaks: watch::Receiver<u64>,
+}
+
+impl<W: Watch> Watch for FaultyWatch<W> {
+    async fn next(&mut self) -> Result<Vec<WatchEvent>, StoreError> {
+        tokio::select! {
+            biased;
+            _ = self.breaks.changed() => Err(StoreError::StreamClosed),
+            events = self.inner.next() => events,
+        }
+    }
+}

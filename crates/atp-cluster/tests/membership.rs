@@ -1,0 +1,368 @@
+//! Membership behaviour, one test body run on two stores: the in-memory etcd
+//! (paused tokio time) and a real etcd process (real time). A test body gets
+//! a [`Fixture`]: stores to build nodes on, and the faults (pause = SIGSTOP,
+//! restart = SIGKILL + start on the same data directory).
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use atp_cluster::memory::MemoryEtcd;
+use atp_cluster::store::Store;
+use atp_cluster::testing::{EtcdProcess, Faulty};
+use atp_cluster::{
+    EtcdStore, LeaseState, LostReason, Member, Members, Membership, MembershipConfig,
+};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+
+/// What a test body may do to "etcd".
+trait Fixture {
+    type S: Store;
+    /// A new client of the one store.
+    async fn store(&self) -> Self::S;
+    /// Stop answering (SIGSTOP).
+    fn pause(&self);
+    /// Answer again (SIGCONT).
+    fn resume(&self);
+    /// Kill and start again on the same data.
+    async fn restart(&mut self);
+}
+
+struct Memory(MemoryEtcd);
+
+impl Fixture for Memory {
+    type S = MemoryEtcd;
+    async fn store(&self) -> MemoryEtcd {
+        self.0.clone()
+    }
+    fn pause(&self) {
+        self.0.pause();
+    }
+    fn resume(&self) {
+        self.0.resume();
+    }
+    async fn restart(&mut self) {
+        self.0.restart();
+    }
+}
+
+struct Real(EtcdProcess);
+
+impl Fixture for Real {
+    type S = EtcdStore;
+    async fn store(&self) -> EtcdStore {
+        self.0.store().await
+    }
+    fn pause(&self) {
+        self.0.pause();
+    }
+    fn resume(&self) {
+        self.0.resume();
+    }
+    async fn restart(&mut self) {
+        self.0.restart().await;
+    }
+}
+
+/// Runs one test body on both stores.
+macro_rules! on_both_stores {
+    ($body:ident) => {
+        mod $body {
+            #[tokio::test(start_paused = true)]
+            async fn memory() {
+                super::$body(super::Memory(atp_cluster::memory::MemoryEtcd::new())).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                let Some(etcd) = atp_cluster::testing::EtcdProcess::start_or_skip().await else {
+                    return;
+                };
+                super::$body(super::Real(etcd)).await;
+            }
+        }
+    };
+}
+
+const TTL_MS: u64 = 2_000;
+const MARGIN_MS: u64 = 500;
+/// Long enough for a slow etcd start on a busy machine, short for paused time.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(node: &str) -> MembershipConfig {
+    MembershipConfig {
+        lease_ttl_ms: TTL_MS,
+        keepalive_interval_ms: 300,
+        keepalive_timeout_ms: 300,
+        safety_margin_ms: MARGIN_MS,
+        request_timeout_ms: 500,
+        retry_backoff_ms: 50,
+        ..MembershipConfig::new("test", node, format!("{node}.local:7000"))
+    }
+}
+
+async fn until<T: Clone + Debug>(
+    receiver: &mut watch::Receiver<T>,
+    what: &str,
+    condition: impl FnMut(&T) -> bool,
+) -> T {
+    match timeout(WAIT, receiver.wait_for(condition)).await {
+        Ok(Ok(value)) => value.clone(),
+        Ok(Err(_)) => panic!("the sender went away while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}; last: {:?}", *receiver.borrow()),
+    }
+}
+
+fn lists(node: &'static str) -> impl FnMut(&Members) -> bool {
+    move |members| members.nodes.contains_key(node)
+}
+
+fn held_lease(state: &LeaseState) -> i64 {
+    match state {
+        LeaseState::Held { lease_id, .. } => *lease_id,
+        other => panic!("expected a held lease, got {other:?}"),
+    }
+}
+
+/// Joins, retrying while the store is still coming back.
+async fn join_when_possible(member: &impl Membership) -> i64 {
+    let until_time = Instant::now() + WAIT;
+    loop {
+        match member.join().await {
+            Ok(lease_id) => return lease_id,
+            Err(error) => assert!(Instant::now() < until_time, "join kept failing: {error}"),
+        }
+    }
+}
+
+on_both_stores!(a_joined_node_is_listed_and_seen_leaving);
+async fn a_joined_node_is_listed_and_seen_leaving(fixture: impl Fixture) {
+    let a = Member::new(fixture.store().await, config("a")).expect("valid config");
+    let b = Member::new(fixture.store().await, config("b")).expect("valid config");
+    let mut seen_by_b = b.members();
+    let lease_id = a.join().await.expect("join");
+    assert_eq!(held_lease(&a.lease_state().borrow()), lease_id);
+
+    let members = until(&mut seen_by_b, "b to list a", lists("a")).await;
+    assert_eq!(members.nodes.get("a").map(String::as_str), Some("a.local:7000"));
+    assert!(!members.nodes.contains_key("b"), "b never joined");
+    assert!(members.revision > 0);
+    let mut seen_by_a = a.members();
+    until(&mut seen_by_a, "a to list itself", lists("a")).await;
+
+    a.leave().await.expect("leave");
+    assert_eq!(*a.lease_state().borrow(), LeaseState::Idle);
+    let after =
+        until(&mut seen_by_b, "b to see a leave", |members| !members.nodes.contains_key("a")).await;
+    assert!(after.revision > members.revision);
+}
+
+on_both_stores!(keepalives_hold_the_lease_past_several_ttls);
+async fn keepalives_hold_the_lease_past_several_ttls(fixture: impl Fixture) {
+    let store = fixture.store().await;
+    let a = Member::new(store.clone(), config("a")).expect("valid config");
+    let started = Instant::now();
+    a.join().await.expect("join");
+    let mut state = a.lease_state();
+    // The lease must stay held for three TTLs: waiting for anything else times out.
+    let held_for = Duration::from_millis(3 * TTL_MS);
+    let lost =
+        timeout(held_for, state.wait_for(|state| !matches!(state, LeaseState::Held { .. }))).await;
+    assert!(lost.is_err(), "the lease was not held for 3 TTLs: {:?}", *state.borrow());
+    let LeaseState::Held { deadline, .. } = *state.borrow() else { unreachable!() };
+    assert!(deadline > started + held_for, "the deadline did not move with the keepalives");
+    let snapshot = store.get_prefix("/atp/test/nodes/").await.expect("read");
+    assert_eq!(snapshot.kvs.len(), 1, "the node key is still there: {snapshot:?}");
+}
+
+on_both_stores!(a_paused_etcd_means_lost_at_the_deadline_then_a_new_lease);
+async fn a_paused_etcd_means_lost_at_the_deadline_then_a_new_lease(fixture: impl Fixture) {
+    let a = Member::new(fixture.store().await, config("a")).expect("valid config");
+    let b = Member::new(fixture.store().await, config("b")).expect("valid config");
+    let first_lease = a.join().await.expect("join");
+    let mut state = a.lease_state();
+    until(&mut state, "a first renewal", |state| state.is_held_at(Instant::now())).await;
+
+    fixture.pause();
+    // Follow every deadline published (a renewal already on the wire may
+    // still land) until the state turns Lost.
+    let mut last_deadline = None;
+    let lost_at = loop {
+        match *state.borrow_and_update() {
+            LeaseState::Held { deadline, .. } => last_deadline = Some(deadline),
+            LeaseState::Lost { lease_id, reason } => {
+                assert_eq!(lease_id, first_lease);
+                assert_eq!(reason, LostReason::DeadlinePassed);
+                break Instant::now();
+            }
+            LeaseState::Idle => panic!("unexpected idle"),
+        }
+        timeout(WAIT, state.changed()).await.expect("lost within the wait").expect("sender alive");
+    };
+    let deadline = last_deadline.expect("a deadline was seen");
+    assert!(lost_at >= deadline, "stepped down before the deadline");
+    assert!(
+        lost_at <= deadline + Duration::from_millis(MARGIN_MS),
+        "stepped down {:?} after the deadline",
+        lost_at - deadline
+    );
+
+    fixture.resume();
+    let second_lease = join_when_possible(&a).await;
+    assert_ne!(second_lease, first_lease, "a lost lease is never reused");
+    assert_eq!(held_lease(&a.lease_state().borrow()), second_lease);
+    let mut seen_by_b = b.members();
+    until(&mut seen_by_b, "b to list a again", lists("a")).await;
+}
+
+on_both_stores!(a_lease_revoked_behind_the_nodes_back_is_lost_at_once);
+async fn a_lease_revoked_behind_the_nodes_back_is_lost_at_once(fixture: impl Fixture) {
+    let store = fixture.store().await;
+    let a = Member::new(store.clone(), config("a")).expect("valid config");
+    let lease_id = a.join().await.expect("join");
+    let revoked_at = Instant::now();
+    store.revoke(lease_id).await.expect("revoke");
+    let mut state = a.lease_state();
+    let lost =
+        until(&mut state, "a to lose its lease", |state| matches!(state, LeaseState::Lost { .. }))
+            .await;
+    assert_eq!(lost, LeaseState::Lost { lease_id, reason: LostReason::Expired });
+    // At the next keepalive, well before any deadline.
+    assert!(Instant::now() < revoked_at + Duration::from_millis(TTL_MS - MARGIN_MS));
+}
+
+on_both_stores!(a_restart_breaks_streams_and_both_loops_recover);
+async fn a_restart_breaks_streams_and_both_loops_recover(mut fixture: impl Fixture) {
+    // A longer lease, so that a real etcd restarts well within it.
+    let slow =
+        |node| MembershipConfig { lease_ttl_ms: 8_000, safety_margin_ms: 1_000, ..config(node) };
+    let a = Member::new(fixture.store().await, slow("a")).expect("valid config");
+    let b = Member::new(fixture.store().await, slow("b")).expect("valid config");
+    let c = Member::new(fixture.store().await, slow("c")).expect("valid config");
+    let lease_id = a.join().await.expect("join");
+    let mut seen_by_b = b.members();
+    until(&mut seen_by_b, "b to list a", lists("a")).await;
+
+    fixture.restart().await;
+    let restarted = Instant::now();
+    let mut state = a.lease_state();
+    let renewed = until(
+        &mut state,
+        "a renewal after the restart",
+        |state| !matches!(state, LeaseState::Held { deadline, .. } if *deadline < restarted),
+    )
+    .await;
+    assert_eq!(held_lease(&renewed), lease_id, "etcd keeps leases across a restart");
+
+    join_when_possible(&c).await;
+    let members = until(&mut seen_by_b, "b to list c after the restart", lists("c")).await;
+    assert!(members.nodes.contains_key("a"));
+}
+
+on_both_stores!(a_broken_watch_resumes_without_missing_a_change);
+async fn a_broken_watch_resumes_without_missing_a_change(fixture: impl Fixture) {
+    let faulty = Faulty::new(fixture.store().await);
+    let a = Member::new(fixture.store().await, config("a")).expect("valid config");
+    let b = Member::new(faulty.clone(), config("b")).expect("valid config");
+    let c = Member::new(fixture.store().await, config("c")).expect("valid config");
+    a.join().await.expect("join");
+    let mut seen_by_b = b.members();
+    let before = until(&mut seen_by_b, "b to list a", lists("a")).await;
+
+    faulty.open_watches(false);
+    faulty.break_watches();
+    wait_until_held(&faulty).await;
+    c.join().await.expect("join while b is disconnected");
+    faulty.open_watches(true);
+
+    let after = until(&mut seen_by_b, "b to list c", lists("c")).await;
+    assert!(after.nodes.contains_key("a"));
+    let calls = faulty.calls();
+    assert_eq!(calls.reads, 1, "resumed without a full read: {calls:?}");
+    assert_eq!(calls.watch_starts.last(), Some(&(before.revision + 1)), "{calls:?}");
+}
+
+on_both_stores!(a_compacted_watch_reads_everything_again);
+async fn a_compacted_watch_reads_everything_again(fixture: impl Fixture) {
+    let faulty = Faulty::new(fixture.store().await);
+    let store = fixture.store().await;
+    let a = Member::new(store.clone(), config("a")).expect("valid config");
+    let b = Member::new(faulty.clone(), config("b")).expect("valid config");
+    let c = Member::new(store.clone(), config("c")).expect("valid config");
+    a.join().await.expect("join");
+    let mut seen_by_b = b.members();
+    until(&mut seen_by_b, "b to list a", lists("a")).await;
+
+    faulty.open_watches(false);
+    faulty.break_watches();
+    wait_until_held(&faulty).await;
+    c.join().await.expect("join while b is disconnected");
+    a.leave().await.expect("leave while b is disconnected");
+    let revision = store.get_prefix("/atp/").await.expect("read").revision;
+    store.compact(revision).await.expect("compact");
+    faulty.open_watches(true);
+
+    let after = until(&mut seen_by_b, "b to list c without a", |members| {
+        members.nodes.contains_key("c") && !members.nodes.contains_key("a")
+    })
+    .await;
+    assert!(after.revision >= revision);
+    assert_eq!(faulty.calls().reads, 2, "a full read after the compaction");
+}
+
+/// Waits until the member watch behind `faulty` is disconnected and held.
+async fn wait_until_held<S: Store>(faulty: &Faulty<S>) {
+    let faulty = faulty.clone();
+    atp_cluster::testing::wait_for("the member watch to be held", WAIT, move || {
+        faulty.held_watches() > 0
+    })
+    .await;
+}
+
+on_both_stores!(a_restart_resets_lease_ttls_like_etcd);
+/// etcd persists leases and, when a member becomes leader (every restart of
+/// a one-member cluster), gives each its full TTL again (plus an election
+/// timeout): a lease granted before a restart outlives its original expiry.
+/// The in-memory etcd must agree with the real one.
+async fn a_restart_resets_lease_ttls_like_etcd(mut fixture: impl Fixture) {
+    let store = fixture.store().await;
+    let granted = Instant::now();
+    let lease = store.grant(Duration::from_secs(3)).await.expect("grant");
+    store.put("/atp/test/probe", b"x", lease.id).await.expect("put");
+    // The passing of time is what is tested here, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    fixture.restart().await;
+    let store = fixture.store().await;
+    let read_probe = async || store.get_prefix("/atp/test/probe").await.map(|s| s.kvs.len());
+    // Past the original expiry (granted + 3 s), the key is still there.
+    let past_original_expiry = granted + Duration::from_millis(3_300);
+    tokio::time::sleep_until(past_original_expiry.max(Instant::now())).await;
+    assert_eq!(read_probe().await.expect("read"), 1, "the lease outlived its original expiry");
+    // It expires a full TTL after the restart (>= granted + 1.5 s + 3 s).
+    let until_time = Instant::now() + WAIT;
+    while read_probe().await.expect("read") != 0 {
+        assert!(Instant::now() < until_time, "the lease never expired");
+        tokio::time::sleep(atp_cluster::testing::POLL_INTERVAL).await;
+    }
+    let gone_at = Instant::now();
+    assert!(
+        gone_at >= granted + Duration::from_millis(4_400),
+        "expired {:?} after the grant",
+        gone_at - granted
+    );
+}
+
+#[test]
+fn configs_that_leave_no_room_for_a_retry_are_refused() {
+    let mut config = config("a");
+    assert!(config.validate().is_ok());
+    config.safety_margin_ms = TTL_MS;
+    assert!(config.validate().is_err());
+    config.safety_margin_ms = 1_500;
+    config.keepalive_interval_ms = 300;
+    assert!(config.validate().is_err(), "500 ms usable cannot fit two 300 ms keepalives");
+    let mut config = MembershipConfig::new("test", "a/b", "x");
+    assert!(config.validate().is_err());
+    config.node_id = "a".into();
+    assert!(config.validate().is_ok(), "the defaults are valid");
+}
