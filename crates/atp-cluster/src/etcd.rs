@@ -101,8 +101,17 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease_id: i64) -> Result<EtcdKeeper, StoreError> {
-        let (keeper, stream) = self.client().lease_keep_alive(lease_id).await?;
-        Ok(EtcdKeeper { keeper, stream })
+        // Opening the stream sends a first keepalive and reads its answer; an
+        // unknown lease comes back as this error.
+        match self.client().lease_keep_alive(lease_id).await {
+            Ok((keeper, stream)) => Ok(EtcdKeeper { keeper, stream }),
+            Err(etcd_client::Error::LeaseKeepAliveError(message))
+                if message.contains("lease not found") =>
+            {
+                Err(StoreError::LeaseNotFound(lease_id))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn watch_prefix(

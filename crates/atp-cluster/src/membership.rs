@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use crate::store::{Keeper, Lease, Store, StoreError, Watch};
+use crate::store::{Keeper, Lease, Store, StoreError, Watch, describe};
 
 /// Timing and identity of one node's membership. Durations are milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,7 +265,11 @@ impl<S: Store> Membership for Member<S> {
                 if let Err(error) =
                     self.call("revoke the lost lease", self.store.revoke(lease_id)).await
                 {
-                    tracing::debug!(lease_id, %error, "could not revoke the lost lease");
+                    tracing::debug!(
+                        lease_id,
+                        error = describe(&error),
+                        "could not revoke the lost lease"
+                    );
                 }
             }
             LeaseState::Idle => {}
@@ -357,7 +361,11 @@ async fn keep_lease<S: Store>(
                 return lose(LostReason::Expired);
             }
             Ok(Err(error)) => {
-                tracing::warn!(lease_id = lease.id, %error, "keepalive failed; re-creating the stream");
+                tracing::warn!(
+                    lease_id = lease.id,
+                    error = describe(&error),
+                    "keepalive failed; re-creating the stream"
+                );
                 keeper = None;
                 next_renewal = Instant::now() + ms(config.retry_backoff_ms);
             }
@@ -420,7 +428,10 @@ async fn watch_members<S: Store>(
                     snapshot.revision
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "reading the member list failed; retrying");
+                    tracing::warn!(
+                        error = describe(&error),
+                        "reading the member list failed; retrying"
+                    );
                     sleep(backoff).await;
                     continue;
                 }
@@ -442,7 +453,10 @@ async fn watch_members<S: Store>(
                 continue;
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, "opening the member watch failed; retrying");
+                tracing::warn!(
+                    error = describe(&error),
+                    "opening the member watch failed; retrying"
+                );
                 sleep(backoff).await;
                 continue;
             }
@@ -480,7 +494,7 @@ async fn watch_members<S: Store>(
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "member watch broke; resuming");
+                    tracing::warn!(error = describe(&error), "member watch broke; resuming");
                     sleep(backoff).await;
                     break;
                 }

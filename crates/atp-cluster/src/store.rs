@@ -130,3 +130,15 @@ pub fn ttl_seconds(ttl: Duration) -> i64 {
     let seconds = ttl.as_millis().div_ceil(1000).max(1);
     i64::try_from(seconds).unwrap_or(i64::MAX)
 }
+
+/// `error` and its sources, joined by ": ", for a log field.
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -75,6 +75,10 @@ macro_rules! on_both_stores {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn etcd() {
+                let _ = tracing_subscriber::fmt()
+                    .with_test_writer()
+                    .with_env_filter("atp_cluster=debug")
+                    .try_init();
                 let Some(etcd) = atp_cluster::testing::EtcdProcess::start_or_skip().await else {
                     return;
                 };
@@ -106,8 +110,11 @@ async fn until<T: Clone + Debug>(
     what: &str,
     condition: impl FnMut(&T) -> bool,
 ) -> T {
-    match timeout(WAIT, receiver.wait_for(condition)).await {
-        Ok(Ok(value)) => value.clone(),
+    let outcome = timeout(WAIT, receiver.wait_for(condition))
+        .await
+        .map(|result| result.map(|value| value.clone()));
+    match outcome {
+        Ok(Ok(value)) => value,
         Ok(Err(_)) => panic!("the sender went away while waiting for {what}"),
         Err(_) => panic!("timed out waiting for {what}; last: {:?}", *receiver.borrow()),
     }
@@ -166,9 +173,11 @@ async fn keepalives_hold_the_lease_past_several_ttls(fixture: impl Fixture) {
     let mut state = a.lease_state();
     // The lease must stay held for three TTLs: waiting for anything else times out.
     let held_for = Duration::from_millis(3 * TTL_MS);
-    let lost =
-        timeout(held_for, state.wait_for(|state| !matches!(state, LeaseState::Held { .. }))).await;
-    assert!(lost.is_err(), "the lease was not held for 3 TTLs: {:?}", *state.borrow());
+    let lost = timeout(held_for, state.wait_for(|state| !matches!(state, LeaseState::Held { .. })))
+        .await
+        .is_ok();
+
+    assert!(!lost, "the lease was not held for 3 TTLs: {:?}", *state.borrow());
     let LeaseState::Held { deadline, .. } = *state.borrow() else { unreachable!() };
     assert!(deadline > started + held_for, "the deadline did not move with the keepalives");
     let snapshot = store.get_prefix("/atp/test/nodes/").await.expect("read");
