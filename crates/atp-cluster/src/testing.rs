@@ -36,10 +36,17 @@ pub async fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut(
     }
 }
 
+/// Whether `CI` is set, as CI runners do (`CI=true`); empty, `false` and `0`
+/// count as unset (the same rule as atpd's tests).
+pub fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !matches!(value.as_str(), "" | "false" | "0"))
+}
+
 /// Where the etcd binary is, if anywhere.
 pub fn etcd_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("ATP_ETCD_BIN") {
-        return Some(PathBuf::from(path));
+        // A named binary that is not there counts as missing.
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).map(|dir| dir.join("etcd")).find(|path| path.is_file())
@@ -64,7 +71,7 @@ impl EtcdProcess {
     pub async fn start_or_skip() -> Option<Self> {
         let Some(binary) = etcd_binary() else {
             assert!(
-                std::env::var_os("CI").is_none(),
+                !running_in_ci(),
                 "etcd is missing: install Debian's etcd-server (apt-get install -y etcd-server; .ci/run does) or set ATP_ETCD_BIN"
             );
             eprintln!("skipped: no etcd binary (install etcd-server or set ATP_ETCD_BIN)");
