@@ -282,7 +282,10 @@ impl Store for MemoryEtcd {
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {
         self.running().await;
         let mut state = self.state();
-        if revision <= state.compact_revision || revision > state.revision {
+        if revision > state.revision {
+            return Err(StoreError::FutureRevision(revision));
+        }
+        if revision <= state.compact_revision {
             return Err(StoreError::Compacted { compact_revision: state.compact_revision });
         }
         state.compact_revision = revision;

@@ -61,6 +61,9 @@ pub enum StoreError {
         /// The store's compaction revision.
         compact_revision: i64,
     },
+    /// The revision asked for is newer than the store's.
+    #[error("revision {0} is in the future")]
+    FutureRevision(i64),
     /// A watch or keepalive stream ended (server gone, restarted, cancelled).
     #[error("stream closed")]
     StreamClosed,

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use atp_cluster::memory::MemoryEtcd;
-use atp_cluster::store::Store;
+use atp_cluster::store::{Store, StoreError, Watch, WatchEvent};
 use atp_cluster::testing::{EtcdProcess, Faulty};
 use atp_cluster::{
     EtcdStore, LeaseState, LostReason, Member, Members, Membership, MembershipConfig,
@@ -97,9 +97,9 @@ fn config(node: &str) -> MembershipConfig {
     MembershipConfig {
         lease_ttl_ms: TTL_MS,
         keepalive_interval_ms: 300,
-        keepalive_timeout_ms: 300,
+        keepalive_timeout_ms: 500,
         safety_margin_ms: MARGIN_MS,
-        request_timeout_ms: 500,
+        request_timeout_ms: 1_000,
         retry_backoff_ms: 50,
         ..MembershipConfig::new("test", node, format!("{node}.local:7000"))
     }
@@ -361,6 +361,53 @@ async fn a_restart_resets_lease_ttls_like_etcd(mut fixture: impl Fixture) {
     );
 }
 
+on_both_stores!(a_watch_replays_from_its_start_and_refuses_a_compacted_one);
+/// The store semantics membership relies on, checked on the real etcd and the
+/// in-memory one alike: one revision per change, a revoked lease deletes its
+/// keys, a watch replays history from its start revision, a compacted start
+/// revision is refused.
+async fn a_watch_replays_from_its_start_and_refuses_a_compacted_one(fixture: impl Fixture) {
+    let store = fixture.store().await;
+    let prefix = "/atp/test/watched/";
+    let lease = store.grant(Duration::from_secs(5)).await.expect("grant");
+    let first = store.put("/atp/test/watched/x", b"1", 0).await.expect("put");
+    let second = store.put("/atp/test/watched/y", b"2", lease.id).await.expect("put");
+    assert_eq!(second, first + 1);
+    store.revoke(lease.id).await.expect("revoke");
+    let mut watch = store.watch_prefix(prefix, first).await.expect("watch");
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        let batch = timeout(WAIT, watch.next()).await.expect("events in time").expect("events");
+        events.extend(batch);
+    }
+    let event = |revision, key: &str, value: Option<&[u8]>| WatchEvent {
+        revision,
+        key: format!("{prefix}{key}"),
+        value: value.map(<[u8]>::to_vec),
+    };
+    assert_eq!(
+        events,
+        [
+            event(first, "x", Some(b"1")),
+            event(second, "y", Some(b"2")),
+            event(second + 1, "y", None)
+        ]
+    );
+
+    store.compact(second + 1).await.expect("compact");
+    // etcd refuses on the stream, the in-memory store at once: either is `Compacted`.
+    let refused = match store.watch_prefix(prefix, first).await {
+        Err(error) => error,
+        Ok(mut watch) => {
+            timeout(WAIT, watch.next()).await.expect("an answer").expect_err("compacted")
+        }
+    };
+    assert!(
+        matches!(refused, StoreError::Compacted { compact_revision } if compact_revision == second + 1),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn configs_that_leave_no_room_for_a_retry_are_refused() {
     let mut config = config("a");
@@ -369,7 +416,7 @@ fn configs_that_leave_no_room_for_a_retry_are_refused() {
     assert!(config.validate().is_err());
     config.safety_margin_ms = 1_500;
     config.keepalive_interval_ms = 300;
-    assert!(config.validate().is_err(), "500 ms usable cannot fit two 300 ms keepalives");
+    assert!(config.validate().is_err(), "500 ms usable cannot fit two 500 ms keepalive timeouts");
     let mut config = MembershipConfig::new("test", "a/b", "x");
     assert!(config.validate().is_err());
     config.node_id = "a".into();
