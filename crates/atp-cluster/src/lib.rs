@@ -17,6 +17,8 @@
 //! simulation; `testing` also starts real etcd processes for tests.
 
 mod etcd;
+mod keepalive;
+mod member_watch;
 mod membership;
 #[cfg(feature = "testing")]
 pub mod memory;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 
-use crate::store::{Keeper, Lease, Store, StoreError, Watch, describe};
+use crate::keepalive::keep_lease;
+use crate::member_watch::watch_members;
+use crate::store::{Store, StoreError, describe};
 
 /// Timing and identity of one node's membership. Durations are milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +99,7 @@ impl MembershipConfig {
     }
 }
 
-fn ms(value: u64) -> Duration {
+pub(crate) fn ms(value: u64) -> Duration {
     Duration::from_millis(value)
 }
 
@@ -319,186 +321,5 @@ impl<S: Store> Membership for Member<S> {
 
     fn members(&self) -> watch::Receiver<Members> {
         self.members.subscribe()
-    }
-}
-
-/// Keeps `lease` alive until it is lost. The deadline is measured from the
-/// time each acknowledged keepalive was *sent*; a failed or timed-out
-/// keepalive drops the stream and retries after a backoff; the moment the
-/// deadline passes (or etcd says the lease is gone) the state becomes `Lost`.
-async fn keep_lease<S: Store>(
-    store: S,
-    config: MembershipConfig,
-    lease: Lease,
-    mut deadline: Instant,
-    state: watch::Sender<LeaseState>,
-) {
-    let margin = ms(config.safety_margin_ms);
-    let keepalive_timeout = ms(config.keepalive_timeout_ms);
-    let mut keeper: Option<S::Keeper> = None;
-    let mut next_renewal = Instant::now() + ms(config.keepalive_interval_ms);
-    let lose = |reason: LostReason| {
-        tracing::warn!(lease_id = lease.id, ?reason, "lost the lease: stepping down");
-        state.send_replace(LeaseState::Lost { lease_id: lease.id, reason });
-    };
-    loop {
-        tokio::select! {
-            () = sleep_until(next_renewal) => {}
-            () = sleep_until(deadline) => return lose(LostReason::DeadlinePassed),
-        }
-        let sent = Instant::now();
-        let outcome = tokio::select! {
-            outcome = timeout(keepalive_timeout, renew_once(&store, &mut keeper, lease.id)) => outcome,
-            () = sleep_until(deadline) => return lose(LostReason::DeadlinePassed),
-        };
-        match outcome {
-            Ok(Ok(Some(ttl))) => {
-                deadline = sent + ttl.saturating_sub(margin);
-                state.send_replace(LeaseState::Held { lease_id: lease.id, deadline });
-                next_renewal = sent + ms(config.keepalive_interval_ms);
-            }
-            Ok(Ok(None)) | Ok(Err(StoreError::LeaseNotFound(_))) => {
-                return lose(LostReason::Expired);
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(
-                    lease_id = lease.id,
-                    error = describe(&error),
-                    "keepalive failed; re-creating the stream"
-                );
-                keeper = None;
-                next_renewal = Instant::now() + ms(config.retry_backoff_ms);
-            }
-            Err(_) => {
-                tracing::warn!(
-                    lease_id = lease.id,
-                    ?keepalive_timeout,
-                    "keepalive timed out; re-creating the stream"
-                );
-                keeper = None;
-                next_renewal = Instant::now() + ms(config.retry_backoff_ms);
-            }
-        }
-    }
-}
-
-async fn renew_once<S: Store>(
-    store: &S,
-    keeper: &mut Option<S::Keeper>,
-    lease_id: i64,
-) -> Result<Option<Duration>, StoreError> {
-    if keeper.is_none() {
-        *keeper = Some(store.keep_alive(lease_id).await?);
-    }
-    let result = keeper.as_mut().expect("keeper was just opened").renew().await;
-    if result.is_err() {
-        *keeper = None;
-    }
-    result
-}
-
-/// Keeps `members` equal to the node keys in the store: a full read, then a
-/// watch from the next revision. A broken watch resumes from the last seen
-/// revision + 1; a compacted one starts over with a full read.
-async fn watch_members<S: Store>(
-    store: S,
-    config: MembershipConfig,
-    members: watch::Sender<Members>,
-) {
-    let prefix = config.nodes_prefix();
-    let request_timeout = ms(config.request_timeout_ms);
-    let backoff = ms(config.retry_backoff_ms);
-    // The revision the published list reflects; None: read everything again.
-    let mut resume_from: Option<i64> = None;
-    loop {
-        let revision = match resume_from {
-            Some(revision) => revision,
-            None => match timeout(request_timeout, store.get_prefix(&prefix)).await {
-                Ok(Ok(snapshot)) => {
-                    let mut nodes = BTreeMap::new();
-                    for kv in snapshot.kvs {
-                        if let Some(node) = kv.key.strip_prefix(&prefix) {
-                            nodes.insert(
-                                node.to_owned(),
-                                String::from_utf8_lossy(&kv.value).into_owned(),
-                            );
-                        }
-                    }
-                    members.send_replace(Members { revision: snapshot.revision, nodes });
-                    snapshot.revision
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(
-                        error = describe(&error),
-                        "reading the member list failed; retrying"
-                    );
-                    sleep(backoff).await;
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!(?request_timeout, "reading the member list timed out; retrying");
-                    sleep(backoff).await;
-                    continue;
-                }
-            },
-        };
-        resume_from = Some(revision);
-        let mut stream = match timeout(request_timeout, store.watch_prefix(&prefix, revision + 1))
-            .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(StoreError::Compacted { compact_revision })) => {
-                tracing::info!(revision, compact_revision, "member watch compacted; reading again");
-                resume_from = None;
-                continue;
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(
-                    error = describe(&error),
-                    "opening the member watch failed; retrying"
-                );
-                sleep(backoff).await;
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!(?request_timeout, "opening the member watch timed out; retrying");
-                sleep(backoff).await;
-                continue;
-            }
-        };
-        loop {
-            match stream.next().await {
-                Ok(events) => {
-                    members.send_modify(|list| {
-                        for event in events {
-                            let Some(node) = event.key.strip_prefix(&prefix) else { continue };
-                            match event.value {
-                                Some(value) => {
-                                    list.nodes.insert(
-                                        node.to_owned(),
-                                        String::from_utf8_lossy(&value).into_owned(),
-                                    );
-                                }
-                                None => {
-                                    list.nodes.remove(node);
-                                }
-                            }
-                            list.revision = list.revision.max(event.revision);
-                        }
-                    });
-                    resume_from = Some(members.borrow().revision);
-                }
-                Err(StoreError::Compacted { compact_revision }) => {
-                    tracing::info!(compact_revision, "member watch compacted; reading again");
-                    resume_from = None;
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(error = describe(&error), "member watch broke; resuming");
-                    sleep(backoff).await;
-                    break;
-                }
-            }
-        }
     }
 }
