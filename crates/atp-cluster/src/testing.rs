@@ -11,7 +11,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::etcd::EtcdStore;
-use crate::store::{Lease, Snapshot, Store, StoreError, Watch, WatchEvent};
+use crate::store::{Keeper, Lease, Snapshot, Store, StoreError, Watch, WatchEvent};
 
 /// How long etcd may take to start answering.
 pub const ETCD_STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -235,6 +235,8 @@ struct Faults {
     calls: Mutex<Calls>,
     /// Watch opens that found the gate closed.
     held: AtomicUsize,
+    /// Added to every keepalive answer (ms), as a slow network would.
+    keepalive_delay_ms: Arc<AtomicU64>,
 }
 
 /// What a [`Faulty`] store was asked.
@@ -254,6 +256,7 @@ impl<S: Store> Faulty<S> {
             watches_open: watch::channel(true).0,
             calls: Mutex::new(Calls::default()),
             held: AtomicUsize::new(0),
+            keepalive_delay_ms: Arc::new(AtomicU64::new(0)),
         };
         Self { inner, faults: Arc::new(faults) }
     }
@@ -273,6 +276,13 @@ impl<S: Store> Faulty<S> {
         self.faults.watches_open.send_replace(open);
     }
 
+    /// Delays every keepalive answer by `delay` after etcd handled it (the
+    /// renewal happened; the node learns it late).
+    pub fn delay_keepalive_answers(&self, delay: Duration) {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.faults.keepalive_delay_ms.store(delay_ms, Ordering::SeqCst);
+    }
+
     /// How many watch opens found new watches held.
     pub fn held_watches(&self) -> usize {
         self.faults.held.load(Ordering::SeqCst)
@@ -285,7 +295,7 @@ impl<S: Store> Faulty<S> {
 }
 
 impl<S: Store> Store for Faulty<S> {
-    type Keeper = S::Keeper;
+    type Keeper = FaultyKeeper<S::Keeper>;
     type Watch = FaultyWatch<S::Watch>;
 
     async fn grant(&self, ttl: Duration) -> Result<Lease, StoreError> {
@@ -309,8 +319,9 @@ impl<S: Store> Store for Faulty<S> {
         self.inner.compact(revision).await
     }
 
-    async fn keep_alive(&self, lease_id: i64) -> Result<S::Keeper, StoreError> {
-        self.inner.keep_alive(lease_id).await
+    async fn keep_alive(&self, lease_id: i64) -> Result<Self::Keeper, StoreError> {
+        let inner = self.inner.keep_alive(lease_id).await?;
+        Ok(FaultyKeeper { inner, delay_ms: Arc::clone(&self.faults.keepalive_delay_ms) })
     }
 
     async fn watch_prefix(
@@ -328,6 +339,23 @@ impl<S: Store> Store for Faulty<S> {
         breaks.mark_unchanged();
         let inner = self.inner.watch_prefix(prefix, start_revision).await?;
         Ok(FaultyWatch { inner, breaks })
+    }
+}
+
+/// A keeper whose answers may be delayed ([`Faulty::delay_keepalive_answers`]).
+pub struct FaultyKeeper<K> {
+    inner: K,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl<K: Keeper> Keeper for FaultyKeeper<K> {
+    async fn renew(&mut self) -> Result<Option<Duration>, StoreError> {
+        let answer = self.inner.renew().await;
+        let delay = Duration::from_millis(self.delay_ms.load(Ordering::SeqCst));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        answer
     }
 }
 

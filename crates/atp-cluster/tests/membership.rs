@@ -224,6 +224,34 @@ async fn a_paused_etcd_means_lost_at_the_deadline_then_a_new_lease(fixture: impl
     until(&mut seen_by_b, "b to list a again", lists("a")).await;
 }
 
+on_both_stores!(the_deadline_counts_from_when_the_keepalive_was_sent);
+/// A keepalive answered late must not stretch the deadline: etcd renewed the
+/// lease when the request arrived, which is no later than when it was sent
+/// plus the delay the node sees.
+async fn the_deadline_counts_from_when_the_keepalive_was_sent(fixture: impl Fixture) {
+    let faulty = Faulty::new(fixture.store().await);
+    let a = Member::new(faulty.clone(), config("a")).expect("valid config");
+    a.join().await.expect("join");
+    let delay = Duration::from_millis(200);
+    faulty.delay_keepalive_answers(delay);
+    let mut state = a.lease_state();
+    let mut renewals = 0;
+    while renewals < 3 {
+        timeout(WAIT, state.changed()).await.expect("a renewal in time").expect("sender alive");
+        let answered_at = Instant::now();
+        let LeaseState::Held { deadline, .. } = *state.borrow_and_update() else {
+            panic!("lost the lease: {:?}", *state.borrow());
+        };
+        let latest_allowed = answered_at - delay + Duration::from_millis(TTL_MS - MARGIN_MS);
+        assert!(
+            deadline <= latest_allowed,
+            "deadline {:?} past the send-based one",
+            deadline - latest_allowed
+        );
+        renewals += 1;
+    }
+}
+
 on_both_stores!(a_lease_revoked_behind_the_nodes_back_is_lost_at_once);
 async fn a_lease_revoked_behind_the_nodes_back_is_lost_at_once(fixture: impl Fixture) {
     let store = fixture.store().await;
