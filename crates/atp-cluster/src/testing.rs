@@ -246,6 +246,8 @@ pub struct Calls {
     pub reads: usize,
     /// The start revision of every watch opened.
     pub watch_starts: Vec<i64>,
+    /// Number of keepalive streams opened.
+    pub keepalive_opens: usize,
 }
 
 impl<S: Store> Faulty<S> {
@@ -320,6 +322,7 @@ impl<S: Store> Store for Faulty<S> {
     }
 
     async fn keep_alive(&self, lease_id: i64) -> Result<Self::Keeper, StoreError> {
+        self.faults.calls.lock().expect("calls lock poisoned").keepalive_opens += 1;
         let inner = self.inner.keep_alive(lease_id).await?;
         Ok(FaultyKeeper { inner, delay_ms: Arc::clone(&self.faults.keepalive_delay_ms) })
     }

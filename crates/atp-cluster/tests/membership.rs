@@ -252,6 +252,36 @@ async fn the_deadline_counts_from_when_the_keepalive_was_sent(fixture: impl Fixt
     }
 }
 
+on_both_stores!(a_timed_out_keepalive_is_retried_on_a_new_stream);
+/// Keepalives that time out are retried on a new stream; if one gets through
+/// before the deadline the lease is kept (no step-down on one failure).
+async fn a_timed_out_keepalive_is_retried_on_a_new_stream(fixture: impl Fixture) {
+    let faulty = Faulty::new(fixture.store().await);
+    let roomy = MembershipConfig { lease_ttl_ms: 4_000, safety_margin_ms: 1_000, ..config("a") };
+    let a = Member::new(faulty.clone(), roomy).expect("valid config");
+    let lease_id = a.join().await.expect("join");
+    // Answers later than the keepalive timeout (500 ms): every renewal times out.
+    faulty.delay_keepalive_answers(Duration::from_millis(600));
+    let opens = faulty.clone();
+    atp_cluster::testing::wait_for("a keepalive stream re-created", WAIT, move || {
+        opens.calls().keepalive_opens >= 2
+    })
+    .await;
+    let mut state = a.lease_state();
+    let LeaseState::Held { deadline: stale, .. } = *state.borrow() else {
+        panic!("lost the lease on a timed-out keepalive: {:?}", *state.borrow());
+    };
+    faulty.delay_keepalive_answers(Duration::ZERO);
+    let renewed = until(
+        &mut state,
+        "a renewal after the timeouts",
+        |state| !matches!(state, LeaseState::Held { deadline, .. } if *deadline <= stale),
+    )
+    .await;
+    // Lost is final for a lease: still held with the same lease means never lost.
+    assert_eq!(held_lease(&renewed), lease_id);
+}
+
 on_both_stores!(a_lease_revoked_behind_the_nodes_back_is_lost_at_once);
 async fn a_lease_revoked_behind_the_nodes_back_is_lost_at_once(fixture: impl Fixture) {
     let store = fixture.store().await;
