@@ -196,12 +196,13 @@ pub struct Member<S: Store> {
     members: watch::Sender<Members>,
     keepalive_task: Mutex<Option<JoinHandle<()>>>,
     watch_task: JoinHandle<()>,
-    /// Serialises join and leave (never held across an await of a lock user).
+    /// Serialises join and leave (an async lock, held across their store calls).
     join_lock: tokio::sync::Mutex<()>,
 }
 
 impl<S: Store> Member<S> {
-    /// Starts watching the member list (no join yet).
+    /// Starts watching the member list (no join yet). Must be called inside
+    /// a tokio runtime: it spawns the watch task.
     pub fn new(store: S, config: MembershipConfig) -> Result<Self, MembershipError> {
         config.validate()?;
         let (lease_state, _) = watch::channel(LeaseState::Idle);
