@@ -15,6 +15,14 @@ use crate::store::{
     Keeper, KeyValue, Lease, Snapshot, Store, StoreError, Watch, WatchEvent, ttl_seconds,
 };
 
+/// HTTP/2 pings on the connection, so a silently dead one (half-open TCP)
+/// fails its streams instead of leaving a member watch waiting forever. Not
+/// below etcd's `--grpc-keepalive-min-time` (5 s), or etcd closes the
+/// connection for pinging too often.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection to an etcd cluster. Cloning shares it.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -35,7 +43,9 @@ impl EtcdStore {
         endpoints: &[String],
         connect_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new().with_connect_timeout(connect_timeout);
+        let options = ConnectOptions::new()
+            .with_connect_timeout(connect_timeout)
+            .with_keep_alive(HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT);
         let client = Client::connect(endpoints, Some(options)).await?;
         Ok(Self { client })
     }

@@ -15,6 +15,22 @@
 //! (feature `testing`) `memory::MemoryEtcd`, an in-memory etcd with
 //! revisions, leases, compaction, pause and restart, for tests and
 //! simulation; `testing` also starts real etcd processes for tests.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use atp_cluster::{EtcdStore, LeaseState, Member, Membership, MembershipConfig};
+//!
+//! let endpoints = ["http://127.0.0.1:2379".to_owned()];
+//! let store = EtcdStore::connect(&endpoints, Duration::from_secs(5)).await?;
+//! let member = Member::new(store, MembershipConfig::new("prod", "node-1", "10.0.0.1:50051"))?;
+//! member.join().await?;
+//! let mut lease = member.lease_state();
+//! lease.wait_for(|state| matches!(state, LeaseState::Lost { .. })).await?;
+//! // Step down from every shard now; a later join gets a new lease.
+//! # Ok(())
+//! # }
+//! ```
 
 mod etcd;
 mod keepalive;
