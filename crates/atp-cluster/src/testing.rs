@@ -219,7 +219,8 @@ fn free_port() -> SocketAddr {
 }
 
 /// A [`Store`] wrapper that breaks watch streams on demand, can hold new
-/// watches until released, and records calls, so a test can make changes
+/// watches until released, delays keepalive answers, partitions its client
+/// from the store, and records calls, so a test can make changes
 /// (and compact) while a watcher is disconnected, on either store.
 #[derive(Clone)]
 pub struct Faulty<S> {
@@ -236,7 +237,17 @@ struct Faults {
     /// Watch opens that found the gate closed.
     held: AtomicUsize,
     /// Added to every keepalive answer (ms), as a slow network would.
-    keepalive_delay_ms: Arc<AtomicU64>,
+    keepalive_delay_ms: AtomicU64,
+    /// `false` while partitioned away from the store: every call and stream hangs.
+    reachable: watch::Sender<bool>,
+}
+
+impl Faults {
+    /// Waits while partitioned.
+    async fn reachable(&self) {
+        let mut reachable = self.reachable.subscribe();
+        reachable.wait_for(|reachable| *reachable).await.expect("the sender lives in self");
+    }
 }
 
 /// What a [`Faulty`] store was asked.
@@ -258,7 +269,8 @@ impl<S: Store> Faulty<S> {
             watches_open: watch::channel(true).0,
             calls: Mutex::new(Calls::default()),
             held: AtomicUsize::new(0),
-            keepalive_delay_ms: Arc::new(AtomicU64::new(0)),
+            keepalive_delay_ms: AtomicU64::new(0),
+            reachable: watch::channel(true).0,
         };
         Self { inner, faults: Arc::new(faults) }
     }
@@ -285,6 +297,13 @@ impl<S: Store> Faulty<S> {
         self.faults.keepalive_delay_ms.store(delay_ms, Ordering::SeqCst);
     }
 
+    /// Cuts (`true`) or heals (`false`) the network between this client and
+    /// the store: calls and streams hang meanwhile (the store goes on,
+    /// leases expire), as behind a partition; they go on once healed.
+    pub fn partition(&self, partitioned: bool) {
+        self.faults.reachable.send_replace(!partitioned);
+    }
+
     /// How many watch opens found new watches held.
     pub fn held_watches(&self) -> usize {
         self.faults.held.load(Ordering::SeqCst)
@@ -301,30 +320,36 @@ impl<S: Store> Store for Faulty<S> {
     type Watch = FaultyWatch<S::Watch>;
 
     async fn grant(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        self.faults.reachable().await;
         self.inner.grant(ttl).await
     }
 
     async fn revoke(&self, lease_id: i64) -> Result<(), StoreError> {
+        self.faults.reachable().await;
         self.inner.revoke(lease_id).await
     }
 
     async fn put(&self, key: &str, value: &[u8], lease_id: i64) -> Result<i64, StoreError> {
+        self.faults.reachable().await;
         self.inner.put(key, value, lease_id).await
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
         self.faults.calls.lock().expect("calls lock poisoned").reads += 1;
+        self.faults.reachable().await;
         self.inner.get_prefix(prefix).await
     }
 
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        self.faults.reachable().await;
         self.inner.compact(revision).await
     }
 
     async fn keep_alive(&self, lease_id: i64) -> Result<Self::Keeper, StoreError> {
         self.faults.calls.lock().expect("calls lock poisoned").keepalive_opens += 1;
+        self.faults.reachable().await;
         let inner = self.inner.keep_alive(lease_id).await?;
-        Ok(FaultyKeeper { inner, delay_ms: Arc::clone(&self.faults.keepalive_delay_ms) })
+        Ok(FaultyKeeper { inner, faults: Arc::clone(&self.faults) })
     }
 
     async fn watch_prefix(
@@ -340,24 +365,28 @@ impl<S: Store> Store for Faulty<S> {
         self.faults.calls.lock().expect("calls lock poisoned").watch_starts.push(start_revision);
         let mut breaks = self.faults.breaks.subscribe();
         breaks.mark_unchanged();
+        self.faults.reachable().await;
         let inner = self.inner.watch_prefix(prefix, start_revision).await?;
-        Ok(FaultyWatch { inner, breaks })
+        Ok(FaultyWatch { inner, breaks, faults: Arc::clone(&self.faults) })
     }
 }
 
 /// A keeper whose answers may be delayed ([`Faulty::delay_keepalive_answers`]).
 pub struct FaultyKeeper<K> {
     inner: K,
-    delay_ms: Arc<AtomicU64>,
+    faults: Arc<Faults>,
 }
 
 impl<K: Keeper> Keeper for FaultyKeeper<K> {
     async fn renew(&mut self) -> Result<Option<Duration>, StoreError> {
+        self.faults.reachable().await;
         let answer = self.inner.renew().await;
-        let delay = Duration::from_millis(self.delay_ms.load(Ordering::SeqCst));
+        let delay = Duration::from_millis(self.faults.keepalive_delay_ms.load(Ordering::SeqCst));
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        // An answer sent into a partition arrives only once it heals.
+        self.faults.reachable().await;
         answer
     }
 }
@@ -366,14 +395,18 @@ impl<K: Keeper> Keeper for FaultyKeeper<K> {
 pub struct FaultyWatch<W> {
     inner: W,
     breaks: watch::Receiver<u64>,
+    faults: Arc<Faults>,
 }
 
 impl<W: Watch> Watch for FaultyWatch<W> {
     async fn next(&mut self) -> Result<Vec<WatchEvent>, StoreError> {
-        tokio::select! {
+        let events = tokio::select! {
             biased;
-            _ = self.breaks.changed() => Err(StoreError::StreamClosed),
+            _ = self.breaks.changed() => return Err(StoreError::StreamClosed),
             events = self.inner.next() => events,
-        }
+        };
+        // Events sent into a partition arrive only once it heals.
+        self.faults.reachable().await;
+        events
     }
 }
