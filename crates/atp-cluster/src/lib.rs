@@ -1,0 +1,49 @@
+//! Cluster membership for atp nodes sharing 1024 shards through etcd.
+//!
+//! A node joins by granting a lease and putting `/atp/<cluster>/nodes/<id>`
+//! (its address) bound to that lease, then keeps the lease alive. It serves
+//! shards only while it holds the lease: the local deadline is the send time
+//! of the last acknowledged keepalive + TTL − a safety margin, and the moment
+//! that passes (or etcd says the lease is gone) [`LeaseState`] turns `Lost`,
+//! the one signal on which the node steps down from every shard at once.
+//! Every node watches the member list ([`Members`], with the etcd revision it
+//! reflects); a broken watch resumes from the last seen revision, a compacted
+//! one reads everything again.
+//!
+//! Main types: the [`Membership`] trait and its implementation [`Member`],
+//! generic over an etcd-shaped [`Store`]: [`EtcdStore`] for a real etcd, and
+//! (feature `testing`) `memory::MemoryEtcd`, an in-memory etcd with
+//! revisions, leases, compaction, pause and restart, for tests and
+//! simulation; `testing` also starts real etcd processes for tests.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use atp_cluster::{EtcdStore, LeaseState, Member, Membership, MembershipConfig};
+//!
+//! let endpoints = ["http://127.0.0.1:2379".to_owned()];
+//! let store = EtcdStore::connect(&endpoints, Duration::from_secs(5)).await?;
+//! let member = Member::new(store, MembershipConfig::new("prod", "node-1", "10.0.0.1:50051"))?;
+//! member.join().await?;
+//! let mut lease = member.lease_state();
+//! lease.wait_for(|state| matches!(state, LeaseState::Lost { .. })).await?;
+//! // Step down from every shard now; a later join gets a new lease.
+//! # Ok(())
+//! # }
+//! ```
+
+mod etcd;
+mod keepalive;
+mod member_watch;
+mod membership;
+#[cfg(feature = "testing")]
+pub mod memory;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};
+pub use membership::{
+    LeaseState, LostReason, Member, Members, Membership, MembershipConfig, MembershipError,
+};
+pub use store::{Store, StoreError};
