@@ -187,8 +187,13 @@ impl Client {
         reservation_id: &str,
         ttl_seconds: u32,
     ) -> Result<Reservation, Error> {
-        let request =
-            v1::ExtendReservationRequest { reservation_id: reservation_id.to_owned(), ttl_seconds };
+        let request = v1::ExtendReservationRequest {
+            reservation_id: reservation_id.to_owned(),
+            ttl_seconds,
+            // Unkeyed: a retry moves the expiry again (to now + ttl);
+            // `rpc().extend_reservation` takes a request id.
+            request_id: String::new(),
+        };
         let reply = self.rpc().extend_reservation(request).await?;
         Reservation::from_reply(reply.reservation, reply.epoch)
     }

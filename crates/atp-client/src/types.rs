@@ -25,7 +25,7 @@ impl Line {
 
 /// A Reserve: hold every line or none, for `channel_id`, idempotent by
 /// `reservation_id` (sending it again returns the first answer).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Reserve {
     /// Caller-chosen idempotency key.
     pub reservation_id: String,
@@ -35,6 +35,9 @@ pub struct Reserve {
     pub lines: Vec<Line>,
     /// Hold lifetime in seconds; 0 means the server's default.
     pub ttl_seconds: u32,
+    /// The caller's order id and labels, returned with the reservation
+    /// everywhere (part of the payload: a retry must send the same).
+    pub metadata: Option<v1::ReservationMetadata>,
 }
 
 impl Reserve {
@@ -45,7 +48,20 @@ impl Reserve {
             channel_id: channel_id.into(),
             lines: Vec::new(),
             ttl_seconds: 0,
+            metadata: None,
         }
+    }
+
+    /// Sets the caller's order (or cart) id.
+    pub fn order_id(mut self, order_id: impl Into<String>) -> Self {
+        self.metadata.get_or_insert_with(Default::default).order_id = order_id.into();
+        self
+    }
+
+    /// Adds a label (at most 8; keys of `[A-Za-z0-9_.-]`).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.get_or_insert_with(Default::default).labels.insert(key.into(), value.into());
+        self
     }
 
     /// Adds a line.
@@ -81,6 +97,7 @@ impl From<Reserve> for v1::ReserveRequest {
                 })
                 .collect(),
             ttl_seconds: reserve.ttl_seconds,
+            metadata: reserve.metadata,
         }
     }
 }
@@ -134,7 +151,7 @@ pub struct ReservationLine {
 }
 
 /// A reservation as the server answered it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Reservation {
     /// Its id.
     pub reservation_id: String,
@@ -152,6 +169,8 @@ pub struct Reservation {
     pub ended_at_ms: i64,
     /// Epoch of the shard that answered.
     pub epoch: u64,
+    /// The caller's order id and labels, as sent with the Reserve.
+    pub metadata: Option<v1::ReservationMetadata>,
 }
 
 impl Reservation {
@@ -185,6 +204,7 @@ impl Reservation {
             expires_at_ms: reservation.expires_at_ms,
             ended_at_ms: reservation.ended_at_ms,
             epoch,
+            metadata: reservation.metadata,
         })
     }
 }
@@ -226,6 +246,7 @@ impl From<Reservation> for v1::Reservation {
             created_at_ms: reservation.created_at_ms,
             expires_at_ms: reservation.expires_at_ms,
             ended_at_ms: reservation.ended_at_ms,
+            metadata: reservation.metadata,
         }
     }
 }

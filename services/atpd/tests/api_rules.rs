@@ -58,6 +58,7 @@ fn reserve(id: &str, sku: &str, location: &str, quantity: i64) -> v1::ReserveReq
             quantity,
         }],
         ttl_seconds: 0,
+        metadata: None,
     }
 }
 

@@ -35,6 +35,7 @@ async fn configure(atpd: &Atpd) {
         location_ids: vec!["dc-1".into(), "dc-2".into()],
         buffer: 0,
         cap: None,
+        ..Default::default()
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel) };
     config.upsert_channel(request).await.expect("upsert channel");

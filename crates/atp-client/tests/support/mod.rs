@@ -308,4 +308,17 @@ impl AvailabilityService for FaultProxy {
         let id = request.reservations.first().map(|item| item.reservation_id.clone());
         self.relay(&id.unwrap_or_default(), self.upstream.clone().reserve_batch(request)).await
     }
+    async fn get_reservations(
+        &self,
+        request: Request<v1::GetReservationsRequest>,
+    ) -> Result<Response<v1::GetReservationsResponse>, Status> {
+        self.relay("", self.upstream.clone().get_reservations(request.into_inner())).await
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<v1::ListReservationsRequest>,
+    ) -> Result<Response<v1::ListReservationsResponse>, Status> {
+        self.relay("", self.upstream.clone().list_reservations(request.into_inner())).await
+    }
 }

@@ -33,11 +33,6 @@ impl Record {
 }
 
 impl ShardState {
-    /// Whether this shard holds the record of reservation `id`.
-    pub(in crate::shard) fn has_record(&self, id: &ReservationId) -> bool {
-        self.records.contains_key(id)
-    }
-
     /// The incarnation version of the record of `id`, if there is one.
     pub(in crate::shard) fn record_version(&self, id: &ReservationId) -> Option<u64> {
         self.records.get(id).map(|record| record.version)
