@@ -160,13 +160,24 @@ async fn the_durable_ledger_forgets_entries_past_its_retention() {
     // Past the retention, the sweep (every second) deletes the receipt's entry.
     tokio::time::advance(Duration::from_secs(61)).await;
     node.reserve(reserve("r-new", 1)).await.expect("reserved");
+    // The sweep runs on the store's blocking threads, in real time: after
+    // each simulated second, wait (up to a real deadline) for it to land
+    // before moving the clock on (at most 30 s, so the reserve's own entry
+    // stays inside the retention).
     let mut kinds = Vec::new();
-    for _ in 0..50 {
+    'sweep: for _ in 0..30 {
         tokio::time::advance(Duration::from_secs(1)).await;
-        let page = node.query_ledger(by_sku()).await.expect("ledger");
-        kinds = page.entries.iter().map(|e| e.kind.name()).collect::<Vec<_>>();
-        if kinds == ["reserve"] {
-            break;
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            let page = node.query_ledger(by_sku()).await.expect("ledger");
+            kinds = page.entries.iter().map(|e| e.kind.name()).collect::<Vec<_>>();
+            if kinds == ["reserve"] {
+                break 'sweep;
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
     }
     assert_eq!(kinds, vec!["reserve"], "only the entry inside the retention is left");

@@ -13,9 +13,11 @@
 //!    otherwise the Reserve never completed and every hold it left is released
 //!    (`abort`), so an unfinished multi-shard Reserve is rolled back here, not
 //!    only by its TTL. Either way no reservation is left half held. An
-//!    uncommitted hold older than its home record's version belongs to an
-//!    abandoned Reserve whose `Abort` was lost with the process after a new
-//!    incarnation of the id began: it is aborted too;
+//!    uncommitted hold older than its home record's version — or, with no
+//!    record, older than the newest version any line shard holds — belongs
+//!    to an abandoned Reserve whose `Abort` was lost with the process after
+//!    a new incarnation of the id began: it is aborted, and the newest
+//!    version is judged alone;
 //! 3. shipped units on committed lines are told to the reservations' homes,
 //!    and a COMMITTED line whose hold is gone shipped in full (a line's hold
 //!    ends only when every unit shipped, or by Cancel, which ends the record first);
@@ -126,6 +128,16 @@ fn settle_orphans(
         }
     }
     for (id, holds) in orphans {
+        // Holds of an older version than the id's newest belong to an
+        // incarnation that ended (abandoned: the next one began only after
+        // it was forgotten) and whose Abort was lost: roll them back, and
+        // judge the newest version alone.
+        let newest = holds.iter().map(|(_, incarnation)| incarnation.version).max();
+        let (holds, stale): (Vec<_>, Vec<_>) =
+            holds.into_iter().partition(|(_, incarnation)| Some(incarnation.version) == newest);
+        for (shard, incarnation) in stale {
+            aborts.push((shard, LineOp::Abort { id: id.clone(), version: incarnation.version }));
+        }
         let (_, incarnation) = &holds[0];
         let complete = holds.iter().all(|(_, other)| other == incarnation)
             && incarnation.line_shards().iter().all(|line| holds.iter().any(|(s, _)| s == line));

@@ -21,7 +21,11 @@ impl World {
                 self.network.push(Message::Finish { id, version, held: false })
             }
             Waiting::Client(id, state) => {
-                let holds = checks::holds_of(&self.shards, &id);
+                // The reservation's own holds: an older incarnation's (an
+                // abandoned Reserve's) may still wait for its Abort.
+                let current = self.begun.get(&id).and_then(|all| all.last()).map(|inc| inc.version);
+                let mut holds = checks::holds_of(&self.shards, &id);
+                holds.retain(|(_, hold)| Some(hold.version) == current);
                 match state {
                     ReservationState::Committed => {
                         prop_assert!(

@@ -112,7 +112,11 @@ impl World {
             if !matches!(home.get(id), Err(CoreError::NotFound(_))) {
                 continue;
             }
-            let holds = checks::holds_of(shards, id);
+            // Only the newest version counts: older holds are an abandoned
+            // incarnation's, whose Abort was lost (recovery rolls them back).
+            let mut holds = checks::holds_of(shards, id);
+            let newest = holds.iter().map(|(_, hold)| hold.version).max();
+            holds.retain(|(_, hold)| Some(hold.version) == newest);
             let Some((_, first)) = holds.first() else { continue };
             let incarnation = self
                 .begun
