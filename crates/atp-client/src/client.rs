@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 
 use crate::retry::Retrier;
 use crate::transport::Transport;
-use crate::types::{Reservation, Reserve};
+use crate::types::{Line, Reservation, Reserve};
 use crate::{Error, RetryPolicy, Rpc};
 
 /// Deadline of one attempt unless the builder says otherwise.
@@ -195,6 +195,24 @@ impl Client {
             request_id: String::new(),
         };
         let reply = self.rpc().extend_reservation(request).await?;
+        Reservation::from_reply(reply.reservation, reply.epoch)
+    }
+
+    /// Changes a held reservation to exactly `lines` (quantities, lines
+    /// added or removed), all or nothing. `request_id` makes a retry safe:
+    /// the same key and lines get the first answer.
+    pub async fn modify(
+        &self,
+        reservation_id: &str,
+        request_id: &str,
+        lines: Vec<Line>,
+    ) -> Result<Reservation, Error> {
+        let request = v1::ModifyReservationRequest {
+            reservation_id: reservation_id.to_owned(),
+            request_id: request_id.to_owned(),
+            lines: lines.into_iter().map(Into::into).collect(),
+        };
+        let reply = self.rpc().modify_reservation(request).await?;
         Reservation::from_reply(reply.reservation, reply.epoch)
     }
 

@@ -82,20 +82,18 @@ impl Reserve {
     }
 }
 
+impl From<Line> for v1::ReservationLine {
+    fn from(line: Line) -> Self {
+        Self { sku: line.sku, location_id: line.location_id, quantity: line.quantity }
+    }
+}
+
 impl From<Reserve> for v1::ReserveRequest {
     fn from(reserve: Reserve) -> Self {
         Self {
             reservation_id: reserve.reservation_id,
             channel_id: reserve.channel_id,
-            lines: reserve
-                .lines
-                .into_iter()
-                .map(|line| v1::ReservationLine {
-                    sku: line.sku,
-                    location_id: line.location_id,
-                    quantity: line.quantity,
-                })
-                .collect(),
+            lines: reserve.lines.into_iter().map(Into::into).collect(),
             ttl_seconds: reserve.ttl_seconds,
             metadata: reserve.metadata,
         }

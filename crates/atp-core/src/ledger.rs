@@ -18,6 +18,9 @@ pub enum LedgerKind {
     Commit,
     /// Unshipped committed units were freed.
     Cancel,
+    /// A HELD reservation's line was changed: units held for it grew (the
+    /// first step of a change) or shrank (its settlement or revert).
+    Change,
     /// A stock event (its kind's name).
     Event(&'static str),
 }
@@ -32,6 +35,7 @@ impl LedgerKind {
             Self::Abort => "abort",
             Self::Commit => "commit",
             Self::Cancel => "cancel",
+            Self::Change => "change",
             Self::Event(name) => name,
         }
     }
@@ -45,6 +49,7 @@ impl LedgerKind {
             "abort" => Self::Abort,
             "commit" => Self::Commit,
             "cancel" => Self::Cancel,
+            "change" => Self::Change,
             other => {
                 Self::Event(crate::events::StockEventKind::NAMES.iter().find(|n| **n == other)?)
             }

@@ -50,9 +50,11 @@ pub const ID_PREFIX: &str = "r-";
 fn action() -> impl Strategy<Value = Action> {
     let line = (0..SKUS.len() as u8, 0..2u8, 1..=3i64);
     prop_oneof![
-        4 => (any::<u8>(), any::<bool>(), proptest::collection::vec(line, 1..=3), 0..3u8)
+        4 => (any::<u8>(), any::<bool>(), proptest::collection::vec(line.clone(), 1..=3), 0..3u8)
             .prop_map(|(id, market, lines, ttl)| Action::Reserve { id, market, lines, ttl }),
         1 => any::<u8>().prop_map(|id| Action::Retry { id }),
+        2 => (any::<u8>(), proptest::collection::vec(line, 1..=3), prop::bool::weighted(0.2))
+            .prop_map(|(id, lines, retry)| Action::Modify { id, lines, retry }),
         10 => (any::<u8>(), prop::bool::weighted(0.1))
             .prop_map(|(pick, twice)| Action::Deliver { pick, twice }),
         1 => any::<u8>().prop_map(|pick| Action::Drop { pick }),

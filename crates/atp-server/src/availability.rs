@@ -5,8 +5,8 @@ use atp_core::reservation::{Reply, ReserveRequest};
 use atp_core::shard::EventApplied;
 use atp_proto::requests::{
     encode_list_token, parse_availability_query, parse_commit, parse_extend,
-    parse_get_reservations, parse_list_reservations, parse_reservation_id, parse_reserve,
-    parse_reserve_batch, parse_stock_events, within_item,
+    parse_get_reservations, parse_list_reservations, parse_modify, parse_reservation_id,
+    parse_reserve, parse_reserve_batch, parse_stock_events, within_item,
 };
 use atp_proto::v1;
 use atp_proto::v1::availability_service_server::AvailabilityService;
@@ -104,6 +104,25 @@ impl AvailabilityService for AvailabilityApi {
             .map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::ExtendReservationResponse {
+            reservation,
+            epoch: SINGLE_NODE_EPOCH,
+            replayed,
+            current,
+        }))
+    }
+
+    async fn modify_reservation(
+        &self,
+        request: Request<v1::ModifyReservationRequest>,
+    ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
+        let modify = parse_modify(request.into_inner()).map_err(status_of)?;
+        let reply = self
+            .node
+            .modify(modify.id, modify.request_id, modify.lines)
+            .await
+            .map_err(node_status)?;
+        let (reservation, replayed, current) = reply_fields(reply);
+        Ok(Response::new(v1::ModifyReservationResponse {
             reservation,
             epoch: SINGLE_NODE_EPOCH,
             replayed,

@@ -15,8 +15,10 @@ use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, LocationId, MAX_SKUS_PER_QUERY, ReservationId, Sku};
 use atp_core::ledger::LedgerEntry;
 use atp_core::location_map::LocationMap;
-use atp_core::reservation::{CommitLine, Reply, ReservationView, ReserveRequest};
-use atp_core::shard::{Begin, EventApplied, LineOp, ShardSettings, ShardState, ShardStats};
+use atp_core::reservation::{CommitLine, Reply, ReservationView, ReserveLine, ReserveRequest};
+use atp_core::shard::{
+    Begin, ChangeBegin, EventApplied, LineOp, ShardSettings, ShardState, ShardStats,
+};
 use atp_core::shard::{RecoveryReport, recover};
 use atp_store::{LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError};
 use dashmap::DashMap;
@@ -695,6 +697,59 @@ impl Node {
         .await
     }
 
+    /// Changes a HELD reservation's lines (ModifyReservation; see
+    /// `docs/PROTOCOL.md`): all or nothing, answered once every line shard
+    /// holds exactly the new lines. A retry of the latest change (same
+    /// `request_id` and lines) gets its first answer. Runs to completion
+    /// even if the caller goes away; other operations of the id wait for it.
+    pub async fn modify(
+        &self,
+        id: ReservationId,
+        request_id: String,
+        lines: Vec<ReserveLine>,
+    ) -> Result<Reply, NodeError> {
+        self.check_ready()?;
+        let shared = Arc::clone(&self.shared);
+        spawn_to_completion(async move {
+            // One operation of an id at a time: wait for a Reserve or change
+            // in flight. The entry's request stands for no Reserve (its
+            // channel is no channel's), so a Reserve retry that finds it
+            // waits, then runs on its own.
+            let placeholder = Arc::new(ReserveRequest {
+                id: id.clone(),
+                channel: ChannelId::parse("channel", "modify").expect("a valid id"),
+                lines: lines.clone(),
+                ttl_ms: 0,
+                metadata: Default::default(),
+            });
+            let answer = loop {
+                let (first, mut waiting) = match shared.in_flight.entry(id.clone()) {
+                    dashmap::Entry::Occupied(first) => {
+                        let first = first.get();
+                        (Arc::clone(&first.request), first.answer.clone())
+                    }
+                    dashmap::Entry::Vacant(slot) => {
+                        let (answer, receiver) = watch::channel(None);
+                        let request = Arc::clone(&placeholder);
+                        slot.insert(InFlight { request, answer: receiver });
+                        break answer;
+                    }
+                };
+                if waiting.wait_for(Option::is_some).await.is_err() {
+                    // Its task is gone without an answer: its entry is stale.
+                    shared.in_flight.remove_if(&id, |_, entry| Arc::ptr_eq(&entry.request, &first));
+                }
+            };
+            let result = run_change(&shared, &id, request_id, lines).await;
+            shared.in_flight.remove_if(&id, |_, entry| Arc::ptr_eq(&entry.request, &placeholder));
+            if answer.receiver_count() > 0 {
+                answer.send_replace(Some(result.clone()));
+            }
+            result
+        })
+        .await
+    }
+
     /// The reservation as its home shard knows it.
     pub async fn get_reservation(&self, id: ReservationId) -> Result<ReservationView, NodeError> {
         self.check_ready()?;
@@ -1180,6 +1235,78 @@ async fn run_reserves(
         }
     }
     results
+}
+
+/// The protocol's steps for one change (the id claimed in flight).
+async fn run_change(
+    shared: &Shared,
+    id: &ReservationId,
+    request_id: String,
+    lines: Vec<ReserveLine>,
+) -> Result<Reply, NodeError> {
+    let home = &shared.shards[shard_of(id.as_str()) as usize];
+    // 1. Begin on the home (in memory only).
+    let begin_id = id.clone();
+    let begun = home
+        .try_call_answered(
+            move |state, catalog, now| {
+                state.begin_change(&begin_id, &request_id, lines, catalog, now)
+            },
+            Answer::Applied,
+        )
+        .await??;
+    let (replaces, version) = match begun {
+        ChangeBegin::Replay(reply) => return Ok(*reply),
+        ChangeBegin::Started { replaces, version } => (replaces, version),
+    };
+    // 2. Replace on every shard of the old or new lines, each answered once durable.
+    let outcomes = join_all(replaces.into_iter().map(|(shard, op)| {
+        shared.shards[shard as usize]
+            .try_call(move |state, catalog, now| state.apply_line_op(&op, catalog, now))
+    }))
+    .await;
+    let mut refusal: Option<NodeError> = None;
+    for outcome in outcomes {
+        let error = match outcome {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => error.into(),
+            Err(error) => error,
+        };
+        refusal = refusal.or(Some(error));
+    }
+    // 3. Apply or drop the change on the home, durable before any Settle.
+    let finish_id = id.clone();
+    let replaced = refusal.is_none();
+    let finished = home
+        .call(move |state, _, now| state.finish_change(&finish_id, version, replaced, now))
+        .await?;
+    let Some((answer, ops)) = finished else {
+        return Err(CoreError::InProgress(format!(
+            "reservation {id}: the change was not in flight on its home; retry"
+        ))
+        .into());
+    };
+    // 4. Settle or revert on every shard, then let the id's other operations in.
+    let delivered = join_all(ops.into_iter().map(|(shard, op)| {
+        shared.shards[shard as usize]
+            .call(move |state, catalog, now| state.apply_line_op(&op, catalog, now))
+    }))
+    .await;
+    for delivered in delivered {
+        // A failing shard fails the node; its restart settles the change (recovery).
+        delivered??;
+    }
+    let done_id = id.clone();
+    home.call_answered(
+        move |state, _, now| state.change_done(&done_id, version, now),
+        Answer::Applied,
+    )
+    .await?;
+    match (answer, refusal) {
+        (Some(view), _) => Ok(Reply::first(view)),
+        (None, Some(error)) => Err(error),
+        (None, None) => unreachable!("a change is applied exactly when every Replace held"),
+    }
 }
 
 async fn apply_events(

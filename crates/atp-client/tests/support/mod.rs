@@ -274,6 +274,15 @@ impl AvailabilityService for FaultProxy {
         self.relay(&id, self.upstream.clone().extend_reservation(request)).await
     }
 
+    async fn modify_reservation(
+        &self,
+        request: Request<v1::ModifyReservationRequest>,
+    ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.reservation_id.clone();
+        self.relay(&id, self.upstream.clone().modify_reservation(request)).await
+    }
+
     async fn get_reservation(
         &self,
         request: Request<v1::GetReservationRequest>,

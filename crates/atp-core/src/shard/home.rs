@@ -13,7 +13,7 @@ use crate::hash::shard_of;
 use crate::ids::ReservationId;
 use crate::ledger::LedgerKind;
 use crate::reservation::{
-    CommitLine, LineView, Reply, ReservationState, ReservationView, ReserveRequest,
+    CommitLine, LineView, Reply, ReservationState, ReservationView, ReserveLine, ReserveRequest,
 };
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -34,6 +34,14 @@ pub(crate) struct Record {
     /// after the record (`persist::Extra`), not in its serde layout.
     #[serde(skip)]
     last_extend: Option<KeyedExtend>,
+    /// The latest change (ModifyReservation), for its retries. Stored after
+    /// the record (`persist::Extra`), not in its serde layout.
+    #[serde(skip)]
+    last_change: Option<KeyedChange>,
+    /// A change in flight (not stored: a crash leaves it to recovery).
+    /// Commit, Release, Cancel, Extend and another change wait for it.
+    #[serde(skip)]
+    changing: Option<ChangeInFlight>,
     /// While PENDING: the id's stored record was deleted earlier in this
     /// batch (forgotten), so a refused Reserve must still write the delete.
     #[serde(skip)]
@@ -57,6 +65,48 @@ pub(crate) struct KeyedExtend {
     /// The expiry it answered.
     pub(crate) expires_at_ms: i64,
 }
+
+/// A change keyed by a request id, as first answered.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct KeyedChange {
+    /// The caller's key of the change.
+    pub(crate) request_id: String,
+    /// The lines it asked for.
+    pub(crate) lines: Vec<ReserveLine>,
+    /// The version it made.
+    pub(crate) version: u64,
+    /// The expiry it answered.
+    pub(crate) expires_at_ms: i64,
+}
+
+/// A change between its begin and its end on the home.
+#[derive(Clone, Debug)]
+struct ChangeInFlight {
+    request_id: String,
+    to: Incarnation,
+    /// Set once applied or refused; the line shards may still be settling.
+    decided: bool,
+}
+
+/// What the home shard says when a change of a HELD reservation arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeBegin {
+    /// New: apply these `Replace`s (one per shard of the old or new lines),
+    /// then call [`ShardState::finish_change`] with `version`.
+    Started {
+        /// `(shard, LineOp::Replace)`.
+        replaces: Vec<(u32, LineOp)>,
+        /// The new version.
+        version: u64,
+    },
+    /// The latest change with this request id and these lines: its first
+    /// answer, and the reservation as it stands now.
+    Replay(Box<Reply>),
+}
+
+/// A change's outcome on its home: the answer (None when refused) and the
+/// `Settle`s or `Revert`s to deliver before answering.
+pub type ChangeDecided = (Option<ReservationView>, Vec<(u32, LineOp)>);
 
 /// What the home shard says when a Reserve arrives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +139,8 @@ impl Record {
             shipped: vec![0; incarnation.request.lines.len()],
             version: incarnation.version,
             last_extend: None,
+            last_change: None,
+            changing: None,
             replaces_stored: false,
             not_expired_before_ms: 0,
         }
@@ -104,6 +156,25 @@ impl Record {
 
     pub(super) fn last_extend(&self) -> Option<&KeyedExtend> {
         self.last_extend.as_ref()
+    }
+
+    pub(super) fn last_change(&self) -> Option<&KeyedChange> {
+        self.last_change.as_ref()
+    }
+
+    /// Puts back the change stored beside the record (`persist`).
+    pub(super) fn set_last_change(&mut self, change: KeyedChange) {
+        self.last_change = Some(change);
+    }
+
+    /// The incarnation the record stands at (what its holds carry).
+    fn incarnation(&self) -> Incarnation {
+        Incarnation {
+            request: std::sync::Arc::clone(&self.request),
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            version: self.version,
+        }
     }
 
     /// Puts back the keyed Extend stored beside the record (`persist`).
@@ -163,6 +234,13 @@ impl Record {
 
     fn current(&self) -> ReservationView {
         self.view(self.state)
+    }
+
+    /// Moves the record to the changed incarnation `to` (a HELD record).
+    fn apply_change(&mut self, to: &Incarnation) {
+        self.request = std::sync::Arc::clone(&to.request);
+        self.version = to.version;
+        self.shipped = vec![0; to.request.lines.len()];
     }
 
     /// The answer the first Reserve got.
@@ -260,6 +338,15 @@ impl ShardState {
             }
             Some(record) => Ok(record),
         }
+    }
+
+    /// The record, refusing while a change of it is in flight.
+    fn settled_record(&self, id: &ReservationId) -> Result<&Record, CoreError> {
+        let record = self.record(id)?;
+        if record.changing.is_some() {
+            return Err(CoreError::InProgress(format!("reservation {id} is being changed; retry")));
+        }
+        Ok(record)
     }
 
     fn end(&mut self, id: &ReservationId, state: ReservationState, now: i64) {
@@ -403,7 +490,7 @@ impl ShardState {
         lines: &[CommitLine],
     ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let mut effects = Vec::new();
-        let record = self.record(id)?;
+        let record = self.settled_record(id)?;
         let quantities = record.commit_quantities(lines)?;
         match record.state {
             ReservationState::Held => {}
@@ -462,7 +549,7 @@ impl ShardState {
     ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let mut effects = Vec::new();
         let now = self.clock_ms;
-        let record = self.record(id)?;
+        let record = self.settled_record(id)?;
         match record.state {
             ReservationState::Held => {}
             ReservationState::Released => {
@@ -514,7 +601,7 @@ impl ShardState {
     ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let mut effects = Vec::new();
         let now = self.clock_ms;
-        let record = self.record(id)?;
+        let record = self.settled_record(id)?;
         match record.state {
             ReservationState::Committed => {}
             ReservationState::Cancelled => {
@@ -569,7 +656,7 @@ impl ShardState {
     ) -> Result<(Reply, Vec<(u32, LineOp)>), CoreError> {
         let effects = Vec::new();
         let now = self.clock_ms;
-        let record = self.record(id)?;
+        let record = self.settled_record(id)?;
         if let Some(request_id) = request_id
             && let Some(last) = record.last_extend.as_ref().filter(|e| e.request_id == request_id)
         {
@@ -610,6 +697,133 @@ impl ShardState {
         Ok((Reply::first(view), effects))
     }
 
+    /// Home side of ModifyReservation: replaces a HELD reservation's lines
+    /// with `lines` (checked by the caller like a Reserve's). A retry of the
+    /// latest change (same `request_id`, same lines) gets its first answer;
+    /// the same key with other lines is ALREADY_EXISTS.
+    pub fn begin_change(
+        &mut self,
+        id: &ReservationId,
+        request_id: &str,
+        lines: Vec<ReserveLine>,
+        catalog: &crate::catalog::Catalog,
+        now: i64,
+    ) -> Result<ChangeBegin, CoreError> {
+        self.advance(now);
+        let record = self.record(id)?;
+        // The new lines under the Reserve's rules, for this reservation's channel.
+        let candidate = ReserveRequest { lines: lines.clone(), ..(*record.request).clone() };
+        candidate.check(catalog)?;
+        if let Some(last) = record.last_change.as_ref().filter(|c| c.request_id == request_id)
+            && record.changing.is_none()
+        {
+            if last.lines != lines {
+                return Err(CoreError::AlreadyExists(format!(
+                    "change {request_id} of reservation {id} was already applied with other lines"
+                )));
+            }
+            let mut first = record.reserve_answer();
+            first.expires_at_ms = last.expires_at_ms;
+            return Ok(ChangeBegin::Replay(Box::new(Reply::replayed(first, record.current()))));
+        }
+        let record = self.settled_record(id)?;
+        if record.state != ReservationState::Held {
+            return Err(CoreError::WrongState {
+                reservation_id: id.to_string(),
+                state: record.state,
+                operation: "modify",
+            });
+        }
+        let from = record.incarnation();
+        self.applied_sequence += 1;
+        let to = Incarnation {
+            request: std::sync::Arc::new(candidate),
+            version: self.applied_sequence,
+            ..from.clone()
+        };
+        let mut shards = from.line_shards();
+        for shard in to.line_shards() {
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        let replaces = shards
+            .into_iter()
+            .map(|shard| (shard, LineOp::Replace { from: from.clone(), to: to.clone() }))
+            .collect();
+        let version = to.version;
+        let changing = ChangeInFlight { request_id: request_id.to_owned(), to, decided: false };
+        // Only in memory: the record is not written until the change is applied.
+        self.records.get_untracked_mut(id).expect("checked above").changing = Some(changing);
+        Ok(ChangeBegin::Started { replaces, version })
+    }
+
+    /// Home side, after every `Replace` answered: `replaced` = all of them
+    /// held. Applies the change (the record moves to the new version and
+    /// lines) or drops it, and returns the answer (when applied) and the
+    /// `Settle`s or `Revert`s to deliver before answering; then call
+    /// [`ShardState::change_done`]. None if no such change is in flight.
+    pub fn finish_change(
+        &mut self,
+        id: &ReservationId,
+        version: u64,
+        replaced: bool,
+        now: i64,
+    ) -> Option<ChangeDecided> {
+        self.advance(now);
+        let record = self.records.get(id)?;
+        let change = record.changing.as_ref().filter(|c| c.to.version == version && !c.decided)?;
+        let mut shards = record.incarnation().line_shards();
+        for shard in change.to.line_shards() {
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        if !replaced {
+            let record = self.records.get_untracked_mut(id).expect("checked above");
+            record.changing.as_mut().expect("checked above").decided = true;
+            let ops = shards
+                .into_iter()
+                .map(|shard| (shard, LineOp::Revert { id: id.clone(), version }))
+                .collect();
+            return Some((None, ops));
+        }
+        self.applied_sequence += 1;
+        let record = self.records.get_mut(id).expect("checked above");
+        let change = record.changing.as_mut().expect("checked above");
+        change.decided = true;
+        let to = change.to.clone();
+        let request_id = change.request_id.clone();
+        record.apply_change(&to);
+        record.last_change = Some(KeyedChange {
+            request_id,
+            lines: to.request.lines.clone(),
+            version,
+            expires_at_ms: record.expires_at_ms,
+        });
+        let answer = record.current();
+        let ops = shards
+            .into_iter()
+            .map(|shard| (shard, LineOp::Settle { id: id.clone(), version }))
+            .collect();
+        Some((Some(answer), ops))
+    }
+
+    /// The change to `version` of `id` is over on every shard (its
+    /// `Settle`s or `Revert`s delivered): other operations of the id may run.
+    pub fn change_done(&mut self, id: &ReservationId, version: u64, now: i64) {
+        let now = self.advance(now);
+        let Some(record) = self.records.get_untracked_mut(id) else { return };
+        if record.changing.as_ref().is_none_or(|c| c.to.version != version) {
+            return;
+        }
+        record.changing = None;
+        if record.state == ReservationState::Held {
+            let at = record.expires_at_ms.max(now);
+            self.schedule(at, Deadline::Expire(id.clone()));
+        }
+    }
+
     /// The reservation as it stands.
     pub fn get(&self, id: &ReservationId) -> Result<ReservationView, CoreError> {
         self.record(id).map(Record::current)
@@ -641,7 +855,9 @@ impl ShardState {
 
     pub(super) fn expire(&mut self, id: &ReservationId, now: i64) -> Vec<(u32, LineOp)> {
         let Some(record) = self.records.get(id) else { return Vec::new() };
+        // A change in flight re-arms the expiry when it ends (`change_done`).
         if record.state != ReservationState::Held
+            || record.changing.is_some()
             || record.expires_at_ms > now
             || record.not_expired_before_ms > now
         {

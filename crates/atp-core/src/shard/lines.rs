@@ -88,6 +88,34 @@ pub enum LineOp {
         /// The reservation.
         id: ReservationId,
     },
+    /// First step of changing a HELD reservation from version `from` to
+    /// `to`: checks only each line's increase, then holds max(old, new) per
+    /// line and remembers both versions (a *changing* hold). Refused when
+    /// this shard's hold is not `from`'s (or, for a shard new in `to`, when
+    /// it holds anything else).
+    Replace {
+        /// The reservation as it stands (every line, its version).
+        from: Incarnation,
+        /// The reservation as changed (every line, the new version).
+        to: Incarnation,
+    },
+    /// The change to `version` was applied on the home: a changing hold
+    /// drops to the new quantities (freeing the difference; a hold with no
+    /// line left is deleted).
+    Settle {
+        /// The reservation.
+        id: ReservationId,
+        /// The new version (the `to` of the Replace).
+        version: u64,
+    },
+    /// The change to `version` was refused: a changing hold goes back to
+    /// the old quantities (a hold new in that version is deleted).
+    Revert {
+        /// The reservation.
+        id: ReservationId,
+        /// The new version (the `to` of the Replace).
+        version: u64,
+    },
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -104,8 +132,15 @@ pub(crate) struct LineHolds {
     pub(crate) committed: bool,
     pub(crate) lines: Vec<HeldLine>,
     /// The reservation as the Hold carried it: recovery rebuilds its home
-    /// record from it when every line shard holds the same version.
+    /// record from it when every line shard holds the same version. While a
+    /// change is in flight, the version being changed (which may have no
+    /// line on this shard, for a shard new in the change).
     pub(crate) reservation: Incarnation,
+    /// While a change is in flight (after `Replace`, before `Settle` or
+    /// `Revert`): the new version. `lines` then hold max(old, new) per line.
+    /// Stored after the hold (`persist::Extra`), not in its serde layout.
+    #[serde(skip)]
+    pub(crate) next: Option<Incarnation>,
 }
 
 /// A reservation's hold on one shard, as checks and admin tools see it.
@@ -113,8 +148,10 @@ pub(crate) struct LineHolds {
 pub struct HoldView {
     /// The reservation.
     pub id: ReservationId,
-    /// The incarnation the hold belongs to.
+    /// The incarnation the hold belongs to (while changing, the old one).
     pub version: u64,
+    /// While a change is in flight: the version it changes to.
+    pub next_version: Option<u64>,
     /// Whether the home's Commit reached it (its units are committed, not held).
     pub committed: bool,
     /// Its lines on this shard.
@@ -139,6 +176,18 @@ pub struct HeldLineView {
 impl LineHolds {
     pub(crate) fn is_held(&self) -> bool {
         !self.committed
+    }
+}
+
+impl HeldLine {
+    fn held(sku: &Sku, location: &LocationId, quantity: i64) -> Self {
+        Self {
+            sku: sku.clone(),
+            location: location.clone(),
+            held: quantity,
+            committed: 0,
+            shipped: 0,
+        }
     }
 }
 
@@ -171,6 +220,158 @@ impl ShardState {
                 self.cancel_lines(id, now);
                 Ok(())
             }
+            LineOp::Replace { from, to } => self.replace(from, to, catalog, now),
+            LineOp::Settle { id, version } => {
+                self.end_change(id, *version, true, now);
+                Ok(())
+            }
+            LineOp::Revert { id, version } => {
+                self.end_change(id, *version, false, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// This shard's lines of `incarnation`, as (sku, location, units).
+    fn lines_here(&self, incarnation: &Incarnation) -> Vec<LineQuantity> {
+        incarnation
+            .request
+            .lines
+            .iter()
+            .filter(|line| crate::hash::shard_of(line.sku.as_str()) == self.shard)
+            .map(|line| (line.sku.clone(), line.location.clone(), line.quantity))
+            .collect()
+    }
+
+    fn replace(
+        &mut self,
+        from: &Incarnation,
+        to: &Incarnation,
+        catalog: &Catalog,
+        now: i64,
+    ) -> Result<(), CoreError> {
+        let id = &to.request.id;
+        let old = self.lines_here(from);
+        let new = self.lines_here(to);
+        match self.holds.get(id) {
+            Some(holds) if holds.next.as_ref().is_some_and(|next| next.version == to.version) => {
+                return Ok(()); // a repeated Replace: already done
+            }
+            Some(holds) if holds.reservation.version == to.version => {
+                return Ok(()); // a repeated Replace, already settled
+            }
+            Some(holds) if holds.committed => {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "reservation {id}: its units here are committed; it cannot change"
+                )));
+            }
+            Some(holds) if holds.next.is_some() || holds.reservation.version != from.version => {
+                return Err(CoreError::InProgress(format!(
+                    "reservation {id} changed meanwhile; retry"
+                )));
+            }
+            Some(_) => {}
+            None if !old.is_empty() => {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "reservation {id}: its hold here has ended; it cannot change"
+                )));
+            }
+            None => {}
+        }
+        let Some(channel) = catalog.channels.get(&to.request.channel) else {
+            let channel = &to.request.channel;
+            return Err(CoreError::invalid("channel_id", format!("unknown channel {channel}")));
+        };
+        let old_of = |sku: &Sku, location: &LocationId| {
+            old.iter().find(|(s, l, _)| s == sku && l == location).map_or(0, |line| line.2)
+        };
+        // Only what grows is checked, as a Reserve of the increase would be.
+        let mut increases: Vec<ReserveLine> = Vec::new();
+        for (sku, location, quantity) in &new {
+            let increase = quantity - old_of(sku, location);
+            if increase > 0 {
+                increases.push(ReserveLine {
+                    sku: sku.clone(),
+                    location: location.clone(),
+                    quantity: increase,
+                });
+            }
+        }
+        if !increases.is_empty() {
+            to.request.check_active(catalog)?;
+        }
+        self.check_stock(&increases, channel, &to.request.channel, catalog)?;
+        self.applied_sequence += 1;
+        let cause = id.shared();
+        for line in &increases {
+            let kind = if old_of(&line.sku, &line.location) == 0 {
+                LedgerKind::Reserve
+            } else {
+                LedgerKind::Change
+            };
+            let deltas = Deltas { reserved: line.quantity, ..Deltas::default() };
+            self.change(&line.sku, &line.location, &cause, kind, deltas, false, now);
+        }
+        // max(old, new) per line: old lines first, then lines new here.
+        let mut lines: Vec<HeldLine> = old
+            .iter()
+            .map(|(sku, location, quantity)| {
+                let new_quantity =
+                    new.iter().find(|(s, l, _)| s == sku && l == location).map_or(0, |line| line.2);
+                HeldLine::held(sku, location, (*quantity).max(new_quantity))
+            })
+            .collect();
+        for (sku, location, quantity) in &new {
+            if !old.iter().any(|(s, l, _)| s == sku && l == location) {
+                lines.push(HeldLine::held(sku, location, *quantity));
+            }
+        }
+        let holds = LineHolds {
+            committed: false,
+            lines,
+            reservation: from.clone(),
+            next: Some(to.clone()),
+        };
+        self.holds.insert(id.clone(), holds);
+        Ok(())
+    }
+
+    /// Settles (`keep_new`) or reverts the change to `version` of `id`'s
+    /// hold here, if it is changing to that version.
+    fn end_change(&mut self, id: &ReservationId, version: u64, keep_new: bool, now: i64) {
+        let changing = self
+            .holds
+            .get(id)
+            .is_some_and(|holds| holds.next.as_ref().is_some_and(|next| next.version == version));
+        if !changing {
+            return;
+        }
+        let mut holds = self.holds.remove(id).expect("checked above");
+        let next = holds.next.take().expect("checked above");
+        let kept = if keep_new { next } else { holds.reservation.clone() };
+        let target = self.lines_here(&kept);
+        self.applied_sequence += 1;
+        let cause = id.shared();
+        for line in &holds.lines {
+            let keep = target
+                .iter()
+                .find(|(s, l, _)| *s == line.sku && *l == line.location)
+                .map_or(0, |t| t.2);
+            let freed = line.held - keep;
+            debug_assert!(freed >= 0, "a changing hold holds the larger side");
+            // A line new in a reverted change is aborted; every other
+            // line's units move by a change.
+            let kind = if keep == 0 && !keep_new { LedgerKind::Abort } else { LedgerKind::Change };
+            let deltas = Deltas { reserved: -freed, ..Deltas::default() };
+            self.change(&line.sku, &line.location, &cause, kind, deltas, false, now);
+        }
+        if !target.is_empty() {
+            holds.lines = target
+                .iter()
+                .map(|(sku, location, quantity)| HeldLine::held(sku, location, *quantity))
+                .collect();
+            holds.reservation = kept;
+            self.holds.insert(id.clone(), holds);
         }
     }
 
@@ -209,6 +410,51 @@ impl ShardState {
         };
         // The catalog may have changed since the node checked the request.
         reservation.request.check_active(catalog)?;
+        self.check_stock(lines, channel, channel_id, catalog)?;
+        self.applied_sequence += 1;
+        let cause = id.shared();
+        for line in lines {
+            let deltas = Deltas { reserved: line.quantity, ..Deltas::default() };
+            self.change(&line.sku, &line.location, &cause, LedgerKind::Reserve, deltas, false, now);
+            let safety = self.safety(catalog, &line.location);
+            let position = self.position(&line.sku, &line.location);
+            assert_eq!(
+                position.shortfall(safety),
+                0,
+                "hold {id} created a shortfall at {}/{}",
+                line.sku,
+                line.location
+            );
+        }
+        let held = lines
+            .iter()
+            .map(|line| HeldLine {
+                sku: line.sku.clone(),
+                location: line.location.clone(),
+                held: line.quantity,
+                committed: 0,
+                shipped: 0,
+            })
+            .collect();
+        let holds = LineHolds {
+            committed: false,
+            lines: held,
+            reservation: reservation.clone(),
+            next: None,
+        };
+        self.holds.insert(id.clone(), holds);
+        Ok(())
+    }
+
+    /// Whether `lines` fit the positions' ATP and the channel's, as a hold
+    /// of them would take them.
+    fn check_stock(
+        &self,
+        lines: &[ReserveLine],
+        channel: &crate::catalog::Channel,
+        channel_id: &ChannelId,
+        catalog: &Catalog,
+    ) -> Result<(), CoreError> {
         let mut per_sku: BTreeMap<&Sku, i64> = BTreeMap::new();
         for line in lines {
             if !catalog.locations.contains_key(&line.location) {
@@ -246,33 +492,6 @@ impl ShardState {
                 });
             }
         }
-        self.applied_sequence += 1;
-        let cause = id.shared();
-        for line in lines {
-            let deltas = Deltas { reserved: line.quantity, ..Deltas::default() };
-            self.change(&line.sku, &line.location, &cause, LedgerKind::Reserve, deltas, false, now);
-            let safety = self.safety(catalog, &line.location);
-            let position = self.position(&line.sku, &line.location);
-            assert_eq!(
-                position.shortfall(safety),
-                0,
-                "hold {id} created a shortfall at {}/{}",
-                line.sku,
-                line.location
-            );
-        }
-        let held = lines
-            .iter()
-            .map(|line| HeldLine {
-                sku: line.sku.clone(),
-                location: line.location.clone(),
-                held: line.quantity,
-                committed: 0,
-                shipped: 0,
-            })
-            .collect();
-        let holds = LineHolds { committed: false, lines: held, reservation: reservation.clone() };
-        self.holds.insert(id.clone(), holds);
         Ok(())
     }
 
@@ -354,6 +573,7 @@ impl ShardState {
             .map(|(id, holds)| HoldView {
                 id: id.clone(),
                 version: holds.reservation.version,
+                next_version: holds.next.as_ref().map(|next| next.version),
                 committed: holds.committed,
                 lines: holds
                     .lines
@@ -372,13 +592,16 @@ impl ShardState {
         views
     }
 
-    /// Uncommitted holds on this shard, with the reservation each carries, by id.
-    pub(super) fn uncommitted_holds(&self) -> impl Iterator<Item = (&ReservationId, &Incarnation)> {
+    /// Uncommitted holds on this shard, by id: the reservation each carries,
+    /// and the new version of a change in flight.
+    pub(super) fn uncommitted_holds(
+        &self,
+    ) -> impl Iterator<Item = (&ReservationId, &Incarnation, Option<&Incarnation>)> {
         // The holds map is ordered by id, so this is in id order.
         self.holds
             .iter()
             .filter(|(_, holds)| holds.is_held())
-            .map(|(id, holds)| (id, &holds.reservation))
+            .map(|(id, holds)| (id, &holds.reservation, holds.next.as_ref()))
     }
 
     /// Whether a line of reservation `id` is still held or committed here.

@@ -30,7 +30,7 @@ use tracked::Tracked;
 pub use budget::{
     DEFAULT_MAX_ENDED_RESERVATIONS, DEFAULT_MAX_EVENT_MEMOS, MIN_AGE_BEFORE_EARLY_FORGET_MS,
 };
-pub use home::{Begin, ScanPage};
+pub use home::{Begin, ChangeBegin, ChangeDecided, ScanPage};
 pub use lines::{HeldLineView, HoldView, Incarnation, LineOp, LineQuantity};
 pub use persist::{Changes, RestoreError};
 pub use recover::{RecoveryReport, recover};

@@ -89,6 +89,11 @@ enum Extra {
     Metadata(Metadata),
     /// A record's latest Extend keyed by a request id.
     KeyedExtend(home::KeyedExtend),
+    /// A changing hold's new version ([`lines::LineHolds::next`]); its
+    /// metadata is the hold's.
+    Next(lines::Incarnation),
+    /// A record's latest change (ModifyReservation), for its retries.
+    KeyedChange(home::KeyedChange),
 }
 
 fn encode_with(value: &impl Serialize, extras: &[Extra]) -> Vec<u8> {
@@ -116,12 +121,22 @@ fn record_extras(record: &home::Record) -> Vec<Extra> {
     if let Some(extend) = record.last_extend() {
         extras.push(Extra::KeyedExtend(extend.clone()));
     }
+    if let Some(change) = record.last_change() {
+        extras.push(Extra::KeyedChange(change.clone()));
+    }
     extras
 }
 
 fn hold_extras(holds: &lines::LineHolds) -> Vec<Extra> {
+    let mut extras = Vec::new();
     let metadata = &holds.reservation.request.metadata;
-    if metadata.is_empty() { Vec::new() } else { vec![Extra::Metadata(metadata.clone())] }
+    if !metadata.is_empty() {
+        extras.push(Extra::Metadata(metadata.clone()));
+    }
+    if let Some(next) = &holds.next {
+        extras.push(Extra::Next(next.clone()));
+    }
+    extras
 }
 
 fn encode_record(record: &home::Record) -> Vec<u8> {
@@ -262,6 +277,8 @@ impl ShardState {
                     match extra {
                         Extra::Metadata(metadata) => record.set_metadata(metadata),
                         Extra::KeyedExtend(extend) => record.set_last_extend(extend),
+                        Extra::KeyedChange(change) => record.set_last_change(change),
+                        Extra::Next(_) => return Err("a record carries no next version".to_owned()),
                     }
                 }
                 self.records.load(id, record);
@@ -275,10 +292,16 @@ impl ShardState {
                             std::sync::Arc::make_mut(&mut holds.reservation.request).metadata =
                                 metadata
                         }
-                        Extra::KeyedExtend(_) => {
-                            return Err("a hold carries no extend".to_owned());
+                        Extra::Next(next) => holds.next = Some(next),
+                        Extra::KeyedExtend(_) | Extra::KeyedChange(_) => {
+                            return Err("a hold carries no extend or change".to_owned());
                         }
                     }
+                }
+                if let Some(next) = &mut holds.next {
+                    // A change keeps the reservation's metadata.
+                    let metadata = holds.reservation.request.metadata.clone();
+                    std::sync::Arc::make_mut(&mut next.request).metadata = metadata;
                 }
                 self.holds.load(id, holds);
             }

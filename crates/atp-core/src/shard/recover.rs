@@ -46,6 +46,10 @@ pub struct RecoveryReport {
     pub ship_notices: usize,
     /// Line releases from holds that expired while the node was down.
     pub expired: usize,
+    /// Changing holds settled at their new version (the change was complete).
+    pub changes_settled: usize,
+    /// Changing holds reverted to their old version (the change was not).
+    pub changes_reverted: usize,
 }
 
 fn deliver(
@@ -103,60 +107,118 @@ pub fn recover(
     report
 }
 
-/// Step 2: rebuilds or rolls back every reservation that has uncommitted
-/// holds but no home record.
+/// One uncommitted hold of an id: its shard, the version it holds, and the
+/// version a change in flight moves it to.
+type HoldOf = (u32, Incarnation, Option<Incarnation>);
+
+/// Step 2: settles every uncommitted hold against its home record: holds of
+/// no current version are rolled back, a change in flight is settled or
+/// reverted, and a record whose holds are complete but which was lost (or
+/// left behind a complete change) is rebuilt at the **highest complete
+/// version** (see `docs/PROTOCOL.md`).
 fn settle_orphans(
     shards: &mut BTreeMap<u32, ShardState>,
     catalog: &Catalog,
     now: i64,
     report: &mut RecoveryReport,
 ) {
-    // By id: the shards holding it, each with the incarnation its hold carries.
-    let mut orphans: BTreeMap<ReservationId, Vec<(u32, Incarnation)>> = BTreeMap::new();
-    let mut aborts = Vec::new();
+    let mut by_id: BTreeMap<ReservationId, Vec<HoldOf>> = BTreeMap::new();
     for (shard, state) in shards.iter() {
-        for (id, incarnation) in state.uncommitted_holds() {
-            let home = shard_of(id.as_str());
-            match shards.get(&home).and_then(|home| home.record_version(id)) {
-                None => orphans.entry(id.clone()).or_default().push((*shard, incarnation.clone())),
-                // A newer incarnation owns the record: this hold's Reserve
-                // was abandoned and its Abort lost.
-                Some(current) if current > incarnation.version => aborts
-                    .push((*shard, LineOp::Abort { id: id.clone(), version: incarnation.version })),
-                Some(_) => {}
-            }
+        for (id, base, next) in state.uncommitted_holds() {
+            by_id.entry(id.clone()).or_default().push((*shard, base.clone(), next.cloned()));
         }
     }
-    for (id, holds) in orphans {
-        // Holds of an older version than the id's newest belong to an
-        // incarnation that ended (abandoned: the next one began only after
-        // it was forgotten) and whose Abort was lost: roll them back, and
-        // judge the newest version alone.
-        let newest = holds.iter().map(|(_, incarnation)| incarnation.version).max();
-        let (holds, stale): (Vec<_>, Vec<_>) =
-            holds.into_iter().partition(|(_, incarnation)| Some(incarnation.version) == newest);
-        for (shard, incarnation) in stale {
-            aborts.push((shard, LineOp::Abort { id: id.clone(), version: incarnation.version }));
+    let mut ops = Vec::new();
+    for (id, holds) in by_id {
+        let home = shard_of(id.as_str());
+        let template = &shards[&holds[0].0];
+        let (epoch, settings) = (template.epoch(), template.settings.clone());
+        let state = shards.entry(home).or_insert_with(|| ShardState::new(home, epoch, settings));
+        let newest = holds.iter().flat_map(|(_, base, next)| {
+            std::iter::once(base.version).chain(next.as_ref().map(|next| next.version))
+        });
+        state.observe_version(newest.max().unwrap_or(0));
+        let record = state.record_version(&id);
+        let target = judge(&holds, record);
+        for (shard, base, next) in &holds {
+            let next_version = next.as_ref().map(|next| next.version);
+            let op = match (&target, record) {
+                (Some(target), _) if next_version == Some(target.version) => {
+                    report.changes_settled += 1;
+                    LineOp::Settle { id: id.clone(), version: target.version }
+                }
+                (Some(target), _) if base.version == target.version => match next_version {
+                    Some(version) => {
+                        report.changes_reverted += 1;
+                        LineOp::Revert { id: id.clone(), version }
+                    }
+                    None => continue,
+                },
+                // The record stays where it is: a change beyond it is reverted.
+                (None, Some((version, _))) if base.version == version => match next_version {
+                    Some(next) => {
+                        report.changes_reverted += 1;
+                        LineOp::Revert { id: id.clone(), version: next }
+                    }
+                    None => continue,
+                },
+                // A hold of no version that stays: rolled back whole.
+                _ => {
+                    report.aborted += 1;
+                    LineOp::Abort { id: id.clone(), version: base.version }
+                }
+            };
+            ops.push((*shard, op));
         }
-        let (_, incarnation) = &holds[0];
-        let complete = holds.iter().all(|(_, other)| other == incarnation)
-            && incarnation.line_shards().iter().all(|line| holds.iter().any(|(s, _)| s == line));
-        if complete {
-            let home = shard_of(id.as_str());
-            let template = &shards[&holds[0].0];
-            let (epoch, settings) = (template.epoch(), template.settings.clone());
-            let state =
-                shards.entry(home).or_insert_with(|| ShardState::new(home, epoch, settings));
-            if state.rebuild_held(incarnation, now) {
-                report.rebuilt += 1;
-            }
-        } else {
-            for (shard, incarnation) in holds {
-                let version = incarnation.version;
-                aborts.push((shard, LineOp::Abort { id: id.clone(), version }));
-            }
+        let Some(target) = target else { continue };
+        let state = shards.get_mut(&home).expect("created above");
+        let moved = match record {
+            None => state.rebuild_held(&target, now),
+            Some((version, _)) if version < target.version => state.roll_forward(&target, now),
+            Some(_) => false,
+        };
+        if moved {
+            report.rebuilt += 1;
         }
     }
-    report.aborted = aborts.len();
-    deliver(shards, aborts, catalog, now);
+    deliver(shards, ops, catalog, now);
+}
+
+/// The incarnation an id's record must stand at after recovery, when that
+/// is a version its holds carry: the newest version seen if it is complete
+/// (every line shard it names holds it, settled or as the new side of a
+/// changing hold) and the record is absent, HELD below it, or at it; else,
+/// with no record, the version the newest one changes from if that is
+/// complete. None: the record (if any) stays as it is, and holds of no
+/// version it has are rolled back.
+fn judge(holds: &[HoldOf], record: Option<(u64, bool)>) -> Option<Incarnation> {
+    let newest = holds
+        .iter()
+        .flat_map(|(_, base, next)| std::iter::once(base).chain(next))
+        .max_by_key(|incarnation| incarnation.version)?
+        .clone();
+    let holds_version = |shard: u32, version: u64| {
+        holds.iter().any(|(s, base, next)| {
+            *s == shard
+                && (base.version == version || next.as_ref().is_some_and(|n| n.version == version))
+        })
+    };
+    let complete = |incarnation: &Incarnation| {
+        incarnation.line_shards().into_iter().all(|shard| holds_version(shard, incarnation.version))
+    };
+    match record {
+        // Holds older than the record: an abandoned Reserve's.
+        Some((version, _)) if version > newest.version => None,
+        Some((version, _)) if version == newest.version => Some(newest),
+        Some((_, held)) => (held && complete(&newest)).then_some(newest),
+        None if complete(&newest) => Some(newest),
+        None => {
+            // A change in flight to `newest`: what it changes from.
+            let from = holds
+                .iter()
+                .find(|(_, _, next)| next.as_ref().is_some_and(|n| n.version == newest.version))
+                .map(|(_, base, _)| base.clone())?;
+            complete(&from).then_some(from)
+        }
+    }
 }

@@ -47,6 +47,12 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
         self.map.get_mut(key)
     }
 
+    /// Mutable access that does not mark the key: only for fields the
+    /// store never sees (in-memory state such as a change in flight).
+    pub(crate) fn get_untracked_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.map.get_mut(key)
+    }
+
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.touch(&key);
         self.map.insert(key, value)

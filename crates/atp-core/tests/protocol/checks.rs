@@ -26,7 +26,8 @@ pub enum HoldLife {
 /// is committed (and later cancelled or shipped).
 #[derive(Default)]
 pub struct LedgerLives {
-    lives: BTreeMap<(std::sync::Arc<str>, Sku, LocationId), HoldLife>,
+    /// Each line's life and, while held, its units held.
+    lives: BTreeMap<(std::sync::Arc<str>, Sku, LocationId), (HoldLife, i64)>,
 }
 
 impl LedgerLives {
@@ -35,9 +36,13 @@ impl LedgerLives {
             return Ok(()); // a stock event
         }
         let key = (entry.cause.clone(), entry.sku.clone(), entry.location.clone());
-        let before = self.lives.get(&key).copied().unwrap_or(HoldLife::Ended);
+        let (before, units) = self.lives.get(&key).copied().unwrap_or((HoldLife::Ended, 0));
+        let units = units + entry.deltas.reserved;
         let after = match (before, entry.kind) {
             (HoldLife::Ended | HoldLife::Committed, LedgerKind::Reserve) => HoldLife::Held,
+            // A change moves a held line's units; it ends when none are left.
+            (HoldLife::Held, LedgerKind::Change) if units > 0 => HoldLife::Held,
+            (HoldLife::Held, LedgerKind::Change) if units == 0 => HoldLife::Ended,
             (
                 HoldLife::Held,
                 LedgerKind::Release | LedgerKind::Expire | LedgerKind::Abort | LedgerKind::Cancel,
@@ -51,13 +56,17 @@ impl LedgerLives {
                 )));
             }
         };
-        self.lives.insert(key, after);
+        if after == HoldLife::Held {
+            prop_assert!(units > 0, "hold {:?} holds {} units", key, units);
+        }
+        let units = if after == HoldLife::Held { units } else { 0 };
+        self.lives.insert(key, (after, units));
         Ok(())
     }
 
     /// After every TTL passed: no hold is still open.
     pub fn all_ended(&self) -> Result<(), TestCaseError> {
-        for (key, life) in &self.lives {
+        for (key, (life, _)) in &self.lives {
             prop_assert!(*life != HoldLife::Held, "hold {:?} never ended", key);
         }
         Ok(())
@@ -150,6 +159,21 @@ pub fn settled(
                 );
                 let versions: Vec<u64> = holds.iter().map(|(_, h)| h.version).collect();
                 prop_assert!(versions.windows(2).all(|w| w[0] == w[1]), "{} mixes versions", id);
+                prop_assert!(
+                    holds.iter().all(|(_, h)| h.next_version.is_none()),
+                    "{} still changing after recovery: {:?}",
+                    id,
+                    holds
+                );
+                for (_, hold) in &holds {
+                    for held in &hold.lines {
+                        let on_record = view
+                            .lines
+                            .iter()
+                            .any(|l| l.sku == held.sku && l.location == held.location);
+                        prop_assert!(on_record, "{} HELD holds a line it has not: {:?}", id, held);
+                    }
+                }
                 for line in &view.lines {
                     let held = holds
                         .iter()

@@ -20,12 +20,14 @@ impl World {
             Waiting::Rollback(id, version) => {
                 self.network.push(Message::Finish { id, version, held: false })
             }
+            Waiting::Change(id, version, answer) => self.change_complete(id, version, answer)?,
             Waiting::Client(id, state) => {
                 // The reservation's own holds: an older incarnation's (an
                 // abandoned Reserve's) may still wait for its Abort.
+                // (a change of it has a higher version).
                 let current = self.begun.get(&id).and_then(|all| all.last()).map(|inc| inc.version);
                 let mut holds = checks::holds_of(&self.shards, &id);
-                holds.retain(|(_, hold)| Some(hold.version) == current);
+                holds.retain(|(_, hold)| Some(hold.version) >= current);
                 match state {
                     ReservationState::Committed => {
                         prop_assert!(

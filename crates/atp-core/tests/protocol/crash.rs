@@ -51,6 +51,7 @@ impl World {
         self.unflushed.clear();
         self.hold_back.clear();
         self.reserving.clear();
+        self.changing.clear();
         self.waiting.clear();
 
         let expected = self.expected_rebuilds(&from_log);
@@ -72,6 +73,21 @@ impl World {
                 (Some(incarnation), Ok(view)) => {
                     let times = (view.created_at_ms, view.expires_at_ms);
                     prop_assert_eq!(times, (incarnation.created_at_ms, incarnation.expires_at_ms));
+                    let lines: Vec<_> = view
+                        .lines
+                        .iter()
+                        .map(|l| (l.sku.clone(), l.location.clone(), l.quantity))
+                        .collect();
+                    prop_assert_eq!(
+                        super::change::lines_of(&incarnation.request.lines),
+                        {
+                            let mut lines = lines;
+                            lines.sort();
+                            lines
+                        },
+                        "{} rebuilt at another version",
+                        id
+                    );
                     // HELD even past its TTL: it expires on the first tick
                     // after recovery, once the rebuild is durable.
                     prop_assert_eq!(view.state, ReservationState::Held, "{} rebuilt", id);
@@ -112,31 +128,42 @@ impl World {
             if !matches!(home.get(id), Err(CoreError::NotFound(_))) {
                 continue;
             }
-            // Only the newest version counts: older holds are an abandoned
-            // incarnation's, whose Abort was lost (recovery rolls them back).
-            let mut holds = checks::holds_of(shards, id);
-            let newest = holds.iter().map(|(_, hold)| hold.version).max();
-            holds.retain(|(_, hold)| Some(hold.version) == newest);
-            let Some((_, first)) = holds.first() else { continue };
-            let incarnation = self
-                .begun
-                .get(id)
-                .and_then(|all| all.iter().rev().find(|inc| inc.version == first.version));
-            let complete = incarnation.filter(|incarnation| {
-                let mut held: Vec<u32> = holds.iter().map(|(shard, _)| *shard).collect();
-                let mut lines = incarnation.line_shards();
-                held.sort_unstable();
-                lines.sort_unstable();
-                held == lines
-                    && holds.iter().all(|(_, h)| !h.committed && h.version == first.version)
-            });
+            // The highest complete version: the newest one seen if every
+            // line shard it names holds it (settled or changing to it), else
+            // the version a change in flight to it started from, if complete.
+            // Older holds are an abandoned incarnation's, whose Abort was lost.
+            let holds = checks::holds_of(shards, id);
+            let holds: Vec<_> = holds.into_iter().filter(|(_, h)| !h.committed).collect();
+            let sides = |h: &atp_core::shard::HoldView| {
+                std::iter::once(h.version).chain(h.next_version).collect::<Vec<_>>()
+            };
+            let Some(newest) = holds.iter().flat_map(|(_, h)| sides(h)).max() else { continue };
+            let complete = |version: u64| {
+                self.incarnation(id, version).filter(|incarnation| {
+                    incarnation.line_shards().iter().all(|shard| {
+                        holds.iter().any(|(s, h)| s == shard && sides(h).contains(&version))
+                    })
+                })
+            };
+            let from =
+                holds.iter().find(|(_, h)| h.next_version == Some(newest)).map(|(_, h)| h.version);
+            let complete = complete(newest).or_else(|| from.and_then(complete));
             expected.push((id.clone(), complete.cloned()));
         }
         expected
     }
 
+    /// The incarnation of `id` at `version`: a Reserve's or a change's.
+    fn incarnation(&self, id: &ReservationId, version: u64) -> Option<&Incarnation> {
+        // Newest first: a version may be reused after a crash lost the
+        // shard's sequence (its meta record lags).
+        let all = self.incarnations.get(id).into_iter().flatten();
+        all.rev().find(|incarnation| incarnation.version == version)
+    }
+
     /// No acknowledged reservation is lost or behind what its client was told.
     fn check_acked(&self) -> Result<(), TestCaseError> {
+        self.check_acked_changes()?;
         for (id, acked) in &self.acked {
             let found = self.shards[&shard_of(id.as_str())].get(id);
             let Ok(view) = found else {

@@ -47,6 +47,13 @@ pub enum Action {
     Retry {
         id: u8,
     },
+    /// A client changes a reservation's lines (or, with `retry`, sends its
+    /// last change of the id again).
+    Modify {
+        id: u8,
+        lines: Vec<(u8, u8, i64)>,
+        retry: bool,
+    },
     /// The network delivers a message (twice in a row: a duplicate).
     Deliver {
         pick: u8,
@@ -106,6 +113,17 @@ enum Message {
         version: u64,
         held: bool,
     },
+    /// A change's first step on a shard; the outcome goes back to the change.
+    Replace {
+        shard: u32,
+        op: LineOp,
+    },
+    /// A change's decision on its home, once every Replace answered.
+    ChangeFinish {
+        id: ReservationId,
+        version: u64,
+        replaced: bool,
+    },
     Notice(ShipNotice),
 }
 
@@ -113,6 +131,8 @@ enum Message {
 enum Waiting {
     Client(ReservationId, ReservationState),
     Rollback(ReservationId, u64),
+    /// A change's Settles or Reverts; its answer if it was applied.
+    Change(ReservationId, u64, Option<atp_core::reservation::ReservationView>),
 }
 
 /// A Reserve in progress (the node's task running it): lost at a crash.
@@ -164,6 +184,16 @@ pub struct World {
     /// Every incarnation begun, and the last Reserve sent, per id.
     begun: BTreeMap<ReservationId, Vec<Incarnation>>,
     sent: BTreeMap<ReservationId, ReserveRequest>,
+    /// Changes in progress, by id and new version: lost at a crash.
+    changing: BTreeMap<(ReservationId, u64), change::Changing>,
+    /// Every change begun, the last change sent (request id, lines) and the
+    /// last change acknowledged (version, lines), per id.
+    changes_begun: BTreeMap<ReservationId, Vec<Incarnation>>,
+    change_sent: BTreeMap<ReservationId, (String, Vec<atp_core::reservation::ReserveLine>)>,
+    acked_change: BTreeMap<ReservationId, (u64, change::Lines)>,
+    /// Every incarnation begun, Reserves' and changes', in order.
+    incarnations: BTreeMap<ReservationId, Vec<Incarnation>>,
+    changes_sent: u32,
     on_hand: BTreeMap<(Sku, LocationId), i64>,
     shipments: u32,
     /// Shards whose last step is not durable yet (a Reserve's finish: the
@@ -217,6 +247,12 @@ impl World {
             acked: BTreeMap::new(),
             begun: BTreeMap::new(),
             sent: BTreeMap::new(),
+            changing: BTreeMap::new(),
+            changes_begun: BTreeMap::new(),
+            change_sent: BTreeMap::new(),
+            acked_change: BTreeMap::new(),
+            changes_sent: 0,
+            incarnations: BTreeMap::new(),
             on_hand: BTreeMap::new(),
             shipments: 0,
             unflushed: Default::default(),
@@ -287,6 +323,7 @@ impl World {
                     self.reserve(request)?;
                 }
             }
+            Action::Modify { id, lines, retry } => self.modify(*id, lines, *retry)?,
             Action::Deliver { pick: selector, twice } => {
                 if !self.network.is_empty() {
                     let message = self.network.remove(*selector as usize % self.network.len());
@@ -301,16 +338,27 @@ impl World {
                 // (docs/PROTOCOL.md).
                 let droppable: Vec<usize> = (0..self.network.len())
                     .filter(|at| {
-                        matches!(self.network[*at], Message::Hold { .. } | Message::Finish { .. })
+                        matches!(
+                            self.network[*at],
+                            Message::Hold { .. } | Message::Finish { .. } | Message::Replace { .. }
+                        )
                     })
                     .collect();
                 if !droppable.is_empty() {
                     let at = droppable[*selector as usize % droppable.len()];
                     let message = self.network.remove(at);
-                    if let Message::Hold { shard, op: LineOp::Hold { reservation, .. } } = message {
-                        // Never applied: the Reserve hears a refusal (as from a full mailbox).
-                        let key = (reservation.request.id.clone(), reservation.version);
-                        self.hold_outcome(&key, shard, false);
+                    // Never applied: the Reserve or change hears a refusal
+                    // (as from a full mailbox).
+                    match message {
+                        Message::Hold { shard, op: LineOp::Hold { reservation, .. } } => {
+                            let key = (reservation.request.id.clone(), reservation.version);
+                            self.hold_outcome(&key, shard, false);
+                        }
+                        Message::Replace { shard, op: LineOp::Replace { to, .. } } => {
+                            let key = (to.request.id.clone(), to.version);
+                            self.replace_outcome(&key, shard, false);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -394,6 +442,7 @@ impl World {
                 prop_assert_eq!(&*reservation.request, &request);
                 prop_assert_eq!(reservation.version, version);
                 self.begun.entry(id.clone()).or_default().push(reservation.clone());
+                self.incarnations.entry(id.clone()).or_default().push(reservation.clone());
                 let outcomes = holds.iter().map(|(shard, _)| (*shard, None)).collect();
                 let incarnation = reservation.clone();
                 self.reserving.insert(key, Reserving { incarnation, outcomes });
@@ -519,6 +568,33 @@ impl World {
                     self.acked.insert(id, ReservationState::Held);
                 }
             }
+            Message::Replace { shard, op } => {
+                let LineOp::Replace { to, .. } = &op else { unreachable!("replaces only") };
+                let id = to.request.id.clone();
+                let replaced = self
+                    .on_shard(shard, |state, catalog, now| state.apply_line_op(&op, catalog, now));
+                if twice {
+                    let before = self.shards[&shard].all_positions();
+                    let again = self.on_shard(shard, |state, catalog, now| {
+                        state.apply_line_op(&op, catalog, now)
+                    });
+                    prop_assert!(
+                        replaced.is_err() || again.is_ok(),
+                        "a repeated replace of {} failed",
+                        id
+                    );
+                    prop_assert_eq!(
+                        before,
+                        self.shards[&shard].all_positions(),
+                        "a repeated replace of {}",
+                        id
+                    );
+                }
+                self.replace_outcome(&(id, to.version), shard, replaced.is_ok());
+            }
+            Message::ChangeFinish { id, version, replaced } => {
+                self.finish_change(id, version, replaced)?
+            }
             Message::Notice(notice) => {
                 for _ in 0..if twice { 2 } else { 1 } {
                     let home = shard_of(notice.reservation.as_str());
@@ -571,6 +647,8 @@ impl World {
     }
 }
 
+#[path = "change.rs"]
+mod change;
 #[path = "client.rs"]
 mod client;
 #[path = "crash.rs"]

@@ -249,6 +249,47 @@ pub fn parse_extend(
     violations.finish(extend)
 }
 
+/// A validated ModifyReservation (the lines are checked against the
+/// reservation's channel on its home shard).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Modify {
+    /// The reservation to change.
+    pub id: ReservationId,
+    /// The change's idempotency key.
+    pub request_id: String,
+    /// Every line after the change.
+    pub lines: Vec<ReserveLine>,
+}
+
+/// ModifyReservation.
+pub fn parse_modify(message: v1::ModifyReservationRequest) -> Result<Modify, CoreError> {
+    let mut violations = Violations::default();
+    let id = violations.parse(ReservationId::parse("reservation_id", &message.reservation_id));
+    let request_id = if message.request_id.is_empty() {
+        violations.push("request_id", "is required: the key that makes a retried change safe");
+        None
+    } else {
+        violations
+            .check(atp_core::ids::validate_id("request_id", &message.request_id))
+            .then_some(message.request_id)
+    };
+    let mut lines = None;
+    if message.lines.is_empty() {
+        violations.push(
+            "lines",
+            "must have at least one line; use Release to free the whole reservation",
+        );
+    } else if within_count(&mut violations, "lines", message.lines.len(), MAX_LINES_PER_RESERVATION)
+    {
+        lines = parse_reserve_lines(&mut violations, &message.lines);
+    }
+    let modify = match (id, request_id, lines) {
+        (Some(id), Some(request_id), Some(lines)) => Some(Modify { id, request_id, lines }),
+        _ => None,
+    };
+    violations.finish(modify)
+}
+
 /// A validated GetAvailability.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AvailabilityQuery {

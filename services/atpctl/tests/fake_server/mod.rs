@@ -235,6 +235,13 @@ impl AvailabilityService for Fake {
         }))
     }
 
+    async fn modify_reservation(
+        &self,
+        _request: Request<atp_proto::v1::ModifyReservationRequest>,
+    ) -> Reply<atp_proto::v1::ModifyReservationResponse> {
+        Err(Status::unimplemented("the fake server does not change reservations"))
+    }
+
     async fn get_reservation(
         &self,
         request: Request<GetReservationRequest>,

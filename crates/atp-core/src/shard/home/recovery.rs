@@ -33,9 +33,44 @@ impl Record {
 }
 
 impl ShardState {
-    /// The incarnation version of the record of `id`, if there is one.
-    pub(in crate::shard) fn record_version(&self, id: &ReservationId) -> Option<u64> {
-        self.records.get(id).map(|record| record.version)
+    /// The incarnation version of the record of `id`, and whether it is
+    /// HELD, if there is a record.
+    pub(in crate::shard) fn record_version(&self, id: &ReservationId) -> Option<(u64, bool)> {
+        self.records.get(id).map(|record| (record.version, record.state == ReservationState::Held))
+    }
+
+    /// A hold of a reservation homed here carries `version`: later versions
+    /// this home hands out must be higher (its stored sequence may lag what
+    /// it had handed out before a crash), so a new change or incarnation
+    /// is never mistaken for one its holds already carry.
+    pub(in crate::shard) fn observe_version(&mut self, version: u64) {
+        self.applied_sequence = self.applied_sequence.max(version);
+    }
+
+    /// Moves a HELD record to `to`, a change of it complete on every line
+    /// shard whose record write was lost. Like a rebuild, it does not expire
+    /// within recovery. Returns false (and changes nothing) otherwise.
+    pub(in crate::shard) fn roll_forward(&mut self, to: &Incarnation, now: i64) -> bool {
+        self.advance(now);
+        let id = &to.request.id;
+        let movable = self
+            .records
+            .get(id)
+            .is_some_and(|r| r.state == ReservationState::Held && r.version < to.version);
+        if !movable {
+            return false;
+        }
+        self.applied_sequence += 1;
+        let record = self.records.get_mut(id).expect("checked above");
+        record.apply_change(to);
+        // The change's request id is not in its holds: a retry of it is
+        // judged as a new change (to the same lines), not as a replay of
+        // an older key.
+        record.last_change = None;
+        record.not_expired_before_ms = now + 1;
+        let at = record.deadline(self.settings.retention_ms).unwrap_or(now + 1);
+        self.schedule(at, Deadline::Expire(id.clone()));
+        true
     }
 
     fn records_by_id(&self) -> Vec<(&ReservationId, &Record)> {
