@@ -162,15 +162,24 @@ async fn config_check_reports_every_problem_and_locations_nobody_has() {
     std::fs::create_dir_all(&directory).expect("a temp directory");
 
     let bad = directory.join("bad.toml");
+    // Several problems in one channel entry: each is reported, naming it.
     let text = "[[location]]\nid = \"dc\"\nkind = \"depot\"\n\
-                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\"]\nbuffer = -2\n\
+                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\", \"dc-1\"]\nbuffer = -2\n\
+                cap = \"many\"\ncolour = \"red\"\n\
                 [[channel]]\nid = \"pos\"\nlocations = [\"dc-1\"]\ncap = -1\n";
     std::fs::write(&bad, text).expect("write");
     let output = atpctl(&addr, &["config", "check", bad.to_str().expect("utf-8")]).await;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("3 problems:"), "{stderr}");
-    for part in ["unknown variant `depot`", "buffer: must be >= 0", "cap: must be >= 0"] {
+    assert!(stderr.contains("6 problems:"), "{stderr}");
+    for part in [
+        "location \"dc\": kind: unknown variant `depot`",
+        "channel \"web\": locations[1]: location \"dc-1\" is listed twice",
+        "channel \"web\": buffer: must be >= 0",
+        "channel \"web\": cap: invalid type: string \"many\", expected i64",
+        "channel \"web\": unknown field `colour`",
+        "channel \"pos\": cap: must be >= 0",
+    ] {
         assert!(stderr.contains(part), "{part} missing in {stderr}");
     }
 
