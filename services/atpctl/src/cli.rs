@@ -33,9 +33,10 @@ const CONFIG_FORMAT: &str = concat!(
 
 /// Operator CLI for atp, the available-to-promise service.
 ///
-/// Every subcommand makes one gRPC call (`config apply` and `import` make several)
-/// and prints the answer as a table, or as JSON with --json. On an error it prints
-/// the gRPC code, the message and any field violations, and exits with status 1.
+/// Every subcommand makes one gRPC call (`config apply`, `import` and
+/// `reservations list --all` make several) and prints the answer as a table, or
+/// as JSON with --json. On an error it prints the gRPC code, the message and any
+/// field violations, and exits with a status that says the class of error.
 #[derive(Debug, Parser)]
 #[command(name = "atpctl", version, propagate_version = true, after_help = EXAMPLES)]
 pub struct Cli {
