@@ -13,7 +13,8 @@ What it does, as docs/API.md's checkout flow describes:
   2. reads the channel's availability;
   3. holds 2 units with a reservation id fixed once per checkout attempt,
      repeating the same request on an unknown outcome (UNAVAILABLE,
-     DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED): a repeat gets the first answer;
+     DEADLINE_EXCEEDED, CANCELLED without an ErrorInfo, RESOURCE_EXHAUSTED
+     with reason OVERLOADED; not DISK_FULL): a repeat gets the first answer;
   4. repeats the Reserve on purpose and checks it is the same reservation;
   5. commits it;
   6. asks for more than is left and reads the reason (INSUFFICIENT_STOCK) and
@@ -42,12 +43,14 @@ PROTOS = [
     "google/rpc/error_details.proto",
 ]
 # Unknown outcome: the request may or may not have been applied; repeat it
-# with the same id. Every other error is an answer.
+# with the same id. Every other error is an answer (see is_unknown_outcome).
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# RESOURCE_EXHAUSTED is worth repeating only when the node was overloaded;
+# DISK_FULL stays until an operator frees space, so repeating cannot help.
+RETRYABLE_EXHAUSTED_REASONS = {"OVERLOADED"}
 ATTEMPTS = 5
 CALL_TIMEOUT_S = 5.0
 
@@ -97,13 +100,26 @@ def error_info(error):
     return None
 
 
+def is_unknown_outcome(error):
+    """Whether to repeat the request: the Rust SDK's retry rules (docs/API.md)."""
+    code = error.code()
+    if code in RETRYABLE:
+        return True
+    if code == grpc.StatusCode.CANCELLED:
+        return error_info(error) is None  # the connection broke
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        info = error_info(error)
+        return info is not None and info.reason in RETRYABLE_EXHAUSTED_REASONS
+    return False
+
+
 def call_with_retries(method, request):
     """Calls `method`; on an unknown outcome repeats the same request."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return method(request, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as error:
-            if error.code() not in RETRYABLE or attempt == ATTEMPTS:
+            if not is_unknown_outcome(error) or attempt == ATTEMPTS:
                 raise
             time.sleep(0.05 * 2**attempt)  # backoff before the repeat
     raise AssertionError("unreachable")

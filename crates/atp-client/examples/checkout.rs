@@ -18,6 +18,9 @@ pub enum Outcome {
     Ordered(Reservation),
     /// Payment failed: the hold was released.
     Released(Reservation),
+    /// A retry of a checkout whose hold had already ended (released,
+    /// expired or cancelled): the reservation as it stands now.
+    Ended(Reservation),
     /// Not enough stock for a line: nothing was held.
     OutOfStock {
         /// The SKU that ran short.
@@ -28,7 +31,8 @@ pub enum Outcome {
 }
 
 /// Reserves `reserve`'s lines, then commits them if `pay` succeeds or
-/// releases them if it fails.
+/// releases them if it fails. Run again with the same Reserve (a retry of
+/// the same checkout), it carries on from where the reservation is now.
 pub async fn checkout(
     client: &Client,
     reserve: Reserve,
@@ -42,6 +46,16 @@ pub async fn checkout(
         Err(error) => return Err(error),
     };
     assert_eq!(held.state, ReservationState::Held, "a Reserve answers a held reservation");
+    // A replay is the first answer again; an earlier attempt of this
+    // checkout may have ordered or released the hold since.
+    let current = held.latest();
+    match current.state {
+        ReservationState::Held => {}
+        ReservationState::Committed | ReservationState::Fulfilled => {
+            return Ok(Outcome::Ordered(current.clone()));
+        }
+        _ => return Ok(Outcome::Ended(current.clone())),
+    }
     if pay(&held) {
         Ok(Outcome::Ordered(client.commit(&held.reservation_id).await?))
     } else {

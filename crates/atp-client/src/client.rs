@@ -153,10 +153,17 @@ impl Client {
     }
 
     /// Holds every line of `reserve` or none. Sending the same Reserve
-    /// again (same id, same payload) returns the first answer.
+    /// again (same id, same payload) returns the first answer, with
+    /// [`Reservation::replayed`] set and the reservation as it stands now in
+    /// [`Reservation::current`] (the same for commit, release, cancel).
     pub async fn reserve(&self, reserve: Reserve) -> Result<Reservation, Error> {
         let reply = self.rpc().reserve(reserve.into()).await?;
-        Reservation::from_reply(reply.reservation, reply.epoch)
+        Reservation::from_replayable_reply(
+            reply.reservation,
+            reply.epoch,
+            reply.replayed,
+            reply.current,
+        )
     }
 
     /// Commits every line of a held reservation in full.
@@ -164,21 +171,36 @@ impl Client {
         let request =
             v1::CommitRequest { reservation_id: reservation_id.to_owned(), lines: vec![] };
         let reply = self.rpc().commit(request).await?;
-        Reservation::from_reply(reply.reservation, reply.epoch)
+        Reservation::from_replayable_reply(
+            reply.reservation,
+            reply.epoch,
+            reply.replayed,
+            reply.current,
+        )
     }
 
     /// Frees a held reservation.
     pub async fn release(&self, reservation_id: &str) -> Result<Reservation, Error> {
         let request = v1::ReleaseRequest { reservation_id: reservation_id.to_owned() };
         let reply = self.rpc().release(request).await?;
-        Reservation::from_reply(reply.reservation, reply.epoch)
+        Reservation::from_replayable_reply(
+            reply.reservation,
+            reply.epoch,
+            reply.replayed,
+            reply.current,
+        )
     }
 
     /// Frees the unshipped units of a committed reservation.
     pub async fn cancel(&self, reservation_id: &str) -> Result<Reservation, Error> {
         let request = v1::CancelRequest { reservation_id: reservation_id.to_owned() };
         let reply = self.rpc().cancel(request).await?;
-        Reservation::from_reply(reply.reservation, reply.epoch)
+        Reservation::from_replayable_reply(
+            reply.reservation,
+            reply.epoch,
+            reply.replayed,
+            reply.current,
+        )
     }
 
     /// Moves a held reservation's expiry to now + `ttl_seconds`.
@@ -195,7 +217,12 @@ impl Client {
             request_id: String::new(),
         };
         let reply = self.rpc().extend_reservation(request).await?;
-        Reservation::from_reply(reply.reservation, reply.epoch)
+        Reservation::from_replayable_reply(
+            reply.reservation,
+            reply.epoch,
+            reply.replayed,
+            reply.current,
+        )
     }
 
     /// Changes a held reservation to exactly `lines` (quantities, lines
@@ -328,7 +355,12 @@ impl Client {
 fn batch_result(result: v1::ReserveBatchResult) -> Result<Reservation, Error> {
     match result.outcome {
         Some(v1::reserve_batch_result::Outcome::Reserved(reply)) => {
-            Reservation::from_reply(reply.reservation, reply.epoch)
+            Reservation::from_replayable_reply(
+                reply.reservation,
+                reply.epoch,
+                reply.replayed,
+                reply.current,
+            )
         }
         Some(v1::reserve_batch_result::Outcome::Error(status)) => {
             Err(Error::from_status(&atp_proto::status_from_rpc(status)))

@@ -169,9 +169,44 @@ pub struct Reservation {
     pub epoch: u64,
     /// The caller's order id and labels, as sent with the Reserve.
     pub metadata: Option<v1::ReservationMetadata>,
+    /// True when the call had been done before and this is its first answer
+    /// again: the same Reserve (same id, same payload), a Commit, Release or
+    /// Cancel of a reservation already in that state, an Extend with the same
+    /// request id. The fields above are then that first answer, and
+    /// [`Reservation::current`] the reservation as it stands now. False for
+    /// GetReservation.
+    pub replayed: bool,
+    /// Set when `replayed`: the reservation as it stands now (a replayed
+    /// Reserve may find it committed, released or expired since). Its own
+    /// `replayed` is false and its `current` empty.
+    pub current: Option<Box<Reservation>>,
 }
 
 impl Reservation {
+    /// The reservation as it stands now: [`Reservation::current`] when the
+    /// answer was replayed, else this answer itself.
+    pub fn latest(&self) -> &Reservation {
+        self.current.as_deref().unwrap_or(self)
+    }
+
+    /// The reservation of a reply that may answer a retry (`replayed`, with
+    /// the `current` reservation).
+    pub(crate) fn from_replayable_reply(
+        reservation: Option<v1::Reservation>,
+        epoch: u64,
+        replayed: bool,
+        current: Option<v1::Reservation>,
+    ) -> Result<Self, Error> {
+        let mut answer = Self::from_reply(reservation, epoch)?;
+        answer.replayed = replayed;
+        // The proto sets `current` only when replayed; an older server may
+        // send neither, and then there is nothing more to say.
+        if replayed && let Some(current) = current {
+            answer.current = Some(Box::new(Self::from_reply(Some(current), epoch)?));
+        }
+        Ok(answer)
+    }
+
     /// The reservation in a reply, which every reservation reply carries.
     pub(crate) fn from_reply(
         reservation: Option<v1::Reservation>,
@@ -203,6 +238,8 @@ impl Reservation {
             ended_at_ms: reservation.ended_at_ms,
             epoch,
             metadata: reservation.metadata,
+            replayed: false,
+            current: None,
         })
     }
 }
@@ -223,8 +260,8 @@ impl From<ReservationState> for i32 {
 }
 
 impl From<Reservation> for v1::Reservation {
-    /// The message again (the epoch is not part of it), for code that
-    /// prints or forwards messages.
+    /// The message again (the epoch, `replayed` and `current` are not part
+    /// of it), for code that prints or forwards messages.
     fn from(reservation: Reservation) -> Self {
         Self {
             reservation_id: reservation.reservation_id,
@@ -260,6 +297,29 @@ mod tests {
         assert_eq!(request.reservation_id, "r-1");
         assert_eq!(request.lines[0].location_id, "dc-1");
         assert_eq!((request.lines[0].quantity, request.ttl_seconds), (2, 60));
+    }
+
+    #[test]
+    fn a_replayed_reply_keeps_the_current_reservation() {
+        let message = |state: v1::ReservationState| v1::Reservation {
+            reservation_id: "r-1".into(),
+            state: state.into(),
+            ..Default::default()
+        };
+        let held = Some(message(v1::ReservationState::Held));
+        let released = Some(message(v1::ReservationState::Released));
+        let replayed = Reservation::from_replayable_reply(held.clone(), 3, true, released.clone())
+            .expect("a reservation");
+        assert!(replayed.replayed);
+        assert_eq!(replayed.state, ReservationState::Held, "the first answer");
+        let current = replayed.current.as_deref().expect("the current reservation");
+        assert_eq!((current.state, current.epoch), (ReservationState::Released, 3));
+        assert_eq!(replayed.latest().state, ReservationState::Released);
+
+        let first =
+            Reservation::from_replayable_reply(held, 3, false, released).expect("a reservation");
+        assert_eq!((first.replayed, first.current.is_none()), (false, true));
+        assert_eq!(first.latest().state, ReservationState::Held);
     }
 
     #[test]

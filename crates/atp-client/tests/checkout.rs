@@ -40,6 +40,16 @@ async fn checkout_commits_when_paid_and_releases_when_not() {
     );
     let position = position(&client, "tee").await;
     assert_eq!((position.committed, position.reserved, position.atp), (2, 0, 1));
+
+    // A checkout run again carries on from where its reservation is now.
+    let again = Reserve::new("order-1", "web").line("tee", "dc-1", 2);
+    let outcome = checkout(&client, again, |_| panic!("no second payment")).await;
+    let Outcome::Ordered(order) = outcome.expect("checkout") else { panic!("not ordered") };
+    assert_eq!(order.state, ReservationState::Committed);
+    let again = Reserve::new("order-2", "web").line("tee", "dc-1", 1);
+    let outcome = checkout(&client, again, |_| panic!("no second payment")).await;
+    let Outcome::Ended(ended) = outcome.expect("checkout") else { panic!("not ended") };
+    assert_eq!(ended.state, ReservationState::Released);
 }
 
 /// The example binary, built by cargo the way `cargo run --example` would.

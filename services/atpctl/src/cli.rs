@@ -33,9 +33,10 @@ const CONFIG_FORMAT: &str = concat!(
 
 /// Operator CLI for atp, the available-to-promise service.
 ///
-/// Every subcommand makes one gRPC call (`config apply` and `import` make several)
-/// and prints the answer as a table, or as JSON with --json. On an error it prints
-/// the gRPC code, the message and any field violations, and exits with status 1.
+/// Every subcommand makes one gRPC call (`config apply`, `import` and
+/// `reservations list --all` make several) and prints the answer as a table, or
+/// as JSON with --json. On an error it prints the gRPC code, the message and any
+/// field violations, and exits with a status that says the class of error.
 #[derive(Debug, Parser)]
 #[command(name = "atpctl", version, propagate_version = true, after_help = EXAMPLES)]
 pub struct Cli {
@@ -72,6 +73,9 @@ pub enum Command {
     /// Show one reservation.
     #[command(visible_alias = "reservation")]
     GetReservation(IdArgs),
+    /// Show many reservations by id, or list those matching a filter.
+    #[command(subcommand)]
+    Reservations(ReservationsCommand),
     /// Availability of SKUs per location and per channel.
     Availability(AvailabilityArgs),
     /// Send one stock event (a physical fact from ERP/WMS).
@@ -150,6 +154,12 @@ pub struct ReserveArgs {
     /// Hold lifetime in seconds (default: the server's).
     #[arg(long = "ttl", value_name = "SECONDS")]
     pub ttl_seconds: Option<u32>,
+    /// The caller's order (or cart) id, kept with the reservation.
+    #[arg(long)]
+    pub order_id: Option<String>,
+    /// A label kept with the reservation, KEY=VALUE; repeat for more (at most 8).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +192,84 @@ pub struct ExtendArgs {
     /// New lifetime from now, in seconds.
     #[arg(long = "ttl", value_name = "SECONDS")]
     pub ttl_seconds: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReservationsCommand {
+    /// Show 1..=100 reservations by id (GetReservations), one result per id.
+    Get(ReservationsGetArgs),
+    /// List reservations matching every filter given, page by page (ListReservations).
+    List(ReservationsListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReservationsGetArgs {
+    /// Reservation ids (1..=100; an id may repeat).
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReservationsListArgs {
+    /// Only reservations with a line of this SKU.
+    #[arg(long)]
+    pub sku: Option<String>,
+    /// Only reservations with a line at this location.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Only reservations of this channel.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only reservations in this state; repeat for any of several.
+    #[arg(long = "state", value_enum, value_name = "STATE")]
+    pub states: Vec<ReservationStateArg>,
+    /// Only reservations whose metadata has this order id.
+    #[arg(long)]
+    pub order_id: Option<String>,
+    /// Only reservations with this label, KEY=VALUE; repeat for more (all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Reservations per page (server default 100, at most 1000).
+    #[arg(long)]
+    pub page_size: Option<u32>,
+    /// Continue after a previous page (its `next page` token).
+    #[arg(long)]
+    pub page_token: Option<String>,
+    /// Follow the page tokens to the end of the scan and print every page as one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// A reservation state, as `--state` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReservationStateArg {
+    Held,
+    Committed,
+    Released,
+    Expired,
+    Cancelled,
+    Fulfilled,
+}
+
+impl From<ReservationStateArg> for atp_proto::v1::ReservationState {
+    fn from(state: ReservationStateArg) -> Self {
+        match state {
+            ReservationStateArg::Held => Self::Held,
+            ReservationStateArg::Committed => Self::Committed,
+            ReservationStateArg::Released => Self::Released,
+            ReservationStateArg::Expired => Self::Expired,
+            ReservationStateArg::Cancelled => Self::Cancelled,
+            ReservationStateArg::Fulfilled => Self::Fulfilled,
+        }
+    }
+}
+
+/// `KEY=VALUE` (split at the first `=`; the key must not be empty).
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -527,6 +615,35 @@ mod tests {
             panic!("not adjusted")
         };
         assert_eq!(delta, -3);
+    }
+
+    #[test]
+    fn reservations_list_takes_repeated_states_and_labels() {
+        let cli = Cli::try_parse_from([
+            "atpctl",
+            "reservations",
+            "list",
+            "--state",
+            "held",
+            "--state",
+            "committed",
+            "--label",
+            "cart=c=1",
+            "--page-size",
+            "2",
+        ])
+        .expect("valid command line");
+        let Command::Reservations(ReservationsCommand::List(args)) = cli.command else {
+            panic!("not reservations list")
+        };
+        assert_eq!(args.states, [ReservationStateArg::Held, ReservationStateArg::Committed]);
+        assert_eq!(args.labels, [("cart".to_owned(), "c=1".to_owned())]);
+        assert_eq!(args.page_size, Some(2));
+        for bad in ["nolabel", "=value"] {
+            let parsed = Cli::try_parse_from(["atpctl", "reservations", "list", "--label", bad]);
+            assert!(parsed.is_err(), "{bad}");
+        }
+        assert!(Cli::try_parse_from(["atpctl", "reservations", "get"]).is_err(), "no id");
     }
 
     #[test]

@@ -29,9 +29,11 @@
 //! ```
 //!
 //! Unknown keys are errors, and every error names the item (`location
-//! "dc-east"`, or `location #3` when the id itself is missing). The whole file
-//! is checked before anything is sent, and every problem is reported at once. `services/atpctl/config.example.toml`
-//! is a complete example (shown by `atpctl config apply --help`).
+//! "dc-east"`, or `location #3` when the id itself is missing) and the field.
+//! The whole file is checked before anything is sent, and every problem is
+//! reported at once: every bad field of every item, not only an item's first.
+//! `services/atpctl/config.example.toml` is a complete example (shown by
+//! `atpctl config apply --help`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -196,9 +198,79 @@ pub fn refuse(problems: Vec<String>) -> anyhow::Result<()> {
 
 /// What `parse_items` needs of a `[[location]]` or `[[channel]]` entry.
 trait Item: for<'de> Deserialize<'de> {
+    /// The keys an entry must have.
+    const REQUIRED: &'static [&'static str];
+    /// Every key an entry may have, in the struct's order.
+    const KEYS: &'static [&'static str];
+    /// A valid value of the required field `key`, to check the other fields
+    /// of an entry whose `key` is missing or bad.
+    fn stand_in(key: &str) -> toml::Value;
+    /// What is wrong with `value` as the field `key` (one of [`Item::KEYS`]),
+    /// if anything: serde stops at an entry's first bad field, so each field
+    /// is read on its own first and every bad one is reported.
+    fn type_problem(key: &str, value: &toml::Value) -> Option<String>;
     fn id(&self) -> &str;
-    /// The checks serde cannot express; errors need not name the item.
-    fn check(&self) -> anyhow::Result<()>;
+    /// The checks serde cannot express, every one that fails, each naming
+    /// its field; they need not name the item.
+    fn check(&self) -> Vec<String>;
+}
+
+/// What is wrong with `value` as a `T`, if anything.
+fn type_problem<T: for<'de> Deserialize<'de>>(value: &toml::Value) -> Option<String> {
+    let result: Result<T, toml::de::Error> = value.clone().try_into();
+    result.err().map(|error| error.message().trim_end().to_owned())
+}
+
+/// Every problem of the table `item`, each naming its field: unknown keys,
+/// missing keys and values of the wrong type, then what [`Item::check`] finds
+/// in the fields that were read (a bad optional field takes its default for
+/// that, and problems naming it are not repeated); `Ok` with the entry when
+/// there are none.
+fn parse_item<T: Item>(item: &toml::Table) -> Result<T, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut readable = item.clone();
+    let mut unread: Vec<&str> = Vec::new();
+    for (key, value) in item {
+        let problem = if T::KEYS.contains(&key.as_str()) {
+            T::type_problem(key, value).map(|problem| format!("{key}: {problem}"))
+        } else {
+            let expected: Vec<String> = T::KEYS.iter().map(|key| format!("`{key}`")).collect();
+            Some(format!("unknown field `{key}`, expected one of {}", expected.join(", ")))
+        };
+        if let Some(problem) = problem {
+            problems.push(problem);
+            readable.remove(key);
+            unread.push(key);
+        }
+    }
+    // A required field missing or bad is reported; a stand-in lets the
+    // others be checked.
+    for key in T::REQUIRED {
+        if !item.contains_key(*key) {
+            problems.push(format!("missing field `{key}`"));
+        }
+        if !readable.contains_key(*key) {
+            readable.insert((*key).to_owned(), T::stand_in(key));
+            unread.push(key);
+        }
+    }
+    let entry: T = match toml::Value::Table(readable).try_into() {
+        Ok(entry) => entry,
+        Err(error) => {
+            let error: toml::de::Error = error;
+            problems.push(error.message().trim_end().to_owned());
+            return Err(problems);
+        }
+    };
+    let names_unread = |problem: &String| {
+        let fields = problem.split_once(": ").map_or("", |(fields, _)| fields);
+        fields.split(", ").any(|field| {
+            let name = field.split_once('[').map_or(field, |(name, _)| name);
+            unread.contains(&name)
+        })
+    };
+    problems.extend(entry.check().into_iter().filter(|problem| !names_unread(problem)));
+    if problems.is_empty() { Ok(entry) } else { Err(problems) }
 }
 
 /// Reads the array of tables under `key` (`location` or `channel`), checking
@@ -230,22 +302,17 @@ fn parse_items_checked<T: Item>(
             Some(id) => format!("{key} {id:?}"),
             None => format!("{key} #{number}"),
         };
-        if !item.is_table() {
+        let Some(table) = item.as_table() else {
             problems.push(format!("{label}: must be a table"));
             continue;
-        }
-        let entry: T = match item.try_into() {
+        };
+        let entry: T = match parse_item(table) {
             Ok(entry) => entry,
-            Err(error) => {
-                let error: toml::de::Error = error;
-                problems.push(format!("{label}: {}", error.message().trim_end()));
+            Err(found) => {
+                problems.extend(found.into_iter().map(|problem| format!("{label}: {problem}")));
                 continue;
             }
         };
-        if let Err(problem) = entry.check() {
-            problems.push(format!("{label}: {problem:#}"));
-            continue;
-        }
         if let Some(first) = first_seen.insert(entry.id().to_owned(), number) {
             problems.push(format!("{label} is declared twice (#{first} and #{number})"));
             continue;
@@ -256,18 +323,58 @@ fn parse_items_checked<T: Item>(
 }
 
 impl Item for LocationEntry {
+    const REQUIRED: &'static [&'static str] = &["id", "kind"];
+
+    fn stand_in(key: &str) -> toml::Value {
+        match key {
+            "kind" => "warehouse".into(),
+            _ => "stand-in".into(),
+        }
+    }
+    const KEYS: &'static [&'static str] = &[
+        "id",
+        "kind",
+        "name",
+        "latitude",
+        "longitude",
+        "safety_stock",
+        "daily_capacity",
+        "shipping_cost",
+        "active",
+        "state",
+    ];
+
+    fn type_problem(key: &str, value: &toml::Value) -> Option<String> {
+        match key {
+            "id" | "name" => type_problem::<String>(value),
+            "kind" => type_problem::<KindEntry>(value),
+            "latitude" | "longitude" | "shipping_cost" => type_problem::<f64>(value),
+            "safety_stock" | "daily_capacity" => type_problem::<i64>(value),
+            "active" => type_problem::<bool>(value),
+            "state" => type_problem::<StateEntry>(value),
+            _ => None,
+        }
+    }
+
     fn id(&self) -> &str {
         &self.id
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.latitude.is_some() != self.longitude.is_some() {
-            bail!("give both latitude and longitude, or neither");
+            problems.push("latitude, longitude: give both, or neither".to_owned());
         }
-        // The server applies the same rules; checking here keeps a bad file from half-applying.
+        // The server applies the same rules; checking here keeps a bad file
+        // from half-applying. A bad id is reported, and the other fields are
+        // still checked (under a stand-in id: the core's rules for them do
+        // not read it).
+        let id = LocationId::parse("id", &self.id).unwrap_or_else(|violation| {
+            problems.push(format!("{}: {}", violation.field, violation.description));
+            LocationId::parse("id", "stand-in").expect("a valid id")
+        });
         let location = catalog::Location {
-            id: LocationId::parse("id", &self.id)
-                .map_err(|violation| anyhow!("{}: {}", violation.field, violation.description))?,
+            id,
             kind: match self.kind {
                 KindEntry::Warehouse => catalog::LocationKind::Warehouse,
                 KindEntry::Store => catalog::LocationKind::Store,
@@ -281,7 +388,10 @@ impl Item for LocationEntry {
             shipping_cost: self.shipping_cost,
             state: self.state().domain(),
         };
-        location.validate("location").map_err(|error| describe_core_error(error, "location."))
+        if let Err(error) = location.validate("location") {
+            problems.extend(describe_core_error(error, "location."));
+        }
+        problems
     }
 }
 
@@ -308,25 +418,48 @@ impl LocationEntry {
 }
 
 impl Item for ChannelEntry {
+    const REQUIRED: &'static [&'static str] = &["id", "locations"];
+
+    fn stand_in(key: &str) -> toml::Value {
+        match key {
+            "locations" => toml::Value::Array(Vec::new()),
+            _ => "stand-in".into(),
+        }
+    }
+    const KEYS: &'static [&'static str] = &["id", "name", "locations", "buffer", "cap", "state"];
+
+    fn type_problem(key: &str, value: &toml::Value) -> Option<String> {
+        match key {
+            "id" | "name" => type_problem::<String>(value),
+            "locations" => type_problem::<Vec<String>>(value),
+            "buffer" | "cap" => type_problem::<i64>(value),
+            "state" => type_problem::<StateEntry>(value),
+            _ => None,
+        }
+    }
+
     fn id(&self) -> &str {
         &self.id
     }
 
-    fn check(&self) -> anyhow::Result<()> {
-        check_id("id", &self.id)?;
+    fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        problems.extend(id_problem("id", &self.id));
         for (index, location) in self.locations.iter().enumerate() {
-            check_id(&format!("locations[{index}]"), location)?;
-            if self.locations[..index].contains(location) {
-                bail!("locations[{index}]: location {location:?} is listed twice");
+            let field = format!("locations[{index}]");
+            if let Some(problem) = id_problem(&field, location) {
+                problems.push(problem);
+            } else if self.locations[..index].contains(location) {
+                problems.push(format!("{field}: location {location:?} is listed twice"));
             }
         }
         if self.buffer < 0 {
-            bail!("buffer: must be >= 0");
+            problems.push("buffer: must be >= 0".to_owned());
         }
         if self.cap.is_some_and(|cap| cap < 0) {
-            bail!("cap: must be >= 0");
+            problems.push("cap: must be >= 0".to_owned());
         }
-        Ok(())
+        problems
     }
 }
 
@@ -343,27 +476,24 @@ impl ChannelEntry {
     }
 }
 
-fn check_id(field: &str, value: &str) -> anyhow::Result<()> {
+/// `field: description` when `value` is not a valid id.
+fn id_problem(field: &str, value: &str) -> Option<String> {
     validate_id(field, value)
-        .map_err(|violation| anyhow!("{}: {}", violation.field, violation.description))
+        .err()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
 }
 
-/// `field: description; …` with the core's field prefix dropped.
-fn describe_core_error(error: CoreError, prefix: &str) -> anyhow::Error {
+/// One `field: description` per violation, with the core's field prefix dropped.
+fn describe_core_error(error: CoreError, prefix: &str) -> Vec<String> {
     match error {
-        CoreError::InvalidArgument(violations) => anyhow!(
-            "{}",
-            violations
-                .iter()
-                .map(|v| format!(
-                    "{}: {}",
-                    v.field.strip_prefix(prefix).unwrap_or(&v.field),
-                    v.description
-                ))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        other => anyhow!("{other}"),
+        CoreError::InvalidArgument(violations) => violations
+            .iter()
+            .map(|violation| {
+                let field = violation.field.strip_prefix(prefix).unwrap_or(&violation.field);
+                format!("{field}: {}", violation.description)
+            })
+            .collect(),
+        other => vec![other.to_string()],
     }
 }
 
@@ -458,7 +588,7 @@ mod tests {
         let cases = [
             (
                 "[[location]]\nid = \"dc\"\nkind = \"depot\"\n",
-                "location \"dc\": unknown variant `depot`",
+                "location \"dc\": kind: unknown variant `depot`",
             ),
             (
                 "[[location]]\nid = \"dc\"\nkind = \"store\"\nkidn = 1\n",
@@ -468,7 +598,7 @@ mod tests {
             ("[[location]]\nid = \"\"\nkind = \"store\"\n", "location \"\": id: must not be empty"),
             (
                 "[[location]]\nid = \"dc\"\nkind = \"store\"\nlatitude = 10.0\n",
-                "location \"dc\": give both latitude and longitude",
+                "location \"dc\": latitude, longitude: give both, or neither",
             ),
             (
                 "[[location]]\nid = \"dc\"\nkind = \"store\"\nlatitude = 100.0\nlongitude = 0.0\n",
@@ -480,7 +610,7 @@ mod tests {
             ),
             (
                 "[[location]]\nid = \"dc\"\nkind = \"store\"\nsafety_stock = \"2\"\n",
-                "location \"dc\": invalid type: string \"2\", expected i64",
+                "location \"dc\": safety_stock: invalid type: string \"2\", expected i64",
             ),
             ("[[channel]]\nid = \"web\"\n", "channel \"web\": missing field `locations`"),
             (
@@ -515,6 +645,55 @@ mod tests {
         {
             assert!(error.contains(part), "{part} missing in {error}");
         }
+    }
+
+    #[test]
+    fn every_problem_of_one_entry_is_reported() {
+        let text = "[[channel]]\nid = \"web\"\nlocations = [\"a\", \"a\", \"\"]\n\
+                    buffer = -2\ncap = -1\ncolour = \"red\"\nstate = \"closed\"\n";
+        let error = error_of(text);
+        let expected = [
+            "channel \"web\": unknown field `colour`, expected one of `id`, `name`, `locations`, `buffer`, `cap`, `state`",
+            "channel \"web\": state: unknown variant `closed`, expected one of `active`, `paused`, `retired`",
+            "channel \"web\": locations[1]: location \"a\" is listed twice",
+            "channel \"web\": locations[2]: must not be empty",
+            "channel \"web\": buffer: must be >= 0",
+            "channel \"web\": cap: must be >= 0",
+        ];
+        let mut found: Vec<&str> = error.lines().skip(1).map(str::trim).collect();
+        found.sort_unstable();
+        let mut expected = expected.to_vec();
+        expected.sort_unstable();
+        assert_eq!(found, expected, "{error}");
+        assert!(error.starts_with("6 problems:\n"), "{error}");
+
+        // A bad field does not hide the others, nor is it reported twice.
+        let text = "[[channel]]\nid = \"pos\"\nlocations = \"a\"\nbuffer = \"5\"\ncap = -1\n\
+                    [[location]]\nid = \"dc\"\nkind = \"depot\"\nlatitude = \"north\"\n\
+                    longitude = 200.0\nsafety_stock = -1\n\
+                    [[location]]\nname = \"\\u0007\"\ndaily_capacity = -1\n";
+        let error = error_of(text);
+        let lines: Vec<&str> = error.lines().skip(1).map(str::trim).collect();
+        for part in [
+            "channel \"pos\": locations: invalid type: string \"a\", expected a sequence",
+            "channel \"pos\": buffer: invalid type: string \"5\", expected i64",
+            "channel \"pos\": cap: must be >= 0",
+            "location \"dc\": kind: unknown variant `depot`",
+            "location \"dc\": latitude: invalid type: string \"north\", expected f64",
+            "location \"dc\": longitude: must be -180..=180",
+            "location \"dc\": safety_stock: must be 0..=",
+            "location #2: missing field `id`",
+            "location #2: missing field `kind`",
+            "location #2: name: ",
+            "location #2: daily_capacity: must be >= 0",
+        ] {
+            assert_eq!(
+                lines.iter().filter(|line| line.starts_with(part)).count(),
+                1,
+                "{part} not reported once in {error}"
+            );
+        }
+        assert_eq!(lines.len(), 11, "nothing else: {error}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 }
 
 /// The exit status of a failed call, by its reason.
-fn exit_code_of(error: &atp_client::Error) -> u8 {
+pub fn exit_code_of(error: &atp_client::Error) -> u8 {
     if let atp_client::Error::Config(_) = error {
         return exit::LOCAL;
     }

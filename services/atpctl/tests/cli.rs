@@ -113,7 +113,7 @@ async fn a_bad_config_file_is_refused_before_connecting() {
     let output = atpctl("http://127.0.0.1:1", &["config", "apply", path_str(&file)]).await;
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("location \"dc\": unknown variant `depot`"),
+        stderr(&output).contains("location \"dc\": kind: unknown variant `depot`"),
         "{}",
         stderr(&output)
     );

@@ -162,15 +162,24 @@ async fn config_check_reports_every_problem_and_locations_nobody_has() {
     std::fs::create_dir_all(&directory).expect("a temp directory");
 
     let bad = directory.join("bad.toml");
+    // Several problems in one channel entry: each is reported, naming it.
     let text = "[[location]]\nid = \"dc\"\nkind = \"depot\"\n\
-                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\"]\nbuffer = -2\n\
+                [[channel]]\nid = \"web\"\nlocations = [\"dc-1\", \"dc-1\"]\nbuffer = -2\n\
+                cap = \"many\"\ncolour = \"red\"\n\
                 [[channel]]\nid = \"pos\"\nlocations = [\"dc-1\"]\ncap = -1\n";
     std::fs::write(&bad, text).expect("write");
     let output = atpctl(&addr, &["config", "check", bad.to_str().expect("utf-8")]).await;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("3 problems:"), "{stderr}");
-    for part in ["unknown variant `depot`", "buffer: must be >= 0", "cap: must be >= 0"] {
+    assert!(stderr.contains("6 problems:"), "{stderr}");
+    for part in [
+        "location \"dc\": kind: unknown variant `depot`",
+        "channel \"web\": locations[1]: location \"dc-1\" is listed twice",
+        "channel \"web\": buffer: must be >= 0",
+        "channel \"web\": cap: invalid type: string \"many\", expected i64",
+        "channel \"web\": unknown field `colour`",
+        "channel \"pos\": cap: must be >= 0",
+    ] {
         assert!(stderr.contains(part), "{part} missing in {stderr}");
     }
 
@@ -255,4 +264,151 @@ async fn every_command_takes_its_id_as_an_argument_or_with_id() {
     assert_eq!(neither.status.code(), Some(2), "a missing id is a usage error");
     let locations = atpctl(&addr, &["--json", "location", "list"]).await;
     assert_eq!(json(&locations)["locations"][0]["id"], "dc-1");
+}
+
+/// The ids of a `--json reservations list` page, in order.
+fn listed_ids(page: &serde_json::Value) -> Vec<String> {
+    let reservations = page["reservations"].as_array().expect("a reservations array");
+    reservations
+        .iter()
+        .map(|item| item["reservation_id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// `reservations list --json FILTERS…`, which must succeed; its ids, sorted.
+async fn list_sorted(addr: &str, filters: &[&str]) -> Vec<String> {
+    let output = atpctl(addr, &[&["--json", "reservations", "list"][..], filters].concat()).await;
+    assert!(output.status.success(), "{filters:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let page = json(&output);
+    assert_eq!(page["next_page_token"], "", "{filters:?}: one page holds them all");
+    let mut ids = listed_ids(&page);
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn reservations_get_and_list_show_many_reservations() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await; // 5 tees at dc-1
+    let steps: [&[&str]; 9] = [
+        &["event", "received", "recv-2", "--sku", "mug", "--location", "dc-1", "--quantity", "5"],
+        &["reserve", "l-1", "--channel", "web", "--line", "tee@dc-1=1", "--order-id", "o-1"],
+        &["reserve", "l-2", "--channel", "web", "--line", "tee@dc-1=1", "--label", "cart=c-2"],
+        &["reserve", "l-3", "--channel", "web", "--line", "tee@dc-1=1"],
+        &["reserve", "l-4", "--channel", "web", "--line", "mug@dc-1=1"],
+        &["reserve", "l-5", "--channel", "web", "--line", "mug@dc-1=2", "--line", "tee@dc-1=1"],
+        &["reserve", "l-6", "--channel", "web", "--line", "mug@dc-1=1"],
+        &["release", "l-3"],
+        &["commit", "l-4"],
+    ];
+    for step in steps {
+        let output = atpctl(&addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let all = ["l-1", "l-2", "l-3", "l-4", "l-5", "l-6"];
+
+    // Filters, alone and together.
+    assert_eq!(list_sorted(&addr, &[]).await, all);
+    assert_eq!(list_sorted(&addr, &["--sku", "tee"]).await, ["l-1", "l-2", "l-3", "l-5"]);
+    assert_eq!(list_sorted(&addr, &["--state", "held"]).await, ["l-1", "l-2", "l-5", "l-6"]);
+    let held_or_committed = list_sorted(&addr, &["--state", "held", "--state", "committed"]).await;
+    assert_eq!(held_or_committed, ["l-1", "l-2", "l-4", "l-5", "l-6"]);
+    assert_eq!(list_sorted(&addr, &["--sku", "mug", "--state", "held"]).await, ["l-5", "l-6"]);
+    assert_eq!(list_sorted(&addr, &["--state", "released"]).await, ["l-3"]);
+    assert_eq!(list_sorted(&addr, &["--order-id", "o-1"]).await, ["l-1"]);
+    assert_eq!(list_sorted(&addr, &["--label", "cart=c-2"]).await, ["l-2"]);
+    assert!(list_sorted(&addr, &["--sku", "nothing"]).await.is_empty());
+
+    // Two at a time by hand: every reservation exactly once, in several pages.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages <= all.len() + 1, "the scan never ends: {seen:?}");
+        let output = atpctl(
+            &addr,
+            &["--json", "reservations", "list", "--page-size", "2", "--page-token", &token],
+        )
+        .await;
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let page = json(&output);
+        let ids = listed_ids(&page);
+        assert!(ids.len() <= 2, "a page of at most 2: {ids:?}");
+        seen.extend(ids);
+        token = page["next_page_token"].as_str().expect("a token").to_owned();
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert!(pages >= 3, "6 reservations in pages of 2 take 3 pages or more, not {pages}");
+    seen.sort();
+    assert_eq!(seen, all, "each reservation exactly once");
+
+    // --all follows the tokens itself.
+    let output =
+        atpctl(&addr, &["--json", "reservations", "list", "--page-size", "2", "--all"]).await;
+    let page = json(&output);
+    assert_eq!(page["next_page_token"], "");
+    let mut ids = listed_ids(&page);
+    ids.sort();
+    assert_eq!(ids, all, "each reservation exactly once");
+    let first = page["reservations"]
+        .as_array()
+        .and_then(|list| list.iter().find(|item| item["reservation_id"] == "l-1").cloned());
+    let first = first.expect("l-1 listed");
+    assert_eq!(
+        (first["state"].as_str(), first["channel_id"].as_str()),
+        (Some("HELD"), Some("web"))
+    );
+    assert_eq!(first["metadata"]["order_id"], "o-1");
+
+    // The table: one row per reservation, and the token of the next page.
+    let output = atpctl(&addr, &["reservations", "list", "--page-size", "2"]).await;
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("RESERVATION"), "{text}");
+    assert_eq!(text.lines().count(), 1 + 2 + 1, "a header, two rows, the next page: {text}");
+    assert!(text.contains("next page: --page-token "), "{text}");
+
+    // A token this server never gave: invalid, naming the field.
+    let output =
+        atpctl(&addr, &["--json", "reservations", "list", "--page-token", "garbage"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(json(&output)["error"]["details"]["field_violations"][0]["field"], "page_token");
+
+    // Get: one result per id, in order, a missing id among them (exit 1).
+    let output =
+        atpctl(&addr, &["--json", "reservations", "get", "l-4", "nobody", "l-1", "l-4"]).await;
+    assert_eq!(output.status.code(), Some(1), "some found, some not");
+    let answer = json(&output);
+    let results = answer["results"].as_array().expect("results");
+    let ids: Vec<&str> =
+        results.iter().map(|item| item["reservation_id"].as_str().unwrap_or("")).collect();
+    assert_eq!(ids, ["l-4", "nobody", "l-1", "l-4"], "in request order, repeats included");
+    assert_eq!(results[0]["reservation"]["state"], "COMMITTED");
+    assert_eq!(results[1]["error"]["code"], "NOT_FOUND");
+    assert!(results[1]["reservation"].is_null(), "{answer}");
+    assert_eq!(results[2]["reservation"]["state"], "HELD");
+    assert!(answer["epoch"].is_u64(), "{answer}");
+
+    let output = atpctl(&addr, &["reservations", "get", "l-2", "l-3"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rows: Vec<Vec<&str>> =
+        text.lines().skip(1).map(|row| row.split_whitespace().take(2).collect()).collect();
+    assert_eq!(rows, [["l-2", "HELD"], ["l-3", "RELEASED"]], "{text}");
+
+    // Nothing found: as get-reservation of a missing id, 5.
+    let output = atpctl(&addr, &["reservations", "get", "nobody", "nobody-else"]).await;
+    assert_eq!(output.status.code(), Some(5));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.lines().any(|row| row.starts_with("nobody-else  NotFound")), "{text}");
+
+    // Too many ids for one call: refused before anything is sent.
+    let many: Vec<String> = (0..101).map(|index| format!("id-{index}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let output = atpctl(&addr, &[&["reservations", "get"][..], &many].concat()).await;
+    assert_eq!(output.status.code(), Some(2));
 }

@@ -7,10 +7,13 @@ mod config;
 mod event;
 mod import;
 mod reservation;
+mod reservations;
 
 use std::process::ExitCode;
 
-use crate::cli::{ChannelCommand, Cli, Command, ConfigCommand, LocationCommand};
+use crate::cli::{
+    ChannelCommand, Cli, Command, ConfigCommand, LocationCommand, ReservationsCommand,
+};
 use crate::client::Context;
 
 /// Runs the parsed command line. `Ok(ExitCode::from(crate::status::exit::PARTLY_REFUSED))` means the call worked but the
@@ -26,6 +29,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => reservation::cancel(context, args).await,
         Command::Extend(args) => reservation::extend(context, args).await,
         Command::GetReservation(args) => reservation::get(context, args).await,
+        Command::Reservations(ReservationsCommand::Get(args)) => {
+            reservations::get(context, args).await
+        }
+        Command::Reservations(ReservationsCommand::List(args)) => {
+            reservations::list(context, args).await
+        }
         Command::Availability(args) => availability::availability(context, args).await,
         Command::Event(event) => event::send(context, event).await,
         Command::Location(LocationCommand::Upsert(args)) => {

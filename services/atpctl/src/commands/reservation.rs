@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow};
 use atp_proto::v1::{
     CancelRequest, CommitRequest, ExtendReservationRequest, GetReservationRequest, ReleaseRequest,
-    Reservation, ReserveRequest,
+    Reservation, ReservationMetadata, ReserveRequest,
 };
 use serde_json::{Value, json};
 
@@ -21,7 +21,12 @@ pub async fn reserve(context: &Context, args: ReserveArgs) -> anyhow::Result<Exi
         lines: args.lines.into_iter().map(Into::into).collect(),
         // 0 asks for the server's default lifetime.
         ttl_seconds: args.ttl_seconds.unwrap_or(0),
-        metadata: None,
+        metadata: (args.order_id.is_some() || !args.labels.is_empty()).then(|| {
+            ReservationMetadata {
+                order_id: args.order_id.unwrap_or_default(),
+                labels: args.labels.into_iter().collect(),
+            }
+        }),
     };
     let clients = context.connect().await?;
     let response =
@@ -121,7 +126,25 @@ pub fn reservation_json(reservation: &Reservation) -> Value {
         "created_at_ms": reservation.created_at_ms,
         "expires_at_ms": reservation.expires_at_ms,
         "ended_at_ms": reservation.ended_at_ms,
+        "metadata": metadata_json(reservation.metadata.as_ref()),
     })
+}
+
+/// `{"order_id", "labels"}`, with the defaults when the reservation has none.
+fn metadata_json(metadata: Option<&ReservationMetadata>) -> Value {
+    let metadata = metadata.cloned().unwrap_or_default();
+    let labels: serde_json::Map<String, Value> =
+        metadata.labels.into_iter().map(|(key, value)| (key, value.into())).collect();
+    json!({ "order_id": metadata.order_id, "labels": labels })
+}
+
+/// `k=v k2=v2`, sorted by key.
+fn labels_text(metadata: Option<&ReservationMetadata>) -> String {
+    let Some(metadata) = metadata else { return String::new() };
+    let mut labels: Vec<String> =
+        metadata.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    labels.sort();
+    labels.join(" ")
 }
 
 fn reservation_text(reservation: &Reservation, epoch: u64) -> String {
@@ -133,6 +156,8 @@ fn reservation_text(reservation: &Reservation, epoch: u64) -> String {
         .add("created", time_ms(reservation.created_at_ms))
         .add("expires", time_ms(reservation.expires_at_ms))
         .add("ended", time_ms(reservation.ended_at_ms))
+        .add("order", reservation.metadata.as_ref().map_or("", |metadata| &metadata.order_id))
+        .add("labels", labels_text(reservation.metadata.as_ref()))
         .add("epoch", epoch);
     let mut lines = Table::new(&["SKU", "LOCATION", "QUANTITY>", "COMMITTED>", "SHIPPED>"]);
     for line in &reservation.lines {
