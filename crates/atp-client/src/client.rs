@@ -240,7 +240,12 @@ impl Client {
             lines: lines.into_iter().map(Into::into).collect(),
         };
         let reply = self.rpc().modify_reservation(request).await?;
-        Reservation::from_reply(reply.reservation, reply.epoch)
+        Reservation::from_replayable_reply(
+            reply.reservation,
+            reply.epoch,
+            reply.replayed,
+            reply.current,
+        )
     }
 
     /// The reservation `reservation_id`.
