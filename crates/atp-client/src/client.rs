@@ -227,7 +227,11 @@ impl Client {
 
     /// Changes a held reservation to exactly `lines` (quantities, lines
     /// added or removed), all or nothing. `request_id` makes a retry safe:
-    /// the same key and lines get the first answer.
+    /// the same key and lines get the first answer, with
+    /// [`Reservation::replayed`] set; the same key with other lines is
+    /// [`Error::IdReused`]. Only increases are checked against stock: an
+    /// [`Error::InsufficientStock`]'s `requested` is the increase of the
+    /// line, its `available` the units free beside what the reservation holds.
     pub async fn modify(
         &self,
         reservation_id: &str,

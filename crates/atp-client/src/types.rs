@@ -171,8 +171,8 @@ pub struct Reservation {
     pub metadata: Option<v1::ReservationMetadata>,
     /// True when the call had been done before and this is its first answer
     /// again: the same Reserve (same id, same payload), a Commit, Release or
-    /// Cancel of a reservation already in that state, an Extend with the same
-    /// request id. The fields above are then that first answer, and
+    /// Cancel of a reservation already in that state, an Extend or a Modify
+    /// with the same request id (and the same ttl or lines). The fields above are then that first answer, and
     /// [`Reservation::current`] the reservation as it stands now. False for
     /// GetReservation.
     pub replayed: bool,

@@ -1,9 +1,10 @@
 //! `Reservation::replayed` and `Reservation::current` against a real `atpd`:
-//! what the plain methods say when a call had been done before.
+//! what the plain methods say when a call had been done before, and how
+//! `modify` refuses a reused request id or too little stock.
 
 mod support;
 
-use atp_client::{Error, ReservationState, Reserve, RetryPolicy};
+use atp_client::{Error, Line, Reservation, ReservationState, Reserve, RetryPolicy};
 use atp_testkit::Atpd;
 use support::{client, configure, position};
 
@@ -88,4 +89,55 @@ async fn commit_cancel_and_batch_answers_say_when_they_were_replayed() {
     assert_eq!(r2.latest().state, ReservationState::Cancelled, "{r2:?}");
     let results = client.reserve_many(batch()).await.expect("reserve many again");
     assert!(results.iter().all(|result| result.as_ref().is_ok_and(|held| held.replayed)));
+}
+
+/// A reservation's lines as (sku, location, quantity), sorted.
+fn lines_of(reservation: &Reservation) -> Vec<(&str, &str, i64)> {
+    let mut lines: Vec<_> = reservation
+        .lines
+        .iter()
+        .map(|line| (line.sku.as_str(), line.location_id.as_str(), line.quantity))
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn a_repeated_modify_is_replayed_and_its_refusals_are_typed() {
+    let atpd = Atpd::start(&[]).await;
+    let client = client(&atpd.endpoint(), RetryPolicy::never());
+    configure(&client, &["tee", "mug"], 5).await;
+    client.reserve(Reserve::new("r-3", "web").line("tee", "dc-1", 2)).await.expect("reserve");
+    let change = || vec![Line::new("tee", "dc-1", 3), Line::new("mug", "dc-1", 1)];
+
+    let changed = client.modify("r-3", "chg-1", change()).await.expect("modify");
+    assert!(!changed.replayed, "the first change is not a replay");
+    assert!(changed.current.is_none(), "{changed:?}");
+    assert_eq!(changed.state, ReservationState::Held);
+    assert_eq!(lines_of(&changed), [("mug", "dc-1", 1), ("tee", "dc-1", 3)]);
+    assert_eq!(position(&client, "tee").await.reserved, 3);
+    assert_eq!(position(&client, "mug").await.reserved, 1);
+
+    let again = client.modify("r-3", "chg-1", change()).await.expect("the same modify");
+    assert!(again.replayed, "the same request id and lines again is a replay");
+    assert_eq!(lines_of(&again), lines_of(&changed), "the first answer");
+    let current = again.current.as_deref().expect("a replay carries the current reservation");
+    assert_eq!((current.state, current.replayed), (ReservationState::Held, false));
+    assert_eq!(lines_of(current), lines_of(&changed));
+    assert_eq!(position(&client, "tee").await.reserved, 3, "changed once");
+
+    // The same request id with other lines is no replay but a refusal.
+    let other = client.modify("r-3", "chg-1", vec![Line::new("tee", "dc-1", 1)]).await;
+    assert!(matches!(other, Err(Error::IdReused { .. })), "{other:?}");
+
+    // More than there is: typed. Only the increase is checked, as a Reserve
+    // of it would be: 9 - 3 held = 6 asked for, 5 - 3 held = 2 free.
+    let greedy = client.modify("r-3", "chg-2", vec![Line::new("tee", "dc-1", 9)]).await;
+    let Err(Error::InsufficientStock { sku, location, requested, available, .. }) = greedy else {
+        panic!("insufficient stock: {greedy:?}")
+    };
+    assert_eq!((sku.as_str(), location.as_str()), ("tee", "dc-1"));
+    assert_eq!((requested, available), (6, 2), "the increase and the units free");
+    let now = client.get_reservation("r-3").await.expect("get");
+    assert_eq!(lines_of(&now), lines_of(&changed), "nothing changed");
 }

@@ -20,6 +20,7 @@ Examples:
   atpctl import stock.csv
   atpctl availability sku-1 sku-2 --channel web
   atpctl reserve --id order-17 --channel web --line sku-1@dc-east=2 --ttl 900
+  atpctl modify order-17 --request-id order-17-change-1 --line sku-1@dc-east=3
   atpctl commit --id order-17
   atpctl event received --id grn-5 --sku sku-1 --location dc-east --quantity 40
   atpctl --json ledger sku-1 --limit 20";
@@ -70,6 +71,9 @@ pub enum Command {
     Cancel(IdArgs),
     /// Move a HELD reservation's expiry to now + --ttl.
     Extend(ExtendArgs),
+    /// Change a HELD reservation's lines to exactly the --line given, all or
+    /// nothing (idempotent by --request-id).
+    Modify(ModifyArgs),
     /// Show one reservation.
     #[command(visible_alias = "reservation")]
     GetReservation(IdArgs),
@@ -192,6 +196,23 @@ pub struct ExtendArgs {
     /// New lifetime from now, in seconds.
     #[arg(long = "ttl", value_name = "SECONDS")]
     pub ttl_seconds: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ModifyArgs {
+    #[command(flatten)]
+    pub id: MainId,
+    /// Key of this change, chosen by the caller: the same key and lines again
+    /// get the first answer (replayed), the same key with other lines is
+    /// refused. Required, so that running the command again is a safe retry.
+    /// The reservation remembers its latest change only: an older key sent
+    /// after a newer one is a new change.
+    #[arg(long, value_name = "KEY", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub request_id: String,
+    /// A line the reservation should hold afterwards, SKU@LOCATION=QUANTITY;
+    /// repeat for more. Lines not given are dropped.
+    #[arg(long = "line", required = true, value_name = "SKU@LOC=QTY")]
+    pub lines: Vec<LineSpec>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -591,6 +612,29 @@ mod tests {
         let Command::Reserve(args) = cli.command else { panic!("not reserve") };
         assert_eq!(args.lines.len(), 2);
         assert_eq!(args.ttl_seconds, Some(60));
+    }
+
+    #[test]
+    fn modify_needs_a_request_id_and_a_line() {
+        let cli = Cli::try_parse_from([
+            "atpctl",
+            "modify",
+            "r1",
+            "--request-id",
+            "k1",
+            "--line",
+            "a@dc=1",
+            "--line",
+            "b@dc=2",
+        ])
+        .expect("valid command line");
+        let Command::Modify(args) = cli.command else { panic!("not modify") };
+        assert_eq!((args.id.as_str(), args.request_id.as_str()), ("r1", "k1"));
+        assert_eq!(args.lines.len(), 2);
+        let no_key = Cli::try_parse_from(["atpctl", "modify", "r1", "--line", "a@dc=1"]);
+        assert!(no_key.is_err(), "no request id");
+        let no_line = Cli::try_parse_from(["atpctl", "modify", "r1", "--request-id", "k1"]);
+        assert!(no_line.is_err(), "no line");
     }
 
     #[test]

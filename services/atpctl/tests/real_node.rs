@@ -1,5 +1,5 @@
 //! The atpctl binary against the real `atpd` (started by `atp-testkit`):
-//! JSON errors, exit statuses by class of error, `reserve-batch`.
+//! JSON errors, exit statuses by class of error, `reserve-batch`, `modify`.
 
 use std::process::Output;
 
@@ -411,4 +411,123 @@ async fn reservations_get_and_list_show_many_reservations() {
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     let output = atpctl(&addr, &[&["reservations", "get"][..], &many].concat()).await;
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// Units of `sku` reserved at dc-1, by `availability --json`.
+async fn reserved(addr: &str, sku: &str) -> i64 {
+    let output = atpctl(addr, &["--json", "availability", sku, "--location", "dc-1"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    json(&output)["skus"][0]["locations"][0]["reserved"].as_i64().expect("reserved units")
+}
+
+/// A reservation's lines from `--json` output, as (sku, location, quantity), sorted.
+fn json_lines(reservation: &serde_json::Value) -> Vec<(String, String, i64)> {
+    let lines = reservation["lines"].as_array().expect("lines");
+    let mut lines: Vec<(String, String, i64)> = lines
+        .iter()
+        .map(|line| {
+            (
+                line["sku"].as_str().expect("sku").to_owned(),
+                line["location_id"].as_str().expect("location").to_owned(),
+                line["quantity"].as_i64().expect("quantity"),
+            )
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn modify_changes_lines_once_per_request_id() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure(&addr).await; // 5 tees at dc-1
+    let steps: [&[&str]; 2] = [
+        &["event", "received", "recv-2", "--sku", "mug", "--location", "dc-1", "--quantity", "5"],
+        &["reserve", "m-1", "--channel", "web", "--line", "tee@dc-1=2"],
+    ];
+    for step in steps {
+        let output = atpctl(&addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let change = ["modify", "m-1", "--request-id", "chg-1", "--line", "tee@dc-1=3"];
+    let change = [&change[..], &["--line", "mug@dc-1=1"]].concat();
+    let expected =
+        vec![("mug".to_owned(), "dc-1".to_owned(), 1), ("tee".to_owned(), "dc-1".to_owned(), 3)];
+
+    // The change: new lines, held at once.
+    let output = atpctl(&addr, &[&["--json"][..], &change].concat()).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer = json(&output);
+    assert_eq!((answer["replayed"].as_bool(), answer["current"].is_null()), (Some(false), true));
+    assert_eq!(answer["reservation"]["state"], "HELD");
+    assert_eq!(json_lines(&answer["reservation"]), expected);
+    assert_eq!((reserved(&addr, "tee").await, reserved(&addr, "mug").await), (3, 1));
+
+    // The same command again: the first answer, marked, with the reservation now.
+    let output = atpctl(&addr, &[&["--json"][..], &change].concat()).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let again = json(&output);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["reservation"], answer["reservation"], "the first answer");
+    assert_eq!(json_lines(&again["current"]), expected);
+    assert_eq!((reserved(&addr, "tee").await, reserved(&addr, "mug").await), (3, 1));
+    let table = atpctl(&addr, &change).await;
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("note: replayed:"), "{text}");
+    assert!(text.contains("the reservation now: HELD\n"), "{text}");
+
+    // The same key with other lines: refused (4), ID_REUSED.
+    let other = ["--json", "modify", "m-1", "--request-id", "chg-1", "--line", "tee@dc-1=1"];
+    let output = atpctl(&addr, &other).await;
+    assert_eq!(output.status.code(), Some(4));
+    let error = &json(&output)["error"];
+    assert_eq!(error["code"], "ALREADY_EXISTS");
+    assert_eq!(error["details"]["error_info"]["reason"], "ID_REUSED");
+    assert!(
+        error["message"].as_str().is_some_and(|message| message.starts_with("modify m-1: ")),
+        "{error}"
+    );
+
+    // More than there is: refused (4), and nothing changed.
+    let greedy = ["--json", "modify", "m-1", "--request-id", "chg-2", "--line", "tee@dc-1=9"];
+    let output = atpctl(&addr, &greedy).await;
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(json(&output)["error"]["details"]["error_info"]["reason"], "INSUFFICIENT_STOCK");
+    let now = atpctl(&addr, &["--json", "get-reservation", "m-1"]).await;
+    assert_eq!(json_lines(&json(&now)["reservation"]), expected);
+
+    // A bad line the server sees: invalid (3), naming the field.
+    let zero = ["--json", "modify", "m-1", "--request-id", "chg-3", "--line", "tee@dc-1=0"];
+    let output = atpctl(&addr, &zero).await;
+    assert_eq!(output.status.code(), Some(3));
+    let violation = &json(&output)["error"]["details"]["field_violations"][0]["field"];
+    assert_eq!(violation, "lines[0].quantity");
+
+    // No such reservation: 5.
+    let nobody = ["--json", "modify", "nobody", "--request-id", "chg-4", "--line", "tee@dc-1=1"];
+    let output = atpctl(&addr, &nobody).await;
+    assert_eq!(output.status.code(), Some(5));
+    assert_eq!(json(&output)["error"]["code"], "NOT_FOUND");
+
+    // No request id (or an empty one), or no line: a usage error, nothing sent.
+    for usage in [
+        &["modify", "m-1", "--line", "tee@dc-1=1"][..],
+        &["modify", "m-1", "--request-id", "", "--line", "tee@dc-1=1"],
+        &["modify", "m-1", "--request-id", "chg-5"],
+        &["modify", "m-1", "--request-id", "chg-5", "--line", "tee"],
+    ] {
+        let output = atpctl(&addr, usage).await;
+        assert_eq!(output.status.code(), Some(2), "{usage:?}");
+    }
+    assert_eq!(reserved(&addr, "tee").await, 3, "nothing was sent");
+
+    // A reservation that is no longer HELD does not change: refused (4), WRONG_STATE.
+    assert!(atpctl(&addr, &["release", "m-1"]).await.status.success());
+    let late = ["--json", "modify", "m-1", "--request-id", "chg-6", "--line", "tee@dc-1=1"];
+    let output = atpctl(&addr, &late).await;
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(json(&output)["error"]["details"]["error_info"]["reason"], "WRONG_STATE");
+    assert_eq!(reserved(&addr, "tee").await, 0);
 }

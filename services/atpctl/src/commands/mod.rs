@@ -28,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Release(args) => reservation::release(context, args).await,
         Command::Cancel(args) => reservation::cancel(context, args).await,
         Command::Extend(args) => reservation::extend(context, args).await,
+        Command::Modify(args) => reservation::modify(context, args).await,
         Command::GetReservation(args) => reservation::get(context, args).await,
         Command::Reservations(ReservationsCommand::Get(args)) => {
             reservations::get(context, args).await

@@ -1,15 +1,15 @@
-//! Reserve, commit, release, cancel, extend and get: every answer is one reservation.
+//! Reserve, commit, release, cancel, extend, modify and get: every answer is one reservation.
 
 use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
 use atp_proto::v1::{
-    CancelRequest, CommitRequest, ExtendReservationRequest, GetReservationRequest, ReleaseRequest,
-    Reservation, ReservationMetadata, ReserveRequest,
+    CancelRequest, CommitRequest, ExtendReservationRequest, GetReservationRequest,
+    ModifyReservationRequest, ReleaseRequest, Reservation, ReservationMetadata, ReserveRequest,
 };
 use serde_json::{Value, json};
 
-use crate::cli::{CommitArgs, ExtendArgs, IdArgs, ReserveArgs};
+use crate::cli::{CommitArgs, ExtendArgs, IdArgs, ModifyArgs, ReserveArgs};
 use crate::client::Context;
 use crate::format::{reservation_state, time_ms};
 use crate::table::{Fields, Table};
@@ -78,6 +78,57 @@ pub async fn extend(context: &Context, args: ExtendArgs) -> anyhow::Result<ExitC
         .await
         .with_context(|| format!("extend {}", args.id))?;
     print_reservation(context, response.reservation, response.epoch)
+}
+
+pub async fn modify(context: &Context, args: ModifyArgs) -> anyhow::Result<ExitCode> {
+    let request = ModifyReservationRequest {
+        reservation_id: args.id.clone(),
+        request_id: args.request_id,
+        lines: args.lines.into_iter().map(Into::into).collect(),
+    };
+    let clients = context.connect().await?;
+    let response = clients
+        .rpc()
+        .modify_reservation(request)
+        .await
+        .with_context(|| format!("modify {}", args.id))?;
+    let reservation =
+        response.reservation.ok_or_else(|| anyhow!("the server's answer has no reservation"))?;
+    let (epoch, replayed, current) = (response.epoch, response.replayed, response.current);
+    context.print(
+        || {
+            json!({
+                "reservation": reservation_json(&reservation),
+                "epoch": epoch,
+                "replayed": replayed,
+                "current": current.as_ref().map(reservation_json),
+            })
+        },
+        || {
+            let mut text = reservation_text(&reservation, epoch);
+            if replayed {
+                text.push_str(&replay_note(&reservation, current.as_ref()));
+            }
+            text
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Under a replayed answer's table: it is the first answer of a request done
+/// before, and how the reservation stands now.
+fn replay_note(first: &Reservation, current: Option<&Reservation>) -> String {
+    let now = match current {
+        Some(current) if current.lines != first.lines => {
+            format!("{}, its lines changed since", reservation_state(current.state))
+        }
+        Some(current) => reservation_state(current.state),
+        None => "not in the answer".to_owned(),
+    };
+    format!(
+        "\nnote: replayed: this request id was done before and the table is its first answer; \
+         the reservation now: {now}\n"
+    )
 }
 
 pub async fn get(context: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
@@ -202,6 +253,16 @@ mod tests {
         let value = reservation_json(&sample());
         assert_eq!(value["state"], "COMMITTED");
         assert_eq!(value["lines"][0]["committed"], 2);
+    }
+
+    #[test]
+    fn a_replay_note_says_how_the_reservation_stands_now() {
+        let first = sample();
+        let mut current = sample();
+        assert!(replay_note(&first, Some(&current)).ends_with("the reservation now: COMMITTED\n"));
+        current.lines[0].quantity = 1;
+        let note = replay_note(&first, Some(&current));
+        assert!(note.ends_with("now: COMMITTED, its lines changed since\n"), "{note}");
     }
 
     #[test]
