@@ -130,14 +130,14 @@ async fn a_repeated_modify_is_replayed_and_its_refusals_are_typed() {
     let other = client.modify("r-3", "chg-1", vec![Line::new("tee", "dc-1", 1)]).await;
     assert!(matches!(other, Err(Error::IdReused { .. })), "{other:?}");
 
-    // More than there is: typed. Only the increase is checked, as a Reserve
-    // of it would be: 9 - 3 held = 6 asked for, 5 - 3 held = 2 free.
+    // More than there is: typed, in terms of the whole line: 9 asked for,
+    // 5 available to it (2 free + its own 3).
     let greedy = client.modify("r-3", "chg-2", vec![Line::new("tee", "dc-1", 9)]).await;
     let Err(Error::InsufficientStock { sku, location, requested, available, .. }) = greedy else {
         panic!("insufficient stock: {greedy:?}")
     };
     assert_eq!((sku.as_str(), location.as_str()), ("tee", "dc-1"));
-    assert_eq!((requested, available), (6, 2), "the increase and the units free");
+    assert_eq!((requested, available), (9, 5), "the line's new quantity and what it could have");
     let now = client.get_reservation("r-3").await.expect("get");
     assert_eq!(lines_of(&now), lines_of(&changed), "nothing changed");
 }

@@ -205,8 +205,8 @@ pub struct ModifyArgs {
     /// Key of this change, chosen by the caller: the same key and lines again
     /// get the first answer (replayed), the same key with other lines is
     /// refused. Required, so that running the command again is a safe retry.
-    /// The reservation remembers its latest change only: an older key sent
-    /// after a newer one is a new change.
+    /// The reservation remembers the keys of its latest 8 changes; an older
+    /// key is a new change.
     #[arg(long, value_name = "KEY", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub request_id: String,
     /// A line the reservation should hold afterwards, SKU@LOCATION=QUANTITY;

@@ -34,10 +34,11 @@ pub(crate) struct Record {
     /// after the record (`persist::Extra`), not in its serde layout.
     #[serde(skip)]
     last_extend: Option<KeyedExtend>,
-    /// The latest change (ModifyReservation), for its retries. Stored after
-    /// the record (`persist::Extra`), not in its serde layout.
+    /// The latest changes (ModifyReservation), oldest first, at most
+    /// [`REMEMBERED_CHANGES`], for their retries. Stored after the record
+    /// (`persist::Extra`), not in its serde layout.
     #[serde(skip)]
-    last_change: Option<KeyedChange>,
+    changes: Vec<KeyedChange>,
     /// A change in flight (not stored: a crash leaves it to recovery).
     /// Commit, Release, Cancel, Extend and another change wait for it.
     #[serde(skip)]
@@ -65,6 +66,10 @@ pub(crate) struct KeyedExtend {
     /// The expiry it answered.
     pub(crate) expires_at_ms: i64,
 }
+
+/// Changes of one reservation whose keys it remembers (the latest ones): a
+/// retry of an older key is a new change.
+pub const REMEMBERED_CHANGES: usize = 8;
 
 /// A change keyed by a request id, as first answered.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,7 +144,7 @@ impl Record {
             shipped: vec![0; incarnation.request.lines.len()],
             version: incarnation.version,
             last_extend: None,
-            last_change: None,
+            changes: Vec::new(),
             changing: None,
             replaces_stored: false,
             not_expired_before_ms: 0,
@@ -158,13 +163,16 @@ impl Record {
         self.last_extend.as_ref()
     }
 
-    pub(super) fn last_change(&self) -> Option<&KeyedChange> {
-        self.last_change.as_ref()
+    pub(super) fn changes(&self) -> &[KeyedChange] {
+        &self.changes
     }
 
-    /// Puts back the change stored beside the record (`persist`).
-    pub(super) fn set_last_change(&mut self, change: KeyedChange) {
-        self.last_change = Some(change);
+    /// Puts back a change stored beside the record (`persist`), oldest first.
+    pub(super) fn remember_change(&mut self, change: KeyedChange) {
+        if self.changes.len() == REMEMBERED_CHANGES {
+            self.changes.remove(0);
+        }
+        self.changes.push(change);
     }
 
     /// The incarnation the record stands at (what its holds carry).
@@ -714,16 +722,27 @@ impl ShardState {
         // The new lines under the Reserve's rules, for this reservation's channel.
         let candidate = ReserveRequest { lines: lines.clone(), ..(*record.request).clone() };
         candidate.check(catalog)?;
-        if let Some(last) = record.last_change.as_ref().filter(|c| c.request_id == request_id)
+        if let Some(earlier) = record.changes.iter().find(|c| c.request_id == request_id)
             && record.changing.is_none()
         {
-            if last.lines != lines {
+            if earlier.lines != lines {
                 return Err(CoreError::AlreadyExists(format!(
                     "change {request_id} of reservation {id} was already applied with other lines"
                 )));
             }
             let mut first = record.reserve_answer();
-            first.expires_at_ms = last.expires_at_ms;
+            first.expires_at_ms = earlier.expires_at_ms;
+            first.lines = earlier
+                .lines
+                .iter()
+                .map(|line| LineView {
+                    sku: line.sku.clone(),
+                    location: line.location.clone(),
+                    quantity: line.quantity,
+                    committed: 0,
+                    shipped: 0,
+                })
+                .collect();
             return Ok(ChangeBegin::Replay(Box::new(Reply::replayed(first, record.current()))));
         }
         let record = self.settled_record(id)?;
@@ -795,7 +814,7 @@ impl ShardState {
         let to = change.to.clone();
         let request_id = change.request_id.clone();
         record.apply_change(&to);
-        record.last_change = Some(KeyedChange {
+        record.remember_change(KeyedChange {
             request_id,
             lines: to.request.lines.clone(),
             version,

@@ -300,7 +300,9 @@ impl ShardState {
         if !increases.is_empty() {
             to.request.check_active(catalog)?;
         }
-        self.check_stock(&increases, channel, &to.request.channel, catalog)?;
+        // A refusal speaks of the whole line: what it asks for in all, and
+        // what is available to it (the free units plus its own hold).
+        self.check_stock(&increases, &old, channel, &to.request.channel, catalog)?;
         self.applied_sequence += 1;
         let cause = id.shared();
         for line in &increases {
@@ -410,7 +412,7 @@ impl ShardState {
         };
         // The catalog may have changed since the node checked the request.
         reservation.request.check_active(catalog)?;
-        self.check_stock(lines, channel, channel_id, catalog)?;
+        self.check_stock(lines, &[], channel, channel_id, catalog)?;
         self.applied_sequence += 1;
         let cause = id.shared();
         for line in lines {
@@ -447,10 +449,12 @@ impl ShardState {
     }
 
     /// Whether `lines` fit the positions' ATP and the channel's, as a hold
-    /// of them would take them.
+    /// of them would take them. `own`: what the reservation already holds
+    /// here (a change's old lines), added to both sides of a refusal.
     fn check_stock(
         &self,
         lines: &[ReserveLine],
+        own: &[LineQuantity],
         channel: &crate::catalog::Channel,
         channel_id: &ChannelId,
         catalog: &Catalog,
@@ -466,11 +470,16 @@ impl ShardState {
             let safety = self.safety(catalog, &line.location);
             let available = self.position(&line.sku, &line.location).atp(safety);
             if line.quantity > available {
+                let held: i64 = own
+                    .iter()
+                    .filter(|(sku, location, _)| *sku == line.sku && *location == line.location)
+                    .map(|(_, _, units)| units)
+                    .sum();
                 return Err(CoreError::InsufficientStock {
                     sku: line.sku.to_string(),
                     location: line.location.to_string(),
-                    requested: line.quantity,
-                    available,
+                    requested: line.quantity + held,
+                    available: available + held,
                 });
             }
             *per_sku.entry(&line.sku).or_default() += line.quantity;
@@ -484,11 +493,13 @@ impl ShardState {
                 .sum();
             let available = channel.atp(total);
             if requested > available {
+                let held: i64 =
+                    own.iter().filter(|(s, _, _)| s == sku).map(|(_, _, units)| units).sum();
                 return Err(CoreError::InsufficientStock {
                     sku: sku.to_string(),
                     location: format!("channel {channel_id}"),
-                    requested,
-                    available,
+                    requested: requested + held,
+                    available: available + held,
                 });
             }
         }

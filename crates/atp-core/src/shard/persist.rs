@@ -92,7 +92,8 @@ enum Extra {
     /// A changing hold's new version ([`lines::LineHolds::next`]); its
     /// metadata is the hold's.
     Next(lines::Incarnation),
-    /// A record's latest change (ModifyReservation), for its retries.
+    /// One of a record's latest changes (ModifyReservation), for its
+    /// retries; one extra per change, oldest first.
     KeyedChange(home::KeyedChange),
 }
 
@@ -121,7 +122,7 @@ fn record_extras(record: &home::Record) -> Vec<Extra> {
     if let Some(extend) = record.last_extend() {
         extras.push(Extra::KeyedExtend(extend.clone()));
     }
-    if let Some(change) = record.last_change() {
+    for change in record.changes() {
         extras.push(Extra::KeyedChange(change.clone()));
     }
     extras
@@ -277,7 +278,7 @@ impl ShardState {
                     match extra {
                         Extra::Metadata(metadata) => record.set_metadata(metadata),
                         Extra::KeyedExtend(extend) => record.set_last_extend(extend),
-                        Extra::KeyedChange(change) => record.set_last_change(change),
+                        Extra::KeyedChange(change) => record.remember_change(change),
                         Extra::Next(_) => return Err("a record carries no next version".to_owned()),
                     }
                 }

@@ -64,9 +64,7 @@ impl ShardState {
         let record = self.records.get_mut(id).expect("checked above");
         record.apply_change(to);
         // The change's request id is not in its holds: a retry of it is
-        // judged as a new change (to the same lines), not as a replay of
-        // an older key.
-        record.last_change = None;
+        // judged as a new change (to the same lines).
         record.not_expired_before_ms = now + 1;
         let at = record.deadline(self.settings.retention_ms).unwrap_or(now + 1);
         self.schedule(at, Deadline::Expire(id.clone()));
