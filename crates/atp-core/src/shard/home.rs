@@ -529,7 +529,12 @@ impl ShardState {
         record.committed = Some(quantities);
         let answer = record.commit_answer();
         let request_id = id.clone();
-        effects.extend(record.line_ops(|lines| LineOp::Commit { id: request_id.clone(), lines }));
+        let version = record.version;
+        effects.extend(record.line_ops(|lines| LineOp::Commit {
+            id: request_id.clone(),
+            version,
+            lines,
+        }));
         Ok((Reply::first(answer), effects))
     }
 
@@ -576,12 +581,11 @@ impl ShardState {
         self.end(id, ReservationState::Released, now);
         let record = &self.records[id];
         let request_id = id.clone();
-        effects.extend(
-            record.line_ops(|_| LineOp::Release {
-                id: request_id.clone(),
-                kind: LedgerKind::Release,
-            }),
-        );
+        effects.extend(record.line_ops(|_| LineOp::Release {
+            id: request_id.clone(),
+            version: record.version,
+            kind: LedgerKind::Release,
+        }));
         Ok((Reply::first(record.current()), effects))
     }
 
@@ -628,7 +632,8 @@ impl ShardState {
         self.end(id, ReservationState::Cancelled, now);
         let record = &self.records[id];
         let request_id = id.clone();
-        effects.extend(record.line_ops(|_| LineOp::Cancel { id: request_id.clone() }));
+        let version = record.version;
+        effects.extend(record.line_ops(|_| LineOp::Cancel { id: request_id.clone(), version }));
         Ok((Reply::first(record.current()), effects))
     }
 
@@ -885,8 +890,11 @@ impl ShardState {
         self.applied_sequence += 1;
         self.end(id, ReservationState::Expired, now);
         let request_id = id.clone();
-        self.records[id]
-            .line_ops(|_| LineOp::Release { id: request_id.clone(), kind: LedgerKind::Expire })
+        self.records[id].line_ops(|_| LineOp::Release {
+            id: request_id.clone(),
+            version: self.records[id].version,
+            kind: LedgerKind::Expire,
+        })
     }
 
     /// A PENDING Reserve of `version` outlived `pending_timeout_ms`: forget

@@ -60,11 +60,14 @@ pub enum LineOp {
         /// The reservation they belong to (id, channel, all lines, expiry, version).
         reservation: Incarnation,
     },
-    /// Free held units (Release, expiry, or a failed multi-shard Reserve).
+    /// Free held units (Release or expiry).
     Release {
         /// The reservation.
         id: ReservationId,
-        /// Release, Expire or Abort.
+        /// The version the home's record stands at: a hold of another
+        /// version is not this reservation's (a late duplicate).
+        version: u64,
+        /// Release or Expire.
         kind: LedgerKind,
     },
     /// Free the held (uncommitted) units of one incarnation: the rollback of
@@ -80,6 +83,8 @@ pub enum LineOp {
     Commit {
         /// The reservation.
         id: ReservationId,
+        /// The version the home's record stands at.
+        version: u64,
         /// (sku, location, units committed) for each line on this shard.
         lines: Vec<LineQuantity>,
     },
@@ -87,6 +92,8 @@ pub enum LineOp {
     Cancel {
         /// The reservation.
         id: ReservationId,
+        /// The version the home's record stands at.
+        version: u64,
     },
     /// First step of changing a HELD reservation from version `from` to
     /// `to`: checks only each line's increase, then holds max(old, new) per
@@ -202,8 +209,10 @@ impl ShardState {
         let now = self.advance(now);
         match op {
             LineOp::Hold { lines, reservation } => self.hold(lines, reservation, catalog, now),
-            LineOp::Release { id, kind } => {
-                self.release_lines(id, *kind, now);
+            LineOp::Release { id, version, kind } => {
+                if self.holds_version(id, *version) {
+                    self.release_lines(id, *kind, now);
+                }
                 Ok(())
             }
             LineOp::Abort { id, version } => {
@@ -212,12 +221,16 @@ impl ShardState {
                 }
                 Ok(())
             }
-            LineOp::Commit { id, lines } => {
-                self.commit_lines(id, lines, catalog, now);
+            LineOp::Commit { id, version, lines } => {
+                if self.holds_version(id, *version) {
+                    self.commit_lines(id, lines, catalog, now);
+                }
                 Ok(())
             }
-            LineOp::Cancel { id } => {
-                self.cancel_lines(id, now);
+            LineOp::Cancel { id, version } => {
+                if self.holds_version(id, *version) {
+                    self.cancel_lines(id, now);
+                }
                 Ok(())
             }
             LineOp::Replace { from, to } => self.replace(from, to, catalog, now),
@@ -230,6 +243,15 @@ impl ShardState {
                 Ok(())
             }
         }
+    }
+
+    /// Whether this shard's hold of `id` is `version`'s (settled, or as the
+    /// new side of a change in flight).
+    fn holds_version(&self, id: &ReservationId, version: u64) -> bool {
+        self.holds.get(id).is_some_and(|holds| {
+            holds.reservation.version == version
+                || holds.next.as_ref().is_some_and(|next| next.version == version)
+        })
     }
 
     /// This shard's lines of `incarnation`, as (sku, location, units).

@@ -16,14 +16,15 @@ impl Record {
     /// The line ops this record's state implies on its lines' shards (none
     /// while PENDING or HELD). Re-sent by recovery and by replayed requests.
     pub(in crate::shard) fn implied_ops(&self, id: &ReservationId) -> Vec<(u32, LineOp)> {
-        let commit = |lines| LineOp::Commit { id: id.clone(), lines };
-        let release = |kind| move |_| LineOp::Release { id: id.clone(), kind };
+        let version = self.version;
+        let commit = |lines| LineOp::Commit { id: id.clone(), version, lines };
+        let release = |kind| move |_| LineOp::Release { id: id.clone(), version, kind };
         match self.state {
             ReservationState::Pending | ReservationState::Held => Vec::new(),
             ReservationState::Committed | ReservationState::Fulfilled => self.line_ops(commit),
             ReservationState::Cancelled => {
                 let mut ops = self.line_ops(commit);
-                ops.extend(self.line_ops(|_| LineOp::Cancel { id: id.clone() }));
+                ops.extend(self.line_ops(|_| LineOp::Cancel { id: id.clone(), version }));
                 ops
             }
             ReservationState::Released => self.line_ops(release(LedgerKind::Release)),
