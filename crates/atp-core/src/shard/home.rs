@@ -383,6 +383,12 @@ impl ShardState {
         now: i64,
     ) -> Result<Begin, CoreError> {
         let now = self.advance(now);
+        if self.in_doubt.contains(&request.id) {
+            return Err(CoreError::InProgress(format!(
+                "reservation {} is being recovered; retry",
+                request.id
+            )));
+        }
         if let Some(record) = self.records.get(&request.id) {
             if !std::sync::Arc::ptr_eq(&record.request, request) && *record.request != **request {
                 return Err(CoreError::AlreadyExists(format!(

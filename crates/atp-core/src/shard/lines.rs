@@ -637,8 +637,20 @@ impl ShardState {
             .map(|(id, holds)| (id, &holds.reservation, holds.next.as_ref()))
     }
 
+    /// This shard's uncommitted hold of `id`: the version it holds, and the
+    /// version a change in flight moves it to.
+    pub(super) fn uncommitted_hold(
+        &self,
+        id: &ReservationId,
+    ) -> Option<(&Incarnation, Option<&Incarnation>)> {
+        self.holds
+            .get(id)
+            .filter(|holds| holds.is_held())
+            .map(|holds| (&holds.reservation, holds.next.as_ref()))
+    }
+
     /// Whether a line of reservation `id` is still held or committed here.
-    pub(super) fn has_line(&self, id: &ReservationId, sku: &Sku, location: &LocationId) -> bool {
+    pub fn has_line(&self, id: &ReservationId, sku: &Sku, location: &LocationId) -> bool {
         self.holds
             .get(id)
             .is_some_and(|h| h.lines.iter().any(|l| &l.sku == sku && &l.location == location))

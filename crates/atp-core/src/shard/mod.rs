@@ -33,7 +33,10 @@ pub use budget::{
 pub use home::{Begin, ChangeBegin, ChangeDecided, ScanPage};
 pub use lines::{HeldLineView, HoldView, Incarnation, LineOp, LineQuantity};
 pub use persist::{Changes, RestoreError};
-pub use recover::{RecoveryReport, recover};
+pub use recover::{
+    RecordFacts, Recovered, RecoveryReport, Resolution, ShardFacts, needed, recover, recover_owned,
+    resolve,
+};
 pub use stock::{EventApplied, ShipNotice};
 
 /// Tunables of a shard, with the defaults of a fresh node.
@@ -161,6 +164,10 @@ pub struct ShardState {
     undelivered: Vec<(u32, LineOp)>,
     /// The meta record as last handed out by [`ShardState::drain_changes`].
     drained_meta: persist::Meta,
+    /// Reservations homed here that recovery could not settle without other
+    /// nodes' answers: a Reserve of such an id is refused until
+    /// [`ShardState::adopt`] or [`ShardState::settled_doubt`]. In memory only.
+    in_doubt: std::collections::BTreeSet<ReservationId>,
 }
 
 impl ShardState {
@@ -182,6 +189,7 @@ impl ShardState {
             deadlines: BinaryHeap::new(),
             retained: budget::Retained::default(),
             undelivered: Vec::new(),
+            in_doubt: std::collections::BTreeSet::new(),
             drained_meta: persist::Meta::default(),
         }
     }

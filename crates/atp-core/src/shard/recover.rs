@@ -26,9 +26,9 @@
 //!    step 2, which expire on the first tick after recovery, so their rebuild
 //!    is durable before anything frees their holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Incarnation, LineOp, ShardState};
+use super::{Incarnation, LineOp, ShardState, ShipNotice};
 use crate::catalog::Catalog;
 use crate::hash::shard_of;
 use crate::ids::ReservationId;
@@ -52,18 +52,47 @@ pub struct RecoveryReport {
     pub changes_reverted: usize,
 }
 
+/// What recovery of part of the shards leaves to the node: what it owes
+/// shards other nodes own, and what it cannot settle without their owners'
+/// answers (see `docs/PROTOCOL.md`, "Across nodes").
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// What recovery did on this node's shards.
+    pub report: RecoveryReport,
+    /// Line ops for shards this node does not own: sent to their owners
+    /// until acknowledged (each is idempotent and names its version).
+    pub remote_ops: Vec<(u32, LineOp)>,
+    /// Ship notices for homes this node does not own.
+    pub remote_notices: Vec<ShipNotice>,
+    /// Reservations with uncommitted holds here that cannot be settled from
+    /// this node's shards alone: their holds are kept (no unit is freed or
+    /// promised on a guess) until [`resolve`] decides them from the owners'
+    /// [`ShardFacts`].
+    pub in_doubt: Vec<ReservationId>,
+    /// Committed lines of this node's records whose line shard another node
+    /// owns: if that shard no longer holds the line, it shipped in full
+    /// (ask its owner, then [`ShardState::note_shipped`] the committed total).
+    pub unconfirmed: Vec<ShipNotice>,
+}
+
+/// Delivers `ops` to the shards this node owns and returns the others'.
 fn deliver(
     shards: &mut BTreeMap<u32, ShardState>,
+    owned: &dyn Fn(u32) -> bool,
     ops: Vec<(u32, LineOp)>,
     catalog: &Catalog,
     now: i64,
-) {
+) -> Vec<(u32, LineOp)> {
+    let mut remote = Vec::new();
     for (shard, op) in ops {
-        if let Some(state) = shards.get_mut(&shard) {
-            // Only Hold can fail, and recovery never sends one.
+        if !owned(shard) {
+            remote.push((shard, op));
+        } else if let Some(state) = shards.get_mut(&shard) {
+            // Only Hold and Replace can fail, and recovery sends neither.
             let _ = state.apply_line_op(&op, catalog, now);
         }
     }
+    remote
 }
 
 /// Recovers `shards` (every shard of the node, by number) as of `now`. A home
@@ -73,17 +102,39 @@ pub fn recover(
     catalog: &Catalog,
     now: i64,
 ) -> RecoveryReport {
-    let mut report = RecoveryReport::default();
+    let recovered = recover_owned(shards, &|_| true, catalog, now);
+    debug_assert!(recovered.remote_ops.is_empty() && recovered.in_doubt.is_empty());
+    recovered.report
+}
+
+/// Recovers the shards a node owns (`owned`; `shards` holds those with any
+/// state, an owned shard missing from it is empty) as of `now`. Everything
+/// that involves only owned shards is settled here as [`recover`] does; the
+/// rest is returned: ops and notices for other owners, reservations in
+/// doubt, and committed lines to confirm.
+pub fn recover_owned(
+    shards: &mut BTreeMap<u32, ShardState>,
+    owned: &dyn Fn(u32) -> bool,
+    catalog: &Catalog,
+    now: i64,
+) -> Recovered {
+    let mut recovered = Recovered::default();
 
     let implied: Vec<_> = shards.values().flat_map(ShardState::implied_line_ops).collect();
-    report.redelivered = implied.len();
-    deliver(shards, implied, catalog, now);
+    recovered.report.redelivered = implied.len();
+    recovered.remote_ops = deliver(shards, owned, implied, catalog, now);
 
-    settle_orphans(shards, catalog, now, &mut report);
+    settle_orphans(shards, owned, catalog, now, &mut recovered);
 
     let mut notices: Vec<_> = shards.values().flat_map(ShardState::ship_notices).collect();
     for line in shards.values().flat_map(ShardState::committed_lines) {
         let shard = shard_of(line.sku.as_str());
+        if !owned(shard) {
+            if line.shipped_total > 0 {
+                recovered.unconfirmed.push(line);
+            }
+            continue;
+        }
         let held = shards
             .get(&shard)
             .is_some_and(|state| state.has_line(&line.reservation, &line.sku, &line.location));
@@ -91,9 +142,12 @@ pub fn recover(
             notices.push(line);
         }
     }
-    report.ship_notices = notices.len();
+    recovered.report.ship_notices = notices.len();
     for notice in notices {
-        if let Some(home) = shards.get_mut(&shard_of(notice.reservation.as_str())) {
+        let home = shard_of(notice.reservation.as_str());
+        if !owned(home) {
+            recovered.remote_notices.push(notice);
+        } else if let Some(home) = shards.get_mut(&home) {
             home.note_shipped(&notice, now);
         }
     }
@@ -102,88 +156,230 @@ pub fn recover(
     for state in shards.values_mut() {
         expired.extend(state.tick(now));
     }
-    report.expired = expired.len();
-    deliver(shards, expired, catalog, now);
-    report
+    recovered.report.expired = expired.len();
+    let remote = deliver(shards, owned, expired, catalog, now);
+    recovered.remote_ops.extend(remote);
+    recovered
 }
 
 /// One uncommitted hold of an id: its shard, the version it holds, and the
 /// version a change in flight moves it to.
 type HoldOf = (u32, Incarnation, Option<Incarnation>);
 
+/// What one shard's owner says of one reservation id (an answer to a
+/// recovery's query; [`ShardState::facts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardFacts {
+    /// The home record, on the id's home shard.
+    pub record: Option<RecordFacts>,
+    /// This shard's uncommitted hold of the id: the version it holds, and
+    /// the version a change in flight moves it to.
+    pub hold: Option<(Incarnation, Option<Incarnation>)>,
+}
+
+/// A home record as [`ShardFacts`] tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// The version it stands at.
+    pub version: u64,
+    /// Its state (PENDING: a Reserve in flight).
+    pub state: crate::reservation::ReservationState,
+    /// A change of it is in flight.
+    pub changing: bool,
+}
+
+impl ShardState {
+    /// What this shard knows of `id`, for another node's recovery.
+    pub fn facts(&self, id: &ReservationId) -> ShardFacts {
+        ShardFacts {
+            record: self.record_facts(id),
+            hold: self.uncommitted_hold(id).map(|(base, next)| (base.clone(), next.cloned())),
+        }
+    }
+}
+
+/// The shards whose facts [`resolve`] needs for `id` given what is known so
+/// far (the home's, then every shard any version seen names): ask their
+/// owners until every one answered.
+pub fn needed(id: &ReservationId, facts: &BTreeMap<u32, ShardFacts>) -> BTreeSet<u32> {
+    let home = shard_of(id.as_str());
+    let mut needed = BTreeSet::from([home]);
+    let Some(home_facts) = facts.get(&home) else { return needed };
+    let holds = facts.values().filter_map(|facts| facts.hold.as_ref());
+    let top = |(base, next): &(Incarnation, Option<Incarnation>)| {
+        next.as_ref().map_or(base.version, |next| next.version.max(base.version))
+    };
+    if let Some(record) = &home_facts.record
+        && holds.clone().all(|hold| top(hold) <= record.version)
+    {
+        return needed; // decided by the record alone
+    }
+    for (base, next) in holds {
+        needed.extend(base.line_shards());
+        if let Some(next) = next {
+            needed.extend(next.line_shards());
+        }
+    }
+    needed
+}
+
+/// How a reservation in doubt is settled: line ops for its shards (local or
+/// remote) and, on its home, a record to rebuild or roll forward.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Abort, Settle or Revert for each shard holding the id.
+    pub ops: Vec<(u32, LineOp)>,
+    /// The incarnation the home's record must stand at, when it is absent
+    /// or behind (apply with [`ShardState::adopt`] on the home).
+    pub adopt: Option<Incarnation>,
+}
+
+/// Settles `id` from every shard's facts ([`needed`] answered). None while
+/// it cannot be decided: facts missing, or the home still working on it (a
+/// Reserve or a change in flight): ask again later.
+pub fn resolve(id: &ReservationId, facts: &BTreeMap<u32, ShardFacts>) -> Option<Resolution> {
+    if !needed(id, facts).iter().all(|shard| facts.contains_key(shard)) {
+        return None;
+    }
+    let home = &facts[&shard_of(id.as_str())];
+    let record = match home.record {
+        Some(record)
+            if record.state == crate::reservation::ReservationState::Pending || record.changing =>
+        {
+            return None;
+        }
+        Some(record) => {
+            Some((record.version, record.state == crate::reservation::ReservationState::Held))
+        }
+        None => None,
+    };
+    let holds: Vec<HoldOf> = facts
+        .iter()
+        .filter_map(|(shard, facts)| {
+            facts.hold.as_ref().map(|(base, next)| (*shard, base.clone(), next.clone()))
+        })
+        .collect();
+    let mut report = RecoveryReport::default();
+    Some(decide(id, &holds, record, &mut report))
+}
+
 /// Step 2: settles every uncommitted hold against its home record: holds of
 /// no current version are rolled back, a change in flight is settled or
 /// reverted, and a record whose holds are complete but which was lost (or
 /// left behind a complete change) is rebuilt at the **highest complete
-/// version** (see `docs/PROTOCOL.md`).
+/// version** (see `docs/PROTOCOL.md`). An id that needs a shard another node
+/// owns is left in doubt.
 fn settle_orphans(
     shards: &mut BTreeMap<u32, ShardState>,
+    owned: &dyn Fn(u32) -> bool,
     catalog: &Catalog,
     now: i64,
-    report: &mut RecoveryReport,
+    recovered: &mut Recovered,
 ) {
-    let mut by_id: BTreeMap<ReservationId, Vec<HoldOf>> = BTreeMap::new();
+    let mut by_id: BTreeMap<ReservationId, BTreeMap<u32, ShardFacts>> = BTreeMap::new();
     for (shard, state) in shards.iter() {
-        for (id, base, next) in state.uncommitted_holds() {
-            by_id.entry(id.clone()).or_default().push((*shard, base.clone(), next.cloned()));
+        for (id, _, _) in state.uncommitted_holds() {
+            by_id.entry(id.clone()).or_default().insert(*shard, state.facts(id));
         }
     }
     let mut ops = Vec::new();
-    for (id, holds) in by_id {
+    for (id, mut facts) in by_id {
         let home = shard_of(id.as_str());
-        let template = &shards[&holds[0].0];
-        let (epoch, settings) = (template.epoch(), template.settings.clone());
-        let state = shards.entry(home).or_insert_with(|| ShardState::new(home, epoch, settings));
-        let newest = holds.iter().flat_map(|(_, base, next)| {
-            std::iter::once(base.version).chain(next.as_ref().map(|next| next.version))
+        let newest = facts.values().filter_map(|facts| facts.hold.as_ref()).map(|(base, next)| {
+            next.as_ref().map_or(base.version, |next| next.version.max(base.version))
         });
-        state.observe_version(newest.max().unwrap_or(0));
-        let record = state.record_version(&id);
-        let target = judge(&holds, record);
-        for (shard, base, next) in &holds {
-            let next_version = next.as_ref().map(|next| next.version);
-            let op = match (&target, record) {
-                (Some(target), _) if next_version == Some(target.version) => {
-                    report.changes_settled += 1;
-                    LineOp::Settle { id: id.clone(), version: target.version }
-                }
-                (Some(target), _) if base.version == target.version => match next_version {
-                    Some(version) => {
-                        report.changes_reverted += 1;
-                        LineOp::Revert { id: id.clone(), version }
-                    }
-                    None => continue,
-                },
-                // The record stays where it is: a change beyond it is reverted.
-                (None, Some((version, _))) if base.version == version => match next_version {
-                    Some(next) => {
-                        report.changes_reverted += 1;
-                        LineOp::Revert { id: id.clone(), version: next }
-                    }
-                    None => continue,
-                },
-                // A hold of no version that stays: rolled back whole.
-                _ => {
-                    report.aborted += 1;
-                    LineOp::Abort { id: id.clone(), version: base.version }
-                }
-            };
-            ops.push((*shard, op));
+        let newest = newest.max().unwrap_or(0);
+        // Every owned shard `resolve` needs answers from here (an owned
+        // shard without state has nothing of the id).
+        loop {
+            let missing: Vec<u32> = needed(&id, &facts)
+                .into_iter()
+                .filter(|shard| owned(*shard) && !facts.contains_key(shard))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            for shard in missing {
+                let known = shards
+                    .get(&shard)
+                    .map_or(ShardFacts { record: None, hold: None }, |state| state.facts(&id));
+                facts.insert(shard, known);
+            }
         }
-        let Some(target) = target else { continue };
-        let state = shards.get_mut(&home).expect("created above");
-        let moved = match record {
-            None => state.rebuild_held(&target, now),
-            Some((version, _)) if version < target.version => state.roll_forward(&target, now),
-            Some(_) => false,
+        if owned(home) {
+            let template = shards.values().next().expect("a shard holds the id");
+            let (epoch, settings) = (template.epoch(), template.settings.clone());
+            let state =
+                shards.entry(home).or_insert_with(|| ShardState::new(home, epoch, settings));
+            state.observe_version(newest);
+        }
+        let Some(resolution) = resolve(&id, &facts) else {
+            if owned(home) {
+                shards.get_mut(&home).expect("created above").mark_in_doubt(&id);
+            }
+            recovered.in_doubt.push(id);
+            continue;
         };
-        if moved {
-            report.rebuilt += 1;
+        count(&resolution, &mut recovered.report);
+        if let Some(incarnation) = &resolution.adopt {
+            let state = shards.get_mut(&home).expect("a resolution adopts only on a known home");
+            if state.adopt(incarnation, now) {
+                recovered.report.rebuilt += 1;
+            }
         }
+        ops.extend(resolution.ops);
     }
-    deliver(shards, ops, catalog, now);
+    let remote = deliver(shards, owned, ops, catalog, now);
+    recovered.remote_ops.extend(remote);
 }
 
+fn count(resolution: &Resolution, report: &mut RecoveryReport) {
+    for (_, op) in &resolution.ops {
+        match op {
+            LineOp::Settle { .. } => report.changes_settled += 1,
+            LineOp::Revert { .. } => report.changes_reverted += 1,
+            _ => report.aborted += 1,
+        }
+    }
+}
+
+/// The decision for one id from its uncommitted holds and its record
+/// (version, HELD) if there is one.
+fn decide(
+    id: &ReservationId,
+    holds: &[HoldOf],
+    record: Option<(u64, bool)>,
+    _report: &mut RecoveryReport,
+) -> Resolution {
+    let target = judge(holds, record);
+    let mut resolution = Resolution::default();
+    for (shard, base, next) in holds {
+        let next_version = next.as_ref().map(|next| next.version);
+        let op = match (&target, record) {
+            (Some(target), _) if next_version == Some(target.version) => {
+                LineOp::Settle { id: id.clone(), version: target.version }
+            }
+            (Some(target), _) if base.version == target.version => match next_version {
+                Some(version) => LineOp::Revert { id: id.clone(), version },
+                None => continue,
+            },
+            // The record stays where it is: a change beyond it is reverted.
+            (None, Some((version, _))) if base.version == version => match next_version {
+                Some(next) => LineOp::Revert { id: id.clone(), version: next },
+                None => continue,
+            },
+            // A hold of no version that stays: rolled back whole.
+            _ => LineOp::Abort { id: id.clone(), version: base.version },
+        };
+        resolution.ops.push((*shard, op));
+    }
+    resolution.adopt = match (target, record) {
+        (Some(target), None) => Some(target),
+        (Some(target), Some((version, _))) if version < target.version => Some(target),
+        _ => None,
+    };
+    resolution
+}
 /// The incarnation an id's record must stand at after recovery, when that
 /// is a version its holds carry: the newest version seen if it is complete
 /// (every line shard it names holds it, settled or as the new side of a

@@ -34,10 +34,47 @@ impl Record {
 }
 
 impl ShardState {
-    /// The incarnation version of the record of `id`, and whether it is
-    /// HELD, if there is a record.
-    pub(in crate::shard) fn record_version(&self, id: &ReservationId) -> Option<(u64, bool)> {
-        self.records.get(id).map(|record| (record.version, record.state == ReservationState::Held))
+    /// The record of `id` as another node's recovery is told it.
+    pub(in crate::shard) fn record_facts(
+        &self,
+        id: &ReservationId,
+    ) -> Option<super::super::RecordFacts> {
+        self.records.get(id).map(|record| super::super::RecordFacts {
+            version: record.version,
+            state: record.state,
+            changing: record.changing.is_some(),
+        })
+    }
+
+    /// Recovery could not settle `id` without other nodes: refuse a new
+    /// Reserve of it until it is.
+    pub(in crate::shard) fn mark_in_doubt(&mut self, id: &ReservationId) {
+        self.in_doubt.insert(id.clone());
+    }
+
+    /// Whether `id` waits for a resolution (a Reserve of it is refused).
+    pub fn is_in_doubt(&self, id: &ReservationId) -> bool {
+        self.in_doubt.contains(id)
+    }
+
+    /// `id` was settled without adopting a record here (its holds were
+    /// rolled back or kept as they are).
+    pub fn settled_doubt(&mut self, id: &ReservationId) {
+        self.in_doubt.remove(id);
+    }
+
+    /// Makes the record of `incarnation`'s id stand at it (a resolution's
+    /// [`super::super::Resolution::adopt`]): rebuilt HELD if absent, rolled
+    /// forward if HELD at a lower version. True if the record changed.
+    pub fn adopt(&mut self, incarnation: &Incarnation, now: i64) -> bool {
+        let id = &incarnation.request.id;
+        self.in_doubt.remove(id);
+        self.observe_version(incarnation.version);
+        if self.records.contains_key(id) {
+            self.roll_forward(incarnation, now)
+        } else {
+            self.rebuild_held(incarnation, now)
+        }
     }
 
     /// A hold of a reservation homed here carries `version`: later versions
