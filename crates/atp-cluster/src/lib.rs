@@ -32,18 +32,31 @@
 //! # }
 //! ```
 
+mod assignment;
+mod claims;
+mod coordinator;
 mod etcd;
 mod keepalive;
 mod member_watch;
 mod membership;
 #[cfg(feature = "testing")]
 pub mod memory;
+mod reassign;
+mod shard_map;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use assignment::{
+    Assignment, AssignmentError, ClusterKeys, SHARD_COUNT, rendezvous, rendezvous_owner,
+    rendezvous_score,
+};
+pub use claims::{Claims, Ownership, ShardState};
+pub use coordinator::{Clock, Coordinator, system_clock};
 pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};
 pub use membership::{
     LeaseState, LostReason, Member, Members, Membership, MembershipConfig, MembershipError,
 };
+pub use reassign::{ReassignError, ReassignRequest, ReassignTarget, Reassigned, reassign};
+pub use shard_map::{Claim, ShardMap};
 pub use store::{Store, StoreError};
