@@ -57,13 +57,19 @@ pub struct Ownership {
     /// The lease deadline while held: a `Serving` shard counts as
     /// `FailingClosed` from this instant.
     pub deadline: Option<Instant>,
+    /// The lease the `Serving` shards are claimed under (0: none).
+    pub lease_id: i64,
     /// One state per shard, in shard order.
     pub shards: Vec<ShardState>,
 }
 
 impl Default for Ownership {
     fn default() -> Self {
-        Self { deadline: None, shards: vec![ShardState::FailingClosed; SHARD_COUNT as usize] }
+        Self {
+            deadline: None,
+            lease_id: 0,
+            shards: vec![ShardState::FailingClosed; SHARD_COUNT as usize],
+        }
     }
 }
 
@@ -80,12 +86,61 @@ impl Ownership {
 
     /// The shards served at `now`, with their epochs.
     pub fn serving_at(&self, now: Instant) -> BTreeMap<u32, i64> {
-        (0..SHARD_COUNT)
-            .filter_map(|shard| match self.state_at(shard, now) {
-                ShardState::Serving { epoch } => Some((shard, epoch)),
-                _ => None,
-            })
-            .collect()
+        if self.deadline.is_none_or(|deadline| now >= deadline) {
+            return BTreeMap::new();
+        }
+        let mut serving = BTreeMap::new();
+        for (shard, state) in (0..SHARD_COUNT).zip(&self.shards) {
+            if let ShardState::Serving { epoch } = state {
+                serving.insert(shard, *epoch);
+            }
+        }
+        serving
+    }
+}
+
+/// What the shard layer holds to decide, request by request, whether it may
+/// serve a shard: the published [`Ownership`] checked against the lease
+/// state *now*. The lease state turns `Lost` or `Idle` before the claims
+/// loop has stepped down (and before `leave` revokes the lease), so a view
+/// never serves in between. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct OwnershipView {
+    ownership: watch::Receiver<Ownership>,
+    lease: watch::Receiver<LeaseState>,
+}
+
+impl OwnershipView {
+    /// `shard`'s state at `now`.
+    pub fn state_at(&self, shard: u32, now: Instant) -> ShardState {
+        let ownership = self.ownership.borrow();
+        if self.lease_matches(&ownership, now) {
+            ownership.state_at(shard, now)
+        } else {
+            match ownership.state_at(shard, now) {
+                ShardState::Serving { .. } => ShardState::FailingClosed,
+                state => state,
+            }
+        }
+    }
+
+    /// The shards served at `now`, with their epochs.
+    pub fn serving_at(&self, now: Instant) -> BTreeMap<u32, i64> {
+        let ownership = self.ownership.borrow();
+        if !self.lease_matches(&ownership, now) {
+            return BTreeMap::new();
+        }
+        ownership.serving_at(now)
+    }
+
+    /// The lease the published claims are held under (0: none).
+    pub fn lease_id(&self) -> i64 {
+        self.ownership.borrow().lease_id
+    }
+
+    fn lease_matches(&self, ownership: &Ownership, now: Instant) -> bool {
+        matches!(*self.lease.borrow(), LeaseState::Held { lease_id, deadline }
+            if lease_id == ownership.lease_id && now < deadline)
     }
 }
 
@@ -94,6 +149,7 @@ impl Ownership {
 pub struct Claims {
     ownership: watch::Sender<Ownership>,
     shard_map: watch::Sender<ShardMap>,
+    lease: watch::Receiver<LeaseState>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -114,14 +170,20 @@ impl Claims {
         let claim_task = tokio::spawn(keep_claims(
             store,
             config,
-            lease,
+            lease.clone(),
             shard_map.subscribe(),
             ownership.clone(),
         ));
-        Ok(Self { ownership, shard_map, tasks: [map_task, claim_task] })
+        Ok(Self { ownership, shard_map, lease, tasks: [map_task, claim_task] })
     }
 
-    /// This node's state of every shard.
+    /// The handle to decide on requests with (see [`OwnershipView`]).
+    pub fn view(&self) -> OwnershipView {
+        OwnershipView { ownership: self.ownership.subscribe(), lease: self.lease.clone() }
+    }
+
+    /// This node's state of every shard, as the claims loop last published
+    /// it (changes to wait on; decide on requests with [`Claims::view`]).
     pub fn ownership(&self) -> watch::Receiver<Ownership> {
         self.ownership.subscribe()
     }
@@ -273,7 +335,11 @@ fn publish(node: &str, usable: Option<(i64, Instant)>, map: &ShardMap, held: &He
             }
         })
         .collect();
-    Ownership { deadline: usable.map(|(_, deadline)| deadline), shards }
+    Ownership {
+        deadline: usable.map(|(_, deadline)| deadline),
+        lease_id: usable.map_or(0, |(lease_id, _)| lease_id),
+        shards,
+    }
 }
 
 /// Claims `shards` under `lease_id`, [`CLAIMS_PER_TXN`] at a time, each

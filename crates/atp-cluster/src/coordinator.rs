@@ -96,6 +96,16 @@ struct Candidate<S> {
     leading: watch::Sender<bool>,
 }
 
+/// What a campaign found.
+enum Campaign {
+    /// Elected (or already elected under this lease): the key's create revision.
+    Elected(i64),
+    /// Another node leads, as of this revision.
+    Follower(i64),
+    /// The key was deleted between the transaction and the read: try again.
+    Vacant,
+}
+
 /// Why leading stopped.
 enum Stop {
     /// The lease changed or the stores' answers say another node leads.
@@ -117,7 +127,7 @@ impl<S: Store> Candidate<S> {
             let Ok(state) = held.map(|state| state.clone()) else { return };
             let LeaseState::Held { lease_id, .. } = state else { unreachable!("waited for held") };
             match self.campaign(lease_id).await {
-                Ok(Ok(election)) => {
+                Ok(Campaign::Elected(election)) => {
                     tracing::info!(node = %self.config.node_id, election, "elected coordinator");
                     self.leading.send_replace(true);
                     match self.lead(lease_id, election, &mut lease, &mut members).await {
@@ -127,11 +137,12 @@ impl<S: Store> Candidate<S> {
                         Stop::Closed => return,
                     }
                 }
-                Ok(Err(revision)) => {
+                Ok(Campaign::Follower(revision)) => {
                     if self.wait_for_vacancy(revision, lease_id, &mut lease).await.is_err() {
                         return;
                     }
                 }
+                Ok(Campaign::Vacant) => {}
                 Err(error) => {
                     tracing::debug!(error = describe(&error), "campaign failed; retrying");
                     sleep(backoff).await;
@@ -148,9 +159,8 @@ impl<S: Store> Candidate<S> {
         timeout(limit, call).await.unwrap_or(Err(StoreError::Timeout(limit)))
     }
 
-    /// `Ok(Ok(election revision))` if elected (or already elected under
-    /// this lease), `Ok(Err(revision read))` if another node leads.
-    async fn campaign(&self, lease_id: i64) -> Result<Result<i64, i64>, StoreError> {
+    /// Tries to become the coordinator under `lease_id`.
+    async fn campaign(&self, lease_id: i64) -> Result<Campaign, StoreError> {
         let key = self.keys.coordinator();
         let txn = Txn {
             compares: vec![Compare::absent(&key)],
@@ -159,14 +169,13 @@ impl<S: Store> Candidate<S> {
         };
         let outcome = self.call(self.store.txn(txn)).await?;
         if outcome.succeeded {
-            return Ok(Ok(outcome.revision));
+            return Ok(Campaign::Elected(outcome.revision));
         }
         let (current, revision) = self.call(self.store.get(&key)).await?;
         match current {
-            Some(kv) if kv.lease_id == lease_id => Ok(Ok(kv.create_revision)),
-            // Deleted in between: campaign again at once.
-            None => Ok(Err(revision - 1)),
-            Some(_) => Ok(Err(revision)),
+            Some(kv) if kv.lease_id == lease_id => Ok(Campaign::Elected(kv.create_revision)),
+            Some(_) => Ok(Campaign::Follower(revision)),
+            None => Ok(Campaign::Vacant),
         }
     }
 
@@ -228,17 +237,26 @@ impl<S: Store> Candidate<S> {
                     true
                 }
             };
-            tokio::select! {
-                changed = lease.changed() => {
-                    if changed.is_err() {
-                        return Stop::Closed;
+            // Renewals change the lease state every keepalive; only a new
+            // member list, a lost lease or a retry calls for another round.
+            loop {
+                tokio::select! {
+                    changed = lease.changed() => {
+                        if changed.is_err() {
+                            return Stop::Closed;
+                        }
+                        if !matches!(*lease.borrow(), LeaseState::Held { lease_id: id, .. } if id == lease_id) {
+                            return Stop::Deposed;
+                        }
                     }
-                    if !matches!(*lease.borrow(), LeaseState::Held { lease_id: id, .. } if id == lease_id) {
-                        return Stop::Deposed;
+                    changed = members.changed() => {
+                        if changed.is_err() {
+                            return Stop::Closed;
+                        }
+                        break;
                     }
+                    () = sleep(backoff), if retry => break,
                 }
-                changed = members.changed() => if changed.is_err() { return Stop::Closed },
-                () = sleep(backoff), if retry => {}
             }
         }
     }

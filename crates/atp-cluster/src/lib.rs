@@ -51,7 +51,7 @@ pub use assignment::{
     Assignment, AssignmentError, ClusterKeys, SHARD_COUNT, rendezvous, rendezvous_owner,
     rendezvous_score,
 };
-pub use claims::{Claims, Ownership, ShardState};
+pub use claims::{Claims, Ownership, OwnershipView, ShardState};
 pub use coordinator::{Clock, Coordinator, system_clock};
 pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};
 pub use membership::{

@@ -96,7 +96,7 @@ impl<S: Store> Node<S> {
     }
 
     fn serving(&self) -> BTreeMap<u32, i64> {
-        self.claims.ownership().borrow().serving_at(Instant::now())
+        self.claims.view().serving_at(Instant::now())
     }
 }
 
