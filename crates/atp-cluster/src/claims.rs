@@ -18,6 +18,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::assignment::{ClusterKeys, SHARD_COUNT};
 use crate::membership::{LeaseState, MembershipConfig, MembershipError, ms};
+use crate::ownership::{Ownership, OwnershipView, ShardState};
 use crate::shard_map::{ShardMap, watch_shard_map};
 use crate::store::{Compare, MAX_TXN_OPS, Store, StoreError, Txn, TxnOp, describe};
 
@@ -26,130 +27,13 @@ use crate::store::{Compare, MAX_TXN_OPS, Store, StoreError, Txn, TxnOp, describe
 const CLAIMS_PER_TXN: usize = 64;
 const _: () = assert!(CLAIMS_PER_TXN < MAX_TXN_OPS);
 
-/// What this node may do with one shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ShardState {
-    /// It holds the shard's claim: serve, stamping `epoch` on every log
-    /// record and reply (while the lease deadline has not passed: see
-    /// [`Ownership::state_at`]).
-    Serving {
-        /// The claim's create revision.
-        epoch: i64,
-    },
-    /// The shard is assigned here but not (or not yet again) confirmed as
-    /// held: the lease is lost or its deadline passed, the shard map is not
-    /// confirmed since an etcd problem, or the claim is not made yet.
-    /// Refuse reads and writes with UNAVAILABLE.
-    FailingClosed,
-    /// Another node owns the shard (or is assigned it and has not claimed it).
-    NotOwned {
-        /// The claim's owner, else the assigned node, if known.
-        owner: Option<String>,
-        /// The claim's epoch, if claimed.
-        epoch: Option<i64>,
-    },
-}
-
-/// Every shard's state on this node, published as one value so a step-down
-/// covers every shard at once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ownership {
-    /// The lease deadline while held: a `Serving` shard counts as
-    /// `FailingClosed` from this instant.
-    pub deadline: Option<Instant>,
-    /// The lease the `Serving` shards are claimed under (0: none).
-    pub lease_id: i64,
-    /// One state per shard, in shard order.
-    pub shards: Vec<ShardState>,
-}
-
-impl Default for Ownership {
-    fn default() -> Self {
-        Self {
-            deadline: None,
-            lease_id: 0,
-            shards: vec![ShardState::FailingClosed; SHARD_COUNT as usize],
-        }
-    }
-}
-
-impl Ownership {
-    /// `shard`'s state at `now`: `Serving` only before the lease deadline.
-    pub fn state_at(&self, shard: u32, now: Instant) -> ShardState {
-        match &self.shards[shard as usize] {
-            ShardState::Serving { .. } if self.deadline.is_none_or(|deadline| now >= deadline) => {
-                ShardState::FailingClosed
-            }
-            state => state.clone(),
-        }
-    }
-
-    /// The shards served at `now`, with their epochs.
-    pub fn serving_at(&self, now: Instant) -> BTreeMap<u32, i64> {
-        if self.deadline.is_none_or(|deadline| now >= deadline) {
-            return BTreeMap::new();
-        }
-        let mut serving = BTreeMap::new();
-        for (shard, state) in (0..SHARD_COUNT).zip(&self.shards) {
-            if let ShardState::Serving { epoch } = state {
-                serving.insert(shard, *epoch);
-            }
-        }
-        serving
-    }
-}
-
-/// What the shard layer holds to decide, request by request, whether it may
-/// serve a shard: the published [`Ownership`] checked against the lease
-/// state *now*. The lease state turns `Lost` or `Idle` before the claims
-/// loop has stepped down (and before `leave` revokes the lease), so a view
-/// never serves in between. Cloning is cheap.
-#[derive(Clone, Debug)]
-pub struct OwnershipView {
-    ownership: watch::Receiver<Ownership>,
-    lease: watch::Receiver<LeaseState>,
-}
-
-impl OwnershipView {
-    /// `shard`'s state at `now`.
-    pub fn state_at(&self, shard: u32, now: Instant) -> ShardState {
-        let ownership = self.ownership.borrow();
-        if self.lease_matches(&ownership, now) {
-            ownership.state_at(shard, now)
-        } else {
-            match ownership.state_at(shard, now) {
-                ShardState::Serving { .. } => ShardState::FailingClosed,
-                state => state,
-            }
-        }
-    }
-
-    /// The shards served at `now`, with their epochs.
-    pub fn serving_at(&self, now: Instant) -> BTreeMap<u32, i64> {
-        let ownership = self.ownership.borrow();
-        if !self.lease_matches(&ownership, now) {
-            return BTreeMap::new();
-        }
-        ownership.serving_at(now)
-    }
-
-    /// The lease the published claims are held under (0: none).
-    pub fn lease_id(&self) -> i64 {
-        self.ownership.borrow().lease_id
-    }
-
-    fn lease_matches(&self, ownership: &Ownership, now: Instant) -> bool {
-        matches!(*self.lease.borrow(), LeaseState::Held { lease_id, deadline }
-            if lease_id == ownership.lease_id && now < deadline)
-    }
-}
-
 /// One node's claims component. Dropping it stops its tasks (the claims stay
 /// until the lease goes).
 pub struct Claims {
     ownership: watch::Sender<Ownership>,
     shard_map: watch::Sender<ShardMap>,
     lease: watch::Receiver<LeaseState>,
+    node_id: String,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -165,6 +49,7 @@ impl Claims {
         config.validate()?;
         let (shard_map, _) = watch::channel(ShardMap::default());
         let (ownership, _) = watch::channel(Ownership::default());
+        let node_id = config.node_id.clone();
         let map_task =
             tokio::spawn(watch_shard_map(store.clone(), config.clone(), shard_map.clone()));
         let claim_task = tokio::spawn(keep_claims(
@@ -174,12 +59,12 @@ impl Claims {
             shard_map.subscribe(),
             ownership.clone(),
         ));
-        Ok(Self { ownership, shard_map, lease, tasks: [map_task, claim_task] })
+        Ok(Self { ownership, shard_map, lease, node_id, tasks: [map_task, claim_task] })
     }
 
     /// The handle to decide on requests with (see [`OwnershipView`]).
     pub fn view(&self) -> OwnershipView {
-        OwnershipView { ownership: self.ownership.subscribe(), lease: self.lease.clone() }
+        OwnershipView::new(self.ownership.subscribe(), self.lease.clone(), self.node_id.clone())
     }
 
     /// This node's state of every shard, as the claims loop last published

@@ -41,6 +41,7 @@ mod member_watch;
 mod membership;
 #[cfg(feature = "testing")]
 pub mod memory;
+mod ownership;
 mod reassign;
 mod shard_map;
 pub mod store;
@@ -51,12 +52,13 @@ pub use assignment::{
     Assignment, AssignmentError, ClusterKeys, SHARD_COUNT, rendezvous, rendezvous_owner,
     rendezvous_score,
 };
-pub use claims::{Claims, Ownership, OwnershipView, ShardState};
+pub use claims::Claims;
 pub use coordinator::{Clock, Coordinator, system_clock};
 pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};
 pub use membership::{
     LeaseState, LostReason, Member, Members, Membership, MembershipConfig, MembershipError,
 };
+pub use ownership::{Ownership, OwnershipView, Refusal, ShardState};
 pub use reassign::{ReassignError, ReassignRequest, ReassignTarget, Reassigned, reassign};
 pub use shard_map::{Claim, ShardMap};
 pub use store::{Store, StoreError};
