@@ -105,43 +105,65 @@ async fn keep_claims<S: Store>(
     let backoff = ms(config.retry_backoff_ms);
     let mut held = Held { lease_id: 0, epochs: BTreeMap::new() };
     let mut retry_at: Option<Instant> = None;
+    // The inputs of the last full round (lease, map revision, confirmed,
+    // reads) and whether it left shards to claim: a renewal that changes
+    // nothing else only moves the deadline.
+    let mut last_round: Option<(i64, i64, bool, u64)> = None;
+    let mut to_claim: Vec<u32> = Vec::new();
     loop {
         let lease_now = lease.borrow_and_update().clone();
-        let map_now = map.borrow_and_update().clone();
+        let map_now = {
+            let map_now = map.borrow_and_update();
+            (map_now.revision, map_now.confirmed, map_now.reads)
+        };
         let now = Instant::now();
         let usable = match lease_now {
             LeaseState::Held { lease_id, deadline } if now < deadline => Some((lease_id, deadline)),
             _ => None,
         };
         let lease_id = usable.map_or(0, |(lease_id, _)| lease_id);
-        if held.lease_id != lease_id {
-            if !held.epochs.is_empty() {
-                tracing::warn!(
-                    shards = held.epochs.len(),
-                    lease_id = held.lease_id,
-                    "lease gone: stepping down from every shard"
-                );
-            }
-            held = Held { lease_id, epochs: BTreeMap::new() };
-        }
-        let to_claim = reconcile(&config.node_id, &map_now, &mut held);
-        ownership.send_replace(publish(&config.node_id, usable, &map_now, &held));
-
-        let due = retry_at.is_none_or(|at| at <= now);
-        if usable.is_some() && map_now.confirmed && !to_claim.is_empty() && due {
-            match claim(&store, &config, &keys, &map_now, lease_id, &to_claim).await {
-                Ok((claimed, refused)) => {
-                    held.epochs.extend(claimed);
-                    // Refused: a claim exists or the assignment changed, which
-                    // the map will show; until then, wait (or retry later).
-                    retry_at = refused.then(|| Instant::now() + backoff);
-                    if !refused {
-                        continue;
-                    }
+        let round = (lease_id, map_now.0, map_now.1, map_now.2);
+        if last_round == Some(round) && to_claim.is_empty() {
+            ownership.send_modify(|ownership| {
+                ownership.deadline = usable.map(|(_, deadline)| deadline);
+            });
+        } else {
+            let map_now = map.borrow().clone();
+            if held.lease_id != lease_id {
+                if !held.epochs.is_empty() {
+                    tracing::warn!(
+                        shards = held.epochs.len(),
+                        lease_id = held.lease_id,
+                        "lease gone: stepping down from every shard"
+                    );
                 }
-                Err(error) => {
-                    tracing::debug!(error = describe(&error), "claiming shards failed; retrying");
-                    retry_at = Some(Instant::now() + backoff);
+                held = Held { lease_id, epochs: BTreeMap::new() };
+            }
+            to_claim = reconcile(&config.node_id, &map_now, &mut held);
+            ownership.send_replace(publish(&config.node_id, usable, &map_now, &held));
+            last_round = Some(round);
+
+            let due = retry_at.is_none_or(|at| at <= now);
+            if usable.is_some() && map_now.confirmed && !to_claim.is_empty() && due {
+                match claim(&store, &config, &keys, &map_now, lease_id, &to_claim).await {
+                    Ok((claimed, refused)) => {
+                        held.epochs.extend(claimed);
+                        // Refused: a claim exists or the assignment changed,
+                        // which the map will show; until then, wait (or
+                        // retry later).
+                        retry_at = refused.then(|| Instant::now() + backoff);
+                        if !refused {
+                            last_round = None;
+                            continue;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(
+                            error = describe(&error),
+                            "claiming shards failed; retrying"
+                        );
+                        retry_at = Some(Instant::now() + backoff);
+                    }
                 }
             }
         }
