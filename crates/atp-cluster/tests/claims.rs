@@ -302,6 +302,49 @@ async fn a_new_coordinator_keeps_the_table(fixture: impl Fixture) {
     assert_eq!(Assignment::decode(&after.value).expect("decodes"), *table);
 }
 
+on_both_stores!(a_crashed_coordinators_shards_wait_for_it_to_come_back);
+/// A crash (tasks gone, no revoke): the lease expires on its own, another
+/// node becomes coordinator, nobody claims the crashed node's shards, and
+/// the node restarted under the same id claims them again.
+async fn a_crashed_coordinators_shards_wait_for_it_to_come_back(fixture: impl Fixture) {
+    let clock = TestClock::new();
+    let mut nodes = start_three(&fixture, config, &clock).await;
+    let table = table_of(&nodes[0]).await;
+    let mut epochs = BTreeMap::new();
+    for node in &nodes {
+        epochs.insert(node.name, serving_its_shards(node, &table).await);
+    }
+    let leader = nodes.iter().position(Node::leading).expect("a coordinator");
+    let crashed = nodes.remove(leader);
+    let name = crashed.name;
+    drop(crashed);
+
+    atp_cluster::testing::wait_for("another coordinator", WAIT, || {
+        nodes.iter().filter(|node| node.leading()).count() == 1
+    })
+    .await;
+    let store = fixture.store().await;
+    let mark = ClusterKeys::new("test").down(name);
+    eventually("the crashed node marked down", || async {
+        store.get(&mark).await.expect("get").0.is_some()
+    })
+    .await;
+    let claims = stored_claims(&store).await;
+    for shard in epochs[name].keys() {
+        assert_eq!(claims.get(shard), None, "shard {shard} claimed while {name} is down");
+    }
+    for node in &nodes {
+        assert_eq!(node.serving(), epochs[node.name], "{} kept its shards", node.name);
+    }
+
+    let restarted = Node::start(fixture.store().await, name, config(name), clock.clock());
+    restarted.member.join().await.expect("join again");
+    let again = serving_its_shards(&restarted, &table).await;
+    let newest_old = epochs.values().flat_map(BTreeMap::values).max().expect("epochs");
+    assert!(again.values().all(|epoch| epoch > newest_old), "new epochs");
+    assert!(!restarted.leading(), "the coordinator stays where it moved");
+}
+
 on_both_stores!(a_lost_lease_drops_every_shard_at_once_and_a_rejoin_reclaims_them);
 async fn a_lost_lease_drops_every_shard_at_once_and_a_rejoin_reclaims_them(fixture: impl Fixture) {
     let clock = TestClock::new();
@@ -482,19 +525,28 @@ async fn reassign_moves_a_dead_nodes_shards_only_with_accept_loss_after_the_grac
         .expect_err("a is alive");
     assert!(matches!(refused, ReassignError::NodeAlive(_)), "{refused:?}");
 
-    let done = reassign(&store, &request(c(), true)).await.expect("reassign c's shards");
-    assert_eq!(done.moves.keys().copied().collect::<BTreeSet<_>>(), c_shards);
+    let first = *c_shards.first().expect("c has shards");
+    let one = reassign(&store, &request(ReassignTarget::Shard(first), true))
+        .await
+        .expect("reassign one of c's shards");
+    assert_eq!(one.moves.keys().copied().collect::<Vec<_>>(), [first]);
+    assert!(store.get(&mark).await.expect("get").0.is_some(), "c still has shards");
+
+    let done = reassign(&store, &request(c(), true)).await.expect("reassign c's other shards");
+    let rest: BTreeSet<u32> = c_shards.iter().copied().filter(|shard| *shard != first).collect();
+    assert_eq!(done.moves.keys().copied().collect::<BTreeSet<_>>(), rest);
     assert!(done.moves.values().all(|(from, to)| from == "c" && (to == "a" || to == "b")));
     let (audit, _) = store.get(&done.audit_key).await.expect("get");
     let audit = String::from_utf8(audit.expect("an audit entry").value).expect("utf-8");
     for line in ["operator=alice", "dead_node=c", "target=node c", "grace_ms=60000"] {
         assert!(audit.lines().any(|entry| entry == line), "{line} missing from {audit}");
     }
-    assert_eq!(audit.lines().filter(|line| line.starts_with("moved=")).count(), c_shards.len());
+    assert_eq!(audit.lines().filter(|line| line.starts_with("moved=")).count(), rest.len());
+    assert_ne!(one.audit_key, done.audit_key, "one audit entry per reassignment");
     assert!(store.get(&mark).await.expect("get").0.is_none(), "the mark went with the shards");
 
     let mut new_table = (*table).clone();
-    for (shard, (_, to)) in &done.moves {
+    for (shard, (_, to)) in one.moves.iter().chain(&done.moves) {
         new_table.set_owner(*shard, to.clone());
     }
     assert_eq!(*table_of_revision(&nodes[0], done.revision).await, new_table);
@@ -503,7 +555,7 @@ async fn reassign_moves_a_dead_nodes_shards_only_with_accept_loss_after_the_grac
     assert_eq!(a.len() + b.len(), SHARD_COUNT as usize);
     for shard in &c_shards {
         let epoch = a.get(shard).or(b.get(shard)).expect("served");
-        assert!(*epoch > done.revision, "claimed after the move, under a new epoch");
+        assert!(*epoch > one.revision, "claimed after the move, under a new epoch");
     }
     let again = reassign(&store, &request(c(), true)).await.expect_err("nothing left");
     assert!(matches!(again, ReassignError::NoShards(_)), "{again:?}");
