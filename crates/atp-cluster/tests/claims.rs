@@ -559,6 +559,20 @@ async fn reassign_moves_a_dead_nodes_shards_only_with_accept_loss_after_the_grac
     }
     let again = reassign(&store, &request(c(), true)).await.expect_err("nothing left");
     assert!(matches!(again, ReassignError::NoShards(_)), "{again:?}");
+
+    // c comes back: it is assigned nothing and serves nothing; a and b keep all.
+    nodes[2].member.join().await.expect("c joins again");
+    let seen = until(&mut nodes[2].claims.ownership(), "c to see the new owners", |ownership| {
+        ownership.lease_id != 0
+            && c_shards.iter().all(|shard| {
+                matches!(&ownership.shards[*shard as usize],
+                    ShardState::NotOwned { owner: Some(owner), epoch: Some(_) } if owner != "c")
+            })
+    })
+    .await;
+    assert!(seen.serving_at(Instant::now()).is_empty());
+    assert_eq!(nodes[0].serving(), a);
+    assert_eq!(nodes[1].serving(), b);
 }
 
 async fn table_of_revision<S: Store>(node: &Node<S>, revision: i64) -> Arc<Assignment> {
