@@ -218,6 +218,12 @@ fn reconcile(node: &str, map: &ShardMap, held: &mut Held) -> Vec<u32> {
 
 /// Every shard's state from the lease, the map and the claims held.
 fn publish(node: &str, usable: Option<(i64, Instant)>, map: &ShardMap, held: &Held) -> Ownership {
+    let deadline = usable.map(|(_, deadline)| deadline);
+    let lease_id = usable.map_or(0, |(lease_id, _)| lease_id);
+    if map.reads == 0 {
+        // Nothing known yet: not even which shards are elsewhere.
+        return Ownership { deadline, lease_id, ..Ownership::default() };
+    }
     let serving = usable.is_some() && map.confirmed;
     let shards = (0..SHARD_COUNT)
         .map(|shard| {
@@ -227,26 +233,21 @@ fn publish(node: &str, usable: Option<(i64, Instant)>, map: &ShardMap, held: &He
                 return ShardState::Serving { epoch: *epoch };
             }
             match claim {
-                Some(claim) if claim.node != node || claim.lease_id != held.lease_id => {
-                    ShardState::NotOwned {
-                        owner: Some(claim.node.clone()),
-                        epoch: Some(claim.epoch),
-                    }
-                }
-                _ if assigned == Some(node) => ShardState::FailingClosed,
-                Some(claim) => ShardState::NotOwned {
+                Some(claim) if claim.node != node => ShardState::NotOwned {
                     owner: Some(claim.node.clone()),
                     epoch: Some(claim.epoch),
                 },
+                // A claim of this node's id it does not serve: under an old
+                // lease (a restarted process, a revoke that failed) that
+                // must expire first, or not confirmed yet. Nobody else may
+                // serve the shard meanwhile, so: unavailable, not elsewhere.
+                Some(_) => ShardState::FailingClosed,
+                None if assigned == Some(node) => ShardState::FailingClosed,
                 None => ShardState::NotOwned { owner: assigned.map(str::to_owned), epoch: None },
             }
         })
         .collect();
-    Ownership {
-        deadline: usable.map(|(_, deadline)| deadline),
-        lease_id: usable.map_or(0, |(lease_id, _)| lease_id),
-        shards,
-    }
+    Ownership { deadline, lease_id, revision: map.revision, shards }
 }
 
 /// Claims `shards` under `lease_id`, [`CLAIMS_PER_TXN`] at a time, each

@@ -71,6 +71,9 @@ pub struct Ownership {
     pub deadline: Option<Instant>,
     /// The lease the `Serving` shards are claimed under (0: none).
     pub lease_id: i64,
+    /// The shard map revision the states were computed from (0: the map
+    /// was never read; every shard is then `FailingClosed`).
+    pub revision: i64,
     /// One state per shard, in shard order.
     pub shards: Vec<ShardState>,
 }
@@ -80,6 +83,7 @@ impl Default for Ownership {
         Self {
             deadline: None,
             lease_id: 0,
+            revision: 0,
             shards: vec![ShardState::FailingClosed; SHARD_COUNT as usize],
         }
     }

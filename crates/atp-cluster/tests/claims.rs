@@ -345,6 +345,43 @@ async fn a_crashed_coordinators_shards_wait_for_it_to_come_back(fixture: impl Fi
     assert!(!restarted.leading(), "the coordinator stays where it moved");
 }
 
+on_both_stores!(a_node_restarted_within_its_old_lease_waits_for_its_old_claims);
+/// A process restarted at once (new lease) finds its claims still bound to
+/// the old lease: it fails closed on its shards (it is not elsewhere) until
+/// the old lease expires, then claims them under new epochs.
+async fn a_node_restarted_within_its_old_lease_waits_for_its_old_claims(fixture: impl Fixture) {
+    let clock = TestClock::new();
+    let mut nodes = start_three(&fixture, config, &clock).await;
+    let table = table_of(&nodes[0]).await;
+    let before = serving_its_shards(&nodes[1], &table).await;
+    let old_lease = nodes[1].lease_id();
+    drop(nodes.remove(1));
+
+    let restarted = Node::start(fixture.store().await, "b", config("b"), clock.clock());
+    restarted.member.join().await.expect("join again");
+    let mut map = restarted.claims.shard_map();
+    let read_at = until(&mut map, "b to read the map", |map| map.reads > 0).await.revision;
+    let mut ownership = restarted.claims.ownership();
+    let waiting = until(&mut ownership, "b's states from that map", |ownership| {
+        ownership.lease_id != 0 && ownership.lease_id != old_lease && ownership.revision >= read_at
+    })
+    .await;
+    let store = fixture.store().await;
+    let claims = stored_claims(&store).await;
+    let mut waited_on = 0;
+    for shard in before.keys() {
+        if claims.get(shard).is_some_and(|(_, _, lease)| *lease == old_lease) {
+            waited_on += 1;
+            assert_eq!(waiting.shards[*shard as usize], ShardState::FailingClosed);
+            assert!(!waiting.serving_at(Instant::now()).contains_key(shard));
+        }
+    }
+    assert!(waited_on > 0, "the old lease expired before the check: nothing was checked");
+    let after = serving_its_shards(&restarted, &table).await;
+    let newest_old = before.values().max().expect("b had shards");
+    assert!(after.values().all(|epoch| epoch > newest_old), "new epochs");
+}
+
 on_both_stores!(a_lost_lease_drops_every_shard_at_once_and_a_rejoin_reclaims_them);
 async fn a_lost_lease_drops_every_shard_at_once_and_a_rejoin_reclaims_them(fixture: impl Fixture) {
     let clock = TestClock::new();
