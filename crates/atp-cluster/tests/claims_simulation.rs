@@ -1,12 +1,13 @@
 //! Seeded simulation of claims on the in-memory etcd with paused time: three
 //! nodes (membership, claims, coordinator candidacy each), random etcd
 //! pauses and restarts, partitions of single nodes, slow keepalive answers,
-//! leases revoked behind a node's back, broken shard watches, joins and
-//! leaves. Checked at every ownership change and every 250 ms of simulated
-//! time: a shard a node serves with epoch `e` is, in etcd at that instant,
-//! claimed by that node under its current lease with create revision `e` — so no two nodes serve one shard, and no node serves
-//! under an epoch that is gone. At the end, with faults over and every node
-//! back, every shard is served by the node the table assigns it to. A
+//! broken shard watches, joins and leaves. Checked at every ownership
+//! change and every 250 ms of simulated time: a shard a node serves with
+//! epoch `e` is, in etcd at that instant, claimed by that node under its
+//! current lease with create revision `e` (so no two nodes serve one shard,
+//! and no node serves under an epoch that is gone), and at most one node
+//! believes it is the coordinator. At the end, with faults over and every
+//! node back, every shard is served by the node the table assigns it to. A
 //! failure names its seed.
 
 use std::collections::BTreeMap;
@@ -59,7 +60,7 @@ fn config(node: &str) -> MembershipConfig {
 struct Node {
     member: Member<Faulty<MemoryEtcd>>,
     claims: Claims,
-    _coordinator: Coordinator,
+    coordinator: Coordinator,
 }
 
 #[tokio::test(start_paused = true)]
@@ -88,7 +89,7 @@ async fn run(seed: u64) {
                 member.members(),
             )
             .expect("valid config");
-            Node { member, claims, _coordinator: coordinator }
+            Node { member, claims, coordinator }
         })
         .collect();
     for node in &nodes {
@@ -100,6 +101,7 @@ async fn run(seed: u64) {
         seed,
         etcd.clone(),
         nodes.iter().map(|node| (node.claims.view(), node.claims.ownership())).collect(),
+        nodes.iter().map(|node| node.coordinator.leading()).collect(),
     ));
     let mut random = Random::new(seed);
     let trace = std::env::var_os("ATP_SIM_TRACE").is_some();
@@ -195,10 +197,17 @@ async fn wait_until_all_served(seed: u64, nodes: &[Node], when: &str) {
 
 /// Fails (panics in its task, surfaced at the end) the moment a node
 /// serves a shard whose claim in etcd is not its own (its node id, bound
-/// to its current lease) under that epoch. Checks a node whenever its ownership is published, and every node every
+/// to its current lease) under that epoch. Checks a node whenever its
+/// ownership is published, and every node every
 /// [`CHECK_INTERVAL`] (a claim can vanish between publications only with the
-/// node's lease, whose deadline passed first).
-async fn check_claims(seed: u64, etcd: MemoryEtcd, nodes: Vec<(OwnershipView, Receiver)>) {
+/// node's lease, whose deadline passed first). Also: at most one node
+/// believes it is the coordinator.
+async fn check_claims(
+    seed: u64,
+    etcd: MemoryEtcd,
+    nodes: Vec<(OwnershipView, Receiver)>,
+    leading: Vec<watch::Receiver<bool>>,
+) {
     let keys = ClusterKeys::new("sim");
     let claim_keys: Vec<String> = (0..SHARD_COUNT).map(|shard| keys.claim(shard)).collect();
     let (views, mut changes): (Vec<OwnershipView>, Vec<Receiver>) = nodes.into_iter().unzip();
@@ -215,6 +224,8 @@ async fn check_claims(seed: u64, etcd: MemoryEtcd, nodes: Vec<(OwnershipView, Re
                 vec![0, 1, 2]
             }
         };
+        let leaders = leading.iter().filter(|leading| *leading.borrow()).count();
+        assert!(leaders <= 1, "seed {seed}: {leaders} coordinators (check {checked})");
         let now = Instant::now();
         let serving: Vec<BTreeMap<u32, i64>> =
             views.iter().map(|view| view.serving_at(now)).collect();
