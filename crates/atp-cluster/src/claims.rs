@@ -145,7 +145,20 @@ async fn keep_claims<S: Store>(
 
             let due = retry_at.is_none_or(|at| at <= now);
             if usable.is_some() && map_now.confirmed && !to_claim.is_empty() && due {
-                match claim(&store, &config, &keys, &map_now, lease_id, &to_claim).await {
+                // A lost lease must not wait behind claims hanging on an
+                // unreachable etcd: the step-down is published at once.
+                let mut watched = lease.clone();
+                let lease_changed = watched.wait_for(|state| {
+                    !matches!(state, LeaseState::Held { lease_id: id, .. } if *id == lease_id)
+                });
+                let attempt = tokio::select! {
+                    attempt = claim(&store, &config, &keys, &map_now, lease_id, &to_claim) => attempt,
+                    _ = lease_changed => {
+                        last_round = None;
+                        continue;
+                    }
+                };
+                match attempt {
                     Ok((claimed, refused)) => {
                         held.epochs.extend(claimed);
                         // Refused: a claim exists or the assignment changed,
