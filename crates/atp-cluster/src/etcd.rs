@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, PutOptions, WatchOptions,
-    WatchStream,
+    Client, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, PutOptions,
+    WatchOptions, WatchStream,
 };
 
 use crate::store::{
-    Keeper, KeyValue, Lease, Snapshot, Store, StoreError, Watch, WatchEvent, ttl_seconds,
+    Compare, CompareTarget, Keeper, KeyValue, Lease, MAX_TXN_OPS, Snapshot, Store, StoreError, Txn,
+    TxnOp, TxnOutcome, Watch, WatchEvent, ttl_seconds,
 };
 
 /// HTTP/2 pings on the connection, so a silently dead one (half-open TCP)
@@ -65,6 +66,56 @@ fn lease_not_found(error: &etcd_client::Error) -> bool {
         if status.message().contains("lease not found"))
 }
 
+fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease_id: kv.lease(),
+    }
+}
+
+fn etcd_compare(compare: Compare) -> etcd_client::Compare {
+    let key = compare.key.into_bytes();
+    match compare.target {
+        CompareTarget::Absent => etcd_client::Compare::version(key, CompareOp::Equal, 0),
+        CompareTarget::CreateRevision(revision) => {
+            etcd_client::Compare::create_revision(key, CompareOp::Equal, revision)
+        }
+        CompareTarget::ModRevision(revision) => {
+            etcd_client::Compare::mod_revision(key, CompareOp::Equal, revision)
+        }
+        CompareTarget::Version(version) => {
+            etcd_client::Compare::version(key, CompareOp::Equal, version)
+        }
+        CompareTarget::Value(value) => etcd_client::Compare::value(key, CompareOp::Equal, value),
+    }
+}
+
+fn etcd_op(op: TxnOp) -> etcd_client::TxnOp {
+    match op {
+        TxnOp::Put { key, value, lease_id } => {
+            let options = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
+            etcd_client::TxnOp::put(key, value, options)
+        }
+        TxnOp::Delete { key } => etcd_client::TxnOp::delete(key, None),
+    }
+}
+
+/// The lease a transaction puts to, for a `LeaseNotFound` error (etcd does
+/// not say which).
+fn first_lease(txn: &Txn) -> i64 {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .find_map(|op| match op {
+            TxnOp::Put { lease_id, .. } if *lease_id != 0 => Some(*lease_id),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 impl Store for EtcdStore {
     type Keeper = EtcdKeeper;
     type Watch = EtcdWatch;
@@ -92,16 +143,40 @@ impl Store for EtcdStore {
         }
     }
 
+    async fn get(&self, key: &str) -> Result<(Option<KeyValue>, i64), StoreError> {
+        let response = self.client().get(key, None).await?;
+        let kv = response.kvs().first().map(key_value);
+        Ok((kv, header_revision(response.header())))
+    }
+
+    async fn delete(&self, key: &str) -> Result<i64, StoreError> {
+        let response = self.client().delete(key, None).await?;
+        Ok(header_revision(response.header()))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let largest = txn.compares.len().max(txn.success.len()).max(txn.failure.len());
+        if largest > MAX_TXN_OPS {
+            return Err(StoreError::TxnTooLarge(largest));
+        }
+        let lease_id = first_lease(&txn);
+        let request = etcd_client::Txn::new()
+            .when(txn.compares.into_iter().map(etcd_compare).collect::<Vec<_>>())
+            .and_then(txn.success.into_iter().map(etcd_op).collect::<Vec<_>>())
+            .or_else(txn.failure.into_iter().map(etcd_op).collect::<Vec<_>>());
+        match self.client().txn(request).await {
+            Ok(response) => Ok(TxnOutcome {
+                succeeded: response.succeeded(),
+                revision: header_revision(response.header()),
+            }),
+            Err(error) if lease_not_found(&error) => Err(StoreError::LeaseNotFound(lease_id)),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
         let response = self.client().get(prefix, Some(GetOptions::new().with_prefix())).await?;
-        let mut kvs = Vec::with_capacity(response.kvs().len());
-        for kv in response.kvs() {
-            kvs.push(KeyValue {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                value: kv.value().to_vec(),
-                mod_revision: kv.mod_revision(),
-            });
-        }
+        let kvs = response.kvs().iter().map(key_value).collect();
         Ok(Snapshot { revision: header_revision(response.header()), kvs })
     }
 
@@ -182,14 +257,16 @@ impl Watch for EtcdWatch {
             let mut events = Vec::with_capacity(response.events().len());
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                let value = match event.event_type() {
-                    EventType::Put => Some(kv.value().to_vec()),
-                    EventType::Delete => None,
+                let (value, create_revision, lease_id) = match event.event_type() {
+                    EventType::Put => (Some(kv.value().to_vec()), kv.create_revision(), kv.lease()),
+                    EventType::Delete => (None, 0, 0),
                 };
                 events.push(WatchEvent {
                     revision: kv.mod_revision(),
                     key: String::from_utf8_lossy(kv.key()).into_owned(),
                     value,
+                    create_revision,
+                    lease_id,
                 });
             }
             return Ok(events);

@@ -1,7 +1,9 @@
 //! An in-memory etcd for tests and simulation (feature `testing`).
 //!
-//! It keeps what membership depends on the way etcd 3.4 does: one revision
-//! counter bumped by every change; keys bound to leases; a lease expiring or
+//! It keeps what membership and claims depend on the way etcd 3.4 does: one
+//! revision counter bumped by every change (a transaction's writes share
+//! one); create and mod revisions and versions of keys; equality compares
+//! as etcd evaluates them on absent keys; keys bound to leases; a lease expiring or
 //! revoked deletes its keys in one revision; watches replay history from a
 //! start revision and fail with `Compacted` below the compaction revision;
 //! TTLs in whole seconds. Time is tokio's, so paused time drives expiry.
@@ -21,7 +23,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use crate::store::{
-    Keeper, KeyValue, Lease, Snapshot, Store, StoreError, Watch, WatchEvent, ttl_seconds,
+    Compare, CompareTarget, Keeper, KeyValue, Lease, MAX_TXN_OPS, Snapshot, Store, StoreError, Txn,
+    TxnOp, TxnOutcome, Watch, WatchEvent, ttl_seconds,
 };
 
 /// An in-memory etcd. Cloning shares it (like clients of one server).
@@ -54,7 +57,26 @@ struct State {
 struct Entry {
     value: Vec<u8>,
     lease_id: i64,
+    create_revision: i64,
     mod_revision: i64,
+    version: i64,
+}
+
+impl Entry {
+    /// A value to write; the revisions are set when it is committed.
+    fn new(value: Vec<u8>, lease_id: i64) -> Self {
+        Self { value, lease_id, create_revision: 0, mod_revision: 0, version: 0 }
+    }
+
+    fn key_value(&self, key: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: self.value.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            lease_id: self.lease_id,
+        }
+    }
 }
 
 struct LeaseEntry {
@@ -129,6 +151,12 @@ impl MemoryEtcd {
         self.state().revision
     }
 
+    /// One key as stored, read without waiting (also while paused): for
+    /// checkers that look at the store's truth.
+    pub fn peek(&self, key: &str) -> Option<KeyValue> {
+        self.state().kv.get(key).map(|entry| entry.key_value(key))
+    }
+
     /// Whether the lease exists.
     pub fn lease_exists(&self, lease_id: i64) -> bool {
         self.state().leases.contains_key(&lease_id)
@@ -142,8 +170,13 @@ impl Default for MemoryEtcd {
 }
 
 impl State {
-    /// Applies one revision's changes and tells the watchers.
+    /// Applies one revision's changes and tells the watchers. Deletes of
+    /// absent keys change nothing (as in etcd).
     fn commit(&mut self, changes: Vec<(String, Option<Entry>)>) -> i64 {
+        let changes: Vec<(String, Option<Entry>)> = changes
+            .into_iter()
+            .filter(|(key, entry)| entry.is_some() || self.kv.contains_key(key))
+            .collect();
         if changes.is_empty() {
             return self.revision;
         }
@@ -151,16 +184,29 @@ impl State {
         let revision = self.revision;
         let mut events = Vec::with_capacity(changes.len());
         for (key, entry) in changes {
-            let value = entry.as_ref().map(|entry| entry.value.clone());
-            match entry {
+            let event = match entry {
                 Some(entry) => {
-                    self.kv.insert(key.clone(), Entry { mod_revision: revision, ..entry });
+                    let (create_revision, version) = match self.kv.get(&key) {
+                        Some(old) => (old.create_revision, old.version + 1),
+                        None => (revision, 1),
+                    };
+                    let event = WatchEvent {
+                        revision,
+                        key: key.clone(),
+                        value: Some(entry.value.clone()),
+                        create_revision,
+                        lease_id: entry.lease_id,
+                    };
+                    let entry = Entry { create_revision, mod_revision: revision, version, ..entry };
+                    self.kv.insert(key, entry);
+                    event
                 }
                 None => {
                     self.kv.remove(&key);
+                    WatchEvent { revision, key, value: None, create_revision: 0, lease_id: 0 }
                 }
-            }
-            events.push(WatchEvent { revision, key, value });
+            };
+            events.push(event);
         }
         self.watchers.retain(|watcher| {
             let matching: Vec<WatchEvent> = events
@@ -172,6 +218,23 @@ impl State {
         });
         self.history.extend(events);
         revision
+    }
+
+    /// Whether `compare` holds, as etcd evaluates it: an absent key has
+    /// version, create and mod revision 0 and no value.
+    fn holds(&self, compare: &Compare) -> bool {
+        let entry = self.kv.get(&compare.key);
+        match &compare.target {
+            CompareTarget::Absent => entry.is_none(),
+            CompareTarget::CreateRevision(revision) => {
+                entry.map_or(0, |entry| entry.create_revision) == *revision
+            }
+            CompareTarget::ModRevision(revision) => {
+                entry.map_or(0, |entry| entry.mod_revision) == *revision
+            }
+            CompareTarget::Version(version) => entry.map_or(0, |entry| entry.version) == *version,
+            CompareTarget::Value(value) => entry.is_some_and(|entry| entry.value == *value),
+        }
     }
 
     /// Deletes the lease and its keys in one revision.
@@ -259,8 +322,44 @@ impl Store for MemoryEtcd {
         if lease_id != 0 && !state.leases.contains_key(&lease_id) {
             return Err(StoreError::LeaseNotFound(lease_id));
         }
-        let entry = Entry { value: value.to_vec(), lease_id, mod_revision: 0 };
+        let entry = Entry::new(value.to_vec(), lease_id);
         Ok(state.commit(vec![(key.to_owned(), Some(entry))]))
+    }
+
+    async fn get(&self, key: &str) -> Result<(Option<KeyValue>, i64), StoreError> {
+        self.running().await;
+        let state = self.state();
+        Ok((state.kv.get(key).map(|entry| entry.key_value(key)), state.revision))
+    }
+
+    async fn delete(&self, key: &str) -> Result<i64, StoreError> {
+        self.running().await;
+        Ok(self.state().commit(vec![(key.to_owned(), None)]))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        self.running().await;
+        let largest = txn.compares.len().max(txn.success.len()).max(txn.failure.len());
+        if largest > MAX_TXN_OPS {
+            return Err(StoreError::TxnTooLarge(largest));
+        }
+        let mut state = self.state();
+        let succeeded = txn.compares.iter().all(|compare| state.holds(compare));
+        let ops = if succeeded { txn.success } else { txn.failure };
+        let mut changes = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value, lease_id } => {
+                    if lease_id != 0 && !state.leases.contains_key(&lease_id) {
+                        return Err(StoreError::LeaseNotFound(lease_id));
+                    }
+                    changes.push((key, Some(Entry::new(value, lease_id))));
+                }
+                TxnOp::Delete { key } => changes.push((key, None)),
+            }
+        }
+        let revision = state.commit(changes);
+        Ok(TxnOutcome { succeeded, revision })
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
@@ -270,11 +369,7 @@ impl Store for MemoryEtcd {
             .kv
             .range(prefix.to_owned()..)
             .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, entry)| KeyValue {
-                key: key.clone(),
-                value: entry.value.clone(),
-                mod_revision: entry.mod_revision,
-            })
+            .map(|(key, entry)| entry.key_value(key))
             .collect();
         Ok(Snapshot { revision: state.revision, kvs })
     }

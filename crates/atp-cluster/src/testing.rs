@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::etcd::EtcdStore;
-use crate::store::{Keeper, Lease, Snapshot, Store, StoreError, Watch, WatchEvent};
+use crate::store::{
+    Keeper, KeyValue, Lease, Snapshot, Store, StoreError, Txn, TxnOutcome, Watch, WatchEvent,
+};
 
 /// How long etcd may take to start answering.
 pub const ETCD_STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -332,6 +334,24 @@ impl<S: Store> Store for Faulty<S> {
     async fn put(&self, key: &str, value: &[u8], lease_id: i64) -> Result<i64, StoreError> {
         self.faults.reachable().await;
         self.inner.put(key, value, lease_id).await
+    }
+
+    async fn get(&self, key: &str) -> Result<(Option<KeyValue>, i64), StoreError> {
+        self.faults.reachable().await;
+        self.inner.get(key).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<i64, StoreError> {
+        self.faults.reachable().await;
+        self.inner.delete(key).await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        self.faults.reachable().await;
+        let outcome = self.inner.txn(txn).await;
+        // An answer sent into a partition arrives only once it heals.
+        self.faults.reachable().await;
+        outcome
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {

@@ -6,87 +6,15 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
-use atp_cluster::memory::MemoryEtcd;
 use atp_cluster::store::{Store, StoreError, Watch, WatchEvent};
-use atp_cluster::testing::{EtcdProcess, Faulty};
-use atp_cluster::{
-    EtcdStore, LeaseState, LostReason, Member, Members, Membership, MembershipConfig,
-};
+use atp_cluster::testing::Faulty;
+use atp_cluster::{LeaseState, LostReason, Member, Members, Membership, MembershipConfig};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
-/// What a test body may do to "etcd".
-trait Fixture {
-    type S: Store;
-    /// A new client of the one store.
-    async fn store(&self) -> Self::S;
-    /// Stop answering (SIGSTOP).
-    fn pause(&self);
-    /// Answer again (SIGCONT).
-    fn resume(&self);
-    /// Kill and start again on the same data.
-    async fn restart(&mut self);
-}
-
-struct Memory(MemoryEtcd);
-
-impl Fixture for Memory {
-    type S = MemoryEtcd;
-    async fn store(&self) -> MemoryEtcd {
-        self.0.clone()
-    }
-    fn pause(&self) {
-        self.0.pause();
-    }
-    fn resume(&self) {
-        self.0.resume();
-    }
-    async fn restart(&mut self) {
-        self.0.restart();
-    }
-}
-
-struct Real(EtcdProcess);
-
-impl Fixture for Real {
-    type S = EtcdStore;
-    async fn store(&self) -> EtcdStore {
-        self.0.store().await
-    }
-    fn pause(&self) {
-        self.0.pause();
-    }
-    fn resume(&self) {
-        self.0.resume();
-    }
-    async fn restart(&mut self) {
-        self.0.restart().await;
-    }
-}
-
-/// Runs one test body on both stores.
-macro_rules! on_both_stores {
-    ($body:ident) => {
-        mod $body {
-            #[tokio::test(start_paused = true)]
-            async fn memory() {
-                super::$body(super::Memory(atp_cluster::memory::MemoryEtcd::new())).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn etcd() {
-                let _ = tracing_subscriber::fmt()
-                    .with_test_writer()
-                    .with_env_filter("atp_cluster=debug")
-                    .try_init();
-                let Some(etcd) = atp_cluster::testing::EtcdProcess::start_or_skip().await else {
-                    return;
-                };
-                super::$body(super::Real(etcd)).await;
-            }
-        }
-    };
-}
+#[macro_use]
+mod common;
+use common::Fixture;
 
 const TTL_MS: u64 = 2_000;
 const MARGIN_MS: u64 = 500;
@@ -438,17 +366,19 @@ async fn a_watch_replays_from_its_start_and_refuses_a_compacted_one(fixture: imp
         let batch = timeout(WAIT, watch.next()).await.expect("events in time").expect("events");
         events.extend(batch);
     }
-    let event = |revision, key: &str, value: Option<&[u8]>| WatchEvent {
+    let event = |revision, key: &str, value: Option<&[u8]>, lease_id| WatchEvent {
         revision,
         key: format!("{prefix}{key}"),
         value: value.map(<[u8]>::to_vec),
+        create_revision: if value.is_some() { revision } else { 0 },
+        lease_id,
     };
     assert_eq!(
         events,
         [
-            event(first, "x", Some(b"1")),
-            event(second, "y", Some(b"2")),
-            event(second + 1, "y", None)
+            event(first, "x", Some(b"1"), 0),
+            event(second, "y", Some(b"2"), lease.id),
+            event(second + 1, "y", None, 0)
         ]
     );
 
