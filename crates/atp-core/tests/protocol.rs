@@ -69,6 +69,19 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// The actions of a cluster run: those of one node, plus one node's crash,
+/// answers lost between nodes, late duplicates and asking again.
+fn cluster_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        10 => action(),
+        1 => any::<u8>().prop_map(|node| Action::CrashNode { node }),
+        1 => any::<u8>().prop_map(|pick| Action::DeliverNoReply { pick }),
+        1 => any::<u8>().prop_map(|pick| Action::Duplicate { pick }),
+        1 => any::<u8>().prop_map(|pick| Action::Requery { pick }),
+        1 => any::<u8>().prop_map(|node| Action::Sweep { node }),
+    ]
+}
+
 fn cases() -> u32 {
     std::env::var("ATP_PROPTEST_CASES")
         .ok()
@@ -103,5 +116,21 @@ proptest! {
             world.step(action)?;
         }
         world.finish()?;
+    }
+
+    #[test]
+    fn protocol_across_nodes_survives_node_loss_and_message_loss(
+        stock in proptest::collection::vec(0..=6i64, SKUS.len() * LOCATIONS.len()),
+        nodes in 2..=3u8,
+        offset in any::<u8>(),
+        actions in proptest::collection::vec(cluster_action(), 10..=40),
+    ) {
+        let mut world = World::new(&stock);
+        world.split(nodes, offset);
+        world.persist()?;
+        for action in &actions {
+            world.step(action)?;
+        }
+        world.finish_cluster()?;
     }
 }

@@ -637,6 +637,19 @@ impl ShardState {
             .map(|(id, holds)| (id, &holds.reservation, holds.next.as_ref()))
     }
 
+    /// Reservations with an uncommitted hold here whose Reserve began at or
+    /// before `cutoff` (ms), in id order: a node asks the homes on other
+    /// nodes about those older than the pending timeout, so a hold whose
+    /// Reserve died with its home (a late Hold, an `Abort` lost with its
+    /// sender) is found and settled (`docs/PROTOCOL.md`, "Across nodes").
+    pub fn uncommitted_holds_begun_before(&self, cutoff: i64) -> Vec<ReservationId> {
+        self.holds
+            .iter()
+            .filter(|(_, holds)| holds.is_held() && holds.reservation.created_at_ms <= cutoff)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// This shard's uncommitted hold of `id`: the version it holds, and the
     /// version a change in flight moves it to.
     pub(super) fn uncommitted_hold(

@@ -168,6 +168,9 @@ pub struct ShardState {
     /// nodes' answers: a Reserve of such an id is refused until
     /// [`ShardState::adopt`] or [`ShardState::settled_doubt`]. In memory only.
     in_doubt: std::collections::BTreeSet<ReservationId>,
+    /// The meta record must be written by the next batch (after a restore
+    /// moved the operation sequence past the dead process's).
+    meta_unwritten: bool,
 }
 
 impl ShardState {
@@ -190,6 +193,7 @@ impl ShardState {
             retained: budget::Retained::default(),
             undelivered: Vec::new(),
             in_doubt: std::collections::BTreeSet::new(),
+            meta_unwritten: false,
             drained_meta: persist::Meta::default(),
         }
     }

@@ -24,6 +24,10 @@ use crate::location_map::LocationMap;
 use crate::reservation::{Metadata, ReservationState};
 
 const META: u8 = b'm';
+
+/// How far a restored shard's operation sequence jumps: more operations
+/// than a process can perform between two durable batches of a shard.
+pub const RESTART_GAP: u64 = 1 << 32;
 const POSITIONS: u8 = b'p';
 const RECORD: u8 = b'r';
 const HOLDS: u8 = b'h';
@@ -164,6 +168,7 @@ impl ShardState {
             || !self.holds.touched_is_empty()
             || !self.events.touched_is_empty()
             || !self.ledger_outbox.is_empty()
+            || self.meta_unwritten
     }
 
     /// Everything changed since the last call, as store records.
@@ -197,9 +202,10 @@ impl ShardState {
         // The meta record rides along with real changes only: sequences and
         // clock alone (a read, a PENDING record) are not worth an fsync.
         let meta = self.meta();
-        if (!changes.records.is_empty() || !changes.ledger.is_empty()) && meta != self.drained_meta
-        {
+        let changed = !changes.records.is_empty() || !changes.ledger.is_empty();
+        if (changed && meta != self.drained_meta) || self.meta_unwritten {
             self.drained_meta = meta;
+            self.meta_unwritten = false;
             changes.records.push((vec![META], Some(encode(&meta))));
         }
         changes
@@ -244,7 +250,17 @@ impl ShardState {
                 message,
             })?;
         }
+        // The operation sequence numbers versions (a Reserve's incarnation,
+        // a change). The stored one may lag what the process handed out
+        // (a begin writes nothing), and a Hold of a version handed out just
+        // before the crash may still be on its way from another node: jump
+        // past every version the dead process can have used, so none is
+        // handed out twice (a late Hold would pass for the new one's).
+        state.applied_sequence = state.applied_sequence.saturating_add(RESTART_GAP);
         state.drained_meta = state.meta();
+        // Written by the first batch (recovery's, before anything is
+        // served), so a second restart jumps from here, not from before.
+        state.meta_unwritten = true;
         state.deadlines = state.rebuild_deadlines().into_iter().map(Reverse).collect();
         state.rebuild_retained();
         Ok(state)

@@ -235,9 +235,16 @@ pub struct Resolution {
 }
 
 /// Settles `id` from every shard's facts ([`needed`] answered). None while
-/// it cannot be decided: facts missing, or the home still working on it (a
-/// Reserve or a change in flight): ask again later.
-pub fn resolve(id: &ReservationId, facts: &BTreeMap<u32, ShardFacts>) -> Option<Resolution> {
+/// it cannot be decided: facts missing, the home still working on it (a
+/// Reserve or a change in flight), or — with `late_holds` = (now,
+/// pending timeout) when Holds of the id may still be on their way from a
+/// Reserve on another node — no record, no complete version, and the newest
+/// Reserve too recent for its late Holds to be refused yet: ask again later.
+pub fn resolve(
+    id: &ReservationId,
+    facts: &BTreeMap<u32, ShardFacts>,
+    late_holds: Option<(i64, i64)>,
+) -> Option<Resolution> {
     if !needed(id, facts).iter().all(|shard| facts.contains_key(shard)) {
         return None;
     }
@@ -259,8 +266,20 @@ pub fn resolve(id: &ReservationId, facts: &BTreeMap<u32, ShardFacts>) -> Option<
             facts.hold.as_ref().map(|(base, next)| (*shard, base.clone(), next.clone()))
         })
         .collect();
-    let mut report = RecoveryReport::default();
-    Some(decide(id, &holds, record, &mut report))
+    if record.is_none()
+        && let Some((now, pending_timeout_ms)) = late_holds
+        && judge(&holds, None).is_none()
+    {
+        let newest = holds
+            .iter()
+            .flat_map(|(_, base, next)| std::iter::once(base).chain(next))
+            .max_by_key(|incarnation| incarnation.version);
+        // A line shard refuses a Hold this long after its Reserve began.
+        if newest.is_some_and(|n| now < n.created_at_ms.saturating_add(pending_timeout_ms)) {
+            return None;
+        }
+    }
+    Some(decide(id, &holds, record))
 }
 
 /// Step 2: settles every uncommitted hold against its home record: holds of
@@ -313,7 +332,9 @@ fn settle_orphans(
                 shards.entry(home).or_insert_with(|| ShardState::new(home, epoch, settings));
             state.observe_version(newest);
         }
-        let Some(resolution) = resolve(&id, &facts) else {
+        // Every Reserve of an id decided here ran on this node and died
+        // with it: no Hold of it is still on its way.
+        let Some(resolution) = resolve(&id, &facts, None) else {
             if owned(home) {
                 shards.get_mut(&home).expect("created above").mark_in_doubt(&id);
             }
@@ -345,12 +366,7 @@ fn count(resolution: &Resolution, report: &mut RecoveryReport) {
 
 /// The decision for one id from its uncommitted holds and its record
 /// (version, HELD) if there is one.
-fn decide(
-    id: &ReservationId,
-    holds: &[HoldOf],
-    record: Option<(u64, bool)>,
-    _report: &mut RecoveryReport,
-) -> Resolution {
+fn decide(id: &ReservationId, holds: &[HoldOf], record: Option<(u64, bool)>) -> Resolution {
     let target = judge(holds, record);
     let mut resolution = Resolution::default();
     for (shard, base, next) in holds {

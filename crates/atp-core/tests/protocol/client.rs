@@ -120,7 +120,8 @@ impl World {
         let applied = applied.map_err(|error| TestCaseError::fail(format!("ship: {error}")))?;
         *self.on_hand.get_mut(&(sku, location)).expect("shipped from stock") -= 1;
         if let Some(notice) = applied.notice {
-            self.network.push(Message::Notice(notice));
+            let from = self.node(shard);
+            self.network.push(Message::Notice { notice, from });
         }
         Ok(())
     }

@@ -52,6 +52,8 @@ impl World {
         self.hold_back.clear();
         self.reserving.clear();
         self.changing.clear();
+        self.doubts.clear();
+        self.confirmed.clear();
         self.waiting.clear();
 
         let expected = self.expected_rebuilds(&from_log);
@@ -162,7 +164,7 @@ impl World {
     }
 
     /// No acknowledged reservation is lost or behind what its client was told.
-    fn check_acked(&self) -> Result<(), TestCaseError> {
+    pub(super) fn check_acked(&self) -> Result<(), TestCaseError> {
         self.check_acked_changes()?;
         for (id, acked) in &self.acked {
             let found = self.shards[&shard_of(id.as_str())].get(id);

@@ -20,7 +20,7 @@ use crate::common::{
 
 /// A PENDING Reserve is abandoned after this: short enough that the run's
 /// ticks (up to 8 s each) reach it.
-const PENDING_TIMEOUT_MS: i64 = 12_000;
+pub(super) const PENDING_TIMEOUT_MS: i64 = 12_000;
 
 fn protocol_settings() -> atp_core::shard::ShardSettings {
     atp_core::shard::ShardSettings { pending_timeout_ms: PENDING_TIMEOUT_MS, ..settings() }
@@ -92,39 +92,61 @@ pub enum Action {
     Crash {
         lose_recovery_on: Option<u8>,
     },
+    /// One node of a cluster dies and restarts on its shards' data.
+    CrashNode {
+        node: u8,
+    },
+    /// A Hold or Replace to another node is applied, but its answer is lost
+    /// (the caller hears a refusal).
+    DeliverNoReply {
+        pick: u8,
+    },
+    /// A message between nodes is resent while the first copy is still on
+    /// its way (a retry racing its acknowledgement): a late duplicate.
+    Duplicate {
+        pick: u8,
+    },
+    /// A reservation in doubt that could not be decided yet is asked about
+    /// again (after time passed).
+    Requery {
+        pick: u8,
+    },
+    /// A node asks the homes on other nodes about its holds older than the
+    /// pending timeout.
+    Sweep {
+        node: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
-enum Message {
+pub(super) enum Message {
     /// A Reserve's hold; the outcome goes back to its Reserve in progress.
-    Hold {
-        shard: u32,
-        op: LineOp,
-    },
+    Hold { shard: u32, op: LineOp },
     /// Release/Commit/Cancel/expiry/rollback; `ack` completes a waiting answer.
     Line {
         shard: u32,
         op: LineOp,
         ack: Option<u32>,
+        /// The sending node.
+        from: u8,
     },
     /// The Reserve's last step on its home.
-    Finish {
-        id: ReservationId,
-        version: u64,
-        held: bool,
-    },
+    Finish { id: ReservationId, version: u64, held: bool },
     /// A change's first step on a shard; the outcome goes back to the change.
-    Replace {
-        shard: u32,
-        op: LineOp,
-    },
+    Replace { shard: u32, op: LineOp },
     /// A change's decision on its home, once every Replace answered.
-    ChangeFinish {
-        id: ReservationId,
-        version: u64,
-        replaced: bool,
+    ChangeFinish { id: ReservationId, version: u64, replaced: bool },
+    Notice {
+        notice: ShipNotice,
+        /// The sending node (the line shard's).
+        from: u8,
     },
-    Notice(ShipNotice),
+    /// A recovery in doubt asks a shard's owner what it knows of an id.
+    Query { from: u8, id: ReservationId, shard: u32 },
+    /// The owner's answer.
+    Facts { to: u8, id: ReservationId, shard: u32, facts: atp_core::shard::ShardFacts },
+    /// A resolution asks the id's home to adopt an incarnation.
+    Adopt { from: u8, incarnation: Incarnation },
 }
 
 /// What answering waits for once every line op of it was delivered.
@@ -136,10 +158,13 @@ enum Waiting {
 }
 
 /// A Reserve in progress (the node's task running it): lost at a crash.
-struct Reserving {
+pub(super) struct Reserving {
     incarnation: Incarnation,
     /// Per line shard: None while the hold is in flight, then whether it held.
     outcomes: BTreeMap<u32, Option<bool>>,
+    /// Line shards (on other nodes) whose answer was lost: the Hold may
+    /// have landed, so the rollback aborts there too.
+    unanswered: std::collections::BTreeSet<u32>,
 }
 
 /// What survives a crash for one shard.
@@ -202,6 +227,14 @@ pub struct World {
     unflushed: std::collections::BTreeSet<u32>,
     /// Shards to leave unflushed at the end of this step.
     hold_back: std::collections::BTreeSet<u32>,
+    /// The node owning each shard (one node: all 0).
+    node_of: BTreeMap<u32, u8>,
+    /// Reservations in doubt after a node's recovery, by resolving node:
+    /// the facts answered so far and the shards asked.
+    doubts: BTreeMap<(u8, ReservationId), nodes::Doubt>,
+    /// Holds (shard, id, version) a node's sweep found confirmed by their
+    /// home; forgotten when the shard's node dies.
+    confirmed: std::collections::BTreeSet<(u32, ReservationId, u64)>,
 }
 
 fn without_meta(mut records: Records) -> Records {
@@ -257,6 +290,9 @@ impl World {
             shipments: 0,
             unflushed: Default::default(),
             hold_back: Default::default(),
+            node_of: BTreeMap::new(),
+            doubts: BTreeMap::new(),
+            confirmed: Default::default(),
         };
         let homes = world.ids.iter().map(|id| shard_of(id.as_str()));
         for shard in line_shards.iter().copied().chain(homes) {
@@ -265,6 +301,7 @@ impl World {
                 .entry(shard)
                 .or_insert_with(|| ShardState::new(shard, 1, protocol_settings()));
             world.durable.entry(shard).or_default();
+            world.node_of.insert(shard, 0);
         }
         let positions = SKUS.iter().flat_map(|s| LOCATIONS.iter().map(move |(l, _)| (s, l)));
         for (index, ((sku_id, location_id), units)) in positions.zip(stock).enumerate() {
@@ -381,6 +418,15 @@ impl World {
                 durable.log.clear();
             }
             Action::Crash { lose_recovery_on } => self.crash(*lose_recovery_on)?,
+            Action::CrashNode { node } => self.crash_node(*node)?,
+            Action::DeliverNoReply { pick } => self.deliver_without_reply(*pick)?,
+            Action::Duplicate { pick } => self.duplicate(*pick),
+            Action::Requery { pick } => self.requery(*pick),
+            Action::Sweep { node } => {
+                let nodes: Vec<u8> = self.node_of.values().copied().collect();
+                let node = *pick(&nodes, *node).expect("nodes");
+                self.sweep(node);
+            }
         }
         self.persist()?;
         checks::positions_match_holds(&self.shards, &self.catalog)?;
@@ -401,9 +447,12 @@ impl World {
         out
     }
 
+    /// Sends line ops from their reservations' homes (every op a home
+    /// decides: client ops, expiry, rollbacks).
     fn send_line_ops(&mut self, ops: Vec<(u32, LineOp)>, ack: Option<u32>) {
         for (shard, op) in ops {
-            self.network.push(Message::Line { shard, op, ack });
+            let from = self.home_node(nodes::op_id(&op));
+            self.network.push(Message::Line { shard, op, ack, from });
         }
     }
 
@@ -445,7 +494,8 @@ impl World {
                 self.incarnations.entry(id.clone()).or_default().push(reservation.clone());
                 let outcomes = holds.iter().map(|(shard, _)| (*shard, None)).collect();
                 let incarnation = reservation.clone();
-                self.reserving.insert(key, Reserving { incarnation, outcomes });
+                let unanswered = Default::default();
+                self.reserving.insert(key, Reserving { incarnation, outcomes, unanswered });
                 for (shard, op) in holds {
                     self.network.push(Message::Hold { shard, op });
                 }
@@ -475,7 +525,7 @@ impl World {
         Ok(())
     }
 
-    fn hold_outcome(&mut self, key: &(ReservationId, u64), shard: u32, held: bool) {
+    pub(super) fn hold_outcome(&mut self, key: &(ReservationId, u64), shard: u32, held: bool) {
         let id = &key.0;
         let Some(reserving) = self.reserving.get_mut(key) else { return };
         reserving.outcomes.insert(shard, Some(held));
@@ -491,7 +541,7 @@ impl World {
         let rollback = reserving
             .outcomes
             .iter()
-            .filter(|(_, held)| **held == Some(true))
+            .filter(|(shard, held)| **held == Some(true) || reserving.unanswered.contains(shard))
             .map(|(shard, _)| (*shard, LineOp::Abort { id: id.clone(), version }))
             .collect();
         self.send_then(rollback, Waiting::Rollback(id.clone(), version))
@@ -524,7 +574,7 @@ impl World {
                 }
                 self.hold_outcome(&(id, reservation.version), shard, held.is_ok());
             }
-            Message::Line { shard, op, ack } => {
+            Message::Line { shard, op, ack, .. } => {
                 for _ in 0..if twice { 2 } else { 1 } {
                     let applied = self.on_shard(shard, |state, catalog, now| {
                         state.apply_line_op(&op, catalog, now)
@@ -555,7 +605,21 @@ impl World {
                 let now = self.now;
                 let state = self.shards.get_mut(&home).expect("known shard");
                 let answer = state.finish_reserve(&id, version, held, now);
-                self.hold_back.insert(home);
+                // One round only when every line shard shares the home's
+                // node (they die together, and the holds rebuild the
+                // record); with a line on another node the HELD record is
+                // durable before the answer (a restarted home could not
+                // know of holds it does not see).
+                let local = reserving
+                    .incarnation
+                    .line_shards()
+                    .iter()
+                    .all(|shard| self.node(*shard) == self.node(home));
+                if local {
+                    self.hold_back.insert(home);
+                } else {
+                    self.persist_shard(home)?;
+                }
                 // None when held: abandoned after the pending timeout (its
                 // holds are being aborted); the caller gets an error.
                 if let Some(view) = answer {
@@ -595,7 +659,10 @@ impl World {
             Message::ChangeFinish { id, version, replaced } => {
                 self.finish_change(id, version, replaced)?
             }
-            Message::Notice(notice) => {
+            Message::Query { from, id, shard } => self.answer_query(from, id, shard),
+            Message::Facts { to, id, shard, facts } => self.facts_arrived(to, id, shard, facts)?,
+            Message::Adopt { incarnation, .. } => self.adopt(&incarnation),
+            Message::Notice { notice, .. } => {
                 for _ in 0..if twice { 2 } else { 1 } {
                     let home = shard_of(notice.reservation.as_str());
                     self.on_shard(home, |state, _, now| state.note_shipped(&notice, now));
@@ -653,3 +720,5 @@ mod change;
 mod client;
 #[path = "crash.rs"]
 mod crash;
+#[path = "nodes.rs"]
+mod nodes;
