@@ -147,6 +147,11 @@ async fn a_change_replaces_the_lines_all_or_nothing_and_a_retry_is_replayed() {
     assert_eq!(now[&("cap".into(), "dc-2".into())], (4, 0, 4));
     assert_eq!(now[&("mug".into(), "dc-1".into())], (3, 1, 2));
 
+    // The Reserve sent again no longer matches the reservation's payload.
+    let status = client.reserve(first).await.expect_err("the lines changed");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(status.get_details_error_info().expect("info").reason, "ID_REUSED");
+
     // A retry with the same key and lines is the first answer, marked.
     let again = client.modify_reservation(change).await.expect("replayed").into_inner();
     assert!(again.replayed);
