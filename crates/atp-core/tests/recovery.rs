@@ -432,3 +432,108 @@ fn values_written_before_metadata_load_and_are_written_the_same() {
     assert_eq!(stores[&record_shard][&keyed(b'r', id)], hex(RECORD_WRITTEN_BEFORE_METADATA));
     assert_eq!(stores[&hold_shard][&keyed(b'h', id)], hex(HOLD_WRITTEN_BEFORE_METADATA));
 }
+
+/// Restores only the shards `owned` from `stores` and recovers them as one
+/// node of a cluster would.
+fn restart_owned(
+    stores: &Stores,
+    owned: &[u32],
+    now: i64,
+) -> (BTreeMap<u32, ShardState>, atp_core::shard::Recovered) {
+    let mut shards = BTreeMap::new();
+    for shard in owned {
+        let records = stores.get(shard).into_iter().flatten().map(|(k, v)| (k.clone(), v.clone()));
+        let state = ShardState::restore(*shard, 1, common::settings(), records).expect("restores");
+        shards.insert(*shard, state);
+    }
+    let recovered = atp_core::shard::recover_owned(
+        &mut shards,
+        &|shard| owned.contains(&shard),
+        &catalog(),
+        now,
+    );
+    (shards, recovered)
+}
+
+#[test]
+fn a_node_owning_one_line_shard_keeps_an_unknown_hold_in_doubt_and_resolve_decides_it() {
+    let (mut node, mut stores) = node();
+    let (request, holds) = begin_two_shard_reserve(&mut node, &mut stores, "doubt");
+    // Both holds durable, the record never written (the home died first).
+    for hold in &holds {
+        apply_hold(&mut node, hold);
+    }
+    persist(&mut node, &mut stores);
+    let apple = shard_of(SKU);
+    let banana = shard_of(OTHER_SKU);
+    let home = shard_of(request.id.as_str());
+
+    // The apple shard's node alone: neither "no record = roll back" nor
+    // anything else is decided from what it sees.
+    let (apple_node, recovered) = restart_owned(&stores, &[apple], START_MS + 2);
+    assert_eq!(recovered.in_doubt, vec![request.id.clone()]);
+    let holds = apple_node[&apple].line_holds();
+    assert_eq!(holds.len(), 1, "the hold is kept: {holds:?}");
+    assert_eq!(holds[0].lines[0].held, 2);
+
+    // Facts from every owner: the home has no record, both shards hold the
+    // same version: complete, so the home adopts it HELD and no hold moves.
+    let (others, _) = restart_owned(&stores, &[banana, home], START_MS + 2);
+    // The node starts from its own shard's facts, then asks whom `needed` names.
+    let mut facts = BTreeMap::new();
+    facts.insert(apple, apple_node[&apple].facts(&request.id));
+    assert_eq!(atp_core::shard::needed(&request.id, &facts), [home].into_iter().collect());
+    facts.insert(home, others[&home].facts(&request.id));
+    assert!(atp_core::shard::resolve(&request.id, &facts, None).is_none(), "banana not asked yet");
+    let needed = atp_core::shard::needed(&request.id, &facts);
+    assert_eq!(needed, [apple, banana, home].into_iter().collect());
+    facts.insert(banana, others[&banana].facts(&request.id));
+    let resolution = atp_core::shard::resolve(&request.id, &facts, None).expect("decided");
+    assert!(resolution.ops.is_empty(), "{resolution:?}");
+    let adopted = resolution.adopt.expect("the home rebuilds the record");
+    let mut home_state = others.into_iter().find(|(shard, _)| *shard == home).expect("home").1;
+    assert!(home_state.adopt(&adopted, START_MS + 3));
+    assert_eq!(home_state.get(&request.id).expect("rebuilt").state, ReservationState::Held);
+}
+
+#[test]
+fn an_incomplete_reserve_across_nodes_waits_out_late_holds_before_rolling_back() {
+    let (mut node, mut stores) = node();
+    let (request, holds) = begin_two_shard_reserve(&mut node, &mut stores, "late");
+    // Only the apple hold landed; the banana Hold may still be on its way.
+    let apple_hold = holds.iter().find(|(shard, _)| *shard == shard_of(SKU)).expect("apple");
+    apply_hold(&mut node, apple_hold);
+    persist(&mut node, &mut stores);
+    let shards = [shard_of(SKU), shard_of(OTHER_SKU), shard_of(request.id.as_str())];
+    let (all, _) = restart_owned(&stores, &shards[1..], START_MS + 2);
+    let (apple, _) = restart_owned(&stores, &shards[..1], START_MS + 2);
+    let mut facts = BTreeMap::new();
+    for shard in shards {
+        let state = all.get(&shard).or_else(|| apple.get(&shard)).expect("owned somewhere");
+        facts.insert(shard, state.facts(&request.id));
+    }
+    let timeout = common::settings().pending_timeout_ms;
+    let early = atp_core::shard::resolve(&request.id, &facts, Some((START_MS + 2, timeout)));
+    assert!(early.is_none(), "a late Hold could still land");
+    let late =
+        atp_core::shard::resolve(&request.id, &facts, Some((START_MS + 1 + timeout, timeout)))
+            .expect("decided once late Holds are refused");
+    assert_eq!(resolution_ops(&late), vec![(shard_of(SKU), "abort")]);
+    assert!(late.adopt.is_none());
+}
+
+fn resolution_ops(resolution: &atp_core::shard::Resolution) -> Vec<(u32, &'static str)> {
+    resolution
+        .ops
+        .iter()
+        .map(|(shard, op)| {
+            let kind = match op {
+                LineOp::Abort { .. } => "abort",
+                LineOp::Settle { .. } => "settle",
+                LineOp::Revert { .. } => "revert",
+                _ => "other",
+            };
+            (*shard, kind)
+        })
+        .collect()
+}

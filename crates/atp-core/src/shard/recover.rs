@@ -200,7 +200,9 @@ impl ShardState {
 
 /// The shards whose facts [`resolve`] needs for `id` given what is known so
 /// far (the home's, then every shard any version seen names): ask their
-/// owners until every one answered.
+/// owners until every one answered. Start from the asking node's own
+/// shards' facts (the hold that raised the doubt): with no hold known, the
+/// home's answer alone decides that nothing is to be done.
 pub fn needed(id: &ReservationId, facts: &BTreeMap<u32, ShardFacts>) -> BTreeSet<u32> {
     let home = shard_of(id.as_str());
     let mut needed = BTreeSet::from([home]);
