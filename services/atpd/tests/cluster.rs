@@ -298,6 +298,57 @@ async fn three_nodes_split_the_shards_and_send_clients_to_the_owner() {
         .into_inner();
     assert_eq!(reserved.epoch, claims[&shard_of(&id)].1 as u64);
     assert!(!reserved.replayed);
+
+    // A reservation whose home and line live on two nodes: no node takes it.
+    let (home_id, _) = owned_by(&claims, &cluster.ids[0]);
+    let (_, far_sku) = owned_by(&claims, &cluster.ids[1]);
+    for (node, other) in [(0, 1), (1, 0)] {
+        let refused = cluster.nodes[node]
+            .availability()
+            .reserve(reserve_request(&home_id, &far_sku))
+            .await
+            .expect_err("shards on two nodes");
+        let info = refused.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), &info.metadata["owner"]),
+            ("NOT_OWNER", &cluster.ids[other])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_cut_off_from_etcd_fail_closed_then_serve_again() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let cluster = Cluster::start(&etcd, "cut").await;
+    let probes = probe_ids();
+    let before = cluster.wait_until_consistent(&probes).await;
+
+    // etcd stops answering: past its lease deadline each node refuses its
+    // own shards with FAILING_CLOSED (and still names the owners of others).
+    etcd.pause();
+    for (node, id) in cluster.nodes.iter().zip(&cluster.ids) {
+        let closed = eventually(DEADLINE, || async {
+            let seen = answers(node, &probes).await;
+            (0..SHARD_COUNT).zip(&seen).all(|(shard, answer)| {
+                let owner = &before[&shard].0;
+                match answer {
+                    Answer::FailingClosed => owner == id,
+                    Answer::NotOwner { owner: named, .. } => owner != id && named == owner,
+                    Answer::Serving => false,
+                }
+            })
+        })
+        .await;
+        assert!(closed, "node {id} kept serving without etcd; its log:\n{}", node.log());
+    }
+
+    // etcd is back: the nodes join again (or keep their leases) and serve.
+    etcd.resume();
+    let after = cluster.wait_until_consistent(&probes).await;
+    for (shard, (owner, epoch)) in &after {
+        assert_eq!(owner, &before[shard].0, "shard {shard} moved");
+        assert!(*epoch >= before[shard].1, "shard {shard}: epoch went down");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
