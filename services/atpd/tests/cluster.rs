@@ -288,6 +288,22 @@ async fn three_nodes_split_the_shards_and_send_clients_to_the_owner() {
     let shard: u32 = info.metadata["shard"].parse().expect("a shard number");
     assert!([shard_of(&id), shard_of(&sku)].contains(&shard), "{info:?}");
     assert_eq!(info.metadata["epoch"], claims[&shard].1.to_string());
+    // The SDK reads it as its typed error, not retried (the owner must be asked).
+    let typed = atp_client::Error::from_status(&refused);
+    assert!(!typed.is_retryable(), "{typed:?}");
+    match typed {
+        atp_client::Error::NotOwner {
+            shard: named, owner: owner_id, owner_address, epoch, ..
+        } => {
+            assert_eq!(named, i64::from(shard));
+            assert_eq!(
+                (owner_id.as_str(), owner_address),
+                (cluster.ids[0].as_str(), owner.address.to_string())
+            );
+            assert_eq!(epoch, Some(claims[&shard].1 as u64));
+        }
+        other => panic!("not read as NotOwner: {other:?}"),
+    }
 
     // The same Reserve on the owner holds, under the home shard's epoch.
     let reserved = owner
