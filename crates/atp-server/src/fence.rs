@@ -126,6 +126,8 @@ pub fn refusal_status(refusal: &Refusal, shard: u32, members: &Members) -> Statu
             [("shard", shard.to_string())],
             ErrorDetails::new(),
         ),
+        // Requests carry no epoch yet, so `admit` never answers StaleEpoch;
+        // were it to, the client would be sent to the owner all the same.
         Refusal::NotOwner { owner, epoch } | Refusal::StaleEpoch { owner, epoch } => {
             let owner = owner.clone().unwrap_or_default();
             let address = members.nodes.get(&owner).cloned().unwrap_or_default();
