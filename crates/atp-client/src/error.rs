@@ -324,6 +324,26 @@ errors! {
         /// The server's limit, in bytes.
         limit_bytes: Option<u64> = optional_number("limit_bytes"),
     };
+    /// UNAVAILABLE `NOT_OWNER` (cluster mode): another node owns a shard the
+    /// request touches; send it to `owner_address`. Not retried here: the
+    /// same node would refuse again.
+    NotOwner = NotOwner, retry: false, "not owner: " {
+        /// The refused shard.
+        shard: i64 = number("shard"),
+        /// The owner's node id (empty if unknown).
+        owner: String = text("owner"),
+        /// The owner's advertised address (empty if unknown).
+        owner_address: String = text("owner_address"),
+        /// The owner's epoch for the shard, if claimed.
+        epoch: Option<u64> = optional_number("epoch"),
+    };
+    /// UNAVAILABLE `FAILING_CLOSED` (cluster mode): the shard is assigned to
+    /// this node but not served now (lease or claim not confirmed, or the
+    /// owner is down); a retry with backoff may succeed.
+    FailingClosed = FailingClosed, retry: true, "" {
+        /// The refused shard.
+        shard: i64 = number("shard"),
+    };
 }
 
 impl Error {
@@ -468,6 +488,7 @@ mod tests {
                 Reason::Recovering,
                 Reason::ShuttingDown,
                 Reason::RequestTimeout,
+                Reason::FailingClosed,
             ]
         );
         for &reason in Reason::ALL {

@@ -18,9 +18,10 @@
 //! - **retries of only what is safe** ([`RetryPolicy`],
 //!   [`Error::is_retryable`]): the very same request (so the same
 //!   reservation or event id) is sent again on `IN_PROGRESS`, `RECOVERING`,
-//!   `SHUTTING_DOWN`, `STORAGE_FAILED`, `OVERLOADED`, `REQUEST_TIMEOUT`, a
-//!   transport failure and the client's deadline; refusals, `DISK_FULL` and
-//!   `MESSAGE_TOO_LARGE` are sent once. Backoff with jitter and a retry
+//!   `SHUTTING_DOWN`, `STORAGE_FAILED`, `OVERLOADED`, `REQUEST_TIMEOUT`,
+//!   `FAILING_CLOSED`, a transport failure and the client's deadline;
+//!   refusals, `DISK_FULL`, `MESSAGE_TOO_LARGE` and `NOT_OWNER` (cluster
+//!   mode: send it to the owner the error names) are sent once. Backoff with jitter and a retry
 //!   budget come from `tower::retry`.
 //!
 //! The common flows take and return plain types ([`Reserve`],

@@ -84,6 +84,8 @@ unary! {
         "AdminService.GetShard."),
     (AdminServiceClient, query_ledger, v1::QueryLedgerRequest, v1::QueryLedgerResponse,
         "AdminService.QueryLedger: one page of the ledger."),
+    (AdminServiceClient, get_cluster, v1::GetClusterRequest, v1::GetClusterResponse,
+        "AdminService.GetCluster: the members and the shard map as the node sees them."),
     (HealthClient, check, tonic_health::pb::HealthCheckRequest,
         tonic_health::pb::HealthCheckResponse, "grpc.health.v1.Health.Check."),
 }

@@ -94,6 +94,7 @@ async fn each_reason_is_retried_by_its_rule() {
         Reason::Recovering,
         Reason::ShuttingDown,
         Reason::RequestTimeout,
+        Reason::FailingClosed,
     ];
     for &reason in Reason::ALL {
         proxy.set_fault(Fault::Refuse(reason));

@@ -79,6 +79,13 @@ reasons! {
     RequestTimeout = "REQUEST_TIMEOUT" => DeadlineExceeded;
     /// The request message is larger than `max_message_bytes`.
     MessageTooLarge = "MESSAGE_TOO_LARGE" => OutOfRange;
+    /// Cluster mode: another node owns a shard the request touches (no
+    /// forwarding yet); the metadata name the shard, its owner and epoch.
+    NotOwner = "NOT_OWNER" => Unavailable;
+    /// Cluster mode: a shard the request touches is assigned to this node
+    /// but not served now (lease lost or not yet renewed, shard map not
+    /// confirmed, claim not made yet, or its owner is down).
+    FailingClosed = "FAILING_CLOSED" => Unavailable;
 }
 
 impl Reason {

@@ -10,17 +10,24 @@ use tonic::{Request, Response, Status};
 
 use crate::SINGLE_NODE_EPOCH;
 use crate::error::node_status;
+use crate::fence::Fence;
 
 /// The operator's view of the node.
 #[derive(Clone)]
 pub struct AdminApi {
     node: Node,
+    fence: Fence,
 }
 
 impl AdminApi {
-    /// The service over `node`.
+    /// The service over `node` (a single node).
     pub fn new(node: Node) -> Self {
-        Self { node }
+        Self::with_fence(node, Fence::SingleNode)
+    }
+
+    /// The service over `node`, showing the cluster through `fence`.
+    pub fn with_fence(node: Node, fence: Fence) -> Self {
+        Self { node, fence }
     }
 }
 
@@ -61,6 +68,13 @@ impl AdminService for AdminApi {
         let shard = parse_shard_target(request.into_inner()).map_err(status_of)?;
         let info = self.node.shard_info(shard).await.map_err(node_status)?;
         Ok(Response::new(v1::GetShardResponse { shard: Some(shard_info_message(info)) }))
+    }
+
+    async fn get_cluster(
+        &self,
+        _request: Request<v1::GetClusterRequest>,
+    ) -> Result<Response<v1::GetClusterResponse>, Status> {
+        Ok(Response::new(self.fence.cluster_message(&self.node.config().node_name)))
     }
 
     async fn query_ledger(

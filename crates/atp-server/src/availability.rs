@@ -1,6 +1,7 @@
 //! `atp.v1.AvailabilityService` over a [`Node`].
 
 use atp_core::CoreError;
+use atp_core::hash::shard_of;
 use atp_core::reservation::{Reply, ReserveRequest};
 use atp_core::shard::EventApplied;
 use atp_proto::requests::{
@@ -14,19 +15,35 @@ use atp_proto::{Reason, code_name, reason_of, rpc_status, status_of};
 use atp_shard::{Node, NodeError};
 use tonic::{Request, Response, Status};
 
-use crate::SINGLE_NODE_EPOCH;
 use crate::error::node_status;
+use crate::fence::{Fence, Touched};
 
 /// Holds, commits, availability reads and stock events.
 #[derive(Clone)]
 pub struct AvailabilityApi {
     node: Node,
+    fence: Fence,
 }
 
 impl AvailabilityApi {
-    /// The service over `node`.
+    /// The service over `node`, serving every shard (a single node).
     pub fn new(node: Node) -> Self {
-        Self { node }
+        Self::with_fence(node, Fence::SingleNode)
+    }
+
+    /// The service over `node`, serving only the shards `fence` admits.
+    pub fn with_fence(node: Node, fence: Fence) -> Self {
+        Self { node, fence }
+    }
+
+    /// Admits a request for reservation `id` (its home shard) and `skus`.
+    fn admit<'a>(&self, id: &str, skus: impl IntoIterator<Item = &'a str>) -> Result<u64, Status> {
+        let mut touched = Touched::default();
+        touched.key(id);
+        for sku in skus {
+            touched.key(sku);
+        }
+        self.fence.admit(&touched)
     }
 
     fn default_ttl_ms(&self) -> i64 {
@@ -42,8 +59,10 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ReserveResponse>, Status> {
         let request =
             parse_reserve(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
+        let epoch =
+            self.admit(request.id.as_str(), request.lines.iter().map(|line| line.sku.as_str()))?;
         let reply = self.node.reserve(request).await.map_err(node_status)?;
-        Ok(Response::new(reserved(reply)))
+        Ok(Response::new(reserved(reply, epoch)))
     }
 
     async fn commit(
@@ -51,14 +70,11 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
         let commit = parse_commit(request.into_inner()).map_err(status_of)?;
+        let epoch =
+            self.admit(commit.id.as_str(), commit.lines.iter().map(|line| line.sku.as_str()))?;
         let reply = self.node.commit(commit.id, commit.lines).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
-        Ok(Response::new(v1::CommitResponse {
-            reservation,
-            epoch: SINGLE_NODE_EPOCH,
-            replayed,
-            current,
-        }))
+        Ok(Response::new(v1::CommitResponse { reservation, epoch, replayed, current }))
     }
 
     async fn release(
@@ -66,14 +82,10 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
         let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
+        let epoch = self.admit(id.as_str(), [])?;
         let reply = self.node.release(id).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
-        Ok(Response::new(v1::ReleaseResponse {
-            reservation,
-            epoch: SINGLE_NODE_EPOCH,
-            replayed,
-            current,
-        }))
+        Ok(Response::new(v1::ReleaseResponse { reservation, epoch, replayed, current }))
     }
 
     async fn cancel(
@@ -81,14 +93,10 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Status> {
         let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
+        let epoch = self.admit(id.as_str(), [])?;
         let reply = self.node.cancel(id).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
-        Ok(Response::new(v1::CancelResponse {
-            reservation,
-            epoch: SINGLE_NODE_EPOCH,
-            replayed,
-            current,
-        }))
+        Ok(Response::new(v1::CancelResponse { reservation, epoch, replayed, current }))
     }
 
     async fn extend_reservation(
@@ -97,18 +105,14 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ExtendReservationResponse>, Status> {
         let extend =
             parse_extend(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
+        let epoch = self.admit(extend.id.as_str(), [])?;
         let reply = self
             .node
             .extend(extend.id, extend.ttl_ms, extend.request_id)
             .await
             .map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
-        Ok(Response::new(v1::ExtendReservationResponse {
-            reservation,
-            epoch: SINGLE_NODE_EPOCH,
-            replayed,
-            current,
-        }))
+        Ok(Response::new(v1::ExtendReservationResponse { reservation, epoch, replayed, current }))
     }
 
     async fn modify_reservation(
@@ -116,18 +120,15 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ModifyReservationRequest>,
     ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
         let modify = parse_modify(request.into_inner()).map_err(status_of)?;
+        let epoch =
+            self.admit(modify.id.as_str(), modify.lines.iter().map(|line| line.sku.as_str()))?;
         let reply = self
             .node
             .modify(modify.id, modify.request_id, modify.lines)
             .await
             .map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
-        Ok(Response::new(v1::ModifyReservationResponse {
-            reservation,
-            epoch: SINGLE_NODE_EPOCH,
-            replayed,
-            current,
-        }))
+        Ok(Response::new(v1::ModifyReservationResponse { reservation, epoch, replayed, current }))
     }
 
     async fn get_reservation(
@@ -135,11 +136,9 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::GetReservationRequest>,
     ) -> Result<Response<v1::GetReservationResponse>, Status> {
         let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
+        let epoch = self.admit(id.as_str(), [])?;
         let view = self.node.get_reservation(id).await.map_err(node_status)?;
-        Ok(Response::new(v1::GetReservationResponse {
-            reservation: Some(view.into()),
-            epoch: SINGLE_NODE_EPOCH,
-        }))
+        Ok(Response::new(v1::GetReservationResponse { reservation: Some(view.into()), epoch }))
     }
 
     async fn get_availability(
@@ -147,6 +146,11 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::GetAvailabilityResponse>, Status> {
         let query = parse_availability_query(request.into_inner()).map_err(status_of)?;
+        let mut touched = Touched::default();
+        for sku in &query.skus {
+            touched.key(sku.as_str());
+        }
+        self.fence.admit(&touched)?;
         let skus = self
             .node
             .availability(&query.skus, &query.locations, &query.channels)
@@ -161,12 +165,20 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ApplyStockEventsRequest>,
     ) -> Result<Response<v1::ApplyStockEventsResponse>, Status> {
         let events = parse_stock_events(request.into_inner()).map_err(status_of)?;
-        let event_ids: Vec<String> = events.iter().map(|event| event.id.to_string()).collect();
+        let mut touched = Touched::default();
+        for event in &events {
+            touched.key(event.sku.as_str());
+        }
+        self.fence.admit(&touched)?;
+        let event_ids: Vec<(String, u64)> = events
+            .iter()
+            .map(|event| (event.id.to_string(), self.fence.epoch(shard_of(event.sku.as_str()))))
+            .collect();
         let outcomes = self.node.apply_events(events).await.map_err(node_status)?;
         let results = event_ids
             .into_iter()
             .zip(outcomes)
-            .map(|(event_id, outcome)| event_result(event_id, outcome))
+            .map(|((event_id, epoch), outcome)| event_result(event_id, outcome, epoch))
             .collect();
         Ok(Response::new(v1::ApplyStockEventsResponse { results }))
     }
@@ -177,7 +189,16 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
         let items =
             parse_reserve_batch(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
-        let results = reserve_all(&self.node, items).await?;
+        // The whole batch is refused if any item's shard is not served here.
+        let mut touched = Touched::default();
+        for request in items.iter().flatten() {
+            touched.key(request.id.as_str());
+            for line in &request.lines {
+                touched.key(line.sku.as_str());
+            }
+        }
+        let epoch = self.fence.admit(&touched)?;
+        let results = reserve_all(&self.node, items, epoch).await?;
         Ok(Response::new(v1::ReserveBatchResponse { results }))
     }
 
@@ -186,6 +207,11 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::GetReservationsRequest>,
     ) -> Result<Response<v1::GetReservationsResponse>, Status> {
         let ids = parse_get_reservations(request.into_inner()).map_err(status_of)?;
+        let mut touched = Touched::default();
+        for id in &ids {
+            touched.key(id.as_str());
+        }
+        let epoch = self.fence.admit(&touched)?;
         let answers = self.node.get_reservations(ids).await.map_err(node_status)?;
         let results = answers
             .into_iter()
@@ -199,7 +225,7 @@ impl AvailabilityService for AvailabilityApi {
                 v1::GetReservationResult { outcome: Some(outcome) }
             })
             .collect();
-        Ok(Response::new(v1::GetReservationsResponse { results, epoch: SINGLE_NODE_EPOCH }))
+        Ok(Response::new(v1::GetReservationsResponse { results, epoch }))
     }
 
     async fn list_reservations(
@@ -207,6 +233,8 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ListReservationsRequest>,
     ) -> Result<Response<v1::ListReservationsResponse>, Status> {
         let query = parse_list_reservations(request.into_inner()).map_err(status_of)?;
+        // Cluster mode lists this node's own shards (no fan-out yet).
+        self.fence.admit_local()?;
         let page = self
             .node
             .list_reservations(query.filter, query.from, query.page_size)
@@ -215,7 +243,7 @@ impl AvailabilityService for AvailabilityApi {
         Ok(Response::new(v1::ListReservationsResponse {
             reservations: page.reservations.into_iter().map(Into::into).collect(),
             next_page_token: page.next.as_ref().map(encode_list_token).unwrap_or_default(),
-            epoch: SINGLE_NODE_EPOCH,
+            epoch: crate::SINGLE_NODE_EPOCH,
         }))
     }
 }
@@ -228,6 +256,7 @@ impl AvailabilityService for AvailabilityApi {
 async fn reserve_all(
     node: &Node,
     items: Vec<Result<ReserveRequest, CoreError>>,
+    epoch: u64,
 ) -> Result<Vec<v1::ReserveBatchResult>, Status> {
     let count = items.len();
     let mut outcomes: Vec<Option<Result<v1::ReserveResponse, Status>>> = vec![None; count];
@@ -244,7 +273,9 @@ async fn reserve_all(
     }
     let answers = node.reserve_batch(requests).await.map_err(node_status)?;
     for (index, answer) in indexes.into_iter().zip(answers) {
-        outcomes[index] = Some(answer.map(reserved).map_err(|error| item_status(error, index)));
+        outcomes[index] = Some(
+            answer.map(|reply| reserved(reply, epoch)).map_err(|error| item_status(error, index)),
+        );
     }
     Ok(outcomes
         .into_iter()
@@ -258,9 +289,9 @@ async fn reserve_all(
         .collect())
 }
 
-fn reserved(reply: Reply) -> v1::ReserveResponse {
+fn reserved(reply: Reply, epoch: u64) -> v1::ReserveResponse {
     let (reservation, replayed, current) = reply_fields(reply);
-    v1::ReserveResponse { reservation, epoch: SINGLE_NODE_EPOCH, replayed, current }
+    v1::ReserveResponse { reservation, epoch, replayed, current }
 }
 
 /// A reply's `reservation`, `replayed` and `current` fields.
@@ -286,6 +317,7 @@ fn item_status(error: NodeError, index: usize) -> Status {
 fn event_result(
     event_id: String,
     outcome: Result<EventApplied, NodeError>,
+    epoch: u64,
 ) -> v1::StockEventResult {
     match outcome {
         Ok(applied) => {
@@ -300,7 +332,7 @@ fn event_result(
                 error_code: 0,
                 error_message: String::new(),
                 position: Some(applied.position.into()),
-                epoch: SINGLE_NODE_EPOCH,
+                epoch,
                 error_code_name: String::new(),
                 error_reason: String::new(),
             }
@@ -313,7 +345,7 @@ fn event_result(
                 error_code: status.code().into(),
                 error_message: status.message().to_owned(),
                 position: None,
-                epoch: SINGLE_NODE_EPOCH,
+                epoch,
                 error_code_name: code_name(status.code()).to_owned(),
                 error_reason: reason_of(&status).map(Reason::name).unwrap_or_default().to_owned(),
             }

@@ -15,6 +15,7 @@ mod admin;
 mod availability;
 mod config_service;
 mod error;
+mod fence;
 pub mod layers;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ pub use admin::{AdminApi, shard_info_message};
 pub use availability::AvailabilityApi;
 pub use config_service::ConfigApi;
 pub use error::node_status;
+pub use fence::{ClusterView, Fence, Touched, refusal_status};
 
 /// The epoch every reply carries on a single node (a cluster fences stale
 /// owners with real ones). Same value as `atp_shard`'s single-node epoch.
@@ -94,6 +96,17 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_fenced(node, Fence::SingleNode, listener, config, shutdown).await
+}
+
+/// [`serve`], answering only for the shards `fence` admits (cluster mode).
+pub async fn serve_fenced(
+    node: Node,
+    fence: Fence,
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the node has recovered its state, and again once a
     // durable write failed (the node then takes no writes until restarted).
@@ -112,11 +125,13 @@ pub async fn serve(
     };
 
     let limit = config.max_message_bytes;
-    let availability = AvailabilityServiceServer::new(AvailabilityApi::new(node.clone()))
-        .max_decoding_message_size(limit);
+    let availability =
+        AvailabilityServiceServer::new(AvailabilityApi::with_fence(node.clone(), fence.clone()))
+            .max_decoding_message_size(limit);
     let configuration =
         ConfigServiceServer::new(ConfigApi::new(node.clone())).max_decoding_message_size(limit);
-    let admin = AdminServiceServer::new(AdminApi::new(node)).max_decoding_message_size(limit);
+    let admin =
+        AdminServiceServer::new(AdminApi::with_fence(node, fence)).max_decoding_message_size(limit);
 
     // HTTP/2 flow control (issue 8, measured in docs/BENCHMARKS.md): larger
     // initial windows. No adaptive window and no stream limit: with either,

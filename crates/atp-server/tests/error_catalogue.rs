@@ -11,12 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use atp_cluster::{Members, Refusal};
 use atp_core::CoreError;
 use atp_core::catalog::Lifecycle;
 use atp_core::reservation::ReservationState;
 use atp_proto::{Reason, code_name, reason_of};
 use atp_server::layers::{TooLargeLayer, layers};
-use atp_server::node_status;
+use atp_server::{node_status, refusal_status};
 use atp_shard::NodeError;
 use tonic::Status;
 use tonic::codegen::http;
@@ -163,7 +164,22 @@ async fn every_status() -> Vec<Status> {
     let mut statuses: Vec<Status> = node_samples().into_iter().map(node_status).collect();
     statuses.extend(layer_samples().await);
     statuses.push(too_large_sample().await);
+    statuses.extend(refusal_samples());
     statuses
+}
+
+/// The statuses a node in cluster mode answers for a shard it does not serve.
+fn refusal_samples() -> Vec<Status> {
+    let mut members = Members::default();
+    members.nodes.insert("b".to_owned(), "10.0.0.2:50051".to_owned());
+    [
+        Refusal::FailingClosed,
+        Refusal::NotOwner { owner: Some("b".to_owned()), epoch: Some(9) },
+        Refusal::StaleEpoch { owner: None, epoch: None },
+    ]
+    .iter()
+    .map(|refusal| refusal_status(refusal, 3, &members))
+    .collect()
 }
 
 #[tokio::test]

@@ -105,6 +105,24 @@ pub enum Command {
     Shard(ShardArgs),
     /// Show durable ledger entries by SKU, location or cause, oldest first, paged.
     Ledger(LedgerArgs),
+    /// The cluster as the node asked sees it (members, shard map).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the members: id, address, lease state.
+    Members,
+    /// List every shard's owner, epoch and the asked node's view of it.
+    Shards(ClusterShardsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterShardsArgs {
+    /// Only the shards this node id owns.
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Option<String>,
 }
 
 /// The id a command is about (reservation, event, location or channel), the

@@ -291,7 +291,10 @@ mod tests {
                 | Reason::StorageFailed
                 | Reason::Recovering
                 | Reason::ShuttingDown
-                | Reason::RequestTimeout => exit::TRY_AGAIN,
+                | Reason::RequestTimeout
+                | Reason::FailingClosed
+                // Unavailable here; another node (the owner) answers.
+                | Reason::NotOwner => exit::TRY_AGAIN,
                 Reason::DiskFull => exit::OTHER,
             };
             let error = anyhow::Error::new(reason.plain("why"));

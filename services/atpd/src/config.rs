@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use atp_cluster::MembershipConfig;
 use atp_core::ids::{MAX_ID_BYTES, MAX_TTL_MS, MIN_TTL_MS};
 use atp_core::shard::ShardSettings;
 use atp_server::ServerConfig;
@@ -100,6 +101,34 @@ pub struct Config {
     /// Default `info,fjall=warn,lsm_tree=warn`: atp's own INFO lines, not
     /// the storage engine's (`info` shows those too).
     pub log: String,
+    /// Cluster mode: etcd endpoints, comma-separated (`http://10.0.0.9:2379`).
+    /// Empty (the default) runs a single node serving all shards under epoch 1.
+    pub etcd_endpoints: String,
+    /// Cluster mode: the cluster's name; its keys live under `/atp/<name>/`
+    /// (no `/`). Default `atp`.
+    pub cluster_name: String,
+    /// Cluster mode: this node's id (no `/`, 1..=128 bytes). Empty (the
+    /// default): the id stored in `<data_dir>/cluster-node-id`, written at the
+    /// first start from the host name and the time, so a restart on the same
+    /// data directory is the same node.
+    pub node_id: String,
+    /// Cluster mode: the address other nodes and clients reach this node at
+    /// (`host:port`), published in the member list. Empty (the default): the
+    /// bound listen address.
+    pub advertised_addr: String,
+    /// Cluster mode: how many members must have joined before the
+    /// coordinator writes the shard assignment (once; it is sticky after).
+    /// 1..=1024. Default 1.
+    pub initial_members: usize,
+    /// Cluster mode: the etcd lease TTL (1000..=600000; etcd counts whole
+    /// seconds). Default 10000.
+    pub lease_ttl_ms: u64,
+    /// Cluster mode: time between two lease keepalives (1..=60000). Default 2000.
+    pub keepalive_interval_ms: u64,
+    /// Cluster mode: subtracted from the lease's end, so the node stops
+    /// serving before etcd can give its shards away (0..lease_ttl_ms; the
+    /// remainder must fit two keepalive intervals). Default 2000.
+    pub lease_safety_margin_ms: u64,
 }
 
 impl Default for Config {
@@ -129,6 +158,14 @@ impl Default for Config {
             max_message_bytes: server.max_message_bytes,
             shutdown_grace_s: server.shutdown_grace.as_secs(),
             log: DEFAULT_LOG.to_owned(),
+            etcd_endpoints: String::new(),
+            cluster_name: "atp".to_owned(),
+            node_id: String::new(),
+            advertised_addr: String::new(),
+            initial_members: 1,
+            lease_ttl_ms: 10_000,
+            keepalive_interval_ms: 2_000,
+            lease_safety_margin_ms: 2_000,
         }
     }
 }
@@ -232,6 +269,18 @@ impl Config {
                 self.shutdown_grace_s = parse(value, "a whole number of seconds")?
             }
             "log" => self.log = value.to_owned(),
+            "etcd_endpoints" => self.etcd_endpoints = value.to_owned(),
+            "cluster_name" => self.cluster_name = value.to_owned(),
+            "node_id" => self.node_id = value.to_owned(),
+            "advertised_addr" => self.advertised_addr = value.to_owned(),
+            "initial_members" => self.initial_members = parse(value, "a whole number")?,
+            "lease_ttl_ms" => self.lease_ttl_ms = parse(value, "a whole number of ms")?,
+            "keepalive_interval_ms" => {
+                self.keepalive_interval_ms = parse(value, "a whole number of ms")?;
+            }
+            "lease_safety_margin_ms" => {
+                self.lease_safety_margin_ms = parse(value, "a whole number of ms")?;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -275,6 +324,72 @@ impl Config {
         }
         if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&self.log) {
             problems.push(format!("log: {error}"));
+        }
+        if self.is_cluster() {
+            problems.extend(self.cluster_problems());
+        }
+        problems
+    }
+
+    /// Whether etcd is configured: cluster mode.
+    pub fn is_cluster(&self) -> bool {
+        !self.etcd_endpoints().is_empty()
+    }
+
+    /// The etcd endpoints, `http://` added where no scheme is given.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|endpoint| !endpoint.is_empty())
+            .map(|endpoint| {
+                if endpoint.contains("://") {
+                    endpoint.to_owned()
+                } else {
+                    format!("http://{endpoint}")
+                }
+            })
+            .collect()
+    }
+
+    /// The membership settings for `node_id` advertising `address`.
+    pub fn membership_config(&self, node_id: &str, address: &str) -> MembershipConfig {
+        let mut membership = MembershipConfig::new(&self.cluster_name, node_id, address);
+        membership.lease_ttl_ms = self.lease_ttl_ms;
+        membership.keepalive_interval_ms = self.keepalive_interval_ms;
+        membership.keepalive_timeout_ms =
+            membership.keepalive_timeout_ms.min(self.keepalive_interval_ms);
+        membership.safety_margin_ms = self.lease_safety_margin_ms;
+        membership.request_timeout_ms = membership.request_timeout_ms.min(self.lease_ttl_ms);
+        membership
+    }
+
+    fn cluster_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut within = |key: &str, value: u64, low: u64, high: u64| {
+            if !(low..=high).contains(&value) {
+                problems.push(format!("{key}: must be {low}..={high}, got {value}"));
+            }
+        };
+        within("initial_members", as_u64(self.initial_members), 1, 1024);
+        within("lease_ttl_ms", self.lease_ttl_ms, 1000, 600_000);
+        within("keepalive_interval_ms", self.keepalive_interval_ms, 1, 60_000);
+        if !problems.is_empty() {
+            return problems;
+        }
+        for (key, value) in [("cluster_name", &self.cluster_name), ("node_id", &self.node_id)] {
+            if value.contains('/') || value.len() > MAX_ID_BYTES {
+                problems.push(format!("{key}: must have no '/' and at most {MAX_ID_BYTES} bytes"));
+            }
+        }
+        if self.cluster_name.is_empty() {
+            problems.push("cluster_name: must not be empty in cluster mode".to_owned());
+        }
+        let node_id = if self.node_id.is_empty() { "check" } else { &self.node_id };
+        if let Err(error) = self.membership_config(node_id, "check").validate() {
+            problems.push(format!(
+                "lease_ttl_ms, keepalive_interval_ms, lease_safety_margin_ms: {error}"
+            ));
         }
         problems
     }
@@ -403,6 +518,44 @@ mod tests {
         ] {
             assert!(message.contains(part), "{part:?} missing in:\n{message}");
         }
+    }
+
+    #[test]
+    fn cluster_keys_are_read_and_checked_only_with_etcd() {
+        let single = Config::load(None, variables(&[("ATP_LEASE_TTL_MS", "10")])).expect("valid");
+        assert!(!single.config.is_cluster(), "no etcd: a single node, cluster keys unchecked");
+        let loaded = Config::load(
+            None,
+            variables(&[
+                ("ATP_ETCD_ENDPOINTS", "127.0.0.1:2379, http://10.0.0.9:2379"),
+                ("ATP_CLUSTER_NAME", "prod"),
+                ("ATP_NODE_ID", "n1"),
+                ("ATP_INITIAL_MEMBERS", "3"),
+                ("ATP_LEASE_TTL_MS", "2000"),
+                ("ATP_KEEPALIVE_INTERVAL_MS", "300"),
+                ("ATP_LEASE_SAFETY_MARGIN_MS", "500"),
+            ]),
+        )
+        .expect("valid");
+        let config = loaded.config;
+        assert!(config.is_cluster());
+        assert_eq!(config.etcd_endpoints(), ["http://127.0.0.1:2379", "http://10.0.0.9:2379"]);
+        let membership = config.membership_config("n1", "127.0.0.1:7000");
+        assert_eq!((membership.cluster.as_str(), membership.lease_ttl_ms), ("prod", 2000));
+        membership.validate().expect("the test timings are valid");
+
+        let error = Config::load(
+            None,
+            variables(&[
+                ("ATP_ETCD_ENDPOINTS", "127.0.0.1:2379"),
+                ("ATP_NODE_ID", "a/b"),
+                ("ATP_LEASE_SAFETY_MARGIN_MS", "9500"),
+            ]),
+        )
+        .expect_err("invalid");
+        let message = format!("{error:#}");
+        assert!(message.contains("node_id: must have no '/'"), "{message}");
+        assert!(message.contains("lease_safety_margin_ms"), "{message}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! stderr, whatever the log filter, so scripts and tests can find the port
 //! when `listen_addr` asks for port 0.
 
+mod cluster;
 mod config;
 
 #[cfg(feature = "mimalloc")]
@@ -35,7 +36,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+use crate::cluster::Cluster;
 use crate::config::{CONFIG_FILE_ENV, Config};
+use atp_server::Fence;
 
 /// Command line: everything else is configuration (file or environment).
 #[derive(Debug, Parser)]
@@ -103,6 +106,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let store = LogStore::open(&config.data_dir, LogOptions::default())
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let node = Node::open(config.node_config(), Clock::system(), Arc::new(store));
+    let cluster = if config.is_cluster() {
+        let advertised = if config.advertised_addr.is_empty() {
+            address.to_string()
+        } else {
+            config.advertised_addr.clone()
+        };
+        let cluster = Cluster::start(&config, &advertised).await?;
+        tracing::info!(
+            node_id = %cluster.node_id,
+            advertised = %advertised,
+            cluster = %config.cluster_name,
+            etcd = %config.etcd_endpoints().join(","),
+            initial_members = config.initial_members,
+            "cluster mode: joining"
+        );
+        Some(cluster)
+    } else {
+        None
+    };
+    let fence = cluster.as_ref().map_or(Fence::SingleNode, |cluster| cluster.fence.clone());
     tracing::info!(
         %address,
         node = %config.node_name,
@@ -117,7 +140,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The readiness line scripts and tests wait for; printed whatever the log filter.
     eprintln!("atpd listening on {address}");
 
-    let serving = atp_server::serve(node.clone(), listener, config.server_config(), shutdown);
+    let serving =
+        atp_server::serve_fenced(node.clone(), fence, listener, config.server_config(), shutdown);
     tokio::pin!(serving);
     tokio::select! {
         recovered = node.recover() => {
@@ -143,6 +167,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut failure = node.failure();
     tokio::select! {
         served = &mut serving => {
+            if let Some(cluster) = cluster {
+                cluster.leave().await;
+            }
             node.shutdown();
             served.context("serving gRPC")?;
             tracing::info!("atpd stopped");

@@ -3,6 +3,7 @@
 mod admin;
 mod availability;
 mod batch;
+mod cluster;
 mod config;
 mod event;
 mod import;
@@ -12,7 +13,8 @@ mod reservations;
 use std::process::ExitCode;
 
 use crate::cli::{
-    ChannelCommand, Cli, Command, ConfigCommand, LocationCommand, ReservationsCommand,
+    ChannelCommand, Cli, ClusterCommand, Command, ConfigCommand, LocationCommand,
+    ReservationsCommand,
 };
 use crate::client::Context;
 
@@ -54,5 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shards(args) => admin::shards(context, args).await,
         Command::Shard(args) => admin::shard(context, args).await,
         Command::Ledger(args) => admin::ledger(context, args).await,
+        Command::Cluster(ClusterCommand::Members) => cluster::members(context).await,
+        Command::Cluster(ClusterCommand::Shards(args)) => cluster::shards(context, args).await,
     }
 }

@@ -411,6 +411,13 @@ impl AdminService for Fake {
         Ok(Response::new(GetShardResponse { shard: Some(shard_info(shard)) }))
     }
 
+    async fn get_cluster(
+        &self,
+        _request: Request<atp_proto::v1::GetClusterRequest>,
+    ) -> Reply<atp_proto::v1::GetClusterResponse> {
+        Err(Status::unimplemented("the fake server has no cluster view"))
+    }
+
     async fn query_ledger(
         &self,
         request: Request<QueryLedgerRequest>,

@@ -1,0 +1,241 @@
+//! Which shards this node may serve a request for: every shard a request
+//! touches is checked before anything runs, so a request never runs partly.
+//!
+//! A single node serves every shard under epoch 1 ([`Fence::SingleNode`]).
+//! In cluster mode ([`Fence::Cluster`]) each shard goes through
+//! [`OwnershipView::admit`]; a refusal becomes a status through
+//! [`refusal_status`]: `FAILING_CLOSED` or `NOT_OWNER` (both UNAVAILABLE;
+//! no forwarding yet).
+
+use std::collections::BTreeSet;
+
+use atp_cluster::{LeaseState, Members, OwnershipView, Refusal, ShardMap, ShardState};
+use atp_core::hash::{SHARD_COUNT, shard_of};
+use atp_proto::{Reason, v1};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic_types::ErrorDetails;
+
+use crate::SINGLE_NODE_EPOCH;
+
+/// The cluster state a node in cluster mode decides on.
+#[derive(Clone, Debug)]
+pub struct ClusterView {
+    /// The cluster's name.
+    pub cluster: String,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's advertised address.
+    pub address: String,
+    /// Its ownership of every shard.
+    pub ownership: OwnershipView,
+    /// The shard map it mirrors (owners and epochs).
+    pub shard_map: watch::Receiver<ShardMap>,
+    /// The member list it mirrors (id → address).
+    pub members: watch::Receiver<Members>,
+    /// Whether this node holds its lease now.
+    pub lease: watch::Receiver<LeaseState>,
+}
+
+/// How a node decides whether it serves a shard.
+#[derive(Clone, Debug, Default)]
+pub enum Fence {
+    /// One node serves all shards under epoch 1.
+    #[default]
+    SingleNode,
+    /// The node serves the shards it holds claims for, under their epochs.
+    Cluster(Box<ClusterView>),
+}
+
+/// The shards a request touches: its reservation ids' homes and its SKUs'
+/// shards. The first key added is the one whose epoch the reply carries.
+#[derive(Debug, Default)]
+pub struct Touched {
+    first: Option<u32>,
+    shards: BTreeSet<u32>,
+}
+
+impl Touched {
+    /// Adds the shard of `key` (a reservation id or a SKU).
+    pub fn key(&mut self, key: &str) -> &mut Self {
+        self.shard(shard_of(key))
+    }
+
+    /// Adds `shard`.
+    pub fn shard(&mut self, shard: u32) -> &mut Self {
+        self.first.get_or_insert(shard);
+        self.shards.insert(shard);
+        self
+    }
+}
+
+impl Fence {
+    /// Admits a request touching `touched`: `Ok(epoch)` (the first shard's
+    /// epoch; 1 on a single node) when this node serves every shard, else
+    /// the status of the first refused one. Nothing is done before this.
+    pub fn admit(&self, touched: &Touched) -> Result<u64, Status> {
+        let Fence::Cluster(cluster) = self else { return Ok(SINGLE_NODE_EPOCH) };
+        let now = Instant::now();
+        let mut epoch = SINGLE_NODE_EPOCH;
+        for &shard in &touched.shards {
+            match cluster.ownership.admit(shard, None, now) {
+                Ok(current) if Some(shard) == touched.first => {
+                    epoch = u64::try_from(current).unwrap_or(SINGLE_NODE_EPOCH);
+                }
+                Ok(_) => {}
+                Err(refusal) => {
+                    let members = cluster.members.borrow();
+                    return Err(refusal_status(&refusal, shard, &members));
+                }
+            }
+        }
+        Ok(epoch)
+    }
+
+    /// `shard`'s epoch as this node serves it now (1 on a single node, or
+    /// when not served: only for replies already admitted).
+    pub fn epoch(&self, shard: u32) -> u64 {
+        let Fence::Cluster(cluster) = self else { return SINGLE_NODE_EPOCH };
+        match cluster.ownership.state_at(shard, Instant::now()) {
+            ShardState::Serving { epoch } => u64::try_from(epoch).unwrap_or(SINGLE_NODE_EPOCH),
+            _ => SINGLE_NODE_EPOCH,
+        }
+    }
+
+    /// Admits a request that reads every shard this node holds (a listing):
+    /// refused while any shard assigned here is failing closed.
+    pub fn admit_local(&self) -> Result<(), Status> {
+        let Fence::Cluster(cluster) = self else { return Ok(()) };
+        let now = Instant::now();
+        for shard in 0..SHARD_COUNT {
+            if cluster.ownership.state_at(shard, now) == ShardState::FailingClosed {
+                let members = cluster.members.borrow();
+                return Err(refusal_status(&Refusal::FailingClosed, shard, &members));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The status of a refused `shard`. `members` gives the owner's address.
+pub fn refusal_status(refusal: &Refusal, shard: u32, members: &Members) -> Status {
+    match refusal {
+        Refusal::FailingClosed => Reason::FailingClosed.status(
+            format!("shard {shard} is assigned to this node but not served now; retry later"),
+            [("shard", shard.to_string())],
+            ErrorDetails::new(),
+        ),
+        // Requests carry no epoch yet, so `admit` never answers StaleEpoch;
+        // were it to, the client would be sent to the owner all the same.
+        Refusal::NotOwner { owner, epoch } | Refusal::StaleEpoch { owner, epoch } => {
+            let owner = owner.clone().unwrap_or_default();
+            let address = members.nodes.get(&owner).cloned().unwrap_or_default();
+            let epoch = epoch.map(|epoch| epoch.to_string()).unwrap_or_default();
+            Reason::NotOwner.status(
+                format!("shard {shard} is owned by node {owner:?} at {address:?}; send it there"),
+                [
+                    ("shard", shard.to_string()),
+                    ("owner", owner),
+                    ("owner_address", address),
+                    ("epoch", epoch),
+                ],
+                ErrorDetails::new(),
+            )
+        }
+    }
+}
+
+impl Fence {
+    /// The cluster as this node sees it; a single node answers a one-member
+    /// map serving every shard under epoch 1.
+    pub fn cluster_message(&self, node_name: &str) -> v1::GetClusterResponse {
+        let Fence::Cluster(cluster) = self else {
+            return single_node_cluster(node_name);
+        };
+        let now = Instant::now();
+        let lease = match &*cluster.lease.borrow() {
+            LeaseState::Held { deadline, .. } if now < *deadline => "held",
+            LeaseState::Held { .. } | LeaseState::Lost { .. } => "lost",
+            LeaseState::Idle => "idle",
+        };
+        let mut members: Vec<v1::ClusterMember> = cluster
+            .members
+            .borrow()
+            .nodes
+            .iter()
+            .map(|(id, address)| {
+                let answering = *id == cluster.node_id;
+                v1::ClusterMember {
+                    node_id: id.clone(),
+                    address: address.clone(),
+                    lease_state: if answering { lease } else { "held" }.to_owned(),
+                    answering,
+                }
+            })
+            .collect();
+        if !members.iter().any(|member| member.answering) {
+            members.push(v1::ClusterMember {
+                node_id: cluster.node_id.clone(),
+                address: cluster.address.clone(),
+                lease_state: lease.to_owned(),
+                answering: true,
+            });
+        }
+        let map = cluster.shard_map.borrow();
+        let shards = (0..SHARD_COUNT)
+            .map(|shard| {
+                let (owner, epoch) = match map.claim(shard) {
+                    Some(claim) => (claim.node.clone(), u64::try_from(claim.epoch).unwrap_or(0)),
+                    None => {
+                        let assigned = map
+                            .assignment
+                            .as_ref()
+                            .map(|assignment| assignment.owner(shard).to_owned())
+                            .unwrap_or_default();
+                        (assigned, 0)
+                    }
+                };
+                let view = match cluster.ownership.state_at(shard, now) {
+                    ShardState::Serving { .. } => v1::ShardView::Serving,
+                    ShardState::FailingClosed => v1::ShardView::FailingClosed,
+                    ShardState::NotOwned { .. } => v1::ShardView::NotOwned,
+                };
+                v1::ClusterShard { shard, owner, epoch, view: view.into() }
+            })
+            .collect();
+        v1::GetClusterResponse {
+            cluster_mode: true,
+            cluster: cluster.cluster.clone(),
+            node_id: cluster.node_id.clone(),
+            members,
+            shards,
+            shard_map_revision: map.revision,
+            shard_map_confirmed: map.confirmed,
+        }
+    }
+}
+
+fn single_node_cluster(node_name: &str) -> v1::GetClusterResponse {
+    v1::GetClusterResponse {
+        cluster_mode: false,
+        cluster: String::new(),
+        node_id: node_name.to_owned(),
+        members: vec![v1::ClusterMember {
+            node_id: node_name.to_owned(),
+            address: String::new(),
+            lease_state: "held".to_owned(),
+            answering: true,
+        }],
+        shards: (0..SHARD_COUNT)
+            .map(|shard| v1::ClusterShard {
+                shard,
+                owner: node_name.to_owned(),
+                epoch: SINGLE_NODE_EPOCH,
+                view: v1::ShardView::Serving.into(),
+            })
+            .collect(),
+        shard_map_revision: 0,
+        shard_map_confirmed: true,
+    }
+}

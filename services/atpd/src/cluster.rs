@@ -1,0 +1,154 @@
+//! Cluster mode: membership, the coordinator candidacy and the shard claims
+//! on etcd, and the [`Fence`] the server admits requests through.
+//!
+//! The node joins (a lease and its key `/atp/<cluster>/nodes/<id>` → its
+//! advertised address), campaigns for coordinator and claims the shards the
+//! assignment gives it. When the lease is lost it steps down from every
+//! shard at once (the ownership view sees it before the claims loop does)
+//! and joins again for a new lease: the claims it then makes have new
+//! create revisions, so its shards come back under higher epochs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use atp_cluster::{Claims, Coordinator, EtcdStore, LeaseState, Member, Membership, system_clock};
+use atp_server::{ClusterView, Fence};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// How long connecting to etcd may take at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before joining again after a failed join.
+const JOIN_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// The file in the data directory holding the node id when none is configured.
+const NODE_ID_FILE: &str = "cluster-node-id";
+
+/// A node's part in the cluster; dropping it stops its tasks (the lease
+/// then expires and the claims go with it).
+pub struct Cluster {
+    member: Arc<Member<EtcdStore>>,
+    _claims: Claims,
+    _coordinator: Coordinator,
+    rejoin: JoinHandle<()>,
+    /// What the server admits requests through.
+    pub fence: Fence,
+    /// This node's id.
+    pub node_id: String,
+}
+
+impl Cluster {
+    /// Connects to etcd and starts membership, candidacy and claims for the
+    /// node reachable at `address`. Joining happens in the background (and
+    /// again after a lost lease); until then every shard fails closed.
+    pub async fn start(config: &Config, address: &str) -> anyhow::Result<Self> {
+        let node_id = node_id(config)?;
+        let membership = config.membership_config(&node_id, address);
+        let endpoints = config.etcd_endpoints();
+        let store = EtcdStore::connect(&endpoints, CONNECT_TIMEOUT)
+            .await
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+        let member = Arc::new(
+            Member::new(store.clone(), membership.clone()).context("starting membership")?,
+        );
+        let claims = Claims::new(store.clone(), membership.clone(), member.lease_state())
+            .context("starting the shard claims")?;
+        let coordinator = Coordinator::new(
+            store,
+            membership,
+            config.initial_members,
+            system_clock(),
+            member.lease_state(),
+            member.members(),
+        )
+        .context("starting the coordinator candidacy")?;
+        let view = ClusterView {
+            cluster: config.cluster_name.clone(),
+            node_id: node_id.clone(),
+            address: address.to_owned(),
+            ownership: claims.view(),
+            shard_map: claims.shard_map(),
+            members: member.members(),
+            lease: member.lease_state(),
+        };
+        let rejoin = tokio::spawn(stay_joined(Arc::clone(&member)));
+        Ok(Self {
+            member,
+            _claims: claims,
+            _coordinator: coordinator,
+            rejoin,
+            fence: Fence::Cluster(Box::new(view)),
+            node_id,
+        })
+    }
+
+    /// Leaves the cluster: revokes the lease, so the claims go at once.
+    pub async fn leave(self) {
+        self.rejoin.abort();
+        if let Err(error) = self.member.leave().await {
+            tracing::warn!(error = %error, "could not leave the cluster; the lease will expire");
+        }
+    }
+}
+
+/// Joins, and joins again whenever the lease is lost.
+async fn stay_joined(member: Arc<Member<EtcdStore>>) {
+    let mut lease = member.lease_state();
+    loop {
+        match member.join().await {
+            Ok(lease_id) => tracing::info!(lease_id, "joined the cluster; claiming shards"),
+            Err(error) => {
+                tracing::warn!(error = %error, "could not join the cluster; retrying");
+                tokio::time::sleep(JOIN_RETRY_BACKOFF).await;
+                continue;
+            }
+        }
+        let lost = lease.wait_for(|state| matches!(state, LeaseState::Lost { .. })).await;
+        if lost.is_err() {
+            return;
+        }
+        tracing::warn!("lost the cluster lease: stepped down from every shard; joining again");
+    }
+}
+
+/// The configured node id, else the one stored in the data directory
+/// (written at the first start).
+fn node_id(config: &Config) -> anyhow::Result<String> {
+    if !config.node_id.is_empty() {
+        return Ok(config.node_id.clone());
+    }
+    let path = config.data_dir.join(NODE_ID_FILE);
+    if let Ok(stored) = std::fs::read_to_string(&path) {
+        let stored = stored.trim().to_owned();
+        if !stored.is_empty() {
+            return Ok(stored);
+        }
+    }
+    let id = new_node_id();
+    write_node_id(&config.data_dir, &path, &id)?;
+    tracing::info!(node_id = %id, path = %path.display(), "stored a new cluster node id");
+    Ok(id)
+}
+
+fn new_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().replace('/', "-"))
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "atpd".to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let suffix = format!("{:x}", (nanos as u64) ^ u64::from(std::process::id()));
+    let host: String = host.chars().take(100).collect();
+    format!("{host}-{suffix}")
+}
+
+fn write_node_id(data_dir: &Path, path: &Path, id: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    std::fs::write(path, format!("{id}\n"))
+        .with_context(|| format!("storing the node id in {}", path.display()))
+}

@@ -1,0 +1,417 @@
+//! Cluster mode with real parts: one real etcd, three real `atpd` processes
+//! sharing the 1024 shards. Every shard ends up served by exactly one node;
+//! a request for shards another node owns is refused with `NOT_OWNER`
+//! naming the owner, and served by the owner; a killed node's shards are
+//! served by nobody until it is back on its data directory, then under
+//! higher epochs. Skipped without an etcd binary (failed if `CI` is set).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use atp_cluster::store::Store;
+use atp_cluster::testing::EtcdProcess;
+use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
+use atp_core::hash::shard_of;
+use atp_proto::v1;
+use atp_proto::v1::stock_event::Kind;
+use common::{Atpd, POLL_INTERVAL, eventually};
+use futures::future::join_all;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// What a node answers for one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Answer {
+    Serving,
+    NotOwner { owner: String, address: String },
+    FailingClosed,
+}
+
+/// A reservation id homed on every shard: `ids[shard]`.
+fn probe_ids() -> Vec<String> {
+    let mut ids = vec![String::new(); SHARD_COUNT as usize];
+    let mut missing = SHARD_COUNT;
+    for n in 0.. {
+        let id = format!("probe-{n}");
+        let slot = &mut ids[shard_of(&id) as usize];
+        if slot.is_empty() {
+            *slot = id;
+            missing -= 1;
+            if missing == 0 {
+                break;
+            }
+        }
+    }
+    ids
+}
+
+/// What `atpd` answers for every shard: a GetReservation of an unknown id
+/// homed there (NOT_FOUND means the shard is served).
+async fn answers(atpd: &Atpd, ids: &[String]) -> Vec<Answer> {
+    let client = atpd.availability();
+    join_all(ids.iter().map(|id| {
+        let mut client = client.clone();
+        async move {
+            let request = v1::GetReservationRequest { reservation_id: id.clone() };
+            let status = client.get_reservation(request).await.expect_err("an unknown id");
+            match (status.code(), status.get_details_error_info()) {
+                (Code::NotFound, _) => Answer::Serving,
+                (Code::Unavailable, Some(info)) if info.reason == "NOT_OWNER" => Answer::NotOwner {
+                    owner: info.metadata["owner"].clone(),
+                    address: info.metadata["owner_address"].clone(),
+                },
+                (Code::Unavailable, Some(info)) if info.reason == "FAILING_CLOSED" => {
+                    Answer::FailingClosed
+                }
+                _ => panic!("unexpected answer for {id}: {status:?}"),
+            }
+        }
+    }))
+    .await
+}
+
+/// Every claim in etcd: shard → (node id, epoch).
+async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<u32, (String, i64)> {
+    let snapshot = store.get_prefix(&keys.claims_prefix()).await.expect("read the claims");
+    snapshot
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let shard = keys.shard_of_claim(&kv.key)?;
+            Some((shard, (String::from_utf8_lossy(&kv.value).into_owned(), kv.create_revision)))
+        })
+        .collect()
+}
+
+/// The member list in etcd: address → node id.
+async fn members(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<String, String> {
+    let snapshot = store.get_prefix(&keys.nodes_prefix()).await.expect("read the members");
+    snapshot
+        .kvs
+        .iter()
+        .map(|kv| {
+            let id = kv.key.trim_start_matches(&keys.nodes_prefix()).to_owned();
+            (String::from_utf8_lossy(&kv.value).into_owned(), id)
+        })
+        .collect()
+}
+
+/// The cluster-mode variables for `cluster` on `etcd`: short leases so a
+/// dead node's claims go within about two seconds.
+fn variables(etcd: &EtcdProcess, cluster: &str) -> Vec<(String, String)> {
+    [
+        ("ATP_ETCD_ENDPOINTS", etcd.endpoint()),
+        ("ATP_CLUSTER_NAME", cluster.to_owned()),
+        ("ATP_INITIAL_MEMBERS", "3".to_owned()),
+        ("ATP_LEASE_TTL_MS", "2000".to_owned()),
+        ("ATP_KEEPALIVE_INTERVAL_MS", "300".to_owned()),
+        ("ATP_LEASE_SAFETY_MARGIN_MS", "500".to_owned()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
+}
+
+async fn start(data: &std::path::Path, variables: &[(String, String)]) -> Atpd {
+    let variables: Vec<(&str, &str)> =
+        variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    Atpd::start_in(data, &variables).await
+}
+
+/// Three nodes on `etcd`, each on its own data directory; returns once all
+/// 1024 shards are claimed and every node's answers agree with the claims.
+struct Cluster {
+    nodes: Vec<Atpd>,
+    ids: Vec<String>,
+    data: Vec<tempfile::TempDir>,
+    variables: Vec<(String, String)>,
+    store: EtcdStore,
+    keys: ClusterKeys,
+}
+
+impl Cluster {
+    async fn start(etcd: &EtcdProcess, name: &str) -> Self {
+        let data: Vec<tempfile::TempDir> =
+            (0..3).map(|_| tempfile::tempdir().expect("a data directory")).collect();
+        let variables = variables(etcd, name);
+        let nodes = join_all(data.iter().map(|dir| start(dir.path(), &variables))).await;
+        let store = etcd.store().await;
+        let keys = ClusterKeys::new(name);
+        let claimed = eventually(DEADLINE, || async {
+            claims(&store, &keys).await.len() == SHARD_COUNT as usize
+        })
+        .await;
+        assert!(claimed, "not every shard was claimed; node 0's log:\n{}", nodes[0].log());
+        let members = members(&store, &keys).await;
+        let ids = nodes
+            .iter()
+            .map(|node| members.get(&node.address.to_string()).expect("a member").clone())
+            .collect();
+        Self { nodes, ids, data, variables, store, keys }
+    }
+
+    /// Waits until every node answers for every shard as etcd's claims
+    /// say (all 1024 claimed); returns those claims.
+    async fn wait_until_consistent(&self, probes: &[String]) -> BTreeMap<u32, (String, i64)> {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let claims = claims(&self.store, &self.keys).await;
+            if claims.len() == SHARD_COUNT as usize && self.agree(&claims, probes).await {
+                return claims;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the nodes' answers never matched the claims {claims:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Whether every node serves exactly the shards `claims` give it and
+    /// names the owner of the others.
+    async fn agree(&self, claims: &BTreeMap<u32, (String, i64)>, probes: &[String]) -> bool {
+        for (node, id) in self.nodes.iter().zip(&self.ids) {
+            let seen = answers(node, probes).await;
+            for (shard, answer) in (0..SHARD_COUNT).zip(&seen) {
+                let owner = &claims[&shard].0;
+                let agrees = match answer {
+                    Answer::Serving => owner == id,
+                    Answer::NotOwner { owner: named, .. } => owner != id && named == owner,
+                    Answer::FailingClosed => false,
+                };
+                if !agrees {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+fn location(id: &str) -> v1::Location {
+    v1::Location {
+        location_id: id.into(),
+        kind: v1::LocationKind::Warehouse.into(),
+        name: format!("warehouse {id}"),
+        state: v1::LifecycleState::Active.into(),
+        ..Default::default()
+    }
+}
+
+/// Location dc-1 in channel `web`, and 10 units of `sku` there.
+async fn stock(atpd: &Atpd, sku: &str) {
+    let mut config = atpd.config();
+    let request = v1::UpsertLocationRequest { location: Some(location("dc-1")) };
+    config.upsert_location(request).await.expect("upsert location");
+    let channel = v1::Channel {
+        channel_id: "web".into(),
+        name: "web shop".into(),
+        location_ids: vec!["dc-1".into()],
+        buffer: 0,
+        cap: None,
+        state: v1::LifecycleState::Active.into(),
+    };
+    let request = v1::UpsertChannelRequest { channel: Some(channel) };
+    config.upsert_channel(request).await.expect("upsert channel");
+    let event = v1::StockEvent {
+        event_id: format!("recv-{sku}"),
+        sku: sku.into(),
+        location_id: "dc-1".into(),
+        kind: Some(Kind::Received(v1::Received { quantity: 10 })),
+    };
+    let request = v1::ApplyStockEventsRequest { events: vec![event] };
+    let response = atpd.availability().apply_stock_events(request).await.expect("stock events");
+    let result = &response.get_ref().results[0];
+    assert_eq!(result.outcome(), v1::StockEventOutcome::Applied, "{result:?}");
+}
+
+fn reserve_request(id: &str, sku: &str) -> v1::ReserveRequest {
+    v1::ReserveRequest {
+        reservation_id: id.into(),
+        channel_id: "web".into(),
+        lines: vec![v1::ReservationLine {
+            sku: sku.into(),
+            location_id: "dc-1".into(),
+            quantity: 2,
+        }],
+        ttl_seconds: 0,
+        metadata: None,
+    }
+}
+
+/// A reservation id and a SKU whose home and line shards `owner` owns.
+fn owned_by(claims: &BTreeMap<u32, (String, i64)>, owner: &str) -> (String, String) {
+    let owns = |key: &str| claims[&shard_of(key)].0 == owner;
+    let id = (0..).map(|n| format!("order-{n}")).find(|id| owns(id)).expect("an id");
+    let sku = (0..).map(|n| format!("sku-{n}")).find(|sku| owns(sku)).expect("a sku");
+    (id, sku)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_split_the_shards_and_send_clients_to_the_owner() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let cluster = Cluster::start(&etcd, "split").await;
+    let probes = probe_ids();
+    let claims = cluster.wait_until_consistent(&probes).await;
+
+    // Every shard is served by exactly one node, and together they serve all.
+    let mut served = vec![0; SHARD_COUNT as usize];
+    for node in &cluster.nodes {
+        for (shard, answer) in answers(node, &probes).await.iter().enumerate() {
+            if *answer == Answer::Serving {
+                served[shard] += 1;
+            }
+        }
+    }
+    assert!(served.iter().all(|&count| count == 1), "shards served not exactly once");
+    for id in &cluster.ids {
+        let owned = claims.values().filter(|(owner, _)| owner == id).count();
+        assert!(owned > 0, "node {id} owns no shard");
+    }
+
+    // A Reserve on a node that does not own its shards: NOT_OWNER naming the owner.
+    let (owner, other) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (id, sku) = owned_by(&claims, &cluster.ids[0]);
+    stock(owner, &sku).await;
+    let refused =
+        other.availability().reserve(reserve_request(&id, &sku)).await.expect_err("not the owner");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let info = refused.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, "NOT_OWNER");
+    assert_eq!(info.metadata["owner"], cluster.ids[0]);
+    assert_eq!(info.metadata["owner_address"], owner.address.to_string());
+    let shard: u32 = info.metadata["shard"].parse().expect("a shard number");
+    assert!([shard_of(&id), shard_of(&sku)].contains(&shard), "{info:?}");
+    assert_eq!(info.metadata["epoch"], claims[&shard].1.to_string());
+    // The SDK reads it as its typed error, not retried (the owner must be asked).
+    let typed = atp_client::Error::from_status(&refused);
+    assert!(!typed.is_retryable(), "{typed:?}");
+    match typed {
+        atp_client::Error::NotOwner {
+            shard: named, owner: owner_id, owner_address, epoch, ..
+        } => {
+            assert_eq!(named, i64::from(shard));
+            assert_eq!(
+                (owner_id.as_str(), owner_address),
+                (cluster.ids[0].as_str(), owner.address.to_string())
+            );
+            assert_eq!(epoch, Some(claims[&shard].1 as u64));
+        }
+        other => panic!("not read as NotOwner: {other:?}"),
+    }
+
+    // The same Reserve on the owner holds, under the home shard's epoch.
+    let reserved = owner
+        .availability()
+        .reserve(reserve_request(&id, &sku))
+        .await
+        .expect("the owner holds")
+        .into_inner();
+    assert_eq!(reserved.epoch, claims[&shard_of(&id)].1 as u64);
+    assert!(!reserved.replayed);
+
+    // A reservation whose home and line live on two nodes: no node takes it.
+    let (home_id, _) = owned_by(&claims, &cluster.ids[0]);
+    let (_, far_sku) = owned_by(&claims, &cluster.ids[1]);
+    for (node, other) in [(0, 1), (1, 0)] {
+        let refused = cluster.nodes[node]
+            .availability()
+            .reserve(reserve_request(&home_id, &far_sku))
+            .await
+            .expect_err("shards on two nodes");
+        let info = refused.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), &info.metadata["owner"]),
+            ("NOT_OWNER", &cluster.ids[other])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_cut_off_from_etcd_fail_closed_then_serve_again() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let cluster = Cluster::start(&etcd, "cut").await;
+    let probes = probe_ids();
+    let before = cluster.wait_until_consistent(&probes).await;
+
+    // etcd stops answering: past its lease deadline each node refuses its
+    // own shards with FAILING_CLOSED (and still names the owners of others).
+    etcd.pause();
+    for (node, id) in cluster.nodes.iter().zip(&cluster.ids) {
+        let closed = eventually(DEADLINE, || async {
+            let seen = answers(node, &probes).await;
+            (0..SHARD_COUNT).zip(&seen).all(|(shard, answer)| {
+                let owner = &before[&shard].0;
+                match answer {
+                    Answer::FailingClosed => owner == id,
+                    Answer::NotOwner { owner: named, .. } => owner != id && named == owner,
+                    Answer::Serving => false,
+                }
+            })
+        })
+        .await;
+        assert!(closed, "node {id} kept serving without etcd; its log:\n{}", node.log());
+    }
+
+    // etcd is back: the nodes join again (or keep their leases) and serve.
+    etcd.resume();
+    let after = cluster.wait_until_consistent(&probes).await;
+    for (shard, (owner, epoch)) in &after {
+        assert_eq!(owner, &before[shard].0, "shard {shard} moved");
+        assert!(*epoch >= before[shard].1, "shard {shard}: epoch went down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_shards_wait_for_it_and_return_under_higher_epochs() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let mut cluster = Cluster::start(&etcd, "sticky").await;
+    let probes = probe_ids();
+    let before = cluster.wait_until_consistent(&probes).await;
+    let victim = cluster.ids[2].clone();
+    let (id, sku) = owned_by(&before, &victim);
+    stock(&cluster.nodes[2], &sku).await;
+    let mut availability = cluster.nodes[2].availability();
+    let held = availability.reserve(reserve_request(&id, &sku)).await.expect("holds").into_inner();
+
+    cluster.nodes[2].kill();
+    let gone = eventually(DEADLINE, || async {
+        claims(&cluster.store, &cluster.keys).await.values().all(|(owner, _)| owner != &victim)
+    })
+    .await;
+    assert!(gone, "the killed node's claims never expired");
+    // Sticky: nobody else claims them, and both survivors refuse them.
+    let now = claims(&cluster.store, &cluster.keys).await;
+    let orphaned: Vec<u32> =
+        before.iter().filter(|(_, (owner, _))| owner == &victim).map(|(shard, _)| *shard).collect();
+    assert!(orphaned.iter().all(|shard| !now.contains_key(shard)), "a survivor took a shard");
+    for node in &cluster.nodes[..2] {
+        let seen = answers(node, &probes).await;
+        for shard in &orphaned {
+            let answer = &seen[*shard as usize];
+            assert!(
+                matches!(answer, Answer::NotOwner { owner, address } if owner == &victim && address.is_empty()),
+                "shard {shard}: {answer:?}"
+            );
+        }
+    }
+
+    // Back on its data directory: same node id, the same shards, higher epochs.
+    cluster.nodes[2] = start(cluster.data[2].path(), &cluster.variables).await;
+    let after = cluster.wait_until_consistent(&probes).await;
+    for shard in &orphaned {
+        let (owner, epoch) = &after[shard];
+        assert_eq!(owner, &victim, "shard {shard}");
+        assert!(*epoch > before[shard].1, "shard {shard}: epoch {epoch} after {before:?}");
+    }
+    let mut availability = cluster.nodes[2].availability();
+    let request = v1::GetReservationRequest { reservation_id: id.clone() };
+    let read = availability.get_reservation(request).await.expect("recovered").into_inner();
+    assert_eq!(read.reservation.expect("a reservation").reservation_id, id);
+    assert!(read.epoch > held.epoch, "epoch {} after {}", read.epoch, held.epoch);
+}
