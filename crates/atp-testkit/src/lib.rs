@@ -244,3 +244,51 @@ pub fn atpd_binary() -> &'static Path {
         binary
     })
 }
+
+/// Fixtures most tests start from: warehouses, a `web` channel, stock.
+impl Atpd {
+    /// Upserts an ACTIVE warehouse for each of `locations` (named
+    /// "warehouse ID") and the ACTIVE channel `web` selling from
+    /// `channel_locations` (no buffer, no cap).
+    pub async fn configure_web(&self, locations: &[&str], channel_locations: &[&str]) {
+        use atp_proto::v1;
+        let mut config = self.config();
+        for id in locations {
+            let location = v1::Location {
+                location_id: (*id).into(),
+                kind: v1::LocationKind::Warehouse.into(),
+                name: format!("warehouse {id}"),
+                state: v1::LifecycleState::Active.into(),
+                ..Default::default()
+            };
+            let request = v1::UpsertLocationRequest { location: Some(location) };
+            config.upsert_location(request).await.expect("upsert location");
+        }
+        let channel = v1::Channel {
+            channel_id: "web".into(),
+            name: "web shop".into(),
+            location_ids: channel_locations.iter().map(|id| (*id).into()).collect(),
+            buffer: 0,
+            cap: None,
+            state: v1::LifecycleState::Active.into(),
+        };
+        let request = v1::UpsertChannelRequest { channel: Some(channel) };
+        config.upsert_channel(request).await.expect("upsert channel");
+    }
+
+    /// Receives `quantity` units of `sku` at `location` (event id
+    /// `recv-{sku}-{location}`) and checks the event was applied.
+    pub async fn receive(&self, sku: &str, location: &str, quantity: i64) {
+        use atp_proto::v1;
+        let event = v1::StockEvent {
+            event_id: format!("recv-{sku}-{location}"),
+            sku: sku.into(),
+            location_id: location.into(),
+            kind: Some(v1::stock_event::Kind::Received(v1::Received { quantity })),
+        };
+        let request = v1::ApplyStockEventsRequest { events: vec![event] };
+        let reply = self.availability().apply_stock_events(request).await.expect("stock events");
+        let result = &reply.get_ref().results[0];
+        assert_eq!(result.outcome(), v1::StockEventOutcome::Applied, "{result:?}");
+    }
+}

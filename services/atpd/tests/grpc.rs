@@ -9,7 +9,6 @@ use std::time::Duration;
 use atp_core::hash::shard_of;
 use atp_proto::v1;
 use atp_proto::v1::get_shard_request::Target;
-use atp_proto::v1::stock_event::Kind;
 use common::{Atpd, eventually};
 use futures::future::join_all;
 use tonic::Code;
@@ -19,49 +18,6 @@ use tonic_types::StatusExt;
 
 /// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn location(id: &str) -> v1::Location {
-    v1::Location {
-        location_id: id.into(),
-        kind: v1::LocationKind::Warehouse.into(),
-        name: format!("warehouse {id}"),
-        state: v1::LifecycleState::Active.into(),
-        ..Default::default()
-    }
-}
-
-/// Locations dc-1, dc-2 (channel `web`) and dc-3 (in no channel).
-async fn configure(atpd: &Atpd) {
-    let mut config = atpd.config();
-    for id in ["dc-1", "dc-2", "dc-3"] {
-        let request = v1::UpsertLocationRequest { location: Some(location(id)) };
-        config.upsert_location(request).await.expect("upsert location");
-    }
-    let channel = v1::Channel {
-        channel_id: "web".into(),
-        name: "web shop".into(),
-        location_ids: vec!["dc-1".into(), "dc-2".into()],
-        buffer: 0,
-        cap: None,
-        state: v1::LifecycleState::Active.into(),
-    };
-    let request = v1::UpsertChannelRequest { channel: Some(channel) };
-    config.upsert_channel(request).await.expect("upsert channel");
-}
-
-/// Receives `quantity` units of `sku` at `location` (event id `recv-{sku}-{location}`).
-async fn receive(atpd: &Atpd, sku: &str, location: &str, quantity: i64) {
-    let event = v1::StockEvent {
-        event_id: format!("recv-{sku}-{location}"),
-        sku: sku.into(),
-        location_id: location.into(),
-        kind: Some(Kind::Received(v1::Received { quantity })),
-    };
-    let request = v1::ApplyStockEventsRequest { events: vec![event] };
-    let response = atpd.availability().apply_stock_events(request).await.expect("stock events");
-    let result = &response.get_ref().results[0];
-    assert_eq!(result.outcome(), v1::StockEventOutcome::Applied, "{result:?}");
-}
 
 fn line(sku: &str, location: &str, quantity: i64) -> v1::ReservationLine {
     v1::ReservationLine { sku: sku.into(), location_id: location.into(), quantity }
@@ -104,9 +60,9 @@ fn bad_fields(status: &tonic::Status) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_clients_race_for_the_last_fifty_units() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "last-units", "dc-1", 30).await;
-    receive(&atpd, "last-units", "dc-2", 20).await;
+    atpd.configure_web(&["dc-1", "dc-2", "dc-3"], &["dc-1", "dc-2"]).await;
+    atpd.receive("last-units", "dc-1", 30).await;
+    atpd.receive("last-units", "dc-2", 20).await;
 
     let attempts = (0..200).map(|client| {
         let address = atpd.address;
@@ -180,10 +136,10 @@ fn skus_on_two_shards() -> (String, String) {
 #[tokio::test]
 async fn a_reservation_across_shards_holds_all_or_nothing() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
+    atpd.configure_web(&["dc-1", "dc-2", "dc-3"], &["dc-1", "dc-2"]).await;
     let (plenty, scarce) = skus_on_two_shards();
-    receive(&atpd, &plenty, "dc-1", 10).await;
-    receive(&atpd, &scarce, "dc-1", 1).await;
+    atpd.receive(&plenty, "dc-1", 10).await;
+    atpd.receive(&scarce, "dc-1", 1).await;
 
     let mut client = atpd.availability();
     let request =
@@ -210,8 +166,8 @@ async fn a_reservation_across_shards_holds_all_or_nothing() {
 #[tokio::test]
 async fn malformed_requests_name_the_bad_field() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 5).await;
+    atpd.configure_web(&["dc-1", "dc-2", "dc-3"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 5).await;
     let mut client = atpd.availability();
 
     let many_lines = (0..10_000).map(|n| line(&format!("s{n}"), "dc-1", 1)).collect();
@@ -279,7 +235,7 @@ async fn malformed_requests_name_the_bad_field() {
 #[tokio::test]
 async fn sigterm_stops_the_node_cleanly() {
     let mut atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
+    atpd.configure_web(&["dc-1", "dc-2", "dc-3"], &["dc-1", "dc-2"]).await;
     // An open, idle connection must not hold the shutdown up.
     let mut client = atpd.config();
     client.list_locations(v1::ListLocationsRequest {}).await.expect("list locations");
@@ -294,8 +250,8 @@ async fn sigterm_stops_the_node_cleanly() {
 #[tokio::test]
 async fn a_hold_expires_over_grpc() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "brief", "dc-1", 4).await;
+    atpd.configure_web(&["dc-1", "dc-2", "dc-3"], &["dc-1", "dc-2"]).await;
+    atpd.receive("brief", "dc-1", 4).await;
     let mut client = atpd.availability();
     let request = v1::ReserveRequest {
         ttl_seconds: 1,
@@ -326,8 +282,8 @@ async fn a_hold_expires_over_grpc() {
 #[tokio::test]
 async fn commit_cancel_extend_and_the_admin_view() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "mug", "dc-1", 10).await;
+    atpd.configure_web(&["dc-1", "dc-2", "dc-3"], &["dc-1", "dc-2"]).await;
+    atpd.receive("mug", "dc-1", 10).await;
     let mut client = atpd.availability();
 
     // Commit 3 of 5 held: the remainder returns.

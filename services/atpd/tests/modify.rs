@@ -10,49 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use atp_proto::v1;
-use atp_proto::v1::stock_event::Kind;
 use common::Atpd;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-/// Locations dc-1, dc-2 and channel `web` over both.
-async fn configure(atpd: &Atpd) {
-    let mut config = atpd.config();
-    for id in ["dc-1", "dc-2"] {
-        let location = v1::Location {
-            location_id: id.into(),
-            kind: v1::LocationKind::Warehouse.into(),
-            name: id.into(),
-            active: true,
-            ..Default::default()
-        };
-        config
-            .upsert_location(v1::UpsertLocationRequest { location: Some(location) })
-            .await
-            .expect("upsert location");
-    }
-    let channel = v1::Channel {
-        channel_id: "web".into(),
-        name: "web shop".into(),
-        location_ids: vec!["dc-1".into(), "dc-2".into()],
-        ..Default::default()
-    };
-    config
-        .upsert_channel(v1::UpsertChannelRequest { channel: Some(channel) })
-        .await
-        .expect("upsert channel");
-}
-
-async fn receive(atpd: &Atpd, sku: &str, location: &str, quantity: i64) {
-    let event = v1::StockEvent {
-        event_id: format!("recv-{sku}-{location}"),
-        sku: sku.into(),
-        location_id: location.into(),
-        kind: Some(Kind::Received(v1::Received { quantity })),
-    };
-    let request = v1::ApplyStockEventsRequest { events: vec![event] };
-    atpd.availability().apply_stock_events(request).await.expect("stock events");
-}
 
 fn line(sku: &str, location: &str, quantity: i64) -> v1::ReservationLine {
     v1::ReservationLine { sku: sku.into(), location_id: location.into(), quantity }
@@ -122,10 +82,10 @@ async fn get(atpd: &Atpd, id: &str) -> v1::Reservation {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_replaces_the_lines_all_or_nothing_and_a_retry_is_replayed() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 10).await;
-    receive(&atpd, "cap", "dc-2", 4).await;
-    receive(&atpd, "mug", "dc-1", 3).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 10).await;
+    atpd.receive("cap", "dc-2", 4).await;
+    atpd.receive("mug", "dc-1", 3).await;
     let mut client = atpd.availability();
     let first = reserve("r-1", vec![line("tee", "dc-1", 2), line("cap", "dc-2", 1)]);
     client.reserve(first.clone()).await.expect("reserved");
@@ -192,8 +152,8 @@ async fn a_change_replaces_the_lines_all_or_nothing_and_a_retry_is_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_changes_are_refused_naming_the_field() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 10).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 10).await;
     let mut client = atpd.availability();
     client.reserve(reserve("r-1", vec![line("tee", "dc-1", 2)])).await.expect("reserved");
     let cases = [
@@ -235,8 +195,8 @@ async fn a_hundred_concurrent_modifiers_of_one_sku_never_oversell() {
     const ROUNDS: usize = 8;
     const STOCK: i64 = 150;
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", STOCK).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", STOCK).await;
     let client = atpd.availability();
     let reservations = MODIFIERS - MODIFIERS / 10;
     for index in 0..reservations {
@@ -340,10 +300,10 @@ async fn changes_survive_sigkill_at_the_highest_complete_version() {
     };
     {
         let atpd = Atpd::start_in(data.path(), &[]).await;
-        configure(&atpd).await;
+        atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
         for sku in skus {
-            receive(&atpd, sku, "dc-1", 200).await;
-            receive(&atpd, sku, "dc-2", 200).await;
+            atpd.receive(sku, "dc-1", 200).await;
+            atpd.receive(sku, "dc-2", 200).await;
         }
         for index in 0..RESERVATIONS {
             let id = format!("r-{index}");

@@ -10,47 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use atp_proto::v1;
-use atp_proto::v1::stock_event::Kind;
 use common::Atpd;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-/// Locations dc-1, dc-2 and channel `web` over both.
-async fn configure(atpd: &Atpd) {
-    let mut config = atpd.config();
-    for id in ["dc-1", "dc-2"] {
-        let location = v1::Location {
-            location_id: id.into(),
-            kind: v1::LocationKind::Warehouse.into(),
-            name: id.into(),
-            active: true,
-            ..Default::default()
-        };
-        let request = v1::UpsertLocationRequest { location: Some(location) };
-        config.upsert_location(request).await.expect("upsert location");
-    }
-    let channel = v1::Channel {
-        channel_id: "web".into(),
-        name: "web shop".into(),
-        location_ids: vec!["dc-1".into(), "dc-2".into()],
-        buffer: 0,
-        cap: None,
-        ..Default::default()
-    };
-    let request = v1::UpsertChannelRequest { channel: Some(channel) };
-    config.upsert_channel(request).await.expect("upsert channel");
-}
-
-async fn receive(atpd: &Atpd, sku: &str, location: &str, quantity: i64) {
-    let event = v1::StockEvent {
-        event_id: format!("recv-{sku}-{location}"),
-        sku: sku.into(),
-        location_id: location.into(),
-        kind: Some(Kind::Received(v1::Received { quantity })),
-    };
-    let request = v1::ApplyStockEventsRequest { events: vec![event] };
-    atpd.availability().apply_stock_events(request).await.expect("stock events");
-}
 
 fn reserve(
     id: &str,
@@ -90,8 +52,8 @@ fn state(reservation: &Option<v1::Reservation>) -> v1::ReservationState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_to_replays_say_so_and_show_the_reservation_now() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 10).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 10).await;
     let mut client = atpd.availability();
     let request = reserve("order-1", "tee", "dc-1", Some(metadata("cart-9", &[("team", "a")])));
 
@@ -156,8 +118,8 @@ async fn replies_to_replays_say_so_and_show_the_reservation_now() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_metadata_is_refused_naming_the_field_and_writes_nothing() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 10).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 10).await;
     let mut client = atpd.availability();
     let too_many: Vec<(String, String)> =
         (0..9).map(|n| (format!("k{n}"), "v".to_owned())).collect();
@@ -198,8 +160,8 @@ async fn bad_metadata_is_refused_naming_the_field_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extend_keyed_by_a_request_id_moves_the_expiry_once() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 10).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 10).await;
     let mut client = atpd.availability();
     client.reserve(reserve("order-1", "tee", "dc-1", None)).await.expect("reserved");
     let extend = |request_id: &str, ttl_seconds| v1::ExtendReservationRequest {
@@ -234,8 +196,8 @@ async fn an_extend_keyed_by_a_request_id_moves_the_expiry_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_reservations_answers_each_id_in_order() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 10).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 10).await;
     let mut client = atpd.availability();
     for id in ["a", "b"] {
         client.reserve(reserve(id, "tee", "dc-1", None)).await.expect("reserved");
@@ -295,9 +257,9 @@ type Made = (String, bool, String);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_reservations_pages_through_every_match_once() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 1_000).await;
-    receive(&atpd, "mug", "dc-2", 1_000).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 1_000).await;
+    atpd.receive("mug", "dc-2", 1_000).await;
     let mut client = atpd.availability();
     let mut expected: BTreeMap<String, Made> = BTreeMap::new();
     let mut batch = Vec::new();
@@ -359,8 +321,8 @@ async fn list_reservations_pages_through_every_match_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_under_concurrent_writes_shows_every_survivor_exactly_once() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 1_000_000).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 1_000_000).await;
     let mut client = atpd.availability();
     let stable: Vec<String> = (0..1_500).map(|n| format!("stable-{n}")).collect();
     for chunk in stable.chunks(500) {
@@ -408,8 +370,8 @@ async fn a_scan_under_concurrent_writes_shows_every_survivor_exactly_once() {
 async fn metadata_and_a_keyed_extend_survive_sigkill() {
     let data = tempfile::tempdir().expect("data directory");
     let mut atpd = Atpd::start_in(data.path(), &[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "tee", "dc-1", 10).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1", "dc-2"]).await;
+    atpd.receive("tee", "dc-1", 10).await;
     let mut client = atpd.availability();
     let labelled = metadata("cart-1", &[("team", "b")]);
     let request = reserve("order-1", "tee", "dc-1", Some(labelled.clone()));
