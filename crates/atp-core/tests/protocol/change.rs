@@ -15,7 +15,6 @@ use proptest::test_runner::TestCaseError;
 
 use super::{Message, Waiting, World, pick};
 use crate::checks;
-use crate::common::{LOCATIONS, MARKET, SKUS};
 
 /// A change in progress (the node's task running it): lost at a crash.
 pub(super) struct Changing {
@@ -48,17 +47,7 @@ impl World {
             (true, Some(sent)) => sent.clone(),
             _ => {
                 let Ok(view) = self.shards[&home].get(&id) else { return Ok(()) };
-                let first = if view.channel.as_str() == MARKET { 1 } else { 0 };
-                let lines: Vec<ReserveLine> = lines
-                    .iter()
-                    .map(|(s, l, units)| {
-                        crate::common::line(
-                            SKUS[*s as usize],
-                            LOCATIONS[first + *l as usize].0,
-                            *units,
-                        )
-                    })
-                    .collect();
+                let lines = super::lines_for(view.channel.as_str(), lines);
                 let check = ReserveRequest {
                     id: id.clone(),
                     channel: view.channel.clone(),

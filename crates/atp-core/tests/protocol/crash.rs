@@ -188,20 +188,49 @@ impl World {
     /// message: then no hold is open and every hold ended exactly once.
     pub fn finish(&mut self) -> Result<(), TestCaseError> {
         self.crash(None)?;
+        self.pass_every_ttl(1)?;
+        self.check_all_ended()
+    }
+
+    /// Lets every TTL pass, then `rounds` times: every shard ticks, every
+    /// message is delivered, everything is made durable.
+    pub(super) fn pass_every_ttl(&mut self, rounds: usize) -> Result<(), TestCaseError> {
         self.now += super::TTLS_MS.iter().max().expect("ttls") + 1;
-        let shards: Vec<u32> = self.shards.keys().copied().collect();
-        for shard in shards {
-            self.on_shard(shard, |_, _, _| ());
+        for _ in 0..rounds {
+            let shards: Vec<u32> = self.shards.keys().copied().collect();
+            for shard in shards {
+                self.on_shard(shard, |_, _, _| ());
+            }
+            while !self.network.is_empty() {
+                let message = self.network.remove(0);
+                self.deliver(message, false)?;
+            }
+            self.persist()?;
         }
-        while !self.network.is_empty() {
-            let message = self.network.remove(0);
-            self.deliver(message, false)?;
-        }
-        self.persist()?;
+        Ok(())
+    }
+
+    /// At the end: positions match holds, nothing is held any more, every
+    /// hold ended exactly once, every reservation is settled and nothing
+    /// acknowledged was lost.
+    pub(super) fn check_all_ended(&self) -> Result<(), TestCaseError> {
         checks::positions_match_holds(&self.shards, &self.catalog)?;
         for state in self.shards.values() {
             for (sku, location, position) in state.all_positions() {
-                prop_assert_eq!(position.reserved, 0, "still reserved at {}/{}", sku, location);
+                let holds = state.line_holds();
+                let records: Vec<_> = holds
+                    .iter()
+                    .map(|h| self.shards[&shard_of(h.id.as_str())].get(&h.id).map(|v| v.state))
+                    .collect();
+                prop_assert_eq!(
+                    position.reserved,
+                    0,
+                    "still reserved at {}/{}: holds {:?}, their records {:?}",
+                    sku,
+                    location,
+                    holds,
+                    records
+                );
             }
         }
         self.lives.all_ended()?;

@@ -386,40 +386,8 @@ impl World {
         let stuck: Vec<_> = self.doubts.iter().map(|(k, d)| (k.clone(), d.facts.clone())).collect();
         prop_assert!(self.doubts.is_empty(), "doubts never decided: {:?}", stuck);
         self.confirm_shipped();
-        self.now += super::TTLS_MS.iter().max().expect("ttls") + 1;
-        for _ in 0..3 {
-            let shards: Vec<u32> = self.shards.keys().copied().collect();
-            for shard in shards {
-                self.on_shard(shard, |_, _, _| ());
-            }
-            while !self.network.is_empty() {
-                let message = self.network.remove(0);
-                self.deliver(message, false)?;
-            }
-            self.persist()?;
-        }
-        checks::positions_match_holds(&self.shards, &self.catalog)?;
-        for state in self.shards.values() {
-            for (sku, location, position) in state.all_positions() {
-                let holds: Vec<_> = state.line_holds();
-                let records: Vec<_> = holds
-                    .iter()
-                    .map(|h| self.shards[&shard_of(h.id.as_str())].get(&h.id).map(|v| v.state))
-                    .collect();
-                prop_assert_eq!(
-                    position.reserved,
-                    0,
-                    "still reserved at {}/{}: holds {:?}, their records {:?}",
-                    sku,
-                    location,
-                    holds,
-                    records
-                );
-            }
-        }
-        self.lives.all_ended()?;
-        checks::settled(&self.shards, &self.ids)?;
-        self.check_acked()
+        self.pass_every_ttl(3)?;
+        self.check_all_ended()
     }
 
     /// A committed line whose line shard no longer holds it shipped in full

@@ -248,6 +248,21 @@ fn restore(shard: u32, records: &Records) -> Result<ShardState, TestCaseError> {
         .map_err(|e| TestCaseError::fail(e.to_string()))
 }
 
+/// Reserve lines from (sku, location of the channel, units) selectors: the
+/// web channel sells from the first two locations, the market from the last two.
+fn lines_for(
+    channel: &str,
+    selectors: &[(u8, u8, i64)],
+) -> Vec<atp_core::reservation::ReserveLine> {
+    let first = if channel == MARKET { 1 } else { 0 };
+    selectors
+        .iter()
+        .map(|(s, l, units)| {
+            crate::common::line(SKUS[*s as usize], LOCATIONS[first + *l as usize].0, *units)
+        })
+        .collect()
+}
+
 fn pick<T>(items: &[T], selector: u8) -> Option<&T> {
     (!items.is_empty()).then(|| &items[selector as usize % items.len()])
 }
@@ -325,17 +340,8 @@ impl World {
         match action {
             Action::Reserve { id, market, lines, ttl } => {
                 let id = pick(&self.ids, *id).expect("ids").clone();
-                let (channel, first) = if *market { (MARKET, 1) } else { (WEB, 0) };
-                let lines = lines
-                    .iter()
-                    .map(|(s, l, units)| {
-                        crate::common::line(
-                            SKUS[*s as usize],
-                            LOCATIONS[first + *l as usize].0,
-                            *units,
-                        )
-                    })
-                    .collect();
+                let channel = if *market { MARKET } else { WEB };
+                let lines = lines_for(channel, lines);
                 let ttl_ms = TTLS_MS[*ttl as usize % TTLS_MS.len()];
                 // Caller data on some: holds carry it, so a record rebuilt
                 // from them after a crash must still show it (checked on
@@ -548,31 +554,33 @@ impl World {
             .expect("a rollback completes");
     }
 
+    /// Applies a Hold or Replace (`twice`: a repeat right after, which must
+    /// change nothing); whether it was taken.
+    fn call(&mut self, shard: u32, op: &LineOp, twice: bool) -> Result<bool, TestCaseError> {
+        let taken =
+            self.on_shard(shard, |state, catalog, now| state.apply_line_op(op, catalog, now));
+        if twice {
+            let before = self.shards[&shard].all_positions();
+            let again =
+                self.on_shard(shard, |state, catalog, now| state.apply_line_op(op, catalog, now));
+            prop_assert!(taken.is_err() || again.is_ok(), "a repeated {:?} failed", op);
+            prop_assert_eq!(
+                before,
+                self.shards[&shard].all_positions(),
+                "a repeated {:?} changed positions",
+                op
+            );
+        }
+        Ok(taken.is_ok())
+    }
+
     fn deliver(&mut self, message: Message, twice: bool) -> Result<(), TestCaseError> {
         match message {
             Message::Hold { shard, op } => {
                 let LineOp::Hold { reservation, .. } = &op else { unreachable!("holds only") };
-                let id = reservation.request.id.clone();
-                let held = self
-                    .on_shard(shard, |state, catalog, now| state.apply_line_op(&op, catalog, now));
-                if twice {
-                    let before = self.shards[&shard].all_positions();
-                    let again = self.on_shard(shard, |state, catalog, now| {
-                        state.apply_line_op(&op, catalog, now)
-                    });
-                    prop_assert!(
-                        held.is_err() || again.is_ok(),
-                        "a repeated hold of {} failed",
-                        id
-                    );
-                    prop_assert_eq!(
-                        before,
-                        self.shards[&shard].all_positions(),
-                        "a repeated hold of {}",
-                        id
-                    );
-                }
-                self.hold_outcome(&(id, reservation.version), shard, held.is_ok());
+                let key = (reservation.request.id.clone(), reservation.version);
+                let held = self.call(shard, &op, twice)?;
+                self.hold_outcome(&key, shard, held);
             }
             Message::Line { shard, op, ack, .. } => {
                 for _ in 0..if twice { 2 } else { 1 } {
@@ -634,27 +642,9 @@ impl World {
             }
             Message::Replace { shard, op } => {
                 let LineOp::Replace { to, .. } = &op else { unreachable!("replaces only") };
-                let id = to.request.id.clone();
-                let replaced = self
-                    .on_shard(shard, |state, catalog, now| state.apply_line_op(&op, catalog, now));
-                if twice {
-                    let before = self.shards[&shard].all_positions();
-                    let again = self.on_shard(shard, |state, catalog, now| {
-                        state.apply_line_op(&op, catalog, now)
-                    });
-                    prop_assert!(
-                        replaced.is_err() || again.is_ok(),
-                        "a repeated replace of {} failed",
-                        id
-                    );
-                    prop_assert_eq!(
-                        before,
-                        self.shards[&shard].all_positions(),
-                        "a repeated replace of {}",
-                        id
-                    );
-                }
-                self.replace_outcome(&(id, to.version), shard, replaced.is_ok());
+                let key = (to.request.id.clone(), to.version);
+                let replaced = self.call(shard, &op, twice)?;
+                self.replace_outcome(&key, shard, replaced);
             }
             Message::ChangeFinish { id, version, replaced } => {
                 self.finish_change(id, version, replaced)?
