@@ -4,7 +4,6 @@
 //! and `reassign --accept-loss`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,15 +15,13 @@ use atp_cluster::{
     MembershipConfig, Ownership, ReassignError, ReassignRequest, ReassignTarget, SHARD_COUNT,
     ShardMap, ShardState, reassign,
 };
-use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
 #[macro_use]
 mod common;
-use common::Fixture;
+use common::{Fixture, WAIT, until};
 
 /// Long enough for a slow etcd on a busy machine, short for paused time.
-const WAIT: Duration = Duration::from_secs(20);
 const NODES: [&str; 3] = ["a", "b", "c"];
 
 fn config(node: &str) -> MembershipConfig {
@@ -97,21 +94,6 @@ impl<S: Store> Node<S> {
 
     fn serving(&self) -> BTreeMap<u32, i64> {
         self.claims.view().serving_at(Instant::now())
-    }
-}
-
-async fn until<T: Clone + Debug>(
-    receiver: &mut watch::Receiver<T>,
-    what: &str,
-    condition: impl FnMut(&T) -> bool,
-) -> T {
-    let outcome = timeout(WAIT, receiver.wait_for(condition))
-        .await
-        .map(|result| result.map(|value| value.clone()));
-    match outcome {
-        Ok(Ok(value)) => value,
-        Ok(Err(_)) => panic!("the sender went away while waiting for {what}"),
-        Err(_) => panic!("timed out waiting for {what}"),
     }
 }
 

@@ -3,24 +3,19 @@
 //! a [`Fixture`]: stores to build nodes on, and the faults (pause = SIGSTOP,
 //! restart = SIGKILL + start on the same data directory).
 
-use std::fmt::Debug;
 use std::time::Duration;
 
 use atp_cluster::store::{Store, StoreError, Watch, WatchEvent};
 use atp_cluster::testing::Faulty;
 use atp_cluster::{LeaseState, LostReason, Member, Members, Membership, MembershipConfig};
-use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
 #[macro_use]
 mod common;
-use common::Fixture;
+use common::{Fixture, WAIT, until};
 
 const TTL_MS: u64 = 2_000;
 const MARGIN_MS: u64 = 500;
-/// Long enough for a slow etcd start on a busy machine, short for paused time.
-const WAIT: Duration = Duration::from_secs(20);
-
 fn config(node: &str) -> MembershipConfig {
     MembershipConfig {
         lease_ttl_ms: TTL_MS,
@@ -30,21 +25,6 @@ fn config(node: &str) -> MembershipConfig {
         request_timeout_ms: 1_000,
         retry_backoff_ms: 50,
         ..MembershipConfig::new("test", node, format!("{node}.local:7000"))
-    }
-}
-
-async fn until<T: Clone + Debug>(
-    receiver: &mut watch::Receiver<T>,
-    what: &str,
-    condition: impl FnMut(&T) -> bool,
-) -> T {
-    let outcome = timeout(WAIT, receiver.wait_for(condition))
-        .await
-        .map(|result| result.map(|value| value.clone()));
-    match outcome {
-        Ok(Ok(value)) => value,
-        Ok(Err(_)) => panic!("the sender went away while waiting for {what}"),
-        Err(_) => panic!("timed out waiting for {what}; last: {:?}", *receiver.borrow()),
     }
 }
 

@@ -83,3 +83,24 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// How long a test waits for a condition (real etcd on a loaded machine;
+/// the in-memory store runs on paused time).
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits (at most [`WAIT`]) until `receiver` shows a value meeting
+/// `condition`, and returns it; panics naming `what` (and the last value).
+pub async fn until<T: Clone + std::fmt::Debug>(
+    receiver: &mut tokio::sync::watch::Receiver<T>,
+    what: &str,
+    condition: impl FnMut(&T) -> bool,
+) -> T {
+    let outcome = tokio::time::timeout(WAIT, receiver.wait_for(condition))
+        .await
+        .map(|result| result.map(|value| value.clone()));
+    match outcome {
+        Ok(Ok(value)) => value,
+        Ok(Err(_)) => panic!("the sender went away while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}; last: {:?}", *receiver.borrow()),
+    }
+}
