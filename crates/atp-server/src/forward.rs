@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
-use atp_proto::{Reason, reason_of};
+use atp_proto::{Reason, reason_of, rpc_status, status_from_rpc};
 use tonic::codegen::http::{HeaderMap, HeaderValue};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
@@ -45,6 +45,7 @@ const MAX_PEERS: usize = 256;
 
 /// A request's metadata, and a copy of its message while it may still be
 /// forwarded.
+#[derive(Debug)]
 pub struct Incoming<T> {
     metadata: MetadataMap,
     message: Option<T>,
@@ -56,19 +57,22 @@ impl<T: Clone> Incoming<T> {
     /// of a wire version this node does not speak.
     pub fn split(request: Request<T>, may_forward: bool) -> Result<(Self, T), Status> {
         let (metadata, _, message) = request.into_parts();
-        if let Some(version) = metadata.get(WIRE_HEADER) {
-            if version.as_bytes() != WIRE_VERSION.as_bytes() {
-                let version = String::from_utf8_lossy(version.as_bytes()).into_owned();
-                return Err(Reason::NotOwner.status(
-                    format!(
-                        "a forwarded request of wire version {version:?} is not understood by \
-                         this node (it speaks {WIRE_VERSION}): a rolling upgrade is in progress; \
-                         retry"
-                    ),
-                    [("wire", version)],
-                    ErrorDetails::new(),
-                ));
-            }
+        let unknown_version = metadata
+            .get(WIRE_HEADER)
+            .filter(|version| version.as_bytes() != WIRE_VERSION.as_bytes());
+        if let Some(version) = unknown_version {
+            let version = String::from_utf8_lossy(version.as_bytes()).into_owned();
+            // NOT_OWNER's keys, all empty: this node cannot read the request.
+            let unknown =
+                ["shard", "owner", "owner_address", "epoch"].map(|key| (key, String::new()));
+            return Err(Reason::NotOwner.status(
+                format!(
+                    "a forwarded request of wire version {version:?} is not understood by this \
+                     node (it speaks {WIRE_VERSION}): a rolling upgrade is in progress; retry"
+                ),
+                unknown,
+                ErrorDetails::new(),
+            ));
         }
         let forwarded = metadata.get(FORWARDED_HEADER).is_some();
         let copy = (may_forward && !forwarded).then(|| message.clone());
@@ -139,11 +143,7 @@ impl Forwarder {
                 Err(peer.refusal)
             }
             // The owner's answer, without its transport headers.
-            Ok(Err(status)) => Err(Status::with_details(
-                status.code(),
-                status.message(),
-                status.details().to_vec().into(),
-            )),
+            Ok(Err(status)) => Err(status_from_rpc(rpc_status(&status))),
             Err(_elapsed) => {
                 tracing::warn!(peer = %peer.address, timeout_ms = timeout.as_millis(), "the owner did not answer a forwarded request in time");
                 Err(peer.refusal)
@@ -241,5 +241,6 @@ mod tests {
         let refused = Incoming::split(request, true).expect_err("version 2");
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert_eq!(reason_of(&refused), Some(Reason::NotOwner));
+        assert!(refused.message().contains("wire version \"2\""), "{refused:?}");
     }
 }
