@@ -369,6 +369,47 @@ async fn three_nodes_split_the_shards_and_forward_to_the_owner() {
     assert_eq!(read(owner, &second).await, v1::ReservationState::Released);
     assert_eq!(read(other, &second).await, v1::ReservationState::Released);
 
+    // The other RPCs that touch shards go through the same forward: a batch
+    // and a read of ids all on the owner, Extend, Cancel (refused by the
+    // owner), a stock event and an availability read.
+    let ids: Vec<String> = (0..)
+        .map(|n| format!("{id}-batch-{n}"))
+        .filter(|id| claims[&shard_of(id)].0 == cluster.ids[0])
+        .take(2)
+        .collect();
+    let reservations = ids.iter().map(|id| reserve_request(id, &sku)).collect();
+    let request = v1::ReserveBatchRequest { reservations };
+    let batch = via_other.reserve_batch(request).await.expect("forwarded batch").into_inner();
+    assert_eq!(batch.results.len(), 2, "{batch:?}");
+    let request = v1::GetReservationsRequest { reservation_ids: ids.clone() };
+    let got = via_other.get_reservations(request).await.expect("forwarded read").into_inner();
+    assert_eq!(got.results.len(), 2, "{got:?}");
+    let request = v1::ExtendReservationRequest {
+        reservation_id: ids[0].clone(),
+        ttl_seconds: 600,
+        request_id: "extend-1".into(),
+    };
+    via_other.extend_reservation(request).await.expect("forwarded extend");
+    // The owner's error reaches the client with its details.
+    let request = v1::CancelRequest { reservation_id: ids[1].clone() };
+    let refused = via_other.cancel(request).await.expect_err("a held one is not cancelled");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let info = refused.get_details_error_info().expect("the owner's ErrorInfo");
+    assert_eq!((info.reason.as_str(), info.metadata["state"].as_str()), ("WRONG_STATE", "HELD"));
+    let event = v1::StockEvent {
+        event_id: format!("recv-more-{sku}"),
+        sku: sku.clone(),
+        location_id: "dc-1".into(),
+        kind: Some(Kind::Received(v1::Received { quantity: 5 })),
+    };
+    let request = v1::ApplyStockEventsRequest { events: vec![event] };
+    let applied = via_other.apply_stock_events(request).await.expect("forwarded events");
+    assert_eq!(applied.get_ref().results[0].outcome(), v1::StockEventOutcome::Applied);
+    let request = v1::GetAvailabilityRequest { skus: vec![sku.clone()], ..Default::default() };
+    let seen = via_other.get_availability(request).await.expect("forwarded read").into_inner();
+    assert_eq!(seen.skus.len(), 1, "{seen:?}");
+    assert_eq!(seen.skus[0].sku, sku);
+
     // A reservation whose home and line live on two nodes: no node takes it.
     let (home_id, _) = owned_by(&claims, &cluster.ids[0]);
     let (_, far_sku) = owned_by(&claims, &cluster.ids[1]);
