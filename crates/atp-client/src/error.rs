@@ -325,8 +325,10 @@ errors! {
         limit_bytes: Option<u64> = optional_number("limit_bytes"),
     };
     /// UNAVAILABLE `NOT_OWNER` (cluster mode): another node owns a shard the
-    /// request touches; send it to `owner_address`. Not retried here: the
-    /// same node would refuse again.
+    /// request touches and the node did not forward it there (the request
+    /// spans nodes, or the owner is down or unreachable); send it to
+    /// `owner_address` when it has one. Not retried here: the same node
+    /// would likely refuse again.
     NotOwner = NotOwner, retry: false, "not owner: " {
         /// The refused shard.
         shard: i64 = number("shard"),

@@ -79,8 +79,10 @@ reasons! {
     RequestTimeout = "REQUEST_TIMEOUT" => DeadlineExceeded;
     /// The request message is larger than `max_message_bytes`.
     MessageTooLarge = "MESSAGE_TOO_LARGE" => OutOfRange;
-    /// Cluster mode: another node owns a shard the request touches (no
-    /// forwarding yet); the metadata name the shard, its owner and epoch.
+    /// Cluster mode: another node owns a shard the request touches and the
+    /// request was not forwarded to it (it spans nodes, the owner is down or
+    /// unreachable, or it was forwarded already); the metadata name the
+    /// shard, its owner and epoch.
     NotOwner = "NOT_OWNER" => Unavailable;
     /// Cluster mode: a shard the request touches is assigned to this node
     /// but not served now (lease lost or not yet renewed, shard map not

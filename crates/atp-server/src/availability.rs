@@ -16,13 +16,34 @@ use atp_shard::{Node, NodeError};
 use tonic::{Request, Response, Status};
 
 use crate::error::node_status;
-use crate::fence::{Fence, Touched};
+use crate::fence::{Fence, Route, Touched};
+use crate::forward::{Forwarder, Incoming};
+
+/// Serves a request here, under the epoch this evaluates to, or returns the
+/// answer of the one other node owning every shard it touches (one hop,
+/// see [`crate::forward`]): `$rpc` names the client method to forward with.
+macro_rules! here_or_forward {
+    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident) => {
+        match $api.fence.route(&$touched, $incoming.may_forward())? {
+            Route::Here(epoch) => epoch,
+            Route::Forward(peer) => {
+                return $api
+                    .forwarder
+                    .forward(peer, $incoming, |mut client, request| async move {
+                        client.$rpc(request).await
+                    })
+                    .await;
+            }
+        }
+    };
+}
 
 /// Holds, commits, availability reads and stock events.
 #[derive(Clone)]
 pub struct AvailabilityApi {
     node: Node,
     fence: Fence,
+    forwarder: Forwarder,
 }
 
 impl AvailabilityApi {
@@ -33,22 +54,32 @@ impl AvailabilityApi {
 
     /// The service over `node`, serving only the shards `fence` admits.
     pub fn with_fence(node: Node, fence: Fence) -> Self {
-        Self { node, fence }
+        Self { node, fence, forwarder: Forwarder::default() }
     }
 
-    /// Admits a request for reservation `id` (its home shard) and `skus`.
-    fn admit<'a>(&self, id: &str, skus: impl IntoIterator<Item = &'a str>) -> Result<u64, Status> {
-        let mut touched = Touched::default();
-        touched.key(id);
-        for sku in skus {
-            touched.key(sku);
-        }
-        self.fence.admit(&touched)
+    /// Requests this service forwarded to other nodes since start.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarder.forwarded()
+    }
+
+    /// Splits `request` (see [`Incoming::split`]).
+    fn split<T: Clone>(&self, request: Request<T>) -> Result<(Incoming<T>, T), Status> {
+        Incoming::split(request, matches!(self.fence, Fence::Cluster(_)))
     }
 
     fn default_ttl_ms(&self) -> i64 {
         self.node.config().default_ttl_ms
     }
+}
+
+/// The shards of reservation `id` (its home) and of `skus`.
+fn touched<'a>(id: &str, skus: impl IntoIterator<Item = &'a str>) -> Touched {
+    let mut touched = Touched::default();
+    touched.key(id);
+    for sku in skus {
+        touched.key(sku);
+    }
+    touched
 }
 
 #[tonic::async_trait]
@@ -57,10 +88,11 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
-        let request =
-            parse_reserve(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
-        let epoch =
-            self.admit(request.id.as_str(), request.lines.iter().map(|line| line.sku.as_str()))?;
+        let (incoming, message) = self.split(request)?;
+        let request = parse_reserve(message, self.default_ttl_ms()).map_err(status_of)?;
+        let touched =
+            touched(request.id.as_str(), request.lines.iter().map(|line| line.sku.as_str()));
+        let epoch = here_or_forward!(self, touched, incoming, reserve);
         let reply = self.node.reserve(request).await.map_err(node_status)?;
         Ok(Response::new(reserved(reply, epoch)))
     }
@@ -69,9 +101,11 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
-        let commit = parse_commit(request.into_inner()).map_err(status_of)?;
-        let epoch =
-            self.admit(commit.id.as_str(), commit.lines.iter().map(|line| line.sku.as_str()))?;
+        let (incoming, message) = self.split(request)?;
+        let commit = parse_commit(message).map_err(status_of)?;
+        let touched =
+            touched(commit.id.as_str(), commit.lines.iter().map(|line| line.sku.as_str()));
+        let epoch = here_or_forward!(self, touched, incoming, commit);
         let reply = self.node.commit(commit.id, commit.lines).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::CommitResponse { reservation, epoch, replayed, current }))
@@ -81,8 +115,9 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
-        let epoch = self.admit(id.as_str(), [])?;
+        let (incoming, message) = self.split(request)?;
+        let id = parse_reservation_id(&message.reservation_id).map_err(status_of)?;
+        let epoch = here_or_forward!(self, touched(id.as_str(), []), incoming, release);
         let reply = self.node.release(id).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::ReleaseResponse { reservation, epoch, replayed, current }))
@@ -92,8 +127,9 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Status> {
-        let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
-        let epoch = self.admit(id.as_str(), [])?;
+        let (incoming, message) = self.split(request)?;
+        let id = parse_reservation_id(&message.reservation_id).map_err(status_of)?;
+        let epoch = here_or_forward!(self, touched(id.as_str(), []), incoming, cancel);
         let reply = self.node.cancel(id).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::CancelResponse { reservation, epoch, replayed, current }))
@@ -103,9 +139,10 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ExtendReservationRequest>,
     ) -> Result<Response<v1::ExtendReservationResponse>, Status> {
-        let extend =
-            parse_extend(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
-        let epoch = self.admit(extend.id.as_str(), [])?;
+        let (incoming, message) = self.split(request)?;
+        let extend = parse_extend(message, self.default_ttl_ms()).map_err(status_of)?;
+        let touched = touched(extend.id.as_str(), []);
+        let epoch = here_or_forward!(self, touched, incoming, extend_reservation);
         let reply = self
             .node
             .extend(extend.id, extend.ttl_ms, extend.request_id)
@@ -119,9 +156,11 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ModifyReservationRequest>,
     ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
-        let modify = parse_modify(request.into_inner()).map_err(status_of)?;
-        let epoch =
-            self.admit(modify.id.as_str(), modify.lines.iter().map(|line| line.sku.as_str()))?;
+        let (incoming, message) = self.split(request)?;
+        let modify = parse_modify(message).map_err(status_of)?;
+        let touched =
+            touched(modify.id.as_str(), modify.lines.iter().map(|line| line.sku.as_str()));
+        let epoch = here_or_forward!(self, touched, incoming, modify_reservation);
         let reply = self
             .node
             .modify(modify.id, modify.request_id, modify.lines)
@@ -135,8 +174,9 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::GetReservationRequest>,
     ) -> Result<Response<v1::GetReservationResponse>, Status> {
-        let id = parse_reservation_id(&request.into_inner().reservation_id).map_err(status_of)?;
-        let epoch = self.admit(id.as_str(), [])?;
+        let (incoming, message) = self.split(request)?;
+        let id = parse_reservation_id(&message.reservation_id).map_err(status_of)?;
+        let epoch = here_or_forward!(self, touched(id.as_str(), []), incoming, get_reservation);
         let view = self.node.get_reservation(id).await.map_err(node_status)?;
         Ok(Response::new(v1::GetReservationResponse { reservation: Some(view.into()), epoch }))
     }
@@ -145,12 +185,13 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::GetAvailabilityResponse>, Status> {
-        let query = parse_availability_query(request.into_inner()).map_err(status_of)?;
+        let (incoming, message) = self.split(request)?;
+        let query = parse_availability_query(message).map_err(status_of)?;
         let mut touched = Touched::default();
         for sku in &query.skus {
             touched.key(sku.as_str());
         }
-        self.fence.admit(&touched)?;
+        here_or_forward!(self, touched, incoming, get_availability);
         let skus = self
             .node
             .availability(&query.skus, &query.locations, &query.channels)
@@ -164,12 +205,13 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ApplyStockEventsRequest>,
     ) -> Result<Response<v1::ApplyStockEventsResponse>, Status> {
-        let events = parse_stock_events(request.into_inner()).map_err(status_of)?;
+        let (incoming, message) = self.split(request)?;
+        let events = parse_stock_events(message).map_err(status_of)?;
         let mut touched = Touched::default();
         for event in &events {
             touched.key(event.sku.as_str());
         }
-        self.fence.admit(&touched)?;
+        here_or_forward!(self, touched, incoming, apply_stock_events);
         let event_ids: Vec<(String, u64)> = events
             .iter()
             .map(|event| (event.id.to_string(), self.fence.epoch(shard_of(event.sku.as_str()))))
@@ -187,9 +229,9 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ReserveBatchRequest>,
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
-        let items =
-            parse_reserve_batch(request.into_inner(), self.default_ttl_ms()).map_err(status_of)?;
-        // The whole batch is refused if any item's shard is not served here.
+        let (incoming, message) = self.split(request)?;
+        let items = parse_reserve_batch(message, self.default_ttl_ms()).map_err(status_of)?;
+        // The whole batch is served here or by one other node, else refused.
         let mut touched = Touched::default();
         for request in items.iter().flatten() {
             touched.key(request.id.as_str());
@@ -197,7 +239,7 @@ impl AvailabilityService for AvailabilityApi {
                 touched.key(line.sku.as_str());
             }
         }
-        let epoch = self.fence.admit(&touched)?;
+        let epoch = here_or_forward!(self, touched, incoming, reserve_batch);
         let results = reserve_all(&self.node, items, epoch).await?;
         Ok(Response::new(v1::ReserveBatchResponse { results }))
     }
@@ -206,12 +248,13 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::GetReservationsRequest>,
     ) -> Result<Response<v1::GetReservationsResponse>, Status> {
-        let ids = parse_get_reservations(request.into_inner()).map_err(status_of)?;
+        let (incoming, message) = self.split(request)?;
+        let ids = parse_get_reservations(message).map_err(status_of)?;
         let mut touched = Touched::default();
         for id in &ids {
             touched.key(id.as_str());
         }
-        let epoch = self.fence.admit(&touched)?;
+        let epoch = here_or_forward!(self, touched, incoming, get_reservations);
         let answers = self.node.get_reservations(ids).await.map_err(node_status)?;
         let results = answers
             .into_iter()

@@ -4,8 +4,9 @@
 //! A single node serves every shard under epoch 1 ([`Fence::SingleNode`]).
 //! In cluster mode ([`Fence::Cluster`]) each shard goes through
 //! [`OwnershipView::admit`]; a refusal becomes a status through
-//! [`refusal_status`]: `FAILING_CLOSED` or `NOT_OWNER` (both UNAVAILABLE;
-//! no forwarding yet).
+//! [`refusal_status`]: `FAILING_CLOSED` or `NOT_OWNER` (both UNAVAILABLE).
+//! [`Fence::route`] also says when a request another node serves whole may
+//! be forwarded to it (see `crate::forward`).
 
 use std::collections::BTreeSet;
 
@@ -70,27 +71,83 @@ impl Touched {
     }
 }
 
+/// Where a request is served.
+#[derive(Debug)]
+pub enum Route {
+    /// Here, under this epoch (the first shard's).
+    Here(u64),
+    /// By the one other node that owns every shard the request touches.
+    Forward(Peer),
+}
+
+/// The node a request may be forwarded to.
+#[derive(Debug)]
+pub struct Peer {
+    /// Its advertised address (`host:port`).
+    pub address: String,
+    /// What this node answers if the owner cannot be reached: the
+    /// `NOT_OWNER` status admission gave.
+    pub refusal: Status,
+}
+
 impl Fence {
     /// Admits a request touching `touched`: `Ok(epoch)` (the first shard's
     /// epoch; 1 on a single node) when this node serves every shard, else
     /// the status of the first refused one. Nothing is done before this.
     pub fn admit(&self, touched: &Touched) -> Result<u64, Status> {
-        let Fence::Cluster(cluster) = self else { return Ok(SINGLE_NODE_EPOCH) };
+        match self.route(touched, false)? {
+            Route::Here(epoch) => Ok(epoch),
+            Route::Forward(peer) => Err(peer.refusal),
+        }
+    }
+
+    /// Where a request touching `touched` is served: here, or (when
+    /// `may_forward`) by the one other node whose address is known and that
+    /// owns every shard it touches. A request spanning nodes, or whose owner
+    /// has no address, is refused with the first refused shard's status.
+    pub fn route(&self, touched: &Touched, may_forward: bool) -> Result<Route, Status> {
+        let Fence::Cluster(cluster) = self else { return Ok(Route::Here(SINGLE_NODE_EPOCH)) };
         let now = Instant::now();
         let mut epoch = SINGLE_NODE_EPOCH;
+        let mut served_here = false;
+        let mut owners = BTreeSet::new();
+        let mut first_refused = None;
         for &shard in &touched.shards {
             match cluster.ownership.admit(shard, None, now) {
-                Ok(current) if Some(shard) == touched.first => {
-                    epoch = u64::try_from(current).unwrap_or(SINGLE_NODE_EPOCH);
+                Ok(current) => {
+                    served_here = true;
+                    if Some(shard) == touched.first {
+                        epoch = u64::try_from(current).unwrap_or(SINGLE_NODE_EPOCH);
+                    }
                 }
-                Ok(_) => {}
-                Err(refusal) => {
+                Err(Refusal::FailingClosed) => {
                     let members = cluster.members.borrow();
-                    return Err(refusal_status(&refusal, shard, &members));
+                    return Err(refusal_status(&Refusal::FailingClosed, shard, &members));
+                }
+                Err(refusal) => {
+                    let owner = match &refusal {
+                        Refusal::NotOwner { owner, .. } | Refusal::StaleEpoch { owner, .. } => {
+                            owner.clone()
+                        }
+                        Refusal::FailingClosed => None,
+                    };
+                    owners.insert(owner);
+                    first_refused.get_or_insert((refusal, shard));
                 }
             }
         }
-        Ok(epoch)
+        let Some((refusal, shard)) = first_refused else { return Ok(Route::Here(epoch)) };
+        let members = cluster.members.borrow();
+        if served_here || owners.len() > 1 {
+            return Err(not_owner_status(&refusal, shard, &members, true));
+        }
+        let refusal_status = not_owner_status(&refusal, shard, &members, false);
+        let owner = owners.into_iter().next().flatten().unwrap_or_default();
+        let address = members.nodes.get(&owner).cloned().unwrap_or_default();
+        if !may_forward || address.is_empty() || owner == cluster.node_id {
+            return Err(refusal_status);
+        }
+        Ok(Route::Forward(Peer { address, refusal: refusal_status }))
     }
 
     /// `shard`'s epoch as this node serves it now (1 on a single node, or
@@ -120,6 +177,12 @@ impl Fence {
 
 /// The status of a refused `shard`. `members` gives the owner's address.
 pub fn refusal_status(refusal: &Refusal, shard: u32, members: &Members) -> Status {
+    not_owner_status(refusal, shard, members, false)
+}
+
+/// [`refusal_status`]; `spans_nodes` says the request touches shards of
+/// more than one node (cross-node requests are not built).
+fn not_owner_status(refusal: &Refusal, shard: u32, members: &Members, spans_nodes: bool) -> Status {
     match refusal {
         Refusal::FailingClosed => Reason::FailingClosed.status(
             format!("shard {shard} is assigned to this node but not served now; retry later"),
@@ -132,8 +195,16 @@ pub fn refusal_status(refusal: &Refusal, shard: u32, members: &Members) -> Statu
             let owner = owner.clone().unwrap_or_default();
             let address = members.nodes.get(&owner).cloned().unwrap_or_default();
             let epoch = epoch.map(|epoch| epoch.to_string()).unwrap_or_default();
+            let message = if spans_nodes {
+                format!(
+                    "the request spans nodes (cross-node requests are not built): shard {shard} \
+                     is owned by node {owner:?} at {address:?}"
+                )
+            } else {
+                format!("shard {shard} is owned by node {owner:?} at {address:?}; send it there")
+            };
             Reason::NotOwner.status(
-                format!("shard {shard} is owned by node {owner:?} at {address:?}; send it there"),
+                message,
                 [
                     ("shard", shard.to_string()),
                     ("owner", owner),

@@ -16,6 +16,7 @@ mod availability;
 mod config_service;
 mod error;
 mod fence;
+pub mod forward;
 pub mod layers;
 
 use std::future::Future;
@@ -38,7 +39,7 @@ pub use admin::{AdminApi, shard_info_message};
 pub use availability::AvailabilityApi;
 pub use config_service::ConfigApi;
 pub use error::node_status;
-pub use fence::{ClusterView, Fence, Touched, refusal_status};
+pub use fence::{ClusterView, Fence, Peer, Route, Touched, refusal_status};
 
 /// The epoch every reply carries on a single node (a cluster fences stale
 /// owners with real ones). Same value as `atp_shard`'s single-node epoch.

@@ -1,9 +1,10 @@
 //! Cluster mode with real parts: one real etcd, three real `atpd` processes
 //! sharing the 1024 shards. Every shard ends up served by exactly one node;
-//! a request for shards another node owns is refused with `NOT_OWNER`
-//! naming the owner, and served by the owner; a killed node's shards are
-//! served by nobody until it is back on its data directory, then under
-//! higher epochs. Skipped without an etcd binary (failed if `CI` is set).
+//! a request for shards one other node owns is forwarded to it (one hop),
+//! one already forwarded or spanning nodes is refused with `NOT_OWNER`
+//! naming the owner; a killed node's shards are served by nobody until it is
+//! back on its data directory, then under higher epochs. Skipped without an
+//! etcd binary (failed if `CI` is set).
 
 mod common;
 
@@ -16,9 +17,10 @@ use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_proto::v1;
 use atp_proto::v1::stock_event::Kind;
+use atp_server::forward::{FORWARDED_HEADER, WIRE_HEADER};
 use common::{Atpd, POLL_INTERVAL, eventually};
 use futures::future::join_all;
-use tonic::Code;
+use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
 /// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
@@ -50,14 +52,23 @@ fn probe_ids() -> Vec<String> {
     ids
 }
 
-/// What `atpd` answers for every shard: a GetReservation of an unknown id
-/// homed there (NOT_FOUND means the shard is served).
+/// `message` marked as forwarded by another node: the node answers it
+/// itself, never forwarding it again.
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
+    request
+}
+
+/// What `atpd` answers for every shard itself: a GetReservation of an
+/// unknown id homed there, marked forwarded (NOT_FOUND means the shard is
+/// served).
 async fn answers(atpd: &Atpd, ids: &[String]) -> Vec<Answer> {
     let client = atpd.availability();
     join_all(ids.iter().map(|id| {
         let mut client = client.clone();
         async move {
-            let request = v1::GetReservationRequest { reservation_id: id.clone() };
+            let request = forwarded(v1::GetReservationRequest { reservation_id: id.clone() });
             let status = client.get_reservation(request).await.expect_err("an unknown id");
             match (status.code(), status.get_details_error_info()) {
                 (Code::NotFound, _) => Answer::Serving,
@@ -253,7 +264,7 @@ fn owned_by(claims: &BTreeMap<u32, (String, i64)>, owner: &str) -> (String, Stri
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_split_the_shards_and_send_clients_to_the_owner() {
+async fn three_nodes_split_the_shards_and_forward_to_the_owner() {
     let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
     let cluster = Cluster::start(&etcd, "split").await;
     let probes = probe_ids();
@@ -274,12 +285,16 @@ async fn three_nodes_split_the_shards_and_send_clients_to_the_owner() {
         assert!(owned > 0, "node {id} owns no shard");
     }
 
-    // A Reserve on a node that does not own its shards: NOT_OWNER naming the owner.
+    // A Reserve already forwarded, on a node that does not own its shards:
+    // not forwarded again, but NOT_OWNER naming the owner.
     let (owner, other) = (&cluster.nodes[0], &cluster.nodes[1]);
     let (id, sku) = owned_by(&claims, &cluster.ids[0]);
     stock(owner, &sku).await;
-    let refused =
-        other.availability().reserve(reserve_request(&id, &sku)).await.expect_err("not the owner");
+    let refused = other
+        .availability()
+        .reserve(forwarded(reserve_request(&id, &sku)))
+        .await
+        .expect_err("not the owner");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     let info = refused.get_details_error_info().expect("an ErrorInfo");
     assert_eq!(info.reason, "NOT_OWNER");
@@ -305,15 +320,95 @@ async fn three_nodes_split_the_shards_and_send_clients_to_the_owner() {
         other => panic!("not read as NotOwner: {other:?}"),
     }
 
-    // The same Reserve on the owner holds, under the home shard's epoch.
-    let reserved = owner
+    // A wire version the node does not speak: refused, retryable.
+    let mut request = Request::new(reserve_request(&id, &sku));
+    request.metadata_mut().insert(WIRE_HEADER, "2".parse().expect("ascii"));
+    let refused = other.availability().reserve(request).await.expect_err("wire version 2");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let info = refused.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, "NOT_OWNER");
+    assert!(refused.message().contains("wire version \"2\""), "{refused:?}");
+
+    // The same Reserve from a client on the other node is forwarded: the
+    // owner holds it, under the home shard's epoch, and sees it as its own.
+    let mut via_other = other.availability();
+    let reserved =
+        via_other.reserve(reserve_request(&id, &sku)).await.expect("forwarded").into_inner();
+    assert_eq!(reserved.epoch, claims[&shard_of(&id)].1 as u64);
+    assert!(!reserved.replayed);
+    let again = owner
         .availability()
         .reserve(reserve_request(&id, &sku))
         .await
-        .expect("the owner holds")
+        .expect("the owner answers")
         .into_inner();
-    assert_eq!(reserved.epoch, claims[&shard_of(&id)].1 as u64);
-    assert!(!reserved.replayed);
+    assert!(again.replayed, "the owner holds the forwarded Reserve: {again:?}");
+    let read = |node: &Atpd, id: &str| {
+        let (mut client, id) = (node.availability(), id.to_owned());
+        async move {
+            let request = v1::GetReservationRequest { reservation_id: id };
+            let read = client.get_reservation(request).await.expect("read").into_inner();
+            read.reservation.expect("a reservation").state()
+        }
+    };
+    assert_eq!(read(other, &id).await, v1::ReservationState::Held);
+    let request = v1::CommitRequest { reservation_id: id.clone(), lines: vec![] };
+    let committed = via_other.commit(request).await.expect("forwarded commit").into_inner();
+    assert_eq!(
+        committed.reservation.expect("a reservation").state(),
+        v1::ReservationState::Committed
+    );
+    assert_eq!(read(owner, &id).await, v1::ReservationState::Committed);
+    let second = (0..)
+        .map(|n| format!("{id}-released-{n}"))
+        .find(|id| claims[&shard_of(id)].0 == cluster.ids[0])
+        .expect("an id");
+    via_other.reserve(reserve_request(&second, &sku)).await.expect("forwarded reserve");
+    let request = v1::ReleaseRequest { reservation_id: second.clone() };
+    via_other.release(request).await.expect("forwarded release");
+    assert_eq!(read(owner, &second).await, v1::ReservationState::Released);
+    assert_eq!(read(other, &second).await, v1::ReservationState::Released);
+
+    // The other RPCs that touch shards go through the same forward: a batch
+    // and a read of ids all on the owner, Extend, Cancel (refused by the
+    // owner), a stock event and an availability read.
+    let ids: Vec<String> = (0..)
+        .map(|n| format!("{id}-batch-{n}"))
+        .filter(|id| claims[&shard_of(id)].0 == cluster.ids[0])
+        .take(2)
+        .collect();
+    let reservations = ids.iter().map(|id| reserve_request(id, &sku)).collect();
+    let request = v1::ReserveBatchRequest { reservations };
+    let batch = via_other.reserve_batch(request).await.expect("forwarded batch").into_inner();
+    assert_eq!(batch.results.len(), 2, "{batch:?}");
+    let request = v1::GetReservationsRequest { reservation_ids: ids.clone() };
+    let got = via_other.get_reservations(request).await.expect("forwarded read").into_inner();
+    assert_eq!(got.results.len(), 2, "{got:?}");
+    let request = v1::ExtendReservationRequest {
+        reservation_id: ids[0].clone(),
+        ttl_seconds: 600,
+        request_id: "extend-1".into(),
+    };
+    via_other.extend_reservation(request).await.expect("forwarded extend");
+    // The owner's error reaches the client with its details.
+    let request = v1::CancelRequest { reservation_id: ids[1].clone() };
+    let refused = via_other.cancel(request).await.expect_err("a held one is not cancelled");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let info = refused.get_details_error_info().expect("the owner's ErrorInfo");
+    assert_eq!((info.reason.as_str(), info.metadata["state"].as_str()), ("WRONG_STATE", "HELD"));
+    let event = v1::StockEvent {
+        event_id: format!("recv-more-{sku}"),
+        sku: sku.clone(),
+        location_id: "dc-1".into(),
+        kind: Some(Kind::Received(v1::Received { quantity: 5 })),
+    };
+    let request = v1::ApplyStockEventsRequest { events: vec![event] };
+    let applied = via_other.apply_stock_events(request).await.expect("forwarded events");
+    assert_eq!(applied.get_ref().results[0].outcome(), v1::StockEventOutcome::Applied);
+    let request = v1::GetAvailabilityRequest { skus: vec![sku.clone()], ..Default::default() };
+    let seen = via_other.get_availability(request).await.expect("forwarded read").into_inner();
+    assert_eq!(seen.skus.len(), 1, "{seen:?}");
+    assert_eq!(seen.skus[0].sku, sku);
 
     // A reservation whose home and line live on two nodes: no node takes it.
     let (home_id, _) = owned_by(&claims, &cluster.ids[0]);
@@ -324,6 +419,7 @@ async fn three_nodes_split_the_shards_and_send_clients_to_the_owner() {
             .reserve(reserve_request(&home_id, &far_sku))
             .await
             .expect_err("shards on two nodes");
+        assert!(refused.message().contains("spans nodes"), "{refused:?}");
         let info = refused.get_details_error_info().expect("an ErrorInfo");
         assert_eq!(
             (info.reason.as_str(), &info.metadata["owner"]),
@@ -379,12 +475,38 @@ async fn a_killed_nodes_shards_wait_for_it_and_return_under_higher_epochs() {
     let mut availability = cluster.nodes[2].availability();
     let held = availability.reserve(reserve_request(&id, &sku)).await.expect("holds").into_inner();
 
+    // Read through a survivor: forwarded to the owner.
+    let mut survivor = cluster.nodes[0].availability();
+    let request = v1::GetReservationRequest { reservation_id: id.clone() };
+    survivor.get_reservation(request).await.expect("forwarded while the owner lives");
+
+    // Killed: its key lingers until its lease expires, so the survivor
+    // still forwards, finds nobody and answers NOT_OWNER at once; once the
+    // key is gone it answers NOT_OWNER without trying.
     cluster.nodes[2].kill();
+    let unreachable = || {
+        let (mut survivor, id) = (survivor.clone(), id.clone());
+        async move {
+            let mut request = Request::new(v1::GetReservationRequest { reservation_id: id });
+            request.set_timeout(Duration::from_secs(5));
+            let started = tokio::time::Instant::now();
+            let refused = survivor.get_reservation(request).await.expect_err("owner dead");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(5), "took {took:?}");
+            assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+            let info = refused.get_details_error_info().expect("an ErrorInfo");
+            assert_eq!(info.reason, "NOT_OWNER", "{refused:?}");
+            took
+        }
+    };
+    let took = unreachable().await;
+    eprintln!("a request for the killed node's shard was refused in {took:?}");
     let gone = eventually(DEADLINE, || async {
         claims(&cluster.store, &cluster.keys).await.values().all(|(owner, _)| owner != &victim)
     })
     .await;
     assert!(gone, "the killed node's claims never expired");
+    unreachable().await;
     // Sticky: nobody else claims them, and both survivors refuse them.
     let now = claims(&cluster.store, &cluster.keys).await;
     let orphaned: Vec<u32> =

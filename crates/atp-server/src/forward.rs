@@ -1,0 +1,246 @@
+//! One hop: a node passes a request for shards that one other node owns to
+//! that node and answers with its reply.
+//!
+//! A forwarded request carries [`FORWARDED_HEADER`] and the wire version
+//! [`WIRE_HEADER`] = [`WIRE_VERSION`]. A node never forwards a request that
+//! is already forwarded (it answers `NOT_OWNER` itself), so a stale shard
+//! map costs a refusal, never a loop. A request whose wire version this
+//! node does not speak (a rolling upgrade between versions) is refused with
+//! UNAVAILABLE `NOT_OWNER` saying so: the client retries, as for any
+//! `NOT_OWNER`.
+//!
+//! The owner's reply, or its status with its details, is the answer. When
+//! the owner cannot be reached (a connect error, an UNAVAILABLE without an
+//! atp reason, or the deadline), the answer is the `NOT_OWNER` status
+//! admission gave.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
+use atp_proto::{Reason, reason_of, rpc_status, status_from_rpc};
+use tonic::codegen::http::{HeaderMap, HeaderValue};
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use tonic_types::ErrorDetails;
+
+use crate::fence::Peer;
+
+/// Set (to `1`) on a request one node forwarded to another.
+pub const FORWARDED_HEADER: &str = "x-atp-forwarded";
+/// The wire version of a node-to-node message.
+pub const WIRE_HEADER: &str = "x-atp-wire";
+/// The only wire version this node speaks.
+pub const WIRE_VERSION: &str = "1";
+/// The deadline of a forwarded request when the caller set none.
+const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Peers with a pooled channel; past this the pool starts again empty.
+const MAX_PEERS: usize = 256;
+
+/// A request's metadata, and a copy of its message while it may still be
+/// forwarded.
+#[derive(Debug)]
+pub struct Incoming<T> {
+    metadata: MetadataMap,
+    message: Option<T>,
+}
+
+impl<T: Clone> Incoming<T> {
+    /// Splits `request`; keeps a copy of its message when `may_forward`
+    /// (cluster mode) and it was not forwarded already. Refuses a request
+    /// of a wire version this node does not speak.
+    pub fn split(request: Request<T>, may_forward: bool) -> Result<(Self, T), Status> {
+        let (metadata, _, message) = request.into_parts();
+        let unknown_version = metadata
+            .get(WIRE_HEADER)
+            .filter(|version| version.as_bytes() != WIRE_VERSION.as_bytes());
+        if let Some(version) = unknown_version {
+            let version = String::from_utf8_lossy(version.as_bytes()).into_owned();
+            // NOT_OWNER's keys, all empty: this node cannot read the request.
+            let unknown =
+                ["shard", "owner", "owner_address", "epoch"].map(|key| (key, String::new()));
+            return Err(Reason::NotOwner.status(
+                format!(
+                    "a forwarded request of wire version {version:?} is not understood by this \
+                     node (it speaks {WIRE_VERSION}): a rolling upgrade is in progress; retry"
+                ),
+                unknown,
+                ErrorDetails::new(),
+            ));
+        }
+        let forwarded = metadata.get(FORWARDED_HEADER).is_some();
+        let copy = (may_forward && !forwarded).then(|| message.clone());
+        Ok((Self { metadata, message: copy }, message))
+    }
+}
+
+impl<T> Incoming<T> {
+    /// Whether this request may be forwarded (it was not already).
+    pub fn may_forward(&self) -> bool {
+        self.message.is_some()
+    }
+
+    /// The caller's deadline (`grpc-timeout`), else the default.
+    fn timeout(&self) -> Duration {
+        self.metadata
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(DEFAULT_FORWARD_TIMEOUT, |timeout| timeout.min(DEFAULT_FORWARD_TIMEOUT))
+    }
+}
+
+/// Channels to the peers, one per address, made on first use.
+#[derive(Clone, Debug, Default)]
+pub struct Forwarder {
+    peers: Arc<Mutex<HashMap<String, Channel>>>,
+    forwarded: Arc<AtomicU64>,
+}
+
+impl Forwarder {
+    /// Requests forwarded since start.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Sends `incoming` to `peer` through `call` (one RPC of the generated
+    /// client) and answers with the owner's reply or status.
+    pub async fn forward<T, Reply, Call, Answer>(
+        &self,
+        peer: Peer,
+        incoming: Incoming<T>,
+        call: Call,
+    ) -> Result<Response<Reply>, Status>
+    where
+        Call: FnOnce(AvailabilityServiceClient<Channel>, Request<T>) -> Answer,
+        Answer: Future<Output = Result<Response<Reply>, Status>>,
+    {
+        let timeout = incoming.timeout();
+        let Some(message) = incoming.message else { return Err(peer.refusal) };
+        let Some(channel) = self.channel(&peer.address) else { return Err(peer.refusal) };
+        let mut request = Request::from_parts(
+            MetadataMap::from_headers(passed_on(incoming.metadata.into_headers())),
+            Default::default(),
+            message,
+        );
+        request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("an ascii value"));
+        request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
+        request.set_timeout(timeout);
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        let client = AvailabilityServiceClient::new(channel);
+        match tokio::time::timeout(timeout, call(client, request)).await {
+            Ok(Ok(response)) => Ok(Response::new(response.into_inner())),
+            Ok(Err(status))
+                if status.code() == tonic::Code::Unavailable && reason_of(&status).is_none() =>
+            {
+                tracing::warn!(peer = %peer.address, error = %status.message(), "could not reach the owner to forward to");
+                Err(peer.refusal)
+            }
+            // The owner's answer, without its transport headers.
+            Ok(Err(status)) => Err(status_from_rpc(rpc_status(&status))),
+            Err(_elapsed) => {
+                tracing::warn!(peer = %peer.address, timeout_ms = timeout.as_millis(), "the owner did not answer a forwarded request in time");
+                Err(peer.refusal)
+            }
+        }
+    }
+
+    /// The pooled channel to `address` (connected lazily).
+    fn channel(&self, address: &str) -> Option<Channel> {
+        let mut peers = self.peers.lock().expect("the peer pool is never poisoned");
+        if let Some(channel) = peers.get(address) {
+            return Some(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .inspect_err(|error| tracing::warn!(peer = %address, error = %error, "a peer address that is not a uri"))
+            .ok()?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if peers.len() >= MAX_PEERS {
+            peers.clear();
+        }
+        let channel = endpoint.connect_lazy();
+        peers.insert(address.to_owned(), channel.clone());
+        Some(channel)
+    }
+}
+
+/// The caller's headers a forwarded request keeps: not the transport's
+/// (`te`, `content-type`, `user-agent`, `grpc-*`) nor atp's own.
+fn passed_on(mut headers: HeaderMap<HeaderValue>) -> HeaderMap<HeaderValue> {
+    let dropped: Vec<_> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            matches!(name, "te" | "content-type" | "user-agent")
+                || name.starts_with("grpc-")
+                || name.starts_with("x-atp-")
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn a_forwarded_request_is_not_forwarded_again() {
+        let mut request = Request::new(5_u32);
+        request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
+        let (incoming, message) = Incoming::split(request, true).expect("wire version 1");
+        assert_eq!(message, 5);
+        assert!(!incoming.may_forward());
+        let (incoming, _) = Incoming::split(Request::new(5_u32), true).expect("no headers");
+        assert!(incoming.may_forward());
+    }
+
+    #[test]
+    fn an_unknown_wire_version_is_refused() {
+        let mut request = Request::new(5_u32);
+        request.metadata_mut().insert(WIRE_HEADER, "2".parse().expect("ascii"));
+        let refused = Incoming::split(request, true).expect_err("version 2");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(reason_of(&refused), Some(Reason::NotOwner));
+        assert!(refused.message().contains("wire version \"2\""), "{refused:?}");
+    }
+}
