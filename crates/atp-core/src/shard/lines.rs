@@ -223,6 +223,14 @@ impl ShardState {
             }
             LineOp::Commit { id, version, lines } => {
                 if self.holds_version(id, *version) {
+                    // A change still in flight here was decided by the
+                    // record's version: its home died mid-change (another
+                    // node's), or its Settle is late. Settle or revert it
+                    // first, so only the record's lines are committed.
+                    let next = self.holds.get(id).and_then(|h| h.next.as_ref()).map(|n| n.version);
+                    if let Some(next) = next {
+                        self.end_change(id, next, next == *version, now);
+                    }
                     self.commit_lines(id, lines, catalog, now);
                 }
                 Ok(())
