@@ -162,6 +162,7 @@ mod tests {
                 ..Default::default()
             }],
             channels: vec![ChannelAvailability { channel_id: "web".into(), atp: 7 }],
+            error: None,
         };
         let text = sku_text(&sku);
         let expected = "\
