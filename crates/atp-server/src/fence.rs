@@ -6,7 +6,9 @@
 //! [`OwnershipView::admit`]; a refusal becomes a status through
 //! [`refusal_status`]: `FAILING_CLOSED` or `NOT_OWNER` (both UNAVAILABLE).
 //! [`Fence::route`] also says when a request another node serves whole may
-//! be forwarded to it (see `crate::forward`).
+//! be forwarded to it (see `crate::forward`). GetAvailability alone is
+//! split by owner instead, routing each SKU's shard with
+//! [`Fence::route_shard`] (see `crate::fan_out`).
 
 use std::collections::BTreeSet;
 
