@@ -453,6 +453,20 @@ async fn nodes_cut_off_from_etcd_fail_closed_then_serve_again() {
         .await;
         assert!(closed, "node {id} kept serving without etcd; its log:\n{}", node.log());
     }
+    // A read across nodes still answers, each SKU with FAILING_CLOSED: node
+    // 0's own, and node 1's as node 1 answered the sub-request.
+    let skus: Vec<String> = cluster.ids[..2].iter().map(|id| owned_by(&before, id).1).collect();
+    let mut request =
+        Request::new(v1::GetAvailabilityRequest { skus: skus.clone(), ..Default::default() });
+    request.set_timeout(Duration::from_secs(5));
+    let read = cluster.nodes[0].availability().get_availability(request).await.expect("a read");
+    let read = read.into_inner();
+    assert_eq!(read.skus.len(), 2, "{read:?}");
+    for (sku, asked) in read.skus.iter().zip(&skus) {
+        assert_eq!(&sku.sku, asked);
+        let error = sku_error(sku);
+        assert_eq!(error, Some((Code::Unavailable, "FAILING_CLOSED".to_owned())), "{read:?}");
+    }
 
     // etcd is back: the nodes join again (or keep their leases) and serve.
     etcd.resume();
