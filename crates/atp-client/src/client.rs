@@ -259,7 +259,11 @@ impl Client {
         Reservation::from_reply(reply.reservation, reply.epoch)
     }
 
-    /// Availability of `skus` at every location and in every channel.
+    /// Availability of `skus` at every location and in every channel, in
+    /// the order asked. In cluster mode a SKU that could not be read (its
+    /// owner down or unreachable, its shard failing closed) comes back with
+    /// `error` set and no figures; its typed error is
+    /// `Error::from_status(&atp_proto::status_from_rpc(error))`.
     pub async fn get_availability<S: AsRef<str>>(
         &self,
         skus: &[S],

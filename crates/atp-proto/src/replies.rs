@@ -89,6 +89,7 @@ impl From<SkuAvailability> for v1::SkuAvailability {
                     atp,
                 })
                 .collect(),
+            error: None,
         }
     }
 }

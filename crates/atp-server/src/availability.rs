@@ -186,12 +186,21 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::GetAvailabilityResponse>, Status> {
         let (incoming, message) = self.split(request)?;
-        let query = parse_availability_query(message).map_err(status_of)?;
-        let mut touched = Touched::default();
-        for sku in &query.skus {
-            touched.key(sku.as_str());
+        if matches!(self.fence, Fence::Cluster(_)) {
+            // Split by owner: one SKU that cannot be read does not fail the rest.
+            let query = parse_availability_query(message.clone()).map_err(status_of)?;
+            let skus = crate::fan_out::read_split(
+                &self.node,
+                &self.fence,
+                &self.forwarder,
+                &incoming,
+                &message,
+                &query,
+            )
+            .await?;
+            return Ok(Response::new(v1::GetAvailabilityResponse { skus }));
         }
-        here_or_forward!(self, touched, incoming, get_availability);
+        let query = parse_availability_query(message).map_err(status_of)?;
         let skus = self
             .node
             .availability(&query.skus, &query.locations, &query.channels)

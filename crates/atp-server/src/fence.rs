@@ -6,7 +6,9 @@
 //! [`OwnershipView::admit`]; a refusal becomes a status through
 //! [`refusal_status`]: `FAILING_CLOSED` or `NOT_OWNER` (both UNAVAILABLE).
 //! [`Fence::route`] also says when a request another node serves whole may
-//! be forwarded to it (see `crate::forward`).
+//! be forwarded to it (see `crate::forward`). GetAvailability alone is
+//! split by owner instead, routing each SKU's shard with
+//! [`Fence::route_shard`] (see `crate::fan_out`).
 
 use std::collections::BTreeSet;
 
@@ -80,6 +82,18 @@ pub enum Route {
     Forward(Peer),
 }
 
+/// Where one shard of a request that is split by owner is answered.
+#[derive(Debug)]
+pub enum ShardRoute {
+    /// Here (a single node, or a shard this node serves now).
+    Here,
+    /// By another node, whose address is known.
+    Forward(Peer),
+    /// Nowhere: failing closed here, its owner unknown or without an
+    /// address, or the request may not be forwarded. The shard's status.
+    Refused(Status),
+}
+
 /// The node a request may be forwarded to.
 #[derive(Debug)]
 pub struct Peer {
@@ -148,6 +162,29 @@ impl Fence {
             return Err(refusal_status);
         }
         Ok(Route::Forward(Peer { address, refusal: refusal_status }))
+    }
+
+    /// Where `shard` is answered when a request is split by owner (a
+    /// multi-SKU read): here, by its owner (when `may_forward` and its
+    /// address is known), or refused with its status.
+    pub fn route_shard(&self, shard: u32, may_forward: bool) -> ShardRoute {
+        let Fence::Cluster(cluster) = self else { return ShardRoute::Here };
+        let refusal = match cluster.ownership.admit(shard, None, Instant::now()) {
+            Ok(_) => return ShardRoute::Here,
+            Err(refusal) => refusal,
+        };
+        let members = cluster.members.borrow();
+        let status = refusal_status(&refusal, shard, &members);
+        let owner = match &refusal {
+            Refusal::NotOwner { owner, .. } | Refusal::StaleEpoch { owner, .. } => owner.clone(),
+            Refusal::FailingClosed => None,
+        };
+        let Some(owner) = owner else { return ShardRoute::Refused(status) };
+        let address = members.nodes.get(&owner).cloned().unwrap_or_default();
+        if !may_forward || address.is_empty() || owner == cluster.node_id {
+            return ShardRoute::Refused(status);
+        }
+        ShardRoute::Forward(Peer { address, refusal: status })
     }
 
     /// `shard`'s epoch as this node serves it now (1 on a single node, or

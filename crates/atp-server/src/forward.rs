@@ -86,6 +86,12 @@ impl<T> Incoming<T> {
         self.message.is_some()
     }
 
+    /// A sub-request of this one: its metadata (and so its deadline) with
+    /// `message`, forwardable only if this one is.
+    pub fn part<U>(&self, message: U) -> Incoming<U> {
+        Incoming { metadata: self.metadata.clone(), message: self.may_forward().then_some(message) }
+    }
+
     /// The caller's deadline (`grpc-timeout`), else the default.
     fn timeout(&self) -> Duration {
         self.metadata
@@ -95,6 +101,10 @@ impl<T> Incoming<T> {
             .map_or(DEFAULT_FORWARD_TIMEOUT, |timeout| timeout.min(DEFAULT_FORWARD_TIMEOUT))
     }
 }
+
+/// The owner could not be asked, or did not answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unreachable;
 
 /// Channels to the peers, one per address, made on first use.
 #[derive(Clone, Debug, Default)]
@@ -121,9 +131,29 @@ impl Forwarder {
         Call: FnOnce(AvailabilityServiceClient<Channel>, Request<T>) -> Answer,
         Answer: Future<Output = Result<Response<Reply>, Status>>,
     {
+        match self.send(&peer.address, incoming, call).await {
+            Ok(answer) => answer,
+            Err(Unreachable) => Err(peer.refusal),
+        }
+    }
+
+    /// Sends `incoming` to the node at `address` through `call`: the
+    /// owner's reply or status, or [`Unreachable`] when it could not be
+    /// asked or did not answer within the caller's deadline (or the
+    /// request may not be forwarded).
+    pub async fn send<T, Reply, Call, Answer>(
+        &self,
+        address: &str,
+        incoming: Incoming<T>,
+        call: Call,
+    ) -> Result<Result<Response<Reply>, Status>, Unreachable>
+    where
+        Call: FnOnce(AvailabilityServiceClient<Channel>, Request<T>) -> Answer,
+        Answer: Future<Output = Result<Response<Reply>, Status>>,
+    {
         let timeout = incoming.timeout();
-        let Some(message) = incoming.message else { return Err(peer.refusal) };
-        let Some(channel) = self.channel(&peer.address) else { return Err(peer.refusal) };
+        let Some(message) = incoming.message else { return Err(Unreachable) };
+        let Some(channel) = self.channel(address) else { return Err(Unreachable) };
         let mut request = Request::from_parts(
             MetadataMap::from_headers(passed_on(incoming.metadata.into_headers())),
             Default::default(),
@@ -135,18 +165,18 @@ impl Forwarder {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
         let client = AvailabilityServiceClient::new(channel);
         match tokio::time::timeout(timeout, call(client, request)).await {
-            Ok(Ok(response)) => Ok(Response::new(response.into_inner())),
+            Ok(Ok(response)) => Ok(Ok(Response::new(response.into_inner()))),
             Ok(Err(status))
                 if status.code() == tonic::Code::Unavailable && reason_of(&status).is_none() =>
             {
-                tracing::warn!(peer = %peer.address, error = %status.message(), "could not reach the owner to forward to");
-                Err(peer.refusal)
+                tracing::warn!(peer = %address, error = %status.message(), "could not reach the owner to forward to");
+                Err(Unreachable)
             }
             // The owner's answer, without its transport headers.
-            Ok(Err(status)) => Err(status_from_rpc(rpc_status(&status))),
+            Ok(Err(status)) => Ok(Err(status_from_rpc(rpc_status(&status)))),
             Err(_elapsed) => {
-                tracing::warn!(peer = %peer.address, timeout_ms = timeout.as_millis(), "the owner did not answer a forwarded request in time");
-                Err(peer.refusal)
+                tracing::warn!(peer = %address, timeout_ms = timeout.as_millis(), "the owner did not answer a forwarded request in time");
+                Err(Unreachable)
             }
         }
     }

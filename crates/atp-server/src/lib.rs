@@ -15,6 +15,7 @@ mod admin;
 mod availability;
 mod config_service;
 mod error;
+mod fan_out;
 mod fence;
 pub mod forward;
 pub mod layers;

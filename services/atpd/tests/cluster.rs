@@ -453,6 +453,20 @@ async fn nodes_cut_off_from_etcd_fail_closed_then_serve_again() {
         .await;
         assert!(closed, "node {id} kept serving without etcd; its log:\n{}", node.log());
     }
+    // A read across nodes still answers, each SKU with FAILING_CLOSED: node
+    // 0's own, and node 1's as node 1 answered the sub-request.
+    let skus: Vec<String> = cluster.ids[..2].iter().map(|id| owned_by(&before, id).1).collect();
+    let mut request =
+        Request::new(v1::GetAvailabilityRequest { skus: skus.clone(), ..Default::default() });
+    request.set_timeout(Duration::from_secs(5));
+    let read = cluster.nodes[0].availability().get_availability(request).await.expect("a read");
+    let read = read.into_inner();
+    assert_eq!(read.skus.len(), 2, "{read:?}");
+    for (sku, asked) in read.skus.iter().zip(&skus) {
+        assert_eq!(&sku.sku, asked);
+        let error = sku_error(sku);
+        assert_eq!(error, Some((Code::Unavailable, "FAILING_CLOSED".to_owned())), "{read:?}");
+    }
 
     // etcd is back: the nodes join again (or keep their leases) and serve.
     etcd.resume();
@@ -536,4 +550,77 @@ async fn a_killed_nodes_shards_wait_for_it_and_return_under_higher_epochs() {
     let read = availability.get_reservation(request).await.expect("recovered").into_inner();
     assert_eq!(read.reservation.expect("a reservation").reservation_id, id);
     assert!(read.epoch > held.epoch, "epoch {} after {}", read.epoch, held.epoch);
+}
+
+/// `read`'s per-SKU error: its code and ErrorInfo reason.
+fn sku_error(read: &v1::SkuAvailability) -> Option<(Code, String)> {
+    let status = atp_proto::status_from_rpc(read.error.clone()?);
+    let reason = status.get_details_error_info().map(|info| info.reason).unwrap_or_default();
+    Some((status.code(), reason))
+}
+
+/// The web channel's ATP in `read` (10 after [`stock`]).
+fn web_atp(read: &v1::SkuAvailability) -> Option<i64> {
+    read.channels.iter().find(|channel| channel.channel_id == "web").map(|channel| channel.atp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_across_nodes_answers_every_sku_it_can() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let mut cluster = Cluster::start(&etcd, "fanout").await;
+    let probes = probe_ids();
+    let claims = cluster.wait_until_consistent(&probes).await;
+    let skus: Vec<String> = cluster.ids.iter().map(|id| owned_by(&claims, id).1).collect();
+    for (node, sku) in cluster.nodes.iter().zip(&skus) {
+        stock(node, sku).await;
+    }
+    // Node 2's SKU first, then node 0's (read here), then node 1's.
+    let asked = vec![skus[2].clone(), skus[0].clone(), skus[1].clone()];
+    let request = || {
+        let mut request =
+            Request::new(v1::GetAvailabilityRequest { skus: asked.clone(), ..Default::default() });
+        request.set_timeout(Duration::from_secs(5));
+        request
+    };
+
+    // All three owners live: every SKU with its figures, in request order.
+    let mut through = cluster.nodes[0].availability();
+    let read = through.get_availability(request()).await.expect("a read").into_inner();
+    let order: Vec<&str> = read.skus.iter().map(|sku| sku.sku.as_str()).collect();
+    assert_eq!(order, asked.iter().map(String::as_str).collect::<Vec<_>>());
+    for sku in &read.skus {
+        assert_eq!(sku_error(sku), None, "{sku:?}");
+        assert_eq!(web_atp(sku), Some(10), "{sku:?}");
+        assert_eq!(sku.locations[0].on_hand, 10, "{sku:?}");
+        assert_eq!(sku.shard, shard_of(&sku.sku));
+    }
+
+    // Already forwarded: only this node's SKU is read, no second hop.
+    let mut marked =
+        forwarded(v1::GetAvailabilityRequest { skus: asked.clone(), ..Default::default() });
+    marked.set_timeout(Duration::from_secs(5));
+    let read = through.get_availability(marked).await.expect("a read").into_inner();
+    assert_eq!(web_atp(&read.skus[1]), Some(10), "{read:?}");
+    for index in [0, 2] {
+        let error = sku_error(&read.skus[index]);
+        assert_eq!(error, Some((Code::Unavailable, "NOT_OWNER".to_owned())), "{read:?}");
+        assert!(read.skus[index].locations.is_empty(), "{read:?}");
+    }
+
+    // Node 2 killed: the call still succeeds, fast; its SKU gets an error.
+    cluster.nodes[2].kill();
+    let started = tokio::time::Instant::now();
+    let read = through.get_availability(request()).await.expect("a read").into_inner();
+    let took = started.elapsed();
+    eprintln!("a read with one owner dead took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let (code, reason) = sku_error(&read.skus[0]).expect("an error for the dead owner's sku");
+    assert_eq!(code, Code::Unavailable, "{read:?}");
+    assert!(["NOT_OWNER", "FAILING_CLOSED"].contains(&reason.as_str()), "{read:?}");
+    assert!(read.skus[0].locations.is_empty() && read.skus[0].channels.is_empty());
+    assert_eq!(read.skus[0].sku, skus[2]);
+    for sku in &read.skus[1..] {
+        assert_eq!(sku_error(sku), None, "{sku:?}");
+        assert_eq!(web_atp(sku), Some(10), "{sku:?}");
+    }
 }

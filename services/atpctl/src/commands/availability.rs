@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use atp_core::ids::MAX_SKUS_PER_QUERY;
 use atp_proto::v1::{GetAvailabilityRequest, LocationAvailability, SkuAvailability};
+use atp_proto::{Reason, code_name, reason_of, status_from_rpc};
 use serde_json::{Value, json};
 
 use crate::cli::AvailabilityArgs;
@@ -82,7 +83,22 @@ pub fn position_json(position: &LocationAvailability) -> Value {
     })
 }
 
+/// A SKU's per-SKU error (cluster mode: it could not be read): its code
+/// name, reason and message.
+fn sku_error(sku: &SkuAvailability) -> Option<(&'static str, &'static str, String)> {
+    let status = status_from_rpc(sku.error.clone()?);
+    let reason = reason_of(&status).map(Reason::name).unwrap_or_default();
+    Some((code_name(status.code()), reason, status.message().to_owned()))
+}
+
 fn sku_json(sku: &SkuAvailability) -> Value {
+    if let Some((code, reason, message)) = sku_error(sku) {
+        return json!({
+            "sku": sku.sku,
+            "shard": sku.shard,
+            "error": { "code": code, "reason": reason, "message": message },
+        });
+    }
     let channels: Vec<Value> = sku
         .channels
         .iter()
@@ -97,8 +113,15 @@ fn sku_json(sku: &SkuAvailability) -> Value {
     })
 }
 
-/// `sku  (shard N, epoch E)`, the location table, incoming batches if any, the channel table.
+/// `sku  (shard N, epoch E)`, the location table, incoming batches if any, the channel table;
+/// for a SKU that could not be read: `sku  (shard N)  not read: REASON (CODE): message`.
 fn sku_text(sku: &SkuAvailability) -> String {
+    if let Some((code, reason, message)) = sku_error(sku) {
+        return format!(
+            "{}  (shard {})  not read: {reason} ({code}): {message}\n",
+            sku.sku, sku.shard
+        );
+    }
     let mut out = format!("{}  (shard {}, epoch {})\n", sku.sku, sku.shard, sku.epoch);
     let mut columns = vec!["LOCATION"];
     columns.extend(POSITION_COLUMNS);
@@ -162,6 +185,7 @@ mod tests {
                 ..Default::default()
             }],
             channels: vec![ChannelAvailability { channel_id: "web".into(), atp: 7 }],
+            error: None,
         };
         let text = sku_text(&sku);
         let expected = "\
@@ -179,6 +203,30 @@ web        7
         let value = sku_json(&sku);
         assert_eq!(value["locations"][0]["atp"], 7);
         assert_eq!(value["channels"][0]["channel_id"], "web");
+    }
+
+    #[test]
+    fn a_sku_that_could_not_be_read_shows_its_error() {
+        let status = Reason::NotOwner.status(
+            "shard 3 is owned by node \"n2\" at \"\"; send it there",
+            [("shard", "3".to_owned()), ("owner", "n2".to_owned())],
+            tonic_types::ErrorDetails::new(),
+        );
+        let sku = SkuAvailability {
+            sku: "sku-9".into(),
+            shard: 3,
+            error: Some(atp_proto::rpc_status(&status)),
+            ..Default::default()
+        };
+        assert_eq!(
+            sku_text(&sku),
+            "sku-9  (shard 3)  not read: NOT_OWNER (UNAVAILABLE): shard 3 is owned by node \"n2\" \
+             at \"\"; send it there\n"
+        );
+        let value = sku_json(&sku);
+        assert_eq!(value["error"]["reason"], "NOT_OWNER");
+        assert_eq!(value["error"]["code"], "UNAVAILABLE");
+        assert!(value.get("locations").is_none(), "{value}");
     }
 
     #[test]

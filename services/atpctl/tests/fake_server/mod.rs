@@ -276,7 +276,14 @@ impl AvailabilityService for Fake {
                             .max(0),
                     })
                     .collect();
-                SkuAvailability { sku, shard: 7, epoch: 1, locations: positions, channels }
+                SkuAvailability {
+                    sku,
+                    shard: 7,
+                    epoch: 1,
+                    locations: positions,
+                    channels,
+                    error: None,
+                }
             })
             .collect();
         Ok(Response::new(GetAvailabilityResponse { skus }))

@@ -1,0 +1,130 @@
+//! A multi-SKU availability read in cluster mode, split by owner.
+//!
+//! The SKUs this node serves are read here; those another node owns go to
+//! it as one sub-request per owner through the [`Forwarder`] (one hop, all
+//! at once, each bounded by the caller's deadline). A SKU that cannot be
+//! read — its shard failing closed here, its owner unknown, unreachable or
+//! not answering in time, or the request already forwarded once — gets a
+//! per-SKU `error` (`FAILING_CLOSED` or `NOT_OWNER`, the status a call for
+//! it alone would get) instead of failing the call. Answers come in the
+//! order of the request's SKUs.
+
+use std::collections::BTreeMap;
+
+use atp_core::hash::shard_of;
+use atp_proto::requests::AvailabilityQuery;
+use atp_proto::rpc_status;
+use atp_proto::v1;
+use atp_shard::Node;
+use futures::future::join_all;
+use tonic::{Code, Status};
+
+use crate::error::node_status;
+use crate::fence::{Fence, ShardRoute};
+use crate::forward::{Forwarder, Incoming, Unreachable};
+
+/// The SKUs of one request sent to one other node: their indexes in the
+/// request, and each one's status if that node cannot be asked.
+#[derive(Default)]
+struct Part {
+    indexes: Vec<usize>,
+    skus: Vec<String>,
+    refusals: Vec<Status>,
+}
+
+/// Answers `query` (parsed from `message`): one entry per SKU in request
+/// order, each with its figures or its `error`. Fails the call only for an
+/// invalid request (here or as the owner judged it) or a node not ready.
+pub(crate) async fn read_split(
+    node: &Node,
+    fence: &Fence,
+    forwarder: &Forwarder,
+    incoming: &Incoming<v1::GetAvailabilityRequest>,
+    message: &v1::GetAvailabilityRequest,
+    query: &AvailabilityQuery,
+) -> Result<Vec<v1::SkuAvailability>, Status> {
+    let count = query.skus.len();
+    let mut answers: Vec<Option<v1::SkuAvailability>> = vec![None; count];
+    let mut local_indexes = Vec::new();
+    let mut local_skus = Vec::new();
+    let mut parts: BTreeMap<String, Part> = BTreeMap::new();
+    for (index, sku) in query.skus.iter().enumerate() {
+        let shard = shard_of(sku.as_str());
+        match fence.route_shard(shard, incoming.may_forward()) {
+            ShardRoute::Here => {
+                local_indexes.push(index);
+                local_skus.push(sku.clone());
+            }
+            ShardRoute::Forward(peer) => {
+                let part = parts.entry(peer.address).or_default();
+                part.indexes.push(index);
+                part.skus.push(sku.to_string());
+                part.refusals.push(peer.refusal);
+            }
+            ShardRoute::Refused(status) => {
+                answers[index] = Some(unread(sku.to_string(), shard, &status));
+            }
+        }
+    }
+    let sends = parts.into_iter().map(|(address, part)| {
+        let request = v1::GetAvailabilityRequest {
+            skus: part.skus.clone(),
+            location_ids: message.location_ids.clone(),
+            channel_ids: message.channel_ids.clone(),
+        };
+        let sub_request = incoming.part(request);
+        async move {
+            let answer = forwarder
+                .send(&address, sub_request, |mut client, request| async move {
+                    client.get_availability(request).await
+                })
+                .await;
+            (part, answer)
+        }
+    });
+    let remote = join_all(sends);
+    if !local_skus.is_empty() {
+        let read = node
+            .availability(&local_skus, &query.locations, &query.channels)
+            .map_err(node_status)?;
+        for (index, availability) in local_indexes.into_iter().zip(read) {
+            answers[index] = Some(availability.into());
+        }
+    }
+    for (part, answer) in remote.await {
+        match answer {
+            Ok(Ok(response)) if response.get_ref().skus.len() == part.skus.len() => {
+                for (index, sku) in part.indexes.into_iter().zip(response.into_inner().skus) {
+                    answers[index] = Some(sku);
+                }
+            }
+            // The owner judged the request invalid: so is the whole call.
+            Ok(Err(status)) if status.code() == Code::InvalidArgument => return Err(status),
+            Ok(Err(status)) => {
+                for (index, sku) in part.indexes.into_iter().zip(part.skus) {
+                    answers[index] = Some(unread(sku.clone(), shard_of(&sku), &status));
+                }
+            }
+            // Unreachable, or a reply not one entry per SKU asked.
+            Ok(Ok(_)) | Err(Unreachable) => {
+                let unread_parts = part.indexes.into_iter().zip(part.skus).zip(part.refusals);
+                for ((index, sku), refusal) in unread_parts {
+                    answers[index] = Some(unread(sku.clone(), shard_of(&sku), &refusal));
+                }
+            }
+        }
+    }
+    Ok(answers.into_iter().map(|answer| answer.expect("every sku gets an answer")).collect())
+}
+
+/// A SKU that could not be read: no figures, its status as `error`.
+fn unread(sku: String, shard: u32, status: &Status) -> v1::SkuAvailability {
+    v1::SkuAvailability {
+        sku,
+        shard,
+        epoch: 0,
+        locations: Vec::new(),
+        channels: Vec::new(),
+        error: Some(rpc_status(status)),
+    }
+}
