@@ -88,7 +88,11 @@ pub(crate) async fn read_split(
             .availability(&local_skus, &query.locations, &query.channels)
             .map_err(node_status)?;
         for (index, availability) in local_indexes.into_iter().zip(read) {
-            answers[index] = Some(availability.into());
+            let mut answer: v1::SkuAvailability = availability.into();
+            // The epoch this node serves the SKU's shard under (the owner's
+            // answers carry theirs).
+            answer.epoch = fence.epoch(answer.shard);
+            answers[index] = Some(answer);
         }
     }
     for (part, answer) in remote.await {

@@ -593,6 +593,8 @@ async fn a_read_across_nodes_answers_every_sku_it_can() {
         assert_eq!(web_atp(sku), Some(10), "{sku:?}");
         assert_eq!(sku.locations[0].on_hand, 10, "{sku:?}");
         assert_eq!(sku.shard, shard_of(&sku.sku));
+        // Under the epoch of its owner's claim, wherever it was read.
+        assert_eq!(sku.epoch, claims[&sku.shard].1 as u64, "{sku:?}");
     }
 
     // Already forwarded: only this node's SKU is read, no second hop.
