@@ -77,6 +77,9 @@ async fn answers(atpd: &Atpd, ids: &[String]) -> Vec<Answer> {
                     address: info.metadata["owner_address"].clone(),
                 },
                 (Code::Unavailable, Some(info)) if info.reason == "FAILING_CLOSED" => {
+                    // The SDK reads it as its typed error (retried).
+                    let typed = atp_client::Error::from_status(&status);
+                    assert!(matches!(typed, atp_client::Error::FailingClosed { .. }), "{typed:?}");
                     Answer::FailingClosed
                 }
                 _ => panic!("unexpected answer for {id}: {status:?}"),
@@ -204,41 +207,10 @@ impl Cluster {
     }
 }
 
-fn location(id: &str) -> v1::Location {
-    v1::Location {
-        location_id: id.into(),
-        kind: v1::LocationKind::Warehouse.into(),
-        name: format!("warehouse {id}"),
-        state: v1::LifecycleState::Active.into(),
-        ..Default::default()
-    }
-}
-
 /// Location dc-1 in channel `web`, and 10 units of `sku` there.
 async fn stock(atpd: &Atpd, sku: &str) {
-    let mut config = atpd.config();
-    let request = v1::UpsertLocationRequest { location: Some(location("dc-1")) };
-    config.upsert_location(request).await.expect("upsert location");
-    let channel = v1::Channel {
-        channel_id: "web".into(),
-        name: "web shop".into(),
-        location_ids: vec!["dc-1".into()],
-        buffer: 0,
-        cap: None,
-        state: v1::LifecycleState::Active.into(),
-    };
-    let request = v1::UpsertChannelRequest { channel: Some(channel) };
-    config.upsert_channel(request).await.expect("upsert channel");
-    let event = v1::StockEvent {
-        event_id: format!("recv-{sku}"),
-        sku: sku.into(),
-        location_id: "dc-1".into(),
-        kind: Some(Kind::Received(v1::Received { quantity: 10 })),
-    };
-    let request = v1::ApplyStockEventsRequest { events: vec![event] };
-    let response = atpd.availability().apply_stock_events(request).await.expect("stock events");
-    let result = &response.get_ref().results[0];
-    assert_eq!(result.outcome(), v1::StockEventOutcome::Applied, "{result:?}");
+    atpd.configure_web(&["dc-1"], &["dc-1"]).await;
+    atpd.receive(sku, "dc-1", 10).await;
 }
 
 fn reserve_request(id: &str, sku: &str) -> v1::ReserveRequest {

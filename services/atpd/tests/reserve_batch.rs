@@ -6,48 +6,9 @@ mod common;
 
 use atp_proto::v1;
 use atp_proto::v1::reserve_batch_result::Outcome;
-use atp_proto::v1::stock_event::Kind;
 use common::Atpd;
 use tonic::Code;
 use tonic_types::{RpcStatusExt, StatusExt};
-
-/// Locations dc-1 (channel `web`) and dc-2 (in no channel).
-async fn configure(atpd: &Atpd) {
-    let mut config = atpd.config();
-    for id in ["dc-1", "dc-2"] {
-        let location = v1::Location {
-            location_id: id.into(),
-            kind: v1::LocationKind::Warehouse.into(),
-            name: format!("warehouse {id}"),
-            state: v1::LifecycleState::Active.into(),
-            ..Default::default()
-        };
-        let request = v1::UpsertLocationRequest { location: Some(location) };
-        config.upsert_location(request).await.expect("upsert location");
-    }
-    let channel = v1::Channel {
-        channel_id: "web".into(),
-        name: "web shop".into(),
-        location_ids: vec!["dc-1".into()],
-        buffer: 0,
-        cap: None,
-        state: v1::LifecycleState::Active.into(),
-    };
-    let request = v1::UpsertChannelRequest { channel: Some(channel) };
-    config.upsert_channel(request).await.expect("upsert channel");
-}
-
-async fn receive(atpd: &Atpd, sku: &str, quantity: i64) {
-    let event = v1::StockEvent {
-        event_id: format!("recv-{sku}"),
-        sku: sku.into(),
-        location_id: "dc-1".into(),
-        kind: Some(Kind::Received(v1::Received { quantity })),
-    };
-    let request = v1::ApplyStockEventsRequest { events: vec![event] };
-    let response = atpd.availability().apply_stock_events(request).await.expect("stock events");
-    assert_eq!(response.get_ref().results[0].outcome(), v1::StockEventOutcome::Applied);
-}
 
 fn reserve(id: &str, sku: &str, location: &str, quantity: i64) -> v1::ReserveRequest {
     v1::ReserveRequest {
@@ -96,9 +57,9 @@ async fn reserved_at_dc1(atpd: &Atpd, sku: &str) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_item_gets_its_own_result_in_request_order() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "mug", 5).await;
-    receive(&atpd, "tee", 2).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1"]).await;
+    atpd.receive("mug", "dc-1", 5).await;
+    atpd.receive("tee", "dc-1", 2).await;
     let mut client = atpd.availability();
     let first = client.reserve(reserve("prior", "mug", "dc-1", 1)).await.expect("unary reserve");
     let first = first.into_inner().reservation.expect("a reservation");
@@ -169,8 +130,8 @@ async fn each_item_gets_its_own_result_in_request_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_or_oversized_batch_is_refused_as_a_whole() {
     let atpd = Atpd::start(&[]).await;
-    configure(&atpd).await;
-    receive(&atpd, "mug", 5).await;
+    atpd.configure_web(&["dc-1", "dc-2"], &["dc-1"]).await;
+    atpd.receive("mug", "dc-1", 5).await;
     let mut client = atpd.availability();
 
     let empty = v1::ReserveBatchRequest { reservations: Vec::new() };
