@@ -19,10 +19,12 @@ mod fan_out;
 mod fence;
 pub mod forward;
 pub mod layers;
+mod peer;
 
 use std::future::Future;
 use std::time::Duration;
 
+use atp_proto::internal::peer_service_server::PeerServiceServer;
 use atp_proto::v1;
 use atp_proto::v1::admin_service_server::AdminServiceServer;
 use atp_proto::v1::availability_service_server::AvailabilityServiceServer;
@@ -41,6 +43,7 @@ pub use availability::AvailabilityApi;
 pub use config_service::ConfigApi;
 pub use error::node_status;
 pub use fence::{ClusterView, Fence, Peer, Route, Touched, refusal_status};
+pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
 
 /// The epoch every reply carries on a single node (a cluster fences stale
 /// owners with real ones). Same value as `atp_shard`'s single-node epoch.
@@ -132,6 +135,13 @@ pub async fn serve_fenced(
             .max_decoding_message_size(limit);
     let configuration =
         ConfigServiceServer::new(ConfigApi::new(node.clone())).max_decoding_message_size(limit);
+    // Cluster mode: ops for shards other nodes serve go to them, and theirs
+    // for shards served here come in through the PeerService.
+    let peer_service = matches!(fence, Fence::Cluster(_)).then(|| {
+        node.set_peers(ClusterPeers::new(fence.clone(), forward::Forwarder::default()));
+        PeerServiceServer::new(PeerApi::new(node.clone(), fence.clone()))
+            .max_decoding_message_size(limit)
+    });
     let admin =
         AdminServiceServer::new(AdminApi::with_fence(node, fence)).max_decoding_message_size(limit);
 
@@ -153,7 +163,8 @@ pub async fn serve_fenced(
         .add_service(reflection().build_v1alpha()?)
         .add_service(availability)
         .add_service(configuration)
-        .add_service(admin);
+        .add_service(admin)
+        .add_optional_service(peer_service);
 
     // Without TCP_NODELAY small replies wait for Nagle's algorithm: p99 goes
     // from ~4 ms to ~44 ms.
