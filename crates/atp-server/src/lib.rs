@@ -135,10 +135,9 @@ pub async fn serve_fenced(
             .max_decoding_message_size(limit);
     let configuration =
         ConfigServiceServer::new(ConfigApi::new(node.clone())).max_decoding_message_size(limit);
-    // Cluster mode: ops for shards other nodes serve go to them, and theirs
-    // for shards served here come in through the PeerService.
+    // Cluster mode: other nodes' ops for shards served here come in through
+    // the PeerService (the caller gives the node its `ClusterPeers`).
     let peer_service = matches!(fence, Fence::Cluster(_)).then(|| {
-        node.set_peers(ClusterPeers::new(fence.clone(), forward::Forwarder::default()));
         PeerServiceServer::new(PeerApi::new(node.clone(), fence.clone()))
             .max_decoding_message_size(limit)
     });

@@ -15,6 +15,7 @@
 mod actor;
 mod clock;
 mod committer;
+mod doubts;
 mod error;
 mod node;
 mod peers;

@@ -1,7 +1,7 @@
 //! The node API: routes requests to shard actors and coordinates reservations
 //! whose lines live on other shards than their home.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use atp_core::shard::{
     Begin, ChangeBegin, EventApplied, Incarnation, LineOp, ShardFacts, ShardSettings, ShardState,
     ShardStats, ShipNotice,
 };
-use atp_core::shard::{RecoveryReport, recover};
+use atp_core::shard::{RecoveryReport, recover_owned};
 use atp_store::{LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError};
 use dashmap::DashMap;
 use futures::future::join_all;
@@ -29,8 +29,9 @@ use tokio::sync::{mpsc, watch};
 use crate::actor::{self, Answer, Control, InFlight, Operation, ShardHandle, Shared, Start};
 use crate::clock::Clock;
 use crate::committer::{Committer, CommitterStats};
+use crate::doubts::{self, Confirmed};
 use crate::error::NodeError;
-use crate::peers::{Outbox, Peers};
+use crate::peers::{Outbox, Peers, Pending};
 
 /// The epoch of every shard on a single node (a cluster fences with real ones).
 pub const SINGLE_NODE_EPOCH: u64 = 1;
@@ -246,6 +247,19 @@ impl Node {
     /// rolls back what a crash cut short, expires holds whose TTL passed while
     /// the node was down, makes that durable, and starts serving.
     pub async fn recover(&self) -> Result<RecoveryStats, NodeError> {
+        self.recover_owning(None).await
+    }
+
+    /// [`Node::recover`] for a node of a cluster that owns the shards in
+    /// `owned` (None: every shard): a shard it does not own is no evidence
+    /// (`docs/PROTOCOL.md`, "Across nodes"). Ops and ship notices for other
+    /// owners go to the outbox; reservations in doubt are decided in the
+    /// background from the owners' answers; the sweep starts. Set the
+    /// peers ([`Node::set_peers`]) first.
+    pub async fn recover_owning(
+        &self,
+        owned: Option<BTreeSet<u32>>,
+    ) -> Result<RecoveryStats, NodeError> {
         let Some(store) = self.store.clone() else { return Ok(RecoveryStats::default()) };
         let started = Instant::now();
         let storage = |error: StoreError| NodeError::StorageFailed(error.to_string());
@@ -303,7 +317,32 @@ impl Node {
             states.extend(decoded.into_iter().map(|state| (state.shard(), state)));
         }
         let load = started.elapsed();
-        let report = recover(&mut states, &catalog, self.shared.clock.now_ms());
+        let is_owned = |shard: u32| owned.as_ref().is_none_or(|owned| owned.contains(&shard));
+        let recovered = recover_owned(&mut states, &is_owned, &catalog, self.shared.clock.now_ms());
+        let report = recovered.report;
+        // The shards here holding something of each id in doubt: where
+        // deciding it starts.
+        let doubts: Vec<(ReservationId, Vec<u32>)> = recovered
+            .in_doubt
+            .into_iter()
+            .map(|id| {
+                let known = states
+                    .iter()
+                    .filter(|(shard, state)| {
+                        let facts = state.facts(&id);
+                        is_owned(**shard) && (facts.record.is_some() || facts.hold.is_some())
+                    })
+                    .map(|(shard, _)| *shard)
+                    .collect();
+                (id, known)
+            })
+            .collect();
+        let outbound: Vec<Pending> = recovered
+            .remote_ops
+            .into_iter()
+            .map(|(shard, op)| Pending::Op(shard, op))
+            .chain(recovered.remote_notices.into_iter().map(Pending::Notice))
+            .collect();
         let mut republish = Vec::new();
         let batches: Vec<ShardBatch> = states
             .values_mut()
@@ -365,6 +404,31 @@ impl Node {
             })
             .collect();
         self.spawn_actors(starts);
+        if !outbound.is_empty() || !doubts.is_empty() {
+            tracing::info!(
+                outbound = outbound.len(),
+                in_doubt = doubts.len(),
+                "recovery left ops for other nodes and reservations in doubt"
+            );
+        }
+        self.shared.outbox.push(outbound);
+        let pending_timeout_ms = self.config.shard.pending_timeout_ms;
+        if self.shared.peers().is_some() {
+            let confirmed = Arc::new(Confirmed::default());
+            doubts::spawn_resolver(
+                Arc::clone(&self.shared),
+                doubts,
+                pending_timeout_ms,
+                Arc::clone(&confirmed),
+                self.stop.subscribe(),
+            );
+            doubts::spawn_sweeper(
+                Arc::clone(&self.shared),
+                pending_timeout_ms,
+                confirmed,
+                self.stop.subscribe(),
+            );
+        }
         self.spawn_ledger_sweeper(Arc::clone(&store));
         self.spawn_checkpointer(store);
         stats.elapsed = started.elapsed();
