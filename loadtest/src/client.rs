@@ -17,13 +17,15 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long setup and check keep retrying one call before giving up.
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// An SDK client over one lazily connected HTTP/2 connection: it connects
-/// on first use and again after the connection broke, so a node that is
-/// killed and restarted costs failed calls, never the run. It never retries
-/// by itself: a worker measures each call once and logs its outcome, and
-/// setup and check retry with [`retry`].
+/// An SDK client over one lazily connected HTTP/2 connection per endpoint
+/// (`endpoint` may list several, comma-separated; calls go round-robin): it
+/// connects on first use and again after the connection broke, so a node
+/// that is killed and restarted costs failed calls, never the run. It never
+/// retries by itself: a worker measures each call once and logs its
+/// outcome, and setup and check retry with [`retry`] (which, over several
+/// endpoints, reaches the next one on the next try).
 pub fn client(endpoint: &str, request_timeout: Duration) -> Result<Client, LoadError> {
-    Client::builder([endpoint])
+    Client::builder(crate::config::split_endpoints(endpoint))
         .connections_per_endpoint(1)
         .connect_timeout(CONNECT_TIMEOUT)
         .deadline(request_timeout)

@@ -63,7 +63,9 @@ pub enum Mode {
              that nothing was oversold or lost."
 )]
 pub struct Config {
-    /// atpd's gRPC endpoint.
+    /// atpd's gRPC endpoint, or several separated by commas (the nodes of a
+    /// cluster): client i sends to endpoint i mod N, setup configures the
+    /// run's locations and channel on each, the check reads through any.
     #[arg(long, env = "ATP_LOADGEN_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
     /// Traffic to send.
@@ -80,7 +82,8 @@ pub struct Config {
     /// a Reserve, a checkout, a buyer, a batch call, a health check).
     #[arg(long, default_value_t = 1_000.0)]
     pub rate: f64,
-    /// gRPC connections (HTTP/2 channels); clients are spread round-robin.
+    /// gRPC connections (HTTP/2 channels) per endpoint; clients are spread
+    /// round-robin.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
     /// Measured time, after the warm-up (`10s`, `500ms`, `2m`).
@@ -139,10 +142,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The endpoints `endpoint` lists (comma-separated), in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        split_endpoints(&self.endpoint)
+    }
+
     /// Checks the values that no flag parser can: a clear message instead of
     /// a run that measures nothing.
     pub fn validate(&self) -> Result<(), LoadError> {
         let mut problems = Vec::new();
+        if self.endpoints().is_empty() {
+            problems.push("--endpoint must name at least one endpoint".to_owned());
+        }
         if self.clients == 0 {
             problems.push("--clients must be at least 1".to_owned());
         }
@@ -188,6 +199,16 @@ impl Config {
     }
 }
 
+/// `a,b, c` → `["a", "b", "c"]` (blanks dropped).
+pub fn split_endpoints(endpoints: &str) -> Vec<String> {
+    endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Parses `250ms`, `10s`, `2m`, `1h` or a plain number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -226,6 +247,15 @@ mod tests {
         assert_eq!((config.scenario, config.mode), (Scenario::Reserve, Mode::Closed));
         assert!(config.check);
         config.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn endpoints_are_comma_separated() {
+        let config = Config { endpoint: "http://a:1, http://b:2,".into(), ..Config::default() };
+        assert_eq!(config.endpoints(), ["http://a:1", "http://b:2"]);
+        assert_eq!(Config::default().endpoints(), ["http://127.0.0.1:50051"]);
+        let none = Config { endpoint: " , ".into(), ..Config::default() };
+        assert!(none.validate().expect_err("no endpoint").to_string().contains("--endpoint"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub mod stats;
 pub use acks::{AckEntry, AckLog, Acked, Found, InDoubt, LineRef};
 pub use check::{CheckReport, check};
 pub use config::{Config, Mode, Scenario};
-pub use run::run;
+pub use run::{run, run_until};
 pub use setup::{Setup, setup};
 pub use stats::{Latency, Report};
 

@@ -2,7 +2,7 @@
 //! loop (arrivals on a fixed schedule, latency from the scheduled time).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -32,8 +32,11 @@ enum Pacing {
 
 impl Pacing {
     /// The (intended) start of the worker's next step, or `None` once the
-    /// run is over.
-    async fn next(&self, end: Instant) -> Option<Instant> {
+    /// run is over (its end passed, or `stop` was set).
+    async fn next(&self, end: Instant, stop: &AtomicBool) -> Option<Instant> {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         match self {
             Self::Closed => {
                 let now = Instant::now();
@@ -58,10 +61,29 @@ impl Pacing {
 /// Connection failures never stop it: calls fail, are counted by code, their
 /// operations are logged as unknown, and the channels reconnect on next use.
 pub async fn run(config: &Config, setup: &Setup) -> Result<Report, LoadError> {
+    run_until(config, setup, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`run`], ending early once `stop` is set: no step starts after that,
+/// steps in flight end as usual. `config.duration` is then the longest the
+/// run lasts, and the report's measured time is what really ran. For tests
+/// that stop the load once a fault has played out.
+pub async fn run_until(
+    config: &Config,
+    setup: &Setup,
+    stop: Arc<AtomicBool>,
+) -> Result<Report, LoadError> {
     config.validate()?;
+    // Connection c to endpoint e is clients[c * endpoints + e], so worker i
+    // sends to endpoint i mod endpoints.
+    let endpoints = config.endpoints();
     let clients = (0..config.connections)
-        .map(|_| client::client(&config.endpoint, config.request_timeout))
-        .collect::<Result<Vec<_>, _>>()?;
+        .flat_map(|_| endpoints.iter())
+        .map(|endpoint| {
+            let client = client::client(endpoint, config.request_timeout)?;
+            Ok((client, endpoint.clone()))
+        })
+        .collect::<Result<Vec<_>, LoadError>>()?;
     // Reservation ids are unique per run, so the logs of several runs over
     // one setup merge without clashes.
     let segment = format!("{:04x}", fastrand::u16(..));
@@ -79,7 +101,7 @@ pub async fn run(config: &Config, setup: &Setup) -> Result<Report, LoadError> {
         let client = clients[index % clients.len()].clone();
         let worker_seed = seed.wrapping_add(index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let worker = Worker::new(Arc::clone(&plan), client, &segment, index, worker_seed);
-        tokio::spawn(drive(worker, pacing.clone(), measure_from, end))
+        tokio::spawn(drive(worker, pacing.clone(), measure_from, end, Arc::clone(&stop)))
     });
     let workers: Vec<_> = workers.collect();
 
@@ -90,7 +112,9 @@ pub async fn run(config: &Config, setup: &Setup) -> Result<Report, LoadError> {
         recorder.merge(worker_recorder);
         acks.merge(worker_acks);
     }
-    Ok(Report::new(config, &setup.run_id, config.duration, &recorder, acks))
+    // Stopped early: the measured window is what ran of it.
+    let measured = config.duration.min(Instant::now().saturating_duration_since(measure_from));
+    Ok(Report::new(config, &setup.run_id, measured, &recorder, acks))
 }
 
 async fn drive(
@@ -98,8 +122,9 @@ async fn drive(
     pacing: Pacing,
     measure_from: Instant,
     end: Instant,
+    stop: Arc<AtomicBool>,
 ) -> (Recorder, AckLog) {
-    while let Some(due) = pacing.next(end).await {
+    while let Some(due) = pacing.next(end, &stop).await {
         worker.recorder.active_clients = 1;
         let measured = due >= measure_from;
         let pause = worker.step(measured).await;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use atp_client::{Client, Code};
+use atp_client::{Client, Code, Error};
 use atp_proto::v1;
 use atp_proto::v1::reserve_batch_result::Outcome;
 use tokio::time::Instant;
@@ -14,7 +14,7 @@ use crate::acks::{AckLog, Acked, InDoubt, LineRef};
 use crate::client::{passing, refused};
 use crate::config::{Config, Scenario};
 use crate::setup::Setup;
-use crate::stats::{Recorder, Rpc};
+use crate::stats::{Failure, Recorder, Rpc, unix_ms};
 
 /// Most lines of one checkout.
 const MAX_CHECKOUT_LINES: usize = 3;
@@ -55,6 +55,8 @@ impl Plan {
 /// numbers and its log.
 pub struct Worker {
     client: Client,
+    /// The endpoint `client` calls (named in each [`Failure`]).
+    endpoint: String,
     plan: Arc<Plan>,
     rng: fastrand::Rng,
     prefix: String,
@@ -66,11 +68,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Worker `index` of the run segment `segment`, calling through `client`.
-    pub fn new(plan: Arc<Plan>, client: Client, segment: &str, index: usize, seed: u64) -> Self {
+    /// Worker `index` of the run segment `segment`, calling `endpoint`
+    /// through `client`.
+    pub fn new(
+        plan: Arc<Plan>,
+        (client, endpoint): (Client, String),
+        segment: &str,
+        index: usize,
+        seed: u64,
+    ) -> Self {
         let prefix = format!("{}-{segment}-{index}", plan.setup.run_id);
         Self {
             client,
+            endpoint,
             plan,
             rng: fastrand::Rng::with_seed(seed),
             prefix,
@@ -141,6 +151,33 @@ impl Worker {
         }
     }
 
+    /// Records the failed call `rpc` about `id` over `lines`, sent at
+    /// `sent_unix_ms`.
+    fn record_failure(
+        &mut self,
+        rpc: Rpc,
+        (id, lines): (&str, &[LineRef]),
+        error: &Error,
+        sent_unix_ms: i64,
+    ) {
+        let shard = match error {
+            Error::NotOwner { shard, .. } | Error::FailingClosed { shard, .. } => Some(*shard),
+            _ => None,
+        };
+        let skus = lines.iter().map(|line| self.plan.setup.skus[line.sku as usize].clone());
+        self.recorder.failure(Failure {
+            rpc: rpc.name(),
+            code: format!("{:?}", error.code()),
+            reason: error.reason_name().map(str::to_owned),
+            shard,
+            reservation_id: id.to_owned(),
+            skus: skus.collect(),
+            endpoint: self.endpoint.clone(),
+            sent_unix_ms,
+            failed_unix_ms: unix_ms(),
+        });
+    }
+
     /// One unary Reserve under a fresh id; returns its answer and the error
     /// code, if any.
     async fn reserve(
@@ -151,8 +188,8 @@ impl Worker {
     ) -> (Option<String>, Option<Code>) {
         let id = self.id();
         let request = self.reserve_request(&id, &lines, ttl_s);
-        self.acks.reserve_sent(&id, lines);
-        let sent = Instant::now();
+        self.acks.reserve_sent(&id, lines.clone());
+        let (sent, sent_unix_ms) = (Instant::now(), unix_ms());
         let result = self.client.rpc().reserve(request).await;
         self.recorder.call(Rpc::Reserve, sent.elapsed(), measured);
         if measured {
@@ -168,6 +205,7 @@ impl Worker {
             }
             Err(error) => {
                 self.recorder.error(error.code());
+                self.record_failure(Rpc::Reserve, (&id, &lines), &error, sent_unix_ms);
                 self.settle(&id, InDoubt::Reserve, error.code());
                 (None, Some(error.code()))
             }
@@ -208,7 +246,7 @@ impl Worker {
         let fate = self.rng.u32(..100);
         let expire = fate >= COMMIT_PERCENT + RELEASE_PERCENT;
         let ttl_s = if expire { self.plan.expire_ttl_s } else { self.plan.hold_ttl_s };
-        let (held, code) = self.reserve(lines, ttl_s, measured).await;
+        let (held, code) = self.reserve(lines.clone(), ttl_s, measured).await;
         let Some(id) = held else {
             return code.is_some_and(passing);
         };
@@ -222,7 +260,7 @@ impl Worker {
             (Rpc::Release, InDoubt::Release, Acked::Released)
         };
         self.acks.sent(&id, attempt);
-        let sent = Instant::now();
+        let (sent, sent_unix_ms) = (Instant::now(), unix_ms());
         let result = if commit {
             // No lines named: every line commits all it holds.
             let request = v1::CommitRequest { reservation_id: id.clone(), lines: Vec::new() };
@@ -239,6 +277,7 @@ impl Worker {
             }
             Err(error) => {
                 self.recorder.error(error.code());
+                self.record_failure(rpc, (&id, &lines), &error, sent_unix_ms);
                 self.settle(&id, attempt, error.code());
                 passing(error.code())
             }

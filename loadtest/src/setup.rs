@@ -76,8 +76,9 @@ fn random_run_id() -> String {
     format!("lg{:08x}", fastrand::u32(..))
 }
 
-/// Creates the run's locations, channel and stock on the node at
-/// `config.endpoint` and returns what it created. Safe to repeat. The
+/// Creates the run's locations and channel on every node
+/// `config.endpoint` lists, its stock through any of them, and returns what
+/// it created. Safe to repeat. The
 /// ceiling scenario reads no data, so for it nothing is sent and the setup
 /// is empty.
 pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
@@ -86,7 +87,28 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
     if config.scenario == Scenario::Ceiling {
         return Ok(setup);
     }
+    // Locations and channels are each node's own configuration: every
+    // endpoint gets them (the same upserts, so repeating them is harmless).
+    for endpoint in config.endpoints() {
+        let client = client::client(&endpoint, config.request_timeout)?;
+        configure(&client, &setup).await?;
+    }
     let client = client::client(&config.endpoint, config.request_timeout)?;
+    let positions: Vec<(usize, usize)> = (0..setup.skus.len())
+        .flat_map(|sku| (0..setup.locations.len()).map(move |location| (sku, location)))
+        .collect();
+    let calls = positions.chunks(MAX_EVENTS_PER_CALL).map(|chunk| {
+        let events: Vec<_> =
+            chunk.iter().map(|&(sku, location)| setup.stock_event(sku, location)).collect();
+        stock(&client, events)
+    });
+    let outcomes: Vec<_> = stream::iter(calls).buffer_unordered(SETUP_CONCURRENCY).collect().await;
+    outcomes.into_iter().collect::<Result<(), _>>()?;
+    Ok(setup)
+}
+
+/// Upserts the run's locations and its channel through `client`.
+async fn configure(client: &atp_client::Client, setup: &Setup) -> Result<(), LoadError> {
     for location_id in &setup.locations {
         let location = v1::Location {
             location_id: location_id.clone(),
@@ -108,18 +130,7 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel_config) };
     retry("upsert channel", || client.rpc().upsert_channel(request.clone())).await?;
-
-    let positions: Vec<(usize, usize)> = (0..setup.skus.len())
-        .flat_map(|sku| (0..setup.locations.len()).map(move |location| (sku, location)))
-        .collect();
-    let calls = positions.chunks(MAX_EVENTS_PER_CALL).map(|chunk| {
-        let events: Vec<_> =
-            chunk.iter().map(|&(sku, location)| setup.stock_event(sku, location)).collect();
-        stock(&client, events)
-    });
-    let outcomes: Vec<_> = stream::iter(calls).buffer_unordered(SETUP_CONCURRENCY).collect().await;
-    outcomes.into_iter().collect::<Result<(), _>>()?;
-    Ok(setup)
+    Ok(())
 }
 
 /// Applies `events` until each is APPLIED or DUPLICATE (a REJECTED one, e.g.

@@ -16,6 +16,43 @@ use crate::config::{Config, Mode, Scenario};
 const MAX_TRACKED_LATENCY_US: u64 = 3_600_000_000;
 /// Significant decimal digits of the histograms.
 const HISTOGRAM_PRECISION: u8 = 3;
+/// Most failed calls one worker records one by one ([`Failure`]); the
+/// counters go on counting past it.
+pub const MAX_FAILURES_PER_WORKER: usize = 10_000;
+
+/// One failed call, as the worker saw it: enough to tell which node and
+/// which shards a fault touched (a fault test checks that calls failed
+/// only inside its window, and only for the faulted node's shards).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The method (`Reserve`, `Commit`, `Release`; ReserveBatch and health
+    /// checks are only counted).
+    pub rpc: &'static str,
+    /// The gRPC code, as tonic names it (`Unavailable`).
+    pub code: String,
+    /// The atp reason, if the status carried one (`NOT_OWNER`).
+    pub reason: Option<String>,
+    /// The shard the refusal named (`NOT_OWNER`, `FAILING_CLOSED`).
+    pub shard: Option<i64>,
+    /// The reservation the call was about (its home shard is its hash).
+    pub reservation_id: String,
+    /// The SKUs of its lines (each line's shard is its SKU's hash).
+    pub skus: Vec<String>,
+    /// The endpoint the call went to.
+    pub endpoint: String,
+    /// When it was sent and when its failure was known, unix ms (this
+    /// machine's clock, so a test can compare them with its own events).
+    pub sent_unix_ms: i64,
+    /// See `sent_unix_ms`.
+    pub failed_unix_ms: i64,
+}
+
+/// This machine's wall clock, unix ms.
+pub fn unix_ms() -> i64 {
+    let since_epoch =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// An empty latency histogram in microseconds.
 pub fn histogram() -> Histogram<u64> {
@@ -75,6 +112,8 @@ pub struct Recorder {
     pub unknown: u64,
     /// Workers that started at least one step.
     pub active_clients: u64,
+    /// The first [`MAX_FAILURES_PER_WORKER`] failed calls, one by one.
+    pub failures: Vec<Failure>,
 }
 
 impl Default for Recorder {
@@ -88,6 +127,7 @@ impl Default for Recorder {
             errors: BTreeMap::new(),
             unknown: 0,
             active_clients: 0,
+            failures: Vec::new(),
         }
     }
 }
@@ -114,6 +154,13 @@ impl Recorder {
         *self.errors.entry(code.into()).or_default() += 1;
     }
 
+    /// A failed call, one by one (after the counters, see [`Recorder::error`]).
+    pub fn failure(&mut self, failure: Failure) {
+        if self.failures.len() < MAX_FAILURES_PER_WORKER {
+            self.failures.push(failure);
+        }
+    }
+
     /// Adds `other`'s numbers to these.
     pub fn merge(&mut self, other: Recorder) {
         self.latency.add(&other.latency).expect("histograms share their bounds");
@@ -129,6 +176,7 @@ impl Recorder {
         }
         self.unknown += other.unknown;
         self.active_clients += other.active_clients;
+        self.failures.extend(other.failures);
     }
 }
 
@@ -208,6 +256,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Operations whose answer was lost (whole run).
     pub unknown_outcomes: u64,
+    /// Failed calls one by one, in the order they were sent (at most
+    /// [`MAX_FAILURES_PER_WORKER`] per worker; in the JSON report).
+    pub failures: Vec<Failure>,
     /// Reservations logged, and how many ended in each acknowledged state.
     pub acknowledged: BTreeMap<String, usize>,
     /// Every acknowledged operation, for [`crate::check()`] (written with
@@ -260,6 +311,11 @@ impl Report {
                 .map(|(&code, count)| (format!("{:?}", Code::from(code)), *count))
                 .collect(),
             unknown_outcomes: recorder.unknown,
+            failures: {
+                let mut failures = recorder.failures.clone();
+                failures.sort_by_key(|failure| failure.sent_unix_ms);
+                failures
+            },
             acknowledged,
             acks,
         }

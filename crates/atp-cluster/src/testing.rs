@@ -82,23 +82,40 @@ impl EtcdProcess {
         Some(Self::start(binary).await)
     }
 
+    /// [`EtcdProcess::start_or_skip`], but taking clients on every
+    /// interface (`0.0.0.0:<port>`), so that processes in other network
+    /// namespaces reach it ([`EtcdProcess::endpoint_at`]).
+    pub async fn start_on_every_interface_or_skip() -> Option<Self> {
+        let Some(binary) = etcd_binary() else {
+            // The same message and CI rule as start_or_skip.
+            return Self::start_or_skip().await;
+        };
+        Some(Self::start_with(binary, true).await)
+    }
+
     /// Starts `binary` and waits until it answers.
     pub async fn start(binary: PathBuf) -> Self {
+        Self::start_with(binary, false).await
+    }
+
+    async fn start_with(binary: PathBuf, every_interface: bool) -> Self {
         let data = tempfile::tempdir().expect("a temporary etcd data directory");
-        let mut etcd = Self {
-            binary,
-            child: None,
-            client_address: free_port(),
-            peer_address: free_port(),
-            data,
-        };
+        let client_address = if every_interface { free_port_everywhere() } else { free_port() };
+        let mut etcd =
+            Self { binary, child: None, client_address, peer_address: free_port(), data };
         etcd.spawn().await;
         etcd
     }
 
     /// The client URL, `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_address)
+        format!("http://127.0.0.1:{}", self.client_address.port())
+    }
+
+    /// The client URL through `ip`, an address of this host (only useful
+    /// when started on every interface).
+    pub fn endpoint_at(&self, ip: std::net::IpAddr) -> String {
+        format!("http://{}", SocketAddr::new(ip, self.client_address.port()))
     }
 
     /// A new client connection.
@@ -143,6 +160,7 @@ impl EtcdProcess {
 
     async fn spawn(&mut self) {
         let client_url = format!("http://{}", self.client_address);
+        let advertised_url = self.endpoint();
         let peer_url = format!("http://{}", self.peer_address);
         let log =
             std::fs::File::create(self.data.path().join("etcd.log")).expect("create etcd.log");
@@ -150,7 +168,7 @@ impl EtcdProcess {
             .arg("--name=atp-test")
             .arg(format!("--data-dir={}", self.data.path().join("data").display()))
             .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={advertised_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=atp-test={peer_url}"))
@@ -217,6 +235,12 @@ impl Drop for EtcdProcess {
 /// before etcd binds it, which start-up then reports).
 fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("the bound address")
+}
+
+/// A free port on every interface (`0.0.0.0:<port>`), released like [`free_port`]'s.
+fn free_port_everywhere() -> SocketAddr {
+    let listener = TcpListener::bind("0.0.0.0:0").expect("bind a free port");
     listener.local_addr().expect("the bound address")
 }
 

@@ -1,5 +1,7 @@
 //! Test support, dev-only: starts the real `atpd` binary on `127.0.0.1:0`
-//! ([`Atpd`]) and waits on conditions with a deadline ([`eventually`]).
+//! ([`Atpd`]), optionally inside a Linux network namespace whose link a
+//! test can cut and heal ([`netns::NetNs`]), and waits on conditions with a
+//! deadline ([`eventually`]).
 //!
 //! Nothing here sleeps to synchronise: readiness and exits are conditions
 //! polled until a deadline. The binary is the one [`atpd_binary`] names: the
@@ -22,6 +24,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+pub mod netns;
+
+use netns::NetNs;
 
 /// How long a node may take to print its address and answer health checks.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -64,7 +70,27 @@ impl Atpd {
     /// Starts the node binary `binary` on `data_dir` and waits only until it
     /// printed its address.
     pub fn spawn_binary_in(binary: &Path, data_dir: &Path, variables: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(binary);
+        Self::spawn_command(Command::new(binary), data_dir, variables)
+    }
+
+    /// Starts `atpd` inside the network namespace `netns` on `data_dir`,
+    /// and waits until it has recovered and answers SERVING (through the
+    /// namespace's link: `variables` must make it listen on an address
+    /// reachable from outside, e.g. `ATP_LISTEN_ADDR` = `netns.ip():PORT`).
+    pub async fn start_in_netns(
+        netns: &NetNs,
+        data_dir: &Path,
+        variables: &[(&str, &str)],
+    ) -> Self {
+        let command = netns.command(atpd_binary());
+        let atpd = Self::spawn_command(command, data_dir, variables);
+        atpd.wait_until_serving().await;
+        atpd
+    }
+
+    /// Starts `command` (atpd, possibly behind a wrapper that execs it) on
+    /// `data_dir` and waits only until it printed its address.
+    fn spawn_command(mut command: Command, data_dir: &Path, variables: &[(&str, &str)]) -> Self {
         // Only what the test says: no inherited ATP_* keys or RUST_LOG.
         for (name, _) in std::env::vars() {
             if name.starts_with("ATP_") || name == "RUST_LOG" {
@@ -177,11 +203,26 @@ impl Atpd {
 
     /// Sends SIGTERM through the `kill` command (no libc or nix needed).
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGSTOP: the process stops where it is; its sockets stay open and
+    /// their peers see no answer (nor a reset) until [`Atpd::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Atpd::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
+        assert!(status.success(), "kill {signal} failed: {status}");
     }
 
     /// Waits for the process to exit, up to `deadline`. Async, so that the
