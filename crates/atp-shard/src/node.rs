@@ -658,7 +658,7 @@ impl Node {
         *self.shared.peers.write().expect("peers lock is never poisoned") =
             Some(Arc::clone(&peers));
         let outbox = self.shared.outbox.clone();
-        tokio::spawn(outbox.run(peers, self.stop.subscribe()));
+        tokio::spawn(outbox.run(Arc::clone(&self.shared), self.stop.subscribe()));
     }
 
     /// Ops and notices for other nodes not acknowledged yet.

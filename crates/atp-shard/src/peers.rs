@@ -195,11 +195,15 @@ impl Outbox {
         self.queue.lock().expect("outbox lock is never poisoned").len()
     }
 
-    /// Sends everything queued through `peers` until acknowledged, until
-    /// `stop` turns true.
+    /// Sends everything queued until acknowledged, until `stop` turns true:
+    /// to the owner through `shared`'s peers, or to the shard actor here
+    /// when the shard is served here by then (an op left here while this
+    /// node failed closed on its own shard, e.g. after a lost lease or at a
+    /// restart before its claims were made, must be applied here once the
+    /// node serves the shard again: no other node will).
     pub(crate) async fn run(
         self,
-        peers: Arc<dyn Peers>,
+        shared: Arc<crate::actor::Shared>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut backoff = OUTBOX_BACKOFF;
@@ -214,7 +218,7 @@ impl Outbox {
                     _ = stop.changed() => return,
                 }
             }
-            let failed = send_all(&peers, batch).await;
+            let failed = send_all(&shared, batch).await;
             if failed.is_empty() {
                 backoff = OUTBOX_BACKOFF;
                 continue;
@@ -230,9 +234,10 @@ impl Outbox {
     }
 }
 
-/// Sends `batch` (one call per shard, notices one by one); returns what was
-/// not acknowledged.
-async fn send_all(peers: &Arc<dyn Peers>, batch: Vec<Pending>) -> Vec<Pending> {
+/// Sends `batch` (one call per shard, notices one by one), each to the
+/// shard's owner or, when served here now, to its actor here; returns what
+/// was not acknowledged.
+async fn send_all(shared: &crate::actor::Shared, batch: Vec<Pending>) -> Vec<Pending> {
     let mut by_shard: BTreeMap<u32, Vec<LineOp>> = BTreeMap::new();
     let mut notices = Vec::new();
     for pending in batch {
@@ -243,20 +248,30 @@ async fn send_all(peers: &Arc<dyn Peers>, batch: Vec<Pending>) -> Vec<Pending> {
     }
     let sends = by_shard.into_iter().flat_map(|(shard, ops)| {
         let chunks: Vec<Vec<LineOp>> = ops.chunks(OUTBOX_BATCH).map(<[LineOp]>::to_vec).collect();
-        chunks.into_iter().map(move |ops| {
-            let peers = Arc::clone(peers);
-            async move {
-                match peers.line_ops(shard, ops.clone(), FOLLOW_UP_DEADLINE).await {
-                    // A refusal is an answer: the op was applied or judged.
-                    Ok(_) => Vec::new(),
-                    Err(_) => ops.into_iter().map(|op| Pending::Op(shard, op)).collect(),
-                }
+        chunks.into_iter().map(move |ops| async move {
+            match shared.line_ops(shard, ops.clone(), false).await {
+                // A refusal is an answer: the op was applied or judged.
+                Ok(_) => Vec::new(),
+                Err(_) => ops.into_iter().map(|op| Pending::Op(shard, op)).collect(),
             }
         })
     });
     let mut failed: Vec<Pending> = futures::future::join_all(sends).await.concat();
     for notice in notices {
-        if peers.notice(notice.clone(), FOLLOW_UP_DEADLINE).await.is_err() {
+        let home = atp_core::hash::shard_of(notice.reservation.as_str());
+        let delivered = match shared.peers() {
+            Some(peers) if !peers.is_local(home) => {
+                peers.notice(notice.clone(), FOLLOW_UP_DEADLINE).await.is_ok()
+            }
+            _ => {
+                let here = notice.clone();
+                shared.shards[home as usize]
+                    .call(move |state, _, now| state.note_shipped(&here, now))
+                    .await
+                    .is_ok()
+            }
+        };
+        if !delivered {
             failed.push(Pending::Notice(notice));
         }
     }

@@ -450,10 +450,18 @@ async fn check_settled(
 /// For a violation's position `sku@location`: every reservation whose
 /// ledger entries there leave units reserved, with what the load generator
 /// logged of it, what GetReservation says and the nodes' log lines naming it.
-async fn explain_holds(cluster: &Cluster, position: &str, report: &Report) -> String {
+async fn explain_holds(
+    cluster: &Cluster,
+    position: &str,
+    report: &Report,
+    windows: &[Window],
+) -> String {
     let Some((sku, location)) = position.split_once('@') else { return String::new() };
+    let claims = cluster.claims().await;
+    let owner = |key: &str| claims.get(&shard_of(key)).map(|(owner, _)| owner.clone());
     let mut net: BTreeMap<String, i64> = BTreeMap::new();
-    for node in &cluster.nodes {
+    let mut entries: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (index, node) in cluster.nodes.iter().enumerate() {
         let mut page_token = String::new();
         loop {
             let request = v1::QueryLedgerRequest {
@@ -466,7 +474,11 @@ async fn explain_holds(cluster: &Cluster, position: &str, report: &Report) -> St
             let Ok(page) = node.admin().query_ledger(request).await else { break };
             let page = page.into_inner();
             for entry in page.entries {
-                *net.entry(entry.cause_id).or_default() += entry.reserved_delta;
+                *net.entry(entry.cause_id.clone()).or_default() += entry.reserved_delta;
+                entries.entry(entry.cause_id).or_default().push(format!(
+                    "node {index} at {} {} reserved {:+} committed {:+}",
+                    entry.at_ms, entry.kind, entry.reserved_delta, entry.committed_delta
+                ));
             }
             if page.next_page_token.is_empty() {
                 break;
@@ -474,7 +486,11 @@ async fn explain_holds(cluster: &Cluster, position: &str, report: &Report) -> St
             page_token = page.next_page_token;
         }
     }
-    let mut text = format!("{position}: reservations leaving units reserved:");
+    let mut text = format!(
+        "{position} (shard {}, owner {:?}; fault windows {windows:?}): reservations leaving units reserved:",
+        shard_of(sku),
+        owner(sku)
+    );
     for (id, units) in net.iter().filter(|(_, units)| **units != 0) {
         let request = v1::GetReservationRequest { reservation_id: id.clone() };
         let read = cluster.nodes[0].availability().get_reservation(request).await;
@@ -496,8 +512,11 @@ async fn explain_holds(cluster: &Cluster, position: &str, report: &Report) -> St
         let failures: Vec<&Failure> =
             report.failures.iter().filter(|failure| &failure.reservation_id == id).collect();
         text.push_str(&format!(
-            "\n  {id}: {units} units; home shard {} ; logged {logged:?}; failures {failures:?}; read {read:?}; log lines:\n    {}",
+            "\n  {id}: {units} units; home shard {} on {:?}; logged {logged:?}; failures \
+             {failures:?}; read {read:?}; ledger here: {:?}; log lines:\n    {}",
             shard_of(id),
+            owner(id),
+            entries.get(id),
             lines.join("\n    ")
         ));
     }
@@ -604,7 +623,7 @@ async fn load_under(fault: Fault, name: &str) {
     if !checked.violations.is_empty() {
         for violation in &checked.violations {
             if let Some(position) = violation.split(':').next() {
-                eprintln!("{}", explain_holds(&cluster, position, &report).await);
+                eprintln!("{}", explain_holds(&cluster, position, &report, &windows).await);
             }
         }
         let logs: Vec<String> = cluster.nodes.iter().map(Atpd::log).collect();
