@@ -180,13 +180,19 @@ impl Cluster {
     async fn wait_until_consistent(&self, probes: &[String]) -> BTreeMap<u32, (String, i64)> {
         let until = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let claims = claims(&self.store, &self.keys).await;
-            if claims.len() == SHARD_COUNT as usize && self.agree(&claims, probes).await {
-                return claims;
+            // Read before and after the answers, and unchanged: answers
+            // that agree with claims replaced meanwhile (an old lease
+            // expiring, the node claiming anew) prove nothing.
+            let seen = claims(&self.store, &self.keys).await;
+            if seen.len() == SHARD_COUNT as usize
+                && self.agree(&seen, probes).await
+                && claims(&self.store, &self.keys).await == seen
+            {
+                return seen;
             }
             assert!(
                 tokio::time::Instant::now() < until,
-                "the nodes' answers never matched the claims {claims:?}"
+                "the nodes' answers never matched the claims {seen:?}"
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
