@@ -726,6 +726,48 @@ async fn a_reservation_with_lines_on_three_nodes_works_through_any_node() {
     };
     cluster.nodes[0].availability().modify_reservation(request).await.expect("changed");
     assert_eq!(web_atps(&cluster.nodes[1], &skus).await, vec![Some(2); 3]);
+
+    // A batch whose items are homed on all three nodes, through node 1:
+    // split by home owner, each answered under its home's epoch.
+    let request = v1::ReleaseRequest { reservation_id: c.clone() };
+    cluster.nodes[1].availability().release(request).await.expect("released");
+    let ids: Vec<String> = (0..3).map(|home| homed(&format!("batch{home}"), home)).collect();
+    let request =
+        v1::ReserveBatchRequest { reservations: ids.iter().map(|id| reserve(id, 1)).collect() };
+    let batch = cluster.nodes[1].availability().reserve_batch(request).await.expect("a batch");
+    for (result, id) in batch.get_ref().results.iter().zip(&ids) {
+        match &result.outcome {
+            Some(v1::reserve_batch_result::Outcome::Reserved(reserved)) => {
+                assert_eq!(reserved.epoch, claims[&shard_of(id)].1 as u64, "{batch:?}");
+                assert_eq!(state(reserved.reservation.clone()), v1::ReservationState::Held);
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(web_atps(&cluster.nodes[2], &skus).await, vec![Some(0); 3]);
+    // Read back through node 2, with an unknown id among them.
+    let mut asked = ids.clone();
+    asked.extend([a.clone(), homed("unknown", 1)]);
+    let request = v1::GetReservationsRequest { reservation_ids: asked.clone() };
+    let got = cluster.nodes[2].availability().get_reservations(request).await.expect("read");
+    let states: Vec<String> = got
+        .get_ref()
+        .results
+        .iter()
+        .map(|result| match &result.outcome {
+            Some(v1::get_reservation_result::Outcome::Reservation(r)) => {
+                r.state().as_str_name().into()
+            }
+            Some(v1::get_reservation_result::Outcome::Error(status)) => {
+                format!("code {}", status.code)
+            }
+            None => "none".into(),
+        })
+        .collect();
+    let held = v1::ReservationState::Held.as_str_name();
+    let committed = v1::ReservationState::Committed.as_str_name();
+    let not_found = format!("code {}", Code::NotFound as i32);
+    assert_eq!(states, [held, held, held, committed, not_found.as_str()], "{got:?}");
 }
 
 /// Units of `sku` reserved (held, uncommitted) at dc-1, read through `node`.
