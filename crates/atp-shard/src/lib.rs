@@ -18,9 +18,11 @@ mod committer;
 mod error;
 mod node;
 mod reservations;
+mod write_log;
 
 pub use clock::Clock;
 pub use committer::CommitterStats;
 pub use error::NodeError;
 pub use node::{CheckpointRound, Node, NodeConfig, RecoveryStats, SINGLE_NODE_EPOCH, ShardInfo};
 pub use reservations::{MAX_RESERVATIONS_READ_PER_PAGE, ReservationPage};
+pub use write_log::WriteLogConfig;
