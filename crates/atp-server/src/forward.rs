@@ -81,6 +81,11 @@ impl<T: Clone> Incoming<T> {
 }
 
 impl<T> Incoming<T> {
+    /// The request's metadata (forwarded with it).
+    pub fn metadata(&self) -> &MetadataMap {
+        &self.metadata
+    }
+
     /// Whether this request may be forwarded (it was not already).
     pub fn may_forward(&self) -> bool {
         self.message.is_some()
