@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use atp_cluster::store::Store;
 use atp_cluster::testing::EtcdProcess;
+use atp_cluster::testing::epochs::check_cluster;
 use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_proto::v1;
@@ -140,6 +141,7 @@ async fn start(data: &std::path::Path, variables: &[(String, String)]) -> Atpd {
 /// Three nodes on `etcd`, each on its own data directory; returns once all
 /// 1024 shards are claimed and every node's answers agree with the claims.
 struct Cluster {
+    name: String,
     nodes: Vec<Atpd>,
     ids: Vec<String>,
     data: Vec<tempfile::TempDir>,
@@ -166,7 +168,17 @@ impl Cluster {
             .iter()
             .map(|node| members.get(&node.address.to_string()).expect("a member").clone())
             .collect();
-        Self { nodes, ids, data, variables, store, keys }
+        Self { name: name.to_owned(), nodes, ids, data, variables, store, keys }
+    }
+
+    /// The epoch checker over every node's write log and etcd's claim
+    /// history: no shard was ever written by two nodes at once.
+    async fn check_epochs(&self, etcd: &EtcdProcess) {
+        let logs: Vec<std::path::PathBuf> =
+            self.data.iter().map(|dir| dir.path().join("writes.log")).collect();
+        if let Err(violations) = check_cluster(&etcd.endpoint(), &self.name, &logs).await {
+            panic!("the epoch check failed: {violations}");
+        }
     }
 
     /// Waits until every node answers for every shard as etcd's claims
@@ -398,6 +410,7 @@ async fn three_nodes_split_the_shards_and_forward_to_the_owner() {
             ("NOT_OWNER", &cluster.ids[other])
         );
     }
+    cluster.check_epochs(&etcd).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,6 +460,7 @@ async fn nodes_cut_off_from_etcd_fail_closed_then_serve_again() {
         assert_eq!(owner, &before[shard].0, "shard {shard} moved");
         assert!(*epoch >= before[shard].1, "shard {shard}: epoch went down");
     }
+    cluster.check_epochs(&etcd).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,6 +536,7 @@ async fn a_killed_nodes_shards_wait_for_it_and_return_under_higher_epochs() {
     let read = availability.get_reservation(request).await.expect("recovered").into_inner();
     assert_eq!(read.reservation.expect("a reservation").reservation_id, id);
     assert!(read.epoch > held.epoch, "epoch {} after {}", read.epoch, held.epoch);
+    cluster.check_epochs(&etcd).await;
 }
 
 /// `read`'s per-SKU error: its code and ErrorInfo reason.
@@ -597,4 +612,5 @@ async fn a_read_across_nodes_answers_every_sku_it_can() {
         assert_eq!(sku_error(sku), None, "{sku:?}");
         assert_eq!(web_atp(sku), Some(10), "{sku:?}");
     }
+    cluster.check_epochs(&etcd).await;
 }
