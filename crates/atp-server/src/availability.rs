@@ -24,8 +24,10 @@ use crate::forward::{Forwarder, Incoming};
 /// answer of the one other node owning every shard it touches (one hop,
 /// see [`crate::forward`]): `$rpc` names the client method to forward with.
 macro_rules! here_or_forward {
-    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident) => {
-        match $api.fence.route(&$touched, $incoming.may_forward())? {
+    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident) => {{
+        let mut touched = $touched;
+        touched.carrying($crate::fence::carried_epoch($incoming.metadata())?);
+        match $api.fence.route(&touched, $incoming.may_forward())? {
             Route::Here(epoch) => epoch,
             Route::Forward(peer) => {
                 return $api
@@ -36,7 +38,7 @@ macro_rules! here_or_forward {
                     .await;
             }
         }
-    };
+    }};
 }
 
 /// Holds, commits, availability reads and stock events.

@@ -42,7 +42,9 @@ pub use admin::{AdminApi, shard_info_message};
 pub use availability::AvailabilityApi;
 pub use config_service::ConfigApi;
 pub use error::node_status;
-pub use fence::{ClusterView, Fence, Peer, Route, Touched, refusal_status};
+pub use fence::{
+    ClusterView, EPOCH_HEADER, Fence, Peer, Route, Touched, carried_epoch, refusal_status,
+};
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
 
 /// The epoch every reply carries on a single node (a cluster fences stale
