@@ -13,6 +13,7 @@
 
 mod admin;
 mod availability;
+pub mod cluster_catalog;
 mod config_service;
 mod error;
 mod fan_out;
@@ -21,6 +22,7 @@ pub mod forward;
 pub mod layers;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use atp_proto::v1;
@@ -38,6 +40,7 @@ use tonic_health::server::HealthReporter;
 
 pub use admin::{AdminApi, shard_info_message};
 pub use availability::AvailabilityApi;
+pub use cluster_catalog::{CatalogSync, CatalogWriter, ClusterCatalog, start_cluster_catalog};
 pub use config_service::ConfigApi;
 pub use error::node_status;
 pub use fence::{ClusterView, Fence, Peer, Route, Touched, refusal_status};
@@ -109,6 +112,19 @@ pub async fn serve_fenced(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_cluster(node, fence, None, listener, config, shutdown).await
+}
+
+/// [`serve_fenced`], with the ConfigService's upserts going through
+/// `catalog` when given (cluster mode: the configuration lives in etcd).
+pub async fn serve_cluster(
+    node: Node,
+    fence: Fence,
+    catalog: Option<Arc<dyn CatalogWriter>>,
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the node has recovered its state, and again once a
     // durable write failed (the node then takes no writes until restarted).
@@ -130,8 +146,11 @@ pub async fn serve_fenced(
     let availability =
         AvailabilityServiceServer::new(AvailabilityApi::with_fence(node.clone(), fence.clone()))
             .max_decoding_message_size(limit);
-    let configuration =
-        ConfigServiceServer::new(ConfigApi::new(node.clone())).max_decoding_message_size(limit);
+    let configuration = ConfigServiceServer::new(match catalog {
+        Some(catalog) => ConfigApi::with_cluster(node.clone(), catalog),
+        None => ConfigApi::new(node.clone()),
+    })
+    .max_decoding_message_size(limit);
     let admin =
         AdminServiceServer::new(AdminApi::with_fence(node, fence)).max_decoding_message_size(limit);
 

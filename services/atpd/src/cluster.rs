@@ -7,6 +7,12 @@
 //! shard at once (the ownership view sees it before the claims loop does)
 //! and joins again for a new lease: the claims it then makes have new
 //! create revisions, so its shards come back under higher epochs.
+//!
+//! The locations and channels live in etcd too (`/atp/<cluster>/config/`):
+//! the node follows them and applies them to its own catalog, publishes its
+//! catalog as the cluster's first configuration when there is none (a former
+//! single node's data directory), and its ConfigService writes to etcd
+//! (`atp_server::cluster_catalog`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atp_cluster::{Claims, Coordinator, EtcdStore, LeaseState, Member, Membership, system_clock};
-use atp_server::{ClusterView, Fence};
+use atp_server::{CatalogSync, CatalogWriter, ClusterView, Fence, start_cluster_catalog};
+use atp_shard::Node;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -32,7 +39,10 @@ pub struct Cluster {
     member: Arc<Member<EtcdStore>>,
     _claims: Claims,
     _coordinator: Coordinator,
+    _catalog_sync: CatalogSync,
     rejoin: JoinHandle<()>,
+    /// Where the ConfigService writes locations and channels (etcd).
+    pub catalog: Arc<dyn CatalogWriter>,
     /// What the server admits requests through.
     pub fence: Fence,
     /// This node's id.
@@ -41,9 +51,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects to etcd and starts membership, candidacy and claims for the
-    /// node reachable at `address`. Joining happens in the background (and
-    /// again after a lost lease); until then every shard fails closed.
-    pub async fn start(config: &Config, address: &str) -> anyhow::Result<Self> {
+    /// node reachable at `address`, and the configuration sync for `node`
+    /// (it waits for the node to recover). Joining happens in the background
+    /// (and again after a lost lease); until then every shard fails closed.
+    pub async fn start(config: &Config, address: &str, node: &Node) -> anyhow::Result<Self> {
         let node_id = node_id(config)?;
         let membership = config.membership_config(&node_id, address);
         let endpoints = config.etcd_endpoints();
@@ -55,6 +66,8 @@ impl Cluster {
         );
         let claims = Claims::new(store.clone(), membership.clone(), member.lease_state())
             .context("starting the shard claims")?;
+        let (catalog, catalog_sync) =
+            start_cluster_catalog(store.clone(), &membership, node.clone());
         let coordinator = Coordinator::new(
             store,
             membership,
@@ -78,7 +91,9 @@ impl Cluster {
             member,
             _claims: claims,
             _coordinator: coordinator,
+            _catalog_sync: catalog_sync,
             rejoin,
+            catalog,
             fence: Fence::Cluster(Box::new(view)),
             node_id,
         })

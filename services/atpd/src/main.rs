@@ -112,7 +112,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         } else {
             config.advertised_addr.clone()
         };
-        let cluster = Cluster::start(&config, &advertised).await?;
+        let cluster = Cluster::start(&config, &advertised, &node).await?;
         tracing::info!(
             node_id = %cluster.node_id,
             advertised = %advertised,
@@ -126,6 +126,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
     let fence = cluster.as_ref().map_or(Fence::SingleNode, |cluster| cluster.fence.clone());
+    let catalog = cluster.as_ref().map(|cluster| Arc::clone(&cluster.catalog));
     tracing::info!(
         %address,
         node = %config.node_name,
@@ -140,8 +141,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The readiness line scripts and tests wait for; printed whatever the log filter.
     eprintln!("atpd listening on {address}");
 
-    let serving =
-        atp_server::serve_fenced(node.clone(), fence, listener, config.server_config(), shutdown);
+    let serving = atp_server::serve_cluster(
+        node.clone(),
+        fence,
+        catalog,
+        listener,
+        config.server_config(),
+        shutdown,
+    );
     tokio::pin!(serving);
     tokio::select! {
         recovered = node.recover() => {
