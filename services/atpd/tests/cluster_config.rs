@@ -2,7 +2,9 @@
 //! processes. A location or channel upserted through one node is listed by
 //! the others without a restart; a bad upsert is refused naming the field
 //! and changes nothing anywhere; a former single node's data directory
-//! becomes the first member and its configuration the cluster's. Skipped
+//! becomes the first member and its configuration the cluster's, and
+//! another former single node that joins takes the cluster's (its own
+//! extra location kept, PAUSED). Skipped
 //! without an etcd binary (failed if `CI` is set).
 
 mod common;
@@ -221,14 +223,39 @@ async fn a_single_nodes_data_directory_becomes_the_first_member() {
     .await;
     assert!(on_hand, "the first member lost its stock or channel:\n{}", first.log());
 
-    // A second node joins with an empty data directory and lists it all.
+    // A second former single node joins, with its own idea of dc-1 and a
+    // location etcd does not have: etcd wins, and its own location is
+    // kept but PAUSED.
     let second_dir = tempfile::tempdir().expect("a data directory");
+    let mut other = Atpd::start_in(second_dir.path(), &[]).await;
+    let mut renamed = location("dc-1", "another dc-1");
+    renamed.kind = v1::LocationKind::Warehouse.into();
+    upsert_location(&other, renamed).await.expect("upsert location");
+    upsert_location(&other, location("legacy", "Legacy")).await.expect("upsert location");
+    other.terminate();
+    let status = other.wait_for_exit(DEADLINE).await.expect("the other single node stops");
+    assert!(status.success(), "{status:?}");
     let second = start(second_dir.path(), &variables).await;
+    let expected: Vec<(String, i32)> = configured_locations
+        .iter()
+        .map(|location| (location.location_id.clone(), location.state))
+        .chain([("legacy".to_owned(), v1::LifecycleState::Paused.into())])
+        .collect();
     let same = eventually(DEADLINE, || async {
-        locations(&second).await == configured_locations
-            && channels(&second).await == configured_channels
+        let listed = locations(&second).await;
+        let cluster_names = configured_locations.iter().all(|location| listed.contains(location));
+        let states: Vec<(String, i32)> =
+            listed.into_iter().map(|location| (location.location_id, location.state)).collect();
+        cluster_names && states == expected && channels(&second).await == configured_channels
     })
     .await;
-    assert!(same, "the second node never listed the configuration:\n{}", second.log());
+    assert!(same, "the second node never took the cluster's configuration:\n{}", second.log());
     assert_eq!(locations(&first).await, configured_locations, "etcd's is the first node's");
+
+    // Checked against etcd's configuration, not the node's own: `legacy`
+    // is the second node's only.
+    let refused = upsert_channel(&second, channel("app", &["legacy"]))
+        .await
+        .expect_err("a channel over a location the cluster does not have");
+    assert_eq!(bad_fields(&refused), ["channel.location_ids[0]"]);
 }
