@@ -14,7 +14,9 @@
 //! watch from the next revision; a broken watch resumes from the last
 //! revision seen + 1, a compacted one starts over with a full read (as the
 //! member watch does). [`publish_initial`] writes a first configuration only
-//! while the cluster has none, so of two nodes starting at once one wins.
+//! while the cluster has none, so of two nodes starting at once one wins (in
+//! several transactions when it is larger than one takes, behind a
+//! `publishing <node>` marker).
 
 use std::collections::BTreeMap;
 
@@ -44,11 +46,15 @@ pub struct ClusterConfig {
     /// The store revision this reflects (every configuration change up to
     /// it is included).
     pub revision: i64,
-    /// Whether the `initialized` marker exists: the cluster has a
-    /// configuration (possibly empty). Until then a node keeps its own.
+    /// Whether the `initialized` marker exists and no publish is under way:
+    /// the cluster has a configuration (possibly empty). Until then a node
+    /// keeps its own.
     pub initialized: bool,
     /// The marker's create revision (0 while absent).
     pub initialized_revision: i64,
+    /// The node whose first configuration is being written in several
+    /// transactions (the marker says `publishing <node>`), if any.
+    pub publishing: Option<String>,
     /// Locations by id.
     pub locations: BTreeMap<String, ConfigEntry>,
     /// Channels by id.
@@ -76,7 +82,12 @@ impl ClusterConfig {
     /// Sets (`Some((value, mod revision, create revision))`) or removes one key.
     fn set(&mut self, keys: &ClusterKeys, key: &str, change: Option<(&[u8], i64, i64)>) {
         if key == keys.config_initialized() {
-            self.initialized = change.is_some();
+            let value = change.map(|(value, _, _)| String::from_utf8_lossy(value).into_owned());
+            self.publishing = value
+                .as_deref()
+                .and_then(|value| value.strip_prefix(PUBLISHING_PREFIX))
+                .map(str::to_owned);
+            self.initialized = change.is_some() && self.publishing.is_none();
             self.initialized_revision = change.map_or(0, |(_, _, created)| created);
             return;
         }
@@ -107,16 +118,27 @@ pub async fn read_config<S: Store>(
     Ok(ClusterConfig::from_snapshot(keys, &snapshot))
 }
 
-/// The most entries [`publish_initial`] writes (one transaction, which also
-/// puts the marker).
-pub const MAX_INITIAL_ENTRIES: usize = MAX_TXN_OPS - 1;
+/// The marker's value while a first configuration too large for one
+/// transaction is being written: this prefix, then the publisher's id.
+pub const PUBLISHING_PREFIX: &str = "publishing ";
+
+/// Entries per transaction of a publish in several parts.
+const PUBLISH_CHUNK: usize = MAX_TXN_OPS - 1;
 
 /// Publishes a first configuration, `locations` and `channels` as
-/// `(id, encoded)`, with the `initialized` marker set to `publisher`, in one
-/// transaction that runs only if the marker is absent. Returns whether it
-/// ran (`false`: the cluster already had a configuration; nothing written).
-/// More than [`MAX_INITIAL_ENTRIES`] entries is [`StoreError::TxnTooLarge`]
-/// (etcd's `--max-txn-ops`), with nothing written.
+/// `(id, encoded)`, only if the cluster has none (the `initialized` marker
+/// is absent); the marker ends up holding `publisher`. Returns whether it
+/// did (`false`: another publisher or the API came first; nothing written).
+///
+/// Up to [`MAX_TXN_OPS`]` - 1` entries go in one transaction with the marker.
+/// A larger configuration goes in parts: the first transaction claims the
+/// marker as `publishing <publisher>` (only if absent) with the first
+/// entries, each further part is guarded by that value, and the last
+/// transaction sets the marker to `publisher`. Until then the configuration
+/// does not count as initialized ([`ClusterConfig::initialized`]), so no node
+/// applies a part of it. A publisher that stopped half-way resumes when it
+/// publishes again under the same id; any other publisher waits for it (or
+/// for an operator to delete the marker).
 pub async fn publish_initial<S: Store>(
     store: &S,
     keys: &ClusterKeys,
@@ -124,20 +146,51 @@ pub async fn publish_initial<S: Store>(
     locations: Vec<(String, Vec<u8>)>,
     channels: Vec<(String, Vec<u8>)>,
 ) -> Result<bool, StoreError> {
-    let entries = locations.len() + channels.len();
-    if entries > MAX_INITIAL_ENTRIES {
-        return Err(StoreError::TxnTooLarge(entries + 1));
-    }
     let marker = keys.config_initialized();
-    let mut success = vec![TxnOp::put(&marker, publisher.as_bytes(), 0)];
+    let mut entries: Vec<TxnOp> = Vec::with_capacity(locations.len() + channels.len());
     for (id, value) in locations {
-        success.push(TxnOp::put(keys.config_location(&id), value, 0));
+        entries.push(TxnOp::put(keys.config_location(&id), value, 0));
     }
     for (id, value) in channels {
-        success.push(TxnOp::put(keys.config_channel(&id), value, 0));
+        entries.push(TxnOp::put(keys.config_channel(&id), value, 0));
     }
-    let txn = Txn { compares: vec![Compare::absent(marker)], success, failure: Vec::new() };
-    Ok(store.txn(txn).await?.succeeded)
+    if entries.len() <= PUBLISH_CHUNK {
+        let mut success = vec![TxnOp::put(&marker, publisher.as_bytes(), 0)];
+        success.extend(entries);
+        let txn = Txn { compares: vec![Compare::absent(marker)], success, failure: Vec::new() };
+        return Ok(store.txn(txn).await?.succeeded);
+    }
+    let publishing = format!("{PUBLISHING_PREFIX}{publisher}").into_bytes();
+    let claim = Txn {
+        compares: vec![Compare::absent(&marker)],
+        success: vec![TxnOp::put(&marker, publishing.clone(), 0)],
+        failure: Vec::new(),
+    };
+    if !store.txn(claim).await?.succeeded {
+        // Ours from an attempt that stopped half-way: resume; else another's.
+        let (current, _) = store.get(&marker).await?;
+        if current.is_none_or(|current| current.value != publishing) {
+            return Ok(false);
+        }
+    }
+    let mut parts = entries.into_iter().peekable();
+    while parts.peek().is_some() {
+        let part: Vec<TxnOp> = parts.by_ref().take(PUBLISH_CHUNK).collect();
+        let guarded = Txn {
+            compares: vec![Compare::value(&marker, publishing.clone())],
+            success: part,
+            failure: Vec::new(),
+        };
+        if !store.txn(guarded).await?.succeeded {
+            return Ok(false);
+        }
+    }
+    let done = Txn {
+        compares: vec![Compare::value(&marker, publishing)],
+        success: vec![TxnOp::put(&marker, publisher.as_bytes(), 0)],
+        failure: Vec::new(),
+    };
+    Ok(store.txn(done).await?.succeeded)
 }
 
 /// Keeps a [`ClusterConfig`] current; dropping it stops the watch.

@@ -90,7 +90,7 @@ pub use assignment::{
 };
 pub use claims::Claims;
 pub use cluster_config::{
-    ClusterConfig, ConfigEntry, ConfigWatch, MAX_INITIAL_ENTRIES, publish_initial, read_config,
+    ClusterConfig, ConfigEntry, ConfigWatch, PUBLISHING_PREFIX, publish_initial, read_config,
 };
 pub use coordinator::{Clock, Coordinator, system_clock};
 pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};

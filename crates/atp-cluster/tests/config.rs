@@ -8,8 +8,8 @@
 use atp_cluster::store::Store;
 use atp_cluster::testing::Faulty;
 use atp_cluster::{
-    ClusterConfig, ClusterKeys, ConfigWatch, MAX_INITIAL_ENTRIES, MembershipConfig,
-    publish_initial, read_config,
+    ClusterConfig, ClusterKeys, ConfigWatch, MembershipConfig, PUBLISHING_PREFIX, publish_initial,
+    read_config,
 };
 
 #[macro_use]
@@ -78,16 +78,46 @@ async fn the_first_configuration_is_published_once_and_watched(fixture: impl Fix
     assert_eq!(changed, read_config(&store, &keys()).await.expect("read"), "watch = read");
 }
 
-on_both_stores!(too_large_a_first_configuration_writes_nothing);
-async fn too_large_a_first_configuration_writes_nothing(fixture: impl Fixture) {
+on_both_stores!(a_large_first_configuration_is_published_in_parts);
+/// More entries than one transaction takes: published in parts behind a
+/// `publishing` marker that does not count as initialized; another
+/// publisher meanwhile writes nothing; a publisher that stopped half-way
+/// resumes under its own id.
+async fn a_large_first_configuration_is_published_in_parts(fixture: impl Fixture) {
     let store = fixture.store().await;
-    let locations: Vec<_> =
-        (0..=MAX_INITIAL_ENTRIES).map(|n| entry(&format!("dc-{n}"), "x")).collect();
-    publish_initial(&store, &keys(), "node-a", locations, vec![])
+    let keys = keys();
+    let locations: Vec<_> = (0..300).map(|n| entry(&format!("dc-{n:03}"), "x")).collect();
+
+    // node-a stopped after its first part.
+    let marker = format!("{PUBLISHING_PREFIX}node-a");
+    store.put(&keys.config_initialized(), marker.as_bytes(), 0).await.expect("put");
+    store.put(&keys.config_location("dc-000"), b"x", 0).await.expect("put");
+    let half = read_config(&store, &keys).await.expect("read");
+    assert!(!half.initialized, "a publish under way is not a configuration");
+    assert_eq!(half.publishing.as_deref(), Some("node-a"));
+
+    let other = publish_initial(&store, &keys, "node-b", vec![entry("dc-b", "b")], vec![])
         .await
-        .expect_err("more entries than one transaction takes");
-    let config = read_config(&store, &keys()).await.expect("read");
-    assert!(!config.initialized && config.locations.is_empty(), "{config:?}");
+        .expect("publish");
+    assert!(!other, "node-b waits for node-a");
+    let watch = ConfigWatch::start(fixture.store().await, &membership());
+    let mut seen = watch.config();
+    let resumed = publish_initial(&store, &keys, "node-a", locations, vec![entry("web", "w")])
+        .await
+        .expect("resume");
+    assert!(resumed, "node-a resumes its own publish");
+
+    let published = until(&mut seen, "the whole configuration", |config| config.initialized).await;
+    assert_eq!(published.locations.len(), 300, "every part before the marker says initialized");
+    assert!(published.channels.contains_key("web"));
+    assert!(!published.locations.contains_key("dc-b"));
+    assert_eq!(published.publishing, None);
+    let (marker, _) = store.get(&keys.config_initialized()).await.expect("read");
+    assert_eq!(marker.expect("the marker").value, b"node-a");
+    let again = publish_initial(&store, &keys, "node-b", vec![entry("dc-b", "b")], vec![])
+        .await
+        .expect("publish");
+    assert!(!again, "initialized: nobody publishes again");
 }
 
 on_both_stores!(a_broken_config_watch_resumes_without_missing_a_change);

@@ -19,8 +19,8 @@
 //!   only entries that differ from the local ones are written.
 //! - **The first configuration**: once recovered, a node whose cluster has
 //!   no configuration yet publishes its own catalog (a former single node's
-//!   data directory), in one create-if-absent transaction, so of two nodes
-//!   starting at once one wins. A node with an empty catalog publishes
+//!   data directory), behind a create-if-absent transaction on the
+//!   `initialized` marker, so of two nodes starting at once one wins. A node with an empty catalog publishes
 //!   nothing and waits; the first upsert through the API then initializes
 //!   the cluster. Once etcd has a configuration, etcd wins: local entries are
 //!   replaced by etcd's, and an ACTIVE local location or channel etcd does
@@ -140,6 +140,11 @@ impl<S: Store> ClusterCatalog<S> {
         }
         for _ in 0..WRITE_ATTEMPTS {
             let config = etcd_call(read_config(&self.store, &self.keys)).await?;
+            if let Some(publisher) = &config.publishing {
+                return Err(Reason::FailingClosed.plain(format!(
+                    "node {publisher} is publishing the cluster's first configuration; retry"
+                )));
+            }
             let mut catalog = catalog_of(&config);
             let entry_revision = entry_mod_revision(&self.keys, &config, key);
             if !change(&mut catalog).map_err(status_of)? {
@@ -299,6 +304,14 @@ async fn publish_local<S: Store>(
         if config.initialized {
             return;
         }
+        if let Some(publisher) = config.publishing.as_deref().filter(|other| *other != node_id) {
+            tracing::info!(
+                publisher,
+                "another node is publishing the first configuration; waiting"
+            );
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
         let locations: Vec<_> = node
             .locations()
             .iter()
@@ -327,15 +340,6 @@ async fn publish_local<S: Store>(
             }
             Ok(Ok(false)) => {
                 tracing::info!("another node published the cluster configuration first");
-                return;
-            }
-            Ok(Err(error @ StoreError::TxnTooLarge(_))) => {
-                tracing::error!(
-                    error = %error,
-                    limit = atp_cluster::MAX_INITIAL_ENTRIES,
-                    "this node's configuration is too large to publish in one etcd transaction; \
-                     not published"
-                );
                 return;
             }
             Ok(Err(error)) => {

@@ -204,3 +204,22 @@ async fn the_first_node_publishes_and_a_later_one_takes_etcds_configuration() {
     assert_eq!(config.locations.keys().collect::<Vec<_>>(), ["dc-1"], "b published nothing");
     assert_eq!(a.node.locations(), [dc]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_larger_than_one_transaction_is_published_whole() {
+    let etcd = MemoryEtcd::new();
+    let first = Node::start(NodeConfig::default(), Clock::system());
+    let ids: Vec<String> = (0..300).map(|n| format!("dc-{n:03}")).collect();
+    for id in &ids {
+        first.upsert_location(location(id, id, Lifecycle::Active)).await.expect("local upsert");
+    }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    first.upsert_channel(channel("web", &id_refs)).await.expect("local upsert");
+    let a = member(&etcd, "a", first);
+    let b = member(&etcd, "b", Node::start(NodeConfig::default(), Clock::system()));
+    wait_until("b to hold all 300 locations and the channel", || {
+        b.node.locations().len() == 300 && b.node.channels() == a.node.channels()
+    })
+    .await;
+    assert_eq!(b.node.locations(), a.node.locations());
+}
