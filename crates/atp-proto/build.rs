@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/atp/v1/availability.proto",
         "../../proto/atp/v1/config.proto",
         "../../proto/atp/v1/admin.proto",
+        "../../proto/atp/internal/v1/peer.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

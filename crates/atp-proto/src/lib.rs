@@ -48,3 +48,17 @@ pub mod v1 {
     /// Encoded file descriptor set of `atp.v1`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("atp_v1_descriptor");
 }
+
+/// Generated messages, client and server of package `atp.internal.v1`
+/// (`proto/atp/internal/v1/peer.proto`): node-to-node messages, not for clients.
+pub mod internal {
+    // Generated code, not ours to lint (see `v1`).
+    #![allow(
+        missing_docs,
+        clippy::all,
+        rustdoc::broken_intra_doc_links,
+        rustdoc::invalid_html_tags,
+        rustdoc::bare_urls
+    )]
+    tonic::include_proto!("atp.internal.v1");
+}

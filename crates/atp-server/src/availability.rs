@@ -90,8 +90,9 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ReserveResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let request = parse_reserve(message, self.default_ttl_ms()).map_err(status_of)?;
-        let touched =
-            touched(request.id.as_str(), request.lines.iter().map(|line| line.sku.as_str()));
+        // Served by the home's owner; lines on other nodes are held there
+        // through the PeerService (docs/PROTOCOL.md, "Across nodes").
+        let touched = touched(request.id.as_str(), []);
         let epoch = here_or_forward!(self, touched, incoming, reserve);
         let reply = self.node.reserve(request).await.map_err(node_status)?;
         Ok(Response::new(reserved(reply, epoch)))
@@ -103,8 +104,7 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::CommitResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let commit = parse_commit(message).map_err(status_of)?;
-        let touched =
-            touched(commit.id.as_str(), commit.lines.iter().map(|line| line.sku.as_str()));
+        let touched = touched(commit.id.as_str(), []);
         let epoch = here_or_forward!(self, touched, incoming, commit);
         let reply = self.node.commit(commit.id, commit.lines).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
@@ -158,8 +158,7 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let modify = parse_modify(message).map_err(status_of)?;
-        let touched =
-            touched(modify.id.as_str(), modify.lines.iter().map(|line| line.sku.as_str()));
+        let touched = touched(modify.id.as_str(), []);
         let epoch = here_or_forward!(self, touched, incoming, modify_reservation);
         let reply = self
             .node
@@ -240,13 +239,11 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let items = parse_reserve_batch(message, self.default_ttl_ms()).map_err(status_of)?;
-        // The whole batch is served here or by one other node, else refused.
+        // The whole batch is served here or by the one other node owning
+        // every item's home, else refused (lines may be anywhere).
         let mut touched = Touched::default();
         for request in items.iter().flatten() {
             touched.key(request.id.as_str());
-            for line in &request.lines {
-                touched.key(line.sku.as_str());
-            }
         }
         let epoch = here_or_forward!(self, touched, incoming, reserve_batch);
         let results = reserve_all(&self.node, items, epoch).await?;

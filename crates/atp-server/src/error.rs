@@ -18,6 +18,12 @@ pub fn node_status(error: NodeError) -> Status {
         NodeError::ShuttingDown => Reason::ShuttingDown.plain(message),
         NodeError::Recovering => Reason::Recovering.plain(message),
         NodeError::StorageFailed(_) => Reason::StorageFailed.plain(message),
+        // Retryable: the shard's owner is unreachable for now.
+        NodeError::ShardUnavailable { shard, .. } => Reason::FailingClosed.status(
+            message,
+            [("shard", shard.to_string())],
+            tonic_types::ErrorDetails::new(),
+        ),
     }
 }
 

@@ -182,7 +182,7 @@ impl Forwarder {
     }
 
     /// The pooled channel to `address` (connected lazily).
-    fn channel(&self, address: &str) -> Option<Channel> {
+    pub(crate) fn channel(&self, address: &str) -> Option<Channel> {
         let mut peers = self.peers.lock().expect("the peer pool is never poisoned");
         if let Some(channel) = peers.get(address) {
             return Some(channel.clone());

@@ -20,11 +20,13 @@ mod fan_out;
 mod fence;
 pub mod forward;
 pub mod layers;
+mod peer;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atp_proto::internal::peer_service_server::PeerServiceServer;
 use atp_proto::v1;
 use atp_proto::v1::admin_service_server::AdminServiceServer;
 use atp_proto::v1::availability_service_server::AvailabilityServiceServer;
@@ -44,6 +46,7 @@ pub use cluster_catalog::{CatalogSync, CatalogWriter, ClusterCatalog, start_clus
 pub use config_service::ConfigApi;
 pub use error::node_status;
 pub use fence::{ClusterView, Fence, Peer, Route, Touched, refusal_status};
+pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
 
 /// The epoch every reply carries on a single node (a cluster fences stale
 /// owners with real ones). Same value as `atp_shard`'s single-node epoch.
@@ -151,6 +154,12 @@ pub async fn serve_cluster(
         None => ConfigApi::new(node.clone()),
     })
     .max_decoding_message_size(limit);
+    // Cluster mode: other nodes' ops for shards served here come in through
+    // the PeerService (the caller gives the node its `ClusterPeers`).
+    let peer_service = matches!(fence, Fence::Cluster(_)).then(|| {
+        PeerServiceServer::new(PeerApi::new(node.clone(), fence.clone()))
+            .max_decoding_message_size(limit)
+    });
     let admin =
         AdminServiceServer::new(AdminApi::with_fence(node, fence)).max_decoding_message_size(limit);
 
@@ -172,7 +181,8 @@ pub async fn serve_cluster(
         .add_service(reflection().build_v1alpha()?)
         .add_service(availability)
         .add_service(configuration)
-        .add_service(admin);
+        .add_service(admin)
+        .add_optional_service(peer_service);
 
     // Without TCP_NODELAY small replies wait for Nagle's algorithm: p99 goes
     // from ~4 ms to ~44 ms.

@@ -109,6 +109,7 @@ fn node_samples() -> Vec<NodeError> {
         NodeError::Recovering,
         NodeError::StorageFailed("fsync failed".into()),
         NodeError::DiskFull("no space left on device".into()),
+        NodeError::ShardUnavailable { shard: 7, reason: "no answer within 3000 ms".into() },
     ]);
     for sample in &samples {
         match sample {
@@ -117,7 +118,8 @@ fn node_samples() -> Vec<NodeError> {
             | NodeError::ShuttingDown
             | NodeError::Recovering
             | NodeError::StorageFailed(_)
-            | NodeError::DiskFull(_) => {}
+            | NodeError::DiskFull(_)
+            | NodeError::ShardUnavailable { .. } => {}
         }
     }
     samples

@@ -23,9 +23,16 @@ use atp_store::{Checkpoint, ShardBatch, StoreError};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use std::collections::BTreeMap;
+
+use atp_core::CoreError;
+use atp_core::hash::shard_of;
+use atp_core::shard::ShipNotice;
+
 use crate::clock::Clock;
 use crate::committer::Committer;
 use crate::error::NodeError;
+use crate::peers::{FOLLOW_UP_DEADLINE, HOLD_DEADLINE, Outbox, Peers, Pending};
 
 /// What to do once the batch is finished: send the answer, or the error that
 /// kept the batch from becoming durable.
@@ -47,6 +54,10 @@ pub(crate) struct Shared {
     pub(crate) longest_checkpoint_pause_us: AtomicU64,
     /// Reserves in flight by id: a retry waits for the first one's answer.
     pub(crate) in_flight: DashMap<atp_core::ids::ReservationId, InFlight>,
+    /// The owners of shards this node does not serve (cluster mode only).
+    pub(crate) peers: RwLock<Option<Arc<dyn Peers>>>,
+    /// Ops and notices for other nodes waiting to be acknowledged.
+    pub(crate) outbox: Outbox,
 }
 
 /// A Reserve being worked on, and where its answer will appear.
@@ -68,6 +79,40 @@ pub(crate) enum Control {
 impl Shared {
     pub(crate) fn catalog(&self) -> Arc<Catalog> {
         Arc::clone(&self.catalog.read().expect("catalog lock is never poisoned"))
+    }
+
+    /// The other nodes, in cluster mode.
+    pub(crate) fn peers(&self) -> Option<Arc<dyn Peers>> {
+        self.peers.read().expect("peers lock is never poisoned").clone()
+    }
+
+    /// Whether this node serves `shard` (always, on a single node).
+    pub(crate) fn is_local(&self, shard: u32) -> bool {
+        self.peers().is_none_or(|peers| peers.is_local(shard))
+    }
+
+    /// Applies `ops` on `shard`, here or at its owner, in order: one result
+    /// per op once durable. `try_first`: a full mailbox here refuses at
+    /// once (Holds, Replaces) instead of waiting for room.
+    pub(crate) async fn line_ops(
+        &self,
+        shard: u32,
+        ops: Vec<LineOp>,
+        try_first: bool,
+    ) -> Result<Vec<Result<(), CoreError>>, NodeError> {
+        match self.peers() {
+            Some(peers) if !peers.is_local(shard) => {
+                let deadline = if try_first { HOLD_DEADLINE } else { FOLLOW_UP_DEADLINE };
+                peers.line_ops(shard, ops, deadline).await.map_err(NodeError::from)
+            }
+            _ => {
+                let work = move |state: &mut ShardState, catalog: &Catalog, now: i64| {
+                    ops.iter().map(|op| state.apply_line_op(op, catalog, now)).collect::<Vec<_>>()
+                };
+                let handle = &self.shards[shard as usize];
+                if try_first { handle.try_call(work).await } else { handle.call(work).await }
+            }
+        }
     }
 }
 
@@ -211,13 +256,54 @@ impl ShardHandle {
     }
 }
 
-/// Delivers line ops to their shards (waiting for room), in order per call.
+/// Delivers line ops to their shards (waiting for room), in order per
+/// shard: here, durable before this returns; on another node, acknowledged
+/// within [`FOLLOW_UP_DEADLINE`] or else left to the outbox, which sends
+/// them again until they are.
 pub(crate) async fn deliver(shared: &Shared, ops: Vec<(u32, LineOp)>) -> Result<(), NodeError> {
+    let mut by_shard: BTreeMap<u32, Vec<LineOp>> = BTreeMap::new();
     for (shard, op) in ops {
-        let handle = &shared.shards[shard as usize];
-        handle.call(move |state, catalog, now| state.apply_line_op(&op, catalog, now)).await??;
+        by_shard.entry(shard).or_default().push(op);
+    }
+    let sent = futures::future::join_all(by_shard.into_iter().map(|(shard, ops)| async move {
+        let remote = !shared.is_local(shard);
+        let kept = if remote { ops.clone() } else { Vec::new() };
+        let outcome = shared.line_ops(shard, ops, false).await;
+        (shard, remote, kept, outcome)
+    }))
+    .await;
+    for (shard, remote, kept, outcome) in sent {
+        match outcome {
+            // Refusals of follow-ups are judged by the shard (a late duplicate).
+            Ok(_) => {}
+            Err(error) if remote => {
+                tracing::debug!(%error, shard, "line ops left to the outbox");
+                shared.outbox.push(kept.into_iter().map(|op| Pending::Op(shard, op)));
+            }
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
+}
+
+/// Tells `notice`'s home what shipped: here, durable before this returns;
+/// on another node, acknowledged in time or else left to the outbox.
+pub(crate) async fn notify_home(shared: &Shared, notice: ShipNotice) -> Result<(), NodeError> {
+    let home = shard_of(notice.reservation.as_str());
+    match shared.peers() {
+        Some(peers) if !peers.is_local(home) => {
+            if let Err(error) = peers.notice(notice.clone(), FOLLOW_UP_DEADLINE).await {
+                tracing::debug!(%error, home, "ship notice left to the outbox");
+                shared.outbox.push([Pending::Notice(notice)]);
+            }
+            Ok(())
+        }
+        _ => {
+            shared.shards[home as usize]
+                .call(move |state, _, now| state.note_shipped(&notice, now))
+                .await
+        }
+    }
 }
 
 /// Delivers an expiry's releases on their own task (nobody waits for them).

@@ -28,4 +28,23 @@ pub enum NodeError {
     /// acknowledged); reads go on. Free space, then restart the node.
     #[error("disk full: writes are refused until space is freed and the node restarts ({0})")]
     DiskFull(String),
+    /// A shard another node owns could not be reached in time (cluster
+    /// mode): nothing was promised; retry later.
+    #[error("shard {shard} cannot be reached now; retry later ({reason})")]
+    ShardUnavailable {
+        /// The shard.
+        shard: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<crate::peers::PeerError> for NodeError {
+    fn from(error: crate::peers::PeerError) -> Self {
+        match error {
+            crate::peers::PeerError::Unavailable { shard, reason } => {
+                NodeError::ShardUnavailable { shard, reason }
+            }
+        }
+    }
 }

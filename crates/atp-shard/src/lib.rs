@@ -15,12 +15,17 @@
 mod actor;
 mod clock;
 mod committer;
+mod doubts;
 mod error;
 mod node;
+mod peers;
 mod reservations;
 
 pub use clock::Clock;
 pub use committer::CommitterStats;
 pub use error::NodeError;
 pub use node::{CheckpointRound, Node, NodeConfig, RecoveryStats, SINGLE_NODE_EPOCH, ShardInfo};
+pub use peers::{
+    PeerError, PeerFuture, Peers, WireRefusal, decode, decode_results, encode, encode_results,
+};
 pub use reservations::{MAX_RESERVATIONS_READ_PER_PAGE, ReservationPage};

@@ -1,7 +1,7 @@
 //! The node API: routes requests to shard actors and coordinates reservations
 //! whose lines live on other shards than their home.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -17,9 +17,10 @@ use atp_core::ledger::LedgerEntry;
 use atp_core::location_map::LocationMap;
 use atp_core::reservation::{CommitLine, Reply, ReservationView, ReserveLine, ReserveRequest};
 use atp_core::shard::{
-    Begin, ChangeBegin, EventApplied, LineOp, ShardSettings, ShardState, ShardStats,
+    Begin, ChangeBegin, EventApplied, Incarnation, LineOp, ShardFacts, ShardSettings, ShardState,
+    ShardStats, ShipNotice,
 };
-use atp_core::shard::{RecoveryReport, recover};
+use atp_core::shard::{RecoveryReport, recover_owned};
 use atp_store::{LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError};
 use dashmap::DashMap;
 use futures::future::join_all;
@@ -28,7 +29,9 @@ use tokio::sync::{mpsc, watch};
 use crate::actor::{self, Answer, Control, InFlight, Operation, ShardHandle, Shared, Start};
 use crate::clock::Clock;
 use crate::committer::{Committer, CommitterStats};
+use crate::doubts::{self, Confirmed};
 use crate::error::NodeError;
+use crate::peers::{Outbox, Peers, Pending};
 
 /// The epoch of every shard on a single node (a cluster fences with real ones).
 pub const SINGLE_NODE_EPOCH: u64 = 1;
@@ -188,6 +191,8 @@ impl Node {
             committer,
             longest_checkpoint_pause_us: AtomicU64::new(0),
             in_flight: DashMap::new(),
+            peers: RwLock::new(None),
+            outbox: Outbox::default(),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);
@@ -242,6 +247,19 @@ impl Node {
     /// rolls back what a crash cut short, expires holds whose TTL passed while
     /// the node was down, makes that durable, and starts serving.
     pub async fn recover(&self) -> Result<RecoveryStats, NodeError> {
+        self.recover_owning(None).await
+    }
+
+    /// [`Node::recover`] for a node of a cluster that owns the shards in
+    /// `owned` (None: every shard): a shard it does not own is no evidence
+    /// (`docs/PROTOCOL.md`, "Across nodes"). Ops and ship notices for other
+    /// owners go to the outbox; reservations in doubt are decided in the
+    /// background from the owners' answers; the sweep starts. Set the
+    /// peers ([`Node::set_peers`]) first.
+    pub async fn recover_owning(
+        &self,
+        owned: Option<BTreeSet<u32>>,
+    ) -> Result<RecoveryStats, NodeError> {
         let Some(store) = self.store.clone() else { return Ok(RecoveryStats::default()) };
         let started = Instant::now();
         let storage = |error: StoreError| NodeError::StorageFailed(error.to_string());
@@ -299,7 +317,32 @@ impl Node {
             states.extend(decoded.into_iter().map(|state| (state.shard(), state)));
         }
         let load = started.elapsed();
-        let report = recover(&mut states, &catalog, self.shared.clock.now_ms());
+        let is_owned = |shard: u32| owned.as_ref().is_none_or(|owned| owned.contains(&shard));
+        let recovered = recover_owned(&mut states, &is_owned, &catalog, self.shared.clock.now_ms());
+        let report = recovered.report;
+        // The shards here holding something of each id in doubt: where
+        // deciding it starts.
+        let doubts: Vec<(ReservationId, Vec<u32>)> = recovered
+            .in_doubt
+            .into_iter()
+            .map(|id| {
+                let known = states
+                    .iter()
+                    .filter(|(shard, state)| {
+                        let facts = state.facts(&id);
+                        is_owned(**shard) && (facts.record.is_some() || facts.hold.is_some())
+                    })
+                    .map(|(shard, _)| *shard)
+                    .collect();
+                (id, known)
+            })
+            .collect();
+        let outbound: Vec<Pending> = recovered
+            .remote_ops
+            .into_iter()
+            .map(|(shard, op)| Pending::Op(shard, op))
+            .chain(recovered.remote_notices.into_iter().map(Pending::Notice))
+            .collect();
         let mut republish = Vec::new();
         let batches: Vec<ShardBatch> = states
             .values_mut()
@@ -361,6 +404,31 @@ impl Node {
             })
             .collect();
         self.spawn_actors(starts);
+        if !outbound.is_empty() || !doubts.is_empty() {
+            tracing::info!(
+                outbound = outbound.len(),
+                in_doubt = doubts.len(),
+                "recovery left ops for other nodes and reservations in doubt"
+            );
+        }
+        self.shared.outbox.push(outbound);
+        let pending_timeout_ms = self.config.shard.pending_timeout_ms;
+        if self.shared.peers().is_some() {
+            let confirmed = Arc::new(Confirmed::default());
+            doubts::spawn_resolver(
+                Arc::clone(&self.shared),
+                doubts,
+                pending_timeout_ms,
+                Arc::clone(&confirmed),
+                self.stop.subscribe(),
+            );
+            doubts::spawn_sweeper(
+                Arc::clone(&self.shared),
+                pending_timeout_ms,
+                confirmed,
+                self.stop.subscribe(),
+            );
+        }
         self.spawn_ledger_sweeper(Arc::clone(&store));
         self.spawn_checkpointer(store);
         stats.elapsed = started.elapsed();
@@ -581,6 +649,80 @@ impl Node {
     /// Stops every shard actor; later calls answer `ShuttingDown`.
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// Cluster mode: line ops, ship notices and recovery questions for
+    /// shards `peers` says this node does not serve go to their owners
+    /// through it. Set once, before serving; starts the outbox.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        *self.shared.peers.write().expect("peers lock is never poisoned") =
+            Some(Arc::clone(&peers));
+        let outbox = self.shared.outbox.clone();
+        tokio::spawn(outbox.run(peers, self.stop.subscribe()));
+    }
+
+    /// Ops and notices for other nodes not acknowledged yet.
+    pub fn outbox_len(&self) -> usize {
+        self.shared.outbox.len()
+    }
+
+    /// Another node's line ops for `shard`, which this node serves: one
+    /// result per op, answered once durable. A Hold or Replace is refused
+    /// at once by a full mailbox; other ops wait for room.
+    pub async fn apply_line_ops(
+        &self,
+        shard: u32,
+        ops: Vec<LineOp>,
+    ) -> Result<Vec<Result<(), CoreError>>, NodeError> {
+        self.check_ready()?;
+        check_shard(shard)?;
+        let try_first =
+            ops.iter().any(|op| matches!(op, LineOp::Hold { .. } | LineOp::Replace { .. }));
+        let handle = self.shard(shard).clone();
+        let work = move |state: &mut ShardState, catalog: &Catalog, now: i64| {
+            ops.iter().map(|op| state.apply_line_op(op, catalog, now)).collect::<Vec<_>>()
+        };
+        spawn_to_completion(async move {
+            if try_first { handle.try_call(work).await } else { handle.call(work).await }
+        })
+        .await
+    }
+
+    /// Another node's ship notice for a reservation homed on a shard this
+    /// node serves; answered once durable.
+    pub async fn note_shipped(&self, notice: ShipNotice) -> Result<(), NodeError> {
+        self.check_ready()?;
+        let home = self.shard(shard_of(notice.reservation.as_str())).clone();
+        spawn_to_completion(async move {
+            home.call(move |state, _, now| state.note_shipped(&notice, now)).await
+        })
+        .await
+    }
+
+    /// What `shard` (served here) knows of `id`, for another node's
+    /// recovery; answered after the shard's earlier batches are durable.
+    pub async fn shard_facts(
+        &self,
+        shard: u32,
+        id: ReservationId,
+    ) -> Result<ShardFacts, NodeError> {
+        self.check_ready()?;
+        check_shard(shard)?;
+        self.shard(shard).call(move |state, _, _| state.facts(&id)).await
+    }
+
+    /// Makes the record of `incarnation`'s id (homed on a shard served
+    /// here) stand at it: another node's recovery decided so.
+    pub async fn adopt(&self, incarnation: Incarnation) -> Result<(), NodeError> {
+        self.check_ready()?;
+        let home = self.shard(shard_of(incarnation.request.id.as_str())).clone();
+        spawn_to_completion(async move {
+            home.call(move |state, _, now| {
+                state.adopt(&incarnation, now);
+            })
+            .await
+        })
+        .await
     }
 
     pub(crate) fn shard(&self, shard: u32) -> &ShardHandle {
@@ -958,6 +1100,14 @@ impl Node {
     }
 }
 
+/// Refuses a shard number out of range.
+fn check_shard(shard: u32) -> Result<(), NodeError> {
+    if shard >= SHARD_COUNT {
+        return Err(CoreError::invalid("shard", format!("must be < {SHARD_COUNT}")).into());
+    }
+    Ok(())
+}
+
 /// Runs `work` on its own task so that it finishes even if the caller's future
 /// is dropped (a client disconnecting mid-Reserve must not strand holds).
 async fn spawn_to_completion<T: Send + 'static>(
@@ -1051,8 +1201,10 @@ struct Started {
     index: usize,
     id: ReservationId,
     version: u64,
-    /// Line shards whose hold is durable.
+    /// Line shards whose hold is durable, or (on another node) unanswered.
     held: Vec<u32>,
+    /// Some line shard is on another node.
+    remote_lines: bool,
     failure: Option<NodeError>,
 }
 
@@ -1099,7 +1251,9 @@ async fn run_reserves(
                         Ok(Begin::Replay(reply)) => results.push((index, Ok(*reply))),
                         Ok(Begin::Started { holds: ops, version }) => {
                             let which = started.len();
+                            let mut remote_lines = false;
                             for (shard, op) in ops {
+                                remote_lines |= !shared.is_local(shard);
                                 holds.entry(shard).or_default().push((which, op));
                             }
                             started.push(Started {
@@ -1107,6 +1261,7 @@ async fn run_reserves(
                                 id,
                                 version,
                                 held: Vec::new(),
+                                remote_lines,
                                 failure: None,
                             });
                         }
@@ -1118,18 +1273,17 @@ async fn run_reserves(
     if started.is_empty() {
         return results;
     }
-    // 2. Hold on the line shards, each answered once durable.
+    // 2. Hold on the line shards, each answered once durable (here, or by
+    // the owner on another node).
     let outcomes = join_all(holds.into_iter().map(|(shard, ops)| async move {
         let which: Vec<usize> = ops.iter().map(|(which, _)| *which).collect();
-        let outcome = shared.shards[shard as usize]
-            .try_call(move |state, catalog, now| {
-                ops.iter().map(|(_, op)| state.apply_line_op(op, catalog, now)).collect::<Vec<_>>()
-            })
-            .await;
-        (shard, which, outcome)
+        let ops: Vec<LineOp> = ops.into_iter().map(|(_, op)| op).collect();
+        let remote = !shared.is_local(shard);
+        let outcome = shared.line_ops(shard, ops, true).await;
+        (shard, which, remote, outcome)
     }))
     .await;
-    for (shard, which, outcome) in outcomes {
+    for (shard, which, remote, outcome) in outcomes {
         match outcome {
             Ok(applied) => {
                 for (which, applied) in which.into_iter().zip(applied) {
@@ -1146,38 +1300,42 @@ async fn run_reserves(
                 for which in which {
                     let reserve = &mut started[which];
                     reserve.failure = reserve.failure.take().or(Some(error.clone()));
+                    // Unanswered by another node: the Hold may have landed.
+                    if remote {
+                        reserve.held.push(shard);
+                    }
                 }
             }
         }
     }
-    // 3. Roll back the holds of Reserves refused somewhere (durable before
-    // the refusal is answered).
-    let mut aborts: BTreeMap<u32, Vec<LineOp>> = BTreeMap::new();
+    // 3. Roll back the holds of Reserves refused somewhere (here durable
+    // before the refusal is answered; on another node acknowledged, or left
+    // to the outbox after its deadline).
+    let mut aborts: Vec<(u32, LineOp)> = Vec::new();
     for reserve in started.iter().filter(|reserve| reserve.failure.is_some()) {
         for shard in &reserve.held {
             let op = LineOp::Abort { id: reserve.id.clone(), version: reserve.version };
-            aborts.entry(*shard).or_default().push(op);
+            aborts.push((*shard, op));
         }
     }
-    let rollbacks = join_all(aborts.into_iter().map(|(shard, ops)| {
-        shared.shards[shard as usize].call(move |state, catalog, now| {
-            for op in &ops {
-                let _ = state.apply_line_op(op, catalog, now);
-            }
-        })
-    }))
-    .await;
-    if let Some(Err(error)) = rollbacks.into_iter().find(Result::is_err) {
+    if let Err(error) = actor::deliver(shared, aborts).await {
         // The node is failing; its restart rolls the holds back (recovery).
         tracing::warn!(%error, "could not roll back a refused Reserve's holds");
     }
     // 4. Finish on the homes, answered when applied: the holds are durable,
-    // so the HELD record is rebuilt from them if the home's next batch is lost.
+    // so the HELD record is rebuilt from them if the home's next batch is
+    // lost. With a line on another node the record is durable first: a
+    // restarted home cannot see holds elsewhere (the one-round rule).
     let mut finishes: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (which, reserve) in started.iter().enumerate() {
         finishes.entry(shard_of(reserve.id.as_str())).or_default().push(which);
     }
     let finishing = join_all(finishes.into_iter().map(|(home, which)| {
+        let answer = if which.iter().any(|which| started[*which].remote_lines) {
+            Answer::Durable
+        } else {
+            Answer::Applied
+        };
         let items: Vec<(ReservationId, u64, bool)> = which
             .iter()
             .map(|which| {
@@ -1196,7 +1354,7 @@ async fn run_reserves(
                             })
                             .collect::<Vec<_>>()
                     },
-                    Answer::Applied,
+                    answer,
                 )
                 .await;
             (which, answers)
@@ -1259,17 +1417,18 @@ async fn run_change(
         ChangeBegin::Replay(reply) => return Ok(*reply),
         ChangeBegin::Started { replaces, version } => (replaces, version),
     };
-    // 2. Replace on every shard of the old or new lines, each answered once durable.
-    let outcomes = join_all(replaces.into_iter().map(|(shard, op)| {
-        shared.shards[shard as usize]
-            .try_call(move |state, catalog, now| state.apply_line_op(&op, catalog, now))
-    }))
-    .await;
+    // 2. Replace on every shard of the old or new lines, each answered once
+    // durable (here, or by the owner on another node). An unanswered one is
+    // a refusal: the Revert below goes to every shard of the change.
+    let outcomes =
+        join_all(replaces.into_iter().map(|(shard, op)| shared.line_ops(shard, vec![op], true)))
+            .await;
     let mut refusal: Option<NodeError> = None;
     for outcome in outcomes {
-        let error = match outcome {
-            Ok(Ok(())) => continue,
-            Ok(Err(error)) => error.into(),
+        let error = match outcome.map(|mut results| results.pop()) {
+            Ok(Some(Ok(()))) => continue,
+            Ok(Some(Err(error))) => error.into(),
+            Ok(None) => NodeError::ShuttingDown,
             Err(error) => error,
         };
         refusal = refusal.or(Some(error));
@@ -1286,16 +1445,10 @@ async fn run_change(
         ))
         .into());
     };
-    // 4. Settle or revert on every shard, then let the id's other operations in.
-    let delivered = join_all(ops.into_iter().map(|(shard, op)| {
-        shared.shards[shard as usize]
-            .call(move |state, catalog, now| state.apply_line_op(&op, catalog, now))
-    }))
-    .await;
-    for delivered in delivered {
-        // A failing shard fails the node; its restart settles the change (recovery).
-        delivered??;
-    }
+    // 4. Settle or revert on every shard (on another node: acknowledged, or
+    // left to the outbox), then let the id's other operations in. A failing
+    // shard here fails the node; its restart settles the change (recovery).
+    actor::deliver(shared, ops).await?;
     let done_id = id.clone();
     home.call_answered(
         move |state, _, now| state.change_done(&done_id, version, now),
@@ -1353,8 +1506,7 @@ async fn apply_events(
         .filter_map(|r| r.as_ref().and_then(|r| r.as_ref().ok()).and_then(|a| a.notice.clone()))
         .collect();
     for notice in notices {
-        let home = &shared.shards[shard_of(notice.reservation.as_str()) as usize];
-        if let Err(error) = home.call(move |state, _, now| state.note_shipped(&notice, now)).await {
+        if let Err(error) = actor::notify_home(shared, notice).await {
             tracing::warn!(%error, "could not tell a reservation's home about a shipment");
         }
     }

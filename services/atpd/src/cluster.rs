@@ -14,12 +14,17 @@
 //! single node's data directory), and its ConfigService writes to etcd
 //! (`atp_server::cluster_catalog`).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use atp_cluster::{Claims, Coordinator, EtcdStore, LeaseState, Member, Membership, system_clock};
+use atp_cluster::store::Store;
+use atp_cluster::{
+    Assignment, Claims, ClusterKeys, Coordinator, EtcdStore, LeaseState, Member, Membership,
+    system_clock,
+};
 use atp_server::{CatalogSync, CatalogWriter, ClusterView, Fence, start_cluster_catalog};
 use atp_shard::Node;
 use tokio::task::JoinHandle;
@@ -37,6 +42,8 @@ const NODE_ID_FILE: &str = "cluster-node-id";
 /// then expires and the claims go with it).
 pub struct Cluster {
     member: Arc<Member<EtcdStore>>,
+    store: EtcdStore,
+    keys: ClusterKeys,
     _claims: Claims,
     _coordinator: Coordinator,
     _catalog_sync: CatalogSync,
@@ -64,12 +71,13 @@ impl Cluster {
         let member = Arc::new(
             Member::new(store.clone(), membership.clone()).context("starting membership")?,
         );
+        let keys = ClusterKeys::new(config.cluster_name.clone());
         let claims = Claims::new(store.clone(), membership.clone(), member.lease_state())
             .context("starting the shard claims")?;
         let (catalog, catalog_sync) =
             start_cluster_catalog(store.clone(), &membership, node.clone());
         let coordinator = Coordinator::new(
-            store,
+            store.clone(),
             membership,
             config.initial_members,
             system_clock(),
@@ -89,6 +97,8 @@ impl Cluster {
         let rejoin = tokio::spawn(stay_joined(Arc::clone(&member)));
         Ok(Self {
             member,
+            store,
+            keys,
             _claims: claims,
             _coordinator: coordinator,
             _catalog_sync: catalog_sync,
@@ -97,6 +107,21 @@ impl Cluster {
             fence: Fence::Cluster(Box::new(view)),
             node_id,
         })
+    }
+
+    /// The shards the assignment table in etcd gives this node, or None
+    /// when there is no table yet (a new cluster: every shard this node's
+    /// data directory holds is its own). Recovery treats only these as
+    /// evidence (`docs/PROTOCOL.md`, "Across nodes").
+    pub async fn assigned_shards(&self) -> anyhow::Result<Option<BTreeSet<u32>>> {
+        let (value, _) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.store.get(&self.keys.assignment()))
+                .await
+                .context("reading the assignment table from etcd: no answer")?
+                .context("reading the assignment table from etcd")?;
+        let Some(value) = value else { return Ok(None) };
+        let table = Assignment::decode(&value.value).context("decoding the assignment table")?;
+        Ok(Some(table.shards_of(&self.node_id).collect()))
     }
 
     /// Leaves the cluster: revokes the lease, so the claims go at once.

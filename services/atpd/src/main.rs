@@ -38,7 +38,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cluster::Cluster;
 use crate::config::{CONFIG_FILE_ENV, Config};
-use atp_server::Fence;
+use atp_server::forward::Forwarder;
+use atp_server::{ClusterPeers, Fence};
 
 /// Command line: everything else is configuration (file or environment).
 #[derive(Debug, Parser)]
@@ -127,6 +128,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let fence = cluster.as_ref().map_or(Fence::SingleNode, |cluster| cluster.fence.clone());
     let catalog = cluster.as_ref().map(|cluster| Arc::clone(&cluster.catalog));
+    // Cluster mode: line ops for shards other nodes serve go to them, and
+    // recovery counts only this node's assigned shards as evidence.
+    let owned = match &cluster {
+        Some(cluster) => {
+            node.set_peers(ClusterPeers::new(fence.clone(), Forwarder::default()));
+            let owned = cluster.assigned_shards().await?;
+            tracing::info!(
+                assigned = owned.as_ref().map_or(-1, |owned| owned.len() as i64),
+                "recovering this node's assigned shards (-1: no assignment yet, all)"
+            );
+            owned
+        }
+        None => None,
+    };
     tracing::info!(
         %address,
         node = %config.node_name,
@@ -151,7 +166,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     tokio::pin!(serving);
     tokio::select! {
-        recovered = node.recover() => {
+        recovered = node.recover_owning(owned) => {
             let stats = recovered.context("recovering from the store")?;
             tracing::info!(
                 elapsed_ms = stats.elapsed.as_millis() as u64,

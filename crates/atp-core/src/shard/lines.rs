@@ -51,7 +51,7 @@ impl Incarnation {
 }
 
 /// What a home shard asks a line's shard to do. Every op is idempotent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LineOp {
     /// Hold every line or none, under the channel's rules.
     Hold {

@@ -168,7 +168,7 @@ type HoldOf = (u32, Incarnation, Option<Incarnation>);
 
 /// What one shard's owner says of one reservation id (an answer to a
 /// recovery's query; [`ShardState::facts`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardFacts {
     /// The home record, on the id's home shard.
     pub record: Option<RecordFacts>,
@@ -178,7 +178,7 @@ pub struct ShardFacts {
 }
 
 /// A home record as [`ShardFacts`] tell it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordFacts {
     /// The version it stands at.
     pub version: u64,

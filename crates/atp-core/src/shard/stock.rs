@@ -43,7 +43,7 @@ pub struct EventApplied {
 }
 
 /// Units of one reservation line shipped so far, for its home shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShipNotice {
     /// The reservation.
     pub reservation: ReservationId,
