@@ -1,11 +1,11 @@
 //! Cluster configuration with real parts: one real etcd, real `atpd`
 //! processes. A location or channel upserted through one node is listed by
-//! the others without a restart; a bad upsert is refused naming the field
-//! and changes nothing anywhere; a former single node's data directory
-//! becomes the first member and its configuration the cluster's, and
-//! another former single node that joins takes the cluster's (its own
-//! extra location kept, PAUSED). Skipped
-//! without an etcd binary (failed if `CI` is set).
+//! the others without a restart (also after an etcd restart broke every
+//! watch); a bad upsert is refused naming the field and changes nothing
+//! anywhere; a former single node's data directory becomes the first
+//! member and its configuration the cluster's, and another former single
+//! node that joins takes the cluster's (its own extra location kept,
+//! PAUSED). Skipped without an etcd binary (failed if `CI` is set).
 
 mod common;
 
@@ -110,7 +110,7 @@ fn bad_fields(status: &tonic::Status) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_change_through_one_node_reaches_the_others_without_restart() {
-    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let Some(mut etcd) = EtcdProcess::start_or_skip().await else { return };
     let data: Vec<tempfile::TempDir> =
         (0..3).map(|_| tempfile::tempdir().expect("a data directory")).collect();
     let variables = variables(&etcd, "config", 3);
@@ -173,6 +173,28 @@ async fn a_config_change_through_one_node_reaches_the_others_without_restart() {
         let ids: Vec<String> =
             channels(node).await.into_iter().map(|channel| channel.channel_id).collect();
         assert_eq!(ids, ["web"], "node {}", index + 1);
+    }
+
+    // etcd restarts (every watch breaks): a change through node 3 still
+    // reaches every node, through the resumed watches.
+    etcd.restart().await;
+    let store_4 = location("store-4", "Store 4");
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let store_4 = loop {
+        match upsert_location(&nodes[2], store_4.clone()).await {
+            Ok(reply) => break reply.location.expect("the location as stored"),
+            // etcd still coming back: the write is refused; retry.
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(tokio::time::Instant::now() < until, "still refused: {status:?}");
+                tokio::time::sleep(common::POLL_INTERVAL).await;
+            }
+            Err(status) => panic!("unexpected refusal: {status:?}"),
+        }
+    };
+    for (index, node) in nodes.iter().enumerate() {
+        let seen =
+            eventually(DEADLINE, || async { locations(node).await.contains(&store_4) }).await;
+        assert!(seen, "node {} never listed store-4 after the restart:\n{}", index + 1, node.log());
     }
 }
 
