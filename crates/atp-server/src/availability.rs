@@ -214,6 +214,21 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ApplyStockEventsRequest>,
     ) -> Result<Response<v1::ApplyStockEventsResponse>, Status> {
         let (incoming, message) = self.split(request)?;
+        if matches!(self.fence, Fence::Cluster(_)) {
+            // Split by owner: an event whose shard cannot be reached is
+            // rejected on its own; the others are applied.
+            let events = parse_stock_events(message.clone()).map_err(status_of)?;
+            let results = crate::fan_out::apply_split(
+                &self.node,
+                &self.fence,
+                &self.forwarder,
+                &incoming,
+                &message,
+                events,
+            )
+            .await?;
+            return Ok(Response::new(v1::ApplyStockEventsResponse { results }));
+        }
         let events = parse_stock_events(message).map_err(status_of)?;
         let mut touched = Touched::default();
         for event in &events {
@@ -363,7 +378,7 @@ fn item_status(error: NodeError, index: usize) -> Status {
 
 /// One event's result: applied, duplicate, or rejected with the code the
 /// error would have had as a whole call.
-fn event_result(
+pub(crate) fn event_result(
     event_id: String,
     outcome: Result<EventApplied, NodeError>,
     epoch: u64,
@@ -386,18 +401,24 @@ fn event_result(
                 error_reason: String::new(),
             }
         }
-        Err(error) => {
-            let status = node_status(error);
-            v1::StockEventResult {
-                event_id,
-                outcome: v1::StockEventOutcome::Rejected.into(),
-                error_code: status.code().into(),
-                error_message: status.message().to_owned(),
-                position: None,
-                epoch,
-                error_code_name: code_name(status.code()).to_owned(),
-                error_reason: reason_of(&status).map(Reason::name).unwrap_or_default().to_owned(),
-            }
-        }
+        Err(error) => rejected_event(event_id, &node_status(error), epoch),
+    }
+}
+
+/// A REJECTED result for `event_id`, refused with `status`.
+pub(crate) fn rejected_event(
+    event_id: String,
+    status: &Status,
+    epoch: u64,
+) -> v1::StockEventResult {
+    v1::StockEventResult {
+        event_id,
+        outcome: v1::StockEventOutcome::Rejected.into(),
+        error_code: status.code().into(),
+        error_message: status.message().to_owned(),
+        position: None,
+        epoch,
+        error_code_name: code_name(status.code()).to_owned(),
+        error_reason: reason_of(status).map(Reason::name).unwrap_or_default().to_owned(),
     }
 }

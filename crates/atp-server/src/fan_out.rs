@@ -1,4 +1,5 @@
-//! A multi-SKU availability read in cluster mode, split by owner.
+//! A multi-SKU availability read and a batch of stock events in cluster
+//! mode, split by owner.
 //!
 //! The SKUs this node serves are read here; those another node owns go to
 //! it as one sub-request per owner through the [`Forwarder`] (one hop, all
@@ -8,9 +9,17 @@
 //! per-SKU `error` (`FAILING_CLOSED` or `NOT_OWNER`, the status a call for
 //! it alone would get) instead of failing the call. Answers come in the
 //! order of the request's SKUs.
+//!
+//! Stock events ([`apply_split`]) likewise: after the whole batch is
+//! validated here (an unknown location refuses the call, nothing applied),
+//! each owner applies its SKUs' events; an event that cannot be applied
+//! because its shard's owner cannot be reached is REJECTED on its own with
+//! that status (`FAILING_CLOSED` or `NOT_OWNER`, retryable: the same event
+//! id applies once).
 
 use std::collections::BTreeMap;
 
+use atp_core::events::StockEvent;
 use atp_core::hash::shard_of;
 use atp_proto::requests::AvailabilityQuery;
 use atp_proto::rpc_status;
@@ -19,6 +28,7 @@ use atp_shard::Node;
 use futures::future::join_all;
 use tonic::{Code, Status};
 
+use crate::availability::{event_result, rejected_event};
 use crate::error::node_status;
 use crate::fence::{Fence, ShardRoute};
 use crate::forward::{Forwarder, Incoming, Unreachable};
@@ -131,4 +141,84 @@ fn unread(sku: String, shard: u32, status: &Status) -> v1::SkuAvailability {
         channels: Vec::new(),
         error: Some(rpc_status(status)),
     }
+}
+
+/// Applies `events` (parsed from `message`): the ones whose shard is served
+/// here on this node, the others at their owners, one sub-request per
+/// owner. One result per event, in request order.
+pub(crate) async fn apply_split(
+    node: &Node,
+    fence: &Fence,
+    forwarder: &Forwarder,
+    incoming: &Incoming<v1::ApplyStockEventsRequest>,
+    message: &v1::ApplyStockEventsRequest,
+    events: Vec<StockEvent>,
+) -> Result<Vec<v1::StockEventResult>, Status> {
+    node.check_events(&events).map_err(node_status)?;
+    let count = events.len();
+    let mut results: Vec<Option<v1::StockEventResult>> = vec![None; count];
+    let mut local: Vec<(usize, StockEvent)> = Vec::new();
+    let mut parts: BTreeMap<String, Vec<(usize, v1::StockEvent, Status)>> = BTreeMap::new();
+    for (index, event) in events.into_iter().enumerate() {
+        let shard = shard_of(event.sku.as_str());
+        match fence.route_shard(shard, incoming.may_forward()) {
+            ShardRoute::Here => local.push((index, event)),
+            ShardRoute::Forward(peer) => parts.entry(peer.address).or_default().push((
+                index,
+                message.events[index].clone(),
+                peer.refusal,
+            )),
+            ShardRoute::Refused(status) => {
+                results[index] = Some(rejected_event(event.id.to_string(), &status, 0));
+            }
+        }
+    }
+    let sends = parts.into_iter().map(|(address, part)| {
+        let request = v1::ApplyStockEventsRequest {
+            events: part.iter().map(|(_, event, _)| event.clone()).collect(),
+        };
+        let sub_request = incoming.part(request);
+        async move {
+            let answer = forwarder
+                .send(&address, sub_request, |mut client, request| async move {
+                    client.apply_stock_events(request).await
+                })
+                .await;
+            (part, answer)
+        }
+    });
+    let remote = join_all(sends);
+    if !local.is_empty() {
+        let (indexes, events): (Vec<usize>, Vec<StockEvent>) = local.into_iter().unzip();
+        let ids: Vec<(String, u64)> = events
+            .iter()
+            .map(|event| (event.id.to_string(), fence.epoch(shard_of(event.sku.as_str()))))
+            .collect();
+        let outcomes = node.apply_events(events).await.map_err(node_status)?;
+        for ((index, (id, epoch)), outcome) in indexes.into_iter().zip(ids).zip(outcomes) {
+            results[index] = Some(event_result(id, outcome, epoch));
+        }
+    }
+    for (part, answer) in remote.await {
+        match answer {
+            Ok(Ok(response)) if response.get_ref().results.len() == part.len() => {
+                for ((index, _, _), result) in part.into_iter().zip(response.into_inner().results) {
+                    results[index] = Some(result);
+                }
+            }
+            // The owner's refusal of its whole part (one status for each).
+            Ok(Err(status)) => {
+                for (index, event, _) in part {
+                    results[index] = Some(rejected_event(event.event_id, &status, 0));
+                }
+            }
+            // Unreachable, or a reply not one result per event sent.
+            Ok(Ok(_)) | Err(Unreachable) => {
+                for (index, event, refusal) in part {
+                    results[index] = Some(rejected_event(event.event_id, &refusal, 0));
+                }
+            }
+        }
+    }
+    Ok(results.into_iter().map(|result| result.expect("every event gets a result")).collect())
 }

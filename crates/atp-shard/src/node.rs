@@ -982,6 +982,14 @@ impl Node {
         &self,
         events: Vec<StockEvent>,
     ) -> Result<Vec<Result<EventApplied, NodeError>>, NodeError> {
+        self.check_events(&events)?;
+        let shared = Arc::clone(&self.shared);
+        spawn_to_completion(async move { Ok(apply_events(&shared, events).await) }).await
+    }
+
+    /// Refuses a batch of stock events naming an unknown location (the
+    /// whole batch: nothing is applied).
+    pub fn check_events(&self, events: &[StockEvent]) -> Result<(), NodeError> {
         self.check_ready()?;
         let catalog = self.shared.catalog();
         let violations: Vec<FieldViolation> = events
@@ -998,8 +1006,7 @@ impl Node {
         if !violations.is_empty() {
             return Err(CoreError::InvalidArgument(violations).into());
         }
-        let shared = Arc::clone(&self.shared);
-        spawn_to_completion(async move { Ok(apply_events(&shared, events).await) }).await
+        Ok(())
     }
 
     /// The configured locations.

@@ -268,6 +268,8 @@ async fn three_nodes_split_the_shards_and_forward_to_the_owner() {
     let (owner, other) = (&cluster.nodes[0], &cluster.nodes[1]);
     let (id, sku) = owned_by(&claims, &cluster.ids[0]);
     stock(owner, &sku).await;
+    // The entry node checks a stock event's location before passing it on.
+    other.configure_web(&["dc-1"], &["dc-1"]).await;
     let refused = other
         .availability()
         .reserve(forwarded(reserve_request(&id, &sku)))
@@ -586,6 +588,35 @@ async fn a_read_across_nodes_answers_every_sku_it_can() {
         assert_eq!(sku_error(sku), None, "{sku:?}");
         assert_eq!(web_atp(sku), Some(10), "{sku:?}");
     }
+
+    // A batch of stock events is split the same way: the live owners apply
+    // theirs, the dead owner's event is rejected on its own (retryable).
+    let received = |sku: &str| v1::StockEvent {
+        event_id: format!("more-{sku}"),
+        sku: sku.to_owned(),
+        location_id: "dc-1".into(),
+        kind: Some(Kind::Received(v1::Received { quantity: 1 })),
+    };
+    let events =
+        v1::ApplyStockEventsRequest { events: asked.iter().map(|s| received(s)).collect() };
+    let applied = through.apply_stock_events(events).await.expect("applied").into_inner();
+    let outcomes: Vec<_> = applied.results.iter().map(|result| result.outcome()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            v1::StockEventOutcome::Rejected,
+            v1::StockEventOutcome::Applied,
+            v1::StockEventOutcome::Applied
+        ],
+        "{applied:?}"
+    );
+    assert_eq!(applied.results[0].error_code_name, "UNAVAILABLE", "{applied:?}");
+    assert!(
+        ["NOT_OWNER", "FAILING_CLOSED"].contains(&applied.results[0].error_reason.as_str()),
+        "{applied:?}"
+    );
+    let read = through.get_availability(request()).await.expect("a read").into_inner();
+    assert_eq!(read.skus[1..].iter().map(web_atp).collect::<Vec<_>>(), [Some(11), Some(11)]);
 }
 
 /// Lines of `quantity` units of each of `skus` at dc-1.
@@ -610,9 +641,25 @@ async fn a_reservation_with_lines_on_three_nodes_works_through_any_node() {
     let claims = cluster.wait_until_consistent(&probes).await;
     // One SKU owned by each node, 5 units each.
     let skus: Vec<String> = cluster.ids.iter().map(|id| owned_by(&claims, id).1).collect();
-    for (node, sku) in cluster.nodes.iter().zip(&skus) {
+    for node in &cluster.nodes {
         node.configure_web(&["dc-1"], &["dc-1"]).await;
-        node.receive(sku, "dc-1", 5).await;
+    }
+    // Received in one batch through node 0: each owner applies its own.
+    let events = skus
+        .iter()
+        .map(|sku| v1::StockEvent {
+            event_id: format!("recv-{sku}"),
+            sku: sku.clone(),
+            location_id: "dc-1".into(),
+            kind: Some(Kind::Received(v1::Received { quantity: 5 })),
+        })
+        .collect();
+    let request = v1::ApplyStockEventsRequest { events };
+    let applied = cluster.nodes[0].availability().apply_stock_events(request).await;
+    let applied = applied.expect("applied").into_inner();
+    for (result, sku) in applied.results.iter().zip(&skus) {
+        assert_eq!(result.outcome(), v1::StockEventOutcome::Applied, "{applied:?}");
+        assert_eq!(result.epoch, claims[&shard_of(sku)].1 as u64, "{applied:?}");
     }
     // `name`, homed on node `home`.
     let homed = |name: &str, home: usize| {
