@@ -12,6 +12,12 @@
 //! first tells the shard layer each shard's serving epoch
 //! ([`Node::set_epoch`]), so every batch admitted under an epoch is written
 //! under it (or a later one), never under the epoch before.
+//!
+//! The locations and channels live in etcd too (`/atp/<cluster>/config/`):
+//! the node follows them and applies them to its own catalog, publishes its
+//! catalog as the cluster's first configuration when there is none (a former
+//! single node's data directory), and its ConfigService writes to etcd
+//! (`atp_server::cluster_catalog`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -24,7 +30,7 @@ use atp_cluster::{
     Assignment, Claims, ClusterKeys, Coordinator, EtcdStore, LeaseState, Member, Membership,
     Ownership, ShardState, system_clock,
 };
-use atp_server::{ClusterView, Fence};
+use atp_server::{CatalogSync, CatalogWriter, ClusterView, Fence, start_cluster_catalog};
 use atp_shard::Node;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,8 +52,11 @@ pub struct Cluster {
     keys: ClusterKeys,
     _claims: Claims,
     _coordinator: Coordinator,
+    _catalog_sync: CatalogSync,
     rejoin: JoinHandle<()>,
     relay: JoinHandle<()>,
+    /// Where the ConfigService writes locations and channels (etcd).
+    pub catalog: Arc<dyn CatalogWriter>,
     /// What the server admits requests through.
     pub fence: Fence,
     /// This node's id.
@@ -56,7 +65,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects to etcd and starts membership, candidacy and claims for
-    /// `node` (id `node_id`, see [`node_id`]) reachable at `address`.
+    /// `node` (id `node_id`, see [`node_id`]) reachable at `address`, and the
+    /// configuration sync for `node` (it waits for the node to recover).
     /// Joining happens in the background (and again after a lost lease);
     /// until then every shard fails closed.
     pub async fn start(
@@ -76,6 +86,8 @@ impl Cluster {
         let keys = ClusterKeys::new(config.cluster_name.clone());
         let claims = Claims::new(store.clone(), membership.clone(), member.lease_state())
             .context("starting the shard claims")?;
+        let (catalog, catalog_sync) =
+            start_cluster_catalog(store.clone(), &membership, node.clone());
         let coordinator = Coordinator::new(
             store.clone(),
             membership,
@@ -105,8 +117,10 @@ impl Cluster {
             keys,
             _claims: claims,
             _coordinator: coordinator,
+            _catalog_sync: catalog_sync,
             rejoin,
             relay,
+            catalog,
             fence: Fence::Cluster(Box::new(view)),
             node_id,
         })

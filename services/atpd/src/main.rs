@@ -140,6 +140,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
     let fence = cluster.as_ref().map_or(Fence::SingleNode, |cluster| cluster.fence.clone());
+    let catalog = cluster.as_ref().map(|cluster| Arc::clone(&cluster.catalog));
     // Cluster mode: line ops for shards other nodes serve go to them, and
     // recovery counts only this node's assigned shards as evidence.
     let owned = match &cluster {
@@ -168,8 +169,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The readiness line scripts and tests wait for; printed whatever the log filter.
     eprintln!("atpd listening on {address}");
 
-    let serving =
-        atp_server::serve_fenced(node.clone(), fence, listener, config.server_config(), shutdown);
+    let serving = atp_server::serve_cluster(
+        node.clone(),
+        fence,
+        catalog,
+        listener,
+        config.server_config(),
+        shutdown,
+    );
     tokio::pin!(serving);
     tokio::select! {
         recovered = node.recover_owning(owned) => {
