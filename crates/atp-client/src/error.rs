@@ -339,6 +339,20 @@ errors! {
         /// The owner's epoch for the shard, if claimed.
         epoch: Option<u64> = optional_number("epoch"),
     };
+    /// ABORTED `STALE_EPOCH` (cluster mode): the request carried an epoch
+    /// (`x-atp-epoch`) that is not its first shard's current one. Nothing
+    /// ran. Not retried as is: read the shard's owner and epoch again (the
+    /// fields say them) and send it with the current epoch.
+    StaleEpoch = StaleEpoch, retry: false, "stale epoch: " {
+        /// The shard the epoch was for.
+        shard: i64 = number("shard"),
+        /// The current owner's node id (empty if unknown; on a single node).
+        owner: String = text("owner"),
+        /// The current owner's advertised address (empty if unknown).
+        owner_address: String = text("owner_address"),
+        /// The shard's current epoch, if claimed.
+        epoch: Option<u64> = optional_number("epoch"),
+    };
     /// UNAVAILABLE `FAILING_CLOSED` (cluster mode): the shard is assigned to
     /// this node but not served now (lease or claim not confirmed, or the
     /// owner is down); a retry with backoff may succeed.

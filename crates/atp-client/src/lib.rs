@@ -21,7 +21,8 @@
 //!   `SHUTTING_DOWN`, `STORAGE_FAILED`, `OVERLOADED`, `REQUEST_TIMEOUT`,
 //!   `FAILING_CLOSED`, a transport failure and the client's deadline;
 //!   refusals, `DISK_FULL`, `MESSAGE_TOO_LARGE` and `NOT_OWNER` (cluster
-//!   mode: send it to the owner the error names) are sent once. Backoff with jitter and a retry
+//!   mode: send it to the owner the error names) and `STALE_EPOCH` (the
+//!   `x-atp-epoch` a request carried is not current) are sent once. Backoff with jitter and a retry
 //!   budget come from `tower::retry`.
 //!
 //! The common flows take and return plain types ([`Reserve`],

@@ -90,6 +90,38 @@ impl ClusterKeys {
     pub fn audit(&self, revision: i64) -> String {
         format!("{}{revision:020}", self.audit_prefix())
     }
+
+    /// `/atp/<cluster>/config/`: the cluster's configuration, watched as one.
+    pub fn config_prefix(&self) -> String {
+        format!("/atp/{}/config/", self.cluster)
+    }
+
+    /// `/atp/<cluster>/config/initialized` → the id of the node (or
+    /// `api`) that first wrote configuration; written once, by a
+    /// create-if-absent transaction, together with the first entries.
+    pub fn config_initialized(&self) -> String {
+        format!("{}initialized", self.config_prefix())
+    }
+
+    /// `/atp/<cluster>/config/locations/`.
+    pub fn config_locations_prefix(&self) -> String {
+        format!("{}locations/", self.config_prefix())
+    }
+
+    /// `/atp/<cluster>/config/locations/<id>` → one encoded location.
+    pub fn config_location(&self, id: &str) -> String {
+        format!("{}{id}", self.config_locations_prefix())
+    }
+
+    /// `/atp/<cluster>/config/channels/`.
+    pub fn config_channels_prefix(&self) -> String {
+        format!("{}channels/", self.config_prefix())
+    }
+
+    /// `/atp/<cluster>/config/channels/<id>` → one encoded channel.
+    pub fn config_channel(&self, id: &str) -> String {
+        format!("{}{id}", self.config_channels_prefix())
+    }
 }
 
 /// Why an assignment value could not be read.

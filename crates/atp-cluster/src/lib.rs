@@ -19,7 +19,9 @@
 //! request by request, whether it serves a shard and under which epoch
 //! ([`Refusal`] otherwise), and [`ShardMap`] gives every claim's owner and
 //! epoch. [`reassign`] is the operator's `--accept-loss` move of a dead
-//! node's shards.
+//! node's shards. [`ConfigWatch`] keeps every node's copy of the cluster's
+//! configuration (locations and channels, [`ClusterConfig`]) current, and
+//! [`publish_initial`] writes a first one only while there is none.
 //!
 //! Main types: the [`Membership`] trait and its implementation [`Member`],
 //! generic over an etcd-shaped [`Store`]: [`EtcdStore`] for a real etcd, and
@@ -67,6 +69,7 @@
 
 mod assignment;
 mod claims;
+mod cluster_config;
 mod coordinator;
 mod etcd;
 mod keepalive;
@@ -86,6 +89,9 @@ pub use assignment::{
     rendezvous_score,
 };
 pub use claims::Claims;
+pub use cluster_config::{
+    ClusterConfig, ConfigEntry, ConfigWatch, PUBLISHING_PREFIX, publish_initial, read_config,
+};
 pub use coordinator::{Clock, Coordinator, system_clock};
 pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};
 pub use membership::{

@@ -67,8 +67,12 @@ impl MembershipConfig {
         if self.cluster.is_empty() || self.cluster.contains('/') {
             return invalid("cluster must be non-empty and contain no '/'");
         }
-        if self.node_id.is_empty() || self.node_id.contains('/') {
-            return invalid("node_id must be non-empty and contain no '/'");
+        // No whitespace: the write log separates its fields with spaces.
+        if self.node_id.is_empty()
+            || self.node_id.contains('/')
+            || self.node_id.contains(char::is_whitespace)
+        {
+            return invalid("node_id must be non-empty and contain no '/' and no whitespace");
         }
         if self.lease_ttl_ms < 1_000 {
             return invalid("lease_ttl_ms must be at least 1000 (etcd counts whole seconds)");

@@ -136,6 +136,14 @@ impl OwnershipView {
         Self { ownership, lease, node_id }
     }
 
+    /// The same view (lease, node id) over `ownership`, a relay of the
+    /// claims loop's publications: the relay can act on each change before
+    /// requests are decided on it (atpd tells its shard layer a shard's new
+    /// epoch before any request is admitted under it).
+    pub fn relayed(&self, ownership: watch::Receiver<Ownership>) -> Self {
+        Self { ownership, lease: self.lease.clone(), node_id: self.node_id.clone() }
+    }
+
     /// Whether a request for `shard` carrying `epoch` (the one the client
     /// believes in, if any) may be served here at `now`; `Ok(epoch)` is the
     /// epoch to stamp on its log records and reply. The order of the rules:

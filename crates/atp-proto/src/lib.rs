@@ -17,7 +17,11 @@
 //!   items of a ReserveBatch).
 //! - [`reason`]: [`reason::Reason`], every reason a status can carry, each
 //!   with its gRPC code; statuses are built only through it.
+//! - [`catalog_entries`]: one location or channel as bytes (protobuf
+//!   `atp.v1.Location` / `atp.v1.Channel`), the values of the cluster
+//!   configuration in etcd.
 
+pub mod catalog_entries;
 pub mod reason;
 pub mod replies;
 pub mod requests;

@@ -88,6 +88,10 @@ reasons! {
     /// but not served now (lease lost or not yet renewed, shard map not
     /// confirmed, claim not made yet, or its owner is down).
     FailingClosed = "FAILING_CLOSED" => Unavailable;
+    /// Cluster mode: the request carried an epoch (`x-atp-epoch`) that is
+    /// not its first shard's current one; the metadata name the shard, its
+    /// owner and current epoch. Nothing ran.
+    StaleEpoch = "STALE_EPOCH" => Aborted;
 }
 
 impl Reason {

@@ -2,6 +2,7 @@
 
 use atp_core::CoreError;
 use atp_core::hash::shard_of;
+use atp_core::ids::ReservationId;
 use atp_core::reservation::{Reply, ReserveRequest};
 use atp_core::shard::EventApplied;
 use atp_proto::requests::{
@@ -23,8 +24,10 @@ use crate::forward::{Forwarder, Incoming};
 /// answer of the one other node owning every shard it touches (one hop,
 /// see [`crate::forward`]): `$rpc` names the client method to forward with.
 macro_rules! here_or_forward {
-    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident) => {
-        match $api.fence.route(&$touched, $incoming.may_forward())? {
+    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident) => {{
+        let mut touched = $touched;
+        touched.carrying($crate::fence::carried_epoch($incoming.metadata())?);
+        match $api.fence.route(&touched, $incoming.may_forward())? {
             Route::Here(epoch) => epoch,
             Route::Forward(peer) => {
                 return $api
@@ -35,7 +38,7 @@ macro_rules! here_or_forward {
                     .await;
             }
         }
-    };
+    }};
 }
 
 /// Holds, commits, availability reads and stock events.
@@ -253,15 +256,26 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ReserveBatchRequest>,
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
         let (incoming, message) = self.split(request)?;
-        let items = parse_reserve_batch(message, self.default_ttl_ms()).map_err(status_of)?;
-        // The whole batch is served here or by the one other node owning
-        // every item's home, else refused (lines may be anywhere).
-        let mut touched = Touched::default();
-        for request in items.iter().flatten() {
-            touched.key(request.id.as_str());
+        if matches!(self.fence, Fence::Cluster(_)) {
+            // Split by the owner of each item's home.
+            let items =
+                parse_reserve_batch(message.clone(), self.default_ttl_ms()).map_err(status_of)?;
+            let results = crate::fan_out::reserve_split(
+                &self.node,
+                &self.fence,
+                &self.forwarder,
+                &incoming,
+                &message,
+                items,
+            )
+            .await?;
+            return Ok(Response::new(v1::ReserveBatchResponse { results }));
         }
-        let epoch = here_or_forward!(self, touched, incoming, reserve_batch);
-        let results = reserve_all(&self.node, items, epoch).await?;
+        let items = parse_reserve_batch(message, self.default_ttl_ms()).map_err(status_of)?;
+        let items = items.into_iter().enumerate().collect();
+        let mut results = reserve_all(&self.node, items, |_| crate::SINGLE_NODE_EPOCH).await?;
+        results.sort_by_key(|(index, _)| *index);
+        let results = results.into_iter().map(|(_, result)| result).collect();
         Ok(Response::new(v1::ReserveBatchResponse { results }))
     }
 
@@ -271,11 +285,19 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::GetReservationsResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let ids = parse_get_reservations(message).map_err(status_of)?;
-        let mut touched = Touched::default();
-        for id in &ids {
-            touched.key(id.as_str());
+        if matches!(self.fence, Fence::Cluster(_)) {
+            // Split by the owner of each id's home.
+            let (results, epoch) = crate::fan_out::read_reservations_split(
+                &self.node,
+                &self.fence,
+                &self.forwarder,
+                &incoming,
+                ids,
+            )
+            .await?;
+            return Ok(Response::new(v1::GetReservationsResponse { results, epoch }));
         }
-        let epoch = here_or_forward!(self, touched, incoming, get_reservations);
+        let epoch = crate::SINGLE_NODE_EPOCH;
         let answers = self.node.get_reservations(ids).await.map_err(node_status)?;
         let results = answers
             .into_iter()
@@ -317,40 +339,45 @@ impl AvailabilityService for AvailabilityApi {
 /// per item, in request order. Items sharing an id run one after another in
 /// request order (as a client's retries would), so a repeat gets the first
 /// answer or ALREADY_EXISTS, never a race with itself.
-async fn reserve_all(
+/// Reserves the parsed `items` (each with its index in the request; an
+/// item that failed parsing gets its own error), answering each with the
+/// epoch `epoch_of` its home. One result per item, with its index.
+pub(crate) async fn reserve_all(
     node: &Node,
-    items: Vec<Result<ReserveRequest, CoreError>>,
-    epoch: u64,
-) -> Result<Vec<v1::ReserveBatchResult>, Status> {
-    let count = items.len();
-    let mut outcomes: Vec<Option<Result<v1::ReserveResponse, Status>>> = vec![None; count];
-    let mut indexes = Vec::with_capacity(count);
-    let mut requests = Vec::with_capacity(count);
-    for (index, item) in items.into_iter().enumerate() {
+    items: Vec<(usize, Result<ReserveRequest, CoreError>)>,
+    epoch_of: impl Fn(&ReservationId) -> u64,
+) -> Result<Vec<(usize, v1::ReserveBatchResult)>, Status> {
+    let mut outcomes: Vec<(usize, Result<v1::ReserveResponse, Status>)> =
+        Vec::with_capacity(items.len());
+    let mut indexes = Vec::with_capacity(items.len());
+    let mut requests = Vec::with_capacity(items.len());
+    for (index, item) in items {
         match item {
-            Err(error) => outcomes[index] = Some(Err(status_of(error))),
+            Err(error) => outcomes.push((index, Err(status_of(error)))),
             Ok(request) => {
                 indexes.push(index);
                 requests.push(request);
             }
         }
     }
+    let epochs: Vec<u64> = requests.iter().map(|request| epoch_of(&request.id)).collect();
     let answers = node.reserve_batch(requests).await.map_err(node_status)?;
-    for (index, answer) in indexes.into_iter().zip(answers) {
-        outcomes[index] = Some(
+    for ((index, epoch), answer) in indexes.into_iter().zip(epochs).zip(answers) {
+        outcomes.push((
+            index,
             answer.map(|reply| reserved(reply, epoch)).map_err(|error| item_status(error, index)),
-        );
+        ));
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|outcome| {
-            let outcome = match outcome.expect("every item of a batch gets an outcome") {
-                Ok(response) => v1::reserve_batch_result::Outcome::Reserved(response),
-                Err(status) => v1::reserve_batch_result::Outcome::Error(rpc_status(&status)),
-            };
-            v1::ReserveBatchResult { outcome: Some(outcome) }
-        })
-        .collect())
+    Ok(outcomes.into_iter().map(|(index, outcome)| (index, batch_result(outcome))).collect())
+}
+
+/// One ReserveBatch item's result.
+pub(crate) fn batch_result(outcome: Result<v1::ReserveResponse, Status>) -> v1::ReserveBatchResult {
+    let outcome = match outcome {
+        Ok(response) => v1::reserve_batch_result::Outcome::Reserved(response),
+        Err(status) => v1::reserve_batch_result::Outcome::Error(rpc_status(&status)),
+    };
+    v1::ReserveBatchResult { outcome: Some(outcome) }
 }
 
 fn reserved(reply: Reply, epoch: u64) -> v1::ReserveResponse {

@@ -19,8 +19,11 @@
 
 use std::collections::BTreeMap;
 
+use atp_core::CoreError;
 use atp_core::events::StockEvent;
 use atp_core::hash::shard_of;
+use atp_core::ids::ReservationId;
+use atp_core::reservation::ReserveRequest;
 use atp_proto::requests::AvailabilityQuery;
 use atp_proto::rpc_status;
 use atp_proto::v1;
@@ -28,7 +31,7 @@ use atp_shard::Node;
 use futures::future::join_all;
 use tonic::{Code, Status};
 
-use crate::availability::{event_result, rejected_event};
+use crate::availability::{batch_result, event_result, rejected_event, reserve_all};
 use crate::error::node_status;
 use crate::fence::{Fence, ShardRoute};
 use crate::forward::{Forwarder, Incoming, Unreachable};
@@ -221,4 +224,166 @@ pub(crate) async fn apply_split(
         }
     }
     Ok(results.into_iter().map(|result| result.expect("every event gets a result")).collect())
+}
+
+/// Reserves the parsed `items` of a ReserveBatch (from `message`): those
+/// whose home this node serves here, the others at their homes' owners,
+/// one sub-request per owner. An item whose owner cannot be reached gets
+/// its own error (`NOT_OWNER` or `FAILING_CLOSED`); so does an item whose
+/// home's owner refused its whole part. One result per item, in order.
+pub(crate) async fn reserve_split(
+    node: &Node,
+    fence: &Fence,
+    forwarder: &Forwarder,
+    incoming: &Incoming<v1::ReserveBatchRequest>,
+    message: &v1::ReserveBatchRequest,
+    items: Vec<Result<ReserveRequest, CoreError>>,
+) -> Result<Vec<v1::ReserveBatchResult>, Status> {
+    let count = items.len();
+    let mut results: Vec<Option<v1::ReserveBatchResult>> = vec![None; count];
+    let mut local = Vec::new();
+    let mut parts: BTreeMap<String, Vec<(usize, v1::ReserveRequest, Status)>> = BTreeMap::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let Ok(request) = &item else {
+            local.push((index, item));
+            continue;
+        };
+        match fence.route_shard(shard_of(request.id.as_str()), incoming.may_forward()) {
+            ShardRoute::Here => local.push((index, item)),
+            ShardRoute::Forward(peer) => parts.entry(peer.address).or_default().push((
+                index,
+                message.reservations[index].clone(),
+                peer.refusal,
+            )),
+            ShardRoute::Refused(status) => results[index] = Some(batch_result(Err(status))),
+        }
+    }
+    let sends = parts.into_iter().map(|(address, part)| {
+        let request = v1::ReserveBatchRequest {
+            reservations: part.iter().map(|(_, request, _)| request.clone()).collect(),
+        };
+        let sub_request = incoming.part(request);
+        async move {
+            let answer = forwarder
+                .send(&address, sub_request, |mut client, request| async move {
+                    client.reserve_batch(request).await
+                })
+                .await;
+            (part, answer)
+        }
+    });
+    let remote = join_all(sends);
+    if !local.is_empty() {
+        let epoch_of = |id: &ReservationId| fence.epoch(shard_of(id.as_str()));
+        for (index, result) in reserve_all(node, local, epoch_of).await? {
+            results[index] = Some(result);
+        }
+    }
+    for (part, answer) in remote.await {
+        match answer {
+            Ok(Ok(response)) if response.get_ref().results.len() == part.len() => {
+                for ((index, _, _), result) in part.into_iter().zip(response.into_inner().results) {
+                    results[index] = Some(result);
+                }
+            }
+            Ok(Err(status)) => {
+                for (index, _, _) in part {
+                    results[index] = Some(batch_result(Err(status.clone())));
+                }
+            }
+            Ok(Ok(_)) | Err(Unreachable) => {
+                for (index, _, refusal) in part {
+                    results[index] = Some(batch_result(Err(refusal)));
+                }
+            }
+        }
+    }
+    Ok(results.into_iter().map(|result| result.expect("every item gets a result")).collect())
+}
+
+/// Reads `ids` (GetReservations): those homed on shards served here, the
+/// others at their homes' owners, one sub-request per owner. An id whose
+/// owner cannot be reached gets its own error. One result per id, in
+/// order; the reply's epoch is the first id's home's, as answered.
+pub(crate) async fn read_reservations_split(
+    node: &Node,
+    fence: &Fence,
+    forwarder: &Forwarder,
+    incoming: &Incoming<v1::GetReservationsRequest>,
+    ids: Vec<ReservationId>,
+) -> Result<(Vec<v1::GetReservationResult>, u64), Status> {
+    let count = ids.len();
+    let mut results: Vec<Option<v1::GetReservationResult>> = vec![None; count];
+    let mut epochs: Vec<u64> = vec![0; count];
+    let mut local: Vec<(usize, ReservationId)> = Vec::new();
+    let mut parts: BTreeMap<String, Vec<(usize, String, Status)>> = BTreeMap::new();
+    let failed = |status: &Status| v1::GetReservationResult {
+        outcome: Some(v1::get_reservation_result::Outcome::Error(rpc_status(status))),
+    };
+    for (index, id) in ids.into_iter().enumerate() {
+        let home = shard_of(id.as_str());
+        match fence.route_shard(home, incoming.may_forward()) {
+            ShardRoute::Here => {
+                epochs[index] = fence.epoch(home);
+                local.push((index, id));
+            }
+            ShardRoute::Forward(peer) => {
+                parts.entry(peer.address).or_default().push((index, id.to_string(), peer.refusal))
+            }
+            ShardRoute::Refused(status) => results[index] = Some(failed(&status)),
+        }
+    }
+    let sends = parts.into_iter().map(|(address, part)| {
+        let request = v1::GetReservationsRequest {
+            reservation_ids: part.iter().map(|(_, id, _)| id.clone()).collect(),
+        };
+        let sub_request = incoming.part(request);
+        async move {
+            let answer = forwarder
+                .send(&address, sub_request, |mut client, request| async move {
+                    client.get_reservations(request).await
+                })
+                .await;
+            (part, answer)
+        }
+    });
+    let remote = join_all(sends);
+    if !local.is_empty() {
+        let (indexes, ids): (Vec<usize>, Vec<ReservationId>) = local.into_iter().unzip();
+        let answers = node.get_reservations(ids).await.map_err(node_status)?;
+        for (index, answer) in indexes.into_iter().zip(answers) {
+            let outcome = match answer {
+                Ok(view) => v1::get_reservation_result::Outcome::Reservation(view.into()),
+                Err(error) => {
+                    v1::get_reservation_result::Outcome::Error(rpc_status(&node_status(error)))
+                }
+            };
+            results[index] = Some(v1::GetReservationResult { outcome: Some(outcome) });
+        }
+    }
+    for (part, answer) in remote.await {
+        match answer {
+            Ok(Ok(response)) if response.get_ref().results.len() == part.len() => {
+                let response = response.into_inner();
+                for ((index, _, _), result) in part.into_iter().zip(response.results) {
+                    epochs[index] = response.epoch;
+                    results[index] = Some(result);
+                }
+            }
+            Ok(Err(status)) => {
+                for (index, _, _) in part {
+                    results[index] = Some(failed(&status));
+                }
+            }
+            Ok(Ok(_)) | Err(Unreachable) => {
+                for (index, _, refusal) in part {
+                    results[index] = Some(failed(&refusal));
+                }
+            }
+        }
+    }
+    let epoch = epochs.first().copied().unwrap_or_default();
+    let results =
+        results.into_iter().map(|result| result.expect("every id gets a result")).collect();
+    Ok((results, epoch))
 }

@@ -4,7 +4,10 @@
 //! A single node serves every shard under epoch 1 ([`Fence::SingleNode`]).
 //! In cluster mode ([`Fence::Cluster`]) each shard goes through
 //! [`OwnershipView::admit`]; a refusal becomes a status through
-//! [`refusal_status`]: `FAILING_CLOSED` or `NOT_OWNER` (both UNAVAILABLE).
+//! [`refusal_status`]: `FAILING_CLOSED` or `NOT_OWNER` (both UNAVAILABLE),
+//! or `STALE_EPOCH` (ABORTED) when the request carried, in [`EPOCH_HEADER`],
+//! an epoch of its first shard that is not the current one (on a single
+//! node: any epoch but 1).
 //! [`Fence::route`] also says when a request another node serves whole may
 //! be forwarded to it (see `crate::forward`). GetAvailability alone is
 //! split by owner instead, routing each SKU's shard with
@@ -13,11 +16,13 @@
 use std::collections::BTreeSet;
 
 use atp_cluster::{LeaseState, Members, OwnershipView, Refusal, ShardMap, ShardState};
+use atp_core::CoreError;
 use atp_core::hash::{SHARD_COUNT, shard_of};
-use atp_proto::{Reason, v1};
+use atp_proto::{Reason, status_of, v1};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
+use tonic::metadata::MetadataMap;
 use tonic_types::ErrorDetails;
 
 use crate::SINGLE_NODE_EPOCH;
@@ -51,18 +56,41 @@ pub enum Fence {
     Cluster(Box<ClusterView>),
 }
 
+/// The request header carrying the epoch the client believes the request's
+/// first shard (its home, for a reservation) has: a decimal number.
+pub const EPOCH_HEADER: &str = "x-atp-epoch";
+
+/// The epoch a request carries in [`EPOCH_HEADER`], if any; a value that is
+/// not a positive decimal number is INVALID_ARGUMENT.
+pub fn carried_epoch(metadata: &MetadataMap) -> Result<Option<i64>, Status> {
+    let Some(value) = metadata.get(EPOCH_HEADER) else { return Ok(None) };
+    let epoch = value.to_str().ok().and_then(|text| text.trim().parse::<i64>().ok());
+    match epoch {
+        Some(epoch) if epoch > 0 => Ok(Some(epoch)),
+        _ => Err(status_of(CoreError::invalid(EPOCH_HEADER, "must be a positive decimal epoch"))),
+    }
+}
+
 /// The shards a request touches: its reservation ids' homes and its SKUs'
-/// shards. The first key added is the one whose epoch the reply carries.
+/// shards. The first key added is the one whose epoch the reply carries,
+/// and the one a carried epoch is checked against.
 #[derive(Debug, Default)]
 pub struct Touched {
     first: Option<u32>,
     shards: BTreeSet<u32>,
+    carried: Option<i64>,
 }
 
 impl Touched {
     /// Adds the shard of `key` (a reservation id or a SKU).
     pub fn key(&mut self, key: &str) -> &mut Self {
         self.shard(shard_of(key))
+    }
+
+    /// The epoch the request carries for its first shard (see [`carried_epoch`]).
+    pub fn carrying(&mut self, epoch: Option<i64>) -> &mut Self {
+        self.carried = epoch;
+        self
     }
 
     /// Adds `shard`.
@@ -120,14 +148,24 @@ impl Fence {
     /// owns every shard it touches. A request spanning nodes, or whose owner
     /// has no address, is refused with the first refused shard's status.
     pub fn route(&self, touched: &Touched, may_forward: bool) -> Result<Route, Status> {
-        let Fence::Cluster(cluster) = self else { return Ok(Route::Here(SINGLE_NODE_EPOCH)) };
+        let Fence::Cluster(cluster) = self else {
+            return match (touched.carried, touched.first) {
+                (Some(carried), Some(shard)) if carried != SINGLE_NODE_EPOCH as i64 => {
+                    let refusal =
+                        Refusal::StaleEpoch { owner: None, epoch: Some(SINGLE_NODE_EPOCH as i64) };
+                    Err(refusal_status(&refusal, shard, &Members::default()))
+                }
+                _ => Ok(Route::Here(SINGLE_NODE_EPOCH)),
+            };
+        };
         let now = Instant::now();
         let mut epoch = SINGLE_NODE_EPOCH;
         let mut served_here = false;
         let mut owners = BTreeSet::new();
         let mut first_refused = None;
         for &shard in &touched.shards {
-            match cluster.ownership.admit(shard, None, now) {
+            let carried = if Some(shard) == touched.first { touched.carried } else { None };
+            match cluster.ownership.admit(shard, carried, now) {
                 Ok(current) => {
                     served_here = true;
                     if Some(shard) == touched.first {
@@ -226,9 +264,28 @@ fn not_owner_status(refusal: &Refusal, shard: u32, members: &Members, spans_node
             [("shard", shard.to_string())],
             ErrorDetails::new(),
         ),
-        // Requests carry no epoch yet, so `admit` never answers StaleEpoch;
-        // were it to, the client would be sent to the owner all the same.
-        Refusal::NotOwner { owner, epoch } | Refusal::StaleEpoch { owner, epoch } => {
+        // The owner of the first shard says it is stale: whatever else
+        // the request touches, nothing runs. (A node that does not own the
+        // shard forwards the request to its owner, which checks it.)
+        Refusal::StaleEpoch { owner, epoch } => {
+            let owner = owner.clone().unwrap_or_default();
+            let address = members.nodes.get(&owner).cloned().unwrap_or_default();
+            let epoch = epoch.map(|epoch| epoch.to_string()).unwrap_or_default();
+            Reason::StaleEpoch.status(
+                format!(
+                    "stale epoch: shard {shard} is served by node {owner:?} at {address:?} under \
+                     epoch {epoch}; read the shard's owner and epoch again"
+                ),
+                [
+                    ("shard", shard.to_string()),
+                    ("owner", owner),
+                    ("owner_address", address),
+                    ("epoch", epoch),
+                ],
+                ErrorDetails::new(),
+            )
+        }
+        Refusal::NotOwner { owner, epoch } => {
             let owner = owner.clone().unwrap_or_default();
             let address = members.nodes.get(&owner).cloned().unwrap_or_default();
             let epoch = epoch.map(|epoch| epoch.to_string()).unwrap_or_default();
@@ -345,5 +402,45 @@ fn single_node_cluster(node_name: &str) -> v1::GetClusterResponse {
             .collect(),
         shard_map_revision: 0,
         shard_map_confirmed: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    fn carrying(value: &str) -> Result<Option<i64>, Status> {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(EPOCH_HEADER, value.parse().expect("ascii"));
+        carried_epoch(&metadata)
+    }
+
+    #[test]
+    fn the_epoch_header_is_a_positive_decimal() {
+        assert_eq!(carried_epoch(&MetadataMap::new()).expect("none"), None);
+        assert_eq!(carrying("42").expect("valid"), Some(42));
+        for bad in ["", "0", "-3", "x", "1.5"] {
+            let refused = carrying(bad).expect_err(bad);
+            assert_eq!(refused.code(), Code::InvalidArgument, "{bad:?}: {refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_single_node_serves_epoch_one_only() {
+        let mut touched = Touched::default();
+        touched.key("order-1").key("sku-1");
+        assert!(matches!(Fence::SingleNode.admit(&touched), Ok(SINGLE_NODE_EPOCH)));
+        touched.carrying(Some(1));
+        assert!(matches!(Fence::SingleNode.admit(&touched), Ok(SINGLE_NODE_EPOCH)));
+        touched.carrying(Some(2));
+        let refused = Fence::SingleNode.admit(&touched).expect_err("stale");
+        assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+        let info = refused.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.reason, "STALE_EPOCH");
+        assert_eq!(info.metadata["shard"], shard_of("order-1").to_string());
+        assert_eq!(info.metadata["epoch"], "1");
     }
 }

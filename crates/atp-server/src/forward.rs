@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tonic_types::ErrorDetails;
 
-use crate::fence::Peer;
+use crate::fence::{EPOCH_HEADER, Peer};
 
 /// Set (to `1`) on a request one node forwarded to another.
 pub const FORWARDED_HEADER: &str = "x-atp-forwarded";
@@ -81,6 +81,11 @@ impl<T: Clone> Incoming<T> {
 }
 
 impl<T> Incoming<T> {
+    /// The request's metadata (forwarded with it).
+    pub fn metadata(&self) -> &MetadataMap {
+        &self.metadata
+    }
+
     /// Whether this request may be forwarded (it was not already).
     pub fn may_forward(&self) -> bool {
         self.message.is_some()
@@ -202,7 +207,8 @@ impl Forwarder {
 }
 
 /// The caller's headers a forwarded request keeps: not the transport's
-/// (`te`, `content-type`, `user-agent`, `grpc-*`) nor atp's own.
+/// (`te`, `content-type`, `user-agent`, `grpc-*`) nor atp's own, except the
+/// carried epoch ([`EPOCH_HEADER`]), which the owner checks.
 fn passed_on(mut headers: HeaderMap<HeaderValue>) -> HeaderMap<HeaderValue> {
     let dropped: Vec<_> = headers
         .keys()
@@ -210,7 +216,7 @@ fn passed_on(mut headers: HeaderMap<HeaderValue>) -> HeaderMap<HeaderValue> {
             let name = name.as_str();
             matches!(name, "te" | "content-type" | "user-agent")
                 || name.starts_with("grpc-")
-                || name.starts_with("x-atp-")
+                || (name.starts_with("x-atp-") && name != EPOCH_HEADER)
         })
         .cloned()
         .collect();
@@ -262,6 +268,25 @@ mod tests {
         assert!(!incoming.may_forward());
         let (incoming, _) = Incoming::split(Request::new(5_u32), true).expect("no headers");
         assert!(incoming.may_forward());
+    }
+
+    #[test]
+    fn a_forwarded_request_keeps_the_callers_headers_and_its_epoch() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-tenant", "a"),
+            (EPOCH_HEADER, "17"),
+            (FORWARDED_HEADER, "1"),
+            (WIRE_HEADER, "1"),
+            ("grpc-timeout", "5S"),
+            ("te", "trailers"),
+        ] {
+            headers.insert(name, value.parse().expect("ascii"));
+        }
+        let kept = passed_on(headers);
+        let mut names: Vec<&str> = kept.keys().map(|name| name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["x-atp-epoch", "x-tenant"]);
     }
 
     #[test]

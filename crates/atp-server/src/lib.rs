@@ -13,6 +13,7 @@
 
 mod admin;
 mod availability;
+pub mod cluster_catalog;
 mod config_service;
 mod error;
 mod fan_out;
@@ -22,6 +23,7 @@ pub mod layers;
 mod peer;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use atp_proto::internal::peer_service_server::PeerServiceServer;
@@ -40,9 +42,12 @@ use tonic_health::server::HealthReporter;
 
 pub use admin::{AdminApi, shard_info_message};
 pub use availability::AvailabilityApi;
+pub use cluster_catalog::{CatalogSync, CatalogWriter, ClusterCatalog, start_cluster_catalog};
 pub use config_service::ConfigApi;
 pub use error::node_status;
-pub use fence::{ClusterView, Fence, Peer, Route, Touched, refusal_status};
+pub use fence::{
+    ClusterView, EPOCH_HEADER, Fence, Peer, Route, Touched, carried_epoch, refusal_status,
+};
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
 
 /// The epoch every reply carries on a single node (a cluster fences stale
@@ -112,6 +117,19 @@ pub async fn serve_fenced(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_cluster(node, fence, None, listener, config, shutdown).await
+}
+
+/// [`serve_fenced`], with the ConfigService's upserts going through
+/// `catalog` when given (cluster mode: the configuration lives in etcd).
+pub async fn serve_cluster(
+    node: Node,
+    fence: Fence,
+    catalog: Option<Arc<dyn CatalogWriter>>,
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the node has recovered its state, and again once a
     // durable write failed (the node then takes no writes until restarted).
@@ -133,8 +151,11 @@ pub async fn serve_fenced(
     let availability =
         AvailabilityServiceServer::new(AvailabilityApi::with_fence(node.clone(), fence.clone()))
             .max_decoding_message_size(limit);
-    let configuration =
-        ConfigServiceServer::new(ConfigApi::new(node.clone())).max_decoding_message_size(limit);
+    let configuration = ConfigServiceServer::new(match catalog {
+        Some(catalog) => ConfigApi::with_cluster(node.clone(), catalog),
+        None => ConfigApi::new(node.clone()),
+    })
+    .max_decoding_message_size(limit);
     // Cluster mode: other nodes' ops for shards served here come in through
     // the PeerService (the caller gives the node its `ClusterPeers`).
     let peer_service = matches!(fence, Fence::Cluster(_)).then(|| {

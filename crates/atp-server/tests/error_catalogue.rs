@@ -178,6 +178,7 @@ fn refusal_samples() -> Vec<Status> {
         Refusal::FailingClosed,
         Refusal::NotOwner { owner: Some("b".to_owned()), epoch: Some(9) },
         Refusal::StaleEpoch { owner: None, epoch: None },
+        Refusal::StaleEpoch { owner: Some("b".to_owned()), epoch: Some(9) },
     ]
     .iter()
     .map(|refusal| refusal_status(refusal, 3, &members))

@@ -58,6 +58,10 @@ pub(crate) struct Shared {
     pub(crate) peers: RwLock<Option<Arc<dyn Peers>>>,
     /// Ops and notices for other nodes waiting to be acknowledged.
     pub(crate) outbox: Outbox,
+    /// The epoch each shard's batches are written under (grows only; set
+    /// by cluster mode through `Node::set_epoch`, else 1 or what recovery
+    /// found).
+    pub(crate) epochs: Vec<AtomicU64>,
 }
 
 /// A Reserve being worked on, and where its answer will appear.
@@ -77,6 +81,11 @@ pub(crate) enum Control {
 }
 
 impl Shared {
+    /// The epoch `shard`'s next batch is written under.
+    pub(crate) fn epoch(&self, shard: u32) -> u64 {
+        self.epochs.get(shard as usize).map_or(0, |epoch| epoch.load(Ordering::Acquire))
+    }
+
     pub(crate) fn catalog(&self) -> Arc<Catalog> {
         Arc::clone(&self.catalog.read().expect("catalog lock is never poisoned"))
     }
@@ -412,7 +421,7 @@ pub(crate) async fn run(
             sequence += 1;
             ShardBatch {
                 shard: state.shard(),
-                epoch: state.epoch(),
+                epoch: shared.epoch(state.shard()),
                 sequence,
                 records: changes.records,
                 ledger: changes.ledger,
@@ -475,8 +484,12 @@ fn handle_control(
             }
             let started = Instant::now();
             let records = state.dump().into_iter().collect();
-            let checkpoint =
-                Checkpoint { shard: state.shard(), epoch: state.epoch(), sequence, records };
+            let checkpoint = Checkpoint {
+                shard: state.shard(),
+                epoch: shared.epoch(state.shard()),
+                sequence,
+                records,
+            };
             let paused = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             shared.longest_checkpoint_pause_us.fetch_max(paused, Ordering::Relaxed);
             let _ = reply.send(Some(checkpoint));

@@ -19,6 +19,7 @@ use atp_store::{ShardBatch, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::error::NodeError;
+use crate::write_log::{WriteLog, WriteLogConfig};
 
 /// Most shard batches written by one store commit.
 const MAX_GROUP: usize = 1024;
@@ -54,10 +55,13 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer thread over `store`; a failed write is reported on `failure`.
+    /// Starts the committer thread over `store`; a failed write is reported
+    /// on `failure`. With `write_log`, every durable group's batches are
+    /// logged there before their completions run.
     pub(crate) fn start(
         store: Arc<dyn Store>,
         failure: Arc<watch::Sender<Option<String>>>,
+        write_log: Option<&WriteLogConfig>,
     ) -> Self {
         let (sender, receiver) = mpsc::channel::<Job>();
         let failed = Arc::new(AtomicBool::new(false));
@@ -69,9 +73,10 @@ impl Committer {
             stats: Arc::clone(&stats),
             failure,
         };
+        let mut write_log = write_log.and_then(WriteLog::open);
         thread::Builder::new()
             .name("atp-committer".to_owned())
-            .spawn(move || run(&*store, &receiver, &thread))
+            .spawn(move || run(&*store, &receiver, &thread, write_log.as_mut()))
             .expect("the committer thread starts");
         Self { sender, failed, disk_full, stats }
     }
@@ -121,7 +126,12 @@ struct Shared {
     failure: Arc<watch::Sender<Option<String>>>,
 }
 
-fn run(store: &dyn Store, receiver: &mpsc::Receiver<Job>, shared: &Shared) {
+fn run(
+    store: &dyn Store,
+    receiver: &mpsc::Receiver<Job>,
+    shared: &Shared,
+    mut write_log: Option<&mut WriteLog>,
+) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = receiver.recv() {
         jobs.push(first);
@@ -158,7 +168,12 @@ fn run(store: &dyn Store, receiver: &mpsc::Receiver<Job>, shared: &Shared) {
                     tracing::error!(%error, "durable write failed; refusing every write from now on");
                     shared.failure.send_replace(Some(error.to_string()));
                 }
-                Ok(()) => {}
+                Ok(()) => {
+                    // Before any reply of the group: no reply precedes its line.
+                    if let Some(write_log) = write_log.as_deref_mut() {
+                        write_log.append(&batches);
+                    }
+                }
             }
             outcome
         };

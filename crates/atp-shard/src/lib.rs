@@ -20,6 +20,7 @@ mod error;
 mod node;
 mod peers;
 mod reservations;
+mod write_log;
 
 pub use clock::Clock;
 pub use committer::CommitterStats;
@@ -29,3 +30,4 @@ pub use peers::{
     PeerError, PeerFuture, Peers, WireRefusal, decode, decode_results, encode, encode_results,
 };
 pub use reservations::{MAX_RESERVATIONS_READ_PER_PAGE, ReservationPage};
+pub use write_log::WriteLogConfig;

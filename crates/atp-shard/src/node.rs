@@ -32,6 +32,7 @@ use crate::committer::{Committer, CommitterStats};
 use crate::doubts::{self, Confirmed};
 use crate::error::NodeError;
 use crate::peers::{Outbox, Peers, Pending};
+use crate::write_log::WriteLogConfig;
 
 /// The epoch of every shard on a single node (a cluster fences with real ones).
 pub const SINGLE_NODE_EPOCH: u64 = 1;
@@ -57,6 +58,9 @@ pub struct NodeConfig {
     pub checkpoint_log_bytes: u64,
     /// A checkpoint round starts at least this often while anything changed.
     pub checkpoint_interval_ms: u64,
+    /// Cluster mode: log every durable batch (shard, epoch, this node's id,
+    /// host time) to this write log. None: nothing is logged.
+    pub write_log: Option<WriteLogConfig>,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +75,7 @@ impl Default for NodeConfig {
             ledger_sweep_interval_ms: 60 * 1000,
             checkpoint_log_bytes: 64 << 20,
             checkpoint_interval_ms: 5 * 60 * 1000,
+            write_log: None,
         }
     }
 }
@@ -171,9 +176,10 @@ impl Node {
     fn build(config: NodeConfig, clock: Clock, store: Option<Arc<dyn Store>>) -> Self {
         let (failure_sender, failure) = watch::channel(None);
         let failure_sender = Arc::new(failure_sender);
-        let committer = store
-            .as_ref()
-            .map(|store| Committer::start(Arc::clone(store), Arc::clone(&failure_sender)));
+        let committer = store.as_ref().map(|store| {
+            let write_log = config.write_log.as_ref();
+            Committer::start(Arc::clone(store), Arc::clone(&failure_sender), write_log)
+        });
         let mut handles = Vec::with_capacity(SHARD_COUNT as usize);
         let mut mailboxes = Vec::with_capacity(SHARD_COUNT as usize);
         for shard in 0..SHARD_COUNT {
@@ -193,6 +199,7 @@ impl Node {
             in_flight: DashMap::new(),
             peers: RwLock::new(None),
             outbox: Outbox::default(),
+            epochs: (0..SHARD_COUNT).map(|_| AtomicU64::new(SINGLE_NODE_EPOCH)).collect(),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);
@@ -218,6 +225,8 @@ impl Node {
             .expect("actors start once");
         for (start, (mailbox, controls)) in starts.into_iter().zip(mailboxes) {
             let shard = start.state.shard();
+            // The epoch recovery found, unless a higher one was set already.
+            self.shared.epochs[shard as usize].fetch_max(start.state.epoch(), Ordering::AcqRel);
             let stopped = self.stop.subscribe();
             let actor = tokio::spawn(actor::run(
                 start,
@@ -639,6 +648,21 @@ impl Node {
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// Sets the epoch `shard` is served under (cluster mode: its claim's
+    /// create revision). Every batch of the shard made durable from now on
+    /// carries it, so set it before admitting a request under it. Epochs
+    /// only grow: a lower one than the current is ignored.
+    pub fn set_epoch(&self, shard: u32, epoch: u64) {
+        if let Some(current) = self.shared.epochs.get(shard as usize) {
+            current.fetch_max(epoch, Ordering::AcqRel);
+        }
+    }
+
+    /// The epoch `shard`'s batches are written under (1 on a single node).
+    pub fn epoch(&self, shard: u32) -> u64 {
+        self.shared.epoch(shard)
     }
 
     /// The node's clock reading (ms since the epoch).
@@ -1071,7 +1095,7 @@ impl Node {
         let stats = handle.try_call(|state, _, _| state.stats()).await?;
         Ok(ShardInfo {
             shard,
-            epoch: SINGLE_NODE_EPOCH,
+            epoch: self.epoch(shard),
             stats,
             mailbox_depth: handle.depth() as u64,
             mailbox_capacity: handle.capacity() as u64,

@@ -182,3 +182,39 @@ async fn the_durable_ledger_forgets_entries_past_its_retention() {
     }
     assert_eq!(kinds, vec!["reserve"], "only the entry inside the retention is left");
 }
+
+/// Cluster mode: the epoch set for a shard is stamped on its durable
+/// batches (the write log shows it, before the reply) and on its admin view;
+/// a lower one is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_carry_the_epoch_set_for_their_shard_and_are_logged() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let path = dir.path().join("writes.log");
+    let write_log = atp_shard::WriteLogConfig { node_id: "node-a".to_owned(), path: path.clone() };
+    let config = NodeConfig { write_log: Some(write_log), ..NodeConfig::default() };
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let node = Node::open(config, Clock::starting_at(START_MS), store);
+    node.recover().await.expect("recovers");
+    let shard = atp_core::hash::shard_of("mug");
+    assert_eq!(node.epoch(shard), atp_shard::SINGLE_NODE_EPOCH);
+    configure(&node, 10).await;
+    node.set_epoch(shard, 40);
+    node.set_epoch(shard, 39);
+    node.reserve(reserve("r-1", 1)).await.expect("holds");
+    assert_eq!(node.shard_info(shard).await.expect("info").epoch, 40);
+    // The reply came after the line: the log already shows the batch.
+    let lines: Vec<(u32, u64, String)> = std::fs::read_to_string(&path)
+        .expect("the write log")
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields.len(), 5, "{line}");
+            (fields[0].parse().expect("shard"), fields[1].parse().expect("epoch"), fields[2].into())
+        })
+        .collect();
+    let mine: Vec<u64> =
+        lines.iter().filter(|(logged, ..)| *logged == shard).map(|(_, epoch, _)| *epoch).collect();
+    assert_eq!(mine.first(), Some(&1), "the stock before the epoch was set: {lines:?}");
+    assert_eq!(mine.last(), Some(&40), "{lines:?}");
+    assert!(lines.iter().all(|(.., node)| node == "node-a"), "{lines:?}");
+}

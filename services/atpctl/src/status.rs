@@ -69,7 +69,8 @@ pub fn exit_code_of(error: &atp_client::Error) -> u8 {
         Code::InvalidArgument | Code::OutOfRange => exit::INVALID,
         Code::FailedPrecondition | Code::AlreadyExists => exit::REFUSED,
         Code::NotFound => exit::NOT_FOUND,
-        Code::Unavailable | Code::DeadlineExceeded => exit::TRY_AGAIN,
+        // ABORTED: STALE_EPOCH (send again, with the epoch it names or none).
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => exit::TRY_AGAIN,
         _ => exit::OTHER,
     }
 }
@@ -294,7 +295,8 @@ mod tests {
                 | Reason::RequestTimeout
                 | Reason::FailingClosed
                 // Unavailable here; another node (the owner) answers.
-                | Reason::NotOwner => exit::TRY_AGAIN,
+                | Reason::NotOwner
+                | Reason::StaleEpoch => exit::TRY_AGAIN,
                 Reason::DiskFull => exit::OTHER,
             };
             let error = anyhow::Error::new(reason.plain("why"));

@@ -7,6 +7,17 @@
 //! shard at once (the ownership view sees it before the claims loop does)
 //! and joins again for a new lease: the claims it then makes have new
 //! create revisions, so its shards come back under higher epochs.
+//!
+//! The claims loop's ownership reaches the server through a relay that
+//! first tells the shard layer each shard's serving epoch
+//! ([`Node::set_epoch`]), so every batch admitted under an epoch is written
+//! under it (or a later one), never under the epoch before.
+//!
+//! The locations and channels live in etcd too (`/atp/<cluster>/config/`):
+//! the node follows them and applies them to its own catalog, publishes its
+//! catalog as the cluster's first configuration when there is none (a former
+//! single node's data directory), and its ConfigService writes to etcd
+//! (`atp_server::cluster_catalog`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,9 +28,11 @@ use anyhow::Context;
 use atp_cluster::store::Store;
 use atp_cluster::{
     Assignment, Claims, ClusterKeys, Coordinator, EtcdStore, LeaseState, Member, Membership,
-    system_clock,
+    Ownership, ShardState, system_clock,
 };
-use atp_server::{ClusterView, Fence};
+use atp_server::{CatalogSync, CatalogWriter, ClusterView, Fence, start_cluster_catalog};
+use atp_shard::Node;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -39,7 +52,11 @@ pub struct Cluster {
     keys: ClusterKeys,
     _claims: Claims,
     _coordinator: Coordinator,
+    _catalog_sync: CatalogSync,
     rejoin: JoinHandle<()>,
+    relay: JoinHandle<()>,
+    /// Where the ConfigService writes locations and channels (etcd).
+    pub catalog: Arc<dyn CatalogWriter>,
     /// What the server admits requests through.
     pub fence: Fence,
     /// This node's id.
@@ -47,11 +64,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to etcd and starts membership, candidacy and claims for the
-    /// node reachable at `address`. Joining happens in the background (and
-    /// again after a lost lease); until then every shard fails closed.
-    pub async fn start(config: &Config, address: &str) -> anyhow::Result<Self> {
-        let node_id = node_id(config)?;
+    /// Connects to etcd and starts membership, candidacy and claims for
+    /// `node` (id `node_id`, see [`node_id`]) reachable at `address`, and the
+    /// configuration sync for `node` (it waits for the node to recover).
+    /// Joining happens in the background (and again after a lost lease);
+    /// until then every shard fails closed.
+    pub async fn start(
+        config: &Config,
+        node: &Node,
+        node_id: String,
+        address: &str,
+    ) -> anyhow::Result<Self> {
         let membership = config.membership_config(&node_id, address);
         let endpoints = config.etcd_endpoints();
         let store = EtcdStore::connect(&endpoints, CONNECT_TIMEOUT)
@@ -63,6 +86,8 @@ impl Cluster {
         let keys = ClusterKeys::new(config.cluster_name.clone());
         let claims = Claims::new(store.clone(), membership.clone(), member.lease_state())
             .context("starting the shard claims")?;
+        let (catalog, catalog_sync) =
+            start_cluster_catalog(store.clone(), &membership, node.clone());
         let coordinator = Coordinator::new(
             store.clone(),
             membership,
@@ -72,11 +97,15 @@ impl Cluster {
             member.members(),
         )
         .context("starting the coordinator candidacy")?;
+        // The server decides on the relayed ownership: epochs reach the
+        // shard layer first.
+        let (relayed, ownership) = watch::channel(Ownership::default());
+        let relay = tokio::spawn(relay_epochs(node.clone(), claims.ownership(), relayed));
         let view = ClusterView {
             cluster: config.cluster_name.clone(),
             node_id: node_id.clone(),
             address: address.to_owned(),
-            ownership: claims.view(),
+            ownership: claims.view().relayed(ownership),
             shard_map: claims.shard_map(),
             members: member.members(),
             lease: member.lease_state(),
@@ -88,7 +117,10 @@ impl Cluster {
             keys,
             _claims: claims,
             _coordinator: coordinator,
+            _catalog_sync: catalog_sync,
             rejoin,
+            relay,
+            catalog,
             fence: Fence::Cluster(Box::new(view)),
             node_id,
         })
@@ -112,8 +144,32 @@ impl Cluster {
     /// Leaves the cluster: revokes the lease, so the claims go at once.
     pub async fn leave(self) {
         self.rejoin.abort();
+        self.relay.abort();
         if let Err(error) = self.member.leave().await {
             tracing::warn!(error = %error, "could not leave the cluster; the lease will expire");
+        }
+    }
+}
+
+/// Passes each ownership the claims loop publishes on to `relayed`, after
+/// setting the epoch of every shard it serves on `node`: a request is
+/// admitted under an epoch only once the shard's batches carry it. Step-
+/// downs pass at once (the view also checks the lease itself).
+async fn relay_epochs(
+    node: Node,
+    mut published: watch::Receiver<Ownership>,
+    relayed: watch::Sender<Ownership>,
+) {
+    loop {
+        let ownership = published.borrow_and_update().clone();
+        for (shard, state) in (0u32..).zip(&ownership.shards) {
+            if let ShardState::Serving { epoch } = state {
+                node.set_epoch(shard, u64::try_from(*epoch).unwrap_or(0));
+            }
+        }
+        relayed.send_replace(ownership);
+        if published.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -140,7 +196,7 @@ async fn stay_joined(member: Arc<Member<EtcdStore>>) {
 
 /// The configured node id, else the one stored in the data directory
 /// (written at the first start).
-fn node_id(config: &Config) -> anyhow::Result<String> {
+pub fn node_id(config: &Config) -> anyhow::Result<String> {
     if !config.node_id.is_empty() {
         return Ok(config.node_id.clone());
     }

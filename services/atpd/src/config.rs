@@ -415,6 +415,7 @@ impl Config {
             },
             checkpoint_log_bytes: self.checkpoint_log_bytes,
             checkpoint_interval_ms: self.checkpoint_interval_s * 1000,
+            write_log: None,
         }
     }
 

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use atp_shard::{Clock, Node};
+use atp_shard::{Clock, Node, WriteLogConfig};
 use atp_store::{LogOptions, LogStore};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -37,6 +37,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use crate::cluster::Cluster;
+
+/// Cluster mode: the write log in the data directory (one line per durable
+/// shard batch: shard, epoch, node id, host ms, sequence), for the epoch
+/// checker of the tests.
+const WRITE_LOG_FILE: &str = "writes.log";
 use crate::config::{CONFIG_FILE_ENV, Config};
 use atp_server::forward::Forwarder;
 use atp_server::{ClusterPeers, Fence};
@@ -106,14 +111,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     let store = LogStore::open(&config.data_dir, LogOptions::default())
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let node = Node::open(config.node_config(), Clock::system(), Arc::new(store));
-    let cluster = if config.is_cluster() {
+    // Cluster mode: the node id is known before the node opens, so its
+    // write log names it.
+    let node_id = if config.is_cluster() { Some(cluster::node_id(&config)?) } else { None };
+    let mut node_config = config.node_config();
+    node_config.write_log = node_id.as_ref().map(|node_id| WriteLogConfig {
+        node_id: node_id.clone(),
+        path: config.data_dir.join(WRITE_LOG_FILE),
+    });
+    let node = Node::open(node_config, Clock::system(), Arc::new(store));
+    let cluster = if let Some(node_id) = node_id {
         let advertised = if config.advertised_addr.is_empty() {
             address.to_string()
         } else {
             config.advertised_addr.clone()
         };
-        let cluster = Cluster::start(&config, &advertised).await?;
+        let cluster = Cluster::start(&config, &node, node_id, &advertised).await?;
         tracing::info!(
             node_id = %cluster.node_id,
             advertised = %advertised,
@@ -127,6 +140,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
     let fence = cluster.as_ref().map_or(Fence::SingleNode, |cluster| cluster.fence.clone());
+    let catalog = cluster.as_ref().map(|cluster| Arc::clone(&cluster.catalog));
     // Cluster mode: line ops for shards other nodes serve go to them, and
     // recovery counts only this node's assigned shards as evidence.
     let owned = match &cluster {
@@ -155,8 +169,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The readiness line scripts and tests wait for; printed whatever the log filter.
     eprintln!("atpd listening on {address}");
 
-    let serving =
-        atp_server::serve_fenced(node.clone(), fence, listener, config.server_config(), shutdown);
+    let serving = atp_server::serve_cluster(
+        node.clone(),
+        fence,
+        catalog,
+        listener,
+        config.server_config(),
+        shutdown,
+    );
     tokio::pin!(serving);
     tokio::select! {
         recovered = node.recover_owning(owned) => {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use atp_cluster::store::Store;
 use atp_cluster::testing::EtcdProcess;
+use atp_cluster::testing::epochs::check_cluster;
 use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_proto::v1;
@@ -140,6 +141,7 @@ async fn start(data: &std::path::Path, variables: &[(String, String)]) -> Atpd {
 /// Three nodes on `etcd`, each on its own data directory; returns once all
 /// 1024 shards are claimed and every node's answers agree with the claims.
 struct Cluster {
+    name: String,
     nodes: Vec<Atpd>,
     ids: Vec<String>,
     data: Vec<tempfile::TempDir>,
@@ -172,7 +174,17 @@ impl Cluster {
             .iter()
             .map(|node| members.get(&node.address.to_string()).expect("a member").clone())
             .collect();
-        Self { nodes, ids, data, variables, store, keys }
+        Self { name: name.to_owned(), nodes, ids, data, variables, store, keys }
+    }
+
+    /// The epoch checker over every node's write log and etcd's claim
+    /// history: no shard was ever written by two nodes at once.
+    async fn check_epochs(&self, etcd: &EtcdProcess) {
+        let logs: Vec<std::path::PathBuf> =
+            self.data.iter().map(|dir| dir.path().join("writes.log")).collect();
+        if let Err(violations) = check_cluster(&etcd.endpoint(), &self.name, &logs).await {
+            panic!("the epoch check failed: {violations}");
+        }
     }
 
     /// Waits until every node answers for every shard as etcd's claims
@@ -395,6 +407,7 @@ async fn three_nodes_split_the_shards_and_forward_to_the_owner() {
     let seen = via_other.get_availability(request).await.expect("forwarded read").into_inner();
     assert_eq!(seen.skus.len(), 1, "{seen:?}");
     assert_eq!(seen.skus[0].sku, sku);
+    cluster.check_epochs(&etcd).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,6 +457,7 @@ async fn nodes_cut_off_from_etcd_fail_closed_then_serve_again() {
         assert_eq!(owner, &before[shard].0, "shard {shard} moved");
         assert!(*epoch >= before[shard].1, "shard {shard}: epoch went down");
     }
+    cluster.check_epochs(&etcd).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,6 +533,7 @@ async fn a_killed_nodes_shards_wait_for_it_and_return_under_higher_epochs() {
     let read = availability.get_reservation(request).await.expect("recovered").into_inner();
     assert_eq!(read.reservation.expect("a reservation").reservation_id, id);
     assert!(read.epoch > held.epoch, "epoch {} after {}", read.epoch, held.epoch);
+    cluster.check_epochs(&etcd).await;
 }
 
 /// `read`'s per-SKU error: its code and ErrorInfo reason.
@@ -623,6 +638,7 @@ async fn a_read_across_nodes_answers_every_sku_it_can() {
     );
     let read = through.get_availability(request()).await.expect("a read").into_inner();
     assert_eq!(read.skus[1..].iter().map(web_atp).collect::<Vec<_>>(), [Some(11), Some(11)]);
+    cluster.check_epochs(&etcd).await;
 }
 
 /// Lines of `quantity` units of each of `skus` at dc-1.
@@ -732,6 +748,49 @@ async fn a_reservation_with_lines_on_three_nodes_works_through_any_node() {
     };
     cluster.nodes[0].availability().modify_reservation(request).await.expect("changed");
     assert_eq!(web_atps(&cluster.nodes[1], &skus).await, vec![Some(2); 3]);
+
+    // A batch whose items are homed on all three nodes, through node 1:
+    // split by home owner, each answered under its home's epoch.
+    let request = v1::ReleaseRequest { reservation_id: c.clone() };
+    cluster.nodes[1].availability().release(request).await.expect("released");
+    let ids: Vec<String> = (0..3).map(|home| homed(&format!("batch{home}"), home)).collect();
+    let request =
+        v1::ReserveBatchRequest { reservations: ids.iter().map(|id| reserve(id, 1)).collect() };
+    let batch = cluster.nodes[1].availability().reserve_batch(request).await.expect("a batch");
+    for (result, id) in batch.get_ref().results.iter().zip(&ids) {
+        match &result.outcome {
+            Some(v1::reserve_batch_result::Outcome::Reserved(reserved)) => {
+                assert_eq!(reserved.epoch, claims[&shard_of(id)].1 as u64, "{batch:?}");
+                assert_eq!(state(reserved.reservation.clone()), v1::ReservationState::Held);
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(web_atps(&cluster.nodes[2], &skus).await, vec![Some(0); 3]);
+    // Read back through node 2, with an unknown id among them.
+    let mut asked = ids.clone();
+    asked.extend([a.clone(), homed("unknown", 1)]);
+    let request = v1::GetReservationsRequest { reservation_ids: asked.clone() };
+    let got = cluster.nodes[2].availability().get_reservations(request).await.expect("read");
+    let states: Vec<String> = got
+        .get_ref()
+        .results
+        .iter()
+        .map(|result| match &result.outcome {
+            Some(v1::get_reservation_result::Outcome::Reservation(r)) => {
+                r.state().as_str_name().into()
+            }
+            Some(v1::get_reservation_result::Outcome::Error(status)) => {
+                format!("code {}", status.code)
+            }
+            None => "none".into(),
+        })
+        .collect();
+    let held = v1::ReservationState::Held.as_str_name();
+    let committed = v1::ReservationState::Committed.as_str_name();
+    let not_found = format!("code {}", Code::NotFound as i32);
+    assert_eq!(states, [held, held, held, committed, not_found.as_str()], "{got:?}");
+    cluster.check_epochs(&etcd).await;
 }
 
 /// Units of `sku` reserved (held, uncommitted) at dc-1, read through `node`.
@@ -851,4 +910,5 @@ async fn killing_a_line_owner_mid_reserve_never_oversells_and_ends_all_or_nothin
         assert!(units <= STOCK, "oversold: {units} of {STOCK}");
         assert!(units >= acknowledged.len() as i64, "{units} < {}", acknowledged.len());
     }
+    cluster.check_epochs(&etcd).await;
 }

@@ -7,6 +7,10 @@
 //! `/usr/bin/etcd` (Debian's `etcd-server`, which `.ci/run` installs). When
 //! it is missing, [`EtcdProcess::start_or_skip`] fails the test if `CI` is
 //! set and otherwise skips it with a message.
+//!
+//! [`epochs`] checks nodes' write logs against etcd's claim history.
+
+pub mod epochs;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
