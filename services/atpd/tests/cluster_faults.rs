@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use atp_cluster::store::Store;
 use atp_cluster::testing::EtcdProcess;
+use atp_cluster::testing::epochs::check_cluster;
 use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_loadgen::stats::{Failure, unix_ms};
@@ -257,6 +258,18 @@ impl Cluster {
             }
         }
         true
+    }
+
+    /// The epoch checker over every node's write log and etcd's claim
+    /// history: no shard was ever written by two nodes at once, nor under
+    /// an epoch that was not its claim's.
+    async fn check_epochs(&self, name: &str) {
+        let logs: Vec<std::path::PathBuf> =
+            self.slots.iter().map(|slot| slot.data.path().join("writes.log")).collect();
+        match check_cluster(&self.etcd.endpoint(), name, &logs).await {
+            Ok(summary) => eprintln!("{name}: epoch check passed: {summary:?}"),
+            Err(violations) => panic!("the epoch check failed: {violations}"),
+        }
     }
 
     /// Whether etcd holds no claim of node `index` (its lease is gone).
@@ -556,6 +569,7 @@ async fn load_under(fault: Fault, name: &str) {
     // fault settled (at most 10 minutes).
     let config = cluster.load(Duration::from_secs(600), seed);
     let setup = setup(&config).await.expect("setup through every node");
+    eprintln!("{name}: cluster up and load set up after {:.1} s", started.elapsed().as_secs_f64());
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (config, setup, stop) = (config.clone(), setup.clone(), Arc::clone(&stop));
@@ -638,6 +652,7 @@ async fn load_under(fault: Fault, name: &str) {
         through_victim + through_others > 0,
         "no call failed: the {fault:?} never reached the load"
     );
+    cluster.check_epochs(name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -811,6 +826,7 @@ async fn etcd_outage(name: &str, outage: Duration) {
         assert!(*epoch >= before[shard].1, "shard {shard}: epoch went down");
     }
     reserve_on(&cluster, &after, 0, &sku, "after-outage").await.expect("a write after the outage");
+    cluster.check_epochs(name).await;
     eprintln!("{name}: {:.1} s in all", started.elapsed().as_secs_f64());
 }
 
