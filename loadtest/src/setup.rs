@@ -87,8 +87,9 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
     if config.scenario == Scenario::Ceiling {
         return Ok(setup);
     }
-    // Locations and channels are each node's own configuration: every
-    // endpoint gets them (the same upserts, so repeating them is harmless).
+    // Every endpoint gets the locations and the channel: the same upserts,
+    // so harmless where the cluster keeps its configuration in etcd, and
+    // what nodes configured one by one (older versions) need.
     for endpoint in config.endpoints() {
         let client = client::client(&endpoint, config.request_timeout)?;
         configure(&client, &setup).await?;
