@@ -19,7 +19,8 @@ use atp_proto::internal::peer_service_client::PeerServiceClient;
 use atp_proto::internal::peer_service_server::PeerService;
 use atp_proto::internal::{
     AdoptRequest, AdoptResponse, ApplyLineOpsRequest, ApplyLineOpsResponse, GetShardFactsRequest,
-    GetShardFactsResponse, NoteShippedRequest, NoteShippedResponse,
+    GetShardFactsResponse, HasLineRequest, HasLineResponse, NoteShippedRequest,
+    NoteShippedResponse,
 };
 use atp_proto::status_of;
 use atp_shard::{Node, PeerError, PeerFuture, Peers};
@@ -133,6 +134,17 @@ impl PeerService for PeerApi {
         self.admit(request, shard_of(incarnation.request.id.as_str()))?;
         self.node.adopt(incarnation).await.map_err(node_status)?;
         Ok(Response::new(AdoptResponse {}))
+    }
+
+    async fn has_line(
+        &self,
+        request: Request<HasLineRequest>,
+    ) -> Result<Response<HasLineResponse>, Status> {
+        let line: ShipNotice =
+            decode(&request.get_ref().line).map_err(|error| undecodable("line", error))?;
+        self.admit(request, shard_of(line.sku.as_str()))?;
+        let held = self.node.has_line(line).await.map_err(node_status)?;
+        Ok(Response::new(HasLineResponse { held }))
     }
 }
 
@@ -259,6 +271,18 @@ impl Peers for ClusterPeers {
             let mut client = owner?;
             let message = AdoptRequest { incarnation: encode(&incarnation) };
             within(home, deadline, client.adopt(peer_request(message, deadline))).await.map(drop)
+        })
+    }
+
+    fn has_line(&self, line: ShipNotice, deadline: Duration) -> PeerFuture<bool> {
+        let shard = shard_of(line.sku.as_str());
+        let owner = self.owner(shard);
+        Box::pin(async move {
+            let mut client = owner?;
+            let message = HasLineRequest { line: encode(&line) };
+            let answer =
+                within(shard, deadline, client.has_line(peer_request(message, deadline))).await?;
+            Ok(answer.held)
         })
     }
 }

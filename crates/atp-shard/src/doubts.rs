@@ -5,7 +5,9 @@
 //! Each is decided only from the current owners' answers ([`needed`]
 //! facts, then [`resolve`]); until then its holds stay (under-sell, never
 //! oversell). An owner that cannot be asked, or a home still working on
-//! the id, means "ask again later".
+//! the id, means "ask again later". Committed lines on other owners' shards
+//! that recovery could not confirm are asked about too (a line no longer
+//! held shipped in full).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::ReservationId;
-use atp_core::shard::{ShardFacts, needed, resolve};
+use atp_core::shard::{ShardFacts, ShipNotice, needed, resolve};
 use tokio::sync::watch;
 
 use crate::actor::{self, Answer, Shared};
@@ -237,4 +239,70 @@ async fn sweep(
         }
     }
     Ok(())
+}
+
+/// Committed lines of this node's records whose line shard another node
+/// serves (`Recovered::unconfirmed`): each is asked of its owner until it
+/// answers; a line no longer held there shipped in full, and its home
+/// (here) is told so. Runs in the background until every line is answered.
+pub(crate) fn spawn_confirmer(
+    shared: Arc<Shared>,
+    mut lines: Vec<ShipNotice>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if lines.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut pause = FIRST_RETRY;
+        while !lines.is_empty() {
+            let mut unanswered = Vec::new();
+            for line in lines {
+                match held_at_owner(&shared, &line).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let home = shard_of(line.reservation.as_str());
+                        let notice = line.clone();
+                        let noted = shared.shards[home as usize]
+                            .call(move |state, _, now| state.note_shipped(&notice, now))
+                            .await;
+                        if noted.is_err() {
+                            unanswered.push(line);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(reservation = %line.reservation, %error, "a committed line waits for its owner");
+                        unanswered.push(line);
+                    }
+                }
+            }
+            lines = unanswered;
+            if lines.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
+            }
+            pause = (pause * 2).min(MAX_RETRY);
+        }
+    });
+}
+
+/// Whether the shard of `line.sku` still holds the line: asked here or of its owner.
+async fn held_at_owner(shared: &Shared, line: &ShipNotice) -> Result<bool, NodeError> {
+    let shard = shard_of(line.sku.as_str());
+    match shared.peers() {
+        Some(peers) if !peers.is_local(shard) => {
+            Ok(peers.has_line(line.clone(), ASK_DEADLINE).await?)
+        }
+        _ => {
+            let line = line.clone();
+            shared.shards[shard as usize]
+                .call(move |state, _, _| {
+                    state.has_line(&line.reservation, &line.sku, &line.location)
+                })
+                .await
+        }
+    }
 }

@@ -346,6 +346,7 @@ impl Node {
                 (id, known)
             })
             .collect();
+        let unconfirmed = recovered.unconfirmed;
         let outbound: Vec<Pending> = recovered
             .remote_ops
             .into_iter()
@@ -437,6 +438,7 @@ impl Node {
                 confirmed,
                 self.stop.subscribe(),
             );
+            doubts::spawn_confirmer(Arc::clone(&self.shared), unconfirmed, self.stop.subscribe());
         }
         self.spawn_ledger_sweeper(Arc::clone(&store));
         self.spawn_checkpointer(store);
@@ -747,6 +749,16 @@ impl Node {
             .await
         })
         .await
+    }
+
+    /// Whether the shard of `line.sku` (served here) still holds that line
+    /// of `line.reservation`; answered after its earlier batches are durable.
+    pub async fn has_line(&self, line: ShipNotice) -> Result<bool, NodeError> {
+        self.check_ready()?;
+        let shard = shard_of(line.sku.as_str());
+        self.shard(shard)
+            .call(move |state, _, _| state.has_line(&line.reservation, &line.sku, &line.location))
+            .await
     }
 
     pub(crate) fn shard(&self, shard: u32) -> &ShardHandle {

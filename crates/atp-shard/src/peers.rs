@@ -66,6 +66,10 @@ pub trait Peers: Send + Sync + 'static {
     /// Makes the record of `incarnation`'s id stand at it on its home's
     /// owner ([`atp_core::shard::ShardState::adopt`]).
     fn adopt(&self, incarnation: Incarnation, deadline: Duration) -> PeerFuture<()>;
+
+    /// Whether the owner of `line.sku`'s shard still holds that line of
+    /// `line.reservation` ([`atp_core::shard::ShardState::has_line`]).
+    fn has_line(&self, line: ShipNotice, deadline: Duration) -> PeerFuture<bool>;
 }
 
 /// A shard's refusal of one line op, as it travels between nodes.

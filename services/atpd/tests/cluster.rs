@@ -912,3 +912,62 @@ async fn killing_a_line_owner_mid_reserve_never_oversells_and_ends_all_or_nothin
     }
     cluster.check_epochs(&etcd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_whose_notice_died_with_its_sender_is_confirmed_by_the_home() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let started = tokio::time::Instant::now();
+    let mut cluster = Cluster::start(&etcd, "confirm").await;
+    let probes = probe_ids();
+    let claims = cluster.wait_until_consistent(&probes).await;
+    // Homed on node 0, its one line on node 1's SKU.
+    let (id, _) = owned_by(&claims, &cluster.ids[0]);
+    let (_, sku) = owned_by(&claims, &cluster.ids[1]);
+    for node in &cluster.nodes {
+        node.configure_web(&["dc-1"], &["dc-1"]).await;
+    }
+    cluster.nodes[1].receive(&sku, "dc-1", 5).await;
+    let mut through = cluster.nodes[2].availability();
+    through.reserve(reserve_request(&id, &sku)).await.expect("held");
+    let request = v1::CommitRequest { reservation_id: id.clone(), lines: vec![] };
+    through.commit(request).await.expect("committed");
+
+    // The home is down when the line ships in full: the ship notice waits
+    // in node 1's outbox, and dies with node 1.
+    cluster.nodes[0].kill();
+    let shipped = v1::StockEvent {
+        event_id: format!("ship-{id}"),
+        sku: sku.clone(),
+        location_id: "dc-1".into(),
+        kind: Some(Kind::Shipped(v1::Shipped { quantity: 2, reservation_id: id.clone() })),
+    };
+    let request = v1::ApplyStockEventsRequest { events: vec![shipped] };
+    let applied = cluster.nodes[1].availability().apply_stock_events(request).await;
+    let applied = applied.expect("applied at the line's owner").into_inner();
+    assert_eq!(applied.results[0].outcome(), v1::StockEventOutcome::Applied, "{applied:?}");
+    cluster.nodes[1].kill();
+    eprintln!("shipped, both killed at {:?}", started.elapsed());
+
+    // Both back: the home's recovery asks the line's owner about its
+    // committed line, finds it gone, and records the shipment.
+    cluster.nodes[0] = start(cluster.data[0].path(), &cluster.variables).await;
+    cluster.nodes[1] = start(cluster.data[1].path(), &cluster.variables).await;
+    cluster.wait_until_consistent(&probes).await;
+    eprintln!("restarted at {:?}", started.elapsed());
+    let fulfilled = eventually(DEADLINE, || async {
+        let request = v1::GetReservationRequest { reservation_id: id.clone() };
+        let Ok(read) = cluster.nodes[2].availability().get_reservation(request).await else {
+            return false;
+        };
+        let read = read.into_inner().reservation.expect("a reservation");
+        read.state() == v1::ReservationState::Fulfilled
+    })
+    .await;
+    assert!(
+        fulfilled,
+        "the home never learned of the shipment; its log:\n{}",
+        cluster.nodes[0].log()
+    );
+    eprintln!("fulfilled at {:?}", started.elapsed());
+    cluster.check_epochs(&etcd).await;
+}
