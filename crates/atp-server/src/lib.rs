@@ -20,6 +20,7 @@ mod fan_out;
 mod fence;
 pub mod forward;
 pub mod layers;
+mod listing;
 mod peer;
 
 use std::future::Future;
