@@ -49,6 +49,7 @@ pub use error::node_status;
 pub use fence::{
     ClusterView, EPOCH_HEADER, Fence, Peer, Route, Touched, carried_epoch, refusal_status,
 };
+pub use listing::LIST_SHARDS_HEADER;
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
 
 /// The epoch every reply carries on a single node (a cluster fences stale

@@ -230,27 +230,34 @@ fn remote_part(response: v1::ListReservationsResponse, shards: &BTreeSet<u32>) -
     Some(Part { reservations, next })
 }
 
-/// A request forwarded by another node: lists the shards it names (all of
-/// which this node must serve now, else the first one's refusal), or
-/// without [`LIST_SHARDS_HEADER`] every shard this node serves (refused
-/// while one assigned here fails closed).
+/// A request forwarded by another node: lists the shards it names up to
+/// the first one this node does not serve now (the page then ends there,
+/// its token at that shard; a page starting in it gets that shard's
+/// refusal), or without [`LIST_SHARDS_HEADER`] every shard this node serves
+/// (refused while one assigned here fails closed).
 async fn list_forwarded(
     node: &Node,
     fence: &Fence,
     metadata: &MetadataMap,
     query: ListQuery,
 ) -> Result<v1::ListReservationsResponse, Status> {
+    let mut limit = SHARD_COUNT;
     let shards: BTreeSet<u32> = match metadata.get(LIST_SHARDS_HEADER) {
         Some(value) => {
             let shards = value.to_str().ok().and_then(parse_shard_ranges).ok_or_else(|| {
                 Status::invalid_argument(format!("{LIST_SHARDS_HEADER} is not a list of shards"))
             })?;
             for &shard in shards.range(query.from.shard..) {
-                match fence.route_shard(shard, false) {
-                    ShardRoute::Here => {}
-                    ShardRoute::Forward(peer) => return Err(peer.refusal),
-                    ShardRoute::Refused(status) => return Err(status),
+                let refusal = match fence.route_shard(shard, false) {
+                    ShardRoute::Here => continue,
+                    ShardRoute::Forward(peer) => peer.refusal,
+                    ShardRoute::Refused(status) => status,
+                };
+                if shard == query.from.shard {
+                    return Err(refusal);
                 }
+                limit = shard;
+                break;
             }
             shards
         }
@@ -263,13 +270,16 @@ async fn list_forwarded(
     };
     let page = node
         .list_reservations_of(query.filter, query.from, query.page_size, |shard| {
-            shards.contains(&shard)
+            shard < limit && shards.contains(&shard)
         })
         .await
         .map_err(node_status)?;
+    // Everything named before `limit` was read: the page goes that far.
+    let stopped = (limit < SHARD_COUNT).then_some(ScanPosition { shard: limit, after: None });
+    let next = page.next.or(stopped);
     Ok(v1::ListReservationsResponse {
         reservations: page.reservations.into_iter().map(Into::into).collect(),
-        next_page_token: page.next.as_ref().map(encode_list_token).unwrap_or_default(),
+        next_page_token: next.as_ref().map(encode_list_token).unwrap_or_default(),
         epoch: LISTING_EPOCH,
     })
 }

@@ -17,6 +17,7 @@ use atp_core::hash::shard_of;
 use atp_core::reservation::ScanPosition;
 use atp_proto::requests::encode_list_token;
 use atp_proto::v1;
+use atp_server::LIST_SHARDS_HEADER;
 use common::Atpd;
 use three_nodes::{Cluster, forwarded, probe_ids};
 use tonic::{Code, Request, Status};
@@ -178,6 +179,46 @@ async fn any_node_lists_the_whole_cluster_once_in_order() {
         page.reservations.iter().map(|r| (r.reservation_id.clone(), r.state())).collect();
     assert_eq!(listed, ids_of(&made, |made| claims[&shard_of(&made.id)].0 == cluster.ids[0]));
     assert!(page.next_page_token.is_empty(), "{page:?}");
+
+    // Forwarded with shards named, one of them not the receiver's: its
+    // page ends before that shard, and a page starting there is refused.
+    let owned_by = |node: usize| -> Vec<u32> {
+        let owner = &cluster.ids[node];
+        claims.iter().filter(|(_, (holder, _))| holder == owner).map(|(shard, _)| *shard).collect()
+    };
+    let homes: Vec<u32> = listed.iter().map(|(id, _)| shard_of(id)).collect();
+    let (low, high) = (homes[0], homes[homes.len() - 1]);
+    let foreign = owned_by(1).into_iter().find(|shard| (low + 1..high).contains(shard));
+    let foreign = foreign.expect("a node 1 shard between node 0's reservations");
+    let mut named = owned_by(0);
+    named.push(foreign);
+    named.sort_unstable();
+    let named: Vec<String> = named.iter().map(u32::to_string).collect();
+    let with_shards = |page_token: String| {
+        let message =
+            v1::ListReservationsRequest { page_size: 1000, page_token, ..Default::default() };
+        let mut request = forwarded(message);
+        let value = named.join(",").parse().expect("ascii");
+        request.metadata_mut().insert(LIST_SHARDS_HEADER, value);
+        request
+    };
+    let page = first.availability().list_reservations(with_shards(String::new())).await;
+    let page = page.expect("a page up to the foreign shard").into_inner();
+    let before: Vec<(String, v1::ReservationState)> =
+        listed.iter().filter(|(id, _)| shard_of(id) < foreign).cloned().collect();
+    let got: Vec<(String, v1::ReservationState)> =
+        page.reservations.iter().map(|r| (r.reservation_id.clone(), r.state())).collect();
+    assert_eq!(got, before, "before shard {foreign}");
+    let at_foreign = encode_list_token(&ScanPosition { shard: foreign, after: None });
+    assert_eq!(page.next_page_token, at_foreign);
+    let refused = first.availability().list_reservations(with_shards(at_foreign)).await;
+    let refused = refused.expect_err("node 1's shard");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let info = refused.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.metadata["shard"].clone()),
+        ("NOT_OWNER", foreign.to_string())
+    );
     eprintln!("listing across three nodes took {:?}", started.elapsed());
 }
 
