@@ -318,9 +318,22 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ListReservationsRequest>,
     ) -> Result<Response<v1::ListReservationsResponse>, Status> {
-        let query = parse_list_reservations(request.into_inner()).map_err(status_of)?;
-        // Cluster mode lists this node's own shards (no fan-out yet).
-        self.fence.admit_local()?;
+        let (incoming, message) = self.split(request)?;
+        if matches!(self.fence, Fence::Cluster(_)) {
+            // The whole cluster's listing: every owner's page, merged.
+            let query = parse_list_reservations(message.clone()).map_err(status_of)?;
+            let response = crate::listing::list_split(
+                &self.node,
+                &self.fence,
+                &self.forwarder,
+                &incoming,
+                &message,
+                query,
+            )
+            .await?;
+            return Ok(Response::new(response));
+        }
+        let query = parse_list_reservations(message).map_err(status_of)?;
         let page = self
             .node
             .list_reservations(query.filter, query.from, query.page_size)

@@ -20,6 +20,7 @@ mod fan_out;
 mod fence;
 pub mod forward;
 pub mod layers;
+mod listing;
 mod peer;
 
 use std::future::Future;
@@ -48,6 +49,7 @@ pub use error::node_status;
 pub use fence::{
     ClusterView, EPOCH_HEADER, Fence, Peer, Route, Touched, carried_epoch, refusal_status,
 };
+pub use listing::LIST_SHARDS_HEADER;
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
 
 /// The epoch every reply carries on a single node (a cluster fences stale

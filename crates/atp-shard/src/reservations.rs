@@ -77,12 +77,31 @@ impl Node {
         from: ScanPosition,
         page_size: usize,
     ) -> Result<ReservationPage, NodeError> {
+        self.list_reservations_of(filter, from, page_size, |_| true).await
+    }
+
+    /// [`Node::list_reservations`] over the home shards `listed` accepts
+    /// only (in cluster mode: the shards this node serves); the others are
+    /// passed over without reading them. The page is then a prefix of this
+    /// node's part of the (home shard, id) order from `from`, and `next`
+    /// says how far it got: every listed reservation before it is in the page.
+    pub async fn list_reservations_of(
+        &self,
+        filter: ReservationFilter,
+        from: ScanPosition,
+        page_size: usize,
+        listed: impl Fn(u32) -> bool,
+    ) -> Result<ReservationPage, NodeError> {
         self.check_ready()?;
         let filter = std::sync::Arc::new(filter);
         let mut page = ReservationPage::default();
         let mut read = 0;
         let mut position = from;
         while position.shard < SHARD_COUNT {
+            if !listed(position.shard) {
+                position = ScanPosition { shard: position.shard + 1, after: None };
+                continue;
+            }
             let wanted = page_size - page.reservations.len();
             let budget = MAX_RESERVATIONS_READ_PER_PAGE - read;
             let after = position.after.clone();

@@ -114,7 +114,13 @@ pub fn encode_list_token(position: &ScanPosition) -> String {
 }
 
 /// The position a page token names (the start for an empty token); `None`
-/// for anything this server did not write.
+/// for anything this server did not write. (A node reads the tokens of the
+/// pages other nodes answered it with this.)
+pub fn decode_list_token(token: &str) -> Option<ScanPosition> {
+    decode_page_token(token)
+}
+
+/// [`decode_list_token`].
 fn decode_page_token(token: &str) -> Option<ScanPosition> {
     if token.is_empty() {
         return Some(ScanPosition::default());

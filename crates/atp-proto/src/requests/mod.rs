@@ -25,8 +25,8 @@ pub use batch::{MAX_RESERVATIONS_PER_BATCH, parse_reserve_batch, within_item};
 pub use config::{parse_channel, parse_location};
 pub use events::parse_stock_events;
 pub use listing::{
-    DEFAULT_LIST_PAGE_SIZE, ListQuery, MAX_IDS_PER_GET, MAX_LIST_PAGE_SIZE, encode_list_token,
-    parse_get_reservations, parse_list_reservations,
+    DEFAULT_LIST_PAGE_SIZE, ListQuery, MAX_IDS_PER_GET, MAX_LIST_PAGE_SIZE, decode_list_token,
+    encode_list_token, parse_get_reservations, parse_list_reservations,
 };
 
 use crate::v1;
