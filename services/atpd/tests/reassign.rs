@@ -324,3 +324,34 @@ async fn a_single_node_refuses_to_reassign() {
     let shown: Value = serde_json::from_slice(&shown.stdout).expect("JSON");
     assert_eq!(shown["shard"], 17);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_etcd_is_unavailable() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let data = tempfile::tempdir().expect("a data directory");
+    let endpoint = etcd.endpoint();
+    let variables = [
+        ("ATP_ETCD_ENDPOINTS", endpoint.as_str()),
+        ("ATP_CLUSTER_NAME", "unreachable"),
+        ("ATP_INITIAL_MEMBERS", "1"),
+        ("ATP_REASSIGN_GRACE_MS", "0"),
+    ];
+    let atpd = Atpd::start_in(data.path(), &variables).await;
+    let store = etcd.store().await;
+    let keys = ClusterKeys::new("unreachable");
+    let claimed = eventually(DEADLINE, || async {
+        claims(&store, &keys).await.len() == SHARD_COUNT as usize
+    })
+    .await;
+    assert!(claimed, "the node never claimed its shards:\n{}", atpd.log());
+
+    etcd.pause();
+    let mut request = tonic::Request::new(reassign_request(Target::NodeId("gone".into()), true));
+    request.set_timeout(Duration::from_secs(15));
+    let started = tokio::time::Instant::now();
+    let status = atpd.admin().reassign_shards(request).await.expect_err("etcd is stopped");
+    etcd.resume();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("etcd"), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
