@@ -297,6 +297,14 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     };
     let reserved = owner.availability().reserve(request).await.expect("served").into_inner();
     assert_eq!(reserved.epoch, u64::try_from(now[&shard_of(&id)].1).expect("positive"));
+    // The other survivor routes the moved shard to its new owner too.
+    let other = nodes.iter().find(|node| node.address != owner.address).expect("two survivors");
+    let routed = eventually(DEADLINE, || async {
+        let request = v1::GetReservationRequest { reservation_id: id.clone() };
+        other.availability().get_reservation(request).await.is_ok()
+    })
+    .await;
+    assert!(routed, "the other survivor never forwarded to the new owner");
 
     // A reassign again: nothing left to move, nothing changes.
     let again = refused(survivor, reassign_request(Target::NodeId(victim.clone()), true)).await;
