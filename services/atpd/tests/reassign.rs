@@ -215,6 +215,18 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     let grace_over =
         eventually(DEADLINE, || async { now_unix_ms() >= down_since + GRACE_MS }).await;
     assert!(grace_over);
+    // One shard first (through the RPC): the node keeps its other shards
+    // and its down mark.
+    let request = reassign_request(Target::Shard(one_shard), true);
+    let single = survivor.admin().reassign_shards(request).await.expect("moved").into_inner();
+    assert_eq!(single.moves.len(), 1, "{single:?}");
+    let single_move = &single.moves[0];
+    assert_eq!((single_move.shard, single_move.from_node.as_str()), (one_shard, victim.as_str()));
+    assert!(ids[..2].contains(&single_move.to_node), "{single_move:?}");
+    assert!(get(&store, &keys.down(&victim)).await.is_some(), "the node has shards left");
+    assert_eq!(audit_entries(&store, &keys).await.len(), 1);
+
+    // Then the rest, through the real atpctl.
     let output = atpctl(
         &addr,
         &[
@@ -231,7 +243,7 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     .await;
     assert!(output.status.success(), "{}", stderr(&output));
     let answer: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
-    let moves: BTreeMap<u32, (String, String)> = answer["moves"]
+    let mut moves: BTreeMap<u32, (String, String)> = answer["moves"]
         .as_array()
         .expect("moves")
         .iter()
@@ -241,7 +253,9 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
             (shard, (text("from"), text("to")))
         })
         .collect();
-    assert_eq!(moves.keys().copied().collect::<BTreeSet<_>>(), orphaned, "every orphaned shard");
+    let rest: BTreeSet<u32> =
+        orphaned.iter().copied().filter(|shard| *shard != one_shard).collect();
+    assert_eq!(moves.keys().copied().collect::<BTreeSet<_>>(), rest, "every shard left");
     let survivors: BTreeSet<&str> = [ids[0].as_str(), ids[1].as_str()].into();
     for (shard, (from, to)) in &moves {
         assert_eq!(from, &victim, "shard {shard}");
@@ -256,6 +270,7 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     for (shard, (_, to)) in &moves {
         assert_eq!(after.owner(*shard), to, "shard {shard}");
     }
+    assert_eq!(after.owner(one_shard), single_move.to_node);
     let audit_key = answer["audit_key"].as_str().expect("an audit key");
     let audit = get(&store, audit_key).await.expect("the audit entry");
     assert_eq!(audit.create_revision, revision);
@@ -272,10 +287,12 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     assert!(logged, "no warning logged:\n{}", survivor.log());
 
     // The survivors claim the moved shards under new epochs and serve them.
+    moves.insert(one_shard, (victim.clone(), single_move.to_node.clone()));
     let claimed = eventually(DEADLINE, || async {
         let now = claims(&store, &keys).await;
         moves.iter().all(|(shard, (_, to))| {
-            now.get(shard).is_some_and(|(owner, epoch)| owner == to && *epoch > revision)
+            let moved_at = if *shard == one_shard { single.revision } else { revision };
+            now.get(shard).is_some_and(|(owner, epoch)| owner == to && *epoch > moved_at)
         })
     })
     .await;
@@ -309,7 +326,7 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     // A reassign again: nothing left to move, nothing changes.
     let again = refused(survivor, reassign_request(Target::NodeId(victim.clone()), true)).await;
     assert!(again.contains("has no shards"), "{again}");
-    assert_eq!(audit_entries(&store, &keys).await.len(), 1);
+    assert_eq!(audit_entries(&store, &keys).await.len(), 2);
 
     let logs: Vec<PathBuf> = data.iter().map(|dir| dir.path().join("writes.log")).collect();
     if let Err(violations) = check_cluster(&etcd.endpoint(), name, &logs).await {
