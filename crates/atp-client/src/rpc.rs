@@ -86,6 +86,8 @@ unary! {
         "AdminService.QueryLedger: one page of the ledger."),
     (AdminServiceClient, get_cluster, v1::GetClusterRequest, v1::GetClusterResponse,
         "AdminService.GetCluster: the members and the shard map as the node sees them."),
+    (AdminServiceClient, reassign_shards, v1::ReassignShardsRequest, v1::ReassignShardsResponse,
+        "AdminService.ReassignShards: move a dead node's shards to live nodes, accepting the loss."),
     (HealthClient, check, tonic_health::pb::HealthCheckRequest,
         tonic_health::pb::HealthCheckResponse, "grpc.health.v1.Health.Check."),
 }

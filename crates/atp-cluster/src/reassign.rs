@@ -216,14 +216,8 @@ pub async fn reassign<S: Store>(
     if !outcome.succeeded {
         return Err(ReassignError::Conflict);
     }
-    tracing::warn!(
-        operator = %request.operator,
-        node = %node,
-        shards = moves.len(),
-        revision = outcome.revision,
-        audit = %audit_key,
-        "reassigned a dead node's shards, accepting loss"
-    );
+    // Logged by the caller, which handles it (atp-server logs every call at
+    // `warn` with the operator, the target and the moves).
     Ok(Reassigned { revision: outcome.revision, moves, audit_key })
 }
 

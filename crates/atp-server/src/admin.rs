@@ -1,7 +1,12 @@
-//! `atp.v1.AdminService` over a [`Node`]: shards and the ledger.
+//! `atp.v1.AdminService` over a [`Node`]: shards, the ledger, the cluster
+//! view and (cluster mode) the reassignment of a dead node's shards.
 
 use atp_core::hash::SHARD_COUNT;
-use atp_proto::requests::{encode_page_token, parse_ledger_query, parse_shard_target};
+use std::sync::Arc;
+
+use atp_proto::requests::{
+    encode_page_token, parse_ledger_query, parse_reassign_shards, parse_shard_target,
+};
 use atp_proto::status_of;
 use atp_proto::v1;
 use atp_proto::v1::admin_service_server::AdminService;
@@ -11,12 +16,15 @@ use tonic::{Request, Response, Status};
 use crate::SINGLE_NODE_EPOCH;
 use crate::error::node_status;
 use crate::fence::Fence;
+use crate::reassign::{ShardReassigner, not_a_cluster_status};
 
 /// The operator's view of the node.
 #[derive(Clone)]
 pub struct AdminApi {
     node: Node,
     fence: Fence,
+    /// Cluster mode: runs ReassignShards (None: a single node refuses it).
+    reassigner: Option<Arc<dyn ShardReassigner>>,
 }
 
 impl AdminApi {
@@ -27,7 +35,14 @@ impl AdminApi {
 
     /// The service over `node`, showing the cluster through `fence`.
     pub fn with_fence(node: Node, fence: Fence) -> Self {
-        Self { node, fence }
+        Self { node, fence, reassigner: None }
+    }
+
+    /// The service over `node` in cluster mode: ReassignShards goes through
+    /// `reassigner`.
+    pub fn with_reassigner(mut self, reassigner: Arc<dyn ShardReassigner>) -> Self {
+        self.reassigner = Some(reassigner);
+        self
     }
 }
 
@@ -75,6 +90,25 @@ impl AdminService for AdminApi {
         _request: Request<v1::GetClusterRequest>,
     ) -> Result<Response<v1::GetClusterResponse>, Status> {
         Ok(Response::new(self.fence.cluster_message(&self.node.config().node_name)))
+    }
+
+    async fn reassign_shards(
+        &self,
+        request: Request<v1::ReassignShardsRequest>,
+    ) -> Result<Response<v1::ReassignShardsResponse>, Status> {
+        let request = parse_reassign_shards(request.into_inner()).map_err(status_of)?;
+        let Some(reassigner) = &self.reassigner else { return Err(not_a_cluster_status()) };
+        let reassigned = reassigner.reassign(request).await?;
+        let moves = reassigned
+            .moves
+            .into_iter()
+            .map(|(shard, (from_node, to_node))| v1::ShardMove { shard, from_node, to_node })
+            .collect();
+        Ok(Response::new(v1::ReassignShardsResponse {
+            moves,
+            revision: reassigned.revision,
+            audit_key: reassigned.audit_key,
+        }))
     }
 
     async fn query_ledger(

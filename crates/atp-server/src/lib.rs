@@ -22,6 +22,7 @@ pub mod forward;
 pub mod layers;
 mod listing;
 mod peer;
+mod reassign;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,10 @@ pub use fence::{
 };
 pub use listing::LIST_SHARDS_HEADER;
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
+pub use reassign::{
+    ClusterReassigner, REASSIGN_ETCD_TIMEOUT_MS, ShardReassigner, not_a_cluster_status,
+    reassign_status, target_name,
+};
 
 /// The epoch every reply carries on a single node (a cluster fences stale
 /// owners with real ones). Same value as `atp_shard`'s single-node epoch.
@@ -85,6 +90,15 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+/// What a node in cluster mode serves through etcd rather than itself.
+#[derive(Clone)]
+pub struct ClusterApis {
+    /// Where the ConfigService writes locations and channels.
+    pub catalog: Arc<dyn CatalogWriter>,
+    /// What runs AdminService.ReassignShards.
+    pub reassigner: Arc<dyn ShardReassigner>,
 }
 
 /// Why serving failed.
@@ -122,12 +136,13 @@ pub async fn serve_fenced(
     serve_cluster(node, fence, None, listener, config, shutdown).await
 }
 
-/// [`serve_fenced`], with the ConfigService's upserts going through
-/// `catalog` when given (cluster mode: the configuration lives in etcd).
+/// [`serve_fenced`], with the ConfigService's upserts and the
+/// AdminService's ReassignShards going through `cluster` when given
+/// (cluster mode: the configuration and the assignment live in etcd).
 pub async fn serve_cluster(
     node: Node,
     fence: Fence,
-    catalog: Option<Arc<dyn CatalogWriter>>,
+    cluster: Option<ClusterApis>,
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -153,8 +168,8 @@ pub async fn serve_cluster(
     let availability =
         AvailabilityServiceServer::new(AvailabilityApi::with_fence(node.clone(), fence.clone()))
             .max_decoding_message_size(limit);
-    let configuration = ConfigServiceServer::new(match catalog {
-        Some(catalog) => ConfigApi::with_cluster(node.clone(), catalog),
+    let configuration = ConfigServiceServer::new(match &cluster {
+        Some(cluster) => ConfigApi::with_cluster(node.clone(), Arc::clone(&cluster.catalog)),
         None => ConfigApi::new(node.clone()),
     })
     .max_decoding_message_size(limit);
@@ -164,8 +179,11 @@ pub async fn serve_cluster(
         PeerServiceServer::new(PeerApi::new(node.clone(), fence.clone()))
             .max_decoding_message_size(limit)
     });
-    let admin =
-        AdminServiceServer::new(AdminApi::with_fence(node, fence)).max_decoding_message_size(limit);
+    let admin = match cluster {
+        Some(cluster) => AdminApi::with_fence(node, fence).with_reassigner(cluster.reassigner),
+        None => AdminApi::with_fence(node, fence),
+    };
+    let admin = AdminServiceServer::new(admin).max_decoding_message_size(limit);
 
     // HTTP/2 flow control (issue 8, measured in docs/BENCHMARKS.md): larger
     // initial windows. No adaptive window and no stream limit: with either,

@@ -101,7 +101,8 @@ pub enum Command {
     Import(ImportArgs),
     /// List the node's shards.
     Shards(ShardsArgs),
-    /// Show one shard, by number or by a SKU it holds.
+    /// Show one shard, by number or by a SKU it holds; or `shard reassign`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Shard(ShardArgs),
     /// Show durable ledger entries by SKU, location or cause, oldest first, paged.
     Ledger(LedgerArgs),
@@ -573,6 +574,40 @@ pub struct ShardArgs {
     /// The shard that holds this SKU.
     #[arg(long)]
     pub sku: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<ShardCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardCommand {
+    /// Cluster mode: move a dead node's shards (or one of them) to live
+    /// nodes, losing what only that node held. Needs --accept-loss.
+    #[command(after_help = REASSIGN_HELP)]
+    Reassign(ReassignArgs),
+}
+
+const REASSIGN_HELP: &str = "\
+A dead node's shards wait for it to come back on its data directory. When it
+will not, this moves them to the live nodes: their stock, holds and
+reservations on the dead node's disk are lost to the cluster (the new owners
+start them empty). The node must have been seen down by the coordinator for
+the asked node's reassign_grace_ms. The change and an audit entry are written
+to etcd in one transaction; the new owners claim the shards under new epochs.";
+
+#[derive(Debug, Args)]
+pub struct ReassignArgs {
+    /// Move this one shard (its assigned node must be dead).
+    #[arg(long, value_name = "N", required_unless_present = "node", conflicts_with = "node")]
+    pub shard: Option<u32>,
+    /// Move every shard of this dead node.
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Option<String>,
+    /// Accept that what only the dead node held is lost (required).
+    #[arg(long)]
+    pub accept_loss: bool,
+    /// Who asks, for the audit entry (default: $USER@hostname).
+    #[arg(long, value_name = "NAME")]
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -713,6 +748,27 @@ mod tests {
         assert!(Cli::try_parse_from(["atpctl", "shard"]).is_err());
         assert!(Cli::try_parse_from(["atpctl", "shard", "3", "--sku", "x"]).is_err());
         assert!(Cli::try_parse_from(["atpctl", "shard", "--sku", "x"]).is_ok());
+        assert!(Cli::try_parse_from(["atpctl", "shard", "17"]).is_ok());
+    }
+
+    #[test]
+    fn shard_reassign_is_a_subcommand_that_needs_one_target() {
+        let parsed = |args: &[&str]| {
+            let mut full = vec!["atpctl", "shard"];
+            full.extend(args);
+            Cli::try_parse_from(full)
+        };
+        let cli = parsed(&["reassign", "--node", "n-2", "--accept-loss"]).expect("valid");
+        let Command::Shard(ShardArgs { command: Some(ShardCommand::Reassign(args)), .. }) =
+            cli.command
+        else {
+            panic!("not a reassign: {:?}", cli.command)
+        };
+        assert_eq!((args.node.as_deref(), args.shard, args.accept_loss), (Some("n-2"), None, true));
+        assert!(parsed(&["reassign", "--shard", "3"]).is_ok(), "refused later, with a reason");
+        assert!(parsed(&["reassign"]).is_err(), "a target is required");
+        assert!(parsed(&["reassign", "--shard", "3", "--node", "n"]).is_err());
+        assert!(parsed(&["3", "reassign", "--shard", "3"]).is_err());
     }
 
     #[test]

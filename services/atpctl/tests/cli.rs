@@ -350,6 +350,37 @@ async fn shards_and_shard() {
 }
 
 #[tokio::test]
+async fn shard_reassign_prints_the_moves_and_needs_accept_loss() {
+    let fake = Fake::default();
+    let addr = fake.start().await;
+    let moved = atpctl(&addr, &["shard", "reassign", "--node", "node-3", "--accept-loss"]).await;
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    let text = stdout(&moved);
+    assert!(text.starts_with("5: node-3 \u{2192} node-1\n9: node-3 \u{2192} node-2\n"), "{text}");
+    assert!(text.contains("2 shards reassigned at revision 42; audit entry /atp/atp/audit/"));
+    // The operator defaults to $USER@hostname (the fake echoes it in the key).
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown-user".into());
+    assert!(text.contains(&format!(" by {user}@")), "{text}");
+
+    let one =
+        ["--json", "shard", "reassign", "--shard", "17", "--accept-loss", "--operator", "ops"];
+    let one = json(&atpctl(&addr, &one).await);
+    assert_eq!(one["moves"][0]["shard"], 17);
+    assert_eq!(
+        (one["moves"][0]["from"].as_str(), one["moves"][0]["to"].as_str()),
+        (Some("node-3"), Some("node-1"))
+    );
+    assert_eq!(one["revision"], 42);
+    assert!(one["audit_key"].as_str().is_some_and(|key| key.ends_with(" by ops")), "{one}");
+
+    // Without --accept-loss nothing is sent (the fake would answer 4).
+    let refused = atpctl(&addr, &["shard", "reassign", "--shard", "17"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("without --accept-loss"), "{}", stderr(&refused));
+    assert!(stdout(&refused).is_empty());
+}
+
+#[tokio::test]
 async fn an_unreachable_server_is_a_clear_error() {
     let output = atpctl("127.0.0.1:1", &["shards"]).await;
     assert_eq!(output.status.code(), Some(6));

@@ -30,7 +30,9 @@ use atp_cluster::{
     Assignment, Claims, ClusterKeys, Coordinator, EtcdStore, LeaseState, Member, Membership,
     Ownership, ShardState, system_clock,
 };
-use atp_server::{CatalogSync, CatalogWriter, ClusterView, Fence, start_cluster_catalog};
+use atp_server::{
+    CatalogSync, ClusterApis, ClusterReassigner, ClusterView, Fence, start_cluster_catalog,
+};
 use atp_shard::Node;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,8 +57,9 @@ pub struct Cluster {
     _catalog_sync: CatalogSync,
     rejoin: JoinHandle<()>,
     relay: JoinHandle<()>,
-    /// Where the ConfigService writes locations and channels (etcd).
-    pub catalog: Arc<dyn CatalogWriter>,
+    /// Where the ConfigService writes locations and channels and the
+    /// AdminService reassigns a dead node's shards (etcd).
+    pub apis: ClusterApis,
     /// What the server admits requests through.
     pub fence: Fence,
     /// This node's id.
@@ -111,6 +114,13 @@ impl Cluster {
             lease: member.lease_state(),
         };
         let rejoin = tokio::spawn(stay_joined(Arc::clone(&member)));
+        let reassigner = ClusterReassigner::new(
+            store.clone(),
+            config.cluster_name.clone(),
+            config.reassign_grace_ms,
+            system_clock(),
+        );
+        let apis = ClusterApis { catalog, reassigner: Arc::new(reassigner) };
         Ok(Self {
             member,
             store,
@@ -120,7 +130,7 @@ impl Cluster {
             _catalog_sync: catalog_sync,
             rejoin,
             relay,
-            catalog,
+            apis,
             fence: Fence::Cluster(Box::new(view)),
             node_id,
         })

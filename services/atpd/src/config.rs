@@ -27,6 +27,8 @@ pub const DEFAULT_LOG: &str = "info,fjall=warn,lsm_tree=warn";
 const DAY_S: u64 = 24 * 60 * 60;
 /// Largest per-shard retention budget accepted (entries).
 const MAX_BUDGET: u64 = 100_000_000;
+/// The longest `reassign_grace_ms` (one day).
+const MAX_REASSIGN_GRACE_MS: u64 = DAY_S * 1000;
 
 /// Everything `atpd` can be told. Every key has a default, so no file and no
 /// variable at all gives a working single node on `127.0.0.1:50051`.
@@ -129,6 +131,10 @@ pub struct Config {
     /// serving before etcd can give its shards away (0..lease_ttl_ms; the
     /// remainder must fit two keepalive intervals). Default 2000.
     pub lease_safety_margin_ms: u64,
+    /// Cluster mode: how long the coordinator must have seen a node down
+    /// before `atpctl shard reassign --accept-loss` through this node may
+    /// move its shards (0..=86400000). Default 60000.
+    pub reassign_grace_ms: u64,
 }
 
 impl Default for Config {
@@ -166,6 +172,7 @@ impl Default for Config {
             lease_ttl_ms: 10_000,
             keepalive_interval_ms: 2_000,
             lease_safety_margin_ms: 2_000,
+            reassign_grace_ms: 60_000,
         }
     }
 }
@@ -281,6 +288,7 @@ impl Config {
             "lease_safety_margin_ms" => {
                 self.lease_safety_margin_ms = parse(value, "a whole number of ms")?;
             }
+            "reassign_grace_ms" => self.reassign_grace_ms = parse(value, "a whole number of ms")?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -389,6 +397,12 @@ impl Config {
         if let Err(error) = self.membership_config(node_id, "check").validate() {
             problems.push(format!(
                 "lease_ttl_ms, keepalive_interval_ms, lease_safety_margin_ms: {error}"
+            ));
+        }
+        if self.reassign_grace_ms > MAX_REASSIGN_GRACE_MS {
+            problems.push(format!(
+                "reassign_grace_ms: must be 0..={MAX_REASSIGN_GRACE_MS}, got {}",
+                self.reassign_grace_ms
             ));
         }
         problems
@@ -535,11 +549,13 @@ mod tests {
                 ("ATP_LEASE_TTL_MS", "2000"),
                 ("ATP_KEEPALIVE_INTERVAL_MS", "300"),
                 ("ATP_LEASE_SAFETY_MARGIN_MS", "500"),
+                ("ATP_REASSIGN_GRACE_MS", "1500"),
             ]),
         )
         .expect("valid");
         let config = loaded.config;
         assert!(config.is_cluster());
+        assert_eq!(config.reassign_grace_ms, 1500);
         assert_eq!(config.etcd_endpoints(), ["http://127.0.0.1:2379", "http://10.0.0.9:2379"]);
         let membership = config.membership_config("n1", "127.0.0.1:7000");
         assert_eq!((membership.cluster.as_str(), membership.lease_ttl_ms), ("prod", 2000));
@@ -551,10 +567,12 @@ mod tests {
                 ("ATP_ETCD_ENDPOINTS", "127.0.0.1:2379"),
                 ("ATP_NODE_ID", "a/b"),
                 ("ATP_LEASE_SAFETY_MARGIN_MS", "9500"),
+                ("ATP_REASSIGN_GRACE_MS", "86400001"),
             ]),
         )
         .expect_err("invalid");
         let message = format!("{error:#}");
+        assert!(message.contains("reassign_grace_ms: must be 0..=86400000"), "{message}");
         assert!(message.contains("node_id: must have no '/'"), "{message}");
         assert!(message.contains("lease_safety_margin_ms"), "{message}");
     }

@@ -133,6 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             cluster = %config.cluster_name,
             etcd = %config.etcd_endpoints().join(","),
             initial_members = config.initial_members,
+            reassign_grace_ms = config.reassign_grace_ms,
             "cluster mode: joining"
         );
         Some(cluster)
@@ -140,7 +141,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
     let fence = cluster.as_ref().map_or(Fence::SingleNode, |cluster| cluster.fence.clone());
-    let catalog = cluster.as_ref().map(|cluster| Arc::clone(&cluster.catalog));
+    let apis = cluster.as_ref().map(|cluster| cluster.apis.clone());
     // Cluster mode: line ops for shards other nodes serve go to them, and
     // recovery counts only this node's assigned shards as evidence.
     let owned = match &cluster {
@@ -172,7 +173,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let serving = atp_server::serve_cluster(
         node.clone(),
         fence,
-        catalog,
+        apis,
         listener,
         config.server_config(),
         shutdown,

@@ -11,6 +11,7 @@ mod batch;
 mod config;
 mod events;
 mod listing;
+mod reassign;
 
 use atp_core::catalog::{MAX_CHANNELS, MAX_LOCATIONS};
 use atp_core::hash::{SHARD_COUNT, shard_of};
@@ -27,6 +28,9 @@ pub use events::parse_stock_events;
 pub use listing::{
     DEFAULT_LIST_PAGE_SIZE, ListQuery, MAX_IDS_PER_GET, MAX_LIST_PAGE_SIZE, decode_list_token,
     encode_list_token, parse_get_reservations, parse_list_reservations,
+};
+pub use reassign::{
+    MAX_NODE_ID_CHARS, MAX_OPERATOR_CHARS, ReassignShards, ReassignTarget, parse_reassign_shards,
 };
 
 use crate::v1;

@@ -1,14 +1,19 @@
 //! `cluster members` and `cluster shards`: the cluster as the node asked
 //! sees it. Any node answers for the whole cluster; a single node answers a
-//! one-member map.
+//! one-member map. `shard reassign`: a dead node's shards to live nodes,
+//! through any node.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use atp_proto::v1::{ClusterShard, GetClusterRequest, GetClusterResponse, ShardView};
+use anyhow::{Context as _, anyhow};
+use atp_proto::v1::reassign_shards_request::Target;
+use atp_proto::v1::{
+    ClusterShard, GetClusterRequest, GetClusterResponse, ReassignShardsRequest, ShardView,
+};
 use serde_json::{Value, json};
 
-use crate::cli::ClusterShardsArgs;
+use crate::cli::{ClusterShardsArgs, ReassignArgs};
 use crate::client::Context;
 use crate::table::Table;
 
@@ -115,4 +120,78 @@ pub async fn shards(context: &Context, args: ClusterShardsArgs) -> anyhow::Resul
         },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `shard reassign`: refused here without `--accept-loss` (nothing is sent).
+pub async fn reassign(context: &Context, args: ReassignArgs) -> anyhow::Result<ExitCode> {
+    let target = match (args.shard, &args.node) {
+        (Some(shard), _) => Target::Shard(shard),
+        (None, Some(node)) => Target::NodeId(node.clone()),
+        // clap's argument group makes one of the two required.
+        (None, None) => return Err(anyhow!("give --shard N or --node NODE_ID")),
+    };
+    let what = match &target {
+        Target::Shard(shard) => format!("shard {shard}"),
+        Target::NodeId(node) => format!("the shards of node {node}"),
+    };
+    if !args.accept_loss {
+        return Err(anyhow!(
+            "refusing to reassign {what} without --accept-loss: a dead node's shards wait for it \
+             to come back on its data directory; moving them gives them to live nodes that start \
+             them empty, so the stock, holds and reservations only that node held are lost to \
+             the cluster. Pass --accept-loss if it will not come back."
+        ));
+    }
+    let operator = args.operator.unwrap_or_else(default_operator);
+    let clients = context.connect().await?;
+    let request = ReassignShardsRequest { target: Some(target), accept_loss: true, operator };
+    let response =
+        clients.rpc().reassign_shards(request).await.with_context(|| format!("reassign {what}"))?;
+    context.print(
+        || {
+            json!({
+                "moves": response.moves.iter().map(|shard_move| json!({
+                    "shard": shard_move.shard,
+                    "from": shard_move.from_node,
+                    "to": shard_move.to_node,
+                })).collect::<Vec<_>>(),
+                "revision": response.revision,
+                "audit_key": response.audit_key,
+            })
+        },
+        || {
+            let mut text = String::new();
+            for shard_move in &response.moves {
+                let _ = writeln!(
+                    text,
+                    "{}: {} \u{2192} {}",
+                    shard_move.shard, shard_move.from_node, shard_move.to_node
+                );
+            }
+            let _ = writeln!(
+                text,
+                "{} shards reassigned at revision {}; audit entry {}",
+                response.moves.len(),
+                response.revision,
+                response.audit_key
+            );
+            text
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `$USER@hostname`, as far as they are known.
+fn default_operator() -> String {
+    let user = std::env::var("USER").ok().filter(|user| !user.is_empty());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|host| !host.is_empty()));
+    format!(
+        "{}@{}",
+        user.as_deref().unwrap_or("unknown-user"),
+        host.as_deref().unwrap_or("unknown-host")
+    )
 }

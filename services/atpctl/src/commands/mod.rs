@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use crate::cli::{
     ChannelCommand, Cli, ClusterCommand, Command, ConfigCommand, LocationCommand,
-    ReservationsCommand,
+    ReservationsCommand, ShardArgs, ShardCommand,
 };
 use crate::client::Context;
 
@@ -54,6 +54,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Import(args) => import::import(context, args).await,
         Command::Shards(args) => admin::shards(context, args).await,
+        Command::Shard(ShardArgs { command: Some(ShardCommand::Reassign(args)), .. }) => {
+            cluster::reassign(context, args).await
+        }
         Command::Shard(args) => admin::shard(context, args).await,
         Command::Ledger(args) => admin::ledger(context, args).await,
         Command::Cluster(ClusterCommand::Members) => cluster::members(context).await,

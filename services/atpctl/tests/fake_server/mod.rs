@@ -425,6 +425,37 @@ impl AdminService for Fake {
         Err(Status::unimplemented("the fake server has no cluster view"))
     }
 
+    /// One move for a shard (from `node-3`), two for a node; refused
+    /// without accept_loss.
+    async fn reassign_shards(
+        &self,
+        request: Request<atp_proto::v1::ReassignShardsRequest>,
+    ) -> Reply<atp_proto::v1::ReassignShardsResponse> {
+        use atp_proto::v1::ShardMove;
+        use atp_proto::v1::reassign_shards_request::Target;
+        let request = request.into_inner();
+        if !request.accept_loss {
+            return Err(Status::failed_precondition("accept_loss must be true"));
+        }
+        let shard_move = |shard: u32, from: &str, to: &str| ShardMove {
+            shard,
+            from_node: from.into(),
+            to_node: to.into(),
+        };
+        let moves = match request.target {
+            Some(Target::Shard(shard)) => vec![shard_move(shard, "node-3", "node-1")],
+            Some(Target::NodeId(node)) => {
+                vec![shard_move(5, &node, "node-1"), shard_move(9, &node, "node-2")]
+            }
+            None => return Err(Status::invalid_argument("no target")),
+        };
+        Ok(Response::new(atp_proto::v1::ReassignShardsResponse {
+            moves,
+            revision: 42,
+            audit_key: format!("/atp/atp/audit/{:020} by {}", 41, request.operator),
+        }))
+    }
+
     async fn query_ledger(
         &self,
         request: Request<QueryLedgerRequest>,
