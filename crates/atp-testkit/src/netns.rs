@@ -1,6 +1,6 @@
 //! Network faults with Linux network namespaces: [`NetNs`] is a namespace
 //! joined to the root namespace by a veth pair on its own /30, so that a
-//! process started in it ([`NetNs::command`], [`crate::Atpd::spawn_in_netns`])
+//! process started in it ([`NetNs::command`], [`crate::Atpd::start_in_netns`])
 //! reaches the root namespace (etcd, the other nodes, the test) and is
 //! reached from it only over that link. [`NetNs::cut`] drops every packet
 //! on the link, both ways, and [`NetNs::heal`] lets them through again:
