@@ -598,8 +598,9 @@ async fn a_read_across_nodes_answers_every_sku_it_can() {
     let started = tokio::time::Instant::now();
     let read = through.get_availability(request()).await.expect("a read").into_inner();
     let took = started.elapsed();
+    // Within its 5-s deadline (else the call fails above); milliseconds
+    // on an idle machine.
     eprintln!("a read with one owner dead took {took:?}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
     let (code, reason) = sku_error(&read.skus[0]).expect("an error for the dead owner's sku");
     assert_eq!(code, Code::Unavailable, "{read:?}");
     assert!(["NOT_OWNER", "FAILING_CLOSED"].contains(&reason.as_str()), "{read:?}");
