@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atp_cluster::store::Store;
+use atp_cluster::store::{Snapshot, Store};
 use atp_cluster::testing::EtcdProcess;
 use atp_cluster::testing::epochs::{Summary, check_cluster};
 use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
@@ -20,7 +20,7 @@ use atp_server::forward::FORWARDED_HEADER;
 use atp_testkit::{Atpd, POLL_INTERVAL, eventually};
 use futures::future::join_all;
 use tonic::{Code, Request};
-use tonic_types::StatusExt;
+use tonic_types::{ErrorInfo, StatusExt};
 
 /// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -88,9 +88,47 @@ pub async fn answers(atpd: &Atpd, ids: &[String]) -> Vec<Answer> {
     .await
 }
 
-/// Every claim in etcd: shard → (node id, epoch).
-pub async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<u32, (String, i64)> {
+/// What `atpd` answers for every shard itself, as [`answers`] does, but
+/// each call bounded by `timeout` and `None` for no answer (unreachable,
+/// timed out) or an unexpected one: for nodes in the middle of a fault.
+pub async fn answers_within(atpd: &Atpd, ids: &[String], timeout: Duration) -> Vec<Option<Answer>> {
+    let client = atpd.availability();
+    join_all(ids.iter().map(|id| {
+        let mut client = client.clone();
+        async move {
+            let mut request = forwarded(v1::GetReservationRequest { reservation_id: id.clone() });
+            request.set_timeout(timeout);
+            let status = client.get_reservation(request).await.err()?;
+            let text = |info: &ErrorInfo, key: &str| info.metadata.get(key).cloned();
+            match (status.code(), status.get_details_error_info()) {
+                (Code::NotFound, _) => Some(Answer::Serving),
+                (Code::Unavailable, Some(info)) if info.reason == "NOT_OWNER" => {
+                    Some(Answer::NotOwner {
+                        owner: text(&info, "owner").unwrap_or_default(),
+                        address: text(&info, "owner_address").unwrap_or_default(),
+                    })
+                }
+                (Code::Unavailable, Some(info)) if info.reason == "FAILING_CLOSED" => {
+                    Some(Answer::FailingClosed)
+                }
+                _ => None,
+            }
+        }
+    }))
+    .await
+}
+
+/// Claims in etcd: shard → (node id, epoch).
+pub type Claims = BTreeMap<u32, (String, i64)>;
+
+/// Every claim in etcd.
+pub async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> Claims {
     let snapshot = store.get_prefix(&keys.claims_prefix()).await.expect("read the claims");
+    claims_in(&snapshot, keys)
+}
+
+/// The claims in `snapshot`, a read of the claims prefix.
+pub fn claims_in(snapshot: &Snapshot, keys: &ClusterKeys) -> Claims {
     snapshot
         .kvs
         .iter()
@@ -99,6 +137,48 @@ pub async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<u32, (Str
             Some((shard, (String::from_utf8_lossy(&kv.value).into_owned(), kv.create_revision)))
         })
         .collect()
+}
+
+/// Polls until `read` gives all 1024 claims, `agree` holds for them and a
+/// second `read` is unchanged (answers that agree with claims replaced
+/// meanwhile, an old lease expiring and the node claiming anew, prove
+/// nothing); returns them, or at `deadline` the last claims read.
+pub async fn until_consistent(
+    deadline: Duration,
+    read: impl AsyncFn() -> Claims,
+    agree: impl AsyncFn(&Claims) -> bool,
+) -> Result<Claims, Claims> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let seen = read().await;
+        if seen.len() == SHARD_COUNT as usize && agree(&seen).await && read().await == seen {
+            return Ok(seen);
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(seen);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Whether node `id` answering `answer` for a shard `owner` claims agrees
+/// with that claim: it serves its own shards and names the owner of others.
+pub fn agrees(answer: &Answer, owner: &str, id: &str) -> bool {
+    match answer {
+        Answer::Serving => owner == id,
+        Answer::NotOwner { owner: named, .. } => owner != id && named == owner,
+        Answer::FailingClosed => false,
+    }
+}
+
+/// The epoch checker over the nodes' write `logs` and the claim history of
+/// `cluster` in the etcd at `endpoint`: no shard was ever written by two
+/// nodes at once, nor under an epoch that was not its claim's.
+pub async fn epoch_check(endpoint: &str, cluster: &str, logs: &[PathBuf]) -> Summary {
+    match check_cluster(endpoint, cluster, logs).await {
+        Ok(summary) => summary,
+        Err(violations) => panic!("the epoch check failed: {violations}"),
+    }
 }
 
 /// The member list in etcd: address → node id.
@@ -187,50 +267,30 @@ impl Cluster {
     /// The epoch checker over every node's write log and etcd's claim
     /// history: no shard was ever written by two nodes at once.
     pub async fn check_epochs(&self, etcd: &EtcdProcess) -> Summary {
-        match check_cluster(&etcd.endpoint(), &self.name, &self.write_logs()).await {
-            Ok(summary) => summary,
-            Err(violations) => panic!("the epoch check failed: {violations}"),
-        }
+        epoch_check(&etcd.endpoint(), &self.name, &self.write_logs()).await
     }
 
     /// Waits until every node answers for every shard as etcd's claims
-    /// say (all 1024 claimed); returns those claims.
-    pub async fn wait_until_consistent(&self, probes: &[String]) -> BTreeMap<u32, (String, i64)> {
-        let until = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            // Read before and after the answers, and unchanged: answers
-            // that agree with claims replaced meanwhile (an old lease
-            // expiring, the node claiming anew) prove nothing.
-            let seen = claims(&self.store, &self.keys).await;
-            if seen.len() == SHARD_COUNT as usize
-                && self.agree(&seen, probes).await
-                && claims(&self.store, &self.keys).await == seen
-            {
-                return seen;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "the nodes' answers never matched the claims {seen:?}"
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
+    /// say (all 1024 claimed, read before and after the answers, and
+    /// unchanged); returns those claims.
+    pub async fn wait_until_consistent(&self, probes: &[String]) -> Claims {
+        let read = async || claims(&self.store, &self.keys).await;
+        match until_consistent(DEADLINE, read, async |seen| self.agree(seen, probes).await).await {
+            Ok(claims) => claims,
+            Err(seen) => panic!("the nodes' answers never matched the claims {seen:?}"),
         }
     }
 
     /// Whether every node serves exactly the shards `claims` give it and
     /// names the owner of the others.
-    pub async fn agree(&self, claims: &BTreeMap<u32, (String, i64)>, probes: &[String]) -> bool {
+    pub async fn agree(&self, claims: &Claims, probes: &[String]) -> bool {
         for (node, id) in self.nodes.iter().zip(&self.ids) {
             let seen = answers(node, probes).await;
-            for (shard, answer) in (0..SHARD_COUNT).zip(&seen) {
-                let owner = &claims[&shard].0;
-                let agrees = match answer {
-                    Answer::Serving => owner == id,
-                    Answer::NotOwner { owner: named, .. } => owner != id && named == owner,
-                    Answer::FailingClosed => false,
-                };
-                if !agrees {
-                    return false;
-                }
+            let agree = (0..SHARD_COUNT)
+                .zip(&seen)
+                .all(|(shard, answer)| agrees(answer, &claims[&shard].0, id));
+            if !agree {
+                return false;
             }
         }
         true
