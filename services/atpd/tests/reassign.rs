@@ -114,8 +114,8 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     let grace = GRACE_MS.to_string();
     let mut cluster =
         Cluster::start_with(&etcd, name, &[("ATP_REASSIGN_GRACE_MS", grace.as_str())]).await;
-    let (store, keys, ids) = (&cluster.store, &cluster.keys, &cluster.ids);
-    let (before, _) = table(store, keys).await;
+    let (store, keys, ids) = (cluster.store.clone(), cluster.keys.clone(), cluster.ids.clone());
+    let (before, _) = table(&store, &keys).await;
     let victim = ids[2].clone();
     let orphaned: BTreeSet<u32> = before.shards_of(&victim).collect();
     assert!(!orphaned.is_empty(), "the victim has shards");
