@@ -171,9 +171,10 @@ impl Forwarder {
         let client = AvailabilityServiceClient::new(channel);
         match tokio::time::timeout(timeout, call(client, request)).await {
             Ok(Ok(response)) => Ok(Ok(Response::new(response.into_inner()))),
-            Ok(Err(status))
-                if status.code() == tonic::Code::Unavailable && reason_of(&status).is_none() =>
-            {
+            // The transport's failures, not the owner's answers: no atp
+            // reason, and UNAVAILABLE (could not connect), or CANCELLED or
+            // UNKNOWN (the connection broke mid-call, e.g. the owner died).
+            Ok(Err(status)) if transport_failure(&status) => {
                 tracing::warn!(peer = %address, error = %status.message(), "could not reach the owner to forward to");
                 Err(Unreachable)
             }
@@ -204,6 +205,15 @@ impl Forwarder {
         peers.insert(address.to_owned(), channel.clone());
         Some(channel)
     }
+}
+
+/// A status the transport made, not the owner: no atp reason, and a code
+/// a broken or refused connection gives.
+fn transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+    ) && reason_of(status).is_none()
 }
 
 /// The caller's headers a forwarded request keeps: not the transport's
@@ -287,6 +297,20 @@ mod tests {
         let mut names: Vec<&str> = kept.keys().map(|name| name.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["x-atp-epoch", "x-tenant"]);
+    }
+
+    #[test]
+    fn a_broken_connection_is_unreachable_but_an_owners_answer_is_not() {
+        for code in [tonic::Code::Unavailable, tonic::Code::Cancelled, tonic::Code::Unknown] {
+            assert!(transport_failure(&Status::new(code, "h2 error")), "{code:?}");
+        }
+        assert!(!transport_failure(&Status::not_found("no such reservation")));
+        let owners = Reason::FailingClosed.status(
+            "shard 3 is failing closed",
+            [("shard", "3".to_owned())],
+            ErrorDetails::new(),
+        );
+        assert!(!transport_failure(&owners), "an atp reason is the owner's answer");
     }
 
     #[test]

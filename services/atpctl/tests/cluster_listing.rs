@@ -3,85 +3,25 @@
 //! (home shard, id) order. Skipped without an etcd binary (failed if `CI`
 //! is set).
 
+mod three_nodes;
+
 use std::collections::BTreeMap;
-use std::process::Output;
-use std::time::Duration;
 
 use atp_cluster::testing::EtcdProcess;
 use atp_core::hash::shard_of;
 use atp_proto::v1;
-use atp_testkit::{Atpd, eventually};
-use serde_json::Value;
+use atp_testkit::Atpd;
+use three_nodes::{atpctl_json, shard_map, start_settled};
 
-/// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
-const DEADLINE: Duration = Duration::from_secs(20);
 /// Reservations homed on each node.
 const PER_NODE: usize = 4;
-
-/// Runs `atpctl --addr ADDR --json ARGS…` and reads its JSON answer.
-async fn atpctl_json(addr: &str, args: &[&str]) -> Value {
-    let output: Output = tokio::process::Command::new(env!("CARGO_BIN_EXE_atpctl"))
-        .arg("--addr")
-        .arg(addr)
-        .arg("--json")
-        .args(args)
-        .env_remove("ATP_ADDR")
-        .output()
-        .await
-        .expect("run the atpctl binary");
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("one JSON document")
-}
-
-/// shard → (owner, serving here) from `cluster shards --json`.
-fn shard_map(answer: &Value) -> BTreeMap<u32, (String, bool)> {
-    let shards = answer["shards"].as_array().map(Vec::as_slice).unwrap_or_default();
-    shards
-        .iter()
-        .filter_map(|shard| {
-            let number = u32::try_from(shard["shard"].as_u64()?).ok()?;
-            let owner = shard["owner"].as_str()?.to_owned();
-            Some((number, (owner, shard["view"] == "serving")))
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_list_shows_the_whole_cluster_through_any_node() {
     let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
-    let endpoint = etcd.endpoint();
-    let variables = [
-        ("ATP_ETCD_ENDPOINTS", endpoint.as_str()),
-        ("ATP_CLUSTER_NAME", "atpctl-list"),
-        ("ATP_INITIAL_MEMBERS", "3"),
-        ("ATP_LEASE_TTL_MS", "2000"),
-        ("ATP_KEEPALIVE_INTERVAL_MS", "300"),
-        ("ATP_LEASE_SAFETY_MARGIN_MS", "500"),
-    ];
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(Atpd::start(&variables).await);
-    }
-    let addresses: Vec<String> = nodes.iter().map(Atpd::endpoint).collect();
-
     // Every node serves its own shards once all 1024 are claimed.
-    let settled = eventually(DEADLINE, || {
-        let addresses = addresses.clone();
-        async move {
-            for addr in &addresses {
-                let answer = atpctl_json(addr, &["cluster", "shards"]).await;
-                let node = answer["node_id"].as_str().unwrap_or_default().to_owned();
-                let map = shard_map(&answer);
-                let agrees = map.values().all(|(owner, serving)| *serving == (*owner == node));
-                if map.len() != 1024 || !agrees {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
-    assert!(settled, "the shards never settled; node 0's log:\n{}", nodes[0].log());
+    let nodes = start_settled(&etcd, "atpctl-list").await;
+    let addresses: Vec<String> = nodes.iter().map(Atpd::endpoint).collect();
     let owners = shard_map(&atpctl_json(&addresses[0], &["cluster", "shards"]).await);
 
     // PER_NODE reservations homed on each node, each made through node 0.

@@ -8,40 +8,17 @@
 //! PAUSED). Skipped without an etcd binary (failed if `CI` is set).
 
 mod common;
-
-use std::time::Duration;
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
 
 use atp_cluster::testing::EtcdProcess;
 use atp_cluster::{ClusterKeys, read_config};
 use atp_proto::v1;
 use common::{Atpd, eventually};
 use futures::future::join_all;
+use three_nodes::{DEADLINE, start, variables};
 use tonic::Code;
 use tonic_types::StatusExt;
-
-/// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// The cluster-mode variables for `cluster` on `etcd`.
-fn variables(etcd: &EtcdProcess, cluster: &str, initial_members: u32) -> Vec<(String, String)> {
-    [
-        ("ATP_ETCD_ENDPOINTS", etcd.endpoint()),
-        ("ATP_CLUSTER_NAME", cluster.to_owned()),
-        ("ATP_INITIAL_MEMBERS", initial_members.to_string()),
-        ("ATP_LEASE_TTL_MS", "2000".to_owned()),
-        ("ATP_KEEPALIVE_INTERVAL_MS", "300".to_owned()),
-        ("ATP_LEASE_SAFETY_MARGIN_MS", "500".to_owned()),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name.to_owned(), value))
-    .collect()
-}
-
-async fn start(data: &std::path::Path, variables: &[(String, String)]) -> Atpd {
-    let variables: Vec<(&str, &str)> =
-        variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
-    Atpd::start_in(data, &variables).await
-}
 
 fn location(id: &str, name: &str) -> v1::Location {
     v1::Location {
@@ -113,7 +90,7 @@ async fn a_config_change_through_one_node_reaches_the_others_without_restart() {
     let Some(mut etcd) = EtcdProcess::start_or_skip().await else { return };
     let data: Vec<tempfile::TempDir> =
         (0..3).map(|_| tempfile::tempdir().expect("a data directory")).collect();
-    let variables = variables(&etcd, "config", 3);
+    let variables = variables(etcd.endpoint(), "config", 3);
     let nodes = join_all(data.iter().map(|dir| start(dir.path(), &variables))).await;
 
     // Through node 1: a location, then a channel over it. Node 1 lists
@@ -215,7 +192,7 @@ async fn a_single_nodes_data_directory_becomes_the_first_member() {
 
     // Restarted on its data directory as the first member of a new cluster:
     // it publishes its configuration to etcd and still has its stock.
-    let variables = variables(&etcd, "migrated", 1);
+    let variables = variables(etcd.endpoint(), "migrated", 1);
     let first = start(first_dir.path(), &variables).await;
     let store = etcd.store().await;
     let keys = ClusterKeys::new("migrated");

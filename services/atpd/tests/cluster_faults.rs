@@ -27,6 +27,8 @@
 //! and request mix. Skipped without an etcd binary (failed if `CI` is set).
 
 mod common;
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -36,21 +38,23 @@ use std::time::Duration;
 
 use atp_cluster::store::Store;
 use atp_cluster::testing::EtcdProcess;
-use atp_cluster::testing::epochs::check_cluster;
 use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_loadgen::stats::{Failure, unix_ms};
 use atp_loadgen::{Config, Mode, Report, Scenario, check, run_until, setup};
 use atp_proto::v1;
-use atp_server::forward::FORWARDED_HEADER;
 use atp_testkit::netns::NetNs;
-use common::{Atpd, POLL_INTERVAL, eventually};
+use common::{Atpd, eventually};
 use futures::future::join_all;
+use three_nodes::{
+    Answer, agrees, answers_within, claims_in, epoch_check, probe_ids, until_consistent, variables,
+};
 use tonic::{Code, Request};
-use tonic_types::StatusExt;
 
 /// Longest wait for a condition (a loaded 2-core machine; polled, not waited out).
 const DEADLINE: Duration = Duration::from_secs(30);
+/// How long a probe waits for one node's answer (it may be stopped or cut off).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The faulted node (node 2 of 0..3).
 const VICTIM: usize = 2;
 /// How long the load goes on once the cluster settled after the last fault.
@@ -151,19 +155,9 @@ impl Cluster {
                 }
             })
             .collect();
-        let mut variables: Vec<(String, String)> = [
-            ("ATP_ETCD_ENDPOINTS", etcd.endpoint_at(host_ip)),
-            ("ATP_CLUSTER_NAME", name.to_owned()),
-            ("ATP_INITIAL_MEMBERS", "3".to_owned()),
-            ("ATP_LEASE_TTL_MS", "2000".to_owned()),
-            ("ATP_KEEPALIVE_INTERVAL_MS", "300".to_owned()),
-            ("ATP_LEASE_SAFETY_MARGIN_MS", "500".to_owned()),
-            // Doubts about Reserves without a record are decided soon after.
-            ("ATP_RESERVE_PENDING_TIMEOUT_MS", "1500".to_owned()),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
-        .collect();
+        let mut variables = variables(etcd.endpoint_at(host_ip), name, 3);
+        // Doubts about Reserves without a record are decided soon after.
+        variables.push(("ATP_RESERVE_PENDING_TIMEOUT_MS".to_owned(), "1500".to_owned()));
         variables.extend(extra.iter().map(|(key, value)| (key.to_string(), value.to_string())));
         let store = etcd.store().await;
         let keys = ClusterKeys::new(name);
@@ -202,34 +196,19 @@ impl Cluster {
         let Ok(snapshot) = self.store.get_prefix(&self.keys.claims_prefix()).await else {
             return BTreeMap::new();
         };
-        snapshot
-            .kvs
-            .iter()
-            .filter_map(|kv| {
-                let shard = self.keys.shard_of_claim(&kv.key)?;
-                let owner = String::from_utf8_lossy(&kv.value).into_owned();
-                Some((shard, (owner, kv.create_revision)))
-            })
-            .collect()
+        claims_in(&snapshot, &self.keys)
     }
 
     /// Waits until every shard is claimed and every node serves exactly
     /// the shards etcd says it owns and names the owner of the others;
     /// returns the claims.
     async fn wait_until_consistent(&self, probes: &[String]) -> BTreeMap<u32, (String, i64)> {
-        let until = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            // The claims read before and after the nodes' answers, and
-            // unchanged: answers that agree with claims that changed
-            // meanwhile prove nothing.
-            let claims = self.claims().await;
-            if claims.len() == SHARD_COUNT as usize
-                && self.agree(&claims, probes).await
-                && self.claims().await == claims
-            {
-                return claims;
-            }
-            if tokio::time::Instant::now() >= until {
+        let read = async || self.claims().await;
+        match until_consistent(DEADLINE, read, async |claims| self.agree(claims, probes).await)
+            .await
+        {
+            Ok(claims) => claims,
+            Err(claims) => {
                 let logs: Vec<String> = self.nodes.iter().map(Atpd::log).collect();
                 panic!(
                     "the nodes never agreed with etcd's claims ({} claimed); logs:\n{}",
@@ -237,24 +216,20 @@ impl Cluster {
                     tail(&logs.join("\n-----\n"), 6_000)
                 );
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
+    /// Whether every node answers and serves exactly the shards `claims`
+    /// give it and names the owner of the others.
     async fn agree(&self, claims: &BTreeMap<u32, (String, i64)>, probes: &[String]) -> bool {
         for (index, node) in self.nodes.iter().enumerate() {
             let id = node_id(index);
-            let seen = answers(node, probes).await;
-            for (shard, answer) in (0..SHARD_COUNT).zip(&seen) {
-                let owner = &claims[&shard].0;
-                let agrees = match answer {
-                    Answer::Serving => owner == &id,
-                    Answer::NotOwner(named) => owner != &id && named == owner,
-                    Answer::FailingClosed | Answer::Other => false,
-                };
-                if !agrees {
-                    return false;
-                }
+            let seen = answers_within(node, probes, ANSWER_TIMEOUT).await;
+            let agree = (0..SHARD_COUNT).zip(&seen).all(|(shard, answer)| {
+                answer.as_ref().is_some_and(|answer| agrees(answer, &claims[&shard].0, &id))
+            });
+            if !agree {
+                return false;
             }
         }
         true
@@ -266,10 +241,8 @@ impl Cluster {
     async fn check_epochs(&self, name: &str) {
         let logs: Vec<std::path::PathBuf> =
             self.slots.iter().map(|slot| slot.data.path().join("writes.log")).collect();
-        match check_cluster(&self.etcd.endpoint(), name, &logs).await {
-            Ok(summary) => eprintln!("{name}: epoch check passed: {summary:?}"),
-            Err(violations) => panic!("the epoch check failed: {violations}"),
-        }
+        let summary = epoch_check(&self.etcd.endpoint(), name, &logs).await;
+        eprintln!("{name}: epoch check passed: {summary:?}");
     }
 
     /// Whether etcd holds no claim of node `index` (its lease is gone).
@@ -307,64 +280,6 @@ fn tail(text: &str, bytes: usize) -> &str {
         start += 1;
     }
     &text[start..]
-}
-
-/// What a node answers for one shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Answer {
-    Serving,
-    NotOwner(String),
-    FailingClosed,
-    /// No answer (unreachable, timed out) or an unexpected one.
-    Other,
-}
-
-/// A reservation id homed on every shard: `ids[shard]`.
-fn probe_ids() -> Vec<String> {
-    let mut ids = vec![String::new(); SHARD_COUNT as usize];
-    let mut missing = SHARD_COUNT;
-    for n in 0.. {
-        let id = format!("probe-{n}");
-        let slot = &mut ids[shard_of(&id) as usize];
-        if slot.is_empty() {
-            *slot = id;
-            missing -= 1;
-            if missing == 0 {
-                break;
-            }
-        }
-    }
-    ids
-}
-
-/// What `atpd` answers itself for the home shard of each of `ids`: a
-/// GetReservation of an unknown id marked as forwarded (so it is not
-/// forwarded again); NOT_FOUND means the shard is served.
-async fn answers(atpd: &Atpd, ids: &[String]) -> Vec<Answer> {
-    let client = atpd.availability();
-    join_all(ids.iter().map(|id| {
-        let mut client = client.clone();
-        async move {
-            let mut request =
-                Request::new(v1::GetReservationRequest { reservation_id: id.clone() });
-            request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
-            request.set_timeout(Duration::from_secs(2));
-            let Err(status) = client.get_reservation(request).await else {
-                return Answer::Other;
-            };
-            match (status.code(), status.get_details_error_info()) {
-                (Code::NotFound, _) => Answer::Serving,
-                (Code::Unavailable, Some(info)) if info.reason == "NOT_OWNER" => {
-                    Answer::NotOwner(info.metadata.get("owner").cloned().unwrap_or_default())
-                }
-                (Code::Unavailable, Some(info)) if info.reason == "FAILING_CLOSED" => {
-                    Answer::FailingClosed
-                }
-                _ => Answer::Other,
-            }
-        }
-    }))
-    .await
 }
 
 /// One fault's time span and the node it struck.
@@ -687,7 +602,8 @@ fn owned_probes(
 
 /// Whether node `index` answers `expected` for every one of `ids`.
 async fn all_answer(cluster: &Cluster, index: usize, ids: &[String], expected: &Answer) -> bool {
-    answers(&cluster.nodes[index], ids).await.iter().all(|answer| answer == expected)
+    let seen = answers_within(&cluster.nodes[index], ids, ANSWER_TIMEOUT).await;
+    seen.iter().all(|answer| answer.as_ref() == Some(expected))
 }
 
 /// A Reserve of one unit of `sku` under a fresh id homed on `owner`'s
@@ -806,9 +722,9 @@ async fn etcd_outage(name: &str, outage: Duration) {
     // Nobody serves again while etcd is away (this is the outage itself).
     while paused.elapsed() < outage {
         for (index, ids) in sampled.iter().enumerate() {
-            let seen = answers(&cluster.nodes[index], ids).await;
+            let seen = answers_within(&cluster.nodes[index], ids, ANSWER_TIMEOUT).await;
             assert!(
-                !seen.contains(&Answer::Serving),
+                !seen.contains(&Some(Answer::Serving)),
                 "node {index} served {:?} into the outage, without etcd",
                 paused.elapsed()
             );

@@ -14,117 +14,25 @@
 //! Skipped without an etcd binary (failed if `CI` is set).
 
 mod common;
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atp_cluster::store::Store;
 use atp_cluster::testing::EtcdProcess;
-use atp_cluster::testing::epochs::{Summary, check_cluster, parse_write_log};
-use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
+use atp_cluster::testing::epochs::parse_write_log;
 use atp_core::hash::shard_of;
 use atp_proto::v1;
 use atp_server::EPOCH_HEADER;
 use common::{Atpd, POLL_INTERVAL, eventually};
-use futures::future::join_all;
+use three_nodes::{Cluster, DEADLINE, claims, start};
 use tokio::task::JoinHandle;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
-/// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Every claim in etcd: shard → (node id, epoch).
-async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<u32, (String, i64)> {
-    let snapshot = store.get_prefix(&keys.claims_prefix()).await.expect("read the claims");
-    snapshot
-        .kvs
-        .iter()
-        .filter_map(|kv| {
-            let shard = keys.shard_of_claim(&kv.key)?;
-            Some((shard, (String::from_utf8_lossy(&kv.value).into_owned(), kv.create_revision)))
-        })
-        .collect()
-}
-
-/// The cluster-mode variables: short leases so a stopped node loses its
-/// claims within about two seconds.
-fn variables(etcd: &EtcdProcess, cluster: &str) -> Vec<(String, String)> {
-    [
-        ("ATP_ETCD_ENDPOINTS", etcd.endpoint()),
-        ("ATP_CLUSTER_NAME", cluster.to_owned()),
-        ("ATP_INITIAL_MEMBERS", "3".to_owned()),
-        ("ATP_LEASE_TTL_MS", "2000".to_owned()),
-        ("ATP_KEEPALIVE_INTERVAL_MS", "300".to_owned()),
-        ("ATP_LEASE_SAFETY_MARGIN_MS", "500".to_owned()),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name.to_owned(), value))
-    .collect()
-}
-
-async fn start(data: &std::path::Path, variables: &[(String, String)]) -> Atpd {
-    let variables: Vec<(&str, &str)> =
-        variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
-    Atpd::start_in(data, &variables).await
-}
-
-/// Three nodes on `etcd`, each on its own data directory.
-struct Cluster {
-    name: String,
-    nodes: Vec<Atpd>,
-    /// Node ids, as `nodes`.
-    ids: Vec<String>,
-    data: Vec<tempfile::TempDir>,
-    variables: Vec<(String, String)>,
-    store: EtcdStore,
-    keys: ClusterKeys,
-}
-
 impl Cluster {
-    /// Starts the nodes; returns once all 1024 shards are claimed.
-    async fn start(etcd: &EtcdProcess, name: &str) -> Self {
-        let data: Vec<tempfile::TempDir> =
-            (0..3).map(|_| tempfile::tempdir().expect("a data directory")).collect();
-        let variables = variables(etcd, name);
-        let nodes = join_all(data.iter().map(|dir| start(dir.path(), &variables))).await;
-        let store = etcd.store().await;
-        let keys = ClusterKeys::new(name);
-        let claimed = eventually(DEADLINE, || async {
-            claims(&store, &keys).await.len() == SHARD_COUNT as usize
-        })
-        .await;
-        assert!(claimed, "not every shard was claimed; node 0's log:\n{}", nodes[0].log());
-        let snapshot = store.get_prefix(&keys.nodes_prefix()).await.expect("read the members");
-        let by_address: BTreeMap<String, String> = snapshot
-            .kvs
-            .iter()
-            .map(|kv| {
-                let id = kv.key.trim_start_matches(&keys.nodes_prefix()).to_owned();
-                (String::from_utf8_lossy(&kv.value).into_owned(), id)
-            })
-            .collect();
-        let ids = nodes
-            .iter()
-            .map(|node| by_address.get(&node.address.to_string()).expect("a member").clone())
-            .collect();
-        Self { name: name.to_owned(), nodes, ids, data, variables, store, keys }
-    }
-
-    fn write_logs(&self) -> Vec<PathBuf> {
-        self.data.iter().map(|dir| dir.path().join("writes.log")).collect()
-    }
-
-    /// The epoch checker over every node's write log and etcd's history.
-    async fn check_epochs(&self, etcd: &EtcdProcess) -> Summary {
-        match check_cluster(&etcd.endpoint(), &self.name, &self.write_logs()).await {
-            Ok(summary) => summary,
-            Err(violations) => panic!("the epoch check failed: {violations}"),
-        }
-    }
-
     /// The write log of node `index`: (epoch, host ms) per line.
     fn logged(&self, index: usize) -> Vec<(u64, u64)> {
         let text = std::fs::read_to_string(&self.write_logs()[index]).unwrap_or_default();

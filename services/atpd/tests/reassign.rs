@@ -9,6 +9,8 @@
 //! if `CI` is set).
 
 mod common;
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,18 +20,15 @@ use std::time::Duration;
 
 use atp_cluster::store::{KeyValue, Store};
 use atp_cluster::testing::EtcdProcess;
-use atp_cluster::testing::epochs::check_cluster;
 use atp_cluster::{Assignment, ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_proto::v1;
 use atp_proto::v1::reassign_shards_request::Target;
 use common::{Atpd, eventually};
-use futures::future::join_all;
 use serde_json::Value;
+use three_nodes::{Cluster, DEADLINE, claims};
 use tonic::Code;
 
-/// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
-const DEADLINE: Duration = Duration::from_secs(20);
 /// The nodes' `reassign_grace_ms`: long enough that a reassign right after
 /// the down mark appears is refused even on a loaded machine, short enough
 /// for the test.
@@ -70,19 +69,6 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Every claim in etcd: shard → (node id, epoch).
-async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<u32, (String, i64)> {
-    let snapshot = store.get_prefix(&keys.claims_prefix()).await.expect("read the claims");
-    snapshot
-        .kvs
-        .iter()
-        .filter_map(|kv| {
-            let shard = keys.shard_of_claim(&kv.key)?;
-            Some((shard, (String::from_utf8_lossy(&kv.value).into_owned(), kv.create_revision)))
-        })
-        .collect()
-}
-
 /// One key's current entry.
 async fn get(store: &EtcdStore, key: &str) -> Option<KeyValue> {
     store.get(key).await.expect("read etcd").0
@@ -106,22 +92,6 @@ fn now_unix_ms() -> u64 {
     u64::try_from(since.as_millis()).expect("fits")
 }
 
-/// Three nodes on `etcd` with a short lease and [`GRACE_MS`].
-async fn three_nodes(etcd: &EtcdProcess, cluster: &str, data: &[tempfile::TempDir]) -> Vec<Atpd> {
-    let endpoint = etcd.endpoint();
-    let grace = GRACE_MS.to_string();
-    let variables = [
-        ("ATP_ETCD_ENDPOINTS", endpoint.as_str()),
-        ("ATP_CLUSTER_NAME", cluster),
-        ("ATP_INITIAL_MEMBERS", "3"),
-        ("ATP_LEASE_TTL_MS", "2000"),
-        ("ATP_KEEPALIVE_INTERVAL_MS", "300"),
-        ("ATP_LEASE_SAFETY_MARGIN_MS", "500"),
-        ("ATP_REASSIGN_GRACE_MS", grace.as_str()),
-    ];
-    join_all(data.iter().map(|dir| Atpd::start_in(dir.path(), &variables))).await
-}
-
 fn reassign_request(target: Target, accept_loss: bool) -> v1::ReassignShardsRequest {
     v1::ReassignShardsRequest { target: Some(target), accept_loss, operator: "tester".into() }
 }
@@ -140,35 +110,17 @@ async fn refused(node: &Atpd, request: v1::ReassignShardsRequest) -> String {
 async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
     let name = "reassign";
-    let data: Vec<tempfile::TempDir> =
-        (0..3).map(|_| tempfile::tempdir().expect("a data directory")).collect();
-    let mut nodes = three_nodes(&etcd, name, &data).await;
-    let store = etcd.store().await;
-    let keys = ClusterKeys::new(name);
-    let all_claimed = eventually(DEADLINE, || async {
-        claims(&store, &keys).await.len() == SHARD_COUNT as usize
-    })
-    .await;
-    assert!(all_claimed, "not every shard was claimed; node 0's log:\n{}", nodes[0].log());
+    // The harness's short leases, and [`GRACE_MS`].
+    let grace = GRACE_MS.to_string();
+    let mut cluster =
+        Cluster::start_with(&etcd, name, &[("ATP_REASSIGN_GRACE_MS", grace.as_str())]).await;
+    let (store, keys, ids) = (cluster.store.clone(), cluster.keys.clone(), cluster.ids.clone());
     let (before, _) = table(&store, &keys).await;
-    let owner_of_node = |address: String| {
-        let store = store.clone();
-        let keys = keys.clone();
-        async move {
-            let members = store.get_prefix(&keys.nodes_prefix()).await.expect("members").kvs;
-            let member = members.iter().find(|kv| kv.value == address.as_bytes());
-            let member = member.expect("a member");
-            member.key.trim_start_matches(&keys.nodes_prefix()).to_owned()
-        }
-    };
-    let mut ids = Vec::new();
-    for node in &nodes {
-        ids.push(owner_of_node(node.address.to_string()).await);
-    }
     let victim = ids[2].clone();
     let orphaned: BTreeSet<u32> = before.shards_of(&victim).collect();
     assert!(!orphaned.is_empty(), "the victim has shards");
-    let mut dead = nodes.pop().expect("three nodes");
+    let mut dead = cluster.nodes.pop().expect("three nodes");
+    let nodes = &cluster.nodes;
     let survivor = &nodes[0];
 
     // A live node's shards are not moved.
@@ -328,10 +280,7 @@ async fn a_dead_nodes_shards_move_to_the_survivors_after_the_grace_period() {
     assert!(again.contains("has no shards"), "{again}");
     assert_eq!(audit_entries(&store, &keys).await.len(), 2);
 
-    let logs: Vec<PathBuf> = data.iter().map(|dir| dir.path().join("writes.log")).collect();
-    if let Err(violations) = check_cluster(&etcd.endpoint(), name, &logs).await {
-        panic!("the epoch check failed: {violations}");
-    }
+    cluster.check_epochs(&etcd).await;
 }
 
 #[tokio::test]

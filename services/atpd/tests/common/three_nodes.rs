@@ -1,14 +1,18 @@
-//! Three real `atpd` processes on one real etcd, for the cluster tests in
-//! separate test binaries (include it with `#[path]`). The same harness as
-//! `cluster.rs`, which keeps its own copy for now.
+//! Three real `atpd` processes on one real etcd: the one harness of the
+//! cluster test binaries (include it with `#[path]`, next to `mod common;`).
+//! Nodes start with short leases (a dead node's claims go within about two
+//! seconds), each on its own data directory; conditions are polled against
+//! deadlines, never slept out.
 
 #![allow(dead_code)] // Each test binary uses a different part of it.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atp_cluster::store::Store;
+use atp_cluster::store::{Snapshot, Store};
 use atp_cluster::testing::EtcdProcess;
+use atp_cluster::testing::epochs::{Summary, check_cluster};
 use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_proto::v1;
@@ -16,10 +20,18 @@ use atp_server::forward::FORWARDED_HEADER;
 use atp_testkit::{Atpd, POLL_INTERVAL, eventually};
 use futures::future::join_all;
 use tonic::{Code, Request};
-use tonic_types::StatusExt;
+use tonic_types::{ErrorInfo, StatusExt};
 
 /// Long enough for a loaded 2-core machine; conditions are polled, not waited out.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// What a node answers for one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Serving,
+    NotOwner { owner: String, address: String },
+    FailingClosed,
+}
 
 /// A reservation id homed on every shard: `ids[shard]`.
 pub fn probe_ids() -> Vec<String> {
@@ -47,10 +59,10 @@ pub fn forwarded<T>(message: T) -> Request<T> {
     request
 }
 
-/// For every shard, the owner `atpd` names for it (its own id when it
-/// serves it, `None` when failing closed): a GetReservation of an unknown
-/// id homed there, marked forwarded.
-async fn owners_seen(atpd: &Atpd, ids: &[String], own_id: &str) -> Vec<Option<String>> {
+/// What `atpd` answers for every shard itself: a GetReservation of an
+/// unknown id homed there, marked forwarded (NOT_FOUND means the shard is
+/// served).
+pub async fn answers(atpd: &Atpd, ids: &[String]) -> Vec<Answer> {
     let client = atpd.availability();
     join_all(ids.iter().map(|id| {
         let mut client = client.clone();
@@ -58,11 +70,17 @@ async fn owners_seen(atpd: &Atpd, ids: &[String], own_id: &str) -> Vec<Option<St
             let request = forwarded(v1::GetReservationRequest { reservation_id: id.clone() });
             let status = client.get_reservation(request).await.expect_err("an unknown id");
             match (status.code(), status.get_details_error_info()) {
-                (Code::NotFound, _) => Some(own_id.to_owned()),
-                (Code::Unavailable, Some(info)) if info.reason == "NOT_OWNER" => {
-                    Some(info.metadata["owner"].clone())
+                (Code::NotFound, _) => Answer::Serving,
+                (Code::Unavailable, Some(info)) if info.reason == "NOT_OWNER" => Answer::NotOwner {
+                    owner: info.metadata["owner"].clone(),
+                    address: info.metadata["owner_address"].clone(),
+                },
+                (Code::Unavailable, Some(info)) if info.reason == "FAILING_CLOSED" => {
+                    // The SDK reads it as its typed error (retried).
+                    let typed = atp_client::Error::from_status(&status);
+                    assert!(matches!(typed, atp_client::Error::FailingClosed { .. }), "{typed:?}");
+                    Answer::FailingClosed
                 }
-                (Code::Unavailable, Some(info)) if info.reason == "FAILING_CLOSED" => None,
                 _ => panic!("unexpected answer for {id}: {status:?}"),
             }
         }
@@ -70,9 +88,47 @@ async fn owners_seen(atpd: &Atpd, ids: &[String], own_id: &str) -> Vec<Option<St
     .await
 }
 
-/// Every claim in etcd: shard → (node id, epoch).
-pub async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<u32, (String, i64)> {
+/// What `atpd` answers for every shard itself, as [`answers`] does, but
+/// each call bounded by `timeout` and `None` for no answer (unreachable,
+/// timed out) or an unexpected one: for nodes in the middle of a fault.
+pub async fn answers_within(atpd: &Atpd, ids: &[String], timeout: Duration) -> Vec<Option<Answer>> {
+    let client = atpd.availability();
+    join_all(ids.iter().map(|id| {
+        let mut client = client.clone();
+        async move {
+            let mut request = forwarded(v1::GetReservationRequest { reservation_id: id.clone() });
+            request.set_timeout(timeout);
+            let status = client.get_reservation(request).await.err()?;
+            let text = |info: &ErrorInfo, key: &str| info.metadata.get(key).cloned();
+            match (status.code(), status.get_details_error_info()) {
+                (Code::NotFound, _) => Some(Answer::Serving),
+                (Code::Unavailable, Some(info)) if info.reason == "NOT_OWNER" => {
+                    Some(Answer::NotOwner {
+                        owner: text(&info, "owner").unwrap_or_default(),
+                        address: text(&info, "owner_address").unwrap_or_default(),
+                    })
+                }
+                (Code::Unavailable, Some(info)) if info.reason == "FAILING_CLOSED" => {
+                    Some(Answer::FailingClosed)
+                }
+                _ => None,
+            }
+        }
+    }))
+    .await
+}
+
+/// Claims in etcd: shard → (node id, epoch).
+pub type Claims = BTreeMap<u32, (String, i64)>;
+
+/// Every claim in etcd.
+pub async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> Claims {
     let snapshot = store.get_prefix(&keys.claims_prefix()).await.expect("read the claims");
+    claims_in(&snapshot, keys)
+}
+
+/// The claims in `snapshot`, a read of the claims prefix.
+pub fn claims_in(snapshot: &Snapshot, keys: &ClusterKeys) -> Claims {
     snapshot
         .kvs
         .iter()
@@ -83,8 +139,50 @@ pub async fn claims(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<u32, (Str
         .collect()
 }
 
+/// Polls until `read` gives all 1024 claims, `agree` holds for them and a
+/// second `read` is unchanged (answers that agree with claims replaced
+/// meanwhile, an old lease expiring and the node claiming anew, prove
+/// nothing); returns them, or at `deadline` the last claims read.
+pub async fn until_consistent(
+    deadline: Duration,
+    read: impl AsyncFn() -> Claims,
+    agree: impl AsyncFn(&Claims) -> bool,
+) -> Result<Claims, Claims> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let seen = read().await;
+        if seen.len() == SHARD_COUNT as usize && agree(&seen).await && read().await == seen {
+            return Ok(seen);
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(seen);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Whether node `id` answering `answer` for a shard `owner` claims agrees
+/// with that claim: it serves its own shards and names the owner of others.
+pub fn agrees(answer: &Answer, owner: &str, id: &str) -> bool {
+    match answer {
+        Answer::Serving => owner == id,
+        Answer::NotOwner { owner: named, .. } => owner != id && named == owner,
+        Answer::FailingClosed => false,
+    }
+}
+
+/// The epoch checker over the nodes' write `logs` and the claim history of
+/// `cluster` in the etcd at `endpoint`: no shard was ever written by two
+/// nodes at once, nor under an epoch that was not its claim's.
+pub async fn epoch_check(endpoint: &str, cluster: &str, logs: &[PathBuf]) -> Summary {
+    match check_cluster(endpoint, cluster, logs).await {
+        Ok(summary) => summary,
+        Err(violations) => panic!("the epoch check failed: {violations}"),
+    }
+}
+
 /// The member list in etcd: address → node id.
-async fn members(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<String, String> {
+pub async fn members(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<String, String> {
     let snapshot = store.get_prefix(&keys.nodes_prefix()).await.expect("read the members");
     snapshot
         .kvs
@@ -96,32 +194,56 @@ async fn members(store: &EtcdStore, keys: &ClusterKeys) -> BTreeMap<String, Stri
         .collect()
 }
 
+/// The cluster-mode variables for `cluster` on the etcd at `endpoint`,
+/// waiting for `initial_members`: short leases so a dead or stopped node's
+/// claims go within about two seconds.
+pub fn variables(endpoint: String, cluster: &str, initial_members: u32) -> Vec<(String, String)> {
+    [
+        ("ATP_ETCD_ENDPOINTS", endpoint),
+        ("ATP_CLUSTER_NAME", cluster.to_owned()),
+        ("ATP_INITIAL_MEMBERS", initial_members.to_string()),
+        ("ATP_LEASE_TTL_MS", "2000".to_owned()),
+        ("ATP_KEEPALIVE_INTERVAL_MS", "300".to_owned()),
+        ("ATP_LEASE_SAFETY_MARGIN_MS", "500".to_owned()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
+}
+
+/// Starts a node on `data` with `variables`.
+pub async fn start(data: &Path, variables: &[(String, String)]) -> Atpd {
+    let variables: Vec<(&str, &str)> =
+        variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    Atpd::start_in(data, &variables).await
+}
+
 /// Three nodes on one etcd, each on its own data directory.
 pub struct Cluster {
+    pub name: String,
     pub nodes: Vec<Atpd>,
     /// The nodes' ids, in the order of `nodes`.
     pub ids: Vec<String>,
     pub data: Vec<tempfile::TempDir>,
+    /// Every node's variables (restart a node with [`start`] on them).
+    pub variables: Vec<(String, String)>,
     pub store: EtcdStore,
     pub keys: ClusterKeys,
 }
 
 impl Cluster {
-    /// Starts three nodes as `name` (short leases: a dead node's claims go
-    /// within about two seconds); returns once all 1024 shards are claimed.
+    /// Starts three nodes as `name`; returns once all 1024 shards are claimed.
     pub async fn start(etcd: &EtcdProcess, name: &str) -> Self {
+        Self::start_with(etcd, name, &[]).await
+    }
+
+    /// [`Cluster::start`] with `extra` variables on every node.
+    pub async fn start_with(etcd: &EtcdProcess, name: &str, extra: &[(&str, &str)]) -> Self {
         let data: Vec<tempfile::TempDir> =
             (0..3).map(|_| tempfile::tempdir().expect("a data directory")).collect();
-        let endpoint = etcd.endpoint();
-        let variables = [
-            ("ATP_ETCD_ENDPOINTS", endpoint.as_str()),
-            ("ATP_CLUSTER_NAME", name),
-            ("ATP_INITIAL_MEMBERS", "3"),
-            ("ATP_LEASE_TTL_MS", "2000"),
-            ("ATP_KEEPALIVE_INTERVAL_MS", "300"),
-            ("ATP_LEASE_SAFETY_MARGIN_MS", "500"),
-        ];
-        let nodes = join_all(data.iter().map(|dir| Atpd::start_in(dir.path(), &variables))).await;
+        let mut variables = variables(etcd.endpoint(), name, 3);
+        variables.extend(extra.iter().map(|(name, value)| (name.to_string(), value.to_string())));
+        let nodes = join_all(data.iter().map(|dir| start(dir.path(), &variables))).await;
         let store = etcd.store().await;
         let keys = ClusterKeys::new(name);
         let claimed = eventually(DEADLINE, || async {
@@ -134,33 +256,40 @@ impl Cluster {
             .iter()
             .map(|node| members.get(&node.address.to_string()).expect("a member").clone())
             .collect();
-        Self { nodes, ids, data, store, keys }
+        Self { name: name.to_owned(), nodes, ids, data, variables, store, keys }
+    }
+
+    /// Every node's write log, in the order of `nodes`.
+    pub fn write_logs(&self) -> Vec<PathBuf> {
+        self.data.iter().map(|dir| dir.path().join("writes.log")).collect()
+    }
+
+    /// The epoch checker over every node's write log and etcd's claim
+    /// history: no shard was ever written by two nodes at once.
+    pub async fn check_epochs(&self, etcd: &EtcdProcess) -> Summary {
+        epoch_check(&etcd.endpoint(), &self.name, &self.write_logs()).await
     }
 
     /// Waits until every node answers for every shard as etcd's claims
-    /// say (all 1024 claimed); returns those claims.
-    pub async fn wait_until_consistent(&self, probes: &[String]) -> BTreeMap<u32, (String, i64)> {
-        let until = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let claims = claims(&self.store, &self.keys).await;
-            if claims.len() == SHARD_COUNT as usize && self.agree(&claims, probes).await {
-                return claims;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "the nodes' answers never matched the claims {claims:?}"
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
+    /// say (all 1024 claimed, read before and after the answers, and
+    /// unchanged); returns those claims.
+    pub async fn wait_until_consistent(&self, probes: &[String]) -> Claims {
+        let read = async || claims(&self.store, &self.keys).await;
+        match until_consistent(DEADLINE, read, async |seen| self.agree(seen, probes).await).await {
+            Ok(claims) => claims,
+            Err(seen) => panic!("the nodes' answers never matched the claims {seen:?}"),
         }
     }
 
-    async fn agree(&self, claims: &BTreeMap<u32, (String, i64)>, probes: &[String]) -> bool {
+    /// Whether every node serves exactly the shards `claims` give it and
+    /// names the owner of the others.
+    pub async fn agree(&self, claims: &Claims, probes: &[String]) -> bool {
         for (node, id) in self.nodes.iter().zip(&self.ids) {
-            let seen = owners_seen(node, probes, id).await;
-            let agrees = (0..SHARD_COUNT)
+            let seen = answers(node, probes).await;
+            let agree = (0..SHARD_COUNT)
                 .zip(&seen)
-                .all(|(shard, owner)| owner.as_ref() == Some(&claims[&shard].0));
-            if !agrees {
+                .all(|(shard, answer)| agrees(answer, &claims[&shard].0, id));
+            if !agree {
                 return false;
             }
         }
