@@ -19,11 +19,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use atp_core::CoreError;
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::ReservationId;
 use atp_core::reservation::ScanPosition;
 use atp_proto::requests::{ListQuery, decode_list_token, encode_list_token};
-use atp_proto::v1;
+use atp_proto::{status_of, v1};
 use atp_shard::Node;
 use futures::future::join_all;
 use tonic::metadata::MetadataMap;
@@ -154,9 +155,12 @@ pub(crate) async fn list_split(
             async move {
                 let answer = forwarder
                     .send(&address, sub_request, |mut client, mut request| async move {
-                        let ranges = ranges
-                            .parse()
-                            .map_err(|_| Status::internal("shard ranges are not a header value"))?;
+                        let ranges = ranges.parse().map_err(|_| {
+                            status_of(CoreError::invalid(
+                                LIST_SHARDS_HEADER,
+                                "shard ranges are not a header value",
+                            ))
+                        })?;
                         request.metadata_mut().insert(LIST_SHARDS_HEADER, ranges);
                         client.list_reservations(request).await
                     })
@@ -245,7 +249,7 @@ async fn list_forwarded(
     let shards: BTreeSet<u32> = match metadata.get(LIST_SHARDS_HEADER) {
         Some(value) => {
             let shards = value.to_str().ok().and_then(parse_shard_ranges).ok_or_else(|| {
-                Status::invalid_argument(format!("{LIST_SHARDS_HEADER} is not a list of shards"))
+                status_of(CoreError::invalid(LIST_SHARDS_HEADER, "is not a list of shards"))
             })?;
             for &shard in shards.range(query.from.shard..) {
                 let refusal = match fence.route_shard(shard, false) {
