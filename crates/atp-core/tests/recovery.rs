@@ -537,3 +537,37 @@ fn resolution_ops(resolution: &atp_core::shard::Resolution) -> Vec<(u32, &'stati
         })
         .collect()
 }
+
+/// A home that refused or abandoned a Reserve never adopts that version
+/// (`docs/PROTOCOL.md`, "A home never adopts a version it dropped"): a
+/// resolver that read a hold before its `Abort` landed must not rebuild a
+/// HELD record the hold is leaving.
+#[test]
+fn a_home_refuses_to_adopt_a_version_it_refused_or_abandoned() {
+    let timeout = common::settings().pending_timeout_ms;
+    for abandoned in [false, true] {
+        let (mut node, mut stores) = node();
+        let name = if abandoned { "abandoned" } else { "refused" };
+        let (request, holds) = begin_two_shard_reserve(&mut node, &mut stores, name);
+        let Some((_, LineOp::Hold { reservation: incarnation, .. })) = holds.first().cloned()
+        else {
+            panic!("a Reserve starts with holds: {holds:?}");
+        };
+        let home = node.shard_mut(shard_of(request.id.as_str()));
+        if abandoned {
+            let aborts = home.tick(START_MS + 1 + timeout);
+            assert_eq!(aborts.len(), 2, "the abandoned Reserve's holds are aborted: {aborts:?}");
+        } else {
+            let answer = home.finish_reserve(&request.id, incarnation.version, false, START_MS + 2);
+            assert!(answer.is_none(), "a refusal is not answered HELD");
+        }
+        assert!(!home.adopt(&incarnation, START_MS + 2 + timeout), "{name}: adopted");
+        let record = home.get(&request.id);
+        assert!(record.is_err(), "{name}: a record came back: {record:?}");
+        // A new Reserve of the id starts afresh at a higher version, and
+        // that version can be adopted.
+        let begin = home.begin_reserve(&request, START_MS + 3 + timeout);
+        let Ok(Begin::Started { version, .. }) = begin else { panic!("starts: {begin:?}") };
+        assert!(version > incarnation.version);
+    }
+}

@@ -95,11 +95,6 @@ impl Shared {
         self.peers.read().expect("peers lock is never poisoned").clone()
     }
 
-    /// Whether this node serves `shard` (always, on a single node).
-    pub(crate) fn is_local(&self, shard: u32) -> bool {
-        self.peers().is_none_or(|peers| peers.is_local(shard))
-    }
-
     /// Applies `ops` on `shard`, here or at its owner, in order: one result
     /// per op once durable. `try_first`: a full mailbox here refuses at
     /// once (Holds, Replaces) instead of waiting for room.
@@ -109,8 +104,21 @@ impl Shared {
         ops: Vec<LineOp>,
         try_first: bool,
     ) -> Result<Vec<Result<(), CoreError>>, NodeError> {
-        match self.peers() {
-            Some(peers) if !peers.is_local(shard) => {
+        let peers = self.peers();
+        self.line_ops_via(remote_owner(peers.as_ref(), shard), shard, ops, try_first).await
+    }
+
+    /// [`Self::line_ops`] with the owner already looked up
+    /// ([`remote_owner`]): `remote` is Some when another node owns `shard`.
+    pub(crate) async fn line_ops_via(
+        &self,
+        remote: Option<&Arc<dyn Peers>>,
+        shard: u32,
+        ops: Vec<LineOp>,
+        try_first: bool,
+    ) -> Result<Vec<Result<(), CoreError>>, NodeError> {
+        match remote {
+            Some(peers) => {
                 let deadline = if try_first { HOLD_DEADLINE } else { FOLLOW_UP_DEADLINE };
                 peers.line_ops(shard, ops, deadline).await.map_err(NodeError::from)
             }
@@ -265,6 +273,12 @@ impl ShardHandle {
     }
 }
 
+/// The other nodes when one of them owns `shard`; None when this node
+/// serves it (always, on a single node).
+pub(crate) fn remote_owner(peers: Option<&Arc<dyn Peers>>, shard: u32) -> Option<&Arc<dyn Peers>> {
+    peers.filter(|peers| !peers.is_local(shard))
+}
+
 /// Delivers line ops to their shards (waiting for room), in order per
 /// shard: here, durable before this returns; on another node, acknowledged
 /// within [`FOLLOW_UP_DEADLINE`] or else left to the outbox, which sends
@@ -274,10 +288,13 @@ pub(crate) async fn deliver(shared: &Shared, ops: Vec<(u32, LineOp)>) -> Result<
     for (shard, op) in ops {
         by_shard.entry(shard).or_default().push(op);
     }
+    let peers = shared.peers();
+    let peers = peers.as_ref();
     let sent = futures::future::join_all(by_shard.into_iter().map(|(shard, ops)| async move {
-        let remote = !shared.is_local(shard);
+        let owner = remote_owner(peers, shard);
+        let remote = owner.is_some();
         let kept = if remote { ops.clone() } else { Vec::new() };
-        let outcome = shared.line_ops(shard, ops, false).await;
+        let outcome = shared.line_ops_via(owner, shard, ops, false).await;
         (shard, remote, kept, outcome)
     }))
     .await;

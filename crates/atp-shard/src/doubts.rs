@@ -78,8 +78,14 @@ pub(crate) async fn decide(
     pending_timeout_ms: i64,
     confirmed: &Confirmed,
 ) -> Result<bool, NodeError> {
+    // The home's facts first, then every line shard's: no hold is read
+    // before the home's answer, so a "no record" cannot meet a hold a
+    // rollback freed in between (docs/PROTOCOL.md, "Facts are read home
+    // first").
+    let home = shard_of(id.as_str());
     let mut facts: BTreeMap<u32, ShardFacts> = BTreeMap::new();
-    for &shard in known {
+    facts.insert(home, facts_of(shared, home, id).await?);
+    for &shard in known.iter().filter(|shard| **shard != home) {
         facts.insert(shard, facts_of(shared, shard, id).await?);
     }
     loop {
@@ -96,7 +102,6 @@ pub(crate) async fn decide(
     let Some(resolution) = resolve(id, &facts, Some((now, pending_timeout_ms))) else {
         return Ok(false);
     };
-    let home = shard_of(id.as_str());
     // Holds left as they are, of the version the home's record stands at,
     // are confirmed (not those whose record is still to be adopted).
     let recorded = facts.get(&home).and_then(|home| home.record).map(|record| record.version);

@@ -687,11 +687,6 @@ impl Node {
         tokio::spawn(outbox.run(Arc::clone(&self.shared), self.stop.subscribe()));
     }
 
-    /// Ops and notices for other nodes not acknowledged yet.
-    pub fn outbox_len(&self) -> usize {
-        self.shared.outbox.len()
-    }
-
     /// Another node's line ops for `shard`, which this node serves: one
     /// result per op, answered once durable. A Hold or Replace is refused
     /// at once by a full mailbox; other ops wait for room.
@@ -1257,6 +1252,8 @@ async fn run_reserves(
     work: Vec<(usize, Arc<ReserveRequest>)>,
 ) -> Vec<(usize, ReserveResult)> {
     let mut results = Vec::with_capacity(work.len());
+    let peers = shared.peers();
+    let peers = peers.as_ref();
     // 1. Begin on the homes (answered when applied: nothing is written).
     let mut by_home: BTreeMap<u32, Vec<(usize, Arc<ReserveRequest>)>> = BTreeMap::new();
     for (index, request) in work {
@@ -1296,7 +1293,7 @@ async fn run_reserves(
                             let which = started.len();
                             let mut remote_lines = false;
                             for (shard, op) in ops {
-                                remote_lines |= !shared.is_local(shard);
+                                remote_lines |= actor::remote_owner(peers, shard).is_some();
                                 holds.entry(shard).or_default().push((which, op));
                             }
                             started.push(Started {
@@ -1321,9 +1318,9 @@ async fn run_reserves(
     let outcomes = join_all(holds.into_iter().map(|(shard, ops)| async move {
         let which: Vec<usize> = ops.iter().map(|(which, _)| *which).collect();
         let ops: Vec<LineOp> = ops.into_iter().map(|(_, op)| op).collect();
-        let remote = !shared.is_local(shard);
-        let outcome = shared.line_ops(shard, ops, true).await;
-        (shard, which, remote, outcome)
+        let owner = actor::remote_owner(peers, shard);
+        let outcome = shared.line_ops_via(owner, shard, ops, true).await;
+        (shard, which, owner.is_some(), outcome)
     }))
     .await;
     for (shard, which, remote, outcome) in outcomes {

@@ -194,11 +194,6 @@ impl Outbox {
         }
     }
 
-    /// How many wait.
-    pub(crate) fn len(&self) -> usize {
-        self.queue.lock().expect("outbox lock is never poisoned").len()
-    }
-
     /// Sends everything queued until acknowledged, until `stop` turns true:
     /// to the owner through `shared`'s peers, or to the shard actor here
     /// when the shard is served here by then (an op left here while this

@@ -3,6 +3,7 @@
 
 mod listing;
 mod recovery;
+pub(super) use recovery::Dropped;
 
 pub use listing::ScanPage;
 
@@ -441,6 +442,9 @@ impl ShardState {
         }
         self.applied_sequence += 1;
         if !held {
+            let limit = self.settings.max_ended_reservations;
+            self.dropped.insert(id, version, limit);
+            let record = self.records.get(id).expect("checked above");
             // A PENDING record is never stored: nothing to delete, unless
             // it replaced a stored one this batch.
             if record.replaces_stored {
@@ -912,8 +916,10 @@ impl ShardState {
             return Vec::new();
         }
         let ops = record.line_ops(|_| LineOp::Abort { id: id.clone(), version });
+        let replaces_stored = record.replaces_stored;
         self.applied_sequence += 1;
-        if record.replaces_stored {
+        self.dropped.insert(id, version, self.settings.max_ended_reservations);
+        if replaces_stored {
             self.records.remove(id);
         } else {
             self.records.discard(id);

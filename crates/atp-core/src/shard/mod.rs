@@ -168,6 +168,10 @@ pub struct ShardState {
     /// nodes' answers: a Reserve of such an id is refused until
     /// [`ShardState::adopt`] or [`ShardState::settled_doubt`]. In memory only.
     in_doubt: std::collections::BTreeSet<ReservationId>,
+    /// Reserves homed here that this process refused or abandoned: their
+    /// versions are never adopted (`docs/PROTOCOL.md`, "A home never adopts
+    /// a version it dropped"). In memory only.
+    dropped: home::Dropped,
     /// The meta record must be written by the next batch (after a restore
     /// moved the operation sequence past the dead process's).
     meta_unwritten: bool,
@@ -193,6 +197,7 @@ impl ShardState {
             retained: budget::Retained::default(),
             undelivered: Vec::new(),
             in_doubt: std::collections::BTreeSet::new(),
+            dropped: home::Dropped::default(),
             meta_unwritten: false,
             drained_meta: persist::Meta::default(),
         }

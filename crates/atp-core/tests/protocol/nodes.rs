@@ -23,6 +23,8 @@ use crate::checks;
 pub(super) struct Doubt {
     facts: BTreeMap<u32, ShardFacts>,
     asked: BTreeSet<u32>,
+    /// The node's own shards were read (after the home answered).
+    own_read: bool,
 }
 
 /// The reservation a line op is about.
@@ -220,21 +222,39 @@ impl World {
         checks::positions_match_holds(&self.shards, &self.catalog)
     }
 
-    /// Sends the queries `needed` names that were not asked yet.
+    /// Sends the queries `needed` names that were not asked yet: the
+    /// home's first, then (once it answered) every line shard's, the
+    /// node's own shards read afresh then — no hold is read before the
+    /// home's answer (docs/PROTOCOL.md, "Facts are read home first").
     fn ask(&mut self, node: u8, id: ReservationId) {
-        if !self.doubts.contains_key(&(node, id.clone())) {
-            // A new doubt starts from what the node's own shards know.
-            let mut doubt = Doubt::default();
-            for (shard, state) in &self.shards {
-                let facts = state.facts(&id);
-                if self.node(*shard) == node && (facts.hold.is_some() || facts.record.is_some()) {
-                    doubt.facts.insert(*shard, facts);
-                    doubt.asked.insert(*shard);
+        let home = shard_of(id.as_str());
+        let home_here = self.node(home) == node;
+        let home_facts = home_here.then(|| self.shards.get(&home).map(|state| state.facts(&id)));
+        let own: Vec<(u32, ShardFacts)> = self
+            .shards
+            .iter()
+            .filter(|(shard, _)| self.node(**shard) == node)
+            .map(|(shard, state)| (*shard, state.facts(&id)))
+            .filter(|(_, facts)| facts.hold.is_some() || facts.record.is_some())
+            .collect();
+        let doubt = self.doubts.entry((node, id.clone())).or_default();
+        if let std::collections::btree_map::Entry::Vacant(entry) = doubt.facts.entry(home) {
+            let Some(facts) = home_facts else {
+                if doubt.asked.insert(home) {
+                    self.network.push(Message::Query { from: node, id, shard: home });
                 }
-            }
-            self.doubts.insert((node, id.clone()), doubt);
+                return;
+            };
+            entry.insert(facts.unwrap_or(ShardFacts { record: None, hold: None }));
+            doubt.asked.insert(home);
         }
-        let doubt = self.doubts.get_mut(&(node, id.clone())).expect("inserted above");
+        if !doubt.own_read {
+            doubt.own_read = true;
+            for (shard, facts) in own {
+                doubt.facts.insert(shard, facts);
+                doubt.asked.insert(shard);
+            }
+        }
         let missing: Vec<u32> =
             needed(&id, &doubt.facts).into_iter().filter(|s| !doubt.asked.contains(s)).collect();
         let asked_all = missing.is_empty();

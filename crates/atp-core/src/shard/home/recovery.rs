@@ -33,6 +33,32 @@ impl Record {
     }
 }
 
+/// The Reserves (id, version) a home refused or abandoned in this process's
+/// life, in the order they were dropped: past `limit` entries the oldest is
+/// forgotten.
+#[derive(Debug, Default)]
+pub(in crate::shard) struct Dropped {
+    set: std::collections::HashSet<(ReservationId, u64)>,
+    order: std::collections::VecDeque<(ReservationId, u64)>,
+}
+
+impl Dropped {
+    pub(in crate::shard) fn insert(&mut self, id: &ReservationId, version: u64, limit: usize) {
+        if self.set.insert((id.clone(), version)) {
+            self.order.push_back((id.clone(), version));
+        }
+        while self.order.len() > limit.max(1) {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.set.remove(&oldest);
+        }
+    }
+
+    /// Whether `version` of `id` was dropped (its holds are being aborted).
+    pub(in crate::shard) fn contains(&self, id: &ReservationId, version: u64) -> bool {
+        self.set.contains(&(id.clone(), version))
+    }
+}
+
 impl ShardState {
     /// The record of `id` as another node's recovery is told it.
     pub(in crate::shard) fn record_facts(
@@ -66,10 +92,16 @@ impl ShardState {
     /// Makes the record of `incarnation`'s id stand at it (a resolution's
     /// [`super::super::Resolution::adopt`]): rebuilt HELD if absent, rolled
     /// forward if HELD at a lower version. True if the record changed.
+    ///
+    /// A version this home refused or abandoned is not adopted: its holds
+    /// are being aborted.
     pub fn adopt(&mut self, incarnation: &Incarnation, now: i64) -> bool {
         let id = &incarnation.request.id;
         self.in_doubt.remove(id);
         self.observe_version(incarnation.version);
+        if self.dropped.contains(id, incarnation.version) {
+            return false;
+        }
         if self.records.contains_key(id) {
             self.roll_forward(incarnation, now)
         } else {
