@@ -7,6 +7,7 @@ use atp_proto::v1;
 use tonic::transport::Channel;
 
 use crate::retry::Retrier;
+use crate::routing::{EPOCH_HEADER, RouteKey, Router, reroute};
 use crate::transport::Transport;
 use crate::types::{Line, Reservation, Reserve};
 use crate::{Error, RetryPolicy, Rpc};
@@ -30,6 +31,8 @@ pub struct Client {
     transport: Transport,
     retrier: Retrier,
     deadline: Duration,
+    /// Follows the shard map while any clone lives (None: not routing).
+    _router: Option<std::sync::Arc<Router>>,
 }
 
 /// Settings of a [`Client`]; [`ClientBuilder::build`] checks them all at once.
@@ -40,9 +43,20 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     deadline: Duration,
     retry: RetryPolicy,
+    route: bool,
 }
 
 impl ClientBuilder {
+    /// Whether calls go straight to their shard's owner by the cluster's
+    /// shard map (default true). The client follows the map with one
+    /// `WatchShardMap` stream to a configured endpoint; until a map arrives,
+    /// on a single node, and when routing is off, calls go round-robin to
+    /// the configured endpoints (a node forwards what it does not own).
+    pub fn route_by_shard_map(mut self, route: bool) -> Self {
+        self.route = route;
+        self
+    }
+
     /// HTTP/2 connections opened to each endpoint (1..=64; default 2).
     pub fn connections_per_endpoint(mut self, connections: usize) -> Self {
         self.connections_per_endpoint = connections;
@@ -98,7 +112,9 @@ impl ClientBuilder {
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
-        Ok(Client { transport: transport?, retrier: retrier?, deadline: self.deadline })
+        let transport = transport?;
+        let router = self.route.then(|| std::sync::Arc::new(Router::start(transport.clone())));
+        Ok(Client { transport, retrier: retrier?, deadline: self.deadline, _router: router })
     }
 }
 
@@ -128,6 +144,7 @@ impl Client {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             deadline: DEFAULT_DEADLINE,
             retry: RetryPolicy::default(),
+            route: true,
         }
     }
 
@@ -139,6 +156,21 @@ impl Client {
     /// This client with another deadline per attempt (same connections and budget).
     pub fn with_deadline(&self, deadline: Duration) -> Self {
         Self { deadline, ..self.clone() }
+    }
+
+    /// Whether calls are routed by a shard map now (cluster mode, a map
+    /// received, the stream unbroken).
+    pub fn is_routed(&self) -> bool {
+        self.transport.routed()
+    }
+
+    /// Waits until a shard map has been received (true), or `within` passed
+    /// (false). On a single node the map arrives too, but routes nothing.
+    pub async fn wait_for_shard_map(&self, within: Duration) -> bool {
+        let mut installs = self.transport.installs();
+        tokio::time::timeout(within, installs.wait_for(|count| *count > 0))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
     }
 
     /// The endpoints this client calls, normalized (`http://host:port`).
@@ -332,35 +364,53 @@ impl Client {
     }
 
     /// Runs one unary call under the deadline and the retry policy: each
-    /// attempt sends the same request on the next pooled connection.
+    /// attempt sends the same request to its shard's owner (by the shard
+    /// map, with the epoch it gives), or on the next pooled connection; a
+    /// routed send the owner refuses as behind the map (or cannot take) is
+    /// sent again at once to a configured endpoint, which forwards it.
     pub(crate) async fn unary<Request, Response, Call, Answer>(
         &self,
         request: Request,
         call: Call,
     ) -> Result<Response, Error>
     where
-        Request: Clone,
+        Request: Clone + RouteKey,
         Call: Fn(Channel, tonic::Request<Request>) -> Answer,
         Answer: Future<Output = Result<tonic::Response<Response>, tonic::Status>>,
     {
-        let deadline = self.deadline;
+        let (request, call) = (&request, &call);
         self.retrier
-            .run(|| {
-                let answer = call(self.transport.channel(), tonic::Request::new(request.clone()));
-                async move {
-                    match tokio::time::timeout(deadline, answer).await {
-                        Ok(Ok(response)) => Ok(response.into_inner()),
-                        Ok(Err(status)) => Err(Error::from_status(&status)),
-                        Err(_) => Err(Error::DeadlineExceeded {
-                            message: format!(
-                                "no answer within the client deadline of {deadline:?}"
-                            ),
-                            status: None,
-                        }),
+            .run(|| async move {
+                let shard = request.route_key().map(atp_core::hash::shard_of);
+                if let Some((channel, epoch)) = shard.and_then(|shard| self.transport.route(shard))
+                {
+                    let mut routed = tonic::Request::new(request.clone());
+                    routed.metadata_mut().insert(EPOCH_HEADER, epoch.into());
+                    match self.timed(call(channel, routed)).await {
+                        Err(error) if reroute(&error) => {}
+                        answered => return answered,
                     }
                 }
+                self.timed(call(self.transport.channel(), tonic::Request::new(request.clone())))
+                    .await
             })
             .await
+    }
+
+    /// One send under the client's deadline.
+    async fn timed<Response>(
+        &self,
+        answer: impl Future<Output = Result<tonic::Response<Response>, tonic::Status>>,
+    ) -> Result<Response, Error> {
+        let deadline = self.deadline;
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(Error::from_status(&status)),
+            Err(_) => Err(Error::DeadlineExceeded {
+                message: format!("no answer within the client deadline of {deadline:?}"),
+                status: None,
+            }),
+        }
     }
 }
 

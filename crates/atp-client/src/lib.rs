@@ -2,10 +2,18 @@
 //! services).
 //!
 //! A [`Client`] is built from one or more endpoints ([`Client::builder`]) and
-//! holds a pool of HTTP/2 connections to each (the transport lives in one
-//! private module, where a shard map will later choose the node). Every call
-//! goes through one path that applies:
+//! holds a pool of HTTP/2 connections to each. Every call goes through one
+//! path that applies:
 //!
+//! - **routing by the shard map** (cluster mode; on unless
+//!   [`ClientBuilder::route_by_shard_map`] turns it off): the client follows
+//!   `AdminService.WatchShardMap` on a configured endpoint and sends each
+//!   call straight to its shard's owner (the reservation id's home, else
+//!   the first SKU's shard) with the epoch the map gives; a call the owner
+//!   refuses because the map was behind (`NOT_OWNER`, `STALE_EPOCH`) or
+//!   that cannot reach the owner goes at once to a configured endpoint,
+//!   which forwards it. Until the first map, and on a single node, calls go
+//!   round-robin to the configured endpoints;
 //! - a **deadline** per attempt ([`ClientBuilder::deadline`], default 10 s);
 //! - **typed errors** ([`Error`]) read from the [`Reason`] each status
 //!   carries (`google.rpc.ErrorInfo`): one variant per reason, with its
@@ -53,6 +61,7 @@
 mod client;
 mod error;
 mod retry;
+mod routing;
 mod rpc;
 mod transport;
 mod types;
@@ -63,6 +72,7 @@ pub use client::{
 };
 pub use error::{Error, FieldViolation};
 pub use retry::{MAX_ATTEMPTS_LIMIT, RetryPolicy};
+pub use routing::RouteKey;
 pub use rpc::Rpc;
 pub use types::{Line, Reservation, ReservationLine, ReservationState, Reserve};
 

@@ -1,27 +1,57 @@
 //! The one place that knows how requests reach a node: a pool of HTTP/2
-//! connections per endpoint, picked round-robin. A shard map will later
-//! choose the endpoint here; callers above only ask for a channel.
+//! connections per endpoint, picked round-robin, and — once the shard map
+//! arrived (`crate::routing`) — the pool of each shard's owner.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use atp_proto::v1;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
+
+/// Most distinct node addresses a client keeps connections to; owners
+/// beyond are reached through the configured endpoints (which forward).
+const MAX_ROUTED_NODES: usize = 256;
 
 /// Connections to one node.
 #[derive(Debug)]
 struct Node {
     uri: String,
     connections: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Node {
+    fn channel(&self) -> Channel {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.connections[turn % self.connections.len()].clone()
+    }
+}
+
+/// Where each shard's requests go: its owner's connections and the epoch
+/// the map gives it.
+#[derive(Debug)]
+struct Routes {
+    shards: Vec<Option<(Arc<Node>, u64)>>,
 }
 
 /// The pool behind a [`crate::Client`]; cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Transport {
-    nodes: Arc<[Node]>,
+    nodes: Arc<[Arc<Node>]>,
     next: Arc<AtomicUsize>,
+    connections_per_endpoint: usize,
+    connect_timeout: Duration,
+    /// The owners' pools by address (the configured endpoints' included).
+    known: Arc<Mutex<HashMap<String, Arc<Node>>>>,
+    /// None: every call goes round-robin over the configured endpoints.
+    routes: Arc<RwLock<Option<Arc<Routes>>>>,
+    /// Counts the shard maps installed (0: none yet, or routing is off).
+    installed: Arc<watch::Sender<u64>>,
 }
 
 impl Transport {
@@ -37,18 +67,22 @@ impl Transport {
         }
         let mut nodes = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let uri = normalize(endpoint);
-            let template = Endpoint::from_shared(uri.clone())
-                .map_err(|error| Error::Config(format!("endpoint {endpoint:?}: {error}")))?
-                .connect_timeout(connect_timeout)
-                .tcp_nodelay(true);
-            // Each `connect_lazy` is its own HTTP/2 connection: several spread
-            // the streams of a busy caller over several sockets.
-            let connections =
-                (0..connections_per_endpoint).map(|_| template.clone().connect_lazy()).collect();
-            nodes.push(Node { uri, connections });
+            nodes.push(Arc::new(connect_lazy(
+                endpoint,
+                connections_per_endpoint,
+                connect_timeout,
+            )?));
         }
-        Ok(Self { nodes: nodes.into(), next: Arc::new(AtomicUsize::new(0)) })
+        let known = nodes.iter().map(|node| (node.uri.clone(), Arc::clone(node))).collect();
+        Ok(Self {
+            nodes: nodes.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            connections_per_endpoint,
+            connect_timeout,
+            known: Arc::new(Mutex::new(known)),
+            routes: Arc::new(RwLock::new(None)),
+            installed: Arc::new(watch::channel(0).0),
+        })
     }
 
     /// Opens the first connection to each node now, so that an unreachable
@@ -82,10 +116,105 @@ impl Transport {
         node.connections[index].clone()
     }
 
+    /// The owner's channel for `shard` and the epoch the shard map gives
+    /// it, once a map is installed and names a reachable owner.
+    pub(crate) fn route(&self, shard: u32) -> Option<(Channel, u64)> {
+        let routes = self.routes.read().expect("routes lock is never poisoned");
+        let (node, epoch) = routes.as_ref()?.shards.get(shard as usize)?.as_ref()?;
+        Some((node.channel(), *epoch))
+    }
+
+    /// Routes by `map` (a WatchShardMap answer): each claimed shard to its
+    /// owner's address. A single node's map (or an empty one) routes
+    /// nothing: calls go to the configured endpoints.
+    pub(crate) fn install(&self, map: &v1::GetClusterResponse) {
+        let routes = (map.cluster_mode && map.shards.len() == atp_core::hash::SHARD_COUNT as usize)
+            .then(|| self.routes_of(map));
+        *self.routes.write().expect("routes lock is never poisoned") = routes.map(Arc::new);
+        self.installed.send_modify(|count| *count += 1);
+    }
+
+    fn routes_of(&self, map: &v1::GetClusterResponse) -> Routes {
+        let addresses: HashMap<&str, &str> = map
+            .members
+            .iter()
+            .filter(|member| !member.address.is_empty())
+            .map(|member| (member.node_id.as_str(), member.address.as_str()))
+            .collect();
+        let mut by_owner: HashMap<&str, Option<Arc<Node>>> = HashMap::new();
+        let shards = map
+            .shards
+            .iter()
+            .map(|shard| {
+                if shard.epoch == 0 {
+                    return None; // unclaimed: whoever answers forwards or refuses
+                }
+                let node = by_owner
+                    .entry(shard.owner.as_str())
+                    .or_insert_with(|| {
+                        addresses.get(shard.owner.as_str()).and_then(|address| self.pool(address))
+                    })
+                    .clone()?;
+                Some((node, shard.epoch))
+            })
+            .collect();
+        Routes { shards }
+    }
+
+    /// The connections to `address`, made on first use (None past
+    /// [`MAX_ROUTED_NODES`] addresses, or for an address that is no URI).
+    fn pool(&self, address: &str) -> Option<Arc<Node>> {
+        let uri = normalize(address);
+        let mut known = self.known.lock().expect("pool lock is never poisoned");
+        if let Some(node) = known.get(&uri) {
+            return Some(Arc::clone(node));
+        }
+        if known.len() >= MAX_ROUTED_NODES {
+            return None;
+        }
+        let node = connect_lazy(&uri, self.connections_per_endpoint, self.connect_timeout).ok()?;
+        let node = Arc::new(node);
+        known.insert(uri, Arc::clone(&node));
+        Some(node)
+    }
+
+    /// Stops routing (the map's stream broke): calls go to the configured
+    /// endpoints until the next map.
+    pub(crate) fn forget_routes(&self) {
+        *self.routes.write().expect("routes lock is never poisoned") = None;
+    }
+
+    /// Whether calls are routed by a shard map now.
+    pub(crate) fn routed(&self) -> bool {
+        self.routes.read().expect("routes lock is never poisoned").is_some()
+    }
+
+    /// Changes each time a shard map is installed.
+    pub(crate) fn installs(&self) -> watch::Receiver<u64> {
+        self.installed.subscribe()
+    }
+
     /// The endpoints, normalized (`http://host:port`).
     pub(crate) fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|node| node.uri.clone()).collect()
     }
+}
+
+/// `connections` lazily connected channels to `endpoint`: each is its own
+/// HTTP/2 connection, so several spread a busy caller's streams over
+/// several sockets.
+fn connect_lazy(
+    endpoint: &str,
+    connections: usize,
+    connect_timeout: Duration,
+) -> Result<Node, Error> {
+    let uri = normalize(endpoint);
+    let template = Endpoint::from_shared(uri.clone())
+        .map_err(|error| Error::Config(format!("endpoint {endpoint:?}: {error}")))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    let connections = (0..connections).map(|_| template.clone().connect_lazy()).collect();
+    Ok(Node { uri, connections, next: AtomicUsize::new(0) })
 }
 
 /// `host:port` means `http://host:port`.

@@ -2,7 +2,11 @@
 //! view and (cluster mode) the reassignment of a dead node's shards.
 
 use atp_core::hash::SHARD_COUNT;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{Semaphore, watch};
 
 use atp_proto::requests::{
     encode_page_token, parse_ledger_query, parse_reassign_shards, parse_shard_target,
@@ -16,7 +20,11 @@ use tonic::{Request, Response, Status};
 use crate::SINGLE_NODE_EPOCH;
 use crate::error::node_status;
 use crate::fence::Fence;
+use crate::forward::Forwarder;
 use crate::reassign::{ShardReassigner, not_a_cluster_status};
+
+/// Most WatchShardMap streams one node serves at once.
+pub const MAX_SHARD_MAP_STREAMS: usize = 1024;
 
 /// The operator's view of the node.
 #[derive(Clone)]
@@ -25,7 +33,17 @@ pub struct AdminApi {
     fence: Fence,
     /// Cluster mode: runs ReassignShards (None: a single node refuses it).
     reassigner: Option<Arc<dyn ShardReassigner>>,
+    /// The AvailabilityService's forwarder, whose count GetCluster reports.
+    forwarder: Forwarder,
+    /// Permits for open WatchShardMap streams.
+    streams: Arc<Semaphore>,
+    /// Turns true when the server stops: open streams end.
+    stopping: watch::Receiver<bool>,
 }
+
+/// The stream WatchShardMap answers with.
+pub type ShardMapStream =
+    Pin<Box<dyn Stream<Item = Result<v1::WatchShardMapResponse, Status>> + Send>>;
 
 impl AdminApi {
     /// The service over `node` (a single node).
@@ -35,7 +53,33 @@ impl AdminApi {
 
     /// The service over `node`, showing the cluster through `fence`.
     pub fn with_fence(node: Node, fence: Fence) -> Self {
-        Self { node, fence, reassigner: None }
+        Self {
+            node,
+            fence,
+            reassigner: None,
+            forwarder: Forwarder::default(),
+            streams: Arc::new(Semaphore::new(MAX_SHARD_MAP_STREAMS)),
+            stopping: watch::channel(false).1,
+        }
+    }
+
+    /// GetCluster reports the requests `forwarder` passed on.
+    pub fn with_forwarder(mut self, forwarder: Forwarder) -> Self {
+        self.forwarder = forwarder;
+        self
+    }
+
+    /// WatchShardMap streams end when `stopping` turns true (the server
+    /// stops: an open stream must not hold its shutdown up).
+    pub fn with_stopping(mut self, stopping: watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
+    }
+
+    fn cluster_message(&self) -> v1::GetClusterResponse {
+        let mut message = self.fence.cluster_message(&self.node.config().node_name);
+        message.forwarded_requests = self.forwarder.forwarded();
+        message
     }
 
     /// The service over `node` in cluster mode: ReassignShards goes through
@@ -89,7 +133,54 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<v1::GetClusterRequest>,
     ) -> Result<Response<v1::GetClusterResponse>, Status> {
-        Ok(Response::new(self.fence.cluster_message(&self.node.config().node_name)))
+        Ok(Response::new(self.cluster_message()))
+    }
+
+    type WatchShardMapStream = ShardMapStream;
+
+    async fn watch_shard_map(
+        &self,
+        _request: Request<v1::WatchShardMapRequest>,
+    ) -> Result<Response<ShardMapStream>, Status> {
+        let permit = Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            atp_proto::status::overloaded(format!(
+                "this node serves {MAX_SHARD_MAP_STREAMS} WatchShardMap streams already; retry later or ask another node"
+            ))
+        })?;
+        let changes = self.fence.map_changes();
+        let state = (self.clone(), changes, true, permit);
+        let stream =
+            futures::stream::unfold(state, |(api, mut changes, first, permit)| async move {
+                if !first {
+                    let mut stopping = api.stopping.clone();
+                    let stopped = stopping.wait_for(|stopping| *stopping);
+                    match &mut changes {
+                        Some((map, members)) => {
+                            let changed = async {
+                                tokio::select! {
+                                    changed = map.changed() => changed.is_ok(),
+                                    changed = members.changed() => changed.is_ok(),
+                                }
+                            };
+                            tokio::select! {
+                                alive = changed => if !alive { return None },
+                                _ = stopped => return None,
+                            }
+                        }
+                        None => {
+                            let _ = stopped.await;
+                            return None;
+                        }
+                    }
+                }
+                if let Some((map, members)) = &mut changes {
+                    map.mark_unchanged();
+                    members.mark_unchanged();
+                }
+                let message = v1::WatchShardMapResponse { map: Some(api.cluster_message()) };
+                Some((Ok(message), (api, changes, false, permit)))
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn reassign_shards(

@@ -60,6 +60,13 @@ impl AvailabilityApi {
         Self { node, fence, forwarder: Forwarder::default() }
     }
 
+    /// The service forwarding through `forwarder` (shared with the
+    /// AdminService, which reports its count).
+    pub fn with_forwarder(mut self, forwarder: Forwarder) -> Self {
+        self.forwarder = forwarder;
+        self
+    }
+
     /// Requests this service forwarded to other nodes since start.
     pub fn forwarded(&self) -> u64 {
         self.forwarder.forwarded()

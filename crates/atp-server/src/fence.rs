@@ -312,6 +312,15 @@ fn not_owner_status(refusal: &Refusal, shard: u32, members: &Members, spans_node
 }
 
 impl Fence {
+    /// Receivers that change with the shard map and the member list
+    /// (cluster mode; None on a single node, whose map never changes).
+    pub fn map_changes(&self) -> Option<(watch::Receiver<ShardMap>, watch::Receiver<Members>)> {
+        match self {
+            Fence::Cluster(cluster) => Some((cluster.shard_map.clone(), cluster.members.clone())),
+            Fence::SingleNode => None,
+        }
+    }
+
     /// The cluster as this node sees it; a single node answers a one-member
     /// map serving every shard under epoch 1.
     pub fn cluster_message(&self, node_name: &str) -> v1::GetClusterResponse {
@@ -377,6 +386,7 @@ impl Fence {
             shards,
             shard_map_revision: map.revision,
             shard_map_confirmed: map.confirmed,
+            forwarded_requests: 0,
         }
     }
 }
@@ -402,6 +412,7 @@ fn single_node_cluster(node_name: &str) -> v1::GetClusterResponse {
             .collect(),
         shard_map_revision: 0,
         shard_map_confirmed: true,
+        forwarded_requests: 0,
     }
 }
 

@@ -35,7 +35,7 @@ use atp_proto::v1::availability_service_server::AvailabilityServiceServer;
 use atp_proto::v1::config_service_server::ConfigServiceServer;
 use atp_shard::Node;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -165,9 +165,12 @@ pub async fn serve_cluster(
     };
 
     let limit = config.max_message_bytes;
-    let availability =
-        AvailabilityServiceServer::new(AvailabilityApi::with_fence(node.clone(), fence.clone()))
-            .max_decoding_message_size(limit);
+    let forwarder = forward::Forwarder::default();
+    let (stop_streams, streams_stopping) = watch::channel(false);
+    let availability = AvailabilityServiceServer::new(
+        AvailabilityApi::with_fence(node.clone(), fence.clone()).with_forwarder(forwarder.clone()),
+    )
+    .max_decoding_message_size(limit);
     let configuration = ConfigServiceServer::new(match &cluster {
         Some(cluster) => ConfigApi::with_cluster(node.clone(), Arc::clone(&cluster.catalog)),
         None => ConfigApi::new(node.clone()),
@@ -179,9 +182,11 @@ pub async fn serve_cluster(
         PeerServiceServer::new(PeerApi::new(node.clone(), fence.clone()))
             .max_decoding_message_size(limit)
     });
+    let admin =
+        AdminApi::with_fence(node, fence).with_forwarder(forwarder).with_stopping(streams_stopping);
     let admin = match cluster {
-        Some(cluster) => AdminApi::with_fence(node, fence).with_reassigner(cluster.reassigner),
-        None => AdminApi::with_fence(node, fence),
+        Some(cluster) => admin.with_reassigner(cluster.reassigner),
+        None => admin,
     };
     let admin = AdminServiceServer::new(admin).max_decoding_message_size(limit);
 
@@ -216,6 +221,8 @@ pub async fn serve_cluster(
         watcher_abort.abort();
         tracing::info!("stopping: no new connections, finishing requests in flight");
         set_status(&health, ServingStatus::NotServing).await;
+        // Open WatchShardMap streams end now (they would hold shutdown up).
+        stop_streams.send_replace(true);
         let _ = stopping.send(());
     };
     let grace = config.shutdown_grace;

@@ -38,6 +38,7 @@ pub async fn members(context: &Context) -> anyhow::Result<ExitCode> {
                 "cluster_mode": response.cluster_mode,
                 "cluster": response.cluster,
                 "node_id": response.node_id,
+                "forwarded_requests": response.forwarded_requests,
                 "members": response.members.iter().map(|member| json!({
                     "node_id": member.node_id,
                     "address": member.address,
@@ -56,7 +57,14 @@ pub async fn members(context: &Context) -> anyhow::Result<ExitCode> {
                     if member.answering { "yes" } else { "" }.to_owned(),
                 ]);
             }
-            format!("{}\n{} members; {}\n", table.render(), response.members.len(), mode(&response))
+            format!(
+                "{}\n{} members; {}; {} requests forwarded by {}\n",
+                table.render(),
+                response.members.len(),
+                mode(&response),
+                response.forwarded_requests,
+                response.node_id,
+            )
         },
     );
     Ok(ExitCode::SUCCESS)

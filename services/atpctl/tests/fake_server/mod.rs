@@ -394,6 +394,16 @@ fn shard_info(shard: u32) -> ShardInfo {
 
 #[tonic::async_trait]
 impl AdminService for Fake {
+    type WatchShardMapStream = tonic::codegen::BoxStream<WatchShardMapResponse>;
+
+    /// Like a server from before the RPC: the SDK then never routes.
+    async fn watch_shard_map(
+        &self,
+        _request: Request<WatchShardMapRequest>,
+    ) -> Reply<Self::WatchShardMapStream> {
+        Err(Status::unimplemented("this fake serves no shard map"))
+    }
+
     async fn list_shards(&self, request: Request<ListShardsRequest>) -> Reply<ListShardsResponse> {
         let shards = if request.into_inner().include_empty {
             (0..3).map(shard_info).collect()

@@ -1,0 +1,128 @@
+//! Routing by the shard map: a background task keeps one
+//! `AdminService.WatchShardMap` stream open to a configured endpoint and
+//! installs every map it sends ([`Transport::install`]); each call then goes
+//! to its first key's shard owner with the epoch the map gives
+//! (`x-atp-epoch`). The map is a hint: a call the owner refuses as
+//! `NOT_OWNER` or `STALE_EPOCH` (the map was behind a move), or that cannot
+//! reach the owner, is sent again at once to a configured endpoint without
+//! the epoch, and that node forwards it. A broken stream stops routing until
+//! a new one sends a map; a server without WatchShardMap is never routed.
+
+use std::time::Duration;
+
+use atp_proto::v1;
+use atp_proto::v1::admin_service_client::AdminServiceClient;
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::transport::Transport;
+
+/// The request header carrying the epoch the client believes the
+/// request's first shard has.
+pub(crate) const EPOCH_HEADER: &str = "x-atp-epoch";
+/// First pause before opening the stream again after it broke.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to open the stream.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The running router; dropping the last clone of the client stops it.
+#[derive(Debug)]
+pub(crate) struct Router {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Router {
+    /// Starts following the shard map for `transport` (inside a Tokio
+    /// runtime).
+    pub(crate) fn start(transport: Transport) -> Self {
+        Self { task: tokio::spawn(follow(transport)) }
+    }
+}
+
+/// Opens the stream, installs every map, and opens it again (to the next
+/// configured endpoint) when it breaks.
+async fn follow(transport: Transport) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut admin = AdminServiceClient::new(transport.channel());
+        match admin.watch_shard_map(v1::WatchShardMapRequest {}).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                while let Ok(Some(message)) = stream.message().await {
+                    if let Some(map) = &message.map {
+                        transport.install(map);
+                        backoff = FIRST_BACKOFF;
+                    }
+                }
+            }
+            // A server without WatchShardMap (older): never routed.
+            Err(status) if status.code() == tonic::Code::Unimplemented => return,
+            Err(_) => {}
+        }
+        transport.forget_routes();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Whether a routed call's failure means "send it to any node instead":
+/// the owner refused it before running it (the map was behind), or could
+/// not be reached.
+pub(crate) fn reroute(error: &Error) -> bool {
+    matches!(error.reason(), Some(atp_proto::Reason::NotOwner | atp_proto::Reason::StaleEpoch))
+        || matches!(error, Error::Unavailable { .. } if error.reason().is_none())
+}
+
+/// The key a request is routed by: its first reservation id (its home
+/// shard) or its first SKU. None: sent to any node.
+pub trait RouteKey {
+    /// The routing key, if the request has one.
+    fn route_key(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// `keyed!(Type => |request| key)`; `keyed!(Type)` has no key.
+macro_rules! keyed {
+    ($($request:ty $(=> |$r:ident| $key:expr)?),* $(,)?) => {
+        $(
+            impl RouteKey for $request {
+                $(fn route_key(&self) -> Option<&str> {
+                    let $r = self;
+                    $key
+                })?
+            }
+        )*
+    };
+}
+
+keyed! {
+    v1::ReserveRequest => |r| Some(r.reservation_id.as_str()),
+    v1::CommitRequest => |r| Some(r.reservation_id.as_str()),
+    v1::ReleaseRequest => |r| Some(r.reservation_id.as_str()),
+    v1::CancelRequest => |r| Some(r.reservation_id.as_str()),
+    v1::ExtendReservationRequest => |r| Some(r.reservation_id.as_str()),
+    v1::ModifyReservationRequest => |r| Some(r.reservation_id.as_str()),
+    v1::GetReservationRequest => |r| Some(r.reservation_id.as_str()),
+    v1::GetAvailabilityRequest => |r| r.skus.first().map(String::as_str),
+    v1::ApplyStockEventsRequest => |r| r.events.first().map(|event| event.sku.as_str()),
+    v1::ReserveBatchRequest => |r| r.reservations.first().map(|first| first.reservation_id.as_str()),
+    v1::GetReservationsRequest => |r| r.reservation_ids.first().map(String::as_str),
+    v1::ListReservationsRequest,
+    v1::UpsertLocationRequest,
+    v1::UpsertChannelRequest,
+    v1::ListLocationsRequest,
+    v1::ListChannelsRequest,
+    v1::ListShardsRequest,
+    v1::GetShardRequest,
+    v1::QueryLedgerRequest,
+    v1::GetClusterRequest,
+    v1::ReassignShardsRequest,
+    tonic_health::pb::HealthCheckRequest,
+}
