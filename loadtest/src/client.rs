@@ -18,14 +18,25 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// An SDK client over one lazily connected HTTP/2 connection per endpoint
-/// (`endpoint` may list several, comma-separated; calls go round-robin): it
+/// (`endpoint` may list several, comma-separated; calls go round-robin, or
+/// straight to each shard's owner once the SDK has the shard map): it
 /// connects on first use and again after the connection broke, so a node
 /// that is killed and restarted costs failed calls, never the run. It never
 /// retries by itself: a worker measures each call once and logs its
 /// outcome, and setup and check retry with [`retry`] (which, over several
 /// endpoints, reaches the next one on the next try).
 pub fn client(endpoint: &str, request_timeout: Duration) -> Result<Client, LoadError> {
+    routed_client(endpoint, request_timeout, true)
+}
+
+/// [`client`], routing by the shard map only when `route` (`--route`).
+pub fn routed_client(
+    endpoint: &str,
+    request_timeout: Duration,
+    route: bool,
+) -> Result<Client, LoadError> {
     Client::builder(crate::config::split_endpoints(endpoint))
+        .route_by_shard_map(route)
         .connections_per_endpoint(1)
         .connect_timeout(CONNECT_TIMEOUT)
         .deadline(request_timeout)

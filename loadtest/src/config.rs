@@ -82,6 +82,11 @@ pub struct Config {
     /// a Reserve, a checkout, a buyer, a batch call, a health check).
     #[arg(long, default_value_t = 1_000.0)]
     pub rate: f64,
+    /// Send each call straight to its shard's owner by the cluster's shard
+    /// map (the SDK's routing; `--route false`: round-robin over the
+    /// endpoints, which forward what they do not own).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub route: bool,
     /// gRPC connections (HTTP/2 channels) per endpoint; clients are spread
     /// round-robin.
     #[arg(long, default_value_t = 4)]

@@ -80,7 +80,7 @@ pub async fn run_until(
     let clients = (0..config.connections)
         .flat_map(|_| endpoints.iter())
         .map(|endpoint| {
-            let client = client::client(endpoint, config.request_timeout)?;
+            let client = client::routed_client(endpoint, config.request_timeout, config.route)?;
             Ok((client, endpoint.clone()))
         })
         .collect::<Result<Vec<_>, LoadError>>()?;

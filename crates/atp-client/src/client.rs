@@ -7,7 +7,7 @@ use atp_proto::v1;
 use tonic::transport::Channel;
 
 use crate::retry::Retrier;
-use crate::routing::{EPOCH_HEADER, RouteKey, Router, reroute};
+use crate::routing::{EPOCH_HEADER, RouteKey, Router, reroute, unreachable};
 use crate::transport::Transport;
 use crate::types::{Line, Reservation, Reserve};
 use crate::{Error, RetryPolicy, Rpc};
@@ -382,11 +382,13 @@ impl Client {
         self.retrier
             .run(|| async move {
                 let shard = request.route_key().map(atp_core::hash::shard_of);
-                if let Some((channel, epoch)) = shard.and_then(|shard| self.transport.route(shard))
+                if let Some((owner, channel, epoch)) =
+                    shard.and_then(|shard| self.transport.route(shard))
                 {
                     let mut routed = tonic::Request::new(request.clone());
                     routed.metadata_mut().insert(EPOCH_HEADER, epoch.into());
                     match self.timed(call(channel, routed)).await {
+                        Err(error) if unreachable(&error) => owner.unreachable(),
                         Err(error) if reroute(&error) => {}
                         answered => return answered,
                     }

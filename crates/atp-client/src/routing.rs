@@ -5,8 +5,9 @@
 //! (`x-atp-epoch`). The map is a hint: a call the owner refuses as
 //! `NOT_OWNER` or `STALE_EPOCH` (the map was behind a move), or that cannot
 //! reach the owner, is sent again at once to a configured endpoint without
-//! the epoch, and that node forwards it. A broken stream stops routing until
-//! a new one sends a map; a server without WatchShardMap is never routed.
+//! the epoch, and that node forwards it; an owner that could not be reached
+//! is routed around for 2 s. A broken stream stops routing until a new one
+//! sends a map; a server without WatchShardMap is never routed.
 
 use std::time::Duration;
 
@@ -73,10 +74,16 @@ async fn follow(transport: Transport) {
 
 /// Whether a routed call's failure means "send it to any node instead":
 /// the owner refused it before running it (the map was behind), or could
-/// not be reached.
+/// not be reached ([`unreachable`]).
 pub(crate) fn reroute(error: &Error) -> bool {
     matches!(error.reason(), Some(atp_proto::Reason::NotOwner | atp_proto::Reason::StaleEpoch))
-        || matches!(error, Error::Unavailable { .. } if error.reason().is_none())
+        || unreachable(error)
+}
+
+/// A failure that says the owner could not be reached (no atp reason): it
+/// is routed around for a while.
+pub(crate) fn unreachable(error: &Error) -> bool {
+    matches!(error, Error::Unavailable { .. }) && error.reason().is_none()
 }
 
 /// The key a request is routed by: its first reservation id (its home

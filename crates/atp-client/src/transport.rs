@@ -3,9 +3,9 @@
 //! arrived (`crate::routing`) — the pool of each shard's owner.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atp_proto::v1;
 use tokio::sync::watch;
@@ -17,12 +17,18 @@ use crate::Error;
 /// beyond are reached through the configured endpoints (which forward).
 const MAX_ROUTED_NODES: usize = 256;
 
+/// How long an owner that could not be reached is routed around (its
+/// calls go to the configured endpoints, which forward).
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
 /// Connections to one node.
 #[derive(Debug)]
-struct Node {
+pub(crate) struct Node {
     uri: String,
     connections: Vec<Channel>,
     next: AtomicUsize,
+    /// Routed around until then (milliseconds since `EPOCH`; 0: never).
+    unreachable_until_ms: AtomicU64,
 }
 
 impl Node {
@@ -30,6 +36,22 @@ impl Node {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         self.connections[turn % self.connections.len()].clone()
     }
+
+    fn reachable(&self) -> bool {
+        self.unreachable_until_ms.load(Ordering::Relaxed) <= since_epoch_ms()
+    }
+
+    /// A routed call could not reach this node: route around it for a while.
+    pub(crate) fn unreachable(&self) {
+        let until = since_epoch_ms() + UNREACHABLE_FOR.as_millis() as u64;
+        self.unreachable_until_ms.store(until, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the first call (a process-wide monotonic base).
+fn since_epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Where each shard's requests go: its owner's connections and the epoch
@@ -116,20 +138,20 @@ impl Transport {
         node.connections[index].clone()
     }
 
-    /// The owner's channel for `shard` and the epoch the shard map gives
-    /// it, once a map is installed and names a reachable owner.
-    pub(crate) fn route(&self, shard: u32) -> Option<(Channel, u64)> {
+    /// The owner of `shard` (its node, a channel to it, and the epoch the
+    /// shard map gives it), once a map is installed and names an owner not
+    /// found unreachable in the last [`UNREACHABLE_FOR`].
+    pub(crate) fn route(&self, shard: u32) -> Option<(Arc<Node>, Channel, u64)> {
         let routes = self.routes.read().expect("routes lock is never poisoned");
         let (node, epoch) = routes.as_ref()?.shards.get(shard as usize)?.as_ref()?;
-        Some((node.channel(), *epoch))
+        node.reachable().then(|| (Arc::clone(node), node.channel(), *epoch))
     }
 
     /// Routes by `map` (a WatchShardMap answer): each claimed shard to its
     /// owner's address. A single node's map (or an empty one) routes
     /// nothing: calls go to the configured endpoints.
     pub(crate) fn install(&self, map: &v1::GetClusterResponse) {
-        let routes = (map.cluster_mode && map.shards.len() == atp_core::hash::SHARD_COUNT as usize)
-            .then(|| self.routes_of(map));
+        let routes = map.cluster_mode.then(|| self.routes_of(map));
         *self.routes.write().expect("routes lock is never poisoned") = routes.map(Arc::new);
         self.installed.send_modify(|count| *count += 1);
     }
@@ -142,22 +164,19 @@ impl Transport {
             .map(|member| (member.node_id.as_str(), member.address.as_str()))
             .collect();
         let mut by_owner: HashMap<&str, Option<Arc<Node>>> = HashMap::new();
-        let shards = map
-            .shards
-            .iter()
-            .map(|shard| {
-                if shard.epoch == 0 {
-                    return None; // unclaimed: whoever answers forwards or refuses
-                }
-                let node = by_owner
-                    .entry(shard.owner.as_str())
-                    .or_insert_with(|| {
-                        addresses.get(shard.owner.as_str()).and_then(|address| self.pool(address))
-                    })
-                    .clone()?;
-                Some((node, shard.epoch))
-            })
-            .collect();
+        let mut shards = vec![None; atp_core::hash::SHARD_COUNT as usize];
+        for shard in &map.shards {
+            // Unclaimed: whoever answers forwards or refuses.
+            if shard.epoch == 0 || shard.shard >= atp_core::hash::SHARD_COUNT {
+                continue;
+            }
+            let node = by_owner.entry(shard.owner.as_str()).or_insert_with(|| {
+                addresses.get(shard.owner.as_str()).and_then(|address| self.pool(address))
+            });
+            if let Some(node) = node {
+                shards[shard.shard as usize] = Some((Arc::clone(node), shard.epoch));
+            }
+        }
         Routes { shards }
     }
 
@@ -214,7 +233,12 @@ fn connect_lazy(
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true);
     let connections = (0..connections).map(|_| template.clone().connect_lazy()).collect();
-    Ok(Node { uri, connections, next: AtomicUsize::new(0) })
+    Ok(Node {
+        uri,
+        connections,
+        next: AtomicUsize::new(0),
+        unreachable_until_ms: AtomicU64::new(0),
+    })
 }
 
 /// `host:port` means `http://host:port`.

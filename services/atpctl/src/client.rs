@@ -33,7 +33,9 @@ impl Context {
     /// its retries the SDK's default: only what is safe); called by each command
     /// only once its own input has been checked.
     pub async fn connect(&self) -> anyhow::Result<Clients> {
+        // One call to the node asked: a shard map would only cost a stream.
         let client = Client::builder([self.addr.as_str()])
+            .route_by_shard_map(false)
             .connections_per_endpoint(1)
             .connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECONDS))
             .deadline(Duration::from_secs(self.timeout_seconds))
