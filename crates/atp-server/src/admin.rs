@@ -13,14 +13,15 @@ use atp_proto::requests::{
 };
 use atp_proto::status_of;
 use atp_proto::v1;
+use atp_proto::v1::admin_service_client::AdminServiceClient;
 use atp_proto::v1::admin_service_server::AdminService;
 use atp_shard::{Node, ShardInfo};
 use tonic::{Request, Response, Status};
 
 use crate::SINGLE_NODE_EPOCH;
 use crate::error::node_status;
-use crate::fence::Fence;
-use crate::forward::Forwarder;
+use crate::fence::{Fence, ShardRoute};
+use crate::forward::{Forwarder, Incoming};
 use crate::reassign::{ShardReassigner, not_a_cluster_status};
 
 /// Most WatchShardMap streams one node serves at once.
@@ -76,6 +77,16 @@ impl AdminApi {
         self
     }
 
+    /// A shard as this node shows it: in cluster mode `node` is the
+    /// cluster's id of this node (the configured name otherwise).
+    fn shard_message(&self, info: ShardInfo) -> v1::ShardInfo {
+        let mut message = shard_info_message(info);
+        if let Fence::Cluster(cluster) = &self.fence {
+            message.node = cluster.node_id.clone();
+        }
+        message
+    }
+
     fn cluster_message(&self) -> v1::GetClusterResponse {
         let mut message = self.fence.cluster_message(&self.node.config().node_name);
         message.forwarded_requests = self.forwarder.forwarded();
@@ -115,7 +126,7 @@ impl AdminService for AdminApi {
         let include_empty = request.into_inner().include_empty;
         let shards = self.node.list_shards(include_empty).await.map_err(node_status)?;
         Ok(Response::new(v1::ListShardsResponse {
-            shards: shards.into_iter().map(shard_info_message).collect(),
+            shards: shards.into_iter().map(|info| self.shard_message(info)).collect(),
             shard_count: SHARD_COUNT,
         }))
     }
@@ -124,9 +135,25 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::GetShardRequest>,
     ) -> Result<Response<v1::GetShardResponse>, Status> {
-        let shard = parse_shard_target(request.into_inner()).map_err(status_of)?;
+        // Another node's shard is shown by its owner (one hop); a shard
+        // nobody serves (failing closed here, owner unknown) as this node
+        // holds it.
+        let (incoming, message) =
+            Incoming::split(request, matches!(self.fence, Fence::Cluster(_)))?;
+        let shard = parse_shard_target(message).map_err(status_of)?;
+        if let ShardRoute::Forward(peer) = self.fence.route_shard(shard, incoming.may_forward()) {
+            return self
+                .forwarder
+                .forward_with(
+                    peer,
+                    incoming,
+                    AdminServiceClient::new,
+                    |mut client, request| async move { client.get_shard(request).await },
+                )
+                .await;
+        }
         let info = self.node.shard_info(shard).await.map_err(node_status)?;
-        Ok(Response::new(v1::GetShardResponse { shard: Some(shard_info_message(info)) }))
+        Ok(Response::new(v1::GetShardResponse { shard: Some(self.shard_message(info)) }))
     }
 
     async fn get_cluster(

@@ -136,7 +136,23 @@ impl Forwarder {
         Call: FnOnce(AvailabilityServiceClient<Channel>, Request<T>) -> Answer,
         Answer: Future<Output = Result<Response<Reply>, Status>>,
     {
-        match self.send(&peer.address, incoming, call).await {
+        self.forward_with(peer, incoming, AvailabilityServiceClient::new, call).await
+    }
+
+    /// [`Forwarder::forward`] through another service's client (`client`
+    /// makes it from the pooled channel).
+    pub async fn forward_with<Client, T, Reply, Call, Answer>(
+        &self,
+        peer: Peer,
+        incoming: Incoming<T>,
+        client: fn(Channel) -> Client,
+        call: Call,
+    ) -> Result<Response<Reply>, Status>
+    where
+        Call: FnOnce(Client, Request<T>) -> Answer,
+        Answer: Future<Output = Result<Response<Reply>, Status>>,
+    {
+        match self.send_with(&peer.address, incoming, client, call).await {
             Ok(answer) => answer,
             Err(Unreachable) => Err(peer.refusal),
         }
@@ -156,6 +172,21 @@ impl Forwarder {
         Call: FnOnce(AvailabilityServiceClient<Channel>, Request<T>) -> Answer,
         Answer: Future<Output = Result<Response<Reply>, Status>>,
     {
+        self.send_with(address, incoming, AvailabilityServiceClient::new, call).await
+    }
+
+    /// [`Forwarder::send`] through another service's client.
+    pub async fn send_with<Client, T, Reply, Call, Answer>(
+        &self,
+        address: &str,
+        incoming: Incoming<T>,
+        client: fn(Channel) -> Client,
+        call: Call,
+    ) -> Result<Result<Response<Reply>, Status>, Unreachable>
+    where
+        Call: FnOnce(Client, Request<T>) -> Answer,
+        Answer: Future<Output = Result<Response<Reply>, Status>>,
+    {
         let timeout = incoming.timeout();
         let Some(message) = incoming.message else { return Err(Unreachable) };
         let Some(channel) = self.channel(address) else { return Err(Unreachable) };
@@ -168,8 +199,7 @@ impl Forwarder {
         request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
         request.set_timeout(timeout);
         self.forwarded.fetch_add(1, Ordering::Relaxed);
-        let client = AvailabilityServiceClient::new(channel);
-        match tokio::time::timeout(timeout, call(client, request)).await {
+        match tokio::time::timeout(timeout, call(client(channel), request)).await {
             Ok(Ok(response)) => Ok(Ok(Response::new(response.into_inner()))),
             // The transport's failures, not the owner's answers: no atp
             // reason, and UNAVAILABLE (could not connect), or CANCELLED or

@@ -102,6 +102,19 @@ async fn the_sdk_sends_each_reservation_to_its_owner_and_follows_the_map() {
         control[0]
     );
 
+    // Any node shows any shard: node 0 forwards GetShard to the owner.
+    for (index, owner) in cluster.ids.iter().enumerate() {
+        let shard = (0..1024).find(|shard| claims[shard].0 == *owner).expect("a shard");
+        let target = Some(v1::get_shard_request::Target::Shard(shard));
+        let reply = cluster.nodes[0]
+            .admin()
+            .get_shard(v1::GetShardRequest { target })
+            .await
+            .unwrap_or_else(|status| panic!("GetShard {shard} via node 0: {status:?}"));
+        let info = reply.into_inner().shard.expect("a shard");
+        assert_eq!((&info.node, info.epoch), (owner, claims[&shard].1 as u64), "node {index}");
+    }
+
     // The stream follows etcd: node 2's claims go with it.
     let gone = cluster.ids[2].clone();
     cluster.nodes[2].kill();
