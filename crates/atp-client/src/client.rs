@@ -7,10 +7,11 @@ use atp_proto::v1;
 use tonic::transport::Channel;
 
 use crate::retry::Retrier;
-use crate::routing::{EPOCH_HEADER, RouteKey, Router, reroute, unreachable};
+use crate::routing::{RouteKey, Router, reroute, unreachable};
 use crate::transport::Transport;
 use crate::types::{Line, Reservation, Reserve};
 use crate::{Error, RetryPolicy, Rpc};
+use atp_proto::EPOCH_HEADER;
 
 /// Deadline of one attempt unless the builder says otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);

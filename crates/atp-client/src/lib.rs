@@ -10,8 +10,9 @@
 //!   `AdminService.WatchShardMap` on a configured endpoint and sends each
 //!   call straight to its shard's owner (the reservation id's home, else
 //!   the first SKU's shard) with the epoch the map gives; a call the owner
-//!   refuses because the map was behind (`NOT_OWNER`, `STALE_EPOCH`) or
-//!   that cannot reach the owner goes at once to a configured endpoint,
+//!   refuses because the map was behind (`NOT_OWNER`, `STALE_EPOCH`), or
+//!   that cannot reach it or gets no answer in time, goes at once to a
+//!   configured endpoint,
 //!   which forwards it. Until the first map, and on a single node, calls go
 //!   round-robin to the configured endpoints;
 //! - a **deadline** per attempt ([`ClientBuilder::deadline`], default 10 s);

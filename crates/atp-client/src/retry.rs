@@ -59,7 +59,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// A policy that sends each call once.
+    /// A policy that makes one attempt per call (with routing, an attempt
+    /// the owner refuses as behind the shard map, or that cannot reach it,
+    /// is sent once more, to a configured endpoint).
     pub fn never() -> Self {
         Self { max_attempts: 1, ..Self::default() }
     }

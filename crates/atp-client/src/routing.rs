@@ -6,8 +6,10 @@
 //! `NOT_OWNER` or `STALE_EPOCH` (the map was behind a move), or that cannot
 //! reach the owner, is sent again at once to a configured endpoint without
 //! the epoch, and that node forwards it; an owner that could not be reached
-//! is routed around for 2 s. A broken stream stops routing until a new one
-//! sends a map; a server without WatchShardMap is never routed.
+//! or did not answer within the deadline is routed around for 2 s (so one
+//! attempt may take up to twice the deadline). A broken stream stops routing until a new one
+//! sends a map; a node without WatchShardMap is asked again every 5 s (the
+//! next configured endpoint may have it).
 
 use std::time::Duration;
 
@@ -18,9 +20,6 @@ use tokio::task::JoinHandle;
 use crate::Error;
 use crate::transport::Transport;
 
-/// The request header carrying the epoch the client believes the
-/// request's first shard has.
-pub(crate) const EPOCH_HEADER: &str = "x-atp-epoch";
 /// First pause before opening the stream again after it broke.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause between attempts to open the stream.
@@ -62,8 +61,9 @@ async fn follow(transport: Transport) {
                     }
                 }
             }
-            // A server without WatchShardMap (older): never routed.
-            Err(status) if status.code() == tonic::Code::Unimplemented => return,
+            // A node without WatchShardMap (older, e.g. mid rolling
+            // upgrade): ask the next endpoint, at the slowest pace.
+            Err(status) if status.code() == tonic::Code::Unimplemented => backoff = MAX_BACKOFF,
             Err(_) => {}
         }
         transport.forget_routes();
@@ -80,10 +80,12 @@ pub(crate) fn reroute(error: &Error) -> bool {
         || unreachable(error)
 }
 
-/// A failure that says the owner could not be reached (no atp reason): it
-/// is routed around for a while.
+/// A failure that says the owner could not be reached or did not answer in
+/// time (no atp reason): it is routed around for a while. (Resending is
+/// safe: every atp call carries its own id or only reads.)
 pub(crate) fn unreachable(error: &Error) -> bool {
-    matches!(error, Error::Unavailable { .. }) && error.reason().is_none()
+    matches!(error, Error::Unavailable { .. } | Error::DeadlineExceeded { .. })
+        && error.reason().is_none()
 }
 
 /// The key a request is routed by: its first reservation id (its home

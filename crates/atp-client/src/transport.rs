@@ -20,6 +20,10 @@ const MAX_ROUTED_NODES: usize = 256;
 /// How long an owner that could not be reached is routed around (its
 /// calls go to the configured endpoints, which forward).
 const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on every connection, idle or not.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A ping unanswered this long closes the connection.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections to one node.
 #[derive(Debug)]
@@ -131,10 +135,15 @@ impl Transport {
     }
 
     /// The channel for the next call (round-robin over every connection).
+    /// Skips an endpoint found unreachable lately while another is not.
     pub(crate) fn channel(&self) -> Channel {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        let node = &self.nodes[turn % self.nodes.len()];
-        let index = (turn / self.nodes.len()) % node.connections.len();
+        let count = self.nodes.len();
+        let node = (0..count)
+            .map(|step| &self.nodes[(turn + step) % count])
+            .find(|node| node.reachable())
+            .unwrap_or(&self.nodes[turn % count]);
+        let index = (turn / count) % node.connections.len();
         node.connections[index].clone()
     }
 
@@ -152,6 +161,13 @@ impl Transport {
     /// nothing: calls go to the configured endpoints.
     pub(crate) fn install(&self, map: &v1::GetClusterResponse) {
         let routes = map.cluster_mode.then(|| self.routes_of(map));
+        // Pools of nodes the map no longer names are dropped (the
+        // configured endpoints' stay).
+        let named: std::collections::HashSet<String> =
+            map.members.iter().map(|member| normalize(&member.address)).collect();
+        self.known.lock().expect("pool lock is never poisoned").retain(|uri, node| {
+            named.contains(uri) || self.nodes.iter().any(|own| Arc::ptr_eq(own, node))
+        });
         *self.routes.write().expect("routes lock is never poisoned") = routes.map(Arc::new);
         self.installed.send_modify(|count| *count += 1);
     }
@@ -231,7 +247,12 @@ fn connect_lazy(
     let template = Endpoint::from_shared(uri.clone())
         .map_err(|error| Error::Config(format!("endpoint {endpoint:?}: {error}")))?
         .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A half-open connection (a partition) is found within ~20 s, also
+        // under an idle WatchShardMap stream.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let connections = (0..connections).map(|_| template.clone().connect_lazy()).collect();
     Ok(Node {
         uri,

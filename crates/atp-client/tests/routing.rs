@@ -9,7 +9,6 @@
 mod support;
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atp_client::{Client, Reason, Reserve};
@@ -140,16 +139,13 @@ async fn a_map_behind_or_pointing_nowhere_costs_a_second_send_not_an_error() {
         .expect("client");
     assert!(client.wait_for_shard_map(Duration::from_secs(20)).await, "no map");
     assert!(client.is_routed());
-    let reserved = Arc::new(Mutex::new(0));
     let reserve = |n: u32| {
         let client = client.clone();
-        let reserved = Arc::clone(&reserved);
         async move {
             let id = format!("routed-{n}");
             let held =
                 client.reserve(Reserve::new(id.as_str(), "web").line("sku-r", "dc-1", 1)).await;
             assert!(held.is_ok(), "{id}: {held:?}");
-            *reserved.lock().expect("lock") += 1;
         }
     };
 
@@ -192,5 +188,4 @@ async fn a_map_behind_or_pointing_nowhere_costs_a_second_send_not_an_error() {
     }
     assert_eq!(front_proxy.attempts(), through_front + 5);
     assert!(client.is_routed(), "the map still routes (around the dead owner)");
-    assert!(*reserved.lock().expect("lock") >= 16, "every call answered");
 }

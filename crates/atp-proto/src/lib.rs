@@ -28,6 +28,10 @@ pub mod requests;
 pub mod status;
 
 pub use reason::{ERROR_DOMAIN, Reason, reason_of};
+
+/// The request header carrying the epoch the client believes the request's
+/// first shard (its home, for a reservation) has: a decimal number.
+pub const EPOCH_HEADER: &str = "x-atp-epoch";
 pub use status::{code_name, rpc_status, status_from_rpc, status_of};
 
 /// Generated messages, clients and servers of package `atp.v1`

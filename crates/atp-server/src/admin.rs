@@ -136,21 +136,22 @@ impl AdminService for AdminApi {
         request: Request<v1::GetShardRequest>,
     ) -> Result<Response<v1::GetShardResponse>, Status> {
         // Another node's shard is shown by its owner (one hop); a shard
-        // nobody serves (failing closed here, owner unknown) as this node
-        // holds it.
+        // nobody serves (failing closed here, owner unknown or unreachable)
+        // as this node holds it.
         let (incoming, message) =
             Incoming::split(request, matches!(self.fence, Fence::Cluster(_)))?;
         let shard = parse_shard_target(message).map_err(status_of)?;
         if let ShardRoute::Forward(peer) = self.fence.route_shard(shard, incoming.may_forward()) {
-            return self
-                .forwarder
-                .forward_with(
-                    peer,
-                    incoming,
-                    AdminServiceClient::new,
-                    |mut client, request| async move { client.get_shard(request).await },
-                )
-                .await;
+            let sent = self.forwarder.send_with(
+                &peer.address,
+                incoming,
+                AdminServiceClient::new,
+                |mut client, request| async move { client.get_shard(request).await },
+            );
+            // An owner that cannot be asked: this node's view, as before.
+            if let Ok(answer) = sent.await {
+                return answer;
+            }
         }
         let info = self.node.shard_info(shard).await.map_err(node_status)?;
         Ok(Response::new(v1::GetShardResponse { shard: Some(self.shard_message(info)) }))
@@ -180,7 +181,12 @@ impl AdminService for AdminApi {
             futures::stream::unfold(state, |(api, mut changes, first, permit)| async move {
                 if !first {
                     let mut stopping = api.stopping.clone();
-                    let stopped = stopping.wait_for(|stopping| *stopping);
+                    // A closed signal (no server owns it) never fires.
+                    let stopped = async move {
+                        if stopping.wait_for(|stopping| *stopping).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     match &mut changes {
                         Some((map, members)) => {
                             let changed = async {
@@ -191,11 +197,11 @@ impl AdminService for AdminApi {
                             };
                             tokio::select! {
                                 alive = changed => if !alive { return None },
-                                _ = stopped => return None,
+                                () = stopped => return None,
                             }
                         }
                         None => {
-                            let _ = stopped.await;
+                            stopped.await;
                             return None;
                         }
                     }
@@ -249,5 +255,30 @@ impl AdminService for AdminApi {
             epoch: SINGLE_NODE_EPOCH,
             next_page_token: encode_page_token(&page.next_page_token),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use atp_shard::{Clock, NodeConfig};
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// An AdminApi no server owns (its stop signal closed) keeps a single
+    /// node's map stream open: one map, then nothing, not an end.
+    #[tokio::test]
+    async fn a_stream_without_a_server_stays_open_after_its_map() {
+        let node = Node::start(NodeConfig::default(), Clock::system());
+        let api = AdminApi::new(node);
+        let request = Request::new(v1::WatchShardMapRequest {});
+        let mut stream = api.watch_shard_map(request).await.expect("a stream").into_inner();
+        let first = stream.next().await.expect("a map").expect("ok");
+        assert!(!first.map.expect("the map").cluster_mode);
+        tokio::time::pause();
+        let next = tokio::time::timeout(Duration::from_secs(3600), stream.next()).await;
+        assert!(next.is_err(), "the stream ended or sent again: {next:?}");
     }
 }

@@ -56,9 +56,7 @@ pub enum Fence {
     Cluster(Box<ClusterView>),
 }
 
-/// The request header carrying the epoch the client believes the request's
-/// first shard (its home, for a reservation) has: a decimal number.
-pub const EPOCH_HEADER: &str = "x-atp-epoch";
+pub use atp_proto::EPOCH_HEADER;
 
 /// The epoch a request carries in [`EPOCH_HEADER`], if any; a value that is
 /// not a positive decimal number is INVALID_ARGUMENT.
