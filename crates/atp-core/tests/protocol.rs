@@ -82,6 +82,14 @@ fn cluster_action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// The cluster's actions and planned moves of shards between nodes.
+fn moving_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        12 => cluster_action(),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(shard, to)| Action::MoveShard { shard, to }),
+    ]
+}
+
 fn cases() -> u32 {
     std::env::var("ATP_PROPTEST_CASES")
         .ok()
@@ -124,6 +132,22 @@ proptest! {
         nodes in 2..=3u8,
         offset in any::<u8>(),
         actions in proptest::collection::vec(cluster_action(), 10..=40),
+    ) {
+        let mut world = World::new(&stock);
+        world.split(nodes, offset);
+        world.persist()?;
+        for action in &actions {
+            world.step(action)?;
+        }
+        world.finish_cluster()?;
+    }
+
+    #[test]
+    fn protocol_across_nodes_survives_planned_moves(
+        stock in proptest::collection::vec(0..=6i64, SKUS.len() * LOCATIONS.len()),
+        nodes in 2..=3u8,
+        offset in any::<u8>(),
+        actions in proptest::collection::vec(moving_action(), 10..=40),
     ) {
         let mut world = World::new(&stock);
         world.split(nodes, offset);

@@ -222,6 +222,57 @@ impl World {
         checks::positions_match_holds(&self.shards, &self.catalog)
     }
 
+    /// A planned handoff of a shard to node `to`: skipped while a Reserve,
+    /// a change or a rollback homed on it is still running, or its last
+    /// step is not durable (the drain waits for those). Otherwise its
+    /// records are made durable, it leaves its node's memory (confirmed
+    /// holds), and the new node recovers it from those records alone, as
+    /// at a restart, and serves it. Messages on their way to it reach the
+    /// new owner (the old one forwards them).
+    pub(super) fn move_shard(&mut self, shard: u8, to: u8) -> Result<(), TestCaseError> {
+        let shards: Vec<u32> = self.shards.keys().copied().collect();
+        let shard = *pick(&shards, shard).expect("shards");
+        let nodes: Vec<u8> = self.nodes().into_iter().collect();
+        let to = *pick(&nodes, to).expect("nodes");
+        if to == self.node(shard) {
+            return Ok(());
+        }
+        let homed_here = |id: &ReservationId| shard_of(id.as_str()) == shard;
+        let busy = self.reserving.keys().any(|(id, _)| homed_here(id))
+            || self.changing.keys().any(|(id, _)| homed_here(id))
+            || self.waiting.values().any(|(waiting, _)| match waiting {
+                Waiting::Client(id, _) | Waiting::Rollback(id, _) | Waiting::Change(id, _, _) => {
+                    homed_here(id)
+                }
+            })
+            || self.unflushed.contains(&shard)
+            || self.hold_back.contains(&shard);
+        if busy {
+            return Ok(());
+        }
+        self.persist_shard(shard)?;
+        self.confirmed.retain(|(of, _, _)| *of != shard);
+        self.node_of.insert(shard, to);
+        let records = self.durable[&shard].replayed();
+        let mut restored = BTreeMap::from([(shard, restore(shard, &records)?)]);
+        let recovered = recover_owned(&mut restored, &|of| of == shard, &self.catalog, self.now);
+        for (of, state) in restored {
+            prop_assert_eq!(of, shard, "a move recovered another shard");
+            self.shards.insert(of, state);
+        }
+        for (of, op) in recovered.remote_ops {
+            self.network.push(Message::Line { shard: of, op, ack: None, from: to });
+        }
+        for notice in recovered.remote_notices {
+            self.network.push(Message::Notice { notice, from: to });
+        }
+        for id in recovered.in_doubt {
+            self.ask(to, id);
+        }
+        self.persist()?;
+        checks::positions_match_holds(&self.shards, &self.catalog)
+    }
+
     /// Sends the queries `needed` names that were not asked yet: the
     /// home's first, then (once it answered) every line shard's, the
     /// node's own shards read afresh then — no hold is read before the

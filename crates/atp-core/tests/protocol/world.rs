@@ -116,6 +116,13 @@ pub enum Action {
     Sweep {
         node: u8,
     },
+    /// A planned handoff (`docs/PROTOCOL.md`, "Planned handoff"): a shard
+    /// with nothing of its own in flight moves to another node, which
+    /// recovers it from its durable records and serves it.
+    MoveShard {
+        shard: u8,
+        to: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -433,6 +440,7 @@ impl World {
                 let node = *pick(&nodes, *node).expect("nodes");
                 self.sweep(node);
             }
+            Action::MoveShard { shard, to } => self.move_shard(*shard, *to)?,
         }
         self.persist()?;
         checks::positions_match_holds(&self.shards, &self.catalog)?;
