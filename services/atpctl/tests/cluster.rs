@@ -48,6 +48,9 @@ async fn three_nodes_show_the_same_map_through_any_of_them() {
     let listed = members["members"].as_array().expect("members");
     assert_eq!(listed.len(), 3, "{members}");
     assert!(listed.iter().all(|member| member["lease_state"] == "held"), "{members}");
+    let shards: u64 = listed.iter().map(|member| member["shards"].as_u64().expect("a count")).sum();
+    assert_eq!(shards, 1024, "every shard counted once: {members}");
+    assert!(listed.iter().all(|member| member["shards"].as_u64() > Some(0)), "{members}");
     let node = listed[1]["node_id"].as_str().expect("a node id").to_owned();
     let filtered = atpctl_json(&addresses[2], &["cluster", "shards", "--node", &node]).await;
     let filtered = shard_map(&filtered);

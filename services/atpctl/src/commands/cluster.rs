@@ -44,16 +44,18 @@ pub async fn members(context: &Context) -> anyhow::Result<ExitCode> {
                     "address": member.address,
                     "lease_state": member.lease_state,
                     "answering": member.answering,
+                    "shards": owned(&response, &member.node_id),
                 })).collect::<Vec<_>>(),
             })
         },
         || {
-            let mut table = Table::new(&["NODE", "ADDRESS", "LEASE", "ANSWERING"]);
+            let mut table = Table::new(&["NODE", "ADDRESS", "LEASE", "SHARDS>", "ANSWERING"]);
             for member in &response.members {
                 table.row(vec![
                     member.node_id.clone(),
                     member.address.clone(),
                     member.lease_state.clone(),
+                    owned(&response, &member.node_id).to_string(),
                     if member.answering { "yes" } else { "" }.to_owned(),
                 ]);
             }
@@ -68,6 +70,11 @@ pub async fn members(context: &Context) -> anyhow::Result<ExitCode> {
         },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The shards the map gives `node` (claimed, or assigned and unclaimed).
+fn owned(response: &GetClusterResponse, node: &str) -> usize {
+    response.shards.iter().filter(|shard| shard.owner == node).count()
 }
 
 fn view_name(shard: &ClusterShard) -> &'static str {
