@@ -90,6 +90,23 @@ fn moving_action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// A cluster run: the shards split over `nodes` nodes, the actions, then
+/// the heal and its checks.
+fn run_cluster(
+    stock: &[i64],
+    nodes: u8,
+    offset: u8,
+    actions: &[Action],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let mut world = World::new(stock);
+    world.split(nodes, offset);
+    world.persist()?;
+    for action in actions {
+        world.step(action)?;
+    }
+    world.finish_cluster()
+}
+
 fn cases() -> u32 {
     std::env::var("ATP_PROPTEST_CASES")
         .ok()
@@ -133,13 +150,7 @@ proptest! {
         offset in any::<u8>(),
         actions in proptest::collection::vec(cluster_action(), 10..=40),
     ) {
-        let mut world = World::new(&stock);
-        world.split(nodes, offset);
-        world.persist()?;
-        for action in &actions {
-            world.step(action)?;
-        }
-        world.finish_cluster()?;
+        run_cluster(&stock, nodes, offset, &actions)?;
     }
 
     #[test]
@@ -149,12 +160,6 @@ proptest! {
         offset in any::<u8>(),
         actions in proptest::collection::vec(moving_action(), 10..=40),
     ) {
-        let mut world = World::new(&stock);
-        world.split(nodes, offset);
-        world.persist()?;
-        for action in &actions {
-            world.step(action)?;
-        }
-        world.finish_cluster()?;
+        run_cluster(&stock, nodes, offset, &actions)?;
     }
 }

@@ -203,6 +203,18 @@ impl World {
             let records = self.durable[shard].replayed();
             restored.insert(*shard, restore(*shard, &records)?);
         }
+        self.recover_on(node, restored, &owned)
+    }
+
+    /// `node` recovers `restored` (the shards of `owned` it holds, read from
+    /// their durable records) and serves them: what it owes other owners
+    /// goes out, and its doubts are asked about.
+    fn recover_on(
+        &mut self,
+        node: u8,
+        mut restored: BTreeMap<u32, atp_core::shard::ShardState>,
+        owned: &BTreeSet<u32>,
+    ) -> Result<(), TestCaseError> {
         let recovered =
             recover_owned(&mut restored, &|shard| owned.contains(&shard), &self.catalog, self.now);
         for (shard, state) in restored {
@@ -254,23 +266,8 @@ impl World {
         self.confirmed.retain(|(of, _, _)| *of != shard);
         self.node_of.insert(shard, to);
         let records = self.durable[&shard].replayed();
-        let mut restored = BTreeMap::from([(shard, restore(shard, &records)?)]);
-        let recovered = recover_owned(&mut restored, &|of| of == shard, &self.catalog, self.now);
-        for (of, state) in restored {
-            prop_assert_eq!(of, shard, "a move recovered another shard");
-            self.shards.insert(of, state);
-        }
-        for (of, op) in recovered.remote_ops {
-            self.network.push(Message::Line { shard: of, op, ack: None, from: to });
-        }
-        for notice in recovered.remote_notices {
-            self.network.push(Message::Notice { notice, from: to });
-        }
-        for id in recovered.in_doubt {
-            self.ask(to, id);
-        }
-        self.persist()?;
-        checks::positions_match_holds(&self.shards, &self.catalog)
+        let restored = BTreeMap::from([(shard, restore(shard, &records)?)]);
+        self.recover_on(to, restored, &BTreeSet::from([shard]))
     }
 
     /// Sends the queries `needed` names that were not asked yet: the
