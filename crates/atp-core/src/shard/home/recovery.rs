@@ -132,7 +132,22 @@ impl ShardState {
         }
         self.applied_sequence += 1;
         let record = self.records.get_mut(id).expect("checked above");
+        // A line shard of the record's version that `to` does not name
+        // keeps a hold of that version nobody else ends: `to` is another
+        // incarnation of the id (a Reserve begun again after this one's
+        // record was lost), or a change that dropped that shard. Abort it
+        // (delivered by the next tick; docs/PROTOCOL.md, "A roll-forward
+        // aborts what the old version leaves behind").
+        let kept = to.line_shards();
+        let from = record.version;
+        let left: Vec<(u32, LineOp)> = record
+            .line_ops(|_| LineOp::Abort { id: id.clone(), version: from })
+            .into_iter()
+            .filter(|(shard, _)| !kept.contains(shard))
+            .collect();
         record.apply_change(to);
+        self.undelivered.extend(left);
+        let record = self.records.get_mut(id).expect("checked above");
         // The change's request id is not in its holds: a retry of it is
         // judged as a new change (to the same lines).
         record.not_expired_before_ms = now + 1;
