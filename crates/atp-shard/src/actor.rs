@@ -10,7 +10,7 @@
 //! flight. If a write fails, every reply of it is the error and every shard
 //! refuses all later work (memory is ahead of disk).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,13 @@ pub(crate) struct Shared {
     /// by cluster mode through `Node::set_epoch`, else 1 or what recovery
     /// found).
     pub(crate) epochs: Vec<AtomicU64>,
+    /// Cluster mode (peers are set): a shard runs its own deadlines
+    /// (expiries, forgetting, deliveries it owes) only while `serving` says
+    /// this node serves it, so nothing is written under an epoch it does
+    /// not hold.
+    pub(crate) clustered: AtomicBool,
+    /// Per shard: whether this node serves it now (cluster mode only).
+    pub(crate) serving: Vec<AtomicBool>,
 }
 
 /// A Reserve being worked on, and where its answer will appear.
@@ -81,6 +88,16 @@ pub(crate) enum Control {
 }
 
 impl Shared {
+    /// Whether `shard` runs its own deadlines: always on a single node; in
+    /// a cluster only while this node serves it.
+    pub(crate) fn runs_deadlines(&self, shard: u32) -> bool {
+        !self.clustered.load(Ordering::Acquire)
+            || self
+                .serving
+                .get(shard as usize)
+                .is_some_and(|serving| serving.load(Ordering::Acquire))
+    }
+
     /// The epoch `shard`'s next batch is written under.
     pub(crate) fn epoch(&self, shard: u32) -> u64 {
         self.epochs.get(shard as usize).map_or(0, |epoch| epoch.load(Ordering::Acquire))
@@ -186,6 +203,13 @@ impl ShardHandle {
         let (sender, receiver) = mpsc::channel(capacity);
         let (control, controls) = mpsc::channel(4);
         (Self { shard, sender, control, committer }, receiver, controls)
+    }
+
+    /// Wakes the actor (an empty operation) so it looks at its deadlines
+    /// again; a full mailbox wakes it anyway.
+    pub(crate) fn wake(&self) {
+        let (op, _) = operation(|_, _, _| (), Answer::Applied);
+        let _ = self.sender.try_send(op);
     }
 
     /// A checkpoint of the shard between two batches, unless nothing changed
@@ -383,7 +407,11 @@ pub(crate) async fn run(
     let has_failed = |shared: &Shared| shared.committer.as_ref().is_some_and(Committer::has_failed);
     loop {
         let failed = has_failed(&shared);
-        let wake_at = state.next_deadline().map(|at| shared.clock.instant_at(at));
+        // A shard this cluster node does not serve sleeps until a message
+        // (`Node::set_serving` sends one when it starts serving).
+        let runs_deadlines = shared.runs_deadlines(state.shard());
+        let wake_at =
+            state.next_deadline().filter(|_| runs_deadlines).map(|at| shared.clock.instant_at(at));
         tokio::select! {
             received = mailbox.recv_many(&mut batch, shared.batch_max) => {
                 if received == 0 {
@@ -413,7 +441,8 @@ pub(crate) async fn run(
         }
         let now = shared.clock.now_ms();
         let catalog = shared.catalog();
-        let expired = state.tick(now);
+        let expired =
+            if shared.runs_deadlines(state.shard()) { state.tick(now) } else { Vec::new() };
         let replies: Vec<Reply> = batch.drain(..).map(|op| op(&mut state, &catalog, now)).collect();
         let changes = state.drain_changes();
         let Some(committer) = &shared.committer else {

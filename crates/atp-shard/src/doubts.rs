@@ -266,12 +266,9 @@ pub(crate) fn spawn_confirmer(
                 match held_at_owner(&shared, &line).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        let home = shard_of(line.reservation.as_str());
-                        let notice = line.clone();
-                        let noted = shared.shards[home as usize]
-                            .call(move |state, _, now| state.note_shipped(&notice, now))
-                            .await;
-                        if noted.is_err() {
+                        // To the home where it is served now: here once this
+                        // node serves it, else its owner (or the outbox).
+                        if actor::notify_home(&shared, line.clone()).await.is_err() {
                             unanswered.push(line);
                         }
                     }

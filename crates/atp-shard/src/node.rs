@@ -2,7 +2,7 @@
 //! whose lines live on other shards than their home.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,8 @@ impl Node {
             peers: RwLock::new(None),
             outbox: Outbox::default(),
             epochs: (0..SHARD_COUNT).map(|_| AtomicU64::new(SINGLE_NODE_EPOCH)).collect(),
+            clustered: AtomicBool::new(false),
+            serving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);
@@ -662,6 +664,24 @@ impl Node {
         }
     }
 
+    /// Cluster mode: whether this node serves `shard` now, and under which
+    /// epoch (see [`Node::set_epoch`]). A shard not served runs none of its
+    /// own deadlines (no expiry, nothing forgotten, no delivery it owes):
+    /// its batches would carry an epoch this node does not hold. When it
+    /// starts serving it catches up at once.
+    pub fn set_serving(&self, shard: u32, epoch: Option<u64>) {
+        let Some(serving) = self.shared.serving.get(shard as usize) else { return };
+        match epoch {
+            Some(epoch) => {
+                self.set_epoch(shard, epoch);
+                if !serving.swap(true, Ordering::AcqRel) {
+                    self.shard(shard).wake();
+                }
+            }
+            None => serving.store(false, Ordering::Release),
+        }
+    }
+
     /// The epoch `shard`'s batches are written under (1 on a single node).
     pub fn epoch(&self, shard: u32) -> u64 {
         self.shared.epoch(shard)
@@ -683,6 +703,7 @@ impl Node {
     pub fn set_peers(&self, peers: Arc<dyn Peers>) {
         *self.shared.peers.write().expect("peers lock is never poisoned") =
             Some(Arc::clone(&peers));
+        self.shared.clustered.store(true, Ordering::Release);
         let outbox = self.shared.outbox.clone();
         tokio::spawn(outbox.run(Arc::clone(&self.shared), self.stop.subscribe()));
     }

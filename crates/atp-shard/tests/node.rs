@@ -176,3 +176,89 @@ async fn shard_info_counts_holds_and_skus() {
     assert_eq!(kinds, ["received", "reserve"]);
     assert_eq!(&*ledger[1].cause, "r-1");
 }
+
+/// Peers of a cluster node that serves every shard itself (nothing goes out).
+struct AllLocal;
+
+impl atp_shard::Peers for AllLocal {
+    fn is_local(&self, _shard: u32) -> bool {
+        true
+    }
+    fn line_ops(
+        &self,
+        shard: u32,
+        _ops: Vec<atp_core::shard::LineOp>,
+        _deadline: Duration,
+    ) -> atp_shard::PeerFuture<Vec<Result<(), CoreError>>> {
+        Box::pin(async move { Err(nowhere(shard)) })
+    }
+    fn notice(
+        &self,
+        notice: atp_core::shard::ShipNotice,
+        _deadline: Duration,
+    ) -> atp_shard::PeerFuture<()> {
+        Box::pin(async move { Err(nowhere(shard_of(notice.reservation.as_str()))) })
+    }
+    fn facts(
+        &self,
+        shard: u32,
+        _id: atp_core::ids::ReservationId,
+        _deadline: Duration,
+    ) -> atp_shard::PeerFuture<atp_core::shard::ShardFacts> {
+        Box::pin(async move { Err(nowhere(shard)) })
+    }
+    fn adopt(
+        &self,
+        incarnation: atp_core::shard::Incarnation,
+        _deadline: Duration,
+    ) -> atp_shard::PeerFuture<()> {
+        Box::pin(async move { Err(nowhere(shard_of(incarnation.request.id.as_str()))) })
+    }
+    fn has_line(
+        &self,
+        line: atp_core::shard::ShipNotice,
+        _deadline: Duration,
+    ) -> atp_shard::PeerFuture<bool> {
+        Box::pin(async move { Err(nowhere(shard_of(line.sku.as_str()))) })
+    }
+}
+
+fn nowhere(shard: u32) -> atp_shard::PeerError {
+    atp_shard::PeerError::Unavailable { shard, reason: "no other node in this test".into() }
+}
+
+/// A cluster node writes a shard only under an epoch it holds: while it
+/// does not serve the shard (a claim not yet made, a lost lease, a shard
+/// moved away) the shard's own deadlines wait, and they catch up at once
+/// when it serves it again.
+#[tokio::test(start_paused = true)]
+async fn a_cluster_node_runs_no_deadlines_of_a_shard_it_does_not_serve() {
+    let node = node_with_stock(NodeConfig::default(), &[("tee", 10)]).await;
+    node.set_peers(std::sync::Arc::new(AllLocal));
+    let home = shard_of("r-1");
+    let line = shard_of("tee");
+    for shard in [home, line] {
+        node.set_serving(shard, Some(7));
+    }
+    node.reserve(reserve_request("r-1", &[("tee", 4)], 5_000)).await.expect("held");
+    assert_eq!(node.epoch(home), 7);
+
+    node.set_serving(home, None);
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    assert_eq!(
+        node.get_reservation(rid("r-1")).await.expect("found").state,
+        ReservationState::Held,
+        "no expiry on a shard not served"
+    );
+    assert_eq!(reserved(&node, "tee"), 4);
+
+    node.set_serving(home, Some(9));
+    assert_eq!(node.epoch(home), 9);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        node.get_reservation(rid("r-1")).await.expect("found").state,
+        ReservationState::Expired,
+        "served again: the overdue expiry ran at once"
+    );
+    assert_eq!(reserved(&node, "tee"), 0);
+}

@@ -162,9 +162,10 @@ impl Cluster {
 }
 
 /// Passes each ownership the claims loop publishes on to `relayed`, after
-/// setting the epoch of every shard it serves on `node`: a request is
-/// admitted under an epoch only once the shard's batches carry it. Step-
-/// downs pass at once (the view also checks the lease itself).
+/// telling `node` which shards it serves under which epoch: a request is
+/// admitted under an epoch only once the shard's batches carry it, and a
+/// shard not served runs none of its own deadlines. Step-downs pass at once
+/// (the view also checks the lease itself).
 async fn relay_epochs(
     node: Node,
     mut published: watch::Receiver<Ownership>,
@@ -173,9 +174,11 @@ async fn relay_epochs(
     loop {
         let ownership = published.borrow_and_update().clone();
         for (shard, state) in (0u32..).zip(&ownership.shards) {
-            if let ShardState::Serving { epoch } = state {
-                node.set_epoch(shard, u64::try_from(*epoch).unwrap_or(0));
-            }
+            let serving = match state {
+                ShardState::Serving { epoch } => Some(u64::try_from(*epoch).unwrap_or(0)),
+                _ => None,
+            };
+            node.set_serving(shard, serving);
         }
         relayed.send_replace(ownership);
         if published.changed().await.is_err() {
