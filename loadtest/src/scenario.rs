@@ -175,6 +175,7 @@ impl Worker {
             endpoint: self.endpoint.clone(),
             sent_unix_ms,
             failed_unix_ms: unix_ms(),
+            message: error.to_string(),
         });
     }
 

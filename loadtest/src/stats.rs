@@ -45,6 +45,8 @@ pub struct Failure {
     pub sent_unix_ms: i64,
     /// See `sent_unix_ms`.
     pub failed_unix_ms: i64,
+    /// The error as the SDK shows it (its message names the node and why).
+    pub message: String,
 }
 
 /// This machine's wall clock, unix ms.

@@ -133,5 +133,6 @@ keyed! {
     v1::QueryLedgerRequest,
     v1::GetClusterRequest,
     v1::ReassignShardsRequest,
+    v1::MoveShardRequest,
     tonic_health::pb::HealthCheckRequest,
 }

@@ -88,6 +88,8 @@ unary! {
         "AdminService.GetCluster: the members and the shard map as the node sees them."),
     (AdminServiceClient, reassign_shards, v1::ReassignShardsRequest, v1::ReassignShardsResponse,
         "AdminService.ReassignShards: move a dead node's shards to live nodes, accepting the loss."),
+    (AdminServiceClient, move_shard, v1::MoveShardRequest, v1::MoveShardResponse,
+        "AdminService.MoveShard: move one live shard to another live node while serving."),
     (HealthClient, check, tonic_health::pb::HealthCheckRequest,
         tonic_health::pb::HealthCheckResponse, "grpc.health.v1.Health.Check."),
 }

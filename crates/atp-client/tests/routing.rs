@@ -46,6 +46,7 @@ fn map_to(owner: &str, address: &str) -> v1::GetClusterResponse {
         shard_map_revision: 1,
         shard_map_confirmed: true,
         forwarded_requests: 0,
+        moving_shards: Vec::new(),
     }
 }
 
@@ -108,6 +109,13 @@ impl AdminService for FakeMap {
         &self,
         _: Request<v1::ReassignShardsRequest>,
     ) -> Result<Response<v1::ReassignShardsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn move_shard(
+        &self,
+        _: Request<v1::MoveShardRequest>,
+    ) -> Result<Response<v1::MoveShardResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

@@ -72,6 +72,7 @@ mod claims;
 mod cluster_config;
 mod coordinator;
 mod etcd;
+mod handoff;
 mod keepalive;
 mod member_watch;
 mod membership;
@@ -94,6 +95,7 @@ pub use cluster_config::{
 };
 pub use coordinator::{Clock, Coordinator, system_clock};
 pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};
+pub use handoff::{HandOver, HandOverError, claim_of, hand_over};
 pub use membership::{
     LeaseState, LostReason, Member, Members, Membership, MembershipConfig, MembershipError,
 };

@@ -1,6 +1,7 @@
 //! `atp.v1.AdminService` over a [`Node`]: shards, the ledger, the cluster
 //! view and (cluster mode) the reassignment of a dead node's shards.
 
+use atp_core::error::FieldViolation;
 use atp_core::hash::SHARD_COUNT;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::SINGLE_NODE_EPOCH;
 use crate::error::node_status;
 use crate::fence::{Fence, ShardRoute};
 use crate::forward::{Forwarder, Incoming};
+use crate::handoff::ShardMover;
 use crate::reassign::{ShardReassigner, not_a_cluster_status};
 
 /// Most WatchShardMap streams one node serves at once.
@@ -34,6 +36,8 @@ pub struct AdminApi {
     fence: Fence,
     /// Cluster mode: runs ReassignShards (None: a single node refuses it).
     reassigner: Option<Arc<dyn ShardReassigner>>,
+    /// Cluster mode: runs MoveShard at the owner (None: a single node refuses it).
+    mover: Option<Arc<dyn ShardMover>>,
     /// The AvailabilityService's forwarder, whose count GetCluster reports.
     forwarder: Forwarder,
     /// Permits for open WatchShardMap streams.
@@ -58,6 +62,7 @@ impl AdminApi {
             node,
             fence,
             reassigner: None,
+            mover: None,
             forwarder: Forwarder::default(),
             streams: Arc::new(Semaphore::new(MAX_SHARD_MAP_STREAMS)),
             stopping: watch::channel(false).1,
@@ -90,6 +95,9 @@ impl AdminApi {
     fn cluster_message(&self) -> v1::GetClusterResponse {
         let mut message = self.fence.cluster_message(&self.node.config().node_name);
         message.forwarded_requests = self.forwarder.forwarded();
+        if let Fence::Cluster(cluster) = &self.fence {
+            message.moving_shards = cluster.moves.moving();
+        }
         message
     }
 
@@ -97,6 +105,12 @@ impl AdminApi {
     /// `reassigner`.
     pub fn with_reassigner(mut self, reassigner: Arc<dyn ShardReassigner>) -> Self {
         self.reassigner = Some(reassigner);
+        self
+    }
+
+    /// The service over `node` in cluster mode: MoveShard goes through `mover`.
+    pub fn with_mover(mut self, mover: Arc<dyn ShardMover>) -> Self {
+        self.mover = Some(mover);
         self
     }
 }
@@ -155,6 +169,45 @@ impl AdminService for AdminApi {
         }
         let info = self.node.shard_info(shard).await.map_err(node_status)?;
         Ok(Response::new(v1::GetShardResponse { shard: Some(self.shard_message(info)) }))
+    }
+
+    async fn move_shard(
+        &self,
+        request: Request<v1::MoveShardRequest>,
+    ) -> Result<Response<v1::MoveShardResponse>, Status> {
+        let Some(mover) = &self.mover else { return Err(not_a_cluster_status()) };
+        let (incoming, message) = Incoming::split(request, true)?;
+        if message.shard >= SHARD_COUNT {
+            return Err(status_of(
+                FieldViolation::new(
+                    "shard",
+                    format!("is {}; must be 0..{SHARD_COUNT}", message.shard),
+                )
+                .into(),
+            ));
+        }
+        let to = message.to_node.trim();
+        if to.is_empty() || to.len() > 200 {
+            return Err(status_of(
+                FieldViolation::new("to_node", "must be a member's node id (1..=200 characters)")
+                    .into(),
+            ));
+        }
+        // The owner runs the move: forwarded there (one hop) when it is not this node.
+        match self.fence.route_shard(message.shard, incoming.may_forward()) {
+            ShardRoute::Here => {}
+            ShardRoute::Forward(peer) => {
+                let sent = self.forwarder.send_with(
+                    &peer.address,
+                    incoming,
+                    AdminServiceClient::new,
+                    |mut client, request| async move { client.move_shard(request).await },
+                );
+                return sent.await.unwrap_or(Err(peer.refusal));
+            }
+            ShardRoute::Refused(status) => return Err(status),
+        }
+        Ok(Response::new(mover.move_shard(message.shard, to).await?))
     }
 
     async fn get_cluster(

@@ -20,16 +20,27 @@ use crate::error::node_status;
 use crate::fence::{Fence, Route, Touched};
 use crate::forward::{Forwarder, Incoming};
 
-/// Serves a request here, under the epoch this evaluates to, or returns the
+/// Serves a request here, under the epoch and guard ([`Fence::enter`]) this
+/// evaluates to, or returns the
 /// answer of the one other node owning every shard it touches (one hop,
 /// see [`crate::forward`]): `$rpc` names the client method to forward with.
 macro_rules! here_or_forward {
-    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident) => {{
+    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident) => {{ here_or_forward!($api, $touched, $incoming, $rpc, lines = Touched::default()) }};
+    ($api:expr, $touched:expr, $incoming:expr, $rpc:ident, lines = $lines:expr) => {{
         let mut touched = $touched;
         touched.carrying($crate::fence::carried_epoch($incoming.metadata())?);
+        // Counted on its shards, and on the shards of the lines it holds,
+        // while served here: a planned move waits for it (and it waits for
+        // a move), so a line op it sends never meets a shard moving away.
+        let mut entering = $lines;
+        for shard in touched.shards() {
+            entering.shard(shard);
+        }
+        let entered = $api.fence.enter(&entering).await?;
         match $api.fence.route(&touched, $incoming.may_forward())? {
-            Route::Here(epoch) => epoch,
+            Route::Here(epoch) => (epoch, entered),
             Route::Forward(peer) => {
+                drop(entered);
                 return $api
                     .forwarder
                     .forward(peer, $incoming, |mut client, request| async move {
@@ -92,6 +103,16 @@ fn touched<'a>(id: &str, skus: impl IntoIterator<Item = &'a str>) -> Touched {
     touched
 }
 
+/// The shards of a request's lines (entered, not routed by: see
+/// [`Fence::enter`]).
+fn line_shards<'a>(skus: impl IntoIterator<Item = &'a str>) -> Touched {
+    let mut lines = Touched::default();
+    for sku in skus {
+        lines.key(sku);
+    }
+    lines
+}
+
 #[tonic::async_trait]
 impl AvailabilityService for AvailabilityApi {
     async fn reserve(
@@ -103,7 +124,8 @@ impl AvailabilityService for AvailabilityApi {
         // Served by the home's owner; lines on other nodes are held there
         // through the PeerService (docs/PROTOCOL.md, "Across nodes").
         let touched = touched(request.id.as_str(), []);
-        let epoch = here_or_forward!(self, touched, incoming, reserve);
+        let lines = line_shards(request.lines.iter().map(|line| line.sku.as_str()));
+        let (epoch, _entered) = here_or_forward!(self, touched, incoming, reserve, lines = lines);
         let reply = self.node.reserve(request).await.map_err(node_status)?;
         Ok(Response::new(reserved(reply, epoch)))
     }
@@ -115,7 +137,7 @@ impl AvailabilityService for AvailabilityApi {
         let (incoming, message) = self.split(request)?;
         let commit = parse_commit(message).map_err(status_of)?;
         let touched = touched(commit.id.as_str(), []);
-        let epoch = here_or_forward!(self, touched, incoming, commit);
+        let (epoch, _entered) = here_or_forward!(self, touched, incoming, commit);
         let reply = self.node.commit(commit.id, commit.lines).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::CommitResponse { reservation, epoch, replayed, current }))
@@ -127,7 +149,7 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let id = parse_reservation_id(&message.reservation_id).map_err(status_of)?;
-        let epoch = here_or_forward!(self, touched(id.as_str(), []), incoming, release);
+        let (epoch, _entered) = here_or_forward!(self, touched(id.as_str(), []), incoming, release);
         let reply = self.node.release(id).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::ReleaseResponse { reservation, epoch, replayed, current }))
@@ -139,7 +161,7 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::CancelResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let id = parse_reservation_id(&message.reservation_id).map_err(status_of)?;
-        let epoch = here_or_forward!(self, touched(id.as_str(), []), incoming, cancel);
+        let (epoch, _entered) = here_or_forward!(self, touched(id.as_str(), []), incoming, cancel);
         let reply = self.node.cancel(id).await.map_err(node_status)?;
         let (reservation, replayed, current) = reply_fields(reply);
         Ok(Response::new(v1::CancelResponse { reservation, epoch, replayed, current }))
@@ -152,7 +174,7 @@ impl AvailabilityService for AvailabilityApi {
         let (incoming, message) = self.split(request)?;
         let extend = parse_extend(message, self.default_ttl_ms()).map_err(status_of)?;
         let touched = touched(extend.id.as_str(), []);
-        let epoch = here_or_forward!(self, touched, incoming, extend_reservation);
+        let (epoch, _entered) = here_or_forward!(self, touched, incoming, extend_reservation);
         let reply = self
             .node
             .extend(extend.id, extend.ttl_ms, extend.request_id)
@@ -169,7 +191,9 @@ impl AvailabilityService for AvailabilityApi {
         let (incoming, message) = self.split(request)?;
         let modify = parse_modify(message).map_err(status_of)?;
         let touched = touched(modify.id.as_str(), []);
-        let epoch = here_or_forward!(self, touched, incoming, modify_reservation);
+        let lines = line_shards(modify.lines.iter().map(|line| line.sku.as_str()));
+        let (epoch, _entered) =
+            here_or_forward!(self, touched, incoming, modify_reservation, lines = lines);
         let reply = self
             .node
             .modify(modify.id, modify.request_id, modify.lines)
@@ -185,7 +209,8 @@ impl AvailabilityService for AvailabilityApi {
     ) -> Result<Response<v1::GetReservationResponse>, Status> {
         let (incoming, message) = self.split(request)?;
         let id = parse_reservation_id(&message.reservation_id).map_err(status_of)?;
-        let epoch = here_or_forward!(self, touched(id.as_str(), []), incoming, get_reservation);
+        let (epoch, _entered) =
+            here_or_forward!(self, touched(id.as_str(), []), incoming, get_reservation);
         let view = self.node.get_reservation(id).await.map_err(node_status)?;
         Ok(Response::new(v1::GetReservationResponse { reservation: Some(view.into()), epoch }))
     }
@@ -244,7 +269,7 @@ impl AvailabilityService for AvailabilityApi {
         for event in &events {
             touched.key(event.sku.as_str());
         }
-        here_or_forward!(self, touched, incoming, apply_stock_events);
+        let (_, _entered) = here_or_forward!(self, touched, incoming, apply_stock_events);
         let event_ids: Vec<(String, u64)> = events
             .iter()
             .map(|event| (event.id.to_string(), self.fence.epoch(shard_of(event.sku.as_str()))))

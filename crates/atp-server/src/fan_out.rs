@@ -39,7 +39,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::availability::{batch_result, event_result, rejected_event, reserve_all};
 use crate::error::node_status;
-use crate::fence::{Fence, ShardRoute};
+use crate::fence::{Fence, ShardRoute, Touched};
 use crate::forward::{Forwarder, Incoming, Unreachable};
 
 /// One item sent to another node: its index in the request, its message,
@@ -288,6 +288,16 @@ pub(crate) async fn reserve_split(
     // An item that failed parsing is answered here (its own error).
     let (parsed, invalid): (Vec<_>, Vec<_>) =
         items.into_iter().enumerate().partition(|(_, item)| item.is_ok());
+    // Every shard the items touch is entered before routing: a shard being
+    // moved away is waited for, then routed where it is now.
+    let mut touched = Touched::default();
+    for request in parsed.iter().filter_map(|(_, item)| item.as_ref().ok()) {
+        touched.key(request.id.as_str());
+        for line in &request.lines {
+            touched.key(line.sku.as_str());
+        }
+    }
+    let _entered = fence.enter(&touched).await?;
     let items = parsed.into_iter().filter_map(|(index, item)| {
         let request = item.ok()?;
         let shard = shard_of(request.id.as_str());

@@ -44,6 +44,9 @@ pub struct ClusterView {
     pub members: watch::Receiver<Members>,
     /// Whether this node holds its lease now.
     pub lease: watch::Receiver<LeaseState>,
+    /// The shards being moved away from this node (planned handoff) and
+    /// the requests active on each.
+    pub moves: std::sync::Arc<crate::handoff::MoveGate>,
 }
 
 /// How a node decides whether it serves a shard.
@@ -89,6 +92,11 @@ impl Touched {
     pub fn carrying(&mut self, epoch: Option<i64>) -> &mut Self {
         self.carried = epoch;
         self
+    }
+
+    /// The shards added, in order.
+    pub fn shards(&self) -> impl Iterator<Item = u32> + '_ {
+        self.shards.iter().copied()
     }
 
     /// Adds `shard`.
@@ -385,6 +393,7 @@ impl Fence {
             shard_map_revision: map.revision,
             shard_map_confirmed: map.confirmed,
             forwarded_requests: 0,
+            moving_shards: Vec::new(),
         }
     }
 }
@@ -411,6 +420,7 @@ fn single_node_cluster(node_name: &str) -> v1::GetClusterResponse {
         shard_map_revision: 0,
         shard_map_confirmed: true,
         forwarded_requests: 0,
+        moving_shards: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@ mod error;
 mod fan_out;
 mod fence;
 pub mod forward;
+mod handoff;
 pub mod layers;
 mod listing;
 mod peer;
@@ -49,6 +50,9 @@ pub use config_service::ConfigApi;
 pub use error::node_status;
 pub use fence::{
     ClusterView, EPOCH_HEADER, Fence, Peer, Route, Touched, carried_epoch, refusal_status,
+};
+pub use handoff::{
+    ClusterMover, Entered, INSTALL_CHUNK_BYTES, MAX_INSTALL_BYTES, MOVE_WAIT, MoveGate, ShardMover,
 };
 pub use listing::LIST_SHARDS_HEADER;
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};
@@ -99,6 +103,8 @@ pub struct ClusterApis {
     pub catalog: Arc<dyn CatalogWriter>,
     /// What runs AdminService.ReassignShards.
     pub reassigner: Arc<dyn ShardReassigner>,
+    /// What runs AdminService.MoveShard at a shard's owner.
+    pub mover: Arc<dyn ShardMover>,
 }
 
 /// Why serving failed.
@@ -185,7 +191,7 @@ pub async fn serve_cluster(
     let admin =
         AdminApi::with_fence(node, fence).with_forwarder(forwarder).with_stopping(streams_stopping);
     let admin = match cluster {
-        Some(cluster) => admin.with_reassigner(cluster.reassigner),
+        Some(cluster) => admin.with_reassigner(cluster.reassigner).with_mover(cluster.mover),
         None => admin,
     };
     let admin = AdminServiceServer::new(admin).max_decoding_message_size(limit);

@@ -19,18 +19,19 @@ use atp_proto::internal::peer_service_client::PeerServiceClient;
 use atp_proto::internal::peer_service_server::PeerService;
 use atp_proto::internal::{
     AdoptRequest, AdoptResponse, ApplyLineOpsRequest, ApplyLineOpsResponse, GetShardFactsRequest,
-    GetShardFactsResponse, HasLineRequest, HasLineResponse, NoteShippedRequest,
-    NoteShippedResponse,
+    GetShardFactsResponse, HasLineRequest, HasLineResponse, InstallShardRequest,
+    InstallShardResponse, NoteShippedRequest, NoteShippedResponse,
 };
-use atp_proto::status_of;
+use atp_proto::{Reason, reason_of, status_of};
 use atp_shard::{Node, PeerError, PeerFuture, Peers};
 use atp_shard::{decode, decode_results, encode, encode_results};
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::node_status;
 use crate::fence::{Fence, ShardRoute, Touched};
 use crate::forward::{Forwarder, Incoming, WIRE_HEADER, WIRE_VERSION};
+use crate::handoff::{Entered, MAX_INSTALL_BYTES};
 
 /// Most line ops in one `ApplyLineOps` call.
 pub const MAX_OPS_PER_CALL: usize = 1024;
@@ -48,13 +49,20 @@ impl PeerApi {
         Self { node, fence }
     }
 
-    /// Checks the wire version and that this node serves `shard` now.
-    fn admit<T: Clone>(&self, request: Request<T>, shard: u32) -> Result<T, Status> {
+    /// Checks the wire version and that this node serves `shard` now,
+    /// after waiting while the shard is being moved away; the request
+    /// counts on the shard (a move waits for it) until the guard drops.
+    async fn admit<T: Clone>(
+        &self,
+        request: Request<T>,
+        shard: u32,
+    ) -> Result<(T, Entered), Status> {
         let (_, message) = Incoming::split(request, false)?;
         let mut touched = Touched::default();
         touched.shard(shard);
+        let entered = self.fence.enter(&touched).await?;
         self.fence.admit(&touched)?;
-        Ok(message)
+        Ok((message, entered))
     }
 }
 
@@ -80,7 +88,7 @@ impl PeerService for PeerApi {
     ) -> Result<Response<ApplyLineOpsResponse>, Status> {
         let shard = request.get_ref().shard;
         check_shard(shard)?;
-        let message = self.admit(request, shard)?;
+        let (message, _entered) = self.admit(request, shard).await?;
         let ops: Vec<LineOp> = decode(&message.ops).map_err(|error| undecodable("ops", error))?;
         if ops.len() > MAX_OPS_PER_CALL {
             return Err(status_of(atp_core::CoreError::invalid(
@@ -107,7 +115,7 @@ impl PeerService for PeerApi {
     ) -> Result<Response<NoteShippedResponse>, Status> {
         let notice: ShipNotice =
             decode(&request.get_ref().notice).map_err(|error| undecodable("notice", error))?;
-        self.admit(request, shard_of(notice.reservation.as_str()))?;
+        let _entered = self.admit(request, shard_of(notice.reservation.as_str())).await?;
         self.node.note_shipped(notice).await.map_err(node_status)?;
         Ok(Response::new(NoteShippedResponse {}))
     }
@@ -118,7 +126,7 @@ impl PeerService for PeerApi {
     ) -> Result<Response<GetShardFactsResponse>, Status> {
         let shard = request.get_ref().shard;
         check_shard(shard)?;
-        let message = self.admit(request, shard)?;
+        let (message, _entered) = self.admit(request, shard).await?;
         let id = ReservationId::parse("reservation_id", &message.reservation_id)
             .map_err(|violation| status_of(violation.into()))?;
         let facts = self.node.shard_facts(shard, id).await.map_err(node_status)?;
@@ -131,7 +139,7 @@ impl PeerService for PeerApi {
     ) -> Result<Response<AdoptResponse>, Status> {
         let incarnation: Incarnation = decode(&request.get_ref().incarnation)
             .map_err(|error| undecodable("incarnation", error))?;
-        self.admit(request, shard_of(incarnation.request.id.as_str()))?;
+        let _entered = self.admit(request, shard_of(incarnation.request.id.as_str())).await?;
         self.node.adopt(incarnation).await.map_err(node_status)?;
         Ok(Response::new(AdoptResponse {}))
     }
@@ -142,9 +150,52 @@ impl PeerService for PeerApi {
     ) -> Result<Response<HasLineResponse>, Status> {
         let line: ShipNotice =
             decode(&request.get_ref().line).map_err(|error| undecodable("line", error))?;
-        self.admit(request, shard_of(line.sku.as_str()))?;
+        let _entered = self.admit(request, shard_of(line.sku.as_str())).await?;
         let held = self.node.has_line(line).await.map_err(node_status)?;
         Ok(Response::new(HasLineResponse { held }))
+    }
+
+    async fn install_shard(
+        &self,
+        request: Request<Streaming<InstallShardRequest>>,
+    ) -> Result<Response<InstallShardResponse>, Status> {
+        let (metadata, _, mut chunks) = request.into_parts();
+        Incoming::split(Request::from_parts(metadata, Default::default(), ()), false)?;
+        let mut shard = None;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            check_shard(chunk.shard)?;
+            if *shard.get_or_insert(chunk.shard) != chunk.shard {
+                return Err(status_of(atp_core::CoreError::invalid(
+                    "shard",
+                    "every chunk of one InstallShard must name the same shard",
+                )));
+            }
+            if bytes.len() + chunk.data.len() > MAX_INSTALL_BYTES {
+                return Err(status_of(atp_core::CoreError::invalid(
+                    "data",
+                    format!("the checkpoint is over the limit of {MAX_INSTALL_BYTES} bytes"),
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let Some(shard) = shard else {
+            return Err(status_of(atp_core::CoreError::invalid("shard", "no chunk was sent")));
+        };
+        if matches!(self.fence.route_shard(shard, false), ShardRoute::Here) {
+            return Err(Reason::PreconditionFailed.plain(format!(
+                "this node serves shard {shard} now: it cannot install another copy"
+            )));
+        }
+        let checkpoint =
+            atp_store::decode_checkpoint(&bytes).map_err(|error| undecodable("data", error))?;
+        if checkpoint.shard != shard {
+            return Err(undecodable("data", format!("a checkpoint of shard {}", checkpoint.shard)));
+        }
+        let records = checkpoint.records.len() as u64;
+        let sequence = self.node.install_shard(checkpoint).await.map_err(node_status)?;
+        tracing::info!(shard, records, sequence, "installed a shard handed over by its owner");
+        Ok(Response::new(InstallShardResponse { records, sequence }))
     }
 }
 
@@ -186,6 +237,16 @@ impl ClusterPeers {
     }
 }
 
+/// Pause before asking again after a refusal at admission.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Whether the owner refused `status` before doing anything: the shard is
+/// not (or not yet) served there.
+fn refused_at_admission(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && matches!(reason_of(status), Some(Reason::NotOwner | Reason::FailingClosed))
+}
+
 /// `message` as a node-to-node request: the wire version and `deadline`.
 fn peer_request<T>(message: T, deadline: Duration) -> Request<T> {
     let mut request = Request::new(message);
@@ -224,12 +285,48 @@ impl Peers for ClusterPeers {
         ops: Vec<LineOp>,
         deadline: Duration,
     ) -> PeerFuture<Vec<Result<(), atp_core::CoreError>>> {
-        let owner = self.owner(shard);
+        let peers = self.clone();
         Box::pin(async move {
-            let mut client = owner?;
+            let until = tokio::time::Instant::now() + deadline;
             let count = ops.len();
-            let request = peer_request(ApplyLineOpsRequest { shard, ops: encode(&ops) }, deadline);
-            let answer = within(shard, deadline, client.apply_line_ops(request)).await?;
+            let ops = encode(&ops);
+            // Refused at admission (the shard moved, or its new owner is
+            // claiming it): nothing was applied; ask the owner the map names
+            // now, within the deadline.
+            let answer = loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                let attempt = match peers.owner(shard) {
+                    Ok(mut client) => {
+                        let request =
+                            peer_request(ApplyLineOpsRequest { shard, ops: ops.clone() }, left);
+                        tokio::time::timeout(left, client.apply_line_ops(request)).await
+                    }
+                    Err(error) if left > RETRY_PAUSE * 2 && !peers.is_local(shard) => {
+                        tracing::debug!(%error, shard, "no owner to send line ops to yet; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
+                match attempt {
+                    Ok(Err(status)) if refused_at_admission(&status) && left > RETRY_PAUSE * 2 => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Ok(Ok(answer)) => break answer.into_inner(),
+                    Ok(Err(status)) => {
+                        return Err(PeerError::Unavailable {
+                            shard,
+                            reason: format!("{:?}: {}", status.code(), status.message()),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(PeerError::Unavailable {
+                            shard,
+                            reason: format!("no answer within {} ms", deadline.as_millis()),
+                        });
+                    }
+                }
+            };
             let results = decode_results(&answer.results)
                 .map_err(|reason| PeerError::Unavailable { shard, reason })?;
             if results.len() != count {

@@ -69,6 +69,11 @@ pub(crate) struct Shared {
     pub(crate) clustered: AtomicBool,
     /// Per shard: whether this node serves it now (cluster mode only).
     pub(crate) serving: Vec<AtomicBool>,
+    /// Per shard: being handed to another node (its deadlines wait).
+    pub(crate) moving: Vec<AtomicBool>,
+    /// Per shard: exported for a handoff; it takes no more operations
+    /// (they fail; deliveries go to the outbox) until the move ends.
+    pub(crate) frozen: Vec<AtomicBool>,
 }
 
 /// A Reserve being worked on, and where its answer will appear.
@@ -82,6 +87,12 @@ pub(crate) enum Control {
     /// A checkpoint of the shard, unless nothing changed since `since`
     /// (the sequence of its last checkpoint).
     Checkpoint { since: u64, reply: oneshot::Sender<Option<Checkpoint>> },
+    /// Its whole durable state, changed or not (a planned handoff).
+    Export { reply: oneshot::Sender<Option<Checkpoint>> },
+    /// The sequence of its last durable batch.
+    Sequence { reply: oneshot::Sender<u64> },
+    /// Replaces its state with an installed copy, continuing from `sequence`.
+    Replace { state: Box<ShardState>, sequence: u64, reply: oneshot::Sender<()> },
     /// Panics the actor (tests of "a dead shard fails the node").
     #[cfg(feature = "testing")]
     Panic,
@@ -91,11 +102,11 @@ impl Shared {
     /// Whether `shard` runs its own deadlines: always on a single node; in
     /// a cluster only while this node serves it.
     pub(crate) fn runs_deadlines(&self, shard: u32) -> bool {
-        !self.clustered.load(Ordering::Acquire)
-            || self
-                .serving
-                .get(shard as usize)
-                .is_some_and(|serving| serving.load(Ordering::Acquire))
+        let index = shard as usize;
+        let flag = |flags: &[AtomicBool]| {
+            flags.get(index).is_some_and(|flag| flag.load(Ordering::Acquire))
+        };
+        !flag(&self.moving) && (!self.clustered.load(Ordering::Acquire) || flag(&self.serving))
     }
 
     /// The epoch `shard`'s next batch is written under.
@@ -137,16 +148,32 @@ impl Shared {
         match remote {
             Some(peers) => {
                 let deadline = if try_first { HOLD_DEADLINE } else { FOLLOW_UP_DEADLINE };
-                peers.line_ops(shard, ops, deadline).await.map_err(NodeError::from)
+                match peers.line_ops(shard, ops.clone(), deadline).await {
+                    // The shard came here meanwhile (this node just claimed
+                    // it): applied here (ops are idempotent, a copy that
+                    // reached the old owner first came with the shard).
+                    Err(_) if peers.is_local(shard) => {
+                        self.line_ops_here(shard, ops, try_first).await
+                    }
+                    answer => answer.map_err(NodeError::from),
+                }
             }
-            _ => {
-                let work = move |state: &mut ShardState, catalog: &Catalog, now: i64| {
-                    ops.iter().map(|op| state.apply_line_op(op, catalog, now)).collect::<Vec<_>>()
-                };
-                let handle = &self.shards[shard as usize];
-                if try_first { handle.try_call(work).await } else { handle.call(work).await }
-            }
+            _ => self.line_ops_here(shard, ops, try_first).await,
         }
+    }
+
+    /// [`Self::line_ops`] on the shard's actor here.
+    async fn line_ops_here(
+        &self,
+        shard: u32,
+        ops: Vec<LineOp>,
+        try_first: bool,
+    ) -> Result<Vec<Result<(), CoreError>>, NodeError> {
+        let work = move |state: &mut ShardState, catalog: &Catalog, now: i64| {
+            ops.iter().map(|op| state.apply_line_op(op, catalog, now)).collect::<Vec<_>>()
+        };
+        let handle = &self.shards[shard as usize];
+        if try_first { handle.try_call(work).await } else { handle.call(work).await }
     }
 }
 
@@ -203,6 +230,32 @@ impl ShardHandle {
         let (sender, receiver) = mpsc::channel(capacity);
         let (control, controls) = mpsc::channel(4);
         (Self { shard, sender, control, committer }, receiver, controls)
+    }
+
+    /// Its whole durable state, once every batch begun is durable (None:
+    /// stopped or failed).
+    pub(crate) async fn export(&self) -> Option<Checkpoint> {
+        let (reply, answer) = oneshot::channel();
+        self.control.send(Control::Export { reply }).await.ok()?;
+        answer.await.ok()?
+    }
+
+    /// The sequence of its last durable batch.
+    pub(crate) async fn sequence(&self) -> Result<u64, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Sequence { reply })
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// Replaces its state with `state`, continuing from `sequence`.
+    pub(crate) async fn replace(&self, state: ShardState, sequence: u64) -> Result<(), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Control::Replace { state: Box::new(state), sequence, reply };
+        self.control.send(request).await.map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)
     }
 
     /// Wakes the actor (an empty operation) so it looks at its deadlines
@@ -317,7 +370,9 @@ pub(crate) async fn deliver(shared: &Shared, ops: Vec<(u32, LineOp)>) -> Result<
     let sent = futures::future::join_all(by_shard.into_iter().map(|(shard, ops)| async move {
         let owner = remote_owner(peers, shard);
         let remote = owner.is_some();
-        let kept = if remote { ops.clone() } else { Vec::new() };
+        // Kept for the outbox (cluster mode): a remote owner may not
+        // answer, and a shard here may be moving away.
+        let kept = if peers.is_some() { ops.clone() } else { Vec::new() };
         let outcome = shared.line_ops_via(owner, shard, ops, false).await;
         (shard, remote, kept, outcome)
     }))
@@ -328,6 +383,12 @@ pub(crate) async fn deliver(shared: &Shared, ops: Vec<(u32, LineOp)>) -> Result<
             Ok(_) => {}
             Err(error) if remote => {
                 tracing::debug!(%error, shard, "line ops left to the outbox");
+                shared.outbox.push(kept.into_iter().map(|op| Pending::Op(shard, op)));
+            }
+            // A cluster node's shard here that took nothing (exported for a
+            // handoff: the outbox sends them on to its new owner).
+            Err(error) if peers.is_some() => {
+                tracing::debug!(%error, shard, "line ops for a shard here left to the outbox");
                 shared.outbox.push(kept.into_iter().map(|op| Pending::Op(shard, op)));
             }
             Err(error) => return Err(error),
@@ -422,7 +483,7 @@ pub(crate) async fn run(
                 // A checkpoint covers only durable state: wait for the
                 // batches in flight first.
                 let _ = completed.wait_for(|done| *done >= submitted).await;
-                handle_control(request, &state, sequence, has_failed(&shared), &shared);
+                handle_control(request, &mut state, &mut sequence, has_failed(&shared), &shared);
                 continue;
             }
             () = async {
@@ -433,9 +494,10 @@ pub(crate) async fn run(
             } => {}
             _ = stop.changed() => break,
         }
-        if has_failed(&shared) {
-            // Memory is ahead of the disk: apply nothing, acknowledge nothing
-            // (dropped operations answer Unavailable).
+        if has_failed(&shared) || shared.frozen[state.shard() as usize].load(Ordering::SeqCst) {
+            // Memory is ahead of the disk, or the shard was exported for a
+            // handoff: apply nothing, acknowledge nothing (dropped
+            // operations answer Unavailable).
             batch.clear();
             continue;
         }
@@ -517,28 +579,48 @@ pub(crate) async fn run(
 /// durable up to `sequence`.
 fn handle_control(
     request: Control,
-    state: &ShardState,
-    sequence: u64,
+    state: &mut ShardState,
+    sequence: &mut u64,
     failed: bool,
     shared: &Shared,
 ) {
+    let checkpoint = |state: &ShardState, sequence: u64| {
+        let started = Instant::now();
+        let records = state.dump().into_iter().collect();
+        let checkpoint = Checkpoint {
+            shard: state.shard(),
+            epoch: shared.epoch(state.shard()),
+            sequence,
+            records,
+        };
+        let paused = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        shared.longest_checkpoint_pause_us.fetch_max(paused, Ordering::Relaxed);
+        checkpoint
+    };
     match request {
         Control::Checkpoint { since, reply } => {
-            if failed || sequence <= since {
-                let _ = reply.send(None);
-                return;
+            let taken = (!failed && *sequence > since).then(|| checkpoint(state, *sequence));
+            let _ = reply.send(taken);
+        }
+        Control::Export { reply } => {
+            let exported = (!failed).then(|| checkpoint(state, *sequence));
+            shared.frozen[state.shard() as usize].store(exported.is_some(), Ordering::SeqCst);
+            let _ = reply.send(exported);
+        }
+        Control::Sequence { reply } => {
+            let _ = reply.send(*sequence);
+        }
+        Control::Replace { state: installed, sequence: from, reply } => {
+            let old: Vec<Sku> = state.skus().cloned().collect();
+            *state = *installed;
+            *sequence = from;
+            for sku in old {
+                shared.view.remove(&sku);
             }
-            let started = Instant::now();
-            let records = state.dump().into_iter().collect();
-            let checkpoint = Checkpoint {
-                shard: state.shard(),
-                epoch: shared.epoch(state.shard()),
-                sequence,
-                records,
-            };
-            let paused = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            shared.longest_checkpoint_pause_us.fetch_max(paused, Ordering::Relaxed);
-            let _ = reply.send(Some(checkpoint));
+            for sku in state.skus() {
+                shared.view.insert(sku.clone(), Arc::new(state.positions_of(sku)));
+            }
+            let _ = reply.send(());
         }
         #[cfg(feature = "testing")]
         Control::Panic => panic!("shard {} was told to panic (test switch)", state.shard()),

@@ -21,7 +21,9 @@ use atp_core::shard::{
     ShardStats, ShipNotice,
 };
 use atp_core::shard::{RecoveryReport, recover_owned};
-use atp_store::{LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError};
+use atp_store::{
+    Checkpoint, LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError,
+};
 use dashmap::DashMap;
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
@@ -202,6 +204,8 @@ impl Node {
             epochs: (0..SHARD_COUNT).map(|_| AtomicU64::new(SINGLE_NODE_EPOCH)).collect(),
             clustered: AtomicBool::new(false),
             serving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
+            moving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
+            frozen: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);
@@ -680,6 +684,68 @@ impl Node {
             }
             None => serving.store(false, Ordering::Release),
         }
+    }
+
+    /// A planned handoff at the old owner (`docs/PROTOCOL.md`, "Planned
+    /// handoff"), once no new request for `shard` is admitted: lets its
+    /// deadlines deliver what they owe, stops them, lets every operation
+    /// already queued finish durably, and returns the shard's whole durable
+    /// state. Its deadlines stay stopped, and it takes no more operations
+    /// (they fail; deliveries to it go to the outbox, which sends them to
+    /// its owner once that is another node), until [`Node::end_export`].
+    pub async fn export_shard(&self, shard: u32) -> Result<Checkpoint, NodeError> {
+        self.check_ready()?;
+        check_shard(shard)?;
+        let handle = self.shard(shard).clone();
+        // A batch ticks first: what the shard owes goes out before it stops.
+        handle.call(|_, _, _| ()).await?;
+        self.shared.moving[shard as usize].store(true, Ordering::SeqCst);
+        // Every batch begun before the stop is durable after this one.
+        handle.call(|_, _, _| ()).await?;
+        handle.export().await.ok_or(NodeError::ShuttingDown)
+    }
+
+    /// Ends [`Node::export_shard`]: `shard`'s deadlines run again while
+    /// this node serves it (a failed move; after a move it no longer does).
+    pub fn end_export(&self, shard: u32) {
+        if let Some(moving) = self.shared.moving.get(shard as usize)
+            && moving.swap(false, Ordering::SeqCst)
+        {
+            self.shared.frozen[shard as usize].store(false, Ordering::SeqCst);
+            self.shard(shard).wake();
+        }
+    }
+
+    /// A planned handoff at the new owner: makes `checkpoint` (another
+    /// node's [`Node::export_shard`]) durable as this node's copy of its
+    /// shard, replacing the copy held, and loads it. Call only while this
+    /// node does not serve the shard: it serves it after claiming it.
+    /// Returns the batch sequence the copy continues from (above every
+    /// batch of the old copy, which recovery then skips).
+    pub async fn install_shard(&self, checkpoint: Checkpoint) -> Result<u64, NodeError> {
+        self.check_ready()?;
+        check_shard(checkpoint.shard)?;
+        let shard = checkpoint.shard;
+        let handle = self.shard(shard).clone();
+        let settings = self.config.shard.clone();
+        let records = checkpoint.records.clone();
+        let epoch = checkpoint.epoch.max(SINGLE_NODE_EPOCH);
+        let state = tokio::task::spawn_blocking(move || {
+            ShardState::restore(shard, epoch, settings, records)
+        })
+        .await
+        .map_err(|error| NodeError::StorageFailed(error.to_string()))?
+        .map_err(|error| NodeError::Core(CoreError::invalid("checkpoint", error.to_string())))?;
+        let sequence = handle.sequence().await?.max(checkpoint.sequence) + 1;
+        if let Some(store) = self.store.clone() {
+            let installed = Checkpoint { sequence, ..checkpoint };
+            tokio::task::spawn_blocking(move || store.write_checkpoint(&installed))
+                .await
+                .map_err(|error| NodeError::StorageFailed(error.to_string()))?
+                .map_err(|error| actor::storage_error(&error))?;
+        }
+        handle.replace(state, sequence).await?;
+        Ok(sequence)
     }
 
     /// The epoch `shard`'s batches are written under (1 on a single node).

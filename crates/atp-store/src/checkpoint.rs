@@ -50,7 +50,8 @@ pub(crate) fn checkpoint_shard(name: &str) -> Option<u32> {
 }
 
 /// The file's bytes.
-pub(crate) fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
+/// The checkpoint file's bytes (also how a planned handoff ships a shard).
+pub fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
     let size: usize = checkpoint.records.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(40 + size);
     out.extend_from_slice(MAGIC);
@@ -69,7 +70,8 @@ pub(crate) fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
 }
 
 /// Reads a checkpoint file; any damage is an error saying where.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+/// A checkpoint from its file's bytes, verified.
+pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let Some(body_len) = bytes.len().checked_sub(8) else {
         return Err(format!("{} bytes is too short for a checkpoint", bytes.len()));
     };

@@ -34,7 +34,9 @@ mod log;
 mod log_store;
 mod memory;
 
-pub use checkpoint::{CHECKPOINT_FORMAT_VERSION, Checkpoint};
+pub use checkpoint::{
+    CHECKPOINT_FORMAT_VERSION, Checkpoint, decode as decode_checkpoint, encode as encode_checkpoint,
+};
 pub use disk::{CrashMode, Disk, RealDisk, SimDisk};
 pub use faulty::{CommitHold, FaultyStore};
 pub use log::{LOG_FORMAT_VERSION, LogPosition, RECORD_VERSION};

@@ -454,6 +454,20 @@ impl<D: Disk> Store for LogStore<D> {
     }
 
     fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        // A checkpoint taken before a handoff installed a newer copy of the
+        // shard (a higher sequence) must not replace it.
+        // (Only a verified one: a damaged header may claim any sequence.)
+        let newer = {
+            let layout = lock(&self.inner.layout);
+            layout.verified.contains(&checkpoint.shard)
+                && layout
+                    .checkpoints
+                    .get(&checkpoint.shard)
+                    .is_some_and(|(sequence, _)| *sequence > checkpoint.sequence)
+        };
+        if newer {
+            return Ok(());
+        }
         let path = format!("{CHECKPOINT_DIR}/{}", checkpoint_name(checkpoint.shard));
         let bytes = checkpoint::encode(checkpoint);
         self.inner.disk.replace(&path, &bytes).map_err(io(format!("writing {path}")))?;

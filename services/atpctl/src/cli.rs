@@ -584,6 +584,19 @@ pub enum ShardCommand {
     /// nodes, losing what only that node held. Needs --accept-loss.
     #[command(after_help = REASSIGN_HELP)]
     Reassign(ReassignArgs),
+    /// Cluster mode: move one live shard to another live node while
+    /// serving (a planned handoff; its requests wait, none fail).
+    Move(MoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// The shard to move (0..1023).
+    #[arg(value_name = "SHARD")]
+    pub shard: u32,
+    /// The live member to move it to (its node id).
+    #[arg(long, value_name = "NODE_ID")]
+    pub to: String,
 }
 
 const REASSIGN_HELP: &str = "\

@@ -381,6 +381,29 @@ async fn shard_reassign_prints_the_moves_and_needs_accept_loss() {
 }
 
 #[tokio::test]
+async fn shard_move_prints_the_handoff_and_the_refusal() {
+    let fake = Fake::default();
+    let addr = fake.start().await;
+    let moved = atpctl(&addr, &["shard", "move", "17", "--to", "node-2"]).await;
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    assert_eq!(
+        stdout(&moved),
+        "shard 17: node-1 (epoch 7) \u{2192} node-2 (epoch 42), 3 records, 120 ms\n"
+    );
+    let moved = json(&atpctl(&addr, &["--json", "shard", "move", "17", "--to", "node-2"]).await);
+    assert_eq!((moved["shard"].as_u64(), moved["to_epoch"].as_i64()), (Some(17), Some(42)));
+    assert_eq!(moved["elapsed_ms"], 120);
+
+    let refused = atpctl(&addr, &["shard", "move", "17", "--to", "node-1"]).await;
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("owns shard already"), "{}", stderr(&refused));
+    assert!(
+        atpctl(&addr, &["shard", "move", "17"]).await.status.code() == Some(2),
+        "--to is required"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_server_is_a_clear_error() {
     let output = atpctl("127.0.0.1:1", &["shards"]).await;
     assert_eq!(output.status.code(), Some(6));

@@ -30,8 +30,10 @@ use atp_cluster::{
     Assignment, Claims, ClusterKeys, Coordinator, EtcdStore, LeaseState, Member, Membership,
     Ownership, ShardState, system_clock,
 };
+use atp_server::forward::Forwarder;
 use atp_server::{
-    CatalogSync, ClusterApis, ClusterReassigner, ClusterView, Fence, start_cluster_catalog,
+    CatalogSync, ClusterApis, ClusterMover, ClusterReassigner, ClusterView, Fence,
+    start_cluster_catalog,
 };
 use atp_shard::Node;
 use tokio::sync::watch;
@@ -79,6 +81,7 @@ impl Cluster {
         address: &str,
     ) -> anyhow::Result<Self> {
         let membership = config.membership_config(&node_id, address);
+        let request_timeout_ms = membership.request_timeout_ms;
         let endpoints = config.etcd_endpoints();
         let store = EtcdStore::connect(&endpoints, CONNECT_TIMEOUT)
             .await
@@ -112,7 +115,9 @@ impl Cluster {
             shard_map: claims.shard_map(),
             members: member.members(),
             lease: member.lease_state(),
+            moves: Arc::default(),
         };
+        let fence = Fence::Cluster(Box::new(view));
         let rejoin = tokio::spawn(stay_joined(Arc::clone(&member)));
         let reassigner = ClusterReassigner::new(
             store.clone(),
@@ -120,7 +125,19 @@ impl Cluster {
             config.reassign_grace_ms,
             system_clock(),
         );
-        let apis = ClusterApis { catalog, reassigner: Arc::new(reassigner) };
+        let mover = ClusterMover::new(
+            node.clone(),
+            fence.clone(),
+            Forwarder::default(),
+            store.clone(),
+            &config.cluster_name,
+            request_timeout_ms,
+        );
+        // Fault tests strike between a move's install and its handover.
+        let pause = std::env::var("ATP_TEST_HANDOFF_PAUSE_MS").ok().and_then(|ms| ms.parse().ok());
+        let mover = mover.with_pause_before_handover(Duration::from_millis(pause.unwrap_or(0)));
+        let apis =
+            ClusterApis { catalog, reassigner: Arc::new(reassigner), mover: Arc::new(mover) };
         Ok(Self {
             member,
             store,
@@ -131,7 +148,7 @@ impl Cluster {
             rejoin,
             relay,
             apis,
-            fence: Fence::Cluster(Box::new(view)),
+            fence,
             node_id,
         })
     }

@@ -759,3 +759,94 @@ async fn etcd_stopped_for_30_s_long() {
     }
     etcd_outage("etcd-long", Duration::from_secs(30)).await;
 }
+
+/// Planned handoffs under load (issue 11): shards move one after another
+/// between live nodes (`AdminService.MoveShard`, asked of a random node,
+/// which forwards it to the owner) while the checkout load runs through the
+/// SDK. No client request fails, the checker finds nothing lost or
+/// oversold, and the epoch checker passes over the whole run. Half of the
+/// moves take a shard the load's SKUs live on. Prints each move's time
+/// (the fence to the new owner's claim): p50 and max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_load_sees_no_failed_request_while_shards_move() {
+    let name = "moves";
+    let moves = if long_tests() { 50 } else { 12 };
+    let seed = seed();
+    eprintln!("{name}: seed {seed} (ATP_FAULT_SEED replays it), {moves} moves");
+    let started = std::time::Instant::now();
+    let Some(cluster) = Cluster::start(name, false, &[]).await else { return };
+    let probes = probe_ids();
+    cluster.wait_until_consistent(&probes).await;
+    let config = cluster.load(Duration::from_secs(600), seed);
+    let setup = setup(&config).await.expect("setup through every node");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (config, setup, stop) = (config.clone(), setup.clone(), Arc::clone(&stop));
+        tokio::spawn(async move { run_until(&config, &setup, stop).await })
+    };
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut times = Vec::new();
+    for index in 0..moves {
+        random_pause(&mut rng, 100, 300).await;
+        let claims = cluster.claims().await;
+        let shard = if index % 2 == 0 {
+            shard_of(&setup.skus[rng.usize(..setup.skus.len())])
+        } else {
+            rng.u32(..SHARD_COUNT)
+        };
+        let owner = claims[&shard].0.clone();
+        let others: Vec<String> = (0..3).map(node_id).filter(|id| *id != owner).collect();
+        let to = others[rng.usize(..others.len())].clone();
+        let asked = rng.usize(..3);
+        let mut admin = v1::admin_service_client::AdminServiceClient::connect(
+            cluster.endpoints()[asked].clone(),
+        )
+        .await
+        .expect("connect");
+        let moved = admin
+            .move_shard(v1::MoveShardRequest { shard, to_node: to.clone() })
+            .await
+            .unwrap_or_else(|status| panic!("moving shard {shard} {owner} → {to}: {status:?}"))
+            .into_inner();
+        assert_eq!(
+            (moved.from_node.as_str(), moved.to_node.as_str()),
+            (owner.as_str(), to.as_str())
+        );
+        assert!(moved.to_epoch > moved.from_epoch, "{moved:?}");
+        times.push(moved.elapsed_ms);
+        let claimed = eventually(DEADLINE, || async {
+            cluster.claims().await.get(&shard).is_some_and(|(node, _)| *node == to)
+        })
+        .await;
+        assert!(claimed, "shard {shard} is not claimed by {to} after its move");
+    }
+    tokio::time::sleep(LOAD_AFTER_FAULTS).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.expect("the load task").expect("the load ran");
+    let failed: Vec<&Failure> = report
+        .failures
+        .iter()
+        .filter(|failure| failure.reason.as_deref() != Some("INSUFFICIENT_STOCK"))
+        .collect();
+    let checked = check_settled(&config, &setup, &report).await;
+    times.sort_unstable();
+    eprintln!(
+        "{name}: {} steps, acknowledged {:?}, errors {:?}; {moves} moves: p50 {} ms, max {} ms; \
+         {:.1} s in all",
+        report.steps,
+        report.acknowledged,
+        report.errors,
+        times[times.len() / 2],
+        times[times.len() - 1],
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during the moves: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(20)]
+    );
+    assert!(checked.violations.is_empty(), "violations (seed {seed}): {:#?}", checked.violations);
+    assert!(report.steps > 0, "the load made no step");
+    cluster.check_epochs(name).await;
+}

@@ -9,11 +9,12 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow};
 use atp_proto::v1::reassign_shards_request::Target;
 use atp_proto::v1::{
-    ClusterShard, GetClusterRequest, GetClusterResponse, ReassignShardsRequest, ShardView,
+    ClusterShard, GetClusterRequest, GetClusterResponse, MoveShardRequest, ReassignShardsRequest,
+    ShardView,
 };
 use serde_json::{Value, json};
 
-use crate::cli::{ClusterShardsArgs, ReassignArgs};
+use crate::cli::{ClusterShardsArgs, MoveArgs, ReassignArgs};
 use crate::client::Context;
 use crate::table::Table;
 
@@ -191,6 +192,44 @@ pub async fn reassign(context: &Context, args: ReassignArgs) -> anyhow::Result<E
                 response.audit_key
             );
             text
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shard move SHARD --to NODE_ID`: a planned handoff, run by the shard's
+/// owner (the asked node forwards it there).
+pub async fn move_shard(context: &Context, args: MoveArgs) -> anyhow::Result<ExitCode> {
+    let clients = context.connect().await?;
+    let request = MoveShardRequest { shard: args.shard, to_node: args.to.clone() };
+    let response = clients
+        .rpc()
+        .move_shard(request)
+        .await
+        .with_context(|| format!("move shard {} to {}", args.shard, args.to))?;
+    context.print(
+        || {
+            json!({
+                "shard": response.shard,
+                "from": response.from_node,
+                "to": response.to_node,
+                "from_epoch": response.from_epoch,
+                "to_epoch": response.to_epoch,
+                "records": response.records,
+                "elapsed_ms": response.elapsed_ms,
+            })
+        },
+        || {
+            format!(
+                "shard {}: {} (epoch {}) \u{2192} {} (epoch {}), {} records, {} ms\n",
+                response.shard,
+                response.from_node,
+                response.from_epoch,
+                response.to_node,
+                response.to_epoch,
+                response.records,
+                response.elapsed_ms
+            )
         },
     );
     Ok(ExitCode::SUCCESS)

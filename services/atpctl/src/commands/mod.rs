@@ -57,6 +57,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shard(ShardArgs { command: Some(ShardCommand::Reassign(args)), .. }) => {
             cluster::reassign(context, args).await
         }
+        Command::Shard(ShardArgs { command: Some(ShardCommand::Move(args)), .. }) => {
+            cluster::move_shard(context, args).await
+        }
         Command::Shard(args) => admin::shard(context, args).await,
         Command::Ledger(args) => admin::ledger(context, args).await,
         Command::Cluster(ClusterCommand::Members) => cluster::members(context).await,

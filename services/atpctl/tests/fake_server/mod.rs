@@ -466,6 +466,25 @@ impl AdminService for Fake {
         }))
     }
 
+    async fn move_shard(
+        &self,
+        request: Request<atp_proto::v1::MoveShardRequest>,
+    ) -> Reply<atp_proto::v1::MoveShardResponse> {
+        let request = request.into_inner();
+        if request.to_node == "node-1" {
+            return Err(Status::failed_precondition("node \"node-1\" owns shard already"));
+        }
+        Ok(Response::new(atp_proto::v1::MoveShardResponse {
+            shard: request.shard,
+            from_node: "node-1".into(),
+            to_node: request.to_node,
+            from_epoch: 7,
+            to_epoch: 42,
+            records: 3,
+            elapsed_ms: 120,
+        }))
+    }
+
     async fn query_ledger(
         &self,
         request: Request<QueryLedgerRequest>,

@@ -1,0 +1,456 @@
+//! Planned handoff (`docs/PROTOCOL.md`, "Planned handoff"): moving one live
+//! shard to another node while serving.
+//!
+//! [`MoveGate`] is what requests pass through: a request served here enters
+//! the shards it touches ([`Fence::enter`]) and counts as active on them
+//! until it is answered; while a shard is being moved, new requests wait
+//! (up to [`MOVE_WAIT`]) and then go where the shard is. [`ClusterMover`]
+//! runs a move at the old owner: fence, drain, export, install at the new
+//! owner (PeerService.InstallShard), the etcd transaction, and the wait for
+//! the new owner's claim.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use atp_cluster::store::Store;
+use atp_cluster::{
+    ClusterKeys, HandOver, HandOverError, LeaseState, ShardState, claim_of, hand_over,
+};
+use atp_core::hash::SHARD_COUNT;
+use atp_proto::internal::InstallShardRequest;
+use atp_proto::internal::peer_service_client::PeerServiceClient;
+use atp_proto::{Reason, v1};
+use atp_shard::Node;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::{Request, Status};
+
+use crate::fence::{ClusterView, Fence, Touched};
+use crate::forward::{Forwarder, WIRE_HEADER, WIRE_VERSION};
+
+/// How long a request waits for a shard being moved before it is refused.
+pub const MOVE_WAIT: Duration = Duration::from_secs(2);
+/// How long a move waits for the requests already admitted on its shard.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// How long the new owner may take to install the shard.
+const INSTALL_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the new owner may take to claim the shard after the handover.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+/// How long the old owner keeps asking etcd when the handover's outcome is
+/// unknown (its lease runs out sooner if etcd stays away).
+const UNKNOWN_OUTCOME_WAIT: Duration = Duration::from_secs(30);
+/// Bytes per InstallShard chunk.
+pub const INSTALL_CHUNK_BYTES: usize = 1 << 20;
+/// Largest checkpoint one InstallShard carries.
+pub const MAX_INSTALL_BYTES: usize = 256 << 20;
+/// How often a waiting move looks at the cluster again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The shards being moved away from this node, and the requests active on
+/// each shard.
+#[derive(Debug)]
+pub struct MoveGate {
+    moving: Vec<AtomicBool>,
+    active: Vec<AtomicU32>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for MoveGate {
+    fn default() -> Self {
+        Self {
+            moving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
+            active: (0..SHARD_COUNT).map(|_| AtomicU32::new(0)).collect(),
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+impl MoveGate {
+    /// Whether `shard` is being moved away now.
+    pub fn is_moving(&self, shard: u32) -> bool {
+        self.moving.get(shard as usize).is_some_and(|moving| moving.load(Ordering::SeqCst))
+    }
+
+    /// The shards being moved away now.
+    pub fn moving(&self) -> Vec<u32> {
+        (0..SHARD_COUNT).filter(|shard| self.is_moving(*shard)).collect()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Starts moving `shard`: false if it is moving already.
+    fn begin(&self, shard: u32) -> bool {
+        let began = !self.moving[shard as usize].swap(true, Ordering::SeqCst);
+        self.changed();
+        began
+    }
+
+    fn end(&self, shard: u32) {
+        self.moving[shard as usize].store(false, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Waits until no request is active on `shard`, up to `limit`.
+    async fn drained(&self, shard: u32, limit: Duration) -> bool {
+        let mut changes = self.changes.subscribe();
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.active[shard as usize].load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                return self.active[shard as usize].load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
+
+    /// Counts a request on `shards` once none of them is moving (waiting up
+    /// to [`MOVE_WAIT`]); the first still moving after that, if any.
+    async fn enter(self: &Arc<Self>, mut shards: Vec<u32>) -> Result<Entered, u32> {
+        let mut changes = self.changes.subscribe();
+        let deadline = Instant::now() + MOVE_WAIT;
+        loop {
+            // Counted first, then checked: a move that begins after the
+            // check sees the count and drains it.
+            for shard in &shards {
+                self.active[*shard as usize].fetch_add(1, Ordering::SeqCst);
+            }
+            let entered = Entered { gate: Some(Arc::clone(self)), shards };
+            let Some(moving) = entered.shards.iter().copied().find(|shard| self.is_moving(*shard))
+            else {
+                return Ok(entered);
+            };
+            shards = entered.leave();
+            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) && self.is_moving(moving) {
+                return Err(moving);
+            }
+        }
+    }
+}
+
+/// A request counted on its shards until dropped (see [`Fence::enter`]).
+#[derive(Debug, Default)]
+pub struct Entered {
+    gate: Option<Arc<MoveGate>>,
+    shards: Vec<u32>,
+}
+
+impl Entered {
+    fn leave(mut self) -> Vec<u32> {
+        self.release();
+        std::mem::take(&mut self.shards)
+    }
+
+    fn release(&mut self) {
+        let Some(gate) = self.gate.take() else { return };
+        let mut moving = false;
+        for shard in &self.shards {
+            gate.active[*shard as usize].fetch_sub(1, Ordering::SeqCst);
+            moving |= gate.is_moving(*shard);
+        }
+        if moving {
+            gate.changed();
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Fence {
+    /// Whether `shard` is being moved away from this node now.
+    pub fn is_moving(&self, shard: u32) -> bool {
+        matches!(self, Fence::Cluster(cluster) if cluster.moves.is_moving(shard))
+    }
+
+    /// Enters the shards `touched` names for a request about to be routed:
+    /// waits while any of them is being moved away (up to [`MOVE_WAIT`],
+    /// then UNAVAILABLE), and counts the request on them until the returned
+    /// guard drops, so a move waits for it. A single node has nothing to wait for.
+    pub async fn enter(&self, touched: &Touched) -> Result<Entered, Status> {
+        let Fence::Cluster(cluster) = self else { return Ok(Entered::default()) };
+        let shards: Vec<u32> = touched.shards().collect();
+        let deadline = Instant::now() + MOVE_WAIT;
+        // A shard just handed to this node is assigned here before it is
+        // claimed: while the lease is held, its requests wait for the claim.
+        while let Some(shard) = shards.iter().copied().find(|shard| claim_pending(cluster, *shard))
+        {
+            if Instant::now() >= deadline {
+                tracing::debug!(shard, "a shard assigned here was not claimed in time");
+                break;
+            }
+            tokio::time::sleep(POLL / 2).await;
+        }
+        cluster.moves.enter(shards).await.map_err(|shard| {
+            Reason::FailingClosed.plain(format!(
+                "shard {shard} is being moved to another node and did not finish within {} ms; \
+                 retry",
+                MOVE_WAIT.as_millis()
+            ))
+        })
+    }
+}
+
+/// Whether `shard` is assigned to this node and not served yet while its
+/// lease is held: a claim on its way (after a handoff or a restart).
+fn claim_pending(cluster: &ClusterView, shard: u32) -> bool {
+    let now = Instant::now();
+    let held =
+        matches!(&*cluster.lease.borrow(), LeaseState::Held { deadline, .. } if now < *deadline);
+    held && cluster.ownership.state_at(shard, now) == ShardState::FailingClosed
+}
+
+/// Runs AdminService.MoveShard at the shard's owner.
+#[tonic::async_trait]
+pub trait ShardMover: Send + Sync + 'static {
+    /// Moves `shard`, served here, to the live member `to`.
+    async fn move_shard(&self, shard: u32, to: &str) -> Result<v1::MoveShardResponse, Status>;
+}
+
+/// [`ShardMover`] over etcd.
+pub struct ClusterMover<S> {
+    node: Node,
+    fence: Fence,
+    forwarder: Forwarder,
+    store: S,
+    keys: ClusterKeys,
+    request_timeout_ms: u64,
+    pause_before_handover: Duration,
+}
+
+impl<S: Store> ClusterMover<S> {
+    /// Fault tests only: waits this long between the new owner's install
+    /// and the etcd handover, so a test can strike then (logged).
+    pub fn with_pause_before_handover(mut self, pause: Duration) -> Self {
+        self.pause_before_handover = pause;
+        self
+    }
+
+    /// A mover for `node` (cluster mode, `fence`), reaching other nodes
+    /// through `forwarder` and etcd through `store`.
+    pub fn new(
+        node: Node,
+        fence: Fence,
+        forwarder: Forwarder,
+        store: S,
+        cluster: &str,
+        request_timeout_ms: u64,
+    ) -> Self {
+        Self {
+            node,
+            fence,
+            forwarder,
+            store,
+            keys: ClusterKeys::new(cluster),
+            request_timeout_ms,
+            pause_before_handover: Duration::ZERO,
+        }
+    }
+
+    fn cluster(&self) -> Result<&ClusterView, Status> {
+        match &self.fence {
+            Fence::Cluster(cluster) => Ok(cluster),
+            Fence::SingleNode => Err(crate::reassign::not_a_cluster_status()),
+        }
+    }
+
+    /// Streams `checkpoint` to `address` (PeerService.InstallShard).
+    async fn install(
+        &self,
+        address: &str,
+        shard: u32,
+        bytes: Vec<u8>,
+    ) -> Result<atp_proto::internal::InstallShardResponse, Status> {
+        let channel = self.forwarder.channel(address).ok_or_else(|| {
+            Reason::FailingClosed
+                .plain(format!("the new owner's address {address:?} is not usable"))
+        })?;
+        let chunks: Vec<InstallShardRequest> = bytes
+            .chunks(INSTALL_CHUNK_BYTES)
+            .map(|data| InstallShardRequest { shard, data: data.to_vec() })
+            .collect();
+        let mut request = Request::new(futures::stream::iter(chunks));
+        request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
+        request.set_timeout(INSTALL_DEADLINE);
+        let mut client = PeerServiceClient::new(channel);
+        let call = client.install_shard(request);
+        match tokio::time::timeout(INSTALL_DEADLINE, call).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+            Ok(Err(status)) => Err(Reason::FailingClosed.plain(format!(
+                "the new owner did not install shard {shard}: {:?}: {}; the shard stays here",
+                status.code(),
+                status.message()
+            ))),
+            Err(_) => Err(Reason::FailingClosed.plain(format!(
+                "the new owner did not install shard {shard} within {} s; the shard stays here",
+                INSTALL_DEADLINE.as_secs()
+            ))),
+        }
+    }
+
+    /// Whether the handover happened when etcd did not confirm it: asks
+    /// for the claim until it knows (or this node no longer serves the shard).
+    async fn handed_over_after_all(&self, cluster: &ClusterView, shard: u32, epoch: i64) -> bool {
+        let deadline = Instant::now() + UNKNOWN_OUTCOME_WAIT;
+        loop {
+            match claim_of(&self.store, &self.keys, shard, self.request_timeout_ms).await {
+                Ok(Some((node, claimed))) if node == cluster.node_id && claimed == epoch => {
+                    return false;
+                }
+                Ok(_) => return true,
+                Err(error) => {
+                    tracing::warn!(shard, %error, "the handover's outcome is unknown; asking etcd again");
+                }
+            }
+            let serving = matches!(
+                cluster.ownership.state_at(shard, Instant::now()),
+                ShardState::Serving { .. }
+            );
+            if !serving || Instant::now() >= deadline {
+                // Failing closed here (the lease ran out) or etcd stays away:
+                // the shard is not served here either way until etcd says.
+                return true;
+            }
+            tokio::time::sleep(POLL * 20).await;
+        }
+    }
+
+    /// Waits until this node no longer serves `shard` and `to` claims it;
+    /// the new owner's epoch, if seen in time.
+    async fn claimed_by(&self, cluster: &ClusterView, shard: u32, to: &str) -> Option<i64> {
+        let deadline = Instant::now() + CLAIM_WAIT;
+        let mut map = cluster.shard_map.clone();
+        loop {
+            let here = cluster.ownership.state_at(shard, Instant::now());
+            let claim = map.borrow_and_update().claim(shard).cloned();
+            if !matches!(here, ShardState::Serving { .. })
+                && let Some(claim) = claim.filter(|claim| claim.node == to)
+            {
+                return Some(claim.epoch);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let _ = tokio::time::timeout(POLL, map.changed()).await;
+        }
+    }
+}
+
+/// Ends a move on every path: the shard's requests go on (here or, after a
+/// handover, where it is now) and its deadlines run again if still served here.
+struct Moving<'a> {
+    gate: &'a MoveGate,
+    node: &'a Node,
+    shard: u32,
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.node.end_export(self.shard);
+        self.gate.end(self.shard);
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> ShardMover for ClusterMover<S> {
+    async fn move_shard(&self, shard: u32, to: &str) -> Result<v1::MoveShardResponse, Status> {
+        let started = Instant::now();
+        let cluster = self.cluster()?;
+        let ShardState::Serving { epoch } = cluster.ownership.state_at(shard, started) else {
+            return Err(Reason::FailingClosed
+                .plain(format!("shard {shard} is not served by this node now; retry")));
+        };
+        if to == cluster.node_id {
+            return Err(Reason::PreconditionFailed
+                .plain(format!("node {to:?} owns shard {shard} already; nothing changed")));
+        }
+        let address = cluster.members.borrow().nodes.get(to).cloned().unwrap_or_default();
+        if address.is_empty() {
+            return Err(Reason::PreconditionFailed
+                .plain(format!("{to:?} is not a live member of the cluster; nothing changed")));
+        }
+        let gate = &cluster.moves;
+        if !gate.begin(shard) {
+            return Err(Reason::PreconditionFailed
+                .plain(format!("shard {shard} is being moved already; nothing changed")));
+        }
+        let moving = Moving { gate, node: &self.node, shard };
+        if !gate.drained(shard, DRAIN_WAIT).await {
+            return Err(Reason::FailingClosed.plain(format!(
+                "shard {shard} stayed busy for {} ms; it stays here, retry",
+                DRAIN_WAIT.as_millis()
+            )));
+        }
+        let checkpoint = self.node.export_shard(shard).await.map_err(crate::error::node_status)?;
+        let records = checkpoint.records.len() as u64;
+        let bytes = atp_store::encode_checkpoint(&checkpoint);
+        if bytes.len() > MAX_INSTALL_BYTES {
+            return Err(Reason::PreconditionFailed.plain(format!(
+                "shard {shard}'s checkpoint is {} bytes, over the {MAX_INSTALL_BYTES} a move carries; it stays here",
+                bytes.len()
+            )));
+        }
+        let installed = self.install(&address, shard, bytes).await?;
+        if !self.pause_before_handover.is_zero() {
+            tracing::warn!(
+                shard,
+                to,
+                sequence = installed.sequence,
+                pause_ms = self.pause_before_handover.as_millis() as u64,
+                "handoff: installed at the new owner; pausing before the handover (test hook)"
+            );
+            tokio::time::sleep(self.pause_before_handover).await;
+        }
+        let request = HandOver {
+            shard,
+            from: cluster.node_id.clone(),
+            epoch,
+            to: to.to_owned(),
+            request_timeout_ms: self.request_timeout_ms,
+        };
+        match hand_over(&self.store, &self.keys, &request).await {
+            Ok(_) => {}
+            Err(HandOverError::Refused(reason)) => {
+                return Err(Reason::FailingClosed
+                    .plain(format!("etcd refused the handover ({reason}); the shard stays here")));
+            }
+            Err(error @ HandOverError::Unknown { .. }) => {
+                tracing::warn!(shard, %error, "handover not confirmed; reading the claim");
+                if !self.handed_over_after_all(cluster, shard, epoch).await {
+                    return Err(
+                        Reason::FailingClosed.plain(format!("{error}; the shard stays here"))
+                    );
+                }
+            }
+        }
+        let to_epoch = self.claimed_by(cluster, shard, to).await.unwrap_or_default();
+        drop(moving);
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            shard,
+            to,
+            from_epoch = epoch,
+            to_epoch,
+            records,
+            elapsed_ms,
+            "moved a shard"
+        );
+        Ok(v1::MoveShardResponse {
+            shard,
+            from_node: cluster.node_id.clone(),
+            to_node: to.to_owned(),
+            from_epoch: epoch,
+            to_epoch,
+            records,
+            elapsed_ms,
+        })
+    }
+}
