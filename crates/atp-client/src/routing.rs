@@ -134,5 +134,6 @@ keyed! {
     v1::GetClusterRequest,
     v1::ReassignShardsRequest,
     v1::MoveShardRequest,
+    v1::DrainNodeRequest,
     tonic_health::pb::HealthCheckRequest,
 }

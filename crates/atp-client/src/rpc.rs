@@ -90,6 +90,8 @@ unary! {
         "AdminService.ReassignShards: move a dead node's shards to live nodes, accepting the loss."),
     (AdminServiceClient, move_shard, v1::MoveShardRequest, v1::MoveShardResponse,
         "AdminService.MoveShard: move one live shard to another live node while serving."),
+    (AdminServiceClient, drain_node, v1::DrainNodeRequest, v1::DrainNodeResponse,
+        "AdminService.DrainNode: move every shard of a node to the others while serving."),
     (HealthClient, check, tonic_health::pb::HealthCheckRequest,
         tonic_health::pb::HealthCheckResponse, "grpc.health.v1.Health.Check."),
 }

@@ -118,6 +118,13 @@ impl AdminService for FakeMap {
     ) -> Result<Response<v1::MoveShardResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn drain_node(
+        &self,
+        _: Request<v1::DrainNodeRequest>,
+    ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// The configured endpoint: the fake map and a forwarding proxy of `atpd`.

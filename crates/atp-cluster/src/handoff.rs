@@ -12,6 +12,9 @@ use crate::assignment::{Assignment, ClusterKeys, SHARD_COUNT};
 use crate::membership::ms;
 use crate::store::{Compare, Store, StoreError, Txn, TxnOp};
 
+/// Tries of the transaction when other changes of the table race it.
+const MAX_TABLE_RACES: usize = 32;
+
 /// One handoff's etcd step, as the old owner asks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandOver {
@@ -59,40 +62,53 @@ pub async fn hand_over<S: Store>(
     }
     let limit = ms(request.request_timeout_ms);
     let unknown = |source| HandOverError::Unknown { shard, source };
-    let read = timeout(limit, store.get(&keys.assignment())).await;
-    let (table_kv, _) = read.map_err(|_| unknown(StoreError::Timeout(limit)))?.map_err(unknown)?;
-    let Some(table_kv) = table_kv else {
-        return Err(HandOverError::Refused("no assignment table yet".into()));
-    };
-    let mut table = Assignment::decode(&table_kv.value)
-        .map_err(|error| HandOverError::Refused(format!("unreadable assignment table: {error}")))?;
-    if table.owner(shard) != request.from {
-        return Err(HandOverError::Refused(format!(
-            "shard {shard} is assigned to {:?}, not to {:?}",
-            table.owner(shard),
-            request.from
-        )));
-    }
-    table.set_owner(shard, request.to.clone());
     let claim = keys.claim(shard);
-    let txn = Txn {
-        compares: vec![
-            Compare::mod_revision(keys.assignment(), table_kv.mod_revision),
-            Compare::create_revision(&claim, request.epoch),
-            Compare::value(&claim, request.from.as_bytes()),
-        ],
-        success: vec![TxnOp::put(keys.assignment(), table.encode(), 0), TxnOp::delete(&claim)],
-        failure: Vec::new(),
-    };
-    let outcome = timeout(limit, store.txn(txn)).await;
-    let outcome = outcome.map_err(|_| unknown(StoreError::Timeout(limit)))?.map_err(unknown)?;
-    if !outcome.succeeded {
-        return Err(HandOverError::Refused(format!(
-            "shard {shard}: the claim under epoch {} or the assignment changed",
-            request.epoch
-        )));
+    // Other moves change the one table too: a refusal while the claim
+    // still stands is such a race, and the transaction is tried again.
+    for _ in 0..MAX_TABLE_RACES {
+        let read = timeout(limit, store.get(&keys.assignment())).await;
+        let (table_kv, _) =
+            read.map_err(|_| unknown(StoreError::Timeout(limit)))?.map_err(unknown)?;
+        let Some(table_kv) = table_kv else {
+            return Err(HandOverError::Refused("no assignment table yet".into()));
+        };
+        let mut table = Assignment::decode(&table_kv.value).map_err(|error| {
+            HandOverError::Refused(format!("unreadable assignment table: {error}"))
+        })?;
+        if table.owner(shard) != request.from {
+            return Err(HandOverError::Refused(format!(
+                "shard {shard} is assigned to {:?}, not to {:?}",
+                table.owner(shard),
+                request.from
+            )));
+        }
+        table.set_owner(shard, request.to.clone());
+        let txn = Txn {
+            compares: vec![
+                Compare::mod_revision(keys.assignment(), table_kv.mod_revision),
+                Compare::create_revision(&claim, request.epoch),
+                Compare::value(&claim, request.from.as_bytes()),
+            ],
+            success: vec![TxnOp::put(keys.assignment(), table.encode(), 0), TxnOp::delete(&claim)],
+            failure: Vec::new(),
+        };
+        let outcome = timeout(limit, store.txn(txn)).await;
+        let outcome = outcome.map_err(|_| unknown(StoreError::Timeout(limit)))?.map_err(unknown)?;
+        if outcome.succeeded {
+            return Ok(outcome.revision);
+        }
+        let held =
+            claim_of(store, keys, shard, request.request_timeout_ms).await.map_err(unknown)?;
+        if held != Some((request.from.clone(), request.epoch)) {
+            return Err(HandOverError::Refused(format!(
+                "shard {shard}: the claim under epoch {} is gone or another's",
+                request.epoch
+            )));
+        }
     }
-    Ok(outcome.revision)
+    Err(HandOverError::Refused(format!(
+        "shard {shard}: the assignment table kept changing ({MAX_TABLE_RACES} tries)"
+    )))
 }
 
 /// The node holding `shard`'s claim and its epoch, if claimed.

@@ -23,8 +23,14 @@ use crate::SINGLE_NODE_EPOCH;
 use crate::error::node_status;
 use crate::fence::{Fence, ShardRoute};
 use crate::forward::{Forwarder, Incoming};
-use crate::handoff::ShardMover;
+use crate::handoff::{MAX_DRAIN_PARALLEL, ShardMover};
 use crate::reassign::{ShardReassigner, not_a_cluster_status};
+
+/// How long a forwarded MoveShard or DrainNode may take (within the
+/// caller's deadline).
+const LONG_FORWARD: std::time::Duration = std::time::Duration::from_secs(600);
+/// Moves a drain makes at once when the request does not say.
+pub const DEFAULT_DRAIN_PARALLEL: usize = 4;
 
 /// Most WatchShardMap streams one node serves at once.
 pub const MAX_SHARD_MAP_STREAMS: usize = 1024;
@@ -197,7 +203,8 @@ impl AdminService for AdminApi {
         match self.fence.route_shard(message.shard, incoming.may_forward()) {
             ShardRoute::Here => {}
             ShardRoute::Forward(peer) => {
-                let sent = self.forwarder.send_with(
+                let sent = self.forwarder.send_with_up_to(
+                    LONG_FORWARD,
                     &peer.address,
                     incoming,
                     AdminServiceClient::new,
@@ -208,6 +215,61 @@ impl AdminService for AdminApi {
             ShardRoute::Refused(status) => return Err(status),
         }
         Ok(Response::new(mover.move_shard(message.shard, to).await?))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<v1::DrainNodeRequest>,
+    ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        let (Some(mover), Fence::Cluster(cluster)) = (&self.mover, &self.fence) else {
+            return Err(not_a_cluster_status());
+        };
+        let (incoming, message) = Incoming::split(request, true)?;
+        let node = message.node_id.trim();
+        if node.is_empty() || node.len() > 200 {
+            return Err(status_of(
+                FieldViolation::new("node_id", "must be a member's node id (1..=200 characters)")
+                    .into(),
+            ));
+        }
+        let parallel = match message.max_parallel {
+            0 => DEFAULT_DRAIN_PARALLEL,
+            n if n as usize <= MAX_DRAIN_PARALLEL => n as usize,
+            n => {
+                return Err(status_of(
+                    FieldViolation::new(
+                        "max_parallel",
+                        format!(
+                            "is {n}; must be 1..={MAX_DRAIN_PARALLEL} (0: {DEFAULT_DRAIN_PARALLEL})"
+                        ),
+                    )
+                    .into(),
+                ));
+            }
+        };
+        if node != cluster.node_id {
+            // The drained node runs its drain: forwarded there (one hop).
+            let address = cluster.members.borrow().nodes.get(node).cloned().unwrap_or_default();
+            if address.is_empty() {
+                return Err(atp_proto::Reason::PreconditionFailed.plain(format!(
+                    "{node:?} is not a live member of the cluster; nothing changed"
+                )));
+            }
+            let sent = self.forwarder.send_with_up_to(
+                LONG_FORWARD,
+                &address,
+                incoming,
+                AdminServiceClient::new,
+                |mut client, request| async move { client.drain_node(request).await },
+            );
+            return sent.await.unwrap_or_else(|_| {
+                Err(atp_proto::Reason::FailingClosed.plain(format!(
+                    "node {node:?} at {address} did not answer the drain; ask it again (moves \
+                     done stay done)"
+                )))
+            });
+        }
+        Ok(Response::new(mover.drain(parallel).await?))
     }
 
     async fn get_cluster(

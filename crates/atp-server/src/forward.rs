@@ -97,13 +97,13 @@ impl<T> Incoming<T> {
         Incoming { metadata: self.metadata.clone(), message: self.may_forward().then_some(message) }
     }
 
-    /// The caller's deadline (`grpc-timeout`), else the default.
-    fn timeout(&self) -> Duration {
+    /// The caller's deadline, at most `limit` (`limit` without one).
+    fn timeout_up_to(&self, limit: Duration) -> Duration {
         self.metadata
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
-            .map_or(DEFAULT_FORWARD_TIMEOUT, |timeout| timeout.min(DEFAULT_FORWARD_TIMEOUT))
+            .map_or(limit, |timeout| timeout.min(limit))
     }
 }
 
@@ -187,7 +187,25 @@ impl Forwarder {
         Call: FnOnce(Client, Request<T>) -> Answer,
         Answer: Future<Output = Result<Response<Reply>, Status>>,
     {
-        let timeout = incoming.timeout();
+        self.send_with_up_to(DEFAULT_FORWARD_TIMEOUT, address, incoming, client, call).await
+    }
+
+    /// [`Forwarder::send_with`] waiting up to `limit` (within the caller's
+    /// deadline) instead of the usual 10 s: for work that takes long (a
+    /// shard move, a drain).
+    pub async fn send_with_up_to<Client, T, Reply, Call, Answer>(
+        &self,
+        limit: Duration,
+        address: &str,
+        incoming: Incoming<T>,
+        client: fn(Channel) -> Client,
+        call: Call,
+    ) -> Result<Result<Response<Reply>, Status>, Unreachable>
+    where
+        Call: FnOnce(Client, Request<T>) -> Answer,
+        Answer: Future<Output = Result<Response<Reply>, Status>>,
+    {
+        let timeout = incoming.timeout_up_to(limit);
         let Some(message) = incoming.message else { return Err(Unreachable) };
         let Some(channel) = self.channel(address) else { return Err(Unreachable) };
         let mut request = Request::from_parts(

@@ -16,12 +16,14 @@ use std::time::Duration;
 use atp_cluster::store::Store;
 use atp_cluster::{
     ClusterKeys, HandOver, HandOverError, LeaseState, ShardState, claim_of, hand_over,
+    rendezvous_owner,
 };
 use atp_core::hash::SHARD_COUNT;
 use atp_proto::internal::InstallShardRequest;
 use atp_proto::internal::peer_service_client::PeerServiceClient;
 use atp_proto::{Reason, v1};
 use atp_shard::Node;
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::{Request, Status};
@@ -208,11 +210,19 @@ fn claim_pending(cluster: &ClusterView, shard: u32) -> bool {
     held && cluster.ownership.state_at(shard, now) == ShardState::FailingClosed
 }
 
-/// Runs AdminService.MoveShard at the shard's owner.
+/// Most moves a drain makes at once.
+pub const MAX_DRAIN_PARALLEL: usize = 16;
+
+/// Runs AdminService.MoveShard at the shard's owner and DrainNode at the
+/// node drained.
 #[tonic::async_trait]
 pub trait ShardMover: Send + Sync + 'static {
     /// Moves `shard`, served here, to the live member `to`.
     async fn move_shard(&self, shard: u32, to: &str) -> Result<v1::MoveShardResponse, Status>;
+
+    /// Moves every shard served here to the other live members
+    /// (rendezvous hashing over them), `parallel` at a time.
+    async fn drain(&self, parallel: usize) -> Result<v1::DrainNodeResponse, Status>;
 }
 
 /// [`ShardMover`] over etcd.
@@ -361,6 +371,54 @@ impl Drop for Moving<'_> {
 
 #[tonic::async_trait]
 impl<S: Store> ShardMover for ClusterMover<S> {
+    async fn drain(&self, parallel: usize) -> Result<v1::DrainNodeResponse, Status> {
+        let started = Instant::now();
+        let cluster = self.cluster()?;
+        let others: Vec<String> = cluster
+            .members
+            .borrow()
+            .nodes
+            .keys()
+            .filter(|node| **node != cluster.node_id)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return Err(Reason::PreconditionFailed
+                .plain("no other live member to move the shards to; nothing changed"));
+        }
+        let serving: Vec<u32> = cluster.ownership.serving_at(started).into_keys().collect();
+        tracing::info!(shards = serving.len(), to = ?others, parallel, "draining this node");
+        let moves = serving.into_iter().map(|shard| {
+            let to = rendezvous_owner(shard, others.iter().map(String::as_str))
+                .expect("at least one other member")
+                .to_owned();
+            async move { (shard, self.move_shard(shard, &to).await) }
+        });
+        let mut outcomes: Vec<(u32, Result<v1::MoveShardResponse, Status>)> =
+            futures::stream::iter(moves)
+                .buffer_unordered(parallel.clamp(1, MAX_DRAIN_PARALLEL))
+                .collect()
+                .await;
+        outcomes.sort_by_key(|(shard, _)| *shard);
+        let mut answer = v1::DrainNodeResponse::default();
+        for (shard, outcome) in outcomes {
+            match outcome {
+                Ok(moved) => answer.moves.push(moved),
+                Err(status) => answer
+                    .failures
+                    .push(v1::DrainFailure { shard, message: status.message().to_owned() }),
+            }
+        }
+        answer.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            moved = answer.moves.len(),
+            failed = answer.failures.len(),
+            elapsed_ms = answer.elapsed_ms,
+            "drained this node"
+        );
+        Ok(answer)
+    }
+
     async fn move_shard(&self, shard: u32, to: &str) -> Result<v1::MoveShardResponse, Status> {
         let started = Instant::now();
         let cluster = self.cluster()?;
@@ -389,7 +447,9 @@ impl<S: Store> ShardMover for ClusterMover<S> {
                 DRAIN_WAIT.as_millis()
             )));
         }
+        let drained_at = started.elapsed();
         let checkpoint = self.node.export_shard(shard).await.map_err(crate::error::node_status)?;
+        let exported_at = started.elapsed();
         let records = checkpoint.records.len() as u64;
         let bytes = atp_store::encode_checkpoint(&checkpoint);
         if bytes.len() > MAX_INSTALL_BYTES {
@@ -399,6 +459,7 @@ impl<S: Store> ShardMover for ClusterMover<S> {
             )));
         }
         let installed = self.install(&address, shard, bytes).await?;
+        let installed_at = started.elapsed();
         if !self.pause_before_handover.is_zero() {
             tracing::warn!(
                 shard,
@@ -431,9 +492,11 @@ impl<S: Store> ShardMover for ClusterMover<S> {
                 }
             }
         }
+        let handed_over_at = started.elapsed();
         let to_epoch = self.claimed_by(cluster, shard, to).await.unwrap_or_default();
         drop(moving);
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = |at: Duration| at.as_millis() as u64;
         tracing::info!(
             shard,
             to,
@@ -441,7 +504,11 @@ impl<S: Store> ShardMover for ClusterMover<S> {
             to_epoch,
             records,
             elapsed_ms,
-            "moved a shard"
+            drained_ms = ms(drained_at),
+            exported_ms = ms(exported_at),
+            installed_ms = ms(installed_at),
+            handed_over_ms = ms(handed_over_at),
+            "moved a shard (times from the fence)"
         );
         Ok(v1::MoveShardResponse {
             shard,

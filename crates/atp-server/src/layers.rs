@@ -12,7 +12,6 @@ use tonic_types::ErrorDetails;
 use tower::layer::util::{Identity, Stack};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
-use tower::timeout::TimeoutLayer;
 use tower::util::MapErrLayer;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
@@ -21,7 +20,7 @@ type ErrorToStatus = fn(BoxError) -> BoxError;
 
 /// The layer stack of [`crate::serve`], outermost first.
 pub type Layers = Stack<
-    TimeoutLayer,
+    DeadlineLayer,
     Stack<
         ConcurrencyLimitLayer,
         Stack<
@@ -57,7 +56,64 @@ pub fn layers(
         .layer(ConcurrencyLimitLayer::new(max_concurrent_requests))
         // The timeout is innermost: it bounds the time a handler runs, not the
         // time spent above it (there is no waiting for the limit: it sheds).
-        .layer(TimeoutLayer::new(request_timeout))
+        .layer(DeadlineLayer { timeout: request_timeout })
+}
+
+/// Requests that may run longer than the request timeout: a planned shard
+/// move and a node drain take seconds to minutes (bounded by their own
+/// limits and the caller's deadline).
+const LONG_PATHS: [&str; 2] = ["/atp.v1.AdminService/MoveShard", "/atp.v1.AdminService/DrainNode"];
+
+/// Bounds the time a handler runs (the request timeout), except for
+/// [`LONG_PATHS`]; an overrun is tower's `Elapsed`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    timeout: Duration,
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline { inner, timeout: self.timeout }
+    }
+}
+
+/// The service of [`DeadlineLayer`].
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, RequestBody> Service<http::Request<RequestBody>> for Deadline<S>
+where
+    S: Service<http::Request<RequestBody>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let long = LONG_PATHS.contains(&request.uri().path());
+        let response = self.inner.call(request);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            if long {
+                return response.await.map_err(Into::into);
+            }
+            match tokio::time::timeout(timeout, response).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError),
+            }
+        })
+    }
 }
 
 fn error_to_status(error: BoxError) -> BoxError {

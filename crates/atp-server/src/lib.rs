@@ -43,7 +43,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-pub use admin::{AdminApi, shard_info_message};
+pub use admin::{AdminApi, DEFAULT_DRAIN_PARALLEL, shard_info_message};
 pub use availability::AvailabilityApi;
 pub use cluster_catalog::{CatalogSync, CatalogWriter, ClusterCatalog, start_cluster_catalog};
 pub use config_service::ConfigApi;
@@ -52,7 +52,8 @@ pub use fence::{
     ClusterView, EPOCH_HEADER, Fence, Peer, Route, Touched, carried_epoch, refusal_status,
 };
 pub use handoff::{
-    ClusterMover, Entered, INSTALL_CHUNK_BYTES, MAX_INSTALL_BYTES, MOVE_WAIT, MoveGate, ShardMover,
+    ClusterMover, Entered, INSTALL_CHUNK_BYTES, MAX_DRAIN_PARALLEL, MAX_INSTALL_BYTES, MOVE_WAIT,
+    MoveGate, ShardMover,
 };
 pub use listing::LIST_SHARDS_HEADER;
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};

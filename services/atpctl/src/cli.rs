@@ -109,6 +109,26 @@ pub enum Command {
     /// The cluster as the node asked sees it (members, shard map).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Cluster mode: act on one node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Move every shard the node serves to the other live nodes while
+    /// serving (planned handoffs); what could not move is listed.
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The node to drain (its node id).
+    #[arg(value_name = "NODE_ID")]
+    pub node: String,
+    /// Moves at once (1..=16; default 4).
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -404,6 +404,21 @@ async fn shard_move_prints_the_handoff_and_the_refusal() {
 }
 
 #[tokio::test]
+async fn node_drain_lists_what_did_not_move_and_fails_then() {
+    let fake = Fake::default();
+    let addr = fake.start().await;
+    let drained = atpctl(&addr, &["node", "drain", "node-3", "--parallel", "2"]).await;
+    assert_eq!(drained.status.code(), Some(1), "a shard did not move: {}", stderr(&drained));
+    assert_eq!(
+        stdout(&drained),
+        "shard 5: not moved: stayed busy (2 at a time)\nnode node-3: 2 shards moved, 1 not, in 300 ms\n"
+    );
+    let drained = json(&atpctl(&addr, &["--json", "node", "drain", "node-3"]).await);
+    assert_eq!(drained["moves"][1]["to"], "node-2");
+    assert_eq!(drained["failures"][0]["message"], "stayed busy (0 at a time)");
+}
+
+#[tokio::test]
 async fn an_unreachable_server_is_a_clear_error() {
     let output = atpctl("127.0.0.1:1", &["shards"]).await;
     assert_eq!(output.status.code(), Some(6));

@@ -135,6 +135,10 @@ pub struct Config {
     /// before `atpctl shard reassign --accept-loss` through this node may
     /// move its shards (0..=86400000). Default 60000.
     pub reassign_grace_ms: u64,
+    /// Cluster mode: on SIGTERM or Ctrl-C the node first moves its shards
+    /// to the other live members (planned handoffs), for at most this long,
+    /// then stops (0: no drain; 0..=3600000). Default 60000.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -173,6 +177,7 @@ impl Default for Config {
             keepalive_interval_ms: 2_000,
             lease_safety_margin_ms: 2_000,
             reassign_grace_ms: 60_000,
+            drain_timeout_ms: 60_000,
         }
     }
 }
@@ -289,6 +294,7 @@ impl Config {
                 self.lease_safety_margin_ms = parse(value, "a whole number of ms")?;
             }
             "reassign_grace_ms" => self.reassign_grace_ms = parse(value, "a whole number of ms")?,
+            "drain_timeout_ms" => self.drain_timeout_ms = parse(value, "a whole number of ms")?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -397,6 +403,12 @@ impl Config {
         if let Err(error) = self.membership_config(node_id, "check").validate() {
             problems.push(format!(
                 "lease_ttl_ms, keepalive_interval_ms, lease_safety_margin_ms: {error}"
+            ));
+        }
+        if self.drain_timeout_ms > 3_600_000 {
+            problems.push(format!(
+                "drain_timeout_ms: must be 0..=3600000, got {}",
+                self.drain_timeout_ms
             ));
         }
         if self.reassign_grace_ms > MAX_REASSIGN_GRACE_MS {

@@ -4,8 +4,9 @@
 //! `ATP_CONFIG`, then `ATP_<KEY>` variables), starts logging to stderr, opens
 //! the durable store in `data_dir`, recovers every shard from it (health says
 //! NOT_SERVING and requests get UNAVAILABLE until then), and serves until
-//! SIGTERM or Ctrl-C; then it stops accepting, lets requests in flight finish,
-//! stops the node and exits 0.
+//! SIGTERM or Ctrl-C; then (cluster mode) it moves its shards to the other
+//! nodes (`drain_timeout_ms`), stops accepting, lets requests in flight
+//! finish, stops the node and exits 0.
 //!
 //! If a durable write fails, atpd exits at once with status 1 (never
 //! retrying the fsync, never acknowledging the batch): its supervisor restarts
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use atp_shard::{Clock, Node, WriteLogConfig};
@@ -44,7 +46,7 @@ use crate::cluster::Cluster;
 const WRITE_LOG_FILE: &str = "writes.log";
 use crate::config::{CONFIG_FILE_ENV, Config};
 use atp_server::forward::Forwarder;
-use atp_server::{ClusterPeers, Fence};
+use atp_server::{ClusterPeers, DEFAULT_DRAIN_PARALLEL, Fence};
 
 /// Command line: everything else is configuration (file or environment).
 #[derive(Debug, Parser)]
@@ -98,7 +100,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
-    let shutdown = async move {
+    let signalled = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
             _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
@@ -139,6 +141,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(cluster)
     } else {
         None
+    };
+    // Cluster mode: a signalled node first moves its shards to the others
+    // (planned handoffs, while it still serves), then stops.
+    let drain_limit = Duration::from_millis(config.drain_timeout_ms);
+    let mover = cluster.as_ref().map(|cluster| Arc::clone(&cluster.apis.mover));
+    let shutdown = async move {
+        signalled.await;
+        let Some(mover) = mover else { return };
+        if drain_limit.is_zero() {
+            return;
+        }
+        tracing::info!(limit_ms = drain_limit.as_millis() as u64, "draining before exit");
+        match tokio::time::timeout(drain_limit, mover.drain(DEFAULT_DRAIN_PARALLEL)).await {
+            Ok(Ok(drained)) => tracing::info!(
+                moved = drained.moves.len(),
+                failed = drained.failures.len(),
+                elapsed_ms = drained.elapsed_ms,
+                "drained before exit"
+            ),
+            Ok(Err(status)) => {
+                tracing::warn!(error = %status.message(), "could not drain before exit")
+            }
+            Err(_) => {
+                tracing::warn!("the drain did not finish in time; exiting with the shards left")
+            }
+        }
     };
     let fence = cluster.as_ref().map_or(Fence::SingleNode, |cluster| cluster.fence.clone());
     let apis = cluster.as_ref().map(|cluster| cluster.apis.clone());

@@ -850,3 +850,130 @@ async fn checkout_load_sees_no_failed_request_while_shards_move() {
     assert!(report.steps > 0, "the load made no step");
     cluster.check_epochs(name).await;
 }
+
+/// A node drained and gone, another drained on demand (issue 11): under the
+/// checkout load through the SDK (its endpoints the two nodes that stay),
+/// node 2 gets SIGTERM, moves all its shards to the others while serving
+/// and exits 0; it comes back empty, and `DrainNode` of node 1, asked of
+/// node 2, moves node 1's shards to nodes 0 and 2 (4 at a time). No client request fails,
+/// the checker and the epoch checker pass. Prints both drain times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_load_sees_no_failed_request_while_nodes_drain() {
+    let name = "drains";
+    let seed = seed();
+    eprintln!("{name}: seed {seed} (ATP_FAULT_SEED replays it)");
+    let started = std::time::Instant::now();
+    let Some(mut cluster) = Cluster::start(name, false, &[]).await else { return };
+    let probes = probe_ids();
+    let before = cluster.wait_until_consistent(&probes).await;
+    let mut config = cluster.load(Duration::from_secs(600), seed);
+    config.endpoint = cluster.endpoints()[..2].join(",");
+    let setup = setup(&config).await.expect("setup");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (config, setup, stop) = (config.clone(), setup.clone(), Arc::clone(&stop));
+        tokio::spawn(async move { run_until(&config, &setup, stop).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // SIGTERM: node 2 drains itself, then exits.
+    let owned = before.values().filter(|(owner, _)| *owner == node_id(2)).count();
+    let drain_started = std::time::Instant::now();
+    cluster.nodes[2].terminate();
+    let exited = cluster.nodes[2].wait_for_exit(Duration::from_secs(120)).await;
+    let sigterm_drain = drain_started.elapsed();
+    assert!(
+        exited.is_some_and(|status| status.success()),
+        "node 2 exited {exited:?}:\n{}",
+        cluster.nodes[2].log()
+    );
+    let log = cluster.nodes[2].log();
+    assert!(log.contains("drained before exit"), "{}", tail(&log, 3_000));
+    let claims = cluster.claims().await;
+    assert!(claims.values().all(|(owner, _)| *owner != node_id(2)), "node 2 kept shards");
+    eprintln!("{name}: SIGTERM drain of {owned} shards took {sigterm_drain:?}");
+
+    // Back, empty; then node 1 drained through it.
+    cluster.nodes[2] = cluster.launch(2).await;
+    let owned = cluster.claims().await.values().filter(|(owner, _)| *owner == node_id(1)).count();
+    let mut admin =
+        v1::admin_service_client::AdminServiceClient::connect(cluster.endpoints()[2].clone())
+            .await
+            .expect("connect");
+    let drained = admin
+        .drain_node(v1::DrainNodeRequest { node_id: node_id(1), max_parallel: 4 })
+        .await
+        .expect("drain node 1 through node 2")
+        .into_inner();
+    assert!(drained.failures.is_empty(), "{:?}", drained.failures);
+    assert_eq!(drained.moves.len(), owned);
+    let claims = cluster.claims().await;
+    assert!(claims.values().all(|(owner, _)| *owner != node_id(1)), "node 1 kept shards");
+    assert!(claims.values().any(|(owner, _)| *owner == node_id(2)), "node 2 got nothing");
+    let times: Vec<u64> = drained.moves.iter().map(|moved| moved.elapsed_ms).collect();
+    eprintln!(
+        "{name}: DrainNode of {owned} shards (4 at a time) took {} ms; moves p50 {} ms, max {} ms",
+        drained.elapsed_ms,
+        percentile(&times, 50),
+        percentile(&times, 100)
+    );
+
+    eprintln!(
+        "{name}: node 1's moves, medians from the fence: {}",
+        move_phases(&cluster.nodes[1].log())
+    );
+
+    tokio::time::sleep(LOAD_AFTER_FAULTS).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.expect("the load task").expect("the load ran");
+    let failed: Vec<&Failure> = report
+        .failures
+        .iter()
+        .filter(|failure| failure.reason.as_deref() != Some("INSUFFICIENT_STOCK"))
+        .collect();
+    let checked = check_settled(&config, &setup, &report).await;
+    eprintln!(
+        "{name}: {} steps, acknowledged {:?}, errors {:?}; {:.1} s in all",
+        report.steps,
+        report.acknowledged,
+        report.errors,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during the drains: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(20)]
+    );
+    assert!(checked.violations.is_empty(), "violations (seed {seed}): {:#?}", checked.violations);
+    cluster.check_epochs(name).await;
+}
+
+/// The `p`-th percentile of `values` (0 when empty).
+fn percentile(values: &[u64], p: usize) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get((sorted.len().saturating_sub(1) * p) / 100).copied().unwrap_or(0)
+}
+
+/// The median of each phase of the moves a node logged ("moved a shard":
+/// drained, exported, installed, handed over, claimed = elapsed), in ms
+/// from the fence.
+fn move_phases(log: &str) -> String {
+    let phases = ["drained_ms", "exported_ms", "installed_ms", "handed_over_ms", "elapsed_ms"];
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("moved a shard")).collect();
+    let medians: Vec<String> = phases
+        .iter()
+        .map(|phase| {
+            let values: Vec<u64> = lines
+                .iter()
+                .filter_map(|line| {
+                    let start = line.find(&format!("{phase}="))? + phase.len() + 1;
+                    line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+                })
+                .collect();
+            format!("{phase} {}", percentile(&values, 50))
+        })
+        .collect();
+    format!("{} moves: {}", lines.len(), medians.join(", "))
+}

@@ -9,12 +9,12 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow};
 use atp_proto::v1::reassign_shards_request::Target;
 use atp_proto::v1::{
-    ClusterShard, GetClusterRequest, GetClusterResponse, MoveShardRequest, ReassignShardsRequest,
-    ShardView,
+    ClusterShard, DrainNodeRequest, GetClusterRequest, GetClusterResponse, MoveShardRequest,
+    ReassignShardsRequest, ShardView,
 };
 use serde_json::{Value, json};
 
-use crate::cli::{ClusterShardsArgs, MoveArgs, ReassignArgs};
+use crate::cli::{ClusterShardsArgs, DrainArgs, MoveArgs, ReassignArgs};
 use crate::client::Context;
 use crate::table::Table;
 
@@ -233,6 +233,53 @@ pub async fn move_shard(context: &Context, args: MoveArgs) -> anyhow::Result<Exi
         },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `node drain NODE_ID`: every shard of the node moved to the others (the
+/// asked node forwards it to the drained one).
+pub async fn drain(context: &Context, args: DrainArgs) -> anyhow::Result<ExitCode> {
+    let clients = context.connect().await?;
+    let request =
+        DrainNodeRequest { node_id: args.node.clone(), max_parallel: args.parallel.unwrap_or(0) };
+    let response = clients
+        .rpc()
+        .drain_node(request)
+        .await
+        .with_context(|| format!("drain node {}", args.node))?;
+    context.print(
+        || {
+            json!({
+                "node": args.node,
+                "moves": response.moves.iter().map(|moved| json!({
+                    "shard": moved.shard,
+                    "to": moved.to_node,
+                    "to_epoch": moved.to_epoch,
+                    "elapsed_ms": moved.elapsed_ms,
+                })).collect::<Vec<_>>(),
+                "failures": response.failures.iter().map(|failed| json!({
+                    "shard": failed.shard,
+                    "message": failed.message,
+                })).collect::<Vec<_>>(),
+                "elapsed_ms": response.elapsed_ms,
+            })
+        },
+        || {
+            let mut text = String::new();
+            for failed in &response.failures {
+                let _ = writeln!(text, "shard {}: not moved: {}", failed.shard, failed.message);
+            }
+            let _ = writeln!(
+                text,
+                "node {}: {} shards moved, {} not, in {} ms",
+                args.node,
+                response.moves.len(),
+                response.failures.len(),
+                response.elapsed_ms
+            );
+            text
+        },
+    );
+    Ok(if response.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `$USER@hostname`, as far as they are known.

@@ -13,7 +13,7 @@ mod reservations;
 use std::process::ExitCode;
 
 use crate::cli::{
-    ChannelCommand, Cli, ClusterCommand, Command, ConfigCommand, LocationCommand,
+    ChannelCommand, Cli, ClusterCommand, Command, ConfigCommand, LocationCommand, NodeCommand,
     ReservationsCommand, ShardArgs, ShardCommand,
 };
 use crate::client::Context;
@@ -64,5 +64,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ledger(args) => admin::ledger(context, args).await,
         Command::Cluster(ClusterCommand::Members) => cluster::members(context).await,
         Command::Cluster(ClusterCommand::Shards(args)) => cluster::shards(context, args).await,
+        Command::Node(NodeCommand::Drain(args)) => cluster::drain(context, args).await,
     }
 }

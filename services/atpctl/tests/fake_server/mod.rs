@@ -485,6 +485,30 @@ impl AdminService for Fake {
         }))
     }
 
+    async fn drain_node(
+        &self,
+        request: Request<atp_proto::v1::DrainNodeRequest>,
+    ) -> Reply<atp_proto::v1::DrainNodeResponse> {
+        let request = request.into_inner();
+        let moved = |shard: u32, to: &str| atp_proto::v1::MoveShardResponse {
+            shard,
+            from_node: request.node_id.clone(),
+            to_node: to.into(),
+            from_epoch: 7,
+            to_epoch: 42,
+            records: 1,
+            elapsed_ms: 90,
+        };
+        Ok(Response::new(atp_proto::v1::DrainNodeResponse {
+            moves: vec![moved(4, "node-1"), moved(6, "node-2")],
+            failures: vec![atp_proto::v1::DrainFailure {
+                shard: 5,
+                message: format!("stayed busy ({} at a time)", request.max_parallel),
+            }],
+            elapsed_ms: 300,
+        }))
+    }
+
     async fn query_ledger(
         &self,
         request: Request<QueryLedgerRequest>,
