@@ -65,7 +65,7 @@ pub fn layers(
 const LONG_PATHS: [&str; 2] = ["/atp.v1.AdminService/MoveShard", "/atp.v1.AdminService/DrainNode"];
 
 /// Bounds the time a handler runs (the request timeout), except for
-/// [`LONG_PATHS`]; an overrun is tower's `Elapsed`.
+/// MoveShard and DrainNode; an overrun is tower's `Elapsed`.
 #[derive(Clone, Copy, Debug)]
 pub struct DeadlineLayer {
     timeout: Duration,
