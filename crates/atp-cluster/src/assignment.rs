@@ -81,6 +81,17 @@ impl ClusterKeys {
         format!("{}{node}", self.down_prefix())
     }
 
+    /// `/atp/<cluster>/draining/`.
+    pub fn draining_prefix(&self) -> String {
+        format!("/atp/{}/draining/", self.cluster)
+    }
+
+    /// `/atp/<cluster>/draining/<node>`, bound to the node's lease: it is
+    /// moving its shards away, so placement gives it none.
+    pub fn draining(&self, node: &str) -> String {
+        format!("{}{node}", self.draining_prefix())
+    }
+
     /// `/atp/<cluster>/audit/`.
     pub fn audit_prefix(&self) -> String {
         format!("/atp/{}/audit/", self.cluster)
@@ -287,9 +298,60 @@ pub fn rendezvous<'a>(nodes: impl IntoIterator<Item = &'a str>) -> Option<Assign
     Some(Assignment::new(owners))
 }
 
+/// The moves that give the nodes in `joined` their rendezvous share over
+/// `eligible` (the live members that are not draining, `joined` among
+/// them), as (shard, from, to), in shard order: a shard moves when
+/// rendezvous hashing over `eligible` places it on a joined node and it
+/// is another eligible node's. Nothing else moves: a dead node's shards
+/// wait for it, a draining node moves its own, and placements made by hand
+/// stay.
+pub fn placement_moves(
+    table: &Assignment,
+    eligible: &BTreeSet<&str>,
+    joined: &BTreeSet<&str>,
+) -> Vec<(u32, String, String)> {
+    (0..SHARD_COUNT)
+        .filter_map(|shard| {
+            let owner = table.owner(shard);
+            if !eligible.contains(owner) {
+                return None;
+            }
+            let target = rendezvous_owner(shard, eligible.iter().copied())?;
+            (target != owner && joined.contains(target))
+                .then(|| (shard, owner.to_owned(), target.to_owned()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joining_node_gets_its_rendezvous_share_and_nothing_else_moves() {
+        let table = rendezvous(["a", "b", "c"]).expect("nodes");
+        let none: Vec<(u32, String, String)> = Vec::new();
+        let all = BTreeSet::from(["a", "b", "c", "d"]);
+        assert_eq!(placement_moves(&table, &BTreeSet::from(["a", "b", "c"]), &all), none);
+        let moves = placement_moves(&table, &all, &BTreeSet::from(["d"]));
+        assert!(moves.iter().all(|(_, _, to)| to == "d"), "only to the new node");
+        assert!((180..340).contains(&moves.len()), "about a quarter: {}", moves.len());
+        let mut after = table.clone();
+        for (shard, _, to) in &moves {
+            after.set_owner(*shard, to.clone());
+        }
+        assert_eq!(after, rendezvous(["a", "b", "c", "d"]).expect("nodes"));
+        // c dead or draining: its shards stay, nothing else moves.
+        assert_eq!(placement_moves(&table, &BTreeSet::from(["a", "b"]), &all), none);
+        // A shard moved by hand from a to b stays when c restarts (joins).
+        let mut by_hand = table.clone();
+        let shard = table.shards_of("a").next().expect("a has shards");
+        by_hand.set_owner(shard, "b");
+        let abc = BTreeSet::from(["a", "b", "c"]);
+        assert_eq!(placement_moves(&by_hand, &abc, &BTreeSet::from(["c"])), none);
+        let back = placement_moves(&by_hand, &abc, &BTreeSet::from(["a"]));
+        assert_eq!(back.len(), 1, "a rejoining takes it back");
+    }
 
     #[test]
     fn rendezvous_spreads_shards_and_ignores_order() {

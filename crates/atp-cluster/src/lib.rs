@@ -86,8 +86,8 @@ pub mod store;
 pub mod testing;
 
 pub use assignment::{
-    Assignment, AssignmentError, ClusterKeys, SHARD_COUNT, rendezvous, rendezvous_owner,
-    rendezvous_score,
+    Assignment, AssignmentError, ClusterKeys, SHARD_COUNT, placement_moves, rendezvous,
+    rendezvous_owner, rendezvous_score,
 };
 pub use claims::Claims;
 pub use cluster_config::{

@@ -9,6 +9,7 @@
 //! owner (PeerService.InstallShard), the etcd transaction, and the wait for
 //! the new owner's claim.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -16,11 +17,12 @@ use std::time::Duration;
 use atp_cluster::store::Store;
 use atp_cluster::{
     ClusterKeys, HandOver, HandOverError, LeaseState, ShardState, claim_of, hand_over,
-    rendezvous_owner,
+    placement_moves, rendezvous_owner,
 };
 use atp_core::hash::SHARD_COUNT;
 use atp_proto::internal::InstallShardRequest;
 use atp_proto::internal::peer_service_client::PeerServiceClient;
+use atp_proto::v1::admin_service_client::AdminServiceClient;
 use atp_proto::{Reason, v1};
 use atp_shard::Node;
 use futures::StreamExt;
@@ -386,6 +388,17 @@ impl<S: Store> ShardMover for ClusterMover<S> {
             return Err(Reason::PreconditionFailed
                 .plain("no other live member to move the shards to; nothing changed"));
         }
+        // Marked draining (bound to this node's lease): placement gives it nothing.
+        let lease_id = match &*cluster.lease.borrow() {
+            LeaseState::Held { lease_id, .. } => *lease_id,
+            _ => 0,
+        };
+        let limit = Duration::from_millis(self.request_timeout_ms);
+        let key = self.keys.draining(&cluster.node_id);
+        let mark = self.store.put(&key, b"", lease_id);
+        if !matches!(tokio::time::timeout(limit, mark).await, Ok(Ok(_))) {
+            tracing::warn!("could not mark this node draining in etcd; draining anyway");
+        }
         let serving: Vec<u32> = cluster.ownership.serving_at(started).into_keys().collect();
         tracing::info!(shards = serving.len(), to = ?others, parallel, "draining this node");
         let moves = serving.into_iter().map(|shard| {
@@ -520,4 +533,100 @@ impl<S: Store> ShardMover for ClusterMover<S> {
             elapsed_ms,
         })
     }
+}
+
+/// How long the member list must stay unchanged before placement acts.
+const PLACEMENT_SETTLE: Duration = Duration::from_secs(1);
+/// How often placement looks again without a change (a draining mark, a
+/// move that failed).
+const PLACEMENT_RECHECK: Duration = Duration::from_secs(5);
+/// How long one placement move may take.
+const PLACEMENT_MOVE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Placement on join (issue 11): while this node is the coordinator,
+/// whenever the set of live members that are not draining differs from
+/// the one last placed, gives the nodes that joined it the shards
+/// rendezvous hashing over that set places on them
+/// ([`atp_cluster::placement_moves`]: nothing else moves), `parallel` at a
+/// time, each through its owner's MoveShard. The first set a new coordinator sees counts as placed;
+/// a round with a failed move is tried again. `parallel` 0: never.
+pub fn spawn_rebalancer<S: Store>(
+    store: S,
+    fence: Fence,
+    leading: watch::Receiver<bool>,
+    forwarder: Forwarder,
+    parallel: usize,
+    request_timeout_ms: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Fence::Cluster(cluster) = fence else { return };
+        if parallel == 0 {
+            return;
+        }
+        let keys = ClusterKeys::new(&cluster.cluster);
+        let (mut members, mut leading) = (cluster.members.clone(), leading);
+        let mut placed: Option<BTreeSet<String>> = None;
+        loop {
+            tokio::select! {
+                changed = members.changed() => if changed.is_err() { return },
+                changed = leading.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(PLACEMENT_RECHECK) => {}
+            }
+            if !*leading.borrow() {
+                placed = None;
+                continue;
+            }
+            tokio::time::sleep(PLACEMENT_SETTLE).await;
+            let live = members.borrow().nodes.clone();
+            let limit = Duration::from_millis(request_timeout_ms);
+            let prefix = keys.draining_prefix();
+            let draining = match tokio::time::timeout(limit, store.get_prefix(&prefix)).await {
+                Ok(Ok(snapshot)) => snapshot
+                    .kvs
+                    .into_iter()
+                    .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_owned))
+                    .collect::<BTreeSet<String>>(),
+                _ => continue,
+            };
+            let eligible: BTreeSet<String> =
+                live.keys().filter(|node| !draining.contains(*node)).cloned().collect();
+            if placed.as_ref() == Some(&eligible) {
+                continue;
+            }
+            if placed.is_none() {
+                placed = Some(eligible);
+                continue;
+            }
+            let Some(table) = cluster.shard_map.borrow().assignment.clone() else { continue };
+            let nodes: BTreeSet<&str> = eligible.iter().map(String::as_str).collect();
+            let before = placed.as_ref().expect("placed once");
+            let joined: BTreeSet<&str> =
+                nodes.iter().copied().filter(|node| !before.contains(*node)).collect();
+            let moves = placement_moves(&table, &nodes, &joined);
+            tracing::info!(moves = moves.len(), members = ?eligible, "placement: moving shards to their rendezvous owners");
+            let sends = moves.into_iter().map(|(shard, from, to)| {
+                let address = live.get(&from).cloned().unwrap_or_default();
+                let channel = forwarder.channel(&address);
+                async move {
+                    let Some(channel) = channel else { return Err(shard) };
+                    let mut request = Request::new(v1::MoveShardRequest { shard, to_node: to });
+                    request.set_timeout(PLACEMENT_MOVE_DEADLINE);
+                    let mut client = AdminServiceClient::new(channel);
+                    client.move_shard(request).await.map(drop).map_err(|status| {
+                        tracing::warn!(shard, from, error = %status.message(), "placement: a move failed");
+                        shard
+                    })
+                }
+            });
+            let failed = futures::stream::iter(sends)
+                .buffer_unordered(parallel.min(MAX_DRAIN_PARALLEL))
+                .filter(|outcome| std::future::ready(outcome.is_err()))
+                .count()
+                .await;
+            tracing::info!(failed, "placement: round done");
+            if failed == 0 {
+                placed = Some(eligible);
+            }
+        }
+    })
 }

@@ -53,7 +53,7 @@ pub use fence::{
 };
 pub use handoff::{
     ClusterMover, Entered, INSTALL_CHUNK_BYTES, MAX_DRAIN_PARALLEL, MAX_INSTALL_BYTES, MOVE_WAIT,
-    MoveGate, ShardMover,
+    MoveGate, ShardMover, spawn_rebalancer,
 };
 pub use listing::LIST_SHARDS_HEADER;
 pub use peer::{ClusterPeers, MAX_OPS_PER_CALL, PeerApi};

@@ -33,7 +33,7 @@ use atp_cluster::{
 use atp_server::forward::Forwarder;
 use atp_server::{
     CatalogSync, ClusterApis, ClusterMover, ClusterReassigner, ClusterView, Fence,
-    start_cluster_catalog,
+    spawn_rebalancer, start_cluster_catalog,
 };
 use atp_shard::Node;
 use tokio::sync::watch;
@@ -59,6 +59,8 @@ pub struct Cluster {
     _catalog_sync: CatalogSync,
     rejoin: JoinHandle<()>,
     relay: JoinHandle<()>,
+    /// Placement on join, while this node is the coordinator.
+    rebalancer: JoinHandle<()>,
     /// Where the ConfigService writes locations and channels and the
     /// AdminService reassigns a dead node's shards (etcd).
     pub apis: ClusterApis,
@@ -138,6 +140,14 @@ impl Cluster {
         let mover = mover.with_pause_before_handover(Duration::from_millis(pause.unwrap_or(0)));
         let apis =
             ClusterApis { catalog, reassigner: Arc::new(reassigner), mover: Arc::new(mover) };
+        let rebalancer = spawn_rebalancer(
+            store.clone(),
+            fence.clone(),
+            coordinator.leading(),
+            Forwarder::default(),
+            config.placement_parallel,
+            request_timeout_ms,
+        );
         Ok(Self {
             member,
             store,
@@ -147,6 +157,7 @@ impl Cluster {
             _catalog_sync: catalog_sync,
             rejoin,
             relay,
+            rebalancer,
             apis,
             fence,
             node_id,
@@ -172,6 +183,7 @@ impl Cluster {
     pub async fn leave(self) {
         self.rejoin.abort();
         self.relay.abort();
+        self.rebalancer.abort();
         if let Err(error) = self.member.leave().await {
             tracing::warn!(error = %error, "could not leave the cluster; the lease will expire");
         }

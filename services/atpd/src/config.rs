@@ -139,6 +139,11 @@ pub struct Config {
     /// to the other live members (planned handoffs), for at most this long,
     /// then stops (0: no drain; 0..=3600000). Default 60000.
     pub drain_timeout_ms: u64,
+    /// Cluster mode: when the coordinator sees a node join (or the live,
+    /// not draining members change), it moves the shards rendezvous
+    /// hashing gives another node, this many at a time (0: never; 0..=16).
+    /// Default 4.
+    pub placement_parallel: usize,
 }
 
 impl Default for Config {
@@ -178,6 +183,7 @@ impl Default for Config {
             lease_safety_margin_ms: 2_000,
             reassign_grace_ms: 60_000,
             drain_timeout_ms: 60_000,
+            placement_parallel: 4,
         }
     }
 }
@@ -295,6 +301,7 @@ impl Config {
             }
             "reassign_grace_ms" => self.reassign_grace_ms = parse(value, "a whole number of ms")?,
             "drain_timeout_ms" => self.drain_timeout_ms = parse(value, "a whole number of ms")?,
+            "placement_parallel" => self.placement_parallel = parse(value, "a whole number")?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -403,6 +410,12 @@ impl Config {
         if let Err(error) = self.membership_config(node_id, "check").validate() {
             problems.push(format!(
                 "lease_ttl_ms, keepalive_interval_ms, lease_safety_margin_ms: {error}"
+            ));
+        }
+        if self.placement_parallel > 16 {
+            problems.push(format!(
+                "placement_parallel: must be 0..=16, got {}",
+                self.placement_parallel
             ));
         }
         if self.drain_timeout_ms > 3_600_000 {

@@ -851,11 +851,13 @@ async fn checkout_load_sees_no_failed_request_while_shards_move() {
     cluster.check_epochs(name).await;
 }
 
-/// A node drained and gone, another drained on demand (issue 11): under the
-/// checkout load through the SDK (its endpoints the two nodes that stay),
-/// node 2 gets SIGTERM, moves all its shards to the others while serving
-/// and exits 0; it comes back empty, and `DrainNode` of node 1, asked of
-/// node 2, moves node 1's shards to nodes 0 and 2 (4 at a time). No client request fails,
+/// A node drained and gone, back, another drained on demand (issue 11):
+/// under the checkout load through the SDK (its endpoints the two nodes
+/// that stay), node 2 gets SIGTERM, moves all its shards to the others
+/// while serving and exits 0; it comes back empty and the coordinator
+/// moves its rendezvous share to it (placement on join); then `DrainNode`
+/// of node 1, asked of node 2, moves node 1's shards to nodes 0 and 2 (4 at
+/// a time). No client request fails,
 /// the checker and the epoch checker pass. Prints both drain times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_load_sees_no_failed_request_while_nodes_drain() {
@@ -893,8 +895,35 @@ async fn checkout_load_sees_no_failed_request_while_nodes_drain() {
     assert!(claims.values().all(|(owner, _)| *owner != node_id(2)), "node 2 kept shards");
     eprintln!("{name}: SIGTERM drain of {owned} shards took {sigterm_drain:?}");
 
-    // Back, empty; then node 1 drained through it.
+    // Back, empty: it joins and receives its rendezvous share, nothing else moves.
+    let expected: BTreeSet<u32> = (0..SHARD_COUNT)
+        .filter(|shard| {
+            atp_cluster::rendezvous_owner(
+                *shard,
+                (0..3).map(node_id).collect::<Vec<_>>().iter().map(String::as_str),
+            ) == Some(node_id(2).as_str())
+        })
+        .collect();
+    let join_started = std::time::Instant::now();
     cluster.nodes[2] = cluster.launch(2).await;
+    let joined = eventually(Duration::from_secs(120), || async {
+        let claims = cluster.claims().await;
+        let owned: BTreeSet<u32> = claims
+            .iter()
+            .filter(|(_, (owner, _))| *owner == node_id(2))
+            .map(|(shard, _)| *shard)
+            .collect();
+        owned == expected
+    })
+    .await;
+    assert!(joined, "node 2 did not receive its share ({} shards)", expected.len());
+    eprintln!(
+        "{name}: node 2 joined and received its {} shards in {:?}",
+        expected.len(),
+        join_started.elapsed()
+    );
+
+    // Then node 1 drained through it.
     let owned = cluster.claims().await.values().filter(|(owner, _)| *owner == node_id(1)).count();
     let mut admin =
         v1::admin_service_client::AdminServiceClient::connect(cluster.endpoints()[2].clone())
