@@ -99,6 +99,39 @@ a=$(ticks "${PIDS[@]}"); e=$(ticks "$ETCD_PID")
 sleep "$CPU_SECONDS"
 b=$(ticks "${PIDS[@]}"); f=$(ticks "$ETCD_PID")
 FWD_AFTER=$(forwarded)
+# MOVES=N: N planned single-shard moves, one after another, while the load
+# runs (a random shard each, to a random other node, asked of node 0);
+# DRAIN=true: then the last node is drained (DrainNode, 4 at a time).
+# Prints `moves: ...` and `drain: ...` lines (times from the move's fence
+# to the new owner's claim, as MoveShard reports them; the drain's wall time).
+if [ "${MOVES:-0}" -gt 0 ] || [ "${DRAIN:-false}" = true ]; then
+  python3 - "$BIN/atpctl" "${ENDPOINTS[0]}" "${MOVES:-0}" "${DRAIN:-false}" <<'EOF2'
+import json, random, subprocess, sys, time
+atpctl, endpoint, moves, drain = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "true"
+def ctl(*args):
+    out = subprocess.run([atpctl, "--addr", endpoint, "--json", "--timeout-seconds", "600", *args],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"atpctl {' '.join(args)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+members = sorted(m["node_id"] for m in ctl("cluster", "members")["members"])
+times = []
+for _ in range(moves):
+    shards = ctl("cluster", "shards")["shards"]
+    shard = random.randrange(1024)
+    owner = next(s["owner"] for s in shards if s["shard"] == shard)
+    to = random.choice([m for m in members if m != owner])
+    times.append(ctl("shard", "move", str(shard), "--to", to)["elapsed_ms"])
+if times:
+    times.sort()
+    print(f"moves: n {len(times)} p50_ms {times[len(times) // 2]} max_ms {times[-1]} all {times}")
+if drain:
+    started = time.monotonic()
+    drained = ctl("node", "drain", members[-1])
+    print(f"drain: node {members[-1]} moved {len(drained['moves'])} failed {len(drained['failures'])} "
+          f"elapsed_ms {drained['elapsed_ms']} wall_s {time.monotonic() - started:.1f}")
+EOF2
+fi
 wait "$LG_PID" || { log "atp-loadgen failed"; cat "$RUN_DIR/loadgen.out" >&2; exit 1; }
 cat "$RUN_DIR/loadgen.out"
 python3 - "$REPORT" "$NODES" "$ROUTE" "$a" "$b" "$e" "$f" "$hz" "$CPU_SECONDS" "$FWD_BEFORE" "$FWD_AFTER" <<'EOF'

@@ -111,6 +111,24 @@ pub async fn hand_over<S: Store>(
     )))
 }
 
+/// The node the assignment table gives `shard` (None: no table yet, or an
+/// unreadable one). After
+/// a handover whose outcome is unknown this says which way it went: the
+/// claim alone does not (it also goes when its lease expires).
+pub async fn assigned_owner<S: Store>(
+    store: &S,
+    keys: &ClusterKeys,
+    shard: u32,
+    request_timeout_ms: u64,
+) -> Result<Option<String>, StoreError> {
+    let limit = ms(request_timeout_ms);
+    let (table, _) = timeout(limit, store.get(&keys.assignment()))
+        .await
+        .map_err(|_| StoreError::Timeout(limit))??;
+    let Some(table) = table else { return Ok(None) };
+    Ok(Assignment::decode(&table.value).ok().map(|table| table.owner(shard).to_owned()))
+}
+
 /// The node holding `shard`'s claim and its epoch, if claimed.
 pub async fn claim_of<S: Store>(
     store: &S,

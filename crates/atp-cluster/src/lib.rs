@@ -95,7 +95,7 @@ pub use cluster_config::{
 };
 pub use coordinator::{Clock, Coordinator, system_clock};
 pub use etcd::{EtcdKeeper, EtcdStore, EtcdWatch};
-pub use handoff::{HandOver, HandOverError, claim_of, hand_over};
+pub use handoff::{HandOver, HandOverError, assigned_owner, claim_of, hand_over};
 pub use membership::{
     LeaseState, LostReason, Member, Members, Membership, MembershipConfig, MembershipError,
 };

@@ -214,7 +214,12 @@ impl AdminService for AdminApi {
             }
             ShardRoute::Refused(status) => return Err(status),
         }
-        Ok(Response::new(mover.move_shard(message.shard, to).await?))
+        // On its own task: a caller that goes away does not cut a move short.
+        let (mover, shard, to) = (Arc::clone(mover), message.shard, to.to_owned());
+        let moved = tokio::spawn(async move { mover.move_shard(shard, &to).await });
+        Ok(Response::new(moved.await.map_err(|error| {
+            atp_proto::Reason::FailingClosed.plain(format!("the move stopped: {error}"))
+        })??))
     }
 
     async fn drain_node(
@@ -269,7 +274,11 @@ impl AdminService for AdminApi {
                 )))
             });
         }
-        Ok(Response::new(mover.drain(parallel).await?))
+        let mover = Arc::clone(mover);
+        let drained = tokio::spawn(async move { mover.drain(parallel).await });
+        Ok(Response::new(drained.await.map_err(|error| {
+            atp_proto::Reason::FailingClosed.plain(format!("the drain stopped: {error}"))
+        })??))
     }
 
     async fn get_cluster(

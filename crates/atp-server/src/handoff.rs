@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use atp_cluster::store::Store;
 use atp_cluster::{
-    ClusterKeys, HandOver, HandOverError, LeaseState, ShardState, claim_of, hand_over,
+    ClusterKeys, HandOver, HandOverError, LeaseState, ShardState, assigned_owner, hand_over,
     placement_moves, rendezvous_owner,
 };
 use atp_core::hash::SHARD_COUNT;
@@ -41,9 +41,8 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 const INSTALL_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the new owner may take to claim the shard after the handover.
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
-/// How long the old owner keeps asking etcd when the handover's outcome is
-/// unknown (its lease runs out sooner if etcd stays away).
-const UNKNOWN_OUTCOME_WAIT: Duration = Duration::from_secs(30);
+/// Pause between two questions to etcd when a handover's outcome is unknown.
+const UNKNOWN_OUTCOME_RETRY: Duration = Duration::from_millis(200);
 /// Bytes per InstallShard chunk.
 pub const INSTALL_CHUNK_BYTES: usize = 1 << 20;
 /// Largest checkpoint one InstallShard carries.
@@ -236,9 +235,17 @@ pub struct ClusterMover<S> {
     keys: ClusterKeys,
     request_timeout_ms: u64,
     pause_before_handover: Duration,
+    pause_in_stream: Duration,
 }
 
 impl<S: Store> ClusterMover<S> {
+    /// Fault tests only: waits this long before ending the install stream
+    /// (every chunk sent), so a test can strike during the stream (logged).
+    pub fn with_pause_in_stream(mut self, pause: Duration) -> Self {
+        self.pause_in_stream = pause;
+        self
+    }
+
     /// Fault tests only: waits this long between the new owner's install
     /// and the etcd handover, so a test can strike then (logged).
     pub fn with_pause_before_handover(mut self, pause: Duration) -> Self {
@@ -264,6 +271,7 @@ impl<S: Store> ClusterMover<S> {
             keys: ClusterKeys::new(cluster),
             request_timeout_ms,
             pause_before_handover: Duration::ZERO,
+            pause_in_stream: Duration::ZERO,
         }
     }
 
@@ -289,7 +297,19 @@ impl<S: Store> ClusterMover<S> {
             .chunks(INSTALL_CHUNK_BYTES)
             .map(|data| InstallShardRequest { shard, data: data.to_vec() })
             .collect();
-        let mut request = Request::new(futures::stream::iter(chunks));
+        let pause = self.pause_in_stream;
+        let end = futures::stream::once(async move {
+            if !pause.is_zero() {
+                tracing::warn!(
+                    shard,
+                    pause_ms = pause.as_millis() as u64,
+                    "handoff: streaming; pausing before the stream ends (test hook)"
+                );
+                tokio::time::sleep(pause).await;
+            }
+        })
+        .filter_map(|()| std::future::ready(None));
+        let mut request = Request::new(futures::stream::iter(chunks).chain(end));
         request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
         request.set_timeout(INSTALL_DEADLINE);
         let mut client = PeerServiceClient::new(channel);
@@ -309,29 +329,23 @@ impl<S: Store> ClusterMover<S> {
     }
 
     /// Whether the handover happened when etcd did not confirm it: asks
-    /// for the claim until it knows (or this node no longer serves the shard).
-    async fn handed_over_after_all(&self, cluster: &ClusterView, shard: u32, epoch: i64) -> bool {
-        let deadline = Instant::now() + UNKNOWN_OUTCOME_WAIT;
+    /// for the claim until etcd answers. Until then the shard stays fenced
+    /// and frozen here, whatever the wait: served by nobody is safe, served
+    /// here while the new owner claims it is not. (A lost lease meanwhile
+    /// fails it closed here anyway.)
+    async fn handed_over_after_all(&self, shard: u32, to: &str) -> bool {
+        let started = Instant::now();
         loop {
-            match claim_of(&self.store, &self.keys, shard, self.request_timeout_ms).await {
-                Ok(Some((node, claimed))) if node == cluster.node_id && claimed == epoch => {
-                    return false;
-                }
-                Ok(_) => return true,
+            // The table, not the claim: a claim also goes with its lease.
+            match assigned_owner(&self.store, &self.keys, shard, self.request_timeout_ms).await {
+                Ok(Some(owner)) => return owner == to,
+                Ok(None) => tracing::warn!(shard, "no readable assignment table; asking again"),
                 Err(error) => {
-                    tracing::warn!(shard, %error, "the handover's outcome is unknown; asking etcd again");
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    tracing::warn!(shard, %error, waited_ms, "the handover's outcome is unknown; asking etcd again");
                 }
             }
-            let serving = matches!(
-                cluster.ownership.state_at(shard, Instant::now()),
-                ShardState::Serving { .. }
-            );
-            if !serving || Instant::now() >= deadline {
-                // Failing closed here (the lease ran out) or etcd stays away:
-                // the shard is not served here either way until etcd says.
-                return true;
-            }
-            tokio::time::sleep(POLL * 20).await;
+            tokio::time::sleep(UNKNOWN_OUTCOME_RETRY).await;
         }
     }
 
@@ -498,7 +512,7 @@ impl<S: Store> ShardMover for ClusterMover<S> {
             }
             Err(error @ HandOverError::Unknown { .. }) => {
                 tracing::warn!(shard, %error, "handover not confirmed; reading the claim");
-                if !self.handed_over_after_all(cluster, shard, epoch).await {
+                if !self.handed_over_after_all(shard, to).await {
                     return Err(
                         Reason::FailingClosed.plain(format!("{error}; the shard stays here"))
                     );

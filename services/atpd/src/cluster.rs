@@ -138,6 +138,9 @@ impl Cluster {
         // Fault tests strike between a move's install and its handover.
         let pause = std::env::var("ATP_TEST_HANDOFF_PAUSE_MS").ok().and_then(|ms| ms.parse().ok());
         let mover = mover.with_pause_before_handover(Duration::from_millis(pause.unwrap_or(0)));
+        let pause =
+            std::env::var("ATP_TEST_HANDOFF_STREAM_PAUSE_MS").ok().and_then(|ms| ms.parse().ok());
+        let mover = mover.with_pause_in_stream(Duration::from_millis(pause.unwrap_or(0)));
         let apis =
             ClusterApis { catalog, reassigner: Arc::new(reassigner), mover: Arc::new(mover) };
         let rebalancer = spawn_rebalancer(

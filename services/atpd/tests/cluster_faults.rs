@@ -186,6 +186,18 @@ impl Cluster {
         }
     }
 
+    /// Starts one more node (loopback, a fresh data directory) and returns
+    /// its index.
+    async fn add_node(&mut self) -> usize {
+        let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+        let data = tempfile::tempdir().expect("a data directory");
+        self.slots.push(Slot { listen: address, advertised: address, data, netns: None });
+        let index = self.slots.len() - 1;
+        let node = self.launch(index).await;
+        self.nodes.push(node);
+        index
+    }
+
     /// `http://<advertised>` of every node, in order.
     fn endpoints(&self) -> Vec<String> {
         self.slots.iter().map(|slot| format!("http://{}", slot.advertised)).collect()
@@ -851,13 +863,12 @@ async fn checkout_load_sees_no_failed_request_while_shards_move() {
     cluster.check_epochs(name).await;
 }
 
-/// A node drained and gone, back, another drained on demand (issue 11):
-/// under the checkout load through the SDK (its endpoints the two nodes
-/// that stay), node 2 gets SIGTERM, moves all its shards to the others
-/// while serving and exits 0; it comes back empty and the coordinator
-/// moves its rendezvous share to it (placement on join); then `DrainNode`
-/// of node 1, asked of node 2, moves node 1's shards to nodes 0 and 2 (4 at
-/// a time). No client request fails,
+/// Leave, join, drain (issue 11): under the checkout load through the SDK
+/// (its endpoints nodes 0 and 1), node 2 gets SIGTERM, moves all its
+/// shards to the others while serving and exits 0; a 4th node joins and
+/// the coordinator moves its rendezvous share to it (placement on join);
+/// then `DrainNode` of node 1, asked of the new node, moves node 1's shards
+/// to nodes 0 and 3 (2 at a time). No client request fails,
 /// the checker and the epoch checker pass. Prints both drain times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_load_sees_no_failed_request_while_nodes_drain() {
@@ -895,53 +906,54 @@ async fn checkout_load_sees_no_failed_request_while_nodes_drain() {
     assert!(claims.values().all(|(owner, _)| *owner != node_id(2)), "node 2 kept shards");
     eprintln!("{name}: SIGTERM drain of {owned} shards took {sigterm_drain:?}");
 
-    // Back, empty: it joins and receives its rendezvous share, nothing else moves.
+    // A 4th node joins: the coordinator moves its rendezvous share to it
+    // (over nodes 0, 1 and 3), nothing else moves.
+    let members: Vec<String> = [0, 1, 3].into_iter().map(node_id).collect();
     let expected: BTreeSet<u32> = (0..SHARD_COUNT)
         .filter(|shard| {
-            atp_cluster::rendezvous_owner(
-                *shard,
-                (0..3).map(node_id).collect::<Vec<_>>().iter().map(String::as_str),
-            ) == Some(node_id(2).as_str())
+            atp_cluster::rendezvous_owner(*shard, members.iter().map(String::as_str))
+                == Some(node_id(3).as_str())
         })
         .collect();
     let join_started = std::time::Instant::now();
-    cluster.nodes[2] = cluster.launch(2).await;
+    let fourth = cluster.add_node().await;
+    assert_eq!(fourth, 3);
     let joined = eventually(Duration::from_secs(120), || async {
         let claims = cluster.claims().await;
         let owned: BTreeSet<u32> = claims
             .iter()
-            .filter(|(_, (owner, _))| *owner == node_id(2))
+            .filter(|(_, (owner, _))| *owner == node_id(3))
             .map(|(shard, _)| *shard)
             .collect();
         owned == expected
     })
     .await;
-    assert!(joined, "node 2 did not receive its share ({} shards)", expected.len());
+    assert!(joined, "node 3 did not receive its share ({} shards)", expected.len());
     eprintln!(
-        "{name}: node 2 joined and received its {} shards in {:?}",
+        "{name}: node 3 joined and received its {} shards in {:?}",
         expected.len(),
         join_started.elapsed()
     );
 
-    // Then node 1 drained through it.
+    // Then node 1 drained through the new node.
     let owned = cluster.claims().await.values().filter(|(owner, _)| *owner == node_id(1)).count();
     let mut admin =
-        v1::admin_service_client::AdminServiceClient::connect(cluster.endpoints()[2].clone())
+        v1::admin_service_client::AdminServiceClient::connect(cluster.endpoints()[3].clone())
             .await
             .expect("connect");
     let drained = admin
-        .drain_node(v1::DrainNodeRequest { node_id: node_id(1), max_parallel: 4 })
+        .drain_node(v1::DrainNodeRequest { node_id: node_id(1), max_parallel: 2 })
         .await
-        .expect("drain node 1 through node 2")
+        .expect("drain node 1 through node 3")
         .into_inner();
     assert!(drained.failures.is_empty(), "{:?}", drained.failures);
     assert_eq!(drained.moves.len(), owned);
     let claims = cluster.claims().await;
     assert!(claims.values().all(|(owner, _)| *owner != node_id(1)), "node 1 kept shards");
-    assert!(claims.values().any(|(owner, _)| *owner == node_id(2)), "node 2 got nothing");
+    assert!(claims.values().all(|(owner, _)| *owner == node_id(0) || *owner == node_id(3)));
     let times: Vec<u64> = drained.moves.iter().map(|moved| moved.elapsed_ms).collect();
     eprintln!(
-        "{name}: DrainNode of {owned} shards (4 at a time) took {} ms; moves p50 {} ms, max {} ms",
+        "{name}: DrainNode of {owned} shards (2 at a time) took {} ms; moves p50 {} ms, max {} ms",
         drained.elapsed_ms,
         percentile(&times, 50),
         percentile(&times, 100)

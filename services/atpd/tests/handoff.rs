@@ -1,10 +1,12 @@
 //! Planned handoffs cut short (issue 11): real etcd, three real `atpd`.
-//! Each node waits 3 s between the new owner's install of a moving shard
-//! and the etcd handover (`ATP_TEST_HANDOFF_PAUSE_MS`, a test hook that
-//! logs when it starts), and the test strikes in that window:
+//! Each node's mover waits 3 s before ending the install stream
+//! (`ATP_TEST_HANDOFF_STREAM_PAUSE_MS`) and 3 s between the new owner's
+//! install and the etcd handover (`ATP_TEST_HANDOFF_PAUSE_MS`); both test
+//! hooks log when they start, and the test strikes in those windows:
 //!
-//! 1. the old owner is SIGKILLed: the shard stays with it and comes back
-//!    when it restarts on its data directory;
+//! 1. the old owner is SIGKILLed during the stream: the new owner installs
+//!    nothing, the shard stays with the old owner and comes back when it
+//!    restarts on its data directory;
 //! 2. the new owner is SIGKILLed before it could claim: the handover still
 //!    happens, the shard waits unclaimed, and the new owner serves it from
 //!    the installed copy once restarted;
@@ -62,17 +64,19 @@ fn move_in_background(
 
 /// Waits until node `index` logs that its mover paused after the install.
 async fn paused_after_install(cluster: &Cluster, index: usize, shard: u32) {
+    paused_at(cluster, index, shard, "pausing before the handover").await;
+}
+
+/// Waits until node `index` logs `what` of its move of `shard`.
+async fn paused_at(cluster: &Cluster, index: usize, shard: u32, what: &str) {
     let marker = format!("shard={shard}");
     let paused = eventually(DEADLINE, || async {
-        cluster.nodes[index]
-            .log()
-            .lines()
-            .any(|line| line.contains("pausing before the handover") && line.contains(&marker))
+        cluster.nodes[index].log().lines().any(|line| line.contains(what) && line.contains(&marker))
     })
     .await;
     assert!(
         paused,
-        "node {index} never paused its move of shard {shard}:\n{}",
+        "node {index} never logged {what:?} of shard {shard}:\n{}",
         cluster.nodes[index].log()
     );
 }
@@ -104,8 +108,12 @@ async fn nothing_lost(cluster: &Cluster, id: &str, sku: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_cut_short_leaves_one_owner_and_loses_nothing() {
     let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
-    let mut cluster =
-        Cluster::start_with(&etcd, "handoff", &[("ATP_TEST_HANDOFF_PAUSE_MS", PAUSE_MS)]).await;
+    let mut cluster = Cluster::start_with(
+        &etcd,
+        "handoff",
+        &[("ATP_TEST_HANDOFF_PAUSE_MS", PAUSE_MS), ("ATP_TEST_HANDOFF_STREAM_PAUSE_MS", PAUSE_MS)],
+    )
+    .await;
     let probes = probe_ids();
     let before = cluster.wait_until_consistent(&probes).await;
     let a = 0;
@@ -125,19 +133,25 @@ async fn a_handoff_cut_short_leaves_one_owner_and_loses_nothing() {
     };
     cluster.nodes[a].availability().reserve(request).await.expect("held");
 
-    // 1. The old owner dies between the install and the handover.
+    // 1. The old owner dies during the stream (every chunk sent, the end not).
     let b = 1;
     let moving = move_in_background(&cluster.nodes[2], shard, &cluster.ids[b]);
-    paused_after_install(&cluster, a, shard).await;
+    paused_at(&cluster, a, shard, "pausing before the stream ends").await;
     cluster.nodes[a].kill();
     assert!(moving.await.expect("the call").is_err(), "a move whose owner died reported success");
+    let marker = format!("shard={shard}");
+    let partial = cluster.nodes[b]
+        .log()
+        .lines()
+        .any(|line| line.contains("installed a shard") && line.contains(&marker));
+    assert!(!partial, "the new owner installed shard {shard} from a stream cut short");
     cluster.nodes[a] = start(cluster.data[a].path(), &cluster.variables).await;
     let after = cluster.wait_until_consistent(&probes).await;
     assert_eq!(after[&shard].0, cluster.ids[a], "the shard left its owner without a handover");
     assert!(after[&shard].1 > before[&shard].1);
     nothing_lost(&cluster, &id, &sku).await;
     eprintln!(
-        "1. old owner killed mid-move: shard {shard} back on {} under epoch {}",
+        "1. old owner killed during the stream: shard {shard} back on {} under epoch {}",
         after[&shard].0, after[&shard].1
     );
 
