@@ -40,6 +40,7 @@ pub async fn members(context: &Context) -> anyhow::Result<ExitCode> {
                 "cluster": response.cluster,
                 "node_id": response.node_id,
                 "forwarded_requests": response.forwarded_requests,
+                "moving_shards": response.moving_shards,
                 "members": response.members.iter().map(|member| json!({
                     "node_id": member.node_id,
                     "address": member.address,
@@ -60,8 +61,15 @@ pub async fn members(context: &Context) -> anyhow::Result<ExitCode> {
                     if member.answering { "yes" } else { "" }.to_owned(),
                 ]);
             }
+            let moving = if response.moving_shards.is_empty() {
+                String::new()
+            } else {
+                let shards: Vec<String> =
+                    response.moving_shards.iter().map(u32::to_string).collect();
+                format!("; moving away now: shards {}", shards.join(", "))
+            };
             format!(
-                "{}\n{} members; {}; {} requests forwarded by {}\n",
+                "{}\n{} members; {}; {} requests forwarded by {}{moving}\n",
                 table.render(),
                 response.members.len(),
                 mode(&response),
