@@ -1,10 +1,11 @@
 //! One hop: a node passes a request for shards that one other node owns to
 //! that node and answers with its reply.
 //!
-//! A forwarded request carries [`FORWARDED_HEADER`] and the wire version
-//! [`WIRE_HEADER`] = [`WIRE_VERSION`]. A node never forwards a request that
-//! is already forwarded (it answers `NOT_OWNER` itself), so a stale shard
-//! map costs a refusal, never a loop. A request whose wire version this
+//! A forwarded request carries [`FORWARDED_HEADER`] (the hops so far) and
+//! the wire version [`WIRE_HEADER`] = [`WIRE_VERSION`]. A node forwards a
+//! request at most [`MAX_HOPS`] hops in all (then it answers `NOT_OWNER`
+//! itself), so a stale shard map costs a refusal, never a loop; the second
+//! hop covers a shard that moved while the first was on its way. A request whose wire version this
 //! node does not speak (a rolling upgrade between versions) is refused with
 //! UNAVAILABLE `NOT_OWNER` saying so: the client retries, as for any
 //! `NOT_OWNER`.
@@ -30,8 +31,10 @@ use tonic_types::ErrorDetails;
 
 use crate::fence::{EPOCH_HEADER, Peer};
 
-/// Set (to `1`) on a request one node forwarded to another.
+/// Set on a request one node forwarded to another: how many hops it made.
 pub const FORWARDED_HEADER: &str = "x-atp-forwarded";
+/// Most hops a request is forwarded in all.
+pub const MAX_HOPS: u32 = 2;
 /// The wire version of a node-to-node message.
 pub const WIRE_HEADER: &str = "x-atp-wire";
 /// The only wire version this node speaks.
@@ -49,6 +52,8 @@ const MAX_PEERS: usize = 256;
 pub struct Incoming<T> {
     metadata: MetadataMap,
     message: Option<T>,
+    /// Hops it made to reach this node.
+    hops: u32,
 }
 
 impl<T: Clone> Incoming<T> {
@@ -74,9 +79,11 @@ impl<T: Clone> Incoming<T> {
                 ErrorDetails::new(),
             ));
         }
-        let forwarded = metadata.get(FORWARDED_HEADER).is_some();
-        let copy = (may_forward && !forwarded).then(|| message.clone());
-        Ok((Self { metadata, message: copy }, message))
+        let hops = metadata.get(FORWARDED_HEADER).map_or(0, |value| {
+            value.to_str().ok().and_then(|text| text.parse().ok()).unwrap_or(MAX_HOPS)
+        });
+        let copy = (may_forward && hops < MAX_HOPS).then(|| message.clone());
+        Ok((Self { metadata, message: copy, hops }, message))
     }
 }
 
@@ -86,7 +93,12 @@ impl<T> Incoming<T> {
         &self.metadata
     }
 
-    /// Whether this request may be forwarded (it was not already).
+    /// Whether another node forwarded this request here.
+    pub fn is_forwarded(&self) -> bool {
+        self.hops > 0
+    }
+
+    /// Whether this request may be forwarded (fewer than [`MAX_HOPS`] so far).
     pub fn may_forward(&self) -> bool {
         self.message.is_some()
     }
@@ -94,7 +106,11 @@ impl<T> Incoming<T> {
     /// A sub-request of this one: its metadata (and so its deadline) with
     /// `message`, forwardable only if this one is.
     pub fn part<U>(&self, message: U) -> Incoming<U> {
-        Incoming { metadata: self.metadata.clone(), message: self.may_forward().then_some(message) }
+        Incoming {
+            metadata: self.metadata.clone(),
+            message: self.may_forward().then_some(message),
+            hops: self.hops,
+        }
     }
 
     /// The caller's deadline, at most `limit` (`limit` without one).
@@ -206,6 +222,7 @@ impl Forwarder {
         Answer: Future<Output = Result<Response<Reply>, Status>>,
     {
         let timeout = incoming.timeout_up_to(limit);
+        let hops = incoming.hops + 1;
         let Some(message) = incoming.message else { return Err(Unreachable) };
         let Some(channel) = self.channel(address) else { return Err(Unreachable) };
         let mut request = Request::from_parts(
@@ -213,7 +230,9 @@ impl Forwarder {
             Default::default(),
             message,
         );
-        request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("an ascii value"));
+        request
+            .metadata_mut()
+            .insert(FORWARDED_HEADER, hops.to_string().parse().expect("ascii digits"));
         request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
         request.set_timeout(timeout);
         self.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -318,12 +337,17 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_request_is_not_forwarded_again() {
-        let mut request = Request::new(5_u32);
-        request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
-        let (incoming, message) = Incoming::split(request, true).expect("wire version 1");
+    fn a_request_is_forwarded_at_most_two_hops() {
+        let forwarded = |hops: &str| {
+            let mut request = Request::new(5_u32);
+            request.metadata_mut().insert(FORWARDED_HEADER, hops.parse().expect("ascii"));
+            Incoming::split(request, true).expect("wire version 1")
+        };
+        let (incoming, message) = forwarded("2");
         assert_eq!(message, 5);
         assert!(!incoming.may_forward());
+        assert!(forwarded("1").0.may_forward(), "a second hop");
+        assert!(!forwarded("junk").0.may_forward());
         let (incoming, _) = Incoming::split(Request::new(5_u32), true).expect("no headers");
         assert!(incoming.may_forward());
     }

@@ -121,7 +121,7 @@ pub(crate) async fn list_split(
     message: &v1::ListReservationsRequest,
     query: ListQuery,
 ) -> Result<v1::ListReservationsResponse, Status> {
-    if !incoming.may_forward() {
+    if !incoming.may_forward() || incoming.is_forwarded() {
         return list_forwarded(node, fence, incoming.metadata(), query).await;
     }
     let from = query.from.clone();

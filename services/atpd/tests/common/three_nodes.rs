@@ -16,7 +16,7 @@ use atp_cluster::testing::epochs::{Summary, check_cluster};
 use atp_cluster::{ClusterKeys, EtcdStore, SHARD_COUNT};
 use atp_core::hash::shard_of;
 use atp_proto::v1;
-use atp_server::forward::FORWARDED_HEADER;
+use atp_server::forward::{FORWARDED_HEADER, MAX_HOPS};
 use atp_testkit::{Atpd, POLL_INTERVAL, eventually};
 use futures::future::join_all;
 use tonic::{Code, Request};
@@ -51,11 +51,12 @@ pub fn probe_ids() -> Vec<String> {
     ids
 }
 
-/// `message` marked as forwarded by another node: the node answers it
+/// `message` marked as forwarded its last allowed hop: the node answers it
 /// itself, never forwarding it again.
 pub fn forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
+    let hops = MAX_HOPS.to_string();
+    request.metadata_mut().insert(FORWARDED_HEADER, hops.parse().expect("ascii"));
     request
 }
 
