@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod location_map;
 pub mod position;
 pub mod reservation;
+pub mod routing;
 pub mod shard;
 
 pub use error::{CoreError, FieldViolation};
