@@ -83,6 +83,7 @@ impl Pairs {
                 daily_capacity: 0,
                 shipping_cost: 1.0,
                 state: atp_core::catalog::Lifecycle::Active,
+                fulfilment: Default::default(),
             })
             .expect("a valid location");
         catalog

@@ -6,6 +6,7 @@ use std::fmt;
 
 use crate::error::{CoreError, FieldViolation};
 use crate::ids::{ChannelId, LocationId, MAX_EVENT_QUANTITY, validate_text};
+pub use crate::routing::CostModel;
 
 /// Most locations one deployment may configure.
 pub const MAX_LOCATIONS: usize = 10_000;
@@ -91,6 +92,98 @@ pub struct Location {
     pub shipping_cost: f64,
     /// Only an ACTIVE location feeds channels and takes new holds.
     pub state: Lifecycle,
+    /// Where it ships, what that costs, its day and its rank (routing).
+    pub fulfilment: Fulfilment,
+}
+
+/// Most entries in a location's `ships_to`.
+pub const MAX_SHIPS_TO: usize = 64;
+/// The largest cost figure (per shipment, per km, per unit), in minor units.
+pub const MAX_COST_MINOR: i64 = 1_000_000_000;
+/// The longest time zone name.
+pub const MAX_TIME_ZONE_BYTES: usize = 64;
+
+/// A location as a member of the fulfilment network (what Allocate plans with).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fulfilment {
+    /// Countries (ISO 3166-1 alpha-2, `US`) and regions (ISO 3166-2,
+    /// `US-CA`) it ships to; empty: anywhere.
+    pub ships_to: Vec<String>,
+    /// What a shipment from here costs, in integer minor currency units.
+    pub cost: CostModel,
+    /// IANA time zone of its day (capacity resets at its local midnight);
+    /// empty: UTC.
+    pub time_zone: String,
+    /// Units per day it can ship (0 = unlimited).
+    pub daily_units: i64,
+    /// Among equal plans, the lower number ships first.
+    pub priority: u32,
+}
+
+/// Whether `area` is a country (`US`) or region (`US-CA`) code.
+pub fn is_area_code(area: &str) -> bool {
+    let bytes = area.as_bytes();
+    let country = bytes.len() >= 2 && bytes[..2].iter().all(u8::is_ascii_uppercase);
+    let region = match bytes.get(2..) {
+        None | Some([]) => true,
+        Some([b'-', rest @ ..]) => {
+            (1..=3).contains(&rest.len())
+                && rest.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        }
+        Some(_) => false,
+    };
+    country && region
+}
+
+/// Whether `name` has the shape of an IANA zone name (`Europe/Berlin`, `UTC`).
+pub fn is_time_zone_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TIME_ZONE_BYTES
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+}
+
+impl Fulfilment {
+    fn validate(&self, field: &str, violations: &mut Vec<FieldViolation>) {
+        if self.ships_to.len() > MAX_SHIPS_TO {
+            violations.push(FieldViolation::new(
+                format!("{field}.ships_to"),
+                format!("has {} entries; the limit is {MAX_SHIPS_TO}", self.ships_to.len()),
+            ));
+        }
+        for (index, area) in self.ships_to.iter().enumerate().take(MAX_SHIPS_TO) {
+            if !is_area_code(area) {
+                violations.push(FieldViolation::new(
+                    format!("{field}.ships_to[{index}]"),
+                    format!("{area:?} is neither a country (US) nor a region (US-CA) code"),
+                ));
+            }
+        }
+        let costs = [
+            ("per_shipment", self.cost.per_shipment),
+            ("per_km", self.cost.per_km),
+            ("per_unit", self.cost.per_unit),
+        ];
+        for (name, value) in costs {
+            if !(0..=MAX_COST_MINOR).contains(&value) {
+                violations.push(FieldViolation::new(
+                    format!("{field}.cost.{name}"),
+                    format!("is {value}; must be 0..={MAX_COST_MINOR}"),
+                ));
+            }
+        }
+        if !self.time_zone.is_empty() && !is_time_zone_name(&self.time_zone) {
+            violations.push(FieldViolation::new(
+                format!("{field}.time_zone"),
+                "must be an IANA time zone name such as Europe/Berlin (empty: UTC)",
+            ));
+        }
+        if !(0..=MAX_EVENT_QUANTITY).contains(&self.daily_units) {
+            violations.push(FieldViolation::new(
+                format!("{field}.daily_unit_capacity"),
+                format!("must be 0..={MAX_EVENT_QUANTITY}"),
+            ));
+        }
+    }
 }
 
 impl Location {
@@ -122,6 +215,7 @@ impl Location {
                 "must be a finite number >= 0",
             ));
         }
+        self.fulfilment.validate(field, &mut violations);
         if violations.is_empty() { Ok(()) } else { Err(CoreError::InvalidArgument(violations)) }
     }
 }

@@ -6,25 +6,28 @@
 //!   It loads with `active = true` as ACTIVE and `active = false` as PAUSED
 //!   (what it meant: no holds, stock kept), every channel ACTIVE.
 //! - **Version 2**: a header of ten 0xFF bytes (`HEADER`), a version byte (2), then postcard of
-//!   [`Catalog`]. A version-1 body can never start with the header: postcard
+//!   the catalog before the fulfilment network (a location without
+//!   [`Fulfilment`]); it loads with the default fulfilment (ships anywhere, costs 0, UTC,
+//!   no unit limit, priority 0).
+//! - **Version 3**: the header, a version byte (3), then postcard of [`Catalog`]. A version-1 body can never start with the header: postcard
 //!   begins it with the number of locations as a varint, and ten bytes of
 //!   0xFF are not a valid varint of a `u64`.
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{Catalog, Channel, Lifecycle, Location, LocationKind};
+use crate::catalog::{Catalog, Channel, Fulfilment, Lifecycle, Location, LocationKind};
 use crate::ids::{ChannelId, LocationId};
 
 /// Marks a versioned catalog; never the start of a version-1 body.
 const HEADER: [u8; 10] = [0xFF; 10];
 /// The version [`encode_catalog`] writes.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 /// Why stored catalog bytes could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogDecodeError {
     /// A version this build does not know (written by a newer atpd).
-    #[error("catalog format version {0} is unknown; this atpd reads versions 1 and 2")]
+    #[error("catalog format version {0} is unknown; this atpd reads versions 1 to 3")]
     UnknownVersion(u8),
     /// The bytes are not a catalog of their version.
     #[error("catalog format version {version} does not decode")]
@@ -56,6 +59,9 @@ pub fn decode_catalog(bytes: &[u8]) -> Result<Catalog, CatalogDecodeError> {
     match rest.split_first() {
         Some((&VERSION, body)) => postcard::from_bytes(body)
             .map_err(|source| CatalogDecodeError::Malformed { version: VERSION, source }),
+        Some((&2, body)) => postcard::from_bytes::<CatalogV2>(body)
+            .map(Catalog::from)
+            .map_err(|source| CatalogDecodeError::Malformed { version: 2, source }),
         Some((&other, _)) => Err(CatalogDecodeError::UnknownVersion(other)),
         None => Err(CatalogDecodeError::UnknownVersion(0)),
     }
@@ -107,6 +113,7 @@ impl From<CatalogV1> for Catalog {
                     daily_capacity: old.daily_capacity,
                     shipping_cost: old.shipping_cost,
                     state,
+                    fulfilment: Fulfilment::default(),
                 };
                 (id, location)
             })
@@ -127,6 +134,51 @@ impl From<CatalogV1> for Catalog {
             })
             .collect();
         Catalog { locations, channels }
+    }
+}
+
+/// Version 2, field for field.
+#[derive(serde::Deserialize)]
+struct CatalogV2 {
+    locations: BTreeMap<LocationId, LocationV2>,
+    channels: BTreeMap<ChannelId, Channel>,
+}
+
+#[derive(serde::Deserialize)]
+struct LocationV2 {
+    id: LocationId,
+    kind: LocationKind,
+    name: String,
+    latitude: f64,
+    longitude: f64,
+    safety_stock: i64,
+    daily_capacity: i64,
+    shipping_cost: f64,
+    state: Lifecycle,
+}
+
+impl From<CatalogV2> for Catalog {
+    fn from(old: CatalogV2) -> Self {
+        let locations = old
+            .locations
+            .into_iter()
+            .map(|(id, old)| {
+                let location = Location {
+                    id: old.id,
+                    kind: old.kind,
+                    name: old.name,
+                    latitude: old.latitude,
+                    longitude: old.longitude,
+                    safety_stock: old.safety_stock,
+                    daily_capacity: old.daily_capacity,
+                    shipping_cost: old.shipping_cost,
+                    state: old.state,
+                    fulfilment: Fulfilment::default(),
+                };
+                (id, location)
+            })
+            .collect();
+        Catalog { locations, channels: old.channels }
     }
 }
 
@@ -165,12 +217,36 @@ mod tests {
         assert_eq!(web.locations, vec![location("dc-on"), location("dc-off")]);
     }
 
+    /// The version-1 catalog above with `dc-off` RETIRED, as atpd saved it
+    /// before the fulfilment network (commit 0b236c1's `encode_catalog`).
+    const VERSION_2_CATALOG: &str = "ffffffffffffffffffff02020664632d6f66660664632d6f6666010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f020564632d6f6e0564632d6f6e010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f0001037765620377656203576562020564632d6f6e0664632d6f666604010e00";
+
+    #[test]
+    fn a_version_2_catalog_still_loads_with_default_fulfilment() {
+        let catalog = decode_catalog(&unhex(VERSION_2_CATALOG)).expect("version 2 loads");
+        let off = &catalog.locations[&location("dc-off")];
+        let on = &catalog.locations[&location("dc-on")];
+        assert_eq!((on.state, off.state), (Lifecycle::Active, Lifecycle::Retired));
+        assert_eq!((on.latitude, on.longitude, on.daily_capacity), (1.5, -2.25, 40));
+        assert_eq!(on.fulfilment, Fulfilment::default());
+        let web = catalog.channels.values().next().expect("one channel");
+        assert_eq!((web.buffer, web.cap), (2, Some(7)));
+    }
+
     #[test]
     fn the_current_version_round_trips() {
         let mut catalog = decode_catalog(&unhex(VERSION_1_CATALOG)).expect("version 1 loads");
         catalog.locations.get_mut(&location("dc-off")).expect("dc-off").state = Lifecycle::Retired;
         let web = catalog.channels.values_mut().next().expect("one channel");
         web.state = Lifecycle::Paused;
+        let on = catalog.locations.get_mut(&location("dc-on")).expect("dc-on");
+        on.fulfilment = Fulfilment {
+            ships_to: vec!["US".into(), "CA-QC".into()],
+            cost: crate::routing::CostModel { per_shipment: 450, per_km: 2, per_unit: 15 },
+            time_zone: "America/Toronto".into(),
+            daily_units: 900,
+            priority: 3,
+        };
         let bytes = encode_catalog(&catalog);
         assert!(bytes.starts_with(&HEADER));
         let back = decode_catalog(&bytes).expect("decodes");
@@ -181,8 +257,8 @@ mod tests {
     #[test]
     fn unknown_versions_and_garbage_are_errors() {
         let mut newer = HEADER.to_vec();
-        newer.push(3);
-        assert!(matches!(decode_catalog(&newer), Err(CatalogDecodeError::UnknownVersion(3))));
+        newer.push(4);
+        assert!(matches!(decode_catalog(&newer), Err(CatalogDecodeError::UnknownVersion(4))));
         assert!(decode_catalog(&[0x05, 0x01]).is_err());
         assert!(decode_catalog(&HEADER).is_err());
     }

@@ -72,6 +72,13 @@ mod tests {
             daily_capacity: 100,
             shipping_cost: 2.5,
             state: Lifecycle::Paused,
+            fulfilment: atp_core::catalog::Fulfilment {
+                ships_to: vec!["DE".into(), "AT-9".into()],
+                cost: atp_core::catalog::CostModel { per_shipment: 495, per_km: 3, per_unit: 20 },
+                time_zone: "Europe/Berlin".into(),
+                daily_units: 5_000,
+                priority: 2,
+            },
         };
         assert_eq!(decode_location(&encode_location(&location)).expect("decodes"), location);
         let channel = Channel {

@@ -117,6 +117,15 @@ impl From<Location> for v1::Location {
             shipping_cost: location.shipping_cost,
             active: location.state.is_active(),
             state: v1::LifecycleState::from(location.state).into(),
+            ships_to: location.fulfilment.ships_to,
+            cost: Some(v1::ShippingCost {
+                per_shipment: location.fulfilment.cost.per_shipment,
+                per_km: location.fulfilment.cost.per_km,
+                per_unit: location.fulfilment.cost.per_unit,
+            }),
+            time_zone: location.fulfilment.time_zone,
+            daily_unit_capacity: location.fulfilment.daily_units,
+            priority: location.fulfilment.priority,
         }
     }
 }

@@ -52,6 +52,7 @@ fn location(id: &str, name: &str, state: Lifecycle) -> Location {
         daily_capacity: 0,
         shipping_cost: 0.0,
         state,
+        fulfilment: Default::default(),
     }
 }
 

@@ -51,6 +51,7 @@ fn main() {
             daily_capacity: 0,
             shipping_cost: 1.0,
             state: atp_core::catalog::Lifecycle::Active,
+            fulfilment: Default::default(),
         })
         .await
         .expect("location");

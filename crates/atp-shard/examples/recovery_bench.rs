@@ -51,6 +51,7 @@ fn catalog() -> Catalog {
                 daily_capacity: 0,
                 shipping_cost: 1.0,
                 state: atp_core::catalog::Lifecycle::Active,
+                fulfilment: Default::default(),
             })
             .expect("valid location");
     }

@@ -509,6 +509,28 @@ pub struct LocationUpsertArgs {
     /// Same as --state paused (older spelling).
     #[arg(long, conflicts_with = "state")]
     pub inactive: bool,
+    /// Countries (US) and regions (US-CA) it ships to, comma-separated
+    /// (none: anywhere).
+    #[arg(long, value_delimiter = ',')]
+    pub ships_to: Vec<String>,
+    /// Cost of a shipment, in minor currency units (cents).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub cost_per_shipment: i64,
+    /// Cost per km to the destination, in minor units.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub cost_per_km: i64,
+    /// Cost per unit shipped, in minor units.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub cost_per_unit: i64,
+    /// IANA time zone of the location's day, e.g. Europe/Berlin (empty: UTC).
+    #[arg(long, default_value = "")]
+    pub time_zone: String,
+    /// Units per day the location can ship (0 = unlimited).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub daily_unit_capacity: i64,
+    /// Among otherwise equal plans, the lower number ships first.
+    #[arg(long, default_value_t = 0)]
+    pub priority: u32,
 }
 
 impl LocationUpsertArgs {

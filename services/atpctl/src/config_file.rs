@@ -41,7 +41,7 @@ use anyhow::{Context as _, anyhow, bail};
 use atp_core::CoreError;
 use atp_core::catalog::{self, MAX_CHANNELS, MAX_LOCATIONS};
 use atp_core::ids::{LocationId, validate_id};
-use atp_proto::v1::{Channel, Location, LocationKind};
+use atp_proto::v1::{Channel, Location, LocationKind, ShippingCost};
 use serde::Deserialize;
 
 /// Everything a configuration file declares, checked.
@@ -81,6 +81,20 @@ pub struct LocationEntry {
     pub active: bool,
     /// Wins over `active` when given.
     pub state: Option<StateEntry>,
+    #[serde(default)]
+    pub ships_to: Vec<String>,
+    #[serde(default)]
+    pub cost_per_shipment: i64,
+    #[serde(default)]
+    pub cost_per_km: i64,
+    #[serde(default)]
+    pub cost_per_unit: i64,
+    #[serde(default)]
+    pub time_zone: String,
+    #[serde(default)]
+    pub daily_unit_capacity: i64,
+    #[serde(default)]
+    pub priority: u32,
 }
 
 fn active_by_default() -> bool {
@@ -342,6 +356,13 @@ impl Item for LocationEntry {
         "shipping_cost",
         "active",
         "state",
+        "ships_to",
+        "cost_per_shipment",
+        "cost_per_km",
+        "cost_per_unit",
+        "time_zone",
+        "daily_unit_capacity",
+        "priority",
     ];
 
     fn type_problem(key: &str, value: &toml::Value) -> Option<String> {
@@ -349,7 +370,11 @@ impl Item for LocationEntry {
             "id" | "name" => type_problem::<String>(value),
             "kind" => type_problem::<KindEntry>(value),
             "latitude" | "longitude" | "shipping_cost" => type_problem::<f64>(value),
-            "safety_stock" | "daily_capacity" => type_problem::<i64>(value),
+            "safety_stock" | "daily_capacity" | "daily_unit_capacity" => type_problem::<i64>(value),
+            "cost_per_shipment" | "cost_per_km" | "cost_per_unit" => type_problem::<i64>(value),
+            "ships_to" => type_problem::<Vec<String>>(value),
+            "time_zone" => type_problem::<String>(value),
+            "priority" => type_problem::<u32>(value),
             "active" => type_problem::<bool>(value),
             "state" => type_problem::<StateEntry>(value),
             _ => None,
@@ -387,6 +412,17 @@ impl Item for LocationEntry {
             daily_capacity: self.daily_capacity,
             shipping_cost: self.shipping_cost,
             state: self.state().domain(),
+            fulfilment: catalog::Fulfilment {
+                ships_to: self.ships_to.clone(),
+                cost: catalog::CostModel {
+                    per_shipment: self.cost_per_shipment,
+                    per_km: self.cost_per_km,
+                    per_unit: self.cost_per_unit,
+                },
+                time_zone: self.time_zone.clone(),
+                daily_units: self.daily_unit_capacity,
+                priority: self.priority,
+            },
         };
         if let Err(error) = location.validate("location") {
             problems.extend(describe_core_error(error, "location."));
@@ -413,6 +449,15 @@ impl LocationEntry {
             shipping_cost: self.shipping_cost,
             active: self.state() == StateEntry::Active,
             state: self.state().proto(),
+            ships_to: self.ships_to.clone(),
+            cost: Some(ShippingCost {
+                per_shipment: self.cost_per_shipment,
+                per_km: self.cost_per_km,
+                per_unit: self.cost_per_unit,
+            }),
+            time_zone: self.time_zone.clone(),
+            daily_unit_capacity: self.daily_unit_capacity,
+            priority: self.priority,
         }
     }
 }

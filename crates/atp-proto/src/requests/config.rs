@@ -1,7 +1,9 @@
 //! UpsertLocation and UpsertChannel → domain configuration.
 
 use atp_core::CoreError;
-use atp_core::catalog::{Channel, Lifecycle, Location, LocationKind, MAX_LOCATIONS_PER_CHANNEL};
+use atp_core::catalog::{
+    Channel, CostModel, Fulfilment, Lifecycle, Location, LocationKind, MAX_LOCATIONS_PER_CHANNEL,
+};
 use atp_core::ids::{ChannelId, LocationId};
 
 use super::{Violations, parse_ids, within_count};
@@ -56,6 +58,20 @@ pub fn parse_location(message: v1::UpsertLocationRequest) -> Result<Location, Co
         daily_capacity: location.daily_capacity,
         shipping_cost: location.shipping_cost,
         state: state.unwrap_or_default(),
+        fulfilment: Fulfilment {
+            ships_to: location.ships_to,
+            cost: location
+                .cost
+                .map(|cost| CostModel {
+                    per_shipment: cost.per_shipment,
+                    per_km: cost.per_km,
+                    per_unit: cost.per_unit,
+                })
+                .unwrap_or_default(),
+            time_zone: location.time_zone,
+            daily_units: location.daily_unit_capacity,
+            priority: location.priority,
+        },
     };
     match candidate.validate("location") {
         Ok(()) => {}

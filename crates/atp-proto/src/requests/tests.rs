@@ -362,3 +362,50 @@ fn shard_target_and_ledger_query() {
     let backwards = v1::QueryLedgerRequest { from_ms: 10, to_ms: 5, ..query(0) };
     assert_eq!(fields(parse_ledger_query(backwards)), vec!["to_ms"]);
 }
+
+#[test]
+fn location_checks_its_fulfilment_fields() {
+    let location =
+        |ships_to: Vec<&str>, cost: v1::ShippingCost, time_zone: &str| v1::UpsertLocationRequest {
+            location: Some(v1::Location {
+                location_id: "dc-1".into(),
+                ships_to: ships_to.into_iter().map(Into::into).collect(),
+                cost: Some(cost),
+                time_zone: time_zone.into(),
+                daily_unit_capacity: -1,
+                ..Default::default()
+            }),
+        };
+    let bad_cost = v1::ShippingCost { per_shipment: -1, per_km: 1, per_unit: 2_000_000_000 };
+    assert_eq!(
+        fields(parse_location(location(
+            vec!["US", "us", "US-CALI", "DE-BY"],
+            bad_cost,
+            "Mars Base"
+        ))),
+        vec![
+            "location.ships_to[1]",
+            "location.ships_to[2]",
+            "location.cost.per_shipment",
+            "location.cost.per_unit",
+            "location.time_zone",
+            "location.daily_unit_capacity",
+        ]
+    );
+    let cost = v1::ShippingCost { per_shipment: 450, per_km: 2, per_unit: 15 };
+    let mut good = location(vec!["US", "CA-QC"], cost, "America/Toronto");
+    if let Some(location) = good.location.as_mut() {
+        location.daily_unit_capacity = 900;
+        location.priority = 3;
+    }
+    let parsed = parse_location(good.clone()).expect("valid");
+    assert_eq!(parsed.fulfilment.ships_to, vec!["US".to_owned(), "CA-QC".to_owned()]);
+    assert_eq!((parsed.fulfilment.cost.per_km, parsed.fulfilment.priority), (2, 3));
+    assert_eq!(v1::Location::from(parsed), {
+        let mut shown = good.location.expect("set");
+        shown.active = true;
+        shown.state = v1::LifecycleState::Active.into();
+        shown.kind = v1::LocationKind::Warehouse.into();
+        shown
+    });
+}

@@ -33,6 +33,7 @@ pub async fn stock(node: &Node, stock: &[(&str, i64)]) {
         daily_capacity: 0,
         shipping_cost: 0.0,
         state: atp_core::catalog::Lifecycle::Active,
+        fulfilment: Default::default(),
     })
     .await
     .expect("location");

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow};
 use atp_proto::v1::{
     Channel, LifecycleState, ListChannelsRequest, ListLocationsRequest, Location, LocationKind,
-    UpsertChannelRequest, UpsertLocationRequest,
+    ShippingCost, UpsertChannelRequest, UpsertLocationRequest,
 };
 use serde_json::{Value, json};
 
@@ -37,6 +37,15 @@ pub async fn upsert_location(
         shipping_cost: args.shipping_cost,
         active: state == LifecycleState::Active,
         state: state.into(),
+        ships_to: args.ships_to,
+        cost: Some(ShippingCost {
+            per_shipment: args.cost_per_shipment,
+            per_km: args.cost_per_km,
+            per_unit: args.cost_per_unit,
+        }),
+        time_zone: args.time_zone,
+        daily_unit_capacity: args.daily_unit_capacity,
+        priority: args.priority,
     };
     let clients = context.connect().await?;
     let (stored, changed) = send_location(&clients, location).await?;
@@ -224,6 +233,13 @@ pub fn location_json(location: &Location) -> Value {
         "shipping_cost": location.shipping_cost,
         "active": location.active,
         "state": state_name(location.state),
+        "ships_to": location.ships_to,
+        "cost_per_shipment": location.cost.as_ref().map_or(0, |cost| cost.per_shipment),
+        "cost_per_km": location.cost.as_ref().map_or(0, |cost| cost.per_km),
+        "cost_per_unit": location.cost.as_ref().map_or(0, |cost| cost.per_unit),
+        "time_zone": location.time_zone,
+        "daily_unit_capacity": location.daily_unit_capacity,
+        "priority": location.priority,
     })
 }
 
