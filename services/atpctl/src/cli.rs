@@ -445,7 +445,7 @@ pub enum EventCommand {
 #[derive(Debug, Subcommand)]
 pub enum LocationCommand {
     /// Create or replace a location (fields not given are reset to their defaults).
-    Upsert(LocationUpsertArgs),
+    Upsert(Box<LocationUpsertArgs>),
     /// List configured locations.
     List,
 }

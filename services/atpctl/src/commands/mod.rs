@@ -41,7 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Availability(args) => availability::availability(context, args).await,
         Command::Event(event) => event::send(context, event).await,
         Command::Location(LocationCommand::Upsert(args)) => {
-            config::upsert_location(context, args).await
+            config::upsert_location(context, *args).await
         }
         Command::Location(LocationCommand::List) => config::list_locations(context).await,
         Command::Channel(ChannelCommand::Upsert(args)) => {
