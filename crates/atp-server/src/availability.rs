@@ -6,7 +6,7 @@ use atp_core::ids::ReservationId;
 use atp_core::reservation::{Reply, ReserveRequest};
 use atp_core::shard::EventApplied;
 use atp_proto::requests::{
-    encode_list_token, parse_availability_query, parse_commit, parse_extend,
+    encode_list_token, parse_allocate, parse_availability_query, parse_commit, parse_extend,
     parse_get_reservations, parse_list_reservations, parse_modify, parse_reservation_id,
     parse_reserve, parse_reserve_batch, parse_stock_events, within_item,
 };
@@ -90,6 +90,16 @@ impl AvailabilityApi {
 
     fn default_ttl_ms(&self) -> i64 {
         self.node.config().default_ttl_ms
+    }
+
+    /// The configuration the node holds now.
+    pub(crate) fn catalog(&self) -> std::sync::Arc<atp_core::catalog::Catalog> {
+        self.node.catalog()
+    }
+
+    /// The epoch `shard` is served under here.
+    pub(crate) fn fence_epoch(&self, shard: u32) -> u64 {
+        self.fence.epoch(shard)
     }
 }
 
@@ -344,6 +354,17 @@ impl AvailabilityService for AvailabilityApi {
             })
             .collect();
         Ok(Response::new(v1::GetReservationsResponse { results, epoch }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<v1::AllocateRequest>,
+    ) -> Result<Response<v1::AllocateResponse>, Status> {
+        // Served where it arrives: the availability read and the Reserve it
+        // makes go through this service, so to the owners of their shards.
+        let message = request.into_inner();
+        let order = parse_allocate(message, self.default_ttl_ms()).map_err(status_of)?;
+        Ok(Response::new(self.allocate_order(order).await?))
     }
 
     async fn list_reservations(

@@ -12,6 +12,7 @@
 //! period) and returns.
 
 mod admin;
+mod allocate;
 mod availability;
 pub mod cluster_catalog;
 mod config_service;

@@ -1036,6 +1036,11 @@ impl Node {
         .await
     }
 
+    /// The configuration (locations and channels) as the node holds it now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.shared.catalog()
+    }
+
     /// Availability of `skus` from the read view (never queued behind writes).
     pub fn availability(
         &self,

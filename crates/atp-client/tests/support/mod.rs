@@ -229,6 +229,15 @@ impl FaultProxy {
 
 #[tonic::async_trait]
 impl AvailabilityService for FaultProxy {
+    async fn allocate(
+        &self,
+        request: Request<v1::AllocateRequest>,
+    ) -> Result<Response<v1::AllocateResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.order_id.clone();
+        self.relay(&id, self.upstream.clone().allocate(request)).await
+    }
+
     async fn reserve(
         &self,
         request: Request<v1::ReserveRequest>,

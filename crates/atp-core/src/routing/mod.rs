@@ -47,6 +47,12 @@ pub const MAX_WORK_BUDGET: u32 = 1_000_000;
 pub const MAX_SHIPMENTS: usize = 10;
 /// How many runner-up plans an answer explains.
 pub const MAX_ALTERNATIVES: usize = 3;
+/// The shipments a request gets when it names no limit.
+pub const DEFAULT_MAX_SHIPMENTS: usize = 4;
+/// Most lines one Allocate may have.
+pub const MAX_ORDER_LINES: usize = 50;
+/// Label key Allocate keeps its request's fingerprint under.
+pub const ALLOCATE_LABEL: &str = "atp.allocate";
 
 /// A point on Earth, in degrees.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -184,7 +190,7 @@ impl Default for Rules {
         Self {
             policy: Policy::LowestCost,
             fill: FillRule::AllOrNothing,
-            max_shipments: 4,
+            max_shipments: DEFAULT_MAX_SHIPMENTS,
             split_penalty: 0,
             work_budget: DEFAULT_WORK_BUDGET,
         }
@@ -324,4 +330,27 @@ pub fn demand_of(
         }
     }
     demand
+}
+
+/// A validated Allocate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllocateRequest {
+    /// The order id: idempotency key and reservation id.
+    pub order_id: crate::ids::ReservationId,
+    /// The channel whose rules bind the holds.
+    pub channel: crate::ids::ChannelId,
+    /// Where it goes.
+    pub destination: Destination,
+    /// The order's lines as given (a SKU may repeat).
+    pub lines: Vec<(crate::ids::Sku, i64)>,
+    /// How to choose.
+    pub rules: Rules,
+    /// Hold lifetime.
+    pub ttl_ms: i64,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Kept on the reservation (with the fingerprint label added).
+    pub metadata: crate::reservation::Metadata,
+    /// Hash of everything but `dry_run`: a retry carries the same.
+    pub fingerprint: u64,
 }

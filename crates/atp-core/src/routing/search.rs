@@ -3,6 +3,8 @@
 
 use std::cmp::Ordering;
 
+use crate::ids::MAX_LINES_PER_RESERVATION;
+
 use super::{
     Candidate, Destination, Exclusion, FillRule, MAX_ALTERNATIVES, MAX_SHIPMENTS, Order, Plan,
     Planned, Rules, Shipment, haversine_km,
@@ -257,6 +259,10 @@ impl Search<'_> {
                 }
             }
             backordered[item] = remaining + (wanted - wanted.min(limit));
+        }
+        let reservation_lines = units.iter().flatten().filter(|units| **units > 0).count();
+        if reservation_lines > MAX_LINES_PER_RESERVATION {
+            return None;
         }
         let mut shipments = Vec::with_capacity(set.len());
         for (at, site) in set.iter().enumerate() {

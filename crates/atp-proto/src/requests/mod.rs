@@ -7,6 +7,7 @@
 //! depends only on the message is checked here, so nothing malformed reaches a
 //! shard.
 
+mod allocate;
 mod batch;
 mod config;
 mod events;
@@ -22,6 +23,7 @@ use atp_core::ids::{
 use atp_core::reservation::{CommitLine, Metadata, ReserveLine, ReserveRequest};
 use atp_core::{CoreError, FieldViolation};
 
+pub use allocate::{exclusion_name, parse_allocate, routing_plan};
 pub use batch::{MAX_RESERVATIONS_PER_BATCH, parse_reserve_batch, within_item};
 pub use config::{parse_channel, parse_location};
 pub use events::parse_stock_events;

@@ -126,6 +126,13 @@ fn invalid(message: &str, violations: Vec<FieldViolation>) -> Status {
 
 #[tonic::async_trait]
 impl AvailabilityService for Fake {
+    async fn allocate(
+        &self,
+        _request: Request<atp_proto::v1::AllocateRequest>,
+    ) -> Reply<atp_proto::v1::AllocateResponse> {
+        Err(Status::unimplemented("the fake server has no Allocate"))
+    }
+
     async fn get_reservations(
         &self,
         _request: Request<GetReservationsRequest>,

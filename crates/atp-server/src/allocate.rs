@@ -1,0 +1,330 @@
+//! Allocate: plans an order over its channel's locations (the pure planner
+//! in [`atp_core::routing`]) and holds the plan as an ordinary reservation
+//! under the order id, through the same Reserve path (and forwarding) as any
+//! client's Reserve. A hold that loses a race for stock re-plans on fresh
+//! figures, at most [`MAX_ATTEMPTS`] times.
+
+use std::collections::BTreeMap;
+
+use atp_core::CoreError;
+use atp_core::catalog::{Catalog, Channel};
+use atp_core::hash::shard_of;
+use atp_core::ids::{ChannelId, Sku};
+use atp_core::routing::{
+    ALLOCATE_LABEL, AllocateRequest, Candidate, FillRule, GeoPoint, Order, Plan, Planned, Rules,
+    demand_of, haversine_km, plan,
+};
+use atp_proto::requests::{exclusion_name, routing_plan};
+use atp_proto::v1;
+use atp_proto::v1::availability_service_server::AvailabilityService;
+use atp_proto::{Reason, reason_of, status_from_rpc, status_of};
+use tonic::{Code, Request, Status};
+
+use crate::availability::AvailabilityApi;
+
+/// Plans made for one Allocate at most (the first and two re-plans after
+/// lost races).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+impl AvailabilityApi {
+    /// Plans `request` and, unless it is a dry run, holds the plan.
+    pub(crate) async fn allocate_order(
+        &self,
+        request: AllocateRequest,
+    ) -> Result<v1::AllocateResponse, Status> {
+        if !request.dry_run
+            && let Some(answer) = self.replay(&request).await?
+        {
+            return Ok(answer);
+        }
+        let catalog = self.catalog();
+        let channel = active_channel(&catalog, &request.channel)?;
+        let demand = demand_of(&request.lines, &BTreeMap::new());
+        let skus: Vec<Sku> = demand.iter().map(|(sku, _)| sku.clone()).collect();
+        let mut lost_race = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let figures = self.figures(&skus, &request.channel).await?;
+            let (candidates, order) = network(&catalog, channel, &demand, &figures);
+            let planned = plan(&candidates, &request.destination, &order, &request.rules);
+            let Some(chosen) = planned.plan.clone() else {
+                return Err(no_plan(&request, &candidates, &order, &skus));
+            };
+            let mut response = explained(planned, &skus, attempt);
+            if request.dry_run {
+                response.dry_run = true;
+                response.epoch = self.home_epoch(&request);
+                return Ok(response);
+            }
+            match self.hold(&request, &chosen, &skus).await {
+                Ok(reserved) => {
+                    response.reservation = reserved.reservation;
+                    response.replayed = reserved.replayed;
+                    response.epoch = reserved.epoch;
+                    return Ok(response);
+                }
+                Err(status) if reason_of(&status) == Some(Reason::InsufficientStock) => {
+                    lost_race = Some(status);
+                }
+                Err(status) if status.code() == Code::AlreadyExists => {
+                    // Another call with this order id held first.
+                    return match self.replay(&request).await? {
+                        Some(answer) => Ok(answer),
+                        None => Err(status),
+                    };
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(lost_race.expect("every attempt lost a race"))
+    }
+
+    /// The answer to a retry: the order's reservation when this same request
+    /// made it; ALREADY_EXISTS when another request (or a Reserve) did.
+    async fn replay(
+        &self,
+        request: &AllocateRequest,
+    ) -> Result<Option<v1::AllocateResponse>, Status> {
+        let lookup = v1::GetReservationRequest { reservation_id: request.order_id.to_string() };
+        let found = match AvailabilityService::get_reservation(self, Request::new(lookup)).await {
+            Ok(found) => found.into_inner(),
+            Err(status) if status.code() == Code::NotFound => return Ok(None),
+            Err(status) => return Err(status),
+        };
+        let Some(reservation) = found.reservation else { return Ok(None) };
+        let label =
+            reservation.metadata.as_ref().and_then(|metadata| metadata.labels.get(ALLOCATE_LABEL));
+        if label != Some(&format!("{:016x}", request.fingerprint)) {
+            return Err(status_of(CoreError::AlreadyExists(format!(
+                "order {} is already a reservation made by another request",
+                request.order_id
+            ))));
+        }
+        let plan = replayed_plan(&self.catalog(), request, &reservation);
+        Ok(Some(v1::AllocateResponse {
+            reservation: Some(reservation),
+            plan: Some(plan),
+            replayed: true,
+            epoch: found.epoch,
+            ..Default::default()
+        }))
+    }
+
+    /// Every SKU's figures at the channel's locations, read through the
+    /// service (so across the cluster); a SKU that cannot be read fails the call.
+    async fn figures(
+        &self,
+        skus: &[Sku],
+        channel: &ChannelId,
+    ) -> Result<Vec<v1::SkuAvailability>, Status> {
+        let query = v1::GetAvailabilityRequest {
+            skus: skus.iter().map(ToString::to_string).collect(),
+            location_ids: Vec::new(),
+            channel_ids: vec![channel.to_string()],
+        };
+        let answer = AvailabilityService::get_availability(self, Request::new(query)).await?;
+        let figures = answer.into_inner().skus;
+        if let Some(error) = figures.iter().find_map(|figures| figures.error.clone()) {
+            return Err(status_from_rpc(error));
+        }
+        Ok(figures)
+    }
+
+    /// Reserves the plan's lines under the order id.
+    async fn hold(
+        &self,
+        request: &AllocateRequest,
+        chosen: &Plan,
+        skus: &[Sku],
+    ) -> Result<v1::ReserveResponse, Status> {
+        let mut lines = Vec::new();
+        for shipment in &chosen.shipments {
+            for (units, sku) in shipment.units.iter().zip(skus) {
+                if *units > 0 {
+                    lines.push(v1::ReservationLine {
+                        sku: sku.to_string(),
+                        location_id: shipment.location.to_string(),
+                        quantity: *units,
+                    });
+                }
+            }
+        }
+        let reserve = v1::ReserveRequest {
+            reservation_id: request.order_id.to_string(),
+            channel_id: request.channel.to_string(),
+            lines,
+            ttl_seconds: u32::try_from(request.ttl_ms / 1000).unwrap_or(u32::MAX),
+            metadata: Some(v1::ReservationMetadata {
+                order_id: request.metadata.order_id.clone(),
+                labels: request.metadata.labels.clone().into_iter().collect(),
+            }),
+        };
+        Ok(AvailabilityService::reserve(self, Request::new(reserve)).await?.into_inner())
+    }
+
+    fn home_epoch(&self, request: &AllocateRequest) -> u64 {
+        self.fence_epoch(shard_of(request.order_id.as_str()))
+    }
+}
+
+/// The channel, if it exists and takes holds.
+fn active_channel<'a>(catalog: &'a Catalog, id: &ChannelId) -> Result<&'a Channel, Status> {
+    let Some(channel) = catalog.channels.get(id) else {
+        return Err(status_of(CoreError::invalid("channel_id", format!("unknown channel {id}"))));
+    };
+    if !channel.state.is_active() {
+        return Err(status_of(CoreError::NotActive {
+            kind: "channel",
+            id: id.to_string(),
+            state: channel.state,
+            operation: "take holds",
+        }));
+    }
+    Ok(channel)
+}
+
+/// The channel's locations as candidates with each item's ATP, and the
+/// order with each item's channel limit.
+fn network(
+    catalog: &Catalog,
+    channel: &Channel,
+    demand: &[(Sku, i64)],
+    figures: &[v1::SkuAvailability],
+) -> (Vec<Candidate>, Order) {
+    let of_sku = |sku: &Sku| figures.iter().find(|figures| figures.sku == sku.as_str());
+    let limit = demand
+        .iter()
+        .map(|(sku, _)| {
+            of_sku(sku)
+                .and_then(|figures| {
+                    figures.channels.iter().find(|shown| shown.channel_id == channel.id.as_str())
+                })
+                .map_or(0, |shown| shown.atp)
+        })
+        .collect();
+    let order = Order { demand: demand.iter().map(|(_, units)| *units).collect(), limit };
+    let mut candidates = Vec::with_capacity(channel.locations.len());
+    for id in &channel.locations {
+        let Some(location) = catalog.locations.get(id) else { continue };
+        let atp = demand
+            .iter()
+            .map(|(sku, _)| {
+                of_sku(sku)
+                    .and_then(|figures| {
+                        figures.locations.iter().find(|at| at.location_id == id.as_str())
+                    })
+                    .map_or(0, |at| at.atp)
+            })
+            .collect();
+        candidates.push(Candidate {
+            location: id.clone(),
+            point: GeoPoint { latitude: location.latitude, longitude: location.longitude },
+            active: location.state.is_active(),
+            ships_to: location.fulfilment.ships_to.clone(),
+            cost: location.fulfilment.cost,
+            priority: location.fulfilment.priority,
+            // Daily capacity is configured but not counted yet (issue 12,
+            // item 5): every location plans as unlimited.
+            orders_left: None,
+            units_left: None,
+            atp,
+        });
+    }
+    (candidates, order)
+}
+
+/// The answer's plan, alternatives and explanation.
+fn explained(planned: Planned, skus: &[Sku], attempts: u32) -> v1::AllocateResponse {
+    v1::AllocateResponse {
+        plan: planned.plan.as_ref().map(|chosen| routing_plan(chosen, skus)),
+        alternatives: planned.alternatives.iter().map(|other| routing_plan(other, skus)).collect(),
+        excluded: planned
+            .excluded
+            .iter()
+            .map(|(location, why)| v1::ExcludedLocation {
+                location_id: location.to_string(),
+                reason: exclusion_name(*why).to_owned(),
+            })
+            .collect(),
+        work: planned.work,
+        exact: planned.exact,
+        attempts,
+        ..Default::default()
+    }
+}
+
+/// Why no plan exists: the first SKU the best partial plan leaves short
+/// (INSUFFICIENT_STOCK), or the work budget when even a partial plan was
+/// not found.
+fn no_plan(
+    request: &AllocateRequest,
+    candidates: &[Candidate],
+    order: &Order,
+    skus: &[Sku],
+) -> Status {
+    let partial = Rules { fill: FillRule::Partial, ..request.rules };
+    let best = plan(candidates, &request.destination, order, &partial).plan;
+    let filled = |item: usize| -> i64 {
+        best.as_ref().map_or(0, |best| best.shipments.iter().map(|s| s.units[item]).sum())
+    };
+    let short = (0..skus.len()).find(|item| filled(*item) < order.demand[*item]);
+    match short {
+        Some(item) => status_of(CoreError::InsufficientStock {
+            sku: skus[item].to_string(),
+            location: format!(
+                "channel:{} within {} shipment(s)",
+                request.channel, request.rules.max_shipments
+            ),
+            requested: order.demand[item],
+            available: filled(item),
+        }),
+        None => status_of(CoreError::FailedPrecondition(format!(
+            "no plan found within the work budget of {} plans; raise work_budget",
+            request.rules.work_budget
+        ))),
+    }
+}
+
+/// A replayed order's plan: its reservation's lines grouped by location,
+/// with today's distances and costs.
+fn replayed_plan(
+    catalog: &Catalog,
+    request: &AllocateRequest,
+    reservation: &v1::Reservation,
+) -> v1::RoutingPlan {
+    let mut shipments: Vec<v1::PlannedShipment> = Vec::new();
+    for line in &reservation.lines {
+        let at = match shipments.iter().position(|s| s.location_id == line.location_id) {
+            Some(at) => at,
+            None => {
+                shipments.push(v1::PlannedShipment {
+                    location_id: line.location_id.clone(),
+                    ..Default::default()
+                });
+                shipments.len() - 1
+            }
+        };
+        shipments[at].lines.push(v1::OrderLine { sku: line.sku.clone(), quantity: line.quantity });
+        shipments[at].units += line.quantity;
+    }
+    for shipment in &mut shipments {
+        let location = catalog
+            .locations
+            .iter()
+            .find(|(id, _)| id.as_str() == shipment.location_id)
+            .map(|(_, location)| location);
+        if let Some(location) = location {
+            let point = GeoPoint { latitude: location.latitude, longitude: location.longitude };
+            shipment.distance_km = haversine_km(point, request.destination.point);
+            shipment.cost = location.fulfilment.cost.shipment(shipment.distance_km, shipment.units);
+        }
+    }
+    let extra = i64::try_from(shipments.len().saturating_sub(1)).unwrap_or(i64::MAX);
+    v1::RoutingPlan {
+        cost: shipments.iter().map(|s| s.cost).sum::<i64>() + request.rules.split_penalty * extra,
+        units: shipments.iter().map(|s| s.units).sum(),
+        max_distance_km: shipments.iter().map(|s| s.distance_km).fold(0.0, f64::max),
+        total_distance_km: shipments.iter().map(|s| s.distance_km).sum(),
+        shipments,
+        backordered: Vec::new(),
+    }
+}

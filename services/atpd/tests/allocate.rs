@@ -1,0 +1,270 @@
+//! Allocate on the real `atpd` binary over real gRPC (one node): a plan is
+//! chosen and held as an ordinary reservation under the order id; a dry
+//! run holds nothing; retries replay; bad input names its field; a short
+//! order holds nothing (all or nothing) or its part (partial); concurrent
+//! orders over shared stock never oversell. The cluster case is in
+//! `cluster_allocate.rs`; the planner's arithmetic in atp-core's routing
+//! tests.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use atp_proto::v1;
+use common::Atpd;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// Locations on the equator: `(id, longitude, per shipment, per km)`.
+const NETWORK: [(&str, f64, i64, i64); 3] =
+    [("near", 1.0, 500, 1), ("far", 10.0, 500, 1), ("cheap", 5.0, 100, 0)];
+
+async fn configure(atpd: &Atpd) {
+    let mut config = atpd.config();
+    for (id, longitude, per_shipment, per_km) in NETWORK {
+        let location = v1::Location {
+            location_id: id.into(),
+            longitude,
+            cost: Some(v1::ShippingCost { per_shipment, per_km, per_unit: 0 }),
+            ships_to: vec!["US".into()],
+            ..Default::default()
+        };
+        config
+            .upsert_location(v1::UpsertLocationRequest { location: Some(location) })
+            .await
+            .expect("upsert location");
+    }
+    let mut elsewhere = v1::Location { location_id: "berlin".into(), ..Default::default() };
+    elsewhere.ships_to = vec!["DE".into()];
+    config
+        .upsert_location(v1::UpsertLocationRequest { location: Some(elsewhere) })
+        .await
+        .expect("upsert location");
+    let channel = v1::Channel {
+        channel_id: "web".into(),
+        location_ids: vec!["near".into(), "far".into(), "cheap".into(), "berlin".into()],
+        ..Default::default()
+    };
+    config
+        .upsert_channel(v1::UpsertChannelRequest { channel: Some(channel) })
+        .await
+        .expect("upsert channel");
+}
+
+fn order(id: &str, lines: &[(&str, i64)]) -> v1::AllocateRequest {
+    v1::AllocateRequest {
+        order_id: id.into(),
+        channel_id: "web".into(),
+        destination: Some(v1::Destination {
+            latitude: 0.0,
+            longitude: 0.0,
+            country: "US".into(),
+            region: "US-CA".into(),
+        }),
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| v1::OrderLine { sku: (*sku).into(), quantity: *quantity })
+            .collect(),
+        ttl_seconds: 600,
+        ..Default::default()
+    }
+}
+
+/// Units reserved per (sku, location).
+async fn reserved(atpd: &Atpd, skus: &[&str]) -> BTreeMap<(String, String), i64> {
+    let request = v1::GetAvailabilityRequest {
+        skus: skus.iter().map(|sku| (*sku).to_owned()).collect(),
+        ..Default::default()
+    };
+    let reply = atpd.availability().get_availability(request).await.expect("availability");
+    let mut reserved = BTreeMap::new();
+    for sku in reply.into_inner().skus {
+        for location in sku.locations {
+            reserved.insert((sku.sku.clone(), location.location_id.clone()), location.reserved);
+        }
+    }
+    reserved
+}
+
+fn shipments(plan: &v1::RoutingPlan) -> Vec<(String, Vec<(String, i64)>)> {
+    plan.shipments
+        .iter()
+        .map(|shipment| {
+            let lines = shipment.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect();
+            (shipment.location_id.clone(), lines)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn allocate_holds_the_cheapest_plan_and_explains_it() {
+    let atpd = Atpd::start(&[]).await;
+    configure(&atpd).await;
+    atpd.receive("tee", "near", 5).await;
+    atpd.receive("tee", "far", 5).await;
+    atpd.receive("tee", "cheap", 1).await;
+    atpd.receive("tee", "berlin", 50).await;
+    let mut api = atpd.availability();
+
+    // near: 500 + round(111.195) = 611; far: 500 + 1112 = 1612; cheap
+    // holds 1 of the 3 wanted. One shipment from near. The runner-up:
+    // cheap 1 unit (100 + 0) + near 2 units (611) = 711.
+    let mut dry = order("o-1", &[("tee", 3)]);
+    dry.dry_run = true;
+    let planned = api.allocate(dry).await.expect("dry run").into_inner();
+    assert!(planned.dry_run && planned.reservation.is_none());
+    let plan = planned.plan.expect("a plan");
+    assert_eq!(shipments(&plan), vec![("near".to_owned(), vec![("tee".to_owned(), 3)])]);
+    assert_eq!(plan.cost, 611);
+    assert_eq!(planned.alternatives.first().map(|alternative| alternative.cost), Some(711));
+    let excluded: Vec<(String, String)> =
+        planned.excluded.iter().map(|e| (e.location_id.clone(), e.reason.clone())).collect();
+    assert_eq!(excluded, vec![("berlin".to_owned(), "DOES_NOT_SHIP_THERE".to_owned())]);
+    assert_eq!(reserved(&atpd, &["tee"]).await.values().sum::<i64>(), 0, "a dry run holds nothing");
+
+    let held = api.allocate(order("o-1", &[("tee", 3)])).await.expect("allocate").into_inner();
+    assert!(!held.replayed);
+    let reservation = held.reservation.expect("a reservation");
+    assert_eq!(reservation.state(), v1::ReservationState::Held);
+    assert_eq!(reservation.metadata.as_ref().map(|m| m.order_id.as_str()), Some("o-1"));
+    assert_eq!(shipments(&held.plan.expect("a plan")), shipments(&plan));
+    assert_eq!(reserved(&atpd, &["tee"]).await[&("tee".into(), "near".into())], 3);
+
+    // A retry replays; another request under the same id is refused.
+    let again = api.allocate(order("o-1", &[("tee", 3)])).await.expect("retry").into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.reservation.map(|r| r.lines), Some(reservation.lines.clone()));
+    assert_eq!(again.plan.map(|plan| plan.cost), Some(611));
+    let other = api.allocate(order("o-1", &[("tee", 4)])).await.expect_err("another payload");
+    assert_eq!(other.code(), Code::AlreadyExists);
+    assert_eq!(reserved(&atpd, &["tee"]).await[&("tee".into(), "near".into())], 3);
+
+    // It is an ordinary reservation.
+    let commit = v1::CommitRequest { reservation_id: "o-1".into(), lines: Vec::new() };
+    let committed = api.commit(commit).await.expect("commit").into_inner();
+    assert_eq!(
+        committed.reservation.expect("reservation").state(),
+        v1::ReservationState::Committed
+    );
+}
+
+#[tokio::test]
+async fn a_short_order_holds_nothing_or_its_part() {
+    let atpd = Atpd::start(&[]).await;
+    configure(&atpd).await;
+    atpd.receive("mug", "near", 2).await;
+    atpd.receive("mug", "cheap", 1).await;
+    let mut api = atpd.availability();
+
+    let short = api.allocate(order("o-2", &[("mug", 5)])).await.expect_err("too few");
+    assert_eq!(short.code(), Code::FailedPrecondition);
+    let details = short.get_error_details();
+    let info = details.error_info().expect("error info");
+    assert_eq!(info.reason, "INSUFFICIENT_STOCK");
+    assert!(short.message().contains("mug"), "{}", short.message());
+    assert_eq!(reserved(&atpd, &["mug"]).await.values().sum::<i64>(), 0);
+
+    let mut partial = order("o-3", &[("mug", 5)]);
+    partial.fill = v1::FillRule::Partial.into();
+    let held = api.allocate(partial).await.expect("partial").into_inner();
+    let plan = held.plan.expect("a plan");
+    assert_eq!(plan.units, 3);
+    assert_eq!(plan.backordered, vec![v1::OrderLine { sku: "mug".into(), quantity: 2 }]);
+    let lines: i64 = held.reservation.expect("held").lines.iter().map(|l| l.quantity).sum();
+    assert_eq!(lines, 3);
+
+    // No split allowed: one location, at most 2.
+    let mut single = order("o-4", &[("mug", 2)]);
+    single.allow_split = Some(false);
+    let error = api.allocate(single).await.expect_err("nothing left");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_holds_nothing() {
+    let atpd = Atpd::start(&[]).await;
+    configure(&atpd).await;
+    atpd.receive("tee", "near", 5).await;
+    let mut api = atpd.availability();
+    let mut bad = order("", &[("tee", 0)]);
+    bad.destination =
+        Some(v1::Destination { latitude: 91.0, country: "usa".into(), ..Default::default() });
+    bad.max_shipments = 11;
+    bad.policy = 9;
+    let error = api.allocate(bad).await.expect_err("invalid");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let details = error.get_error_details();
+    let fields: Vec<String> = details
+        .bad_request()
+        .expect("bad request")
+        .field_violations
+        .iter()
+        .map(|violation| violation.field.clone())
+        .collect();
+    for field in [
+        "order_id",
+        "destination.latitude",
+        "destination.country",
+        "lines[0].quantity",
+        "policy",
+        "max_shipments",
+    ] {
+        assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+    }
+    let mut unknown = order("o-5", &[("tee", 1)]);
+    unknown.channel_id = "nope".into();
+    let error = api.allocate(unknown).await.expect_err("unknown channel");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(reserved(&atpd, &["tee"]).await.values().sum::<i64>(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_orders_over_shared_stock_never_oversell() {
+    let atpd = Arc::new(Atpd::start(&[]).await);
+    configure(&atpd).await;
+    for (sku, location, units) in [
+        ("a", "near", 20),
+        ("a", "far", 20),
+        ("a", "cheap", 10),
+        ("b", "near", 15),
+        ("b", "cheap", 15),
+    ] {
+        atpd.receive(sku, location, units).await;
+    }
+    let tasks: Vec<_> = (0..100)
+        .map(|n| {
+            let atpd = Arc::clone(&atpd);
+            tokio::spawn(async move {
+                let lines: &[(&str, i64)] =
+                    if n % 2 == 0 { &[("a", 2), ("b", 1)] } else { &[("a", 1)] };
+                let result = atpd.availability().allocate(order(&format!("c-{n}"), lines)).await;
+                (lines.to_vec(), result)
+            })
+        })
+        .collect();
+    let mut held_a = 0;
+    let mut held_b = 0;
+    for task in tasks {
+        let (lines, result) = task.await.expect("task");
+        match result {
+            Ok(answer) => {
+                let reservation = answer.into_inner().reservation.expect("held");
+                for (sku, wanted) in lines {
+                    let got: i64 =
+                        reservation.lines.iter().filter(|l| l.sku == sku).map(|l| l.quantity).sum();
+                    assert_eq!(got, wanted, "every success holds its whole order");
+                    if sku == "a" { held_a += got } else { held_b += got }
+                }
+            }
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    let reserved = reserved(&atpd, &["a", "b"]).await;
+    let sum =
+        |sku: &str| reserved.iter().filter(|((s, _), _)| s == sku).map(|(_, n)| *n).sum::<i64>();
+    assert_eq!((sum("a"), sum("b")), (held_a, held_b));
+    assert!(held_a <= 50 && held_b <= 30, "oversold: a {held_a}, b {held_b}");
+    // Demand for a (150) is three times its stock: most of it sells.
+    assert!(held_a >= 40, "a held {held_a}");
+}
