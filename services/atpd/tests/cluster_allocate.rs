@@ -1,0 +1,189 @@
+//! Allocate across a cluster (issue 12), with real parts: one real etcd and
+//! three real `atpd` processes. Orders sent to every node over SKUs whose
+//! shards live on every node, 100 at once over overlapping stock: no unit
+//! is oversold, every success holds its whole order (the plan's lines on
+//! their owners' shards, the reservation on its home's), and what the
+//! nodes report reserved is exactly what the successes hold. Skipped
+//! without an etcd binary (failed if `CI` is set).
+
+mod common;
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use atp_cluster::testing::EtcdProcess;
+use atp_proto::v1;
+use atp_testkit::eventually;
+use three_nodes::{Cluster, DEADLINE};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// (location, longitude, per shipment): on the equator, destination (0, 0).
+const LOCATIONS: [(&str, f64, i64); 3] =
+    [("east", 1.0, 300), ("west", -2.0, 200), ("north", 0.0, 900)];
+const SKUS: [&str; 6] = ["sku-a", "sku-b", "sku-c", "sku-d", "sku-e", "sku-f"];
+/// Units of each SKU received at each location.
+const STOCK_PER_LOCATION: i64 = 10;
+const ORDERS: usize = 100;
+
+async fn configure(cluster: &Cluster) {
+    let mut config = cluster.nodes[0].config();
+    for (id, longitude, per_shipment) in LOCATIONS {
+        let location = v1::Location {
+            location_id: id.into(),
+            longitude,
+            cost: Some(v1::ShippingCost { per_shipment, per_km: 1, per_unit: 5 }),
+            ..Default::default()
+        };
+        config
+            .upsert_location(v1::UpsertLocationRequest { location: Some(location) })
+            .await
+            .expect("upsert location");
+    }
+    let channel = v1::Channel {
+        channel_id: "web".into(),
+        location_ids: LOCATIONS.iter().map(|(id, _, _)| (*id).into()).collect(),
+        ..Default::default()
+    };
+    config
+        .upsert_channel(v1::UpsertChannelRequest { channel: Some(channel) })
+        .await
+        .expect("upsert channel");
+    for node in &cluster.nodes {
+        let seen = eventually(DEADLINE, || async {
+            let channels = node.config().list_channels(v1::ListChannelsRequest {}).await;
+            channels.is_ok_and(|reply| {
+                reply.into_inner().channels.iter().any(|c| c.location_ids.len() == LOCATIONS.len())
+            })
+        })
+        .await;
+        assert!(seen, "node {} never saw the channel", node.address);
+    }
+}
+
+fn order(id: &str, lines: Vec<(&'static str, i64)>) -> v1::AllocateRequest {
+    v1::AllocateRequest {
+        order_id: id.into(),
+        channel_id: "web".into(),
+        destination: Some(v1::Destination { country: "US".into(), ..Default::default() }),
+        lines: lines
+            .into_iter()
+            .map(|(sku, quantity)| v1::OrderLine { sku: sku.into(), quantity })
+            .collect(),
+        ttl_seconds: 3600,
+        ..Default::default()
+    }
+}
+
+/// Units reserved per (sku, location), read through `node`.
+async fn reserved(node: &atp_testkit::Atpd) -> BTreeMap<(String, String), i64> {
+    let request = v1::GetAvailabilityRequest {
+        skus: SKUS.iter().map(|sku| (*sku).to_owned()).collect(),
+        ..Default::default()
+    };
+    let reply = node.availability().get_availability(request).await.expect("availability");
+    let mut reserved = BTreeMap::new();
+    for sku in reply.into_inner().skus {
+        assert!(sku.error.is_none(), "{sku:?}");
+        for location in sku.locations {
+            reserved.insert((sku.sku.clone(), location.location_id.clone()), location.reserved);
+        }
+    }
+    reserved
+}
+
+#[tokio::test]
+async fn concurrent_allocations_across_nodes_never_oversell_and_hold_whole_plans() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let cluster = Arc::new(Cluster::start(&etcd, "allocate").await);
+    configure(&cluster).await;
+    for sku in SKUS {
+        for (location, _, _) in LOCATIONS {
+            cluster.nodes[0].receive(sku, location, STOCK_PER_LOCATION).await;
+        }
+    }
+    // Each order wants 2 or 3 SKUs, 2..=6 units each: 100 orders ask for
+    // about 1,000 units of the 180 there are, so many must fail and the
+    // successes must share every SKU's last units.
+    let mut rng = fastrand::Rng::with_seed(12);
+    let orders: Vec<(String, Vec<(&'static str, i64)>)> = (0..ORDERS)
+        .map(|n| {
+            let mut lines = Vec::new();
+            let count = 2 + rng.usize(0..2);
+            for sku in rng.choose_multiple(SKUS.iter(), count) {
+                lines.push((*sku, rng.i64(2..=6)));
+            }
+            (format!("order-{n}"), lines)
+        })
+        .collect();
+    let tasks: Vec<_> = orders
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(n, (id, lines))| {
+            let cluster = Arc::clone(&cluster);
+            tokio::spawn(async move {
+                let mut api = cluster.nodes[n % 3].availability();
+                api.allocate(order(&id, lines)).await
+            })
+        })
+        .collect();
+    let mut held: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut successes = 0;
+    for ((id, lines), task) in orders.iter().zip(tasks) {
+        match task.await.expect("task") {
+            Ok(answer) => {
+                successes += 1;
+                let answer = answer.into_inner();
+                let reservation = answer.reservation.expect("a reservation");
+                assert_eq!(reservation.state(), v1::ReservationState::Held, "{id}");
+                for (sku, wanted) in lines {
+                    let got: i64 = reservation
+                        .lines
+                        .iter()
+                        .filter(|line| line.sku == *sku)
+                        .map(|line| line.quantity)
+                        .sum();
+                    assert_eq!(got, *wanted, "{id}: {sku} held in part");
+                }
+                let plan = answer.plan.expect("a plan");
+                assert_eq!(plan.units, lines.iter().map(|(_, units)| units).sum::<i64>(), "{id}");
+                for line in reservation.lines {
+                    *held.entry((line.sku, line.location_id)).or_default() += line.quantity;
+                }
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{id}: {status:?}");
+                let reason =
+                    status.get_error_details().error_info().map(|info| info.reason.clone());
+                assert_eq!(reason.as_deref(), Some("INSUFFICIENT_STOCK"), "{id}");
+            }
+        }
+    }
+    let units: i64 = held.values().sum();
+    eprintln!("{successes} of {ORDERS} orders held, {units} units");
+    assert!(successes >= 10, "only {successes} orders held");
+    for (position, units) in &held {
+        assert!(*units <= STOCK_PER_LOCATION, "{position:?} oversold: {units}");
+    }
+    // Every node reports exactly what the successes hold.
+    for node in &cluster.nodes {
+        let reported: BTreeMap<_, _> =
+            reserved(node).await.into_iter().filter(|(_, units)| *units > 0).collect();
+        assert_eq!(reported, held, "as node {} reports it", node.address);
+    }
+    // And each reservation reads back whole through another node.
+    for (n, (id, _)) in orders.iter().enumerate().take(20) {
+        let lookup = v1::GetReservationRequest { reservation_id: id.clone() };
+        let found = cluster.nodes[(n + 1) % 3].availability().get_reservation(lookup).await;
+        if let Ok(found) = found {
+            let reservation = found.into_inner().reservation.expect("a reservation");
+            assert_eq!(reservation.state(), v1::ReservationState::Held);
+        }
+    }
+    // Panics on a write under an epoch that was not its claim's.
+    let summary = cluster.check_epochs(&etcd).await;
+    assert!(summary.writes > 0, "{summary:?}");
+}
