@@ -171,7 +171,9 @@ impl Fulfilment {
                 ));
             }
         }
-        if !self.time_zone.is_empty() && !is_time_zone_name(&self.time_zone) {
+        let known = is_time_zone_name(&self.time_zone)
+            && crate::capacity::is_known_time_zone(&self.time_zone);
+        if !self.time_zone.is_empty() && !known {
             violations.push(FieldViolation::new(
                 format!("{field}.time_zone"),
                 "must be an IANA time zone name such as Europe/Berlin (empty: UTC)",

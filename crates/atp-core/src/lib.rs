@@ -12,6 +12,7 @@
 //! - [`hash::shard_of`]: the documented SKU → shard function.
 
 pub mod availability;
+pub mod capacity;
 pub mod catalog;
 pub mod catalog_codec;
 pub mod error;

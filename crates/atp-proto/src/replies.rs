@@ -41,7 +41,14 @@ impl From<ReservationView> for v1::Reservation {
             reservation_id: view.id.to_string(),
             channel_id: view.channel.to_string(),
             state: v1::ReservationState::from(view.state).into(),
-            lines: view.lines.into_iter().map(Into::into).collect(),
+            // Daily capacity counters an Allocate holds are atp's own
+            // bookkeeping, not the caller's lines.
+            lines: view
+                .lines
+                .into_iter()
+                .filter(|line| !atp_core::capacity::is_counter(&line.sku))
+                .map(Into::into)
+                .collect(),
             created_at_ms: view.created_at_ms,
             expires_at_ms: view.expires_at_ms,
             ended_at_ms: view.ended_at_ms,

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 
 use atp_core::CoreError;
+use atp_core::capacity::{Counter, counter_sku, local_day};
 use atp_core::catalog::{Catalog, Channel};
 use atp_core::hash::shard_of;
-use atp_core::ids::{ChannelId, Sku};
+use atp_core::ids::{ChannelId, LocationId, MAX_SKUS_PER_QUERY, Sku};
 use atp_core::routing::{
     ALLOCATE_LABEL, AllocateRequest, Candidate, FillRule, GeoPoint, Order, Plan, Planned, Rules,
     demand_of, haversine_km, plan,
@@ -44,7 +45,10 @@ impl AvailabilityApi {
         let mut lost_race = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let figures = self.figures(&skus, &request.channel).await?;
-            let (candidates, order) = network(&catalog, channel, &demand, &figures);
+            let counters = Counters::of(&catalog, channel, self.now_ms());
+            let used = self.counted(&counters).await?;
+            let (mut candidates, order) = network(&catalog, channel, &demand, &figures);
+            counters.apply(&used, &mut candidates);
             let planned = plan(&candidates, &request.destination, &order, &request.rules);
             let Some(chosen) = planned.plan.clone() else {
                 return Err(no_plan(&request, &candidates, &order, &skus));
@@ -55,7 +59,7 @@ impl AvailabilityApi {
                 response.epoch = self.home_epoch(&request);
                 return Ok(response);
             }
-            match self.hold(&request, &chosen, &skus).await {
+            match self.hold(&request, &chosen, &skus, &counters).await {
                 Ok(reserved) => {
                     response.reservation = reserved.reservation;
                     response.replayed = reserved.replayed;
@@ -135,9 +139,11 @@ impl AvailabilityApi {
         request: &AllocateRequest,
         chosen: &Plan,
         skus: &[Sku],
+        counters: &Counters,
     ) -> Result<v1::ReserveResponse, Status> {
         let mut lines = Vec::new();
         for shipment in &chosen.shipments {
+            lines.extend(counters.lines(&shipment.location, shipment.total_units()));
             for (units, sku) in shipment.units.iter().zip(skus) {
                 if *units > 0 {
                     lines.push(v1::ReservationLine {
@@ -161,8 +167,94 @@ impl AvailabilityApi {
         Ok(AvailabilityService::reserve(self, Request::new(reserve)).await?.into_inner())
     }
 
+    /// Units held and committed on each counter (absent: none yet).
+    async fn counted(&self, counters: &Counters) -> Result<BTreeMap<Sku, i64>, Status> {
+        let mut used = BTreeMap::new();
+        let skus: Vec<Sku> = counters.skus().cloned().collect();
+        for chunk in skus.chunks(MAX_SKUS_PER_QUERY) {
+            let query = v1::GetAvailabilityRequest {
+                skus: chunk.iter().map(ToString::to_string).collect(),
+                location_ids: Vec::new(),
+                channel_ids: Vec::new(),
+            };
+            let answer = AvailabilityService::get_availability(self, Request::new(query)).await?;
+            for figures in answer.into_inner().skus {
+                if let Some(error) = figures.error {
+                    return Err(status_from_rpc(error));
+                }
+                let counted: i64 =
+                    figures.locations.iter().map(|at| at.reserved + at.committed).sum();
+                if let Some(sku) = chunk.iter().find(|sku| sku.as_str() == figures.sku) {
+                    used.insert(sku.clone(), counted);
+                }
+            }
+        }
+        Ok(used)
+    }
+
     fn home_epoch(&self, request: &AllocateRequest) -> u64 {
         self.fence_epoch(shard_of(request.order_id.as_str()))
+    }
+}
+
+/// The daily capacity counters of a channel's locations that have a limit,
+/// on each location's local day now.
+struct Counters {
+    /// location → (limit, counter) for shipments and for units.
+    limits: BTreeMap<LocationId, [Option<(i64, Sku)>; 2]>,
+}
+
+impl Counters {
+    fn of(catalog: &Catalog, channel: &Channel, now_ms: i64) -> Self {
+        let mut limits = BTreeMap::new();
+        for id in &channel.locations {
+            let Some(location) = catalog.locations.get(id) else { continue };
+            let day = local_day(&location.fulfilment.time_zone, now_ms);
+            let counter =
+                |kind, limit: i64| (limit > 0).then(|| (limit, counter_sku(kind, id, &day)));
+            let pair = [
+                counter(Counter::Orders, location.daily_capacity),
+                counter(Counter::Units, location.fulfilment.daily_units),
+            ];
+            if pair.iter().any(Option::is_some) {
+                limits.insert(id.clone(), pair);
+            }
+        }
+        Self { limits }
+    }
+
+    fn skus(&self) -> impl Iterator<Item = &Sku> {
+        self.limits.values().flatten().flatten().map(|(_, sku)| sku)
+    }
+
+    /// Each candidate's capacity left today.
+    fn apply(&self, used: &BTreeMap<Sku, i64>, candidates: &mut [Candidate]) {
+        for candidate in candidates {
+            let Some([orders, units]) = self.limits.get(&candidate.location) else { continue };
+            let left = |counter: &Option<(i64, Sku)>| {
+                counter.as_ref().map(|(limit, sku)| limit - used.get(sku).copied().unwrap_or(0))
+            };
+            candidate.orders_left = left(orders);
+            candidate.units_left = left(units);
+        }
+    }
+
+    /// The counter lines a shipment of `units` from `location` holds.
+    fn lines(&self, location: &LocationId, units: i64) -> Vec<v1::ReservationLine> {
+        let Some([orders, unit_counter]) = self.limits.get(location) else { return Vec::new() };
+        let line = |sku: &Sku, quantity| v1::ReservationLine {
+            sku: sku.to_string(),
+            location_id: location.to_string(),
+            quantity,
+        };
+        let mut lines = Vec::new();
+        if let Some((_, sku)) = orders {
+            lines.push(line(sku, 1));
+        }
+        if let Some((_, sku)) = unit_counter {
+            lines.push(line(sku, units));
+        }
+        lines
     }
 }
 
@@ -222,8 +314,7 @@ fn network(
             ships_to: location.fulfilment.ships_to.clone(),
             cost: location.fulfilment.cost,
             priority: location.fulfilment.priority,
-            // Daily capacity is configured but not counted yet (issue 12,
-            // item 5): every location plans as unlimited.
+            // Set from the counters (`Counters::apply`) when limited.
             orders_left: None,
             units_left: None,
             atp,
@@ -267,11 +358,24 @@ fn no_plan(
         best.as_ref().map_or(0, |best| best.shipments.iter().map(|s| s.units[item]).sum())
     };
     let short = (0..skus.len()).find(|item| filled(*item) < order.demand[*item]);
+    let full: Vec<&str> = candidates
+        .iter()
+        .filter(|candidate| {
+            let used_up = |left: Option<i64>| left.is_some_and(|left| left <= 0);
+            used_up(candidate.orders_left) || used_up(candidate.units_left)
+        })
+        .map(|candidate| candidate.location.as_str())
+        .collect();
+    let full = if full.is_empty() {
+        String::new()
+    } else {
+        format!("; no capacity left today at {}", full.join(", "))
+    };
     match short {
         Some(item) => status_of(CoreError::InsufficientStock {
             sku: skus[item].to_string(),
             location: format!(
-                "channel:{} within {} shipment(s)",
+                "channel:{} within {} shipment(s){full}",
                 request.channel, request.rules.max_shipments
             ),
             requested: order.demand[item],

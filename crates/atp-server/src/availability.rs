@@ -97,6 +97,11 @@ impl AvailabilityApi {
         self.node.catalog()
     }
 
+    /// The node's clock now (ms since the Unix epoch).
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.node.now_ms()
+    }
+
     /// The epoch `shard` is served under here.
     pub(crate) fn fence_epoch(&self, shard: u32) -> u64 {
         self.fence.epoch(shard)

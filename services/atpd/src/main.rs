@@ -121,7 +121,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         node_id: node_id.clone(),
         path: config.data_dir.join(WRITE_LOG_FILE),
     });
-    let node = Node::open(node_config, Clock::system(), Arc::new(store));
+    let node = Node::open(node_config, node_clock(), Arc::new(store));
     let cluster = if let Some(node_id) = node_id {
         let advertised = if config.advertised_addr.is_empty() {
             address.to_string()
@@ -244,5 +244,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
             tracing::error!(%reason, "the node failed (a durable write failed or a shard died); exiting so it restarts and recovers");
             std::process::exit(1);
         }
+    }
+}
+
+/// The system clock, or (a test hook) one that reads
+/// `ATP_TEST_CLOCK_START_MS` at start and runs on from there.
+fn node_clock() -> Clock {
+    match std::env::var("ATP_TEST_CLOCK_START_MS").ok().and_then(|ms| ms.parse().ok()) {
+        Some(start_ms) => {
+            tracing::warn!(
+                start_ms,
+                "test hook: the node's clock starts at ATP_TEST_CLOCK_START_MS"
+            );
+            Clock::starting_at(start_ms)
+        }
+        None => Clock::system(),
     }
 }

@@ -268,3 +268,125 @@ async fn concurrent_orders_over_shared_stock_never_oversell() {
     // Demand for a (150) is three times its stock: most of it sells.
     assert!(held_a >= 40, "a held {held_a}");
 }
+
+/// `near` (1°, 500 per shipment) limited to `orders` shipments and `units`
+/// units a day in `time_zone`; `far` (10°, unlimited) as the fallback.
+async fn configure_capacity(atpd: &Atpd, orders: i64, units: i64, time_zone: &str) {
+    let mut config = atpd.config();
+    let near = v1::Location {
+        location_id: "near".into(),
+        longitude: 1.0,
+        cost: Some(v1::ShippingCost { per_shipment: 500, per_km: 1, per_unit: 0 }),
+        daily_capacity: orders,
+        daily_unit_capacity: units,
+        time_zone: time_zone.into(),
+        ..Default::default()
+    };
+    let far = v1::Location {
+        location_id: "far".into(),
+        longitude: 10.0,
+        cost: Some(v1::ShippingCost { per_shipment: 500, per_km: 1, per_unit: 0 }),
+        ..Default::default()
+    };
+    for location in [near, far] {
+        config
+            .upsert_location(v1::UpsertLocationRequest { location: Some(location) })
+            .await
+            .expect("upsert location");
+    }
+    let channel = v1::Channel {
+        channel_id: "web".into(),
+        location_ids: vec!["near".into(), "far".into()],
+        ..Default::default()
+    };
+    config
+        .upsert_channel(v1::UpsertChannelRequest { channel: Some(channel) })
+        .await
+        .expect("upsert channel");
+    atpd.receive("tee", "near", 100).await;
+    atpd.receive("tee", "far", 100).await;
+}
+
+/// Where an order of `units` tees would ship now (a dry run).
+async fn planned_from(atpd: &Atpd, units: i64) -> Vec<String> {
+    let mut dry = order("probe", &[("tee", units)]);
+    dry.dry_run = true;
+    let answer = atpd.availability().allocate(dry).await.expect("dry run").into_inner();
+    answer.plan.expect("a plan").shipments.iter().map(|s| s.location_id.clone()).collect()
+}
+
+/// Allocates `id` and returns the locations it ships from.
+async fn allocate_from(atpd: &Atpd, id: &str, units: i64, ttl_seconds: u32) -> Vec<String> {
+    let mut request = order(id, &[("tee", units)]);
+    request.ttl_seconds = ttl_seconds;
+    let answer = atpd.availability().allocate(request).await.expect("allocate").into_inner();
+    let reservation = answer.reservation.expect("held");
+    assert!(
+        reservation.lines.iter().all(|line| line.sku == "tee"),
+        "capacity counters are not the caller's lines: {:?}",
+        reservation.lines
+    );
+    answer.plan.expect("a plan").shipments.iter().map(|s| s.location_id.clone()).collect()
+}
+
+#[tokio::test]
+async fn daily_capacity_limits_a_location_and_comes_back_on_release_and_expiry() {
+    let atpd = Atpd::start(&[]).await;
+    // near: 2 shipments and 5 units a day.
+    configure_capacity(&atpd, 2, 5, "").await;
+    assert_eq!(allocate_from(&atpd, "o-1", 2, 600).await, ["near"]);
+    assert_eq!(allocate_from(&atpd, "o-2", 2, 600).await, ["near"]);
+    // Two shipments taken: near is out for today.
+    let mut dry = order("o-3", &[("tee", 1)]);
+    dry.dry_run = true;
+    let answer = atpd.availability().allocate(dry).await.expect("dry run").into_inner();
+    let excluded: Vec<(String, String)> =
+        answer.excluded.iter().map(|e| (e.location_id.clone(), e.reason.clone())).collect();
+    assert_eq!(excluded, vec![("near".to_owned(), "NO_CAPACITY".to_owned())]);
+    assert_eq!(allocate_from(&atpd, "o-3", 1, 600).await, ["far"]);
+
+    // A release gives its shipment back (same day).
+    let release = v1::ReleaseRequest { reservation_id: "o-1".into() };
+    atpd.availability().release(release).await.expect("release");
+    // near has 1 shipment and 3 units left (o-2 holds 2 of 5): 4 units
+    // do not fit there, 3 do.
+    assert_eq!(planned_from(&atpd, 4).await, ["far"]);
+    assert_eq!(allocate_from(&atpd, "o-4", 3, 1).await, ["near"]);
+    assert_eq!(planned_from(&atpd, 1).await, ["far"]);
+    // o-4 (1 s) expires: its shipment and units come back.
+    let expired = common::eventually(std::time::Duration::from_secs(20), || async {
+        planned_from(&atpd, 3).await == ["near"]
+    })
+    .await;
+    assert!(expired, "o-4's capacity never came back");
+    let lookup = v1::GetReservationRequest { reservation_id: "o-4".into() };
+    let o4 = atpd.availability().get_reservation(lookup).await.expect("get").into_inner();
+    assert_eq!(o4.reservation.expect("o-4").state(), v1::ReservationState::Expired);
+
+    // Commit keeps it taken.
+    let commit = v1::CommitRequest { reservation_id: "o-2".into(), lines: Vec::new() };
+    atpd.availability().commit(commit).await.expect("commit");
+    assert_eq!(allocate_from(&atpd, "o-5", 1, 600).await, ["near"]);
+    assert_eq!(planned_from(&atpd, 1).await, ["far"]);
+}
+
+#[tokio::test]
+async fn capacity_resets_at_the_locations_midnight_and_a_late_release_does_not_refill_today() {
+    // The node's clock starts at 23:59:57 in New York (04:59:57Z).
+    let start_ms = (1_796_273_999_000_i64 - 2_000).to_string();
+    let atpd = Atpd::start(&[("ATP_TEST_CLOCK_START_MS", start_ms.as_str())]).await;
+    configure_capacity(&atpd, 1, 0, "America/New_York").await;
+    assert_eq!(allocate_from(&atpd, "late-1", 1, 3600).await, ["near"]);
+    assert_eq!(planned_from(&atpd, 1).await, ["far"], "one shipment a day");
+    // After New York's midnight, a new day's counter.
+    let next_day = common::eventually(std::time::Duration::from_secs(20), || async {
+        planned_from(&atpd, 1).await == ["near"]
+    })
+    .await;
+    assert!(next_day, "near's capacity never reset");
+    assert_eq!(allocate_from(&atpd, "early-2", 1, 3600).await, ["near"]);
+    // Releasing yesterday's order gives yesterday's capacity back, not today's.
+    let release = v1::ReleaseRequest { reservation_id: "late-1".into() };
+    atpd.availability().release(release).await.expect("release");
+    assert_eq!(planned_from(&atpd, 1).await, ["far"]);
+}

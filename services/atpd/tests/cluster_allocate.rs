@@ -187,3 +187,64 @@ async fn concurrent_allocations_across_nodes_never_oversell_and_hold_whole_plans
     let summary = cluster.check_epochs(&etcd).await;
     assert!(summary.writes > 0, "{summary:?}");
 }
+
+#[tokio::test]
+async fn daily_capacity_is_never_exceeded_by_concurrent_orders_across_nodes() {
+    const CAPACITY: i64 = 5;
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let cluster = Arc::new(Cluster::start(&etcd, "capacity").await);
+    configure(&cluster).await;
+    // Only east sells "sku-cap", plenty of it; east ships 5 orders a day.
+    let east = v1::Location {
+        location_id: "east".into(),
+        longitude: 1.0,
+        daily_capacity: CAPACITY,
+        ..Default::default()
+    };
+    cluster.nodes[0]
+        .config()
+        .upsert_location(v1::UpsertLocationRequest { location: Some(east) })
+        .await
+        .expect("upsert east");
+    for node in &cluster.nodes {
+        let seen = eventually(DEADLINE, || async {
+            let listed = node.config().list_locations(v1::ListLocationsRequest {}).await;
+            listed.is_ok_and(|reply| {
+                reply.into_inner().locations.iter().any(|l| l.daily_capacity == CAPACITY)
+            })
+        })
+        .await;
+        assert!(seen, "node {} never saw east's capacity", node.address);
+    }
+    cluster.nodes[0].receive("sku-cap", "east", 100).await;
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let cluster = Arc::clone(&cluster);
+            tokio::spawn(async move {
+                let mut api = cluster.nodes[n % 3].availability();
+                api.allocate(order(&format!("cap-{n}"), vec![("sku-cap", 1)])).await
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for (n, task) in tasks.into_iter().enumerate() {
+        match task.await.expect("task") {
+            Ok(_) => held.push(format!("cap-{n}")),
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    eprintln!("{} of 40 orders held within a capacity of {CAPACITY}", held.len());
+    assert!(!held.is_empty() && held.len() as i64 <= CAPACITY, "{held:?}");
+    // Releasing one gives one shipment back, through any node.
+    let release = v1::ReleaseRequest { reservation_id: held[0].clone() };
+    cluster.nodes[2].availability().release(release).await.expect("release");
+    let again =
+        cluster.nodes[1].availability().allocate(order("cap-again", vec![("sku-cap", 1)])).await;
+    assert!(again.is_ok(), "{again:?}");
+    let full =
+        cluster.nodes[0].availability().allocate(order("cap-over", vec![("sku-cap", 1)])).await;
+    if held.len() as i64 == CAPACITY {
+        assert_eq!(full.expect_err("over capacity").code(), Code::FailedPrecondition);
+    }
+    cluster.check_epochs(&etcd).await;
+}

@@ -260,8 +260,10 @@ impl Search<'_> {
             }
             backordered[item] = remaining + (wanted - wanted.min(limit));
         }
+        // The reservation's lines: one per (item, location), and up to two
+        // capacity counters per location.
         let reservation_lines = units.iter().flatten().filter(|units| **units > 0).count();
-        if reservation_lines > MAX_LINES_PER_RESERVATION {
+        if reservation_lines + 2 * set.len() > MAX_LINES_PER_RESERVATION {
             return None;
         }
         let mut shipments = Vec::with_capacity(set.len());

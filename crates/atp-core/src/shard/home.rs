@@ -877,10 +877,13 @@ impl ShardState {
             return;
         };
         record.shipped[index] = record.shipped[index].max(notice.shipped_total);
-        let all_shipped = record
-            .committed
-            .as_ref()
-            .is_some_and(|c| c.iter().zip(&record.shipped).all(|(c, s)| s >= c));
+        let all_shipped = record.committed.as_ref().is_some_and(|c| {
+            // Capacity counters never ship: they do not hold FULFILLED up.
+            c.iter()
+                .zip(&record.shipped)
+                .zip(&record.request.lines)
+                .all(|((c, s), line)| s >= c || crate::capacity::is_counter(&line.sku))
+        });
         if record.state == ReservationState::Committed && all_shipped {
             self.applied_sequence += 1;
             self.end(&notice.reservation, ReservationState::Fulfilled, now);

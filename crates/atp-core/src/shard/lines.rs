@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::ShardState;
+use crate::capacity::{counter_limit, is_counter};
 use crate::catalog::Catalog;
 use crate::error::CoreError;
 use crate::ids::{ChannelId, LocationId, ReservationId, Sku};
@@ -450,9 +451,9 @@ impl ShardState {
             self.change(&line.sku, &line.location, &cause, LedgerKind::Reserve, deltas, false, now);
             let safety = self.safety(catalog, &line.location);
             let position = self.position(&line.sku, &line.location);
-            assert_eq!(
-                position.shortfall(safety),
-                0,
+            // A capacity counter has no stock: its limit is checked above.
+            assert!(
+                is_counter(&line.sku) || position.shortfall(safety) == 0,
                 "hold {id} created a shortfall at {}/{}",
                 line.sku,
                 line.location
@@ -497,8 +498,17 @@ impl ShardState {
                     line.location
                 )));
             }
-            let safety = self.safety(catalog, &line.location);
-            let available = self.position(&line.sku, &line.location).atp(safety);
+            let available = match counter_limit(&line.sku, &line.location, catalog) {
+                // A daily capacity counter: what its limit leaves.
+                Some(limit) => {
+                    let counted = self.position(&line.sku, &line.location);
+                    limit.saturating_sub(counted.reserved + counted.committed).max(0)
+                }
+                None => {
+                    let safety = self.safety(catalog, &line.location);
+                    self.position(&line.sku, &line.location).atp(safety)
+                }
+            };
             if line.quantity > available {
                 let held: i64 = own
                     .iter()
@@ -515,6 +525,9 @@ impl ShardState {
             *per_sku.entry(&line.sku).or_default() += line.quantity;
         }
         for (sku, requested) in per_sku {
+            if is_counter(sku) {
+                continue;
+            }
             let total: i64 = channel
                 .locations
                 .iter()
@@ -575,7 +588,10 @@ impl ShardState {
             let deltas = Deltas { reserved: -line.held, committed, ..Deltas::default() };
             self.change(&line.sku, &line.location, &cause, LedgerKind::Commit, deltas, false, now);
             let after = self.position(&line.sku, &line.location).shortfall(safety);
-            assert!(after <= before, "commit of {id} deepened a shortfall");
+            assert!(
+                is_counter(&line.sku) || after <= before,
+                "commit of {id} deepened a shortfall"
+            );
             line.committed = committed;
         }
         holds.committed = true;
