@@ -33,6 +33,9 @@ impl AvailabilityApi {
         &self,
         request: AllocateRequest,
     ) -> Result<v1::AllocateResponse, Status> {
+        if let Some(target) = request.rebind.clone() {
+            return self.rebind(request, target).await;
+        }
         if !request.dry_run
             && let Some(answer) = self.replay(&request).await?
         {
@@ -47,7 +50,8 @@ impl AvailabilityApi {
             let figures = self.figures(&skus, &request.channel).await?;
             let counters = Counters::of(&catalog, channel, self.now_ms());
             let used = self.counted(&counters).await?;
-            let (mut candidates, order) = network(&catalog, channel, &demand, &figures);
+            let own = BTreeMap::new();
+            let (mut candidates, order) = network(&catalog, channel, &demand, &figures, &own);
             counters.apply(&used, &mut candidates);
             let planned = plan(&candidates, &request.destination, &order, &request.rules);
             let Some(chosen) = planned.plan.clone() else {
@@ -115,7 +119,7 @@ impl AvailabilityApi {
 
     /// Every SKU's figures at the channel's locations, read through the
     /// service (so across the cluster); a SKU that cannot be read fails the call.
-    async fn figures(
+    pub(crate) async fn figures(
         &self,
         skus: &[Sku],
         channel: &ChannelId,
@@ -168,7 +172,7 @@ impl AvailabilityApi {
     }
 
     /// Units held and committed on each counter (absent: none yet).
-    async fn counted(&self, counters: &Counters) -> Result<BTreeMap<Sku, i64>, Status> {
+    pub(crate) async fn counted(&self, counters: &Counters) -> Result<BTreeMap<Sku, i64>, Status> {
         let mut used = BTreeMap::new();
         let skus: Vec<Sku> = counters.skus().cloned().collect();
         for chunk in skus.chunks(MAX_SKUS_PER_QUERY) {
@@ -192,20 +196,20 @@ impl AvailabilityApi {
         Ok(used)
     }
 
-    fn home_epoch(&self, request: &AllocateRequest) -> u64 {
+    pub(crate) fn home_epoch(&self, request: &AllocateRequest) -> u64 {
         self.fence_epoch(shard_of(request.order_id.as_str()))
     }
 }
 
 /// The daily capacity counters of a channel's locations that have a limit,
 /// on each location's local day now.
-struct Counters {
+pub(crate) struct Counters {
     /// location → (limit, counter) for shipments and for units.
     limits: BTreeMap<LocationId, [Option<(i64, Sku)>; 2]>,
 }
 
 impl Counters {
-    fn of(catalog: &Catalog, channel: &Channel, now_ms: i64) -> Self {
+    pub(crate) fn of(catalog: &Catalog, channel: &Channel, now_ms: i64) -> Self {
         let mut limits = BTreeMap::new();
         for id in &channel.locations {
             let Some(location) = catalog.locations.get(id) else { continue };
@@ -228,7 +232,7 @@ impl Counters {
     }
 
     /// Each candidate's capacity left today.
-    fn apply(&self, used: &BTreeMap<Sku, i64>, candidates: &mut [Candidate]) {
+    pub(crate) fn apply(&self, used: &BTreeMap<Sku, i64>, candidates: &mut [Candidate]) {
         for candidate in candidates {
             let Some([orders, units]) = self.limits.get(&candidate.location) else { continue };
             let left = |counter: &Option<(i64, Sku)>| {
@@ -240,7 +244,7 @@ impl Counters {
     }
 
     /// The counter lines a shipment of `units` from `location` holds.
-    fn lines(&self, location: &LocationId, units: i64) -> Vec<v1::ReservationLine> {
+    pub(crate) fn lines(&self, location: &LocationId, units: i64) -> Vec<v1::ReservationLine> {
         let Some([orders, unit_counter]) = self.limits.get(location) else { return Vec::new() };
         let line = |sku: &Sku, quantity| v1::ReservationLine {
             sku: sku.to_string(),
@@ -259,7 +263,10 @@ impl Counters {
 }
 
 /// The channel, if it exists and takes holds.
-fn active_channel<'a>(catalog: &'a Catalog, id: &ChannelId) -> Result<&'a Channel, Status> {
+pub(crate) fn active_channel<'a>(
+    catalog: &'a Catalog,
+    id: &ChannelId,
+) -> Result<&'a Channel, Status> {
     let Some(channel) = catalog.channels.get(id) else {
         return Err(status_of(CoreError::invalid("channel_id", format!("unknown channel {id}"))));
     };
@@ -274,14 +281,22 @@ fn active_channel<'a>(catalog: &'a Catalog, id: &ChannelId) -> Result<&'a Channe
     Ok(channel)
 }
 
+/// Units a reservation being rebound holds, by (sku, location).
+pub(crate) type Own = BTreeMap<(String, String), i64>;
+
 /// The channel's locations as candidates with each item's ATP, and the
-/// order with each item's channel limit.
-fn network(
+/// order with each item's channel limit; units in `own` (a rebound
+/// reservation's) count as available to it.
+pub(crate) fn network(
     catalog: &Catalog,
     channel: &Channel,
     demand: &[(Sku, i64)],
     figures: &[v1::SkuAvailability],
+    own: &Own,
 ) -> (Vec<Candidate>, Order) {
+    let owned = |sku: &Sku, location: &str| {
+        own.get(&(sku.to_string(), location.to_owned())).copied().unwrap_or(0)
+    };
     let of_sku = |sku: &Sku| figures.iter().find(|figures| figures.sku == sku.as_str());
     let limit = demand
         .iter()
@@ -291,6 +306,11 @@ fn network(
                     figures.channels.iter().find(|shown| shown.channel_id == channel.id.as_str())
                 })
                 .map_or(0, |shown| shown.atp)
+                + own
+                    .iter()
+                    .filter(|((s, _), _)| s == sku.as_str())
+                    .map(|(_, units)| units)
+                    .sum::<i64>()
         })
         .collect();
     let order = Order { demand: demand.iter().map(|(_, units)| *units).collect(), limit };
@@ -305,6 +325,7 @@ fn network(
                         figures.locations.iter().find(|at| at.location_id == id.as_str())
                     })
                     .map_or(0, |at| at.atp)
+                    + owned(sku, id.as_str())
             })
             .collect();
         candidates.push(Candidate {
@@ -324,7 +345,7 @@ fn network(
 }
 
 /// The answer's plan, alternatives and explanation.
-fn explained(planned: Planned, skus: &[Sku], attempts: u32) -> v1::AllocateResponse {
+pub(crate) fn explained(planned: Planned, skus: &[Sku], attempts: u32) -> v1::AllocateResponse {
     v1::AllocateResponse {
         plan: planned.plan.as_ref().map(|chosen| routing_plan(chosen, skus)),
         alternatives: planned.alternatives.iter().map(|other| routing_plan(other, skus)).collect(),
@@ -346,7 +367,7 @@ fn explained(planned: Planned, skus: &[Sku], attempts: u32) -> v1::AllocateRespo
 /// Why no plan exists: the first SKU the best partial plan leaves short
 /// (INSUFFICIENT_STOCK), or the work budget when even a partial plan was
 /// not found.
-fn no_plan(
+pub(crate) fn no_plan(
     request: &AllocateRequest,
     candidates: &[Candidate],
     order: &Order,
@@ -390,7 +411,7 @@ fn no_plan(
 
 /// A replayed order's plan: its reservation's lines grouped by location,
 /// with today's distances and costs.
-fn replayed_plan(
+pub(crate) fn replayed_plan(
     catalog: &Catalog,
     request: &AllocateRequest,
     reservation: &v1::Reservation,

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::error::node_status;
 use crate::fence::{Fence, Route, Touched};
 use crate::forward::{Forwarder, Incoming};
+use crate::late_bind::Resolved;
 
 /// Serves a request here, under the epoch and guard ([`Fence::enter`]) this
 /// evaluates to, or returns the
@@ -134,7 +135,16 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
-        let (incoming, message) = self.split(request)?;
+        let (mut incoming, mut message) = self.split(request)?;
+        if message.lines.iter().any(|line| line.location_id.is_empty()) {
+            match self.bind_late(message).await? {
+                Resolved::Replay(first) => return Ok(Response::new(*first)),
+                Resolved::Bound(bound) => {
+                    incoming.replace_message(&bound);
+                    message = bound;
+                }
+            }
+        }
         let request = parse_reserve(message, self.default_ttl_ms()).map_err(status_of)?;
         // Served by the home's owner; lines on other nodes are held there
         // through the PeerService (docs/PROTOCOL.md, "Across nodes").

@@ -85,6 +85,14 @@ impl<T: Clone> Incoming<T> {
         let copy = (may_forward && hops < MAX_HOPS).then(|| message.clone());
         Ok((Self { metadata, message: copy, hops }, message))
     }
+
+    /// Forwards `message` instead of the one received (a late-bound Reserve
+    /// once its locations are chosen), when it would be forwarded at all.
+    pub fn replace_message(&mut self, message: &T) {
+        if self.message.is_some() {
+            self.message = Some(message.clone());
+        }
+    }
 }
 
 impl<T> Incoming<T> {

@@ -21,10 +21,12 @@ mod fan_out;
 mod fence;
 pub mod forward;
 mod handoff;
+mod late_bind;
 pub mod layers;
 mod listing;
 mod peer;
 mod reassign;
+mod rebind;
 
 use std::future::Future;
 use std::sync::Arc;

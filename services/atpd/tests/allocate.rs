@@ -390,3 +390,66 @@ async fn capacity_resets_at_the_locations_midnight_and_a_late_release_does_not_r
     atpd.availability().release(release).await.expect("release");
     assert_eq!(planned_from(&atpd, 1).await, ["far"]);
 }
+
+#[tokio::test]
+async fn a_late_bound_hold_takes_one_location_and_a_rebind_moves_it_once() {
+    let atpd = Atpd::start(&[]).await;
+    configure(&atpd).await;
+    atpd.receive("tee", "near", 3).await;
+    atpd.receive("tee", "far", 8).await;
+    let mut api = atpd.availability();
+    // No location: bound where the channel has the most ATP (far, 8).
+    let late = v1::ReserveRequest {
+        reservation_id: "late-1".into(),
+        channel_id: "web".into(),
+        lines: vec![v1::ReservationLine {
+            sku: "tee".into(),
+            location_id: String::new(),
+            quantity: 2,
+        }],
+        ttl_seconds: 600,
+        metadata: None,
+    };
+    let held = api.reserve(late.clone()).await.expect("late-bound reserve").into_inner();
+    let lines = held.reservation.expect("held").lines;
+    assert_eq!((lines[0].location_id.as_str(), lines[0].quantity), ("far", 2));
+    let positions = reserved(&atpd, &["tee"]).await;
+    assert_eq!(positions[&("tee".into(), "far".into())], 2);
+    assert_eq!(positions.values().sum::<i64>(), 2);
+    // A retry is the same hold, even when near has more ATP by then.
+    let more = v1::StockEvent {
+        event_id: "more-near".into(),
+        sku: "tee".into(),
+        location_id: "near".into(),
+        kind: Some(v1::stock_event::Kind::Received(v1::Received { quantity: 10 })),
+    };
+    api.apply_stock_events(v1::ApplyStockEventsRequest { events: vec![more] })
+        .await
+        .expect("receive");
+    let again = api.reserve(late).await.expect("retry").into_inner();
+    assert!(again.replayed);
+    assert_eq!(reserved(&atpd, &["tee"]).await.values().sum::<i64>(), 2);
+
+    // Rebind to the cheapest plan for the destination: near (611 vs 1612).
+    let mut rebind = order("move-1", &[]);
+    rebind.lines.clear();
+    rebind.rebind_reservation_id = "late-1".into();
+    let moved = api.allocate(rebind.clone()).await.expect("rebind").into_inner();
+    let reservation = moved.reservation.expect("moved");
+    assert_eq!(reservation.reservation_id, "late-1");
+    let lines: Vec<(String, i64)> =
+        reservation.lines.iter().map(|l| (l.location_id.clone(), l.quantity)).collect();
+    assert_eq!(lines, vec![("near".to_owned(), 2)]);
+    let positions = reserved(&atpd, &["tee"]).await;
+    assert_eq!(positions[&("tee".into(), "near".into())], 2);
+    assert_eq!(positions.values().sum::<i64>(), 2, "the hold moved, never doubled: {positions:?}");
+    // A retry of the rebind is a replay, and still one hold.
+    let again = api.allocate(rebind).await.expect("rebind retry").into_inner();
+    assert!(again.replayed);
+    assert_eq!(reserved(&atpd, &["tee"]).await.values().sum::<i64>(), 2);
+    // Lines in a rebind are refused.
+    let mut bad = order("move-2", &[("tee", 1)]);
+    bad.rebind_reservation_id = "late-1".into();
+    let error = api.allocate(bad).await.expect_err("lines in a rebind");
+    assert_eq!(error.code(), Code::InvalidArgument);
+}

@@ -248,3 +248,63 @@ async fn daily_capacity_is_never_exceeded_by_concurrent_orders_across_nodes() {
     }
     cluster.check_epochs(&etcd).await;
 }
+
+#[tokio::test]
+async fn late_bound_holds_rebound_across_nodes_hold_each_unit_once() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    let cluster = Arc::new(Cluster::start(&etcd, "rebind").await);
+    configure(&cluster).await;
+    for sku in SKUS {
+        for (location, _, _) in LOCATIONS {
+            cluster.nodes[0].receive(sku, location, STOCK_PER_LOCATION).await;
+        }
+    }
+    // 12 late-bound reservations (2 units of one SKU, one of another) made
+    // through every node, then each rebound through another node, all at once.
+    let tasks: Vec<_> = (0..12)
+        .map(|n| {
+            let cluster = Arc::clone(&cluster);
+            tokio::spawn(async move {
+                let id = format!("late-{n}");
+                let late = |sku: &str, quantity| v1::ReservationLine {
+                    sku: sku.into(),
+                    location_id: String::new(),
+                    quantity,
+                };
+                let reserve = v1::ReserveRequest {
+                    reservation_id: id.clone(),
+                    channel_id: "web".into(),
+                    lines: vec![late(SKUS[n % 6], 2), late(SKUS[(n + 1) % 6], 1)],
+                    ttl_seconds: 3600,
+                    metadata: None,
+                };
+                cluster.nodes[n % 3].availability().reserve(reserve).await.expect("late-bound");
+                let mut rebind = order(&format!("move-{n}"), Vec::new());
+                rebind.rebind_reservation_id = id.clone();
+                let moved =
+                    cluster.nodes[(n + 1) % 3].availability().allocate(rebind.clone()).await;
+                let moved = moved.expect("rebind").into_inner();
+                // A retry through the third node is a replay.
+                let again = cluster.nodes[(n + 2) % 3].availability().allocate(rebind).await;
+                assert!(again.expect("retry").into_inner().replayed, "{id}");
+                moved.reservation.expect("moved")
+            })
+        })
+        .collect();
+    let mut held: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for task in tasks {
+        let reservation = task.await.expect("task");
+        let units: i64 = reservation.lines.iter().map(|line| line.quantity).sum();
+        assert_eq!(units, 3, "{reservation:?}");
+        for line in reservation.lines {
+            *held.entry((line.sku, line.location_id)).or_default() += line.quantity;
+        }
+    }
+    // Each unit is held once: the nodes report exactly the rebound lines.
+    for node in &cluster.nodes {
+        let reported: BTreeMap<_, _> =
+            reserved(node).await.into_iter().filter(|(_, units)| *units > 0).collect();
+        assert_eq!(reported, held, "as node {} reports it", node.address);
+    }
+    cluster.check_epochs(&etcd).await;
+}

@@ -353,4 +353,7 @@ pub struct AllocateRequest {
     pub metadata: crate::reservation::Metadata,
     /// Hash of everything but `dry_run`: a retry carries the same.
     pub fingerprint: u64,
+    /// A rebind: the HELD reservation to move (`lines` are then its lines,
+    /// filled in by the server).
+    pub rebind: Option<crate::ids::ReservationId>,
 }

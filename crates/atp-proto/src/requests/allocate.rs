@@ -26,7 +26,18 @@ pub fn parse_allocate(
     let ttl_ms = violations.parse(ttl_ms("ttl_seconds", message.ttl_seconds, default_ttl_ms));
     let destination = destination(&mut violations, message.destination.as_ref());
     let mut lines = None;
-    if message.lines.is_empty() {
+    let rebind = if message.rebind_reservation_id.is_empty() {
+        None
+    } else {
+        violations
+            .parse(ReservationId::parse("rebind_reservation_id", &message.rebind_reservation_id))
+    };
+    let rebinding = !message.rebind_reservation_id.is_empty();
+    if rebinding && !message.lines.is_empty() {
+        violations.push("lines", "must be empty in a rebind: the order is the reservation's lines");
+    } else if rebinding {
+        lines = Some(Vec::new());
+    } else if message.lines.is_empty() {
         violations.push("lines", "must have at least one line");
     } else if within_count(&mut violations, "lines", message.lines.len(), MAX_ORDER_LINES) {
         lines = order_lines(&mut violations, &message.lines);
@@ -105,6 +116,7 @@ pub fn parse_allocate(
                 dry_run: message.dry_run,
                 metadata,
                 fingerprint,
+                rebind,
             })
         }
         _ => None,
@@ -176,6 +188,7 @@ fn fingerprint(message: &v1::AllocateRequest, metadata: &atp_core::reservation::
     };
     text(&message.order_id);
     text(&message.channel_id);
+    text(&message.rebind_reservation_id);
     let destination = message.destination.clone().unwrap_or_default();
     text(&destination.country);
     text(&destination.region);
