@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 use crate::retry::Retrier;
 use crate::routing::{RouteKey, Router, reroute, unreachable};
 use crate::transport::Transport;
-use crate::types::{Line, Reservation, Reserve};
+use crate::types::{Allocate, Allocation, Line, Reservation, Reserve};
 use crate::{Error, RetryPolicy, Rpc};
 use atp_proto::EPOCH_HEADER;
 
@@ -283,6 +283,20 @@ impl Client {
             reply.replayed,
             reply.current,
         )
+    }
+
+    /// Chooses the locations of `allocate`'s channel that ship the order
+    /// (by its policy, splitting only when it pays) and holds their stock
+    /// as a reservation under the order id, unless it is a dry run (then it
+    /// only plans and explains). Sending the same Allocate again (same
+    /// order id, same request) holds nothing more and answers with
+    /// [`Allocation::replayed`] set; the same order id with another request
+    /// is [`Error::IdReused`]. An order that cannot be filled within the
+    /// rules is [`Error::InsufficientStock`] (its `location` names the
+    /// channel) unless the fill rule is partial.
+    pub async fn allocate(&self, allocate: Allocate) -> Result<Allocation, Error> {
+        let reply = self.rpc().allocate(allocate.into()).await?;
+        Allocation::from_reply(reply)
     }
 
     /// The reservation `reservation_id`.

@@ -35,8 +35,10 @@
 //!   budget come from `tower::retry`.
 //!
 //! The common flows take and return plain types ([`Reserve`],
-//! [`Reservation`]): [`Client::reserve`], [`Client::commit`],
-//! [`Client::release`], [`Client::reserve_many`] (over ReserveBatch), ...
+//! [`Reservation`], [`Allocate`], [`Allocation`]): [`Client::reserve`],
+//! [`Client::commit`], [`Client::release`], [`Client::reserve_many`] (over
+//! ReserveBatch), [`Client::allocate`] (choose the locations that ship an
+//! order and hold them), ...
 //! Every RPC is also reachable with its generated messages through
 //! [`Client::rpc`], and the messages themselves through [`proto`].
 //!
@@ -75,7 +77,10 @@ pub use error::{Error, FieldViolation};
 pub use retry::{MAX_ATTEMPTS_LIMIT, RetryPolicy};
 pub use routing::RouteKey;
 pub use rpc::Rpc;
-pub use types::{Line, Reservation, ReservationLine, ReservationState, Reserve};
+pub use types::{
+    Allocate, Allocation, Destination, ExcludedLocation, FillRule, Line, OrderLine, Plan,
+    Reservation, ReservationLine, ReservationState, Reserve, RoutingPolicy, Shipment,
+};
 
 /// The generated `atp.v1` messages (requests, replies, enums).
 pub use atp_proto::v1 as proto;

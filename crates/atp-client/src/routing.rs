@@ -89,7 +89,8 @@ pub(crate) fn unreachable(error: &Error) -> bool {
 }
 
 /// The key a request is routed by: its first reservation id (its home
-/// shard) or its first SKU. None: sent to any node.
+/// shard; an Allocate's order id, which is its reservation's id) or its
+/// first SKU. None: sent to any node.
 pub trait RouteKey {
     /// The routing key, if the request has one.
     fn route_key(&self) -> Option<&str> {
@@ -123,6 +124,8 @@ keyed! {
     v1::ApplyStockEventsRequest => |r| r.events.first().map(|event| event.sku.as_str()),
     v1::ReserveBatchRequest => |r| r.reservations.first().map(|first| first.reservation_id.as_str()),
     v1::GetReservationsRequest => |r| r.reservation_ids.first().map(String::as_str),
+    // The order id is the id of the reservation Allocate makes: its home shard.
+    v1::AllocateRequest => |r| Some(r.order_id.as_str()),
     v1::ListReservationsRequest,
     v1::UpsertLocationRequest,
     v1::UpsertChannelRequest,

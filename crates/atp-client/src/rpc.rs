@@ -70,6 +70,8 @@ unary! {
         v1::GetReservationsResponse, "AvailabilityService.GetReservations: 1..=100 ids, one result each."),
     (AvailabilityServiceClient, list_reservations, v1::ListReservationsRequest,
         v1::ListReservationsResponse, "AvailabilityService.ListReservations: one page, filtered."),
+    (AvailabilityServiceClient, allocate, v1::AllocateRequest, v1::AllocateResponse,
+        "AvailabilityService.Allocate: plan an order over its channel's locations and hold the plan under the order id; see also `Client::allocate`."),
     (ConfigServiceClient, upsert_location, v1::UpsertLocationRequest, v1::UpsertLocationResponse,
         "ConfigService.UpsertLocation."),
     (ConfigServiceClient, upsert_channel, v1::UpsertChannelRequest, v1::UpsertChannelResponse,

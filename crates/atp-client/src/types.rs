@@ -1,9 +1,16 @@
-//! Plain Rust types for the common flows (reserve, commit, release), and
-//! their conversions from and to the `atp.v1` messages.
+//! Plain Rust types for the common flows (reserve, commit, release,
+//! allocate), and their conversions from and to the `atp.v1` messages.
+
+mod allocate;
 
 use atp_proto::v1;
 
 use crate::Error;
+
+pub use allocate::{
+    Allocate, Allocation, Destination, ExcludedLocation, FillRule, OrderLine, Plan, RoutingPolicy,
+    Shipment,
+};
 
 /// One line of a Reserve: `quantity` units of `sku` at `location_id`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +181,9 @@ pub struct Reservation {
     /// Cancel of a reservation already in that state, an Extend or a Modify
     /// with the same request id (and the same ttl or lines). The fields above are then that first answer, and
     /// [`Reservation::current`] the reservation as it stands now. False for
-    /// GetReservation.
+    /// GetReservation, and for an [`Allocation`]'s reservation (a replayed
+    /// Allocate says so in [`Allocation::replayed`] and answers with the
+    /// reservation as it stands now).
     pub replayed: bool,
     /// Set when `replayed`: the reservation as it stands now (a replayed
     /// Reserve may find it committed, released or expired since). Its own

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::line::{BatchItem, LineSpec};
+use crate::line::{BatchItem, LineSpec, OrderLineSpec};
 
 /// Where `atpd` listens by default.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
@@ -22,6 +22,8 @@ Examples:
   atpctl reserve --id order-17 --channel web --line sku-1@dc-east=2 --ttl 900
   atpctl modify order-17 --request-id order-17-change-1 --line sku-1@dc-east=3
   atpctl commit --id order-17
+  atpctl allocate order-18 --channel web --to-country US --to-region US-CA \
+      --lat 37.77 --lon -122.42 --line sku-1=2 --line sku-2=1 --dry-run
   atpctl event received --id grn-5 --sku sku-1 --location dc-east --quantity 40
   atpctl --json ledger sku-1 --limit 20";
 
@@ -74,6 +76,10 @@ pub enum Command {
     /// Change a HELD reservation's lines to exactly the --line given, all or
     /// nothing (idempotent by --request-id).
     Modify(ModifyArgs),
+    /// Choose the locations that ship an order and hold their stock as a
+    /// reservation under the order id (idempotent by ORDER_ID and the whole
+    /// request); --dry-run only plans and explains.
+    Allocate(AllocateArgs),
     /// Show one reservation.
     #[command(visible_alias = "reservation")]
     GetReservation(IdArgs),
@@ -252,6 +258,87 @@ pub struct ModifyArgs {
     /// repeat for more. Lines not given are dropped.
     #[arg(long = "line", required = true, value_name = "SKU@LOC=QTY")]
     pub lines: Vec<LineSpec>,
+}
+
+#[derive(Debug, Args)]
+pub struct AllocateArgs {
+    /// The order id: the idempotency key and the id of the reservation made
+    /// (or give it as --id ORDER_ID).
+    #[arg(value_name = "ORDER_ID", required_unless_present = "id", conflicts_with = "id")]
+    pub order_id: Option<String>,
+    /// The order id, as an option.
+    #[arg(long = "id", value_name = "ORDER_ID")]
+    pub id: Option<String>,
+    /// Channel whose locations, buffer and cap bind the order.
+    #[arg(long)]
+    pub channel: String,
+    /// Destination country, ISO 3166-1 alpha-2 (US).
+    #[arg(long, value_name = "COUNTRY")]
+    pub to_country: String,
+    /// Destination region, ISO 3166-2 (US-CA).
+    #[arg(long, value_name = "REGION")]
+    pub to_region: Option<String>,
+    /// Destination latitude in degrees.
+    #[arg(long = "lat", value_name = "DEGREES", allow_negative_numbers = true)]
+    pub latitude: f64,
+    /// Destination longitude in degrees.
+    #[arg(long = "lon", value_name = "DEGREES", allow_negative_numbers = true)]
+    pub longitude: f64,
+    /// An order line as SKU=QUANTITY; repeat for more (the server picks the locations).
+    #[arg(long = "line", required = true, value_name = "SKU=QTY")]
+    pub lines: Vec<OrderLineSpec>,
+    /// What the plan is chosen for.
+    #[arg(long, value_enum, default_value = "lowest-cost")]
+    pub policy: PolicyArg,
+    /// Most shipments (1..=10; default: the server's, 4).
+    #[arg(long, value_name = "N")]
+    pub max_shipments: Option<u32>,
+    /// One shipment only.
+    #[arg(long)]
+    pub no_split: bool,
+    /// Hold what can be held and report the rest as backordered (default: all or nothing).
+    #[arg(long)]
+    pub partial: bool,
+    /// Hold lifetime in seconds (default: the server's).
+    #[arg(long = "ttl", value_name = "SECONDS")]
+    pub ttl_seconds: Option<u32>,
+    /// Minor currency units added per shipment beyond the first.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub split_penalty: Option<i64>,
+    /// Most plans the planner evaluates (default: the server's, 20000).
+    #[arg(long, value_name = "N")]
+    pub work_budget: Option<u32>,
+    /// Plan and explain without holding anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl AllocateArgs {
+    /// The order id, given as the argument or with --id.
+    pub fn order_id(&self) -> &str {
+        self.order_id.as_ref().or(self.id.as_ref()).expect("clap requires ORDER_ID or --id")
+    }
+}
+
+/// What `allocate` chooses its plan for, as `--policy` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// Least total cost (shipments' costs plus the split penalty).
+    LowestCost,
+    /// Smallest largest shipment distance, then smallest sum of distances.
+    Nearest,
+    /// Fewest shipments, then least cost.
+    FewestShipments,
+}
+
+impl From<PolicyArg> for atp_client::RoutingPolicy {
+    fn from(policy: PolicyArg) -> Self {
+        match policy {
+            PolicyArg::LowestCost => Self::LowestCost,
+            PolicyArg::Nearest => Self::Nearest,
+            PolicyArg::FewestShipments => Self::FewestShipments,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -742,6 +829,73 @@ mod tests {
         let no_key = Cli::try_parse_from(["atpctl", "modify", "r1", "--line", "a@dc=1"]);
         assert!(no_key.is_err(), "no request id");
         let no_line = Cli::try_parse_from(["atpctl", "modify", "r1", "--request-id", "k1"]);
+        assert!(no_line.is_err(), "no line");
+    }
+
+    #[test]
+    fn allocate_takes_an_order_and_its_options() {
+        let cli = Cli::try_parse_from([
+            "atpctl",
+            "allocate",
+            "o-1",
+            "--channel",
+            "web",
+            "--to-country",
+            "US",
+            "--to-region",
+            "US-CA",
+            "--lat",
+            "37.7",
+            "--lon",
+            "-122.4",
+            "--line",
+            "tee=2",
+            "--line",
+            "mug=1",
+            "--policy",
+            "fewest-shipments",
+            "--no-split",
+            "--partial",
+            "--dry-run",
+        ])
+        .expect("valid command line");
+        let Command::Allocate(args) = cli.command else { panic!("not allocate") };
+        assert_eq!((args.order_id(), args.longitude), ("o-1", -122.4));
+        assert_eq!(args.lines.len(), 2);
+        assert_eq!(args.policy, PolicyArg::FewestShipments);
+        assert!(args.no_split && args.partial && args.dry_run);
+        let with_id = Cli::try_parse_from([
+            "atpctl",
+            "allocate",
+            "--id",
+            "o-2",
+            "--channel",
+            "web",
+            "--to-country",
+            "US",
+            "--lat",
+            "0",
+            "--lon",
+            "0",
+            "--line",
+            "tee=1",
+        ])
+        .expect("--id works too");
+        let Command::Allocate(args) = with_id.command else { panic!("not allocate") };
+        assert_eq!((args.order_id(), args.policy), ("o-2", PolicyArg::LowestCost));
+        let no_line = Cli::try_parse_from([
+            "atpctl",
+            "allocate",
+            "o-3",
+            "--channel",
+            "web",
+            "--to-country",
+            "US",
+            "--lat",
+            "0",
+            "--lon",
+            "0",
+        ]);
         assert!(no_line.is_err(), "no line");
     }
 

@@ -1,4 +1,5 @@
-//! `SKU@LOCATION=QUANTITY`: how a reservation or commit line is written on the command line.
+//! `SKU@LOCATION=QUANTITY`: how a reservation or commit line is written on the command line;
+//! `SKU=QUANTITY`: an order line of `allocate`, whose locations the server chooses.
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,6 +55,34 @@ impl FromStr for LineSpec {
             return Err(error("the quantity is negative"));
         }
         Ok(LineSpec { sku: sku.to_owned(), location_id: location_id.to_owned(), quantity })
+    }
+}
+
+/// One line of an order (`allocate`): units of a SKU, wherever they ship from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderLineSpec {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+impl FromStr for OrderLineSpec {
+    type Err = String;
+
+    /// The quantity follows the last `=`, so a SKU may itself contain `=`.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let error =
+            |reason: &str| format!("{input:?}: {reason}; expected SKU=QUANTITY, e.g. sku-1=2");
+        let (sku, quantity) = input.rsplit_once('=').ok_or_else(|| error("missing `=`"))?;
+        let (sku, quantity) = (sku.trim(), quantity.trim());
+        if sku.is_empty() {
+            return Err(error("the sku is empty"));
+        }
+        let quantity: i64 =
+            quantity.parse().map_err(|_| error("the quantity is not a whole number"))?;
+        if quantity < 0 {
+            return Err(error("the quantity is negative"));
+        }
+        Ok(OrderLineSpec { sku: sku.to_owned(), quantity })
     }
 }
 
@@ -147,6 +176,21 @@ mod tests {
             let error = parse(input).expect_err(input);
             assert_eq!(error.reason, reason, "{input}");
             assert!(error.to_string().contains("SKU@LOCATION=QUANTITY"));
+        }
+    }
+
+    #[test]
+    fn order_lines_are_sku_equals_quantity() {
+        let line: OrderLineSpec = "a=b=3".parse().expect("valid order line");
+        assert_eq!(line, OrderLineSpec { sku: "a=b".into(), quantity: 3 });
+        for (input, reason) in [
+            ("tee", "missing `=`"),
+            ("=3", "the sku is empty"),
+            ("tee=x", "the quantity is not a whole number"),
+            ("tee=-1", "the quantity is negative"),
+        ] {
+            let error = input.parse::<OrderLineSpec>().expect_err(input);
+            assert!(error.contains(reason) && error.contains("SKU=QUANTITY"), "{input}: {error}");
         }
     }
 

@@ -246,6 +246,148 @@ async fn reservation_lifecycle_and_errors() {
     );
 }
 
+/// Runs each step, which must succeed.
+async fn run_steps(addr: &str, steps: &[&[&str]]) {
+    for step in steps {
+        let output = atpctl(addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", stderr(&output));
+    }
+}
+
+#[tokio::test]
+async fn allocate_prints_the_plan_and_holds_unless_dry() {
+    let fake = Fake::default();
+    let addr = fake.start().await;
+    run_steps(
+        &addr,
+        &[
+            &["location", "upsert", "near", "--kind", "warehouse", "--lat", "0", "--lon", "1"],
+            &[
+                "location",
+                "upsert",
+                "far",
+                "--kind",
+                "warehouse",
+                "--lat",
+                "0",
+                "--lon",
+                "10",
+                "--cost-per-shipment",
+                "500",
+            ],
+            &["location", "upsert", "berlin", "--kind", "store", "--ships-to", "DE"],
+            &["channel", "upsert", "web", "--location", "near", "--location", "far"],
+            &["channel", "upsert", "all", "--location", "near", "--location", "berlin"],
+            &["event", "received", "e-1", "--sku", "tee", "--location", "near", "--quantity", "5"],
+            &["event", "received", "e-2", "--sku", "tee", "--location", "far", "--quantity", "5"],
+        ],
+    )
+    .await;
+    let order = |id: &'static str, channel: &'static str| {
+        vec![
+            "allocate",
+            id,
+            "--channel",
+            channel,
+            "--to-country",
+            "US",
+            "--lat",
+            "0",
+            "--lon",
+            "0",
+            "--line",
+            "tee=3",
+        ]
+    };
+
+    let dry = atpctl(&addr, &[&order("o-1", "web")[..], &["--dry-run"]].concat()).await;
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let text = stdout(&dry);
+    assert!(
+        text.starts_with(
+            "order      o-1
+cost       0
+units      3
+"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "
+near      111.2     0      3  tee×3
+"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "
+          1   500          1  1111.9      3  far
+"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "
+dry run: nothing held
+"
+        ),
+        "{text}"
+    );
+    assert!(fake.state().reservations.is_empty(), "a dry run holds nothing");
+
+    let held = atpctl(&addr, &[&["--json"][..], &order("o-1", "web")].concat()).await;
+    assert!(held.status.success(), "{}", stderr(&held));
+    let value = json(&held);
+    assert_eq!(value["reservation"]["reservation_id"], "o-1");
+    assert_eq!(value["reservation"]["lines"][0]["location_id"], "near");
+    assert_eq!(value["plan"]["shipments"][0]["lines"][0]["quantity"], 3);
+    assert_eq!(value["alternatives"][0]["shipments"][0]["location_id"], "far");
+    assert_eq!(
+        (value["dry_run"].as_bool(), value["replayed"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(fake.state().reservations["o-1"].lines[0].quantity, 3);
+
+    let again = atpctl(&addr, &order("o-1", "web")).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    let text = stdout(&again);
+    assert!(
+        text.contains(
+            "reservation  o-1
+state        HELD
+"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "
+replayed: this order was allocated before"
+        ),
+        "{text}"
+    );
+
+    // berlin does not ship to the US and near has the stock: berlin is left out.
+    let excluded = atpctl(&addr, &[&order("o-2", "all")[..], &["--dry-run"]].concat()).await;
+    assert!(stdout(&excluded).contains("EXCLUDED  REASON\nberlin    DOES_NOT_SHIP_THERE\n"));
+
+    let unknown = atpctl(&addr, &order("o-3", "nowhere")).await;
+    assert_eq!(unknown.status.code(), Some(3));
+    assert_eq!(
+        stderr(&unknown),
+        "error: allocate o-3: InvalidArgument: invalid argument\n  channel_id: unknown channel nowhere\n"
+    );
+    // A line without a quantity: refused before anything is sent.
+    let no_quantity = [&order("o-4", "web")[..], &["--line", "mug"]].concat();
+    let bad_line = atpctl(&addr, &no_quantity).await;
+    assert_eq!(bad_line.status.code(), Some(2));
+    assert!(stderr(&bad_line).contains("expected SKU=QUANTITY"), "{}", stderr(&bad_line));
+    assert!(!fake.state().reservations.contains_key("o-4"));
+}
+
 #[tokio::test]
 async fn events_show_applied_duplicate_and_rejected() {
     let fake = Fake::default();

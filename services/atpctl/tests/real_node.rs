@@ -1,5 +1,6 @@
 //! The atpctl binary against the real `atpd` (started by `atp-testkit`):
-//! JSON errors, exit statuses by class of error, `reserve-batch`, `modify`.
+//! JSON errors, exit statuses by class of error, `reserve-batch`, `modify`,
+//! `allocate`.
 
 use std::process::Output;
 
@@ -530,4 +531,226 @@ async fn modify_changes_lines_once_per_request_id() {
     assert_eq!(output.status.code(), Some(4));
     assert_eq!(json(&output)["error"]["details"]["error_info"]["reason"], "WRONG_STATE");
     assert_eq!(reserved(&addr, "tee").await, 0);
+}
+
+/// Locations on the equator (near, far, cheap ship to the US, berlin to DE
+/// only), channel `web` over all four; tees at each. From (0, 0) a shipment
+/// from near costs 500 + round(111.195 km × 1) = 611, from far 500 + 1112,
+/// from cheap 100.
+async fn configure_network(addr: &str) {
+    let steps: [&[&str]; 9] = [
+        &[
+            "location",
+            "upsert",
+            "near",
+            "--kind",
+            "warehouse",
+            "--lat",
+            "0",
+            "--lon",
+            "1",
+            "--ships-to",
+            "US",
+            "--cost-per-shipment",
+            "500",
+            "--cost-per-km",
+            "1",
+        ],
+        &[
+            "location",
+            "upsert",
+            "far",
+            "--kind",
+            "warehouse",
+            "--lat",
+            "0",
+            "--lon",
+            "10",
+            "--ships-to",
+            "US",
+            "--cost-per-shipment",
+            "500",
+            "--cost-per-km",
+            "1",
+        ],
+        &[
+            "location",
+            "upsert",
+            "cheap",
+            "--kind",
+            "3pl",
+            "--lat",
+            "0",
+            "--lon",
+            "5",
+            "--ships-to",
+            "US",
+            "--cost-per-shipment",
+            "100",
+        ],
+        &["location", "upsert", "berlin", "--kind", "store", "--ships-to", "DE"],
+        &[
+            "channel",
+            "upsert",
+            "web",
+            "--location",
+            "near",
+            "--location",
+            "far",
+            "--location",
+            "cheap",
+            "--location",
+            "berlin",
+        ],
+        &["event", "received", "r-near", "--sku", "tee", "--location", "near", "--quantity", "5"],
+        &["event", "received", "r-far", "--sku", "tee", "--location", "far", "--quantity", "5"],
+        &["event", "received", "r-cheap", "--sku", "tee", "--location", "cheap", "--quantity", "1"],
+        &["event", "received", "r-ber", "--sku", "tee", "--location", "berlin", "--quantity", "50"],
+    ];
+    for step in steps {
+        let output = atpctl(addr, step).await;
+        assert!(output.status.success(), "{step:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+/// Units of tee reserved in all, by `availability --json`.
+async fn tees_reserved(addr: &str) -> i64 {
+    let output = atpctl(addr, &["--json", "availability", "tee"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let locations = json(&output)["skus"][0]["locations"].as_array().expect("locations").clone();
+    locations.iter().map(|location| location["reserved"].as_i64().expect("reserved")).sum()
+}
+
+/// `allocate ID` of `tees` tees to (0, 0) in the US, then `extra` options.
+fn allocate_args<'a>(id: &'a str, tees: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let order = [
+        "allocate",
+        id,
+        "--channel",
+        "web",
+        "--to-country",
+        "US",
+        "--to-region",
+        "US-CA",
+        "--lat",
+        "0",
+        "--lon",
+        "0",
+        "--line",
+        tees,
+        "--ttl",
+        "600",
+    ];
+    [&order[..], extra].concat()
+}
+
+#[tokio::test]
+async fn allocate_plans_holds_once_and_explains() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure_network(&addr).await;
+
+    // A dry run: the plan (one shipment from near), the runner-up (cheap's
+    // 1 + near's 2 = 711), berlin left out; nothing held.
+    let dry = atpctl(&addr, &allocate_args("o-1", "tee=3", &["--dry-run"])).await;
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(text.starts_with("order      o-1\ncost       611\nunits      3\n"), "{text}");
+    assert!(text.contains("\nnear      111.2   611      3  tee×3\n"), "{text}");
+    let runner_up = text
+        .lines()
+        .find(|line| line.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("no runner-up: {text}"));
+    let cells: Vec<&str> = runner_up.split_whitespace().collect();
+    assert_eq!(cells[..3], ["1", "711", "2"], "{text}");
+    assert!(text.contains("EXCLUDED  REASON\nberlin    DOES_NOT_SHIP_THERE\n"), "{text}");
+    assert!(text.ends_with("\ndry run: nothing held\n"), "{text}");
+    assert_eq!(tees_reserved(&addr).await, 0, "a dry run holds nothing");
+
+    // The hold: the whole answer as JSON.
+    let held =
+        atpctl(&addr, &[&["--json"][..], &allocate_args("o-1", "tee=3", &[])].concat()).await;
+    assert!(held.status.success(), "{}", String::from_utf8_lossy(&held.stderr));
+    let answer = json(&held);
+    assert_eq!(answer["reservation"]["reservation_id"], "o-1");
+    assert_eq!(answer["reservation"]["state"], "HELD");
+    assert_eq!(answer["reservation"]["metadata"]["order_id"], "o-1");
+    assert_eq!(json_lines(&answer["reservation"]), [("tee".to_owned(), "near".to_owned(), 3)]);
+    assert_eq!(answer["plan"]["cost"], 611);
+    assert_eq!(answer["plan"]["shipments"][0]["lines"][0]["quantity"], 3);
+    assert_eq!(answer["alternatives"][0]["cost"], 711);
+    assert_eq!(answer["excluded"][0]["reason"], "DOES_NOT_SHIP_THERE");
+    assert_eq!(
+        (answer["dry_run"].as_bool(), answer["replayed"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert!(answer["attempts"].as_u64().is_some_and(|attempts| attempts >= 1), "{answer}");
+    assert_eq!(tees_reserved(&addr).await, 3);
+
+    // The same command again: replayed, nothing more held.
+    let again = atpctl(&addr, &allocate_args("o-1", "tee=3", &[])).await;
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("reservation  o-1\nstate        HELD\n"), "{text}");
+    assert!(text.contains("\nreplayed: this order was allocated before"), "{text}");
+    assert_eq!(tees_reserved(&addr).await, 3, "held once");
+
+    // Another request under the same order id: refused (4), ID_REUSED.
+    let other =
+        atpctl(&addr, &[&["--json"][..], &allocate_args("o-1", "tee=4", &[])].concat()).await;
+    assert_eq!(other.status.code(), Some(4));
+    let error = &json(&other)["error"];
+    assert_eq!(error["details"]["error_info"]["reason"], "ID_REUSED");
+    assert!(
+        error["message"].as_str().is_some_and(|message| message.starts_with("allocate o-1: ")),
+        "{error}"
+    );
+
+    // It is an ordinary reservation.
+    assert!(atpctl(&addr, &["commit", "o-1"]).await.status.success());
+}
+
+#[tokio::test]
+async fn allocate_refuses_or_backorders_a_short_order() {
+    let atpd = Atpd::start(&[]).await;
+    let addr = atpd.endpoint();
+    configure_network(&addr).await; // 11 tees ship to the US
+
+    // All or nothing: refused (4), nothing held.
+    let short =
+        atpctl(&addr, &[&["--json"][..], &allocate_args("o-2", "tee=12", &[])].concat()).await;
+    assert_eq!(short.status.code(), Some(4));
+    let error = &json(&short)["error"];
+    assert_eq!(error["details"]["error_info"]["reason"], "INSUFFICIENT_STOCK");
+    assert_eq!(error["details"]["error_info"]["metadata"]["available"], "11");
+    assert_eq!(tees_reserved(&addr).await, 0);
+
+    // One shipment only: at most 5.
+    let single = atpctl(&addr, &allocate_args("o-3", "tee=6", &["--no-split"])).await;
+    assert_eq!(single.status.code(), Some(4), "{}", String::from_utf8_lossy(&single.stderr));
+
+    // Partial: what there is, the rest backordered.
+    let partial = atpctl(&addr, &allocate_args("o-4", "tee=12", &["--partial"])).await;
+    assert!(partial.status.success(), "{}", String::from_utf8_lossy(&partial.stderr));
+    let text = String::from_utf8_lossy(&partial.stdout);
+    assert!(text.contains("units      11\n"), "{text}");
+    assert!(text.contains("\nbackordered: 1 unit(s): tee×1\n"), "{text}");
+    assert!(text.contains("state        HELD\n"), "{text}");
+    assert_eq!(tees_reserved(&addr).await, 11);
+
+    // Malformed: invalid (3), naming the fields.
+    let bad = ["--json", "allocate", "o-5", "--channel", "web", "--to-country", "usa"];
+    let bad = [&bad[..], &["--lat", "91", "--lon", "0", "--line", "tee=0"]].concat();
+    let output = atpctl(&addr, &bad).await;
+    assert_eq!(output.status.code(), Some(3));
+    let violations = json(&output)["error"]["details"]["field_violations"].clone();
+    let fields: Vec<&str> = violations
+        .as_array()
+        .expect("field violations")
+        .iter()
+        .map(|violation| violation["field"].as_str().expect("a field"))
+        .collect();
+    for field in ["destination.latitude", "destination.country", "lines[0].quantity"] {
+        assert!(fields.contains(&field), "{field} not in {fields:?}");
+    }
 }

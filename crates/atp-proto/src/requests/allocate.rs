@@ -102,7 +102,7 @@ pub fn parse_allocate(
     }
     let rules =
         Rules { policy, fill, max_shipments, split_penalty: message.split_penalty, work_budget };
-    let fingerprint = fingerprint(&message, &metadata);
+    let fingerprint = fingerprint(&message, &metadata, &rules);
     metadata.labels.insert(ALLOCATE_LABEL.to_owned(), format!("{fingerprint:016x}"));
     let request = match (order_id, channel, destination, lines, ttl_ms) {
         (Some(order_id), Some(channel), Some(destination), Some(lines), Some(ttl_ms)) => {
@@ -178,9 +178,14 @@ fn order_lines(violations: &mut Violations, lines: &[v1::OrderLine]) -> Option<V
     all_good.then_some(parsed)
 }
 
-/// A hash of the request as the caller gave it, but for `dry_run`: a retry
-/// of the same order with the same request has the same fingerprint.
-fn fingerprint(message: &v1::AllocateRequest, metadata: &atp_core::reservation::Metadata) -> u64 {
+/// A hash of the request, but for `dry_run`: a retry of the same order with
+/// the same request has the same fingerprint. The rules are hashed as
+/// understood (an omitted policy and LOWEST_COST are the same request).
+fn fingerprint(
+    message: &v1::AllocateRequest,
+    metadata: &atp_core::reservation::Metadata,
+    rules: &Rules,
+) -> u64 {
     let mut hash = Xxh3::new();
     let mut text = |value: &str| {
         hash.update(&(value.len() as u64).to_le_bytes());
@@ -204,17 +209,19 @@ fn fingerprint(message: &v1::AllocateRequest, metadata: &atp_core::reservation::
     let numbers = [
         destination.latitude.to_bits(),
         destination.longitude.to_bits(),
-        message.policy as u64,
-        u64::from(message.max_shipments),
-        match message.allow_split {
-            None => 0,
-            Some(false) => 1,
-            Some(true) => 2,
+        match rules.policy {
+            Policy::LowestCost => 1,
+            Policy::Nearest => 2,
+            Policy::FewestShipments => 3,
         },
-        message.fill as u64,
+        rules.max_shipments as u64,
+        match rules.fill {
+            FillRule::AllOrNothing => 1,
+            FillRule::Partial => 2,
+        },
         u64::from(message.ttl_seconds),
-        message.split_penalty as u64,
-        u64::from(message.work_budget),
+        rules.split_penalty as u64,
+        u64::from(rules.work_budget),
     ];
     for number in numbers {
         hash.update(&number.to_le_bytes());

@@ -409,3 +409,31 @@ fn location_checks_its_fulfilment_fields() {
         shown
     });
 }
+
+#[test]
+fn an_allocate_is_the_same_request_whether_defaults_are_named_or_omitted() {
+    let order = |policy: i32, fill: i32, max_shipments: u32, allow_split: Option<bool>| {
+        v1::AllocateRequest {
+            order_id: "o-1".into(),
+            channel_id: "web".into(),
+            destination: Some(v1::Destination { country: "US".into(), ..Default::default() }),
+            lines: vec![v1::OrderLine { sku: "tee".into(), quantity: 1 }],
+            policy,
+            fill,
+            max_shipments,
+            allow_split,
+            ..Default::default()
+        }
+    };
+    let fingerprint = |message| parse_allocate(message, 900_000).expect("valid").fingerprint;
+    let omitted = fingerprint(order(0, 0, 0, None));
+    let named = fingerprint(order(
+        v1::RoutingPolicy::LowestCost.into(),
+        v1::FillRule::AllOrNothing.into(),
+        4,
+        Some(true),
+    ));
+    assert_eq!(omitted, named);
+    assert_ne!(omitted, fingerprint(order(v1::RoutingPolicy::Nearest.into(), 0, 0, None)));
+    assert_ne!(omitted, fingerprint(order(0, 0, 0, Some(false))));
+}

@@ -1,6 +1,7 @@
 //! One function per subcommand: check the input, call the server, print the answer.
 
 mod admin;
+mod allocate;
 mod availability;
 mod batch;
 mod cluster;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => reservation::cancel(context, args).await,
         Command::Extend(args) => reservation::extend(context, args).await,
         Command::Modify(args) => reservation::modify(context, args).await,
+        Command::Allocate(args) => allocate::allocate(context, args).await,
         Command::GetReservation(args) => reservation::get(context, args).await,
         Command::Reservations(ReservationsCommand::Get(args)) => {
             reservations::get(context, args).await

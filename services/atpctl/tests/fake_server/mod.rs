@@ -116,6 +116,42 @@ impl Fake {
     }
 }
 
+fn excluded_location(id: &str, reason: &str) -> ExcludedLocation {
+    ExcludedLocation { location_id: id.to_owned(), reason: reason.to_owned() }
+}
+
+/// Every line from `location` as one shipment, at a flat-earth distance
+/// (good enough for a fake) and the location's cost.
+fn single_shipment(
+    location: &Location,
+    destination: &Destination,
+    lines: &[OrderLine],
+) -> RoutingPlan {
+    let latitude = (location.latitude - destination.latitude).abs();
+    let longitude = (location.longitude - destination.longitude).abs()
+        * destination.latitude.to_radians().cos();
+    let km = latitude.hypot(longitude) * 111.195;
+    let units: i64 = lines.iter().map(|line| line.quantity).sum();
+    let cost = location.cost.map_or(0, |cost| {
+        cost.per_shipment + (km * cost.per_km as f64).round() as i64 + units * cost.per_unit
+    });
+    RoutingPlan {
+        shipments: vec![PlannedShipment {
+            location_id: location.location_id.clone(),
+            distance_km: km,
+            cost,
+            lines: lines.to_vec(),
+            units,
+            ..Default::default()
+        }],
+        cost,
+        units,
+        max_distance_km: km,
+        total_distance_km: km,
+        backordered: Vec::new(),
+    }
+}
+
 fn invalid(message: &str, violations: Vec<FieldViolation>) -> Status {
     Status::with_error_details(
         Code::InvalidArgument,
@@ -126,11 +162,87 @@ fn invalid(message: &str, violations: Vec<FieldViolation>) -> Status {
 
 #[tonic::async_trait]
 impl AvailabilityService for Fake {
-    async fn allocate(
-        &self,
-        _request: Request<atp_proto::v1::AllocateRequest>,
-    ) -> Reply<atp_proto::v1::AllocateResponse> {
-        Err(Status::unimplemented("the fake server has no Allocate"))
+    /// One shipment from the channel's cheapest location that has every
+    /// line on hand (the others as alternatives); no splitting, no capacity.
+    async fn allocate(&self, request: Request<AllocateRequest>) -> Reply<AllocateResponse> {
+        let request = request.into_inner();
+        let Some(channel) = self.state().channels.get(&request.channel_id).cloned() else {
+            return Err(invalid(
+                "invalid argument",
+                vec![FieldViolation::new(
+                    "channel_id",
+                    format!("unknown channel {}", request.channel_id),
+                )],
+            ));
+        };
+        let destination = request.destination.clone().unwrap_or_default();
+        let mut plans = Vec::new();
+        let mut excluded = Vec::new();
+        for id in &channel.location_ids {
+            let location = self.state().locations.get(id).cloned().unwrap_or_default();
+            let ships_there = location.ships_to.is_empty()
+                || location.ships_to.contains(&destination.country)
+                || location.ships_to.contains(&destination.region);
+            let in_stock = request
+                .lines
+                .iter()
+                .all(|line| self.position(&line.sku, id).on_hand >= line.quantity);
+            match (ships_there, in_stock) {
+                (false, _) => excluded.push(excluded_location(id, "DOES_NOT_SHIP_THERE")),
+                (true, false) => excluded.push(excluded_location(id, "NO_STOCK")),
+                (true, true) => {
+                    plans.push(single_shipment(&location, &destination, &request.lines))
+                }
+            }
+        }
+        plans.sort_by_key(|plan| plan.cost);
+        if plans.is_empty() {
+            return Err(Status::failed_precondition("the fake finds no location with every line"));
+        }
+        let plan = plans.remove(0);
+        let mut response = AllocateResponse {
+            plan: Some(plan.clone()),
+            alternatives: plans,
+            excluded,
+            work: 3,
+            exact: true,
+            dry_run: request.dry_run,
+            attempts: 1,
+            epoch: 1,
+            ..Default::default()
+        };
+        if request.dry_run {
+            return Ok(Response::new(response));
+        }
+        if let Ok(reservation) = self.find(&request.order_id) {
+            response.reservation = Some(reservation);
+            response.replayed = true;
+            return Ok(Response::new(response));
+        }
+        let ttl_ms =
+            i64::from(if request.ttl_seconds == 0 { 900 } else { request.ttl_seconds }) * 1000;
+        let location_id = plan.shipments[0].location_id.clone();
+        let reservation = Reservation {
+            reservation_id: request.order_id.clone(),
+            channel_id: request.channel_id,
+            state: ReservationState::Held as i32,
+            lines: request
+                .lines
+                .into_iter()
+                .map(|line| ReservationLineState {
+                    sku: line.sku,
+                    location_id: location_id.clone(),
+                    quantity: line.quantity,
+                    ..Default::default()
+                })
+                .collect(),
+            created_at_ms: NOW_MS,
+            expires_at_ms: NOW_MS + ttl_ms,
+            ..Default::default()
+        };
+        self.state().reservations.insert(request.order_id, reservation.clone());
+        response.reservation = Some(reservation);
+        Ok(Response::new(response))
     }
 
     async fn get_reservations(
