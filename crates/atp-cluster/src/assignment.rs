@@ -133,6 +133,16 @@ impl ClusterKeys {
     pub fn config_channel(&self, id: &str) -> String {
         format!("{}{id}", self.config_channels_prefix())
     }
+
+    /// `/atp/<cluster>/config/kits/`.
+    pub fn config_kits_prefix(&self) -> String {
+        format!("{}kits/", self.config_prefix())
+    }
+
+    /// `/atp/<cluster>/config/kits/<sku>` → one encoded kit.
+    pub fn config_kit(&self, sku: &str) -> String {
+        format!("{}{sku}", self.config_kits_prefix())
+    }
 }
 
 /// Why an assignment value could not be read.

@@ -59,6 +59,8 @@ pub struct ClusterConfig {
     pub locations: BTreeMap<String, ConfigEntry>,
     /// Channels by id.
     pub channels: BTreeMap<String, ConfigEntry>,
+    /// Kits by SKU.
+    pub kits: BTreeMap<String, ConfigEntry>,
 }
 
 impl ClusterConfig {
@@ -95,6 +97,8 @@ impl ClusterConfig {
             (&mut self.locations, id)
         } else if let Some(id) = key.strip_prefix(&keys.config_channels_prefix()) {
             (&mut self.channels, id)
+        } else if let Some(sku) = key.strip_prefix(&keys.config_kits_prefix()) {
+            (&mut self.kits, sku)
         } else {
             return;
         };

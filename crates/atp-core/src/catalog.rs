@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::{CoreError, FieldViolation};
-use crate::ids::{ChannelId, LocationId, MAX_EVENT_QUANTITY, validate_text};
+use crate::ids::{ChannelId, LocationId, MAX_EVENT_QUANTITY, Sku, validate_text};
+pub use crate::kits::{Kit, MAX_KITS};
 pub use crate::routing::CostModel;
 
 /// Most locations one deployment may configure.
@@ -265,9 +266,49 @@ pub struct Catalog {
     pub locations: BTreeMap<LocationId, Location>,
     /// Channels by id.
     pub channels: BTreeMap<ChannelId, Channel>,
+    /// Kits by their SKU.
+    pub kits: BTreeMap<Sku, Kit>,
 }
 
 impl Catalog {
+    /// Inserts or replaces a kit. Its components must not be kits, nor may
+    /// it be a component of another kit (kits do not nest). Returns whether
+    /// anything changed.
+    pub fn upsert_kit(&mut self, kit: Kit) -> Result<bool, CoreError> {
+        kit.validate("kit")?;
+        let mut violations = Vec::new();
+        for (index, (component, _)) in kit.components.iter().enumerate() {
+            if self.kits.contains_key(component) {
+                violations.push(FieldViolation::new(
+                    format!("kit.components[{index}].sku"),
+                    format!("{component} is a kit; kits do not nest"),
+                ));
+            }
+        }
+        let used_in = self.kits.values().find(|other| {
+            other.sku != kit.sku && other.components.iter().any(|(c, _)| c == &kit.sku)
+        });
+        if let Some(other) = used_in {
+            violations.push(FieldViolation::new(
+                "kit.sku",
+                format!("{} is a component of kit {}; kits do not nest", kit.sku, other.sku),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(CoreError::InvalidArgument(violations));
+        }
+        if self.kits.get(&kit.sku) == Some(&kit) {
+            return Ok(false);
+        }
+        if !self.kits.contains_key(&kit.sku) && self.kits.len() >= MAX_KITS {
+            return Err(CoreError::FailedPrecondition(format!(
+                "at most {MAX_KITS} kits may be configured"
+            )));
+        }
+        self.kits.insert(kit.sku.clone(), kit);
+        Ok(true)
+    }
+
     /// Safety stock of `location` (0 when unknown).
     pub fn safety_stock(&self, location: &LocationId) -> i64 {
         self.locations.get(location).map_or(0, |l| l.safety_stock)

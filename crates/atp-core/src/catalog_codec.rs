@@ -9,7 +9,9 @@
 //!   the catalog before the fulfilment network (a location without
 //!   [`Fulfilment`]); it loads with the default fulfilment (ships anywhere, costs 0, UTC,
 //!   no unit limit, priority 0).
-//! - **Version 3**: the header, a version byte (3), then postcard of [`Catalog`]. A version-1 body can never start with the header: postcard
+//! - **Version 3**: the header, a version byte (3), then postcard of the
+//!   catalog before kits; it loads with no kits.
+//! - **Version 4**: the header, a version byte (4), then postcard of [`Catalog`]. A version-1 body can never start with the header: postcard
 //!   begins it with the number of locations as a varint, and ten bytes of
 //!   0xFF are not a valid varint of a `u64`.
 
@@ -21,13 +23,13 @@ use crate::ids::{ChannelId, LocationId};
 /// Marks a versioned catalog; never the start of a version-1 body.
 const HEADER: [u8; 10] = [0xFF; 10];
 /// The version [`encode_catalog`] writes.
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 /// Why stored catalog bytes could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogDecodeError {
     /// A version this build does not know (written by a newer atpd).
-    #[error("catalog format version {0} is unknown; this atpd reads versions 1 to 3")]
+    #[error("catalog format version {0} is unknown; this atpd reads versions 1 to 4")]
     UnknownVersion(u8),
     /// The bytes are not a catalog of their version.
     #[error("catalog format version {version} does not decode")]
@@ -59,6 +61,13 @@ pub fn decode_catalog(bytes: &[u8]) -> Result<Catalog, CatalogDecodeError> {
     match rest.split_first() {
         Some((&VERSION, body)) => postcard::from_bytes(body)
             .map_err(|source| CatalogDecodeError::Malformed { version: VERSION, source }),
+        Some((&3, body)) => postcard::from_bytes::<CatalogV3>(body)
+            .map(|old| Catalog {
+                locations: old.locations,
+                channels: old.channels,
+                kits: BTreeMap::new(),
+            })
+            .map_err(|source| CatalogDecodeError::Malformed { version: 3, source }),
         Some((&2, body)) => postcard::from_bytes::<CatalogV2>(body)
             .map(Catalog::from)
             .map_err(|source| CatalogDecodeError::Malformed { version: 2, source }),
@@ -133,8 +142,15 @@ impl From<CatalogV1> for Catalog {
                 (id, channel)
             })
             .collect();
-        Catalog { locations, channels }
+        Catalog { locations, channels, kits: BTreeMap::new() }
     }
+}
+
+/// Version 3, field for field.
+#[derive(serde::Deserialize)]
+struct CatalogV3 {
+    locations: BTreeMap<LocationId, Location>,
+    channels: BTreeMap<ChannelId, Channel>,
 }
 
 /// Version 2, field for field.
@@ -178,7 +194,7 @@ impl From<CatalogV2> for Catalog {
                 (id, location)
             })
             .collect();
-        Catalog { locations, channels: old.channels }
+        Catalog { locations, channels: old.channels, kits: BTreeMap::new() }
     }
 }
 
@@ -233,6 +249,19 @@ mod tests {
         assert_eq!((web.buffer, web.cap), (2, Some(7)));
     }
 
+    /// The version-1 catalog with `dc-off` at priority 7, as atpd saved it
+    /// before kits (version 3).
+    const VERSION_3_CATALOG: &str = "ffffffffffffffffffff03020664632d6f66660664632d6f6666010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f01000000000000070564632d6f6e0564632d6f6e010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f000000000000000001037765620377656203576562020564632d6f6e0664632d6f666604010e00";
+
+    #[test]
+    fn a_version_3_catalog_still_loads_without_kits() {
+        let catalog = decode_catalog(&unhex(VERSION_3_CATALOG)).expect("version 3 loads");
+        assert_eq!(catalog.locations[&location("dc-off")].fulfilment.priority, 7);
+        assert_eq!(catalog.locations[&location("dc-on")].fulfilment.priority, 0);
+        assert!(catalog.kits.is_empty());
+        assert_eq!(catalog.channels.len(), 1);
+    }
+
     #[test]
     fn the_current_version_round_trips() {
         let mut catalog = decode_catalog(&unhex(VERSION_1_CATALOG)).expect("version 1 loads");
@@ -247,18 +276,26 @@ mod tests {
             daily_units: 900,
             priority: 3,
         };
+        let sku = |text: &str| crate::ids::Sku::parse("sku", text).expect("a sku");
+        let kit = crate::kits::Kit {
+            sku: sku("box"),
+            name: "gift box".into(),
+            components: vec![(sku("mug"), 1), (sku("tea"), 3)],
+        };
+        catalog.kits.insert(kit.sku.clone(), kit);
         let bytes = encode_catalog(&catalog);
         assert!(bytes.starts_with(&HEADER));
         let back = decode_catalog(&bytes).expect("decodes");
         assert_eq!(back.locations, catalog.locations);
         assert_eq!(back.channels, catalog.channels);
+        assert_eq!(back.kits, catalog.kits);
     }
 
     #[test]
     fn unknown_versions_and_garbage_are_errors() {
         let mut newer = HEADER.to_vec();
-        newer.push(4);
-        assert!(matches!(decode_catalog(&newer), Err(CatalogDecodeError::UnknownVersion(4))));
+        newer.push(5);
+        assert!(matches!(decode_catalog(&newer), Err(CatalogDecodeError::UnknownVersion(5))));
         assert!(decode_catalog(&[0x05, 0x01]).is_err());
         assert!(decode_catalog(&HEADER).is_err());
     }

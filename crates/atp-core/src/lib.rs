@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod hash;
 pub mod ids;
+pub mod kits;
 pub mod ledger;
 pub mod location_map;
 pub mod position;

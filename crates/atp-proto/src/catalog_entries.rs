@@ -43,6 +43,17 @@ pub fn encode_channel(channel: &Channel) -> Vec<u8> {
     v1::Channel::from(channel.clone()).encode_to_vec()
 }
 
+/// A kit as stored in etcd.
+pub fn encode_kit(kit: &atp_core::kits::Kit) -> Vec<u8> {
+    v1::Kit::from(kit.clone()).encode_to_vec()
+}
+
+/// A kit stored in etcd (whether its components are kits is not checked here).
+pub fn decode_kit(bytes: &[u8]) -> Result<atp_core::kits::Kit, EntryDecodeError> {
+    let message = v1::Kit::decode(bytes)?;
+    Ok(crate::requests::parse_kit(v1::UpsertKitRequest { kit: Some(message) })?)
+}
+
 /// A channel stored in etcd (its locations are not checked here).
 pub fn decode_channel(bytes: &[u8]) -> Result<Channel, EntryDecodeError> {
     let message = v1::Channel::decode(bytes)?;

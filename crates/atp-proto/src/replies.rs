@@ -137,6 +137,20 @@ impl From<Location> for v1::Location {
     }
 }
 
+impl From<atp_core::kits::Kit> for v1::Kit {
+    fn from(kit: atp_core::kits::Kit) -> Self {
+        Self {
+            sku: kit.sku.to_string(),
+            name: kit.name,
+            components: kit
+                .components
+                .into_iter()
+                .map(|(sku, quantity)| v1::KitComponent { sku: sku.to_string(), quantity })
+                .collect(),
+        }
+    }
+}
+
 impl From<Channel> for v1::Channel {
     fn from(channel: Channel) -> Self {
         Self {

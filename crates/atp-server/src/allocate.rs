@@ -43,7 +43,7 @@ impl AvailabilityApi {
         }
         let catalog = self.catalog();
         let channel = active_channel(&catalog, &request.channel)?;
-        let demand = demand_of(&request.lines, &BTreeMap::new());
+        let demand = demand_of(&request.lines, &kit_components(&catalog));
         let skus: Vec<Sku> = demand.iter().map(|(sku, _)| sku.clone()).collect();
         let mut lost_race = None;
         for attempt in 1..=MAX_ATTEMPTS {
@@ -260,6 +260,11 @@ impl Counters {
         }
         lines
     }
+}
+
+/// Every kit's components, for [`demand_of`].
+pub(crate) fn kit_components(catalog: &Catalog) -> BTreeMap<Sku, Vec<(Sku, i64)>> {
+    catalog.kits.iter().map(|(sku, kit)| (sku.clone(), kit.components.clone())).collect()
 }
 
 /// The channel, if it exists and takes holds.

@@ -136,6 +136,11 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
         let (mut incoming, mut message) = self.split(request)?;
+        if !self.catalog().kits.is_empty() {
+            // A kit's line holds its components.
+            crate::kits::expand_lines(&mut message.lines, &self.catalog())?;
+            incoming.replace_message(&message);
+        }
         if message.lines.iter().any(|line| line.location_id.is_empty()) {
             match self.bind_late(message).await? {
                 Resolved::Replay(first) => return Ok(Response::new(*first)),
@@ -213,7 +218,11 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ModifyReservationRequest>,
     ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
-        let (incoming, message) = self.split(request)?;
+        let (mut incoming, mut message) = self.split(request)?;
+        if !self.catalog().kits.is_empty() {
+            crate::kits::expand_lines(&mut message.lines, &self.catalog())?;
+            incoming.replace_message(&message);
+        }
         let modify = parse_modify(message).map_err(status_of)?;
         let touched = touched(modify.id.as_str(), []);
         let lines = line_shards(modify.lines.iter().map(|line| line.sku.as_str()));
@@ -244,6 +253,26 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::GetAvailabilityResponse>, Status> {
+        let catalog = self.catalog();
+        if !catalog.kits.is_empty() {
+            let (kits, read) = crate::kits::split_kits(&request.get_ref().skus, &catalog);
+            if !kits.is_empty() {
+                // Components are never kits, so this reads no kit again.
+                let asked = request.get_ref().skus.clone();
+                let mut components = request.into_inner();
+                components.skus = read;
+                let figures = self.get_availability(Request::new(components)).await?;
+                let figures = figures.into_inner().skus;
+                let skus = asked
+                    .iter()
+                    .filter_map(|sku| match kits.iter().find(|kit| kit.sku.as_str() == sku) {
+                        Some(kit) => Some(crate::kits::kit_figures(kit, &figures)),
+                        None => figures.iter().find(|figures| &figures.sku == sku).cloned(),
+                    })
+                    .collect();
+                return Ok(Response::new(v1::GetAvailabilityResponse { skus }));
+            }
+        }
         let (incoming, message) = self.split(request)?;
         if matches!(self.fence, Fence::Cluster(_)) {
             // Split by owner: one SKU that cannot be read does not fail the rest.

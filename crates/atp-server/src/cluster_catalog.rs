@@ -35,9 +35,9 @@ use atp_cluster::store::{Compare, Store, StoreError, Txn, TxnOp};
 use atp_cluster::{
     ClusterConfig, ClusterKeys, ConfigWatch, MembershipConfig, publish_initial, read_config,
 };
-use atp_core::catalog::{Catalog, Channel, Lifecycle, Location};
+use atp_core::catalog::{Catalog, Channel, Kit, Lifecycle, Location};
 use atp_proto::catalog_entries::{
-    decode_channel, decode_location, encode_channel, encode_location,
+    decode_channel, decode_kit, decode_location, encode_channel, encode_kit, encode_location,
 };
 use atp_proto::{Reason, status_of};
 use atp_shard::{Node, NodeError};
@@ -63,6 +63,8 @@ pub trait CatalogWriter: Send + Sync + 'static {
     async fn upsert_location(&self, location: Location) -> Result<bool, Status>;
     /// Upserts a parsed channel; whether it changed.
     async fn upsert_channel(&self, channel: Channel) -> Result<bool, Status>;
+    /// Upserts a parsed kit; whether it changed.
+    async fn upsert_kit(&self, kit: Kit) -> Result<bool, Status>;
 }
 
 /// Writes the cluster's configuration to etcd and waits until this node applied it.
@@ -122,6 +124,12 @@ impl<S: Store> CatalogWriter for ClusterCatalog<S> {
         let key = self.keys.config_channel(channel.id.as_str());
         let value = encode_channel(&channel);
         self.upsert(&key, value, |catalog| catalog.upsert_channel(channel.clone())).await
+    }
+
+    async fn upsert_kit(&self, kit: Kit) -> Result<bool, Status> {
+        let key = self.keys.config_kit(kit.sku.as_str());
+        let value = encode_kit(&kit);
+        self.upsert(&key, value, |catalog| catalog.upsert_kit(kit.clone())).await
     }
 }
 
@@ -216,6 +224,8 @@ fn entry_mod_revision(keys: &ClusterKeys, config: &ClusterConfig, key: &str) -> 
         config.locations.get(id)
     } else if let Some(id) = key.strip_prefix(&keys.config_channels_prefix()) {
         config.channels.get(id)
+    } else if let Some(sku) = key.strip_prefix(&keys.config_kits_prefix()) {
+        config.kits.get(sku)
     } else {
         None
     };
@@ -245,6 +255,17 @@ fn catalog_of(config: &ClusterConfig) -> Catalog {
             Ok(_) => tracing::warn!(channel = %id, "a channel entry names another id; ignored"),
             Err(error) => {
                 tracing::warn!(channel = %id, error = %error, "a channel entry does not decode; ignored");
+            }
+        }
+    }
+    for (sku, entry) in &config.kits {
+        match decode_kit(&entry.value) {
+            Ok(kit) if kit.sku.as_str() == sku => {
+                catalog.kits.insert(kit.sku.clone(), kit);
+            }
+            Ok(_) => tracing::warn!(kit = %sku, "a kit entry names another sku; ignored"),
+            Err(error) => {
+                tracing::warn!(kit = %sku, error = %error, "a kit entry does not decode; ignored");
             }
         }
     }
@@ -372,6 +393,15 @@ async fn apply(node: &Node, cluster: &Catalog) {
         }
         if let Err(error) = node.upsert_channel(channel.clone()).await {
             tracing::error!(channel = %id, error = %error, "could not apply a channel from the cluster configuration");
+        }
+    }
+    let local: BTreeMap<_, _> = node.kits().into_iter().map(|kit| (kit.sku.clone(), kit)).collect();
+    for (sku, kit) in &cluster.kits {
+        if local.get(sku) == Some(kit) {
+            continue;
+        }
+        if let Err(error) = node.upsert_kit(kit.clone()).await {
+            tracing::error!(kit = %sku, error = %error, "could not apply a kit from the cluster configuration");
         }
     }
     for location in node.locations() {

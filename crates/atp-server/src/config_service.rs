@@ -3,7 +3,7 @@
 //! through a [`CatalogWriter`] (etcd, then applied here: see
 //! `cluster_catalog`). Lists read the node's catalog either way.
 
-use atp_proto::requests::{parse_channel, parse_location};
+use atp_proto::requests::{parse_channel, parse_kit, parse_location};
 use atp_proto::status_of;
 use atp_proto::v1;
 use atp_proto::v1::config_service_server::ConfigService;
@@ -67,6 +67,26 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<v1::ListLocationsResponse>, Status> {
         let locations = self.node.locations().into_iter().map(Into::into).collect();
         Ok(Response::new(v1::ListLocationsResponse { locations }))
+    }
+
+    async fn upsert_kit(
+        &self,
+        request: Request<v1::UpsertKitRequest>,
+    ) -> Result<Response<v1::UpsertKitResponse>, Status> {
+        let kit = parse_kit(request.into_inner()).map_err(status_of)?;
+        let changed = match &self.cluster {
+            Some(cluster) => cluster.upsert_kit(kit.clone()).await?,
+            None => self.node.upsert_kit(kit.clone()).await.map_err(node_status)?,
+        };
+        Ok(Response::new(v1::UpsertKitResponse { kit: Some(kit.into()), changed }))
+    }
+
+    async fn list_kits(
+        &self,
+        _request: Request<v1::ListKitsRequest>,
+    ) -> Result<Response<v1::ListKitsResponse>, Status> {
+        let kits = self.node.kits().into_iter().map(Into::into).collect();
+        Ok(Response::new(v1::ListKitsResponse { kits }))
     }
 
     async fn list_channels(

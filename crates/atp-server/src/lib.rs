@@ -21,6 +21,7 @@ mod fan_out;
 mod fence;
 pub mod forward;
 mod handoff;
+mod kits;
 mod late_bind;
 pub mod layers;
 mod listing;

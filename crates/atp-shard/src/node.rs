@@ -1147,6 +1147,16 @@ impl Node {
         self.update_catalog(|catalog| catalog.upsert_location(location)).await
     }
 
+    /// Inserts or replaces a kit; returns whether it changed.
+    pub async fn upsert_kit(&self, kit: atp_core::kits::Kit) -> Result<bool, NodeError> {
+        self.update_catalog(|catalog| catalog.upsert_kit(kit)).await
+    }
+
+    /// Every configured kit.
+    pub fn kits(&self) -> Vec<atp_core::kits::Kit> {
+        self.shared.catalog().kits.values().cloned().collect()
+    }
+
     /// Inserts or replaces a channel; returns whether it changed.
     pub async fn upsert_channel(&self, channel: Channel) -> Result<bool, NodeError> {
         self.update_catalog(|catalog| catalog.upsert_channel(channel)).await

@@ -453,3 +453,83 @@ async fn a_late_bound_hold_takes_one_location_and_a_rebind_moves_it_once() {
     let error = api.allocate(bad).await.expect_err("lines in a rebind");
     assert_eq!(error.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_kit_shows_its_scarcest_component_and_holds_its_components() {
+    let atpd = Atpd::start(&[]).await;
+    configure(&atpd).await;
+    for (sku, location, units) in
+        [("mug", "near", 5), ("tea", "near", 9), ("mug", "far", 10), ("tea", "far", 30)]
+    {
+        atpd.receive(sku, location, units).await;
+    }
+    let component = |sku: &str, quantity| v1::KitComponent { sku: sku.into(), quantity };
+    let kit = v1::Kit {
+        sku: "box".into(),
+        name: "gift box".into(),
+        components: vec![component("mug", 1), component("tea", 3)],
+    };
+    let mut config = atpd.config();
+    config.upsert_kit(v1::UpsertKitRequest { kit: Some(kit) }).await.expect("upsert kit");
+    let nested =
+        v1::Kit { sku: "crate".into(), name: String::new(), components: vec![component("box", 2)] };
+    let error =
+        config.upsert_kit(v1::UpsertKitRequest { kit: Some(nested) }).await.expect_err("nested");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let listed = config.list_kits(v1::ListKitsRequest {}).await.expect("list").into_inner();
+    assert_eq!(listed.kits.len(), 1);
+
+    let figures = |skus: &[&str]| v1::GetAvailabilityRequest {
+        skus: skus.iter().map(|sku| (*sku).to_owned()).collect(),
+        ..Default::default()
+    };
+    let mut api = atpd.availability();
+    let answer = api.get_availability(figures(&["box", "tea"])).await.expect("read").into_inner();
+    assert_eq!(answer.skus.iter().map(|s| s.sku.as_str()).collect::<Vec<_>>(), ["box", "tea"]);
+    let atp_at = |figures: &v1::SkuAvailability, location: &str| {
+        figures.locations.iter().find(|at| at.location_id == location).map_or(0, |at| at.atp)
+    };
+    // near: min(5 / 1, 9 / 3) = 3; far: min(10, 30 / 3) = 10; web: min(15, 39 / 3) = 13.
+    assert_eq!((atp_at(&answer.skus[0], "near"), atp_at(&answer.skus[0], "far")), (3, 10));
+    assert_eq!(
+        answer.skus[0].channels.iter().find(|c| c.channel_id == "web").map(|c| c.atp),
+        Some(13)
+    );
+
+    // A kit line holds its components.
+    let reserve = v1::ReserveRequest {
+        reservation_id: "kit-1".into(),
+        channel_id: "web".into(),
+        lines: vec![v1::ReservationLine {
+            sku: "box".into(),
+            location_id: "near".into(),
+            quantity: 2,
+        }],
+        ttl_seconds: 600,
+        metadata: None,
+    };
+    let held = api.reserve(reserve).await.expect("reserve a kit").into_inner();
+    let mut lines: Vec<(String, i64)> =
+        held.reservation.expect("held").lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect();
+    lines.sort();
+    assert_eq!(lines, vec![("mug".to_owned(), 2), ("tea".to_owned(), 6)]);
+    let answer = api.get_availability(figures(&["box"])).await.expect("read").into_inner();
+    // near: min(3 / 1, 3 / 3) = 1.
+    assert_eq!(atp_at(&answer.skus[0], "near"), 1);
+
+    // Allocate 2 boxes and 1 tea: mug 2, tea 7 — near has mug 3, tea 3, so far.
+    let allocated = api
+        .allocate(order("kit-order", &[("box", 2), ("tea", 1)]))
+        .await
+        .expect("allocate")
+        .into_inner();
+    let mut lines: Vec<(String, String, i64)> = allocated
+        .reservation
+        .expect("held")
+        .lines
+        .iter()
+        .map(|l| (l.sku.clone(), l.location_id.clone(), l.quantity))
+        .collect();
+    lines.sort();
+    assert_eq!(lines, vec![("mug".into(), "far".into(), 2), ("tea".into(), "far".into(), 7)]);
+}

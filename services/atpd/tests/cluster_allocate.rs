@@ -306,5 +306,37 @@ async fn late_bound_holds_rebound_across_nodes_hold_each_unit_once() {
             reserved(node).await.into_iter().filter(|(_, units)| *units > 0).collect();
         assert_eq!(reported, held, "as node {} reports it", node.address);
     }
+
+    // A kit defined through one node is the cluster's: another shows its
+    // figures from its components' (which live on other nodes' shards).
+    let component = |sku: &str, quantity| v1::KitComponent { sku: sku.into(), quantity };
+    let kit = v1::Kit {
+        sku: "kit-ab".into(),
+        name: "a and two b".into(),
+        components: vec![component("sku-a", 1), component("sku-b", 2)],
+    };
+    cluster.nodes[1]
+        .config()
+        .upsert_kit(v1::UpsertKitRequest { kit: Some(kit) })
+        .await
+        .expect("upsert kit");
+    let listed = eventually(DEADLINE, || async {
+        let kits = cluster.nodes[2].config().list_kits(v1::ListKitsRequest {}).await;
+        kits.is_ok_and(|reply| reply.into_inner().kits.len() == 1)
+    })
+    .await;
+    assert!(listed, "node 2 never saw the kit");
+    let request = v1::GetAvailabilityRequest {
+        skus: vec!["kit-ab".into(), "sku-a".into(), "sku-b".into()],
+        ..Default::default()
+    };
+    let reply = cluster.nodes[2].availability().get_availability(request).await.expect("read");
+    let skus = reply.into_inner().skus;
+    let atp = |sku: usize, location: &str| {
+        skus[sku].locations.iter().find(|at| at.location_id == location).map_or(0, |at| at.atp)
+    };
+    for (location, _, _) in LOCATIONS {
+        assert_eq!(atp(0, location), atp(1, location).min(atp(2, location) / 2), "{location}");
+    }
     cluster.check_epochs(&etcd).await;
 }

@@ -302,9 +302,6 @@ pub struct Planned {
     pub excluded: Vec<(LocationId, Exclusion)>,
 }
 
-/// Most components one kit may have.
-pub const MAX_KIT_COMPONENTS: usize = 32;
-
 /// The distinct SKUs `lines` need and the units of each, in order of first
 /// mention: a kit's line becomes its components × quantity, and units of
 /// one SKU are summed over every line that needs it (a kit's component and

@@ -119,3 +119,44 @@ pub fn parse_channel(message: v1::UpsertChannelRequest) -> Result<Channel, CoreE
     };
     violations.finish(parsed)
 }
+
+/// UpsertKit. The kit's own rules are checked here; whether its components
+/// are kits (kits do not nest) when it is stored.
+pub fn parse_kit(message: v1::UpsertKitRequest) -> Result<atp_core::kits::Kit, CoreError> {
+    let Some(kit) = message.kit else {
+        return Err(CoreError::invalid("kit", "must be set"));
+    };
+    let mut violations = Violations::default();
+    let sku = violations.parse(atp_core::ids::Sku::parse("kit.sku", &kit.sku));
+    let mut components = Vec::with_capacity(kit.components.len());
+    let mut all_good = true;
+    if within_count(
+        &mut violations,
+        "kit.components",
+        kit.components.len(),
+        atp_core::kits::MAX_KIT_COMPONENTS,
+    ) {
+        for (index, component) in kit.components.iter().enumerate() {
+            let field = format!("kit.components[{index}].sku");
+            match violations.parse(atp_core::ids::Sku::parse(&field, &component.sku)) {
+                Some(sku) => components.push((sku, component.quantity)),
+                None => all_good = false,
+            }
+        }
+    }
+    let parsed = match sku {
+        Some(sku) if all_good => {
+            let kit = atp_core::kits::Kit { sku, name: kit.name, components };
+            match kit.validate("kit") {
+                Ok(()) => Some(kit),
+                Err(CoreError::InvalidArgument(found)) => {
+                    violations.extend(found);
+                    None
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        _ => None,
+    };
+    violations.finish(parsed)
+}

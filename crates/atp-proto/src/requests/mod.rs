@@ -25,7 +25,7 @@ use atp_core::{CoreError, FieldViolation};
 
 pub use allocate::{exclusion_name, parse_allocate, routing_plan};
 pub use batch::{MAX_RESERVATIONS_PER_BATCH, parse_reserve_batch, within_item};
-pub use config::{parse_channel, parse_location};
+pub use config::{parse_channel, parse_kit, parse_location};
 pub use events::parse_stock_events;
 pub use listing::{
     DEFAULT_LIST_PAGE_SIZE, ListQuery, MAX_IDS_PER_GET, MAX_LIST_PAGE_SIZE, decode_list_token,

@@ -450,6 +450,20 @@ impl AvailabilityService for Fake {
 
 #[tonic::async_trait]
 impl ConfigService for Fake {
+    async fn upsert_kit(
+        &self,
+        _request: Request<atp_proto::v1::UpsertKitRequest>,
+    ) -> Reply<atp_proto::v1::UpsertKitResponse> {
+        Err(Status::unimplemented("the fake server has no kits"))
+    }
+
+    async fn list_kits(
+        &self,
+        _request: Request<atp_proto::v1::ListKitsRequest>,
+    ) -> Reply<atp_proto::v1::ListKitsResponse> {
+        Err(Status::unimplemented("the fake server has no kits"))
+    }
+
     async fn upsert_location(
         &self,
         request: Request<UpsertLocationRequest>,
