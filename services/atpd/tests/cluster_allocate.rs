@@ -246,6 +246,27 @@ async fn daily_capacity_is_never_exceeded_by_concurrent_orders_across_nodes() {
     if held.len() as i64 == CAPACITY {
         assert_eq!(full.expect_err("over capacity").code(), Code::FailedPrecondition);
     }
+    // An expired hold gives its shipment back too: free one, take it with
+    // a 1 s hold, and wait for a plan through east to be possible again.
+    let release = v1::ReleaseRequest { reservation_id: held[1].clone() };
+    cluster.nodes[0].availability().release(release).await.expect("release");
+    let mut brief = order("cap-brief", vec![("sku-cap", 1)]);
+    brief.ttl_seconds = 1;
+    cluster.nodes[2].availability().allocate(brief).await.expect("a 1 s hold");
+    let probe = || {
+        let mut dry = order("cap-probe", vec![("sku-cap", 1)]);
+        dry.dry_run = true;
+        dry
+    };
+    let none_now = cluster.nodes[1].availability().allocate(probe()).await;
+    if held.len() as i64 == CAPACITY {
+        assert!(none_now.is_err(), "east is full until the 1 s hold expires");
+    }
+    let back = eventually(DEADLINE, || async {
+        cluster.nodes[1].availability().allocate(probe()).await.is_ok()
+    })
+    .await;
+    assert!(back, "the expired hold's shipment never came back");
     cluster.check_epochs(&etcd).await;
 }
 
