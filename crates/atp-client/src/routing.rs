@@ -131,6 +131,8 @@ keyed! {
     v1::UpsertChannelRequest,
     v1::ListLocationsRequest,
     v1::ListChannelsRequest,
+    v1::UpsertKitRequest,
+    v1::ListKitsRequest,
     v1::ListShardsRequest,
     v1::GetShardRequest,
     v1::QueryLedgerRequest,

@@ -97,6 +97,9 @@ pub enum Command {
     /// Configure or list channels.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Define or list kits (a SKU sold as a bundle of components).
+    #[command(subcommand)]
+    Kit(KitCommand),
     /// Apply a declarative TOML file of locations and channels.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -625,6 +628,26 @@ impl LocationUpsertArgs {
     pub fn state(&self) -> atp_proto::v1::LifecycleState {
         if self.inactive { StateArg::Paused.into() } else { self.state.into() }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KitCommand {
+    /// Define or replace a kit: `atpctl kit upsert box --component mug=1 --component tea=3`.
+    Upsert(KitUpsertArgs),
+    /// List the kits.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct KitUpsertArgs {
+    /// The kit's SKU.
+    #[command(flatten)]
+    pub id: MainId,
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// A component as SKU=UNITS_PER_KIT; repeat for more (1..=32).
+    #[arg(long = "component", required = true, value_name = "SKU=QTY")]
+    pub components: Vec<crate::line::OrderLineSpec>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -754,3 +754,41 @@ async fn allocate_refuses_or_backorders_a_short_order() {
         assert!(fields.contains(&field), "{field} not in {fields:?}");
     }
 }
+
+#[tokio::test]
+async fn kits_are_defined_listed_and_shown_from_their_components() {
+    let node = Atpd::start(&[]).await;
+    let addr = node.endpoint();
+    configure(&addr).await;
+    let upsert = atpctl(
+        &addr,
+        &[
+            "--json",
+            "kit",
+            "upsert",
+            "box",
+            "--name",
+            "gift box",
+            "--component",
+            "mug=1",
+            "--component",
+            "tea=3",
+        ],
+    )
+    .await;
+    assert!(upsert.status.success(), "{upsert:?}");
+    assert_eq!(json(&upsert)["changed"], true);
+    let nested = atpctl(&addr, &["kit", "upsert", "crate", "--component", "box=2"]).await;
+    assert_eq!(nested.status.code(), Some(3), "{nested:?}");
+    let listed = atpctl(&addr, &["kit", "list"]).await;
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains("box") && text.contains("mug×1 tea×3"), "{text}");
+    node.receive("mug", "dc-1", 4).await;
+    node.receive("tea", "dc-1", 9).await;
+    let figures = atpctl(&addr, &["--json", "availability", "box"]).await;
+    assert!(figures.status.success(), "{figures:?}");
+    let figures = json(&figures);
+    let text = figures.to_string();
+    // min(4 / 1, 9 / 3) = 3 at dc-1.
+    assert!(text.contains("\"atp\":3"), "{text}");
+}

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
 use atp_proto::v1::{
-    Channel, LifecycleState, ListChannelsRequest, ListLocationsRequest, Location, LocationKind,
-    ShippingCost, UpsertChannelRequest, UpsertLocationRequest,
+    Channel, Kit, KitComponent, LifecycleState, ListChannelsRequest, ListKitsRequest,
+    ListLocationsRequest, Location, LocationKind, ShippingCost, UpsertChannelRequest,
+    UpsertKitRequest, UpsertLocationRequest,
 };
 use serde_json::{Value, json};
 
-use crate::cli::{ChannelUpsertArgs, LocationKindArg, LocationUpsertArgs};
+use crate::cli::{ChannelUpsertArgs, KitUpsertArgs, LocationKindArg, LocationUpsertArgs};
 use crate::client::{Clients, Context};
 use crate::config_file::ConfigFile;
 use crate::format::location_kind;
@@ -92,6 +93,63 @@ pub async fn upsert_channel(
         },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn upsert_kit(context: &Context, args: KitUpsertArgs) -> anyhow::Result<ExitCode> {
+    let kit = Kit {
+        sku: args.id.to_string(),
+        name: args.name,
+        components: args
+            .components
+            .into_iter()
+            .map(|component| KitComponent { sku: component.sku, quantity: component.quantity })
+            .collect(),
+    };
+    let clients = context.connect().await?;
+    let request = UpsertKitRequest { kit: Some(kit) };
+    let response = clients.rpc().upsert_kit(request).await.context("upsert kit")?;
+    let stored = response.kit.unwrap_or_default();
+    let changed = response.changed;
+    context.print(
+        || json!({ "kit": kit_json(&stored), "changed": changed }),
+        || {
+            let table = kits_table(std::slice::from_ref(&stored));
+            format!("{table}\nkit {}: {}\n", stored.sku, changed_word(changed))
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list_kits(context: &Context) -> anyhow::Result<ExitCode> {
+    let clients = context.connect().await?;
+    let response = clients.rpc().list_kits(ListKitsRequest {}).await.context("list kits")?;
+    context.print(
+        || json!({ "kits": response.kits.iter().map(kit_json).collect::<Vec<_>>() }),
+        || kits_table(&response.kits),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kit_json(kit: &Kit) -> Value {
+    let components: Vec<Value> = kit
+        .components
+        .iter()
+        .map(|component| json!({ "sku": component.sku, "quantity": component.quantity }))
+        .collect();
+    json!({ "sku": kit.sku, "name": kit.name, "components": components })
+}
+
+fn kits_table(kits: &[Kit]) -> String {
+    let mut table = Table::new(&["SKU", "NAME", "COMPONENTS"]);
+    for kit in kits {
+        let components: Vec<String> = kit
+            .components
+            .iter()
+            .map(|component| format!("{}×{}", component.sku, component.quantity))
+            .collect();
+        table.row(vec![kit.sku.clone(), kit.name.clone(), components.join(" ")]);
+    }
+    table.render()
 }
 
 pub async fn list_channels(context: &Context) -> anyhow::Result<ExitCode> {

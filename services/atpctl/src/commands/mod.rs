@@ -14,8 +14,8 @@ mod reservations;
 use std::process::ExitCode;
 
 use crate::cli::{
-    ChannelCommand, Cli, ClusterCommand, Command, ConfigCommand, LocationCommand, NodeCommand,
-    ReservationsCommand, ShardArgs, ShardCommand,
+    ChannelCommand, Cli, ClusterCommand, Command, ConfigCommand, KitCommand, LocationCommand,
+    NodeCommand, ReservationsCommand, ShardArgs, ShardCommand,
 };
 use crate::client::Context;
 
@@ -50,6 +50,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config::upsert_channel(context, args).await
         }
         Command::Channel(ChannelCommand::List) => config::list_channels(context).await,
+        Command::Kit(KitCommand::Upsert(args)) => config::upsert_kit(context, args).await,
+        Command::Kit(KitCommand::List) => config::list_kits(context).await,
         Command::Config(ConfigCommand::Apply { file }) => config::apply(context, &file).await,
         Command::Config(ConfigCommand::Check { file, offline }) => {
             config::check(context, &file, offline).await
