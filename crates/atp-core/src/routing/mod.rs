@@ -1,6 +1,6 @@
 //! The routing planner: which locations should ship an order, and why.
 //!
-//! Pure and deterministic: the same [`Network`] (candidates with their ATP
+//! Pure and deterministic: the same candidates (with their ATP
 //! and capacity left), [`Order`] and [`Rules`] always give the same
 //! [`Planned`], so a dry run and the real run agree on the same state. The
 //! search is bounded by a work budget (plans evaluated), never by time.
