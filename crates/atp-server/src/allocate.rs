@@ -36,11 +36,25 @@ impl AvailabilityApi {
         if let Some(target) = request.rebind.clone() {
             return self.rebind(request, target).await;
         }
-        if !request.dry_run
-            && let Some(answer) = self.replay(&request).await?
-        {
-            return Ok(answer);
+        // A retry is recognised where it differs from a first call: its
+        // Reserve finds the order id taken (ALREADY_EXISTS), or, when the
+        // state moved since, it cannot plan or hold at all. Only then is
+        // the order id read, so a first call pays no extra round trip.
+        match self.plan_and_hold(&request).await {
+            Err(status) if !request.dry_run => match self.replay(&request).await {
+                Ok(Some(answer)) => Ok(answer),
+                // The order id was taken by another request: say so.
+                Err(reused) if reused.code() == Code::AlreadyExists => Err(reused),
+                Ok(None) | Err(_) => Err(status),
+            },
+            answer => answer,
         }
+    }
+
+    async fn plan_and_hold(
+        &self,
+        request: &AllocateRequest,
+    ) -> Result<v1::AllocateResponse, Status> {
         let catalog = self.catalog();
         let channel = active_channel(&catalog, &request.channel)?;
         let demand = demand_of(&request.lines, &kit_components(&catalog));
@@ -73,13 +87,7 @@ impl AvailabilityApi {
                 Err(status) if reason_of(&status) == Some(Reason::InsufficientStock) => {
                     lost_race = Some(status);
                 }
-                Err(status) if status.code() == Code::AlreadyExists => {
-                    // Another call with this order id held first.
-                    return match self.replay(&request).await? {
-                        Some(answer) => Ok(answer),
-                        None => Err(status),
-                    };
-                }
+                // ALREADY_EXISTS included: the caller looks for a replay.
                 Err(status) => return Err(status),
             }
         }
