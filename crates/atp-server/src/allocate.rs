@@ -69,15 +69,15 @@ impl AvailabilityApi {
             counters.apply(&used, &mut candidates);
             let planned = plan(&candidates, &request.destination, &order, &request.rules);
             let Some(chosen) = planned.plan.clone() else {
-                return Err(no_plan(&request, &candidates, &order, &skus));
+                return Err(no_plan(request, &candidates, &order, &skus));
             };
             let mut response = explained(planned, &skus, attempt);
             if request.dry_run {
                 response.dry_run = true;
-                response.epoch = self.home_epoch(&request);
+                response.epoch = self.home_epoch(request);
                 return Ok(response);
             }
-            match self.hold(&request, &chosen, &skus, &counters).await {
+            match self.hold(request, &chosen, &skus, &counters).await {
                 Ok(reserved) => {
                     response.reservation = reserved.reservation;
                     response.replayed = reserved.replayed;
