@@ -1,5 +1,6 @@
-//! The log of what the node acknowledged: per reservation id, the lines sent,
-//! the last acknowledged state and the operations sent after it whose answer
+//! The log of what the node acknowledged: per reservation id, the lines sent
+//! (or, for an Allocate, the order sent and the lines the node chose), the
+//! last acknowledged state and the operations sent after it whose answer
 //! was lost. The checker compares the node's state with it; logs of several
 //! runs against the same [`crate::Setup`] merge into one.
 
@@ -16,6 +17,16 @@ pub struct LineRef {
     /// Index into [`crate::Setup::locations`].
     pub location: u16,
     /// Units asked for.
+    pub quantity: i64,
+}
+
+/// One line of an order sent with Allocate: units of a SKU, the location
+/// left to the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OrderRef {
+    /// Index into [`crate::Setup::skus`].
+    pub sku: u32,
+    /// Units ordered.
     pub quantity: i64,
 }
 
@@ -37,7 +48,8 @@ pub enum Acked {
 /// UNAVAILABLE): it may or may not have been applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum InDoubt {
-    /// A Reserve: the reservation may exist, HELD (or EXPIRED since).
+    /// A Reserve, or an Allocate (whose hold is a Reserve under the order
+    /// id): the reservation may exist, HELD (or EXPIRED since).
     Reserve,
     /// A Commit of a HELD reservation: it may be COMMITTED.
     Commit,
@@ -48,8 +60,14 @@ pub enum InDoubt {
 /// What the load generator knows of one reservation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckEntry {
-    /// The lines as sent with the Reserve.
+    /// The lines as sent with the Reserve; for an Allocate, the lines its
+    /// answer held, or none while no answer came (see `order`).
     pub lines: Vec<LineRef>,
+    /// An Allocate's order (empty for a Reserve). The node chose its lines,
+    /// so while `lines` is empty the checker accepts any lines that hold
+    /// exactly these units of these SKUs at the setup's locations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order: Vec<OrderRef>,
     /// The last acknowledged state; `None` while only unanswered operations
     /// were sent.
     pub acked: Option<Acked>,
@@ -154,8 +172,33 @@ impl AckLog {
 
     /// A Reserve of `lines` is about to be sent under `id`.
     pub fn reserve_sent(&mut self, id: &str, lines: Vec<LineRef>) {
-        let entry = AckEntry { lines, acked: None, in_doubt: BTreeSet::from([InDoubt::Reserve]) };
+        let entry = AckEntry {
+            lines,
+            order: Vec::new(),
+            acked: None,
+            in_doubt: BTreeSet::from([InDoubt::Reserve]),
+        };
         self.entries.insert(id.to_owned(), entry);
+    }
+
+    /// An Allocate of `order` is about to be sent under `id`; the lines are
+    /// the node's to choose. Until it answers, it is a Reserve in doubt.
+    pub fn allocate_sent(&mut self, id: &str, order: Vec<OrderRef>) {
+        let entry = AckEntry {
+            lines: Vec::new(),
+            order,
+            acked: None,
+            in_doubt: BTreeSet::from([InDoubt::Reserve]),
+        };
+        self.entries.insert(id.to_owned(), entry);
+    }
+
+    /// The node answered `id`'s Allocate: it holds `lines` (empty when the
+    /// answer did not say which, so the checker compares with the order).
+    pub fn allocated(&mut self, id: &str, lines: Vec<LineRef>) {
+        self.acknowledged(id, Acked::Held);
+        let entry = self.entries.get_mut(id).expect("acknowledged just now");
+        entry.lines = lines;
     }
 
     /// The node answered `id`'s pending operation: now `state`.
@@ -202,6 +245,10 @@ impl AckLog {
                 Some(ours) => {
                     ours.acked = ours.acked.max(theirs.acked);
                     ours.in_doubt.extend(theirs.in_doubt);
+                    // An Allocate's lines are known once one log saw its answer.
+                    if ours.lines.is_empty() {
+                        ours.lines = theirs.lines;
+                    }
                 }
             }
         }
@@ -246,6 +293,23 @@ mod tests {
     }
 
     #[test]
+    fn an_allocate_learns_its_lines_from_the_answer() {
+        let mut log = AckLog::new();
+        let order = vec![OrderRef { sku: 0, quantity: 1 }];
+        log.allocate_sent("o-1", order.clone());
+        let entry = log.get("o-1").expect("logged");
+        assert!(entry.lines.is_empty() && entry.order == order);
+        assert!(entry.allowed().contains(&Found::Missing), "in doubt until answered");
+        log.allocated("o-1", vec![LINE]);
+        let entry = log.get("o-1").expect("logged");
+        assert_eq!((entry.lines.as_slice(), entry.acked), ([LINE].as_slice(), Some(Acked::Held)));
+        assert!(entry.in_doubt.is_empty());
+        log.allocate_sent("o-2", order);
+        log.refused("o-2", InDoubt::Reserve);
+        assert_eq!(log.get("o-2").expect("logged").allowed(), BTreeSet::from([Found::Missing]));
+    }
+
+    #[test]
     fn merge_keeps_the_further_state_and_all_doubts() {
         let mut first = AckLog::new();
         first.reserve_sent("a", vec![LINE]);
@@ -256,6 +320,7 @@ mod tests {
             "a",
             AckEntry {
                 lines: vec![LINE],
+                order: Vec::new(),
                 acked: Some(Acked::Held),
                 in_doubt: BTreeSet::from([InDoubt::Release]),
             },

@@ -3,7 +3,10 @@
 //!
 //! - **Acknowledged means present**: every logged reservation is found in its
 //!   acknowledged state or a legal successor ([`crate::AckEntry::allowed`]),
-//!   with the lines that were sent; a refused one does not exist.
+//!   with the lines that were sent (an Allocate: the lines its answer held;
+//!   one whose answer never came, any lines holding exactly its order's
+//!   units of each SKU at the setup's locations); a refused one does not
+//!   exist.
 //! - **Nothing oversold**: at every position of the setup
 //!   `reserved + committed + unavailable + safety_stock <= on_hand` and no
 //!   shortfall (the load generator sends only `received` events, so no fact
@@ -17,7 +20,7 @@
 //! (holds within 30 s of their expiry, operations in doubt);
 //! if any did, it reads again, until two reads agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +32,7 @@ use serde::Serialize;
 use crate::LoadError;
 use crate::acks::{AckEntry, AckLog, Found, LineRef};
 use crate::client::{self, retry};
-use crate::setup::Setup;
+use crate::setup::{Names, Setup};
 
 /// Longest wait for one answer while checking.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,29 +115,6 @@ impl fmt::Display for CheckReport {
 
 /// A reservation as read: `None` when the node answered NOT_FOUND.
 type Fetched = Option<v1::Reservation>;
-
-/// The setup's SKU and location ids → their indexes in a [`LineRef`].
-struct Names<'a> {
-    skus: HashMap<&'a str, u32>,
-    locations: HashMap<&'a str, u16>,
-}
-
-impl<'a> Names<'a> {
-    fn new(setup: &'a Setup) -> Self {
-        let skus = setup.skus.iter().zip(0..).map(|(sku, index)| (sku.as_str(), index)).collect();
-        let locations = setup
-            .locations
-            .iter()
-            .zip(0..)
-            .map(|(location, index)| (location.as_str(), index))
-            .collect();
-        Self { skus, locations }
-    }
-
-    fn position(&self, sku: &str, location: &str) -> Option<(u32, u16)> {
-        Some((*self.skus.get(sku)?, *self.locations.get(location)?))
-    }
-}
 
 /// Checks the invariants of the data of `setup` on the node at `endpoint`
 /// against `acks` (the merged logs of every run over that setup). Errors
@@ -313,13 +293,9 @@ fn compare(
                 | Found::Fulfilled => {}
             }
         }
-        let mut sent = entry.lines.clone();
-        sent.sort();
         lines.sort();
-        if lines != sent {
-            report.violation(format!(
-                "reservation {id}: lines {lines:?} differ from the lines sent {sent:?}"
-            ));
+        if let Some(mismatch) = lines_mismatch(entry, &lines) {
+            report.violation(format!("reservation {id}: {mismatch}"));
         }
     }
     report.found = states.into_iter().map(|(state, count)| (format!("{state:?}"), count)).collect();
@@ -372,5 +348,83 @@ fn compare(
                 ));
             }
         }
+    }
+}
+
+/// Why `found` (a reservation's lines as read, sorted) cannot be the lines
+/// of `entry`, if they cannot: a Reserve's must be the lines sent, an
+/// answered Allocate's the lines its answer held; an Allocate's, answered or
+/// not, must hold exactly the order's units of each SKU (all or nothing) on
+/// distinct positions.
+fn lines_mismatch(entry: &AckEntry, found: &[LineRef]) -> Option<String> {
+    if !entry.lines.is_empty() || entry.order.is_empty() {
+        let mut sent = entry.lines.clone();
+        sent.sort();
+        if found != sent {
+            return Some(format!("lines {found:?} differ from the lines sent {sent:?}"));
+        }
+    }
+    if entry.order.is_empty() {
+        return None;
+    }
+    let mut ordered: BTreeMap<u32, i64> = BTreeMap::new();
+    for line in &entry.order {
+        *ordered.entry(line.sku).or_default() += line.quantity;
+    }
+    let mut held: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut positions = BTreeSet::new();
+    for line in found {
+        *held.entry(line.sku).or_default() += line.quantity;
+        if !positions.insert((line.sku, line.location)) {
+            return Some(format!("lines {found:?} name a position twice"));
+        }
+    }
+    (held != ordered).then(|| {
+        format!("lines {found:?} differ from the order: units by SKU {held:?}, ordered {ordered:?}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::acks::{Acked, OrderRef};
+
+    fn line(sku: u32, location: u16, quantity: i64) -> LineRef {
+        LineRef { sku, location, quantity }
+    }
+
+    fn entry(lines: Vec<LineRef>, order: Vec<OrderRef>) -> AckEntry {
+        AckEntry { lines, order, acked: Some(Acked::Held), in_doubt: BTreeSet::new() }
+    }
+
+    #[test]
+    fn a_reserve_holds_the_lines_sent() {
+        let sent = entry(vec![line(1, 0, 2), line(0, 1, 1)], Vec::new());
+        assert_eq!(lines_mismatch(&sent, &[line(0, 1, 1), line(1, 0, 2)]), None);
+        let message = lines_mismatch(&sent, &[line(0, 0, 1), line(1, 0, 2)]).expect("moved");
+        assert!(message.contains("differ"), "{message}");
+    }
+
+    #[test]
+    fn an_allocate_in_doubt_may_hold_its_order_anywhere() {
+        let order = vec![OrderRef { sku: 0, quantity: 3 }, OrderRef { sku: 4, quantity: 1 }];
+        let unknown = entry(Vec::new(), order.clone());
+        let split = [line(0, 0, 1), line(0, 2, 2), line(4, 1, 1)];
+        assert_eq!(lines_mismatch(&unknown, &split), None);
+        assert_eq!(lines_mismatch(&unknown, &[line(0, 5, 3), line(4, 5, 1)]), None);
+        for wrong in [
+            vec![line(0, 0, 2), line(4, 1, 1)],
+            vec![line(0, 0, 3)],
+            vec![line(0, 0, 3), line(4, 1, 1), line(7, 1, 1)],
+            vec![line(0, 0, 1), line(0, 0, 2), line(4, 1, 1)],
+        ] {
+            assert!(lines_mismatch(&unknown, &wrong).is_some(), "{wrong:?} passed");
+        }
+        // Answered: exactly the lines the answer held.
+        let answered = entry(split.to_vec(), order);
+        assert_eq!(lines_mismatch(&answered, &split), None);
+        assert!(lines_mismatch(&answered, &[line(0, 5, 3), line(4, 5, 1)]).is_some());
     }
 }

@@ -39,6 +39,11 @@ pub enum Scenario {
     /// stack and this load generator reach together over the same
     /// connections: the ceiling every other scenario runs under.
     Ceiling,
+    /// Allocate an order of 1–3 distinct SKUs × 1–2 units to a destination
+    /// drawn uniformly over the setup's service area (lowest cost, default
+    /// rules: atp chooses the locations), then commit (70%) or release (30%)
+    /// the reservation it holds.
+    Routing,
 }
 
 /// How requests are paced.
@@ -79,7 +84,8 @@ pub struct Config {
     #[arg(long, default_value_t = 50)]
     pub clients: usize,
     /// Open mode: arrivals per second (an arrival is one scenario step:
-    /// a Reserve, a checkout, a buyer, a batch call, a health check).
+    /// a Reserve, a checkout, a buyer, a batch call, a health check, a
+    /// routed order).
     #[arg(long, default_value_t = 1_000.0)]
     pub rate: f64,
     /// Send each call straight to its shard's owner by the cluster's shard

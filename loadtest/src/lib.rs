@@ -28,12 +28,13 @@ mod acks;
 pub mod check;
 pub mod client;
 pub mod config;
+mod routing;
 mod run;
 mod scenario;
 pub mod setup;
 pub mod stats;
 
-pub use acks::{AckEntry, AckLog, Acked, Found, InDoubt, LineRef};
+pub use acks::{AckEntry, AckLog, Acked, Found, InDoubt, LineRef, OrderRef};
 pub use check::{CheckReport, check};
 pub use config::{Config, Mode, Scenario};
 pub use run::{run, run_until};

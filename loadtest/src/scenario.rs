@@ -2,6 +2,7 @@
 //! logged in the worker's own [`AckLog`] before and after it is sent.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use atp_client::{Client, Code, Error};
 use atp_proto::v1;
@@ -10,10 +11,11 @@ use tokio::time::Instant;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::acks::{AckLog, Acked, InDoubt, LineRef};
+use crate::acks::{AckLog, Acked, InDoubt, LineRef, OrderRef};
 use crate::client::{passing, refused};
 use crate::config::{Config, Scenario};
-use crate::setup::Setup;
+use crate::routing;
+use crate::setup::{Names, Setup};
 use crate::stats::{Failure, Recorder, Rpc, unix_ms};
 
 /// Most lines of one checkout.
@@ -23,6 +25,14 @@ const MAX_CHECKOUT_UNITS: i64 = 2;
 /// Of 100 checkouts, how many commit; then how many release (the rest expire).
 const COMMIT_PERCENT: u32 = 70;
 const RELEASE_PERCENT: u32 = 20;
+/// Of 100 routed orders, how many commit (the rest release).
+const ROUTING_COMMIT_PERCENT: u32 = 70;
+/// Most times an Allocate whose answer was lost is sent again (the same
+/// request: the node answers the reservation it made) before its outcome is
+/// left in doubt.
+const MAX_ALLOCATE_RESENDS: u32 = 3;
+/// Pause before the first resend; it doubles before each next one.
+const FIRST_RESEND_PAUSE: Duration = Duration::from_millis(50);
 
 /// What every worker of a run shares.
 pub struct Plan {
@@ -36,6 +46,8 @@ pub struct Plan {
     pub hold_ttl_s: u32,
     /// TTL of checkout holds left to expire.
     pub expire_ttl_s: u32,
+    /// The setup's ids → indexes, to read the lines an Allocate held.
+    names: Names,
 }
 
 impl Plan {
@@ -47,6 +59,7 @@ impl Plan {
             batch_size: config.batch_size,
             hold_ttl_s: config.hold_ttl_s,
             expire_ttl_s: config.expire_ttl_s,
+            names: Names::new(setup),
         }
     }
 }
@@ -107,6 +120,7 @@ impl Worker {
             Scenario::Checkout => self.checkout(measured).await,
             Scenario::Batch => self.batch(measured).await,
             Scenario::Ceiling => self.health_check(measured).await,
+            Scenario::Routing => self.routing(measured).await,
         }
     }
 
@@ -116,11 +130,15 @@ impl Worker {
     }
 
     fn random_line(&mut self, quantity: i64) -> LineRef {
-        let sku = self.rng.usize(..self.plan.setup.skus.len());
+        let sku = self.random_sku();
         let location = self.rng.usize(..self.plan.setup.locations.len());
-        let sku = u32::try_from(sku).expect("validated: at most u32::MAX skus");
         let location = u16::try_from(location).expect("validated: at most u16::MAX locations");
         LineRef { sku, location, quantity }
+    }
+
+    fn random_sku(&mut self) -> u32 {
+        let sku = self.rng.usize(..self.plan.setup.skus.len());
+        u32::try_from(sku).expect("validated: at most u32::MAX skus")
     }
 
     fn reserve_request(&self, id: &str, lines: &[LineRef], ttl_s: u32) -> v1::ReserveRequest {
@@ -151,12 +169,12 @@ impl Worker {
         }
     }
 
-    /// Records the failed call `rpc` about `id` over `lines`, sent at
-    /// `sent_unix_ms`.
+    /// Records the failed call `rpc` about `id` over the SKUs (by index)
+    /// `skus`, sent at `sent_unix_ms`.
     fn record_failure(
         &mut self,
         rpc: Rpc,
-        (id, lines): (&str, &[LineRef]),
+        (id, skus): (&str, impl Iterator<Item = u32>),
         error: &Error,
         sent_unix_ms: i64,
     ) {
@@ -164,7 +182,7 @@ impl Worker {
             Error::NotOwner { shard, .. } | Error::FailingClosed { shard, .. } => Some(*shard),
             _ => None,
         };
-        let skus = lines.iter().map(|line| self.plan.setup.skus[line.sku as usize].clone());
+        let skus = skus.map(|sku| self.plan.setup.skus[sku as usize].clone());
         self.recorder.failure(Failure {
             rpc: rpc.name(),
             code: format!("{:?}", error.code()),
@@ -206,7 +224,8 @@ impl Worker {
             }
             Err(error) => {
                 self.recorder.error(error.code());
-                self.record_failure(Rpc::Reserve, (&id, &lines), &error, sent_unix_ms);
+                let skus = lines.iter().map(|line| line.sku);
+                self.record_failure(Rpc::Reserve, (&id, skus), &error, sent_unix_ms);
                 self.settle(&id, InDoubt::Reserve, error.code());
                 (None, Some(error.code()))
             }
@@ -254,34 +273,115 @@ impl Worker {
         if expire {
             return false;
         }
-        let commit = fate < COMMIT_PERCENT;
+        self.finish(&id, &lines, fate < COMMIT_PERCENT, measured).await
+    }
+
+    /// Commits (`commit`) or releases the HELD reservation `id` of `lines`;
+    /// returns whether the node could not take it.
+    async fn finish(&mut self, id: &str, lines: &[LineRef], commit: bool, measured: bool) -> bool {
         let (rpc, attempt, state) = if commit {
             (Rpc::Commit, InDoubt::Commit, Acked::Committed)
         } else {
             (Rpc::Release, InDoubt::Release, Acked::Released)
         };
-        self.acks.sent(&id, attempt);
+        self.acks.sent(id, attempt);
         let (sent, sent_unix_ms) = (Instant::now(), unix_ms());
         let result = if commit {
             // No lines named: every line commits all it holds.
-            let request = v1::CommitRequest { reservation_id: id.clone(), lines: Vec::new() };
+            let request = v1::CommitRequest { reservation_id: id.to_owned(), lines: Vec::new() };
             self.client.rpc().commit(request).await.map(drop)
         } else {
-            let request = v1::ReleaseRequest { reservation_id: id.clone() };
+            let request = v1::ReleaseRequest { reservation_id: id.to_owned() };
             self.client.rpc().release(request).await.map(drop)
         };
         self.recorder.call(rpc, sent.elapsed(), measured);
         match result {
             Ok(()) => {
-                self.acks.acknowledged(&id, state);
+                self.acks.acknowledged(id, state);
                 false
             }
             Err(error) => {
                 self.recorder.error(error.code());
-                self.record_failure(rpc, (&id, &lines), &error, sent_unix_ms);
-                self.settle(&id, attempt, error.code());
+                let skus = lines.iter().map(|line| line.sku);
+                self.record_failure(rpc, (id, skus), &error, sent_unix_ms);
+                self.settle(id, attempt, error.code());
                 passing(error.code())
             }
+        }
+    }
+
+    /// Allocate an order to a random destination, then commit or release
+    /// what it holds.
+    async fn routing(&mut self, measured: bool) -> bool {
+        let count = self.rng.usize(1..=MAX_CHECKOUT_LINES).min(self.plan.setup.skus.len());
+        let mut order: Vec<OrderRef> = Vec::with_capacity(count);
+        while order.len() < count {
+            let sku = self.random_sku();
+            if order.iter().all(|other| other.sku != sku) {
+                order.push(OrderRef { sku, quantity: self.rng.i64(1..=MAX_CHECKOUT_UNITS) });
+            }
+        }
+        let commit = self.rng.u32(..100) < ROUTING_COMMIT_PERCENT;
+        let (held, code) = self.allocate(order, measured).await;
+        let Some((id, lines)) = held else {
+            return code.is_some_and(passing);
+        };
+        self.finish(&id, &lines, commit, measured).await
+    }
+
+    /// One Allocate of `order` under a fresh id; returns the id and the lines
+    /// held, or the last error code. An answer lost (a code that proves
+    /// nothing) is resolved by sending the same request again, at most
+    /// [`MAX_ALLOCATE_RESENDS`] times: a replay answers the reservation the
+    /// first send made, or the resend makes it. Only an answer settles a
+    /// resend (a refusal proves nothing while the first send may still
+    /// land), so past the last the outcome stays in doubt, lines unknown.
+    async fn allocate(
+        &mut self,
+        order: Vec<OrderRef>,
+        measured: bool,
+    ) -> (Option<(String, Vec<LineRef>)>, Option<Code>) {
+        let id = self.id();
+        let destination = routing::destination(&mut self.rng);
+        let request =
+            routing::request(&self.plan.setup, &id, &order, destination, self.plan.hold_ttl_s);
+        let skus: Vec<u32> = order.iter().map(|line| line.sku).collect();
+        self.acks.allocate_sent(&id, order);
+        if measured {
+            self.recorder.reservations += 1;
+        }
+        let (mut rpc, mut resends, mut pause) = (Rpc::Allocate, 0, FIRST_RESEND_PAUSE);
+        loop {
+            let (sent, sent_unix_ms) = (Instant::now(), unix_ms());
+            let result = self.client.rpc().allocate(request.clone()).await;
+            self.recorder.call(rpc, sent.elapsed(), measured);
+            let error = match result {
+                Ok(answer) => {
+                    // Lines unreadable: logged as held with lines unknown,
+                    // so the checker compares what the node holds with the order.
+                    let lines = routing::held_lines(&self.plan.names, &answer).unwrap_or_default();
+                    self.acks.allocated(&id, lines.clone());
+                    if measured {
+                        self.recorder.held += 1;
+                    }
+                    return (Some((id, lines)), None);
+                }
+                Err(error) => error,
+            };
+            let code = error.code();
+            self.recorder.error(code);
+            self.record_failure(rpc, (&id, skus.iter().copied()), &error, sent_unix_ms);
+            if rpc == Rpc::Allocate && refused(code) {
+                // Nothing was held under the id, and nothing else carries it.
+                self.acks.refused(&id, InDoubt::Reserve);
+                return (None, Some(code));
+            }
+            if resends == MAX_ALLOCATE_RESENDS {
+                self.recorder.unknown += 1;
+                return (None, Some(code));
+            }
+            tokio::time::sleep(pause).await;
+            (rpc, resends, pause) = (Rpc::AllocateResend, resends + 1, pause * 2);
         }
     }
 

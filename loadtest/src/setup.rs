@@ -2,6 +2,13 @@
 //! over all of them, and stock by `received` events. Every id starts with
 //! the run id, so runs never collide, and every call is idempotent (same ids,
 //! same payloads), so setup can be repeated against a node that restarted.
+//!
+//! Every location also gets a place in [`SERVICE_AREA`] and a shipping cost
+//! ([`site`]), so an Allocate (the routing scenario) has real choices; the
+//! other scenarios name their locations and never read them.
+
+use std::collections::HashMap;
+use std::ops::Range;
 
 use atp_proto::v1;
 use futures::{StreamExt, stream};
@@ -15,6 +22,67 @@ use crate::config::{Config, Scenario};
 pub const MAX_EVENTS_PER_CALL: usize = 1_000;
 /// ApplyStockEvents calls in flight at once during setup.
 const SETUP_CONCURRENCY: usize = 4;
+
+/// Where orders go and where the locations are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceArea {
+    /// Latitudes, degrees.
+    pub latitude: Range<f64>,
+    /// Longitudes, degrees.
+    pub longitude: Range<f64>,
+    /// ISO 3166-1 alpha-2 code of the destinations, and what every location
+    /// ships to.
+    pub country: &'static str,
+}
+
+/// The continental United States, roughly.
+pub const SERVICE_AREA: ServiceArea =
+    ServiceArea { latitude: 25.0..49.0, longitude: -124.0..-67.0, country: "US" };
+
+/// Shipping cost of location `index`, minor units: per shipment
+/// `SHIPMENT_COST_BASE + SHIPMENT_COST_STEP × (index mod SHIPMENT_COST_SPREAD)`
+/// (so nearby locations still differ), per km `COST_PER_KM` and per unit
+/// `COST_PER_UNIT` everywhere.
+const SHIPMENT_COST_BASE: i64 = 300;
+const SHIPMENT_COST_STEP: i64 = 50;
+const SHIPMENT_COST_SPREAD: usize = 7;
+const COST_PER_KM: i64 = 1;
+const COST_PER_UNIT: i64 = 10;
+
+/// Where location `index` stands, and what a shipment from it costs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    /// Degrees.
+    pub latitude: f64,
+    /// Degrees.
+    pub longitude: f64,
+    /// Minor currency units.
+    pub cost: v1::ShippingCost,
+}
+
+/// The site of location `index`: point `index` of an additive recurrence
+/// (the plastic-number R2 sequence) over [`SERVICE_AREA`], so any number of
+/// locations spreads evenly and every run places them alike; its cost is
+/// 300 + 50 × (index mod 7) per shipment, 1 per km, 10 per unit.
+pub fn site(index: usize) -> Site {
+    // 1/g and 1/g² for g the plastic number (g³ = g + 1).
+    const STEP_LATITUDE: f64 = 0.754_877_666_246_692_8;
+    const STEP_LONGITUDE: f64 = 0.569_840_290_998_053_3;
+    let within = |range: &Range<f64>, step: f64| {
+        let fraction = (0.5 + step * index as f64).fract();
+        range.start + fraction * (range.end - range.start)
+    };
+    let spread = i64::try_from(index % SHIPMENT_COST_SPREAD).expect("below 7");
+    Site {
+        latitude: within(&SERVICE_AREA.latitude, STEP_LATITUDE),
+        longitude: within(&SERVICE_AREA.longitude, STEP_LONGITUDE),
+        cost: v1::ShippingCost {
+            per_shipment: SHIPMENT_COST_BASE + SHIPMENT_COST_STEP * spread,
+            per_km: COST_PER_KM,
+            per_unit: COST_PER_UNIT,
+        },
+    }
+}
 
 /// What [`setup`] created: enough to generate requests against it and to
 /// check the node's numbers afterwards.
@@ -40,7 +108,7 @@ impl Setup {
         let (skus, locations, stock) = match config.scenario {
             Scenario::FlashSale => (1, 1, config.flash_stock),
             Scenario::Ceiling => (0, 0, 0),
-            Scenario::Reserve | Scenario::Checkout | Scenario::Batch => {
+            Scenario::Reserve | Scenario::Checkout | Scenario::Batch | Scenario::Routing => {
                 (config.skus, config.locations, config.stock)
             }
         };
@@ -68,6 +136,26 @@ impl Setup {
                 quantity: self.stock_per_position,
             })),
         }
+    }
+}
+
+/// The setup's SKU and location ids → their indexes in a
+/// [`crate::LineRef`]: how the node's answers are read back.
+pub(crate) struct Names {
+    skus: HashMap<String, u32>,
+    locations: HashMap<String, u16>,
+}
+
+impl Names {
+    pub(crate) fn new(setup: &Setup) -> Self {
+        let skus = setup.skus.iter().cloned().zip(0..).collect();
+        let locations = setup.locations.iter().cloned().zip(0..).collect();
+        Self { skus, locations }
+    }
+
+    /// The indexes of `sku` at `location`, if both are the setup's.
+    pub(crate) fn position(&self, sku: &str, location: &str) -> Option<(u32, u16)> {
+        Some((*self.skus.get(sku)?, *self.locations.get(location)?))
     }
 }
 
@@ -110,12 +198,17 @@ pub async fn setup(config: &Config) -> Result<Setup, LoadError> {
 
 /// Upserts the run's locations and its channel through `client`.
 async fn configure(client: &atp_client::Client, setup: &Setup) -> Result<(), LoadError> {
-    for location_id in &setup.locations {
+    for (index, location_id) in setup.locations.iter().enumerate() {
+        let site = site(index);
         let location = v1::Location {
             location_id: location_id.clone(),
             kind: v1::LocationKind::Warehouse.into(),
             name: format!("load generator {location_id}"),
             state: v1::LifecycleState::Active.into(),
+            latitude: site.latitude,
+            longitude: site.longitude,
+            ships_to: vec![SERVICE_AREA.country.to_owned()],
+            cost: Some(site.cost),
             ..Default::default()
         };
         let request = v1::UpsertLocationRequest { location: Some(location) };
@@ -187,6 +280,39 @@ mod tests {
         let setup = Setup::plan(&config);
         assert_eq!((setup.position_count(), setup.stock_per_position), (1, 100));
         assert!(setup.run_id.starts_with("lg"));
+    }
+
+    #[test]
+    fn sites_spread_over_the_area_and_differ_in_cost() {
+        let sites: Vec<Site> = (0..10).map(site).collect();
+        assert_eq!(sites, (0..10).map(site).collect::<Vec<_>>(), "the same every run");
+        for site in &sites {
+            assert!(SERVICE_AREA.latitude.contains(&site.latitude), "{site:?}");
+            assert!(SERVICE_AREA.longitude.contains(&site.longitude), "{site:?}");
+            assert_eq!((site.cost.per_km, site.cost.per_unit), (1, 10));
+        }
+        let costs: Vec<i64> = sites.iter().map(|site| site.cost.per_shipment).collect();
+        assert_eq!(costs, [300, 350, 400, 450, 500, 550, 600, 300, 350, 400]);
+        // Spread: no two of ten locations within half a degree of each other.
+        for (index, one) in sites.iter().enumerate() {
+            for other in &sites[index + 1..] {
+                let apart = (one.latitude - other.latitude)
+                    .abs()
+                    .max((one.longitude - other.longitude).abs());
+                assert!(apart > 0.5, "{one:?} and {other:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_read_back_the_setup_ids() {
+        let config =
+            Config { run_id: Some("r1".into()), skus: 3, locations: 2, ..Config::default() };
+        let setup = Setup::plan(&config);
+        let names = Names::new(&setup);
+        assert_eq!(names.position("r1-sku-2", "r1-loc-1"), Some((2, 1)));
+        assert_eq!(names.position("r1-sku-3", "r1-loc-1"), None);
+        assert_eq!(names.position("r1-sku-0", "elsewhere"), None);
     }
 
     #[test]

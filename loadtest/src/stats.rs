@@ -25,8 +25,8 @@ pub const MAX_FAILURES_PER_WORKER: usize = 10_000;
 /// only inside its window, and only for the faulted node's shards).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failure {
-    /// The method (`Reserve`, `Commit`, `Release`; ReserveBatch and health
-    /// checks are only counted).
+    /// The method (`Reserve`, `Allocate`, `AllocateResend`, `Commit`,
+    /// `Release`; ReserveBatch and health checks are only counted).
     pub rpc: &'static str,
     /// The gRPC code, as tonic names it (`Unavailable`).
     pub code: String,
@@ -77,6 +77,12 @@ pub enum Rpc {
     Release,
     /// AvailabilityService.ReserveBatch.
     ReserveBatch,
+    /// AvailabilityService.Allocate (the routing scenario), first send.
+    Allocate,
+    /// The same Allocate sent again after its answer was lost (a replay
+    /// answers the reservation it made): timed apart, so `Allocate` stays
+    /// the latency of an order's first send.
+    AllocateResend,
     /// grpc.health.v1.Health.Check (the ceiling scenario).
     HealthCheck,
 }
@@ -89,6 +95,8 @@ impl Rpc {
             Self::Commit => "Commit",
             Self::Release => "Release",
             Self::ReserveBatch => "ReserveBatch",
+            Self::Allocate => "Allocate",
+            Self::AllocateResend => "AllocateResend",
             Self::HealthCheck => "HealthCheck",
         }
     }
@@ -104,7 +112,8 @@ pub struct Recorder {
     pub calls: BTreeMap<Rpc, Histogram<u64>>,
     /// Scenario steps started in the measured window.
     pub steps: u64,
-    /// Reservations asked for in the measured window (batch items count one each).
+    /// Reservations asked for in the measured window (batch items count one
+    /// each, an Allocate one).
     pub reservations: u64,
     /// Of those, held.
     pub held: u64,
@@ -239,7 +248,7 @@ pub struct Report {
     /// The measured window, seconds.
     pub measured_s: f64,
     /// Scenario steps started in the window (a Reserve, a checkout, a buyer,
-    /// a batch call, a health check).
+    /// a batch call, a health check, a routed order).
     pub steps: u64,
     /// Steps per second.
     pub steps_per_s: f64,

@@ -19,7 +19,12 @@ async fn the_checker_catches_a_tampered_log() {
     // An acknowledged reservation the node never saw.
     let mut fabricated = report.acks.clone();
     let line = LineRef { sku: 0, location: 0, quantity: 1 };
-    let entry = AckEntry { lines: vec![line], acked: Some(Acked::Held), in_doubt: BTreeSet::new() };
+    let entry = AckEntry {
+        lines: vec![line],
+        order: Vec::new(),
+        acked: Some(Acked::Held),
+        in_doubt: BTreeSet::new(),
+    };
     fabricated.insert("fabricated-1", entry);
     let checked = check(&config.endpoint, &data, &fabricated).await.expect("check");
     assert!(!checked.passed());

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use atp_loadgen::{AckLog, Acked, CheckReport, Config, Mode, Report, Scenario, check, run, setup};
@@ -63,6 +64,30 @@ async fn checkout_commits_releases_and_lets_expire() {
     let found_expired = checked.found.get("Expired").copied().unwrap_or(0);
     assert_eq!(found_held + found_expired, left, "{checked}");
     assert!(checked.committed_units > 0, "{checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_allocates_then_commits_or_releases() {
+    let (reports, acks, checked) = both_modes(Scenario::Routing).await;
+    for report in &reports {
+        assert!(report.errors.is_empty(), "{report}");
+        for call in ["Allocate", "Commit", "Release"] {
+            assert!(report.calls.contains_key(call), "{call} missing:\n{report}");
+        }
+        assert!(!report.calls.contains_key("AllocateResend"), "nothing was lost:\n{report}");
+    }
+    // Every order was answered with the lines the node chose, then ended.
+    assert!(acks.count(Acked::Committed) > 0 && acks.count(Acked::Released) > 0);
+    assert_eq!(acks.count(Acked::Committed) + acks.count(Acked::Released), acks.len());
+    let locations: BTreeSet<u16> = acks
+        .iter()
+        .flat_map(|(_, entry)| {
+            assert!(!entry.order.is_empty() && !entry.lines.is_empty(), "{entry:?}");
+            entry.lines.iter().map(|line| line.location)
+        })
+        .collect();
+    assert!(locations.len() > 1, "destinations differ, so do the cheapest locations");
+    assert!(checked.committed_units > 0 && checked.reserved_units == 0, "{checked}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
