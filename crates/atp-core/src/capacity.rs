@@ -22,6 +22,9 @@ use crate::ids::{LocationId, Sku};
 
 /// The prefix of every counter SKU.
 pub const CAPACITY_PREFIX: &str = "~cap/";
+/// The longest location id that may have a daily limit: its counter SKU
+/// (`~cap/orders/<id>/YYYY-MM-DD`, 23 bytes more) must be a valid id.
+pub const MAX_LIMITED_LOCATION_ID_BYTES: usize = crate::ids::MAX_ID_BYTES - 23;
 
 /// What a counter counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,10 +44,12 @@ impl Counter {
     }
 }
 
-/// The SKU of `location`'s `counter` on local `day` (`YYYY-MM-DD`).
-pub fn counter_sku(counter: Counter, location: &LocationId, day: &str) -> Sku {
+/// The SKU of `location`'s `counter` on local `day` (`YYYY-MM-DD`); `None`
+/// when the location's id is too long for one (see
+/// [`MAX_LIMITED_LOCATION_ID_BYTES`], which configuration enforces).
+pub fn counter_sku(counter: Counter, location: &LocationId, day: &str) -> Option<Sku> {
     let text = format!("{CAPACITY_PREFIX}{}/{location}/{day}", counter.name());
-    Sku::parse("sku", &text).expect("a counter sku is a valid id")
+    Sku::parse("sku", &text).ok()
 }
 
 /// Whether `sku` is a capacity counter.
@@ -92,7 +97,7 @@ mod tests {
     #[test]
     fn counters_name_their_location_and_day() {
         let location = LocationId::parse("location", "dc-1").expect("an id");
-        let sku = counter_sku(Counter::Units, &location, "2026-12-02");
+        let sku = counter_sku(Counter::Units, &location, "2026-12-02").expect("a counter");
         assert_eq!(sku.as_str(), "~cap/units/dc-1/2026-12-02");
         assert!(is_counter(&sku));
         assert_eq!(parse_counter(&sku), Some((Counter::Units, "dc-1")));

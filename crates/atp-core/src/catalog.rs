@@ -219,6 +219,16 @@ impl Location {
             ));
         }
         self.fulfilment.validate(field, &mut violations);
+        let limited = self.daily_capacity > 0 || self.fulfilment.daily_units > 0;
+        if limited && self.id.as_str().len() > crate::capacity::MAX_LIMITED_LOCATION_ID_BYTES {
+            violations.push(FieldViolation::new(
+                format!("{field}.location_id"),
+                format!(
+                    "a location with a daily capacity needs an id of at most {} bytes",
+                    crate::capacity::MAX_LIMITED_LOCATION_ID_BYTES
+                ),
+            ));
+        }
         if violations.is_empty() { Ok(()) } else { Err(CoreError::InvalidArgument(violations)) }
     }
 }

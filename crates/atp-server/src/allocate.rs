@@ -10,7 +10,9 @@ use atp_core::CoreError;
 use atp_core::capacity::{Counter, counter_sku, local_day};
 use atp_core::catalog::{Catalog, Channel};
 use atp_core::hash::shard_of;
-use atp_core::ids::{ChannelId, LocationId, MAX_SKUS_PER_QUERY, Sku};
+use atp_core::ids::{
+    ChannelId, LocationId, MAX_LINE_QUANTITY, MAX_LINES_PER_RESERVATION, MAX_SKUS_PER_QUERY, Sku,
+};
 use atp_core::routing::{
     ALLOCATE_LABEL, AllocateRequest, Candidate, FillRule, GeoPoint, Order, Plan, Planned, Rules,
     demand_of, haversine_km, plan,
@@ -43,8 +45,11 @@ impl AvailabilityApi {
         match self.plan_and_hold(&request).await {
             Err(status) if !request.dry_run => match self.replay(&request).await {
                 Ok(Some(answer)) => Ok(answer),
-                // The order id was taken by another request: say so.
-                Err(reused) if reused.code() == Code::AlreadyExists => Err(reused),
+                // The order id was taken by another request: say so; or
+                // the first call is still in flight: the caller retries.
+                Err(reread) if matches!(reread.code(), Code::AlreadyExists | Code::Unavailable) => {
+                    Err(reread)
+                }
                 Ok(None) | Err(_) => Err(status),
             },
             answer => answer,
@@ -58,6 +63,17 @@ impl AvailabilityApi {
         let catalog = self.catalog();
         let channel = active_channel(&catalog, &request.channel)?;
         let demand = demand_of(&request.lines, &kit_components(&catalog));
+        let units = demand.iter().fold(0i64, |sum, (_, units)| sum.saturating_add(*units));
+        if units > MAX_LINE_QUANTITY || demand.len() > MAX_LINES_PER_RESERVATION {
+            return Err(status_of(CoreError::invalid(
+                "lines",
+                format!(
+                    "need {units} units of {} skus (kits expanded); an order may need at most \
+                     {MAX_LINE_QUANTITY} units of at most {MAX_LINES_PER_RESERVATION} skus",
+                    demand.len()
+                ),
+            )));
+        }
         let skus: Vec<Sku> = demand.iter().map(|(sku, _)| sku.clone()).collect();
         let mut lost_race = None;
         for attempt in 1..=MAX_ATTEMPTS {
@@ -222,8 +238,10 @@ impl Counters {
         for id in &channel.locations {
             let Some(location) = catalog.locations.get(id) else { continue };
             let day = local_day(&location.fulfilment.time_zone, now_ms);
-            let counter =
-                |kind, limit: i64| (limit > 0).then(|| (limit, counter_sku(kind, id, &day)));
+            // An id too long for a counter is refused by configuration.
+            let counter = |kind, limit: i64| {
+                (limit > 0).then(|| counter_sku(kind, id, &day).map(|sku| (limit, sku))).flatten()
+            };
             let pair = [
                 counter(Counter::Orders, location.daily_capacity),
                 counter(Counter::Units, location.fulfilment.daily_units),

@@ -136,12 +136,14 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
         let (mut incoming, mut message) = self.split(request)?;
-        if !self.catalog().kits.is_empty() {
+        // Rewrites only within the line limit (parsing refuses the rest).
+        let within = message.lines.len() <= atp_core::ids::MAX_LINES_PER_RESERVATION;
+        if within && !self.catalog().kits.is_empty() {
             // A kit's line holds its components.
             crate::kits::expand_lines(&mut message.lines, &self.catalog())?;
             incoming.replace_message(&message);
         }
-        if message.lines.iter().any(|line| line.location_id.is_empty()) {
+        if within && message.lines.iter().any(|line| line.location_id.is_empty()) {
             match self.bind_late(message).await? {
                 Resolved::Replay(first) => return Ok(Response::new(*first)),
                 Resolved::Bound(bound) => {
@@ -219,7 +221,8 @@ impl AvailabilityService for AvailabilityApi {
         request: Request<v1::ModifyReservationRequest>,
     ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
         let (mut incoming, mut message) = self.split(request)?;
-        if !self.catalog().kits.is_empty() {
+        let within = message.lines.len() <= atp_core::ids::MAX_LINES_PER_RESERVATION;
+        if within && !self.catalog().kits.is_empty() {
             crate::kits::expand_lines(&mut message.lines, &self.catalog())?;
             incoming.replace_message(&message);
         }

@@ -85,7 +85,9 @@ impl AvailabilityApi {
             }
             let modify = v1::ModifyReservationRequest {
                 reservation_id: target.to_string(),
-                request_id: request.order_id.to_string(),
+                // Keyed by the whole rebind request: another request under
+                // the same order id is another move, never taken for a retry.
+                request_id: format!("rebind-{:016x}", request.fingerprint),
                 lines,
             };
             match AvailabilityService::modify_reservation(self, Request::new(modify)).await {
