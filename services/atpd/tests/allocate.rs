@@ -371,6 +371,37 @@ async fn daily_capacity_limits_a_location_and_comes_back_on_release_and_expiry()
 }
 
 #[tokio::test]
+async fn changing_an_allocated_orders_lines_keeps_its_capacity_taken() {
+    let atpd = Atpd::start(&[]).await;
+    // near: 1 shipment a day.
+    configure_capacity(&atpd, 1, 0, "").await;
+    assert_eq!(allocate_from(&atpd, "o-1", 2, 600).await, ["near"]);
+    assert_eq!(planned_from(&atpd, 1).await, ["far"]);
+    let change = v1::ModifyReservationRequest {
+        reservation_id: "o-1".into(),
+        request_id: "fewer".into(),
+        lines: vec![v1::ReservationLine {
+            sku: "tee".into(),
+            location_id: "near".into(),
+            quantity: 1,
+        }],
+    };
+    let changed = atpd.availability().modify_reservation(change.clone()).await.expect("modify");
+    let lines = changed.into_inner().reservation.expect("held").lines;
+    let lines: Vec<(String, i64)> = lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect();
+    assert_eq!(lines, [("tee".to_owned(), 1)], "counters stay out of the caller's view");
+    // The order still ships from near today: its shipment stays taken.
+    assert_eq!(planned_from(&atpd, 1).await, ["far"]);
+    // A retry of the change is the same change, not another.
+    let again = atpd.availability().modify_reservation(change).await.expect("retry");
+    assert!(again.into_inner().replayed);
+    // Released, the shipment comes back.
+    let release = v1::ReleaseRequest { reservation_id: "o-1".into() };
+    atpd.availability().release(release).await.expect("release");
+    assert_eq!(planned_from(&atpd, 1).await, ["near"]);
+}
+
+#[tokio::test]
 async fn capacity_resets_at_the_locations_midnight_and_a_late_release_does_not_refill_today() {
     // The node's clock starts at 23:59:57 in New York (04:59:57Z).
     let start_ms = (1_796_273_999_000_i64 - 2_000).to_string();

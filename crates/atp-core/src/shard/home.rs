@@ -734,6 +734,14 @@ impl ShardState {
     ) -> Result<ChangeBegin, CoreError> {
         self.advance(now);
         let record = self.record(id)?;
+        // An order's daily capacity stays taken when its lines change: new
+        // lines that name no counter keep the counters held now (a rebind
+        // names its own). See docs/PROTOCOL.md, "Capacity counters".
+        let mut lines = lines;
+        if !lines.iter().any(|line| crate::capacity::is_counter(&line.sku)) {
+            let held = record.request.lines.iter();
+            lines.extend(held.filter(|line| crate::capacity::is_counter(&line.sku)).cloned());
+        }
         // The new lines under the Reserve's rules, for this reservation's channel.
         let candidate = ReserveRequest { lines: lines.clone(), ..(*record.request).clone() };
         candidate.check(catalog)?;
