@@ -192,7 +192,7 @@ impl AvailabilityApi {
                 labels: request.metadata.labels.clone().into_iter().collect(),
             }),
         };
-        Ok(AvailabilityService::reserve(self, Request::new(reserve)).await?.into_inner())
+        Ok(AvailabilityService::reserve(self, crate::reserved::own(reserve)).await?.into_inner())
     }
 
     /// Units held and committed on each counter (absent: none yet).

@@ -8,7 +8,7 @@ use atp_core::shard::EventApplied;
 use atp_proto::requests::{
     encode_list_token, parse_allocate, parse_availability_query, parse_commit, parse_extend,
     parse_get_reservations, parse_list_reservations, parse_modify, parse_reservation_id,
-    parse_reserve, parse_reserve_batch, parse_stock_events, within_item,
+    parse_reserve, parse_reserve_batch, parse_stock_events, refuse_reserved_names, within_item,
 };
 use atp_proto::v1;
 use atp_proto::v1::availability_service_server::AvailabilityService;
@@ -135,7 +135,12 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
+        let own = crate::reserved::is_own(&request);
         let (mut incoming, mut message) = self.split(request)?;
+        if !own && !incoming.is_forwarded() {
+            let skus = message.lines.iter().map(|line| line.sku.as_str());
+            refuse_reserved_names("lines", skus, message.metadata.as_ref()).map_err(status_of)?;
+        }
         // Rewrites only within the line limit (parsing refuses the rest).
         let within = message.lines.len() <= atp_core::ids::MAX_LINES_PER_RESERVATION;
         if within && !self.catalog().kits.is_empty() {
@@ -220,7 +225,12 @@ impl AvailabilityService for AvailabilityApi {
         &self,
         request: Request<v1::ModifyReservationRequest>,
     ) -> Result<Response<v1::ModifyReservationResponse>, Status> {
+        let own = crate::reserved::is_own(&request);
         let (mut incoming, mut message) = self.split(request)?;
+        if !own && !incoming.is_forwarded() {
+            let skus = message.lines.iter().map(|line| line.sku.as_str());
+            refuse_reserved_names("lines", skus, None).map_err(status_of)?;
+        }
         let within = message.lines.len() <= atp_core::ids::MAX_LINES_PER_RESERVATION;
         if within && !self.catalog().kits.is_empty() {
             crate::kits::expand_lines(&mut message.lines, &self.catalog())?;

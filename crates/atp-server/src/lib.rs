@@ -28,6 +28,7 @@ mod listing;
 mod peer;
 mod reassign;
 mod rebind;
+mod reserved;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -90,7 +90,8 @@ impl AvailabilityApi {
                 request_id: format!("rebind-{:016x}", request.fingerprint),
                 lines,
             };
-            match AvailabilityService::modify_reservation(self, Request::new(modify)).await {
+            match AvailabilityService::modify_reservation(self, crate::reserved::own(modify)).await
+            {
                 Ok(moved) => {
                     let moved = moved.into_inner();
                     response.reservation = moved.reservation;

@@ -370,6 +370,78 @@ async fn daily_capacity_limits_a_location_and_comes_back_on_release_and_expiry()
     assert_eq!(planned_from(&atpd, 1).await, ["far"]);
 }
 
+/// The fields an INVALID_ARGUMENT names.
+fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad = details.bad_request().expect("bad request");
+    bad.field_violations.iter().map(|violation| violation.field.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_client_may_not_use_atps_own_names() {
+    let atpd = Atpd::start(&[]).await;
+    // near: 1 shipment a day; its counter for today is a reserved SKU.
+    configure_capacity(&atpd, 1, 0, "").await;
+    let mut api = atpd.availability();
+    let counter = |day: &str| format!("~cap/orders/near/{day}");
+    let mut reserve = v1::ReserveRequest {
+        reservation_id: "r-1".into(),
+        channel_id: "web".into(),
+        lines: vec![
+            v1::ReservationLine { sku: "tee".into(), location_id: "near".into(), quantity: 1 },
+            v1::ReservationLine {
+                sku: counter("2026-12-02"),
+                location_id: "near".into(),
+                quantity: 1,
+            },
+        ],
+        ttl_seconds: 600,
+        metadata: Some(v1::ReservationMetadata {
+            order_id: String::new(),
+            labels: [("atp.allocate".to_owned(), "0123456789abcdef".to_owned())].into(),
+        }),
+    };
+    let refused = api.reserve(reserve.clone()).await.expect_err("reserved names");
+    assert_eq!(bad_fields(&refused), ["lines[1].sku", "metadata.labels[atp.allocate]"]);
+    reserve.lines.truncate(1);
+    reserve.metadata = Some(v1::ReservationMetadata {
+        order_id: String::new(),
+        labels: [("atp.late_bound".to_owned(), "x".to_owned())].into(),
+    });
+    let refused = api.reserve(reserve.clone()).await.expect_err("reserved label");
+    assert_eq!(bad_fields(&refused), ["metadata.labels[atp.late_bound]"]);
+    let batch = v1::ReserveBatchRequest { reservations: vec![reserve.clone()] };
+    let results = api.reserve_batch(batch).await.expect("batch").into_inner().results;
+    let Some(v1::reserve_batch_result::Outcome::Error(error)) = &results[0].outcome else {
+        panic!("a reserved label in a batch item: {results:?}");
+    };
+    assert_eq!(error.code, Code::InvalidArgument as i32, "{error:?}");
+    assert!(error.message.contains("reservations[0].metadata.labels[atp.late_bound]"), "{error:?}");
+    let mut allocate = order("o-1", &[("tee", 1), (&counter("2026-12-02"), 1)]);
+    allocate.metadata = reserve.metadata.clone();
+    let refused = api.allocate(allocate).await.expect_err("reserved names");
+    assert_eq!(bad_fields(&refused), ["lines[1].sku", "metadata.labels[atp.late_bound]"]);
+
+    // Nothing was held, and Allocate itself still counts the day.
+    assert_eq!(reserved(&atpd, &["tee"]).await.values().sum::<i64>(), 0);
+    reserve.metadata = None;
+    api.reserve(reserve).await.expect("a plain reserve");
+    assert_eq!(allocate_from(&atpd, "o-2", 1, 600).await, ["near"]);
+    assert_eq!(planned_from(&atpd, 1).await, ["far"]);
+    let change = v1::ModifyReservationRequest {
+        reservation_id: "o-2".into(),
+        request_id: "c-1".into(),
+        lines: vec![v1::ReservationLine {
+            sku: counter("2026-12-03"),
+            location_id: "near".into(),
+            quantity: 1,
+        }],
+    };
+    let refused = api.modify_reservation(change).await.expect_err("a counter line");
+    assert_eq!(bad_fields(&refused), ["lines[0].sku"]);
+}
+
 #[tokio::test]
 async fn changing_an_allocated_orders_lines_keeps_its_capacity_taken() {
     let atpd = Atpd::start(&[]).await;

@@ -3,7 +3,9 @@
 //! shards live on every node, 100 at once over overlapping stock: no unit
 //! is oversold, every success holds its whole order (the plan's lines on
 //! their owners' shards, the reservation on its home's), and what the
-//! nodes report reserved is exactly what the successes hold. Skipped
+//! nodes report reserved is exactly what the successes hold. Daily
+//! capacity under concurrency, release and expiry, and the day turning at
+//! the location's midnight (injected clocks). Skipped
 //! without an etcd binary (failed if `CI` is set).
 
 mod common;
@@ -274,6 +276,76 @@ async fn daily_capacity_is_never_exceeded_by_concurrent_orders_across_nodes() {
     })
     .await;
     assert!(back, "the expired hold's shipment never came back");
+    cluster.check_epochs(&etcd).await;
+}
+
+/// New York's midnight starting 2026-12-03 (05:00Z), in ms.
+const NEW_YORK_MIDNIGHT_MS: i64 = 1_796_274_000_000;
+
+#[tokio::test]
+async fn the_day_turns_at_the_locations_midnight_on_every_node() {
+    let Some(etcd) = EtcdProcess::start_or_skip().await else { return };
+    // Every node's clock starts 30 s before midnight in New York (an
+    // injected clock: ATP_TEST_CLOCK_START_MS), then runs on.
+    let start = (NEW_YORK_MIDNIGHT_MS - 30_000).to_string();
+    let extra = [("ATP_TEST_CLOCK_START_MS", start.as_str())];
+    let cluster = Cluster::start_with(&etcd, "midnight", &extra).await;
+    configure(&cluster).await;
+    // east ships 1 order a day, New York time; only east sells "sku-day".
+    let east = v1::Location {
+        location_id: "east".into(),
+        longitude: 1.0,
+        daily_capacity: 1,
+        time_zone: "America/New_York".into(),
+        ..Default::default()
+    };
+    let mut config = cluster.nodes[0].config();
+    config.upsert_location(v1::UpsertLocationRequest { location: Some(east) }).await.expect("east");
+    for node in &cluster.nodes {
+        let seen = eventually(DEADLINE, || async {
+            let listed = node.config().list_locations(v1::ListLocationsRequest {}).await;
+            listed.is_ok_and(|reply| {
+                reply.into_inner().locations.iter().any(|l| l.daily_capacity == 1)
+            })
+        })
+        .await;
+        assert!(seen, "node {} never saw east's capacity", node.address);
+    }
+    cluster.nodes[0].receive("sku-day", "east", 100).await;
+    let late =
+        cluster.nodes[0].availability().allocate(order("late-1", vec![("sku-day", 1)])).await;
+    let held = late.expect("the day's one shipment").into_inner().reservation.expect("held");
+    let node_now = held.expires_at_ms - 3_600_000;
+    assert!(
+        node_now < NEW_YORK_MIDNIGHT_MS - 5_000,
+        "the cluster took {} s of the 30 before midnight to start",
+        (node_now - NEW_YORK_MIDNIGHT_MS + 30_000) / 1000
+    );
+    let probe = || {
+        let mut dry = order("probe", vec![("sku-day", 1)]);
+        dry.dry_run = true;
+        dry
+    };
+    // Through every other node: today's shipment is taken.
+    for node in &cluster.nodes[1..] {
+        let full = node.availability().allocate(probe()).await;
+        assert_eq!(full.expect_err("east is full today").code(), Code::FailedPrecondition);
+    }
+    // After New York's midnight, a new day: east ships again, through any node.
+    let next_day = eventually(std::time::Duration::from_secs(60), || async {
+        cluster.nodes[2].availability().allocate(probe()).await.is_ok()
+    })
+    .await;
+    assert!(next_day, "east's capacity never reset at midnight");
+    let mut api = cluster.nodes[1].availability();
+    api.allocate(order("early-1", vec![("sku-day", 1)])).await.expect("the new day's shipment");
+    // Yesterday's release gives yesterday's shipment back, not today's.
+    let release = v1::ReleaseRequest { reservation_id: "late-1".into() };
+    cluster.nodes[2].availability().release(release).await.expect("release");
+    for node in &cluster.nodes {
+        let full = node.availability().allocate(probe()).await;
+        assert_eq!(full.expect_err("east is full today").code(), Code::FailedPrecondition);
+    }
     cluster.check_epochs(&etcd).await;
 }
 

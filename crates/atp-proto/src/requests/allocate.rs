@@ -82,13 +82,12 @@ pub fn parse_allocate(
             1
         }
     };
+    let skus = message.lines.iter().map(|line| line.sku.as_str());
+    let reserved = super::reserved::reserved_names("lines", skus, message.metadata.as_ref());
+    let reserved_label = reserved.iter().any(|violation| violation.field.starts_with("metadata"));
+    violations.extend(reserved);
     let mut metadata = parse_metadata(&mut violations, "metadata", message.metadata.clone());
-    if metadata.labels.contains_key(ALLOCATE_LABEL) {
-        violations.push(
-            format!("metadata.labels[{ALLOCATE_LABEL}]"),
-            "is reserved for Allocate's own use",
-        );
-    } else if metadata.labels.len() >= MAX_LABELS_PER_RESERVATION {
+    if !reserved_label && metadata.labels.len() >= MAX_LABELS_PER_RESERVATION {
         violations.push(
             "metadata.labels",
             format!(

@@ -31,7 +31,11 @@ pub fn parse_reserve_batch(
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            parse_reserve(item, default_ttl_ms).map_err(|error| within_item(error, index))
+            // A batch is only ever a client's: atp's own names are refused.
+            let skus = item.lines.iter().map(|line| line.sku.as_str());
+            super::refuse_reserved_names("lines", skus, item.metadata.as_ref())
+                .and_then(|()| parse_reserve(item, default_ttl_ms))
+                .map_err(|error| within_item(error, index))
         })
         .collect();
     Ok(items)

@@ -13,6 +13,7 @@ mod config;
 mod events;
 mod listing;
 mod reassign;
+mod reserved;
 
 use atp_core::catalog::{MAX_CHANNELS, MAX_LOCATIONS};
 use atp_core::hash::{SHARD_COUNT, shard_of};
@@ -34,6 +35,7 @@ pub use listing::{
 pub use reassign::{
     MAX_NODE_ID_CHARS, MAX_OPERATOR_CHARS, ReassignShards, ReassignTarget, parse_reassign_shards,
 };
+pub use reserved::{RESERVED_LABEL_PREFIX, refuse_reserved_names};
 
 use crate::v1;
 
