@@ -9,7 +9,8 @@
 # atp-loadgen under `taskset -c $CLIENT_CPU`. PIN=0 (default): no pinning.
 # Arguments go to atp-loadgen as they are (plus --endpoint).
 # PERF=FILE: also `perf record -F 999 -g` atpd for PERF_SECONDS (15) starting
-# PERF_DELAY (5) seconds after atp-loadgen starts, into FILE.
+# PERF_DELAY (5) seconds after atp-loadgen starts, into FILE;
+# PERF_CALLGRAPH=dwarf for call chains through code without frame pointers.
 # PERF_STAT=FILE: count atpd's syscalls (perf stat, into FILE) and time its
 # fdatasyncs (perf trace -s, into FILE.trace) over 10 s of the run.
 # The affinity of every thread of both processes is printed (sampled
@@ -47,7 +48,7 @@ PERF_PID=""
 if [ -n "${PERF:-}" ]; then
   sleep "${PERF_DELAY:-5}"
   # perf itself runs on the client core when pinned, so it does not take the server's.
-  "${pre[@]}" perf record -F 999 -g -p "$ATPD_PID" -o "$PERF" -- sleep "${PERF_SECONDS:-15}" >&2 2>"$PERF.record.log" &
+  "${pre[@]}" perf record -F 999 --call-graph "${PERF_CALLGRAPH:-fp}" -p "$ATPD_PID" -o "$PERF" -- sleep "${PERF_SECONDS:-15}" >&2 2>"$PERF.record.log" &
   PERF_PID=$!
 fi
 

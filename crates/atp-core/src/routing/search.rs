@@ -7,7 +7,7 @@ use crate::ids::MAX_LINES_PER_RESERVATION;
 
 use super::{
     Candidate, Destination, Exclusion, FillRule, MAX_ALTERNATIVES, MAX_SHIPMENTS, Order, Plan,
-    Planned, Rules, Shipment, haversine_km,
+    Planned, Policy, Rules, Shipment, haversine_km,
 };
 
 /// Chooses the best plan for `order` from `candidates` under `rules` (see
@@ -17,6 +17,28 @@ pub fn plan(
     destination: &Destination,
     order: &Order,
     rules: &Rules,
+) -> Planned {
+    search(candidates, destination, order, rules, true)
+}
+
+/// [`plan`] filling every set the exact search meets (the bound off): the
+/// reference the bounded search is tested against.
+#[cfg(test)]
+pub(crate) fn plan_filling_every_set(
+    candidates: &[Candidate],
+    destination: &Destination,
+    order: &Order,
+    rules: &Rules,
+) -> Planned {
+    search(candidates, destination, order, rules, false)
+}
+
+fn search(
+    candidates: &[Candidate],
+    destination: &Destination,
+    order: &Order,
+    rules: &Rules,
+    bound: bool,
 ) -> Planned {
     let mut excluded = Vec::new();
     let mut sites: Vec<Site<'_>> = Vec::new();
@@ -34,7 +56,7 @@ pub fn plan(
     });
     let most = rules.max_shipments.clamp(1, MAX_SHIPMENTS).min(sites.len());
     let exact = sets_up_to(sites.len(), most, u64::from(rules.work_budget)).is_some();
-    let mut search = Search { sites, order, rules, work: 0, leaders: Vec::new() };
+    let mut search = Search { sites, order, rules, bound, work: 0, leaders: Vec::new() };
     if exact {
         search.every_set(most);
     } else {
@@ -95,6 +117,8 @@ struct Search<'a> {
     sites: Vec<Site<'a>>,
     order: &'a Order,
     rules: &'a Rules,
+    /// Whether the exact search skips sets that cannot lead.
+    bound: bool,
     work: u32,
     /// The best admissible plans so far, best first (the answer and its alternatives).
     leaders: Vec<Scored>,
@@ -105,16 +129,72 @@ impl Search<'_> {
         self.work >= self.rules.work_budget
     }
 
-    /// Evaluates every set of 1..=`most` sites, smallest sets first.
+    /// Evaluates every set of 1..=`most` sites, smallest sets first. A set
+    /// whose best possible plan is already worse than every leader is
+    /// counted but not filled: it could not have become a leader, so the
+    /// answer, the alternatives and the work are those of filling it.
     fn every_set(&mut self, most: usize) {
         let n = self.sites.len();
+        // The cheapest shipment from each site (one unit; costs are never
+        // negative in configuration: a negative one turns the bound off).
+        let floors: Option<Vec<i64>> = self
+            .sites
+            .iter()
+            .map(|site| {
+                let cost = &site.candidate.cost;
+                let non_negative = cost.per_shipment >= 0 && cost.per_km >= 0 && cost.per_unit >= 0;
+                non_negative.then(|| cost.shipment(site.km, 1))
+            })
+            .collect();
+        let ceiling = self.order.demand.iter().enumerate().fold(0i64, |sum, (item, demand)| {
+            let limit = self.order.limit.get(item).copied().unwrap_or(i64::MAX).max(0);
+            sum.saturating_add((*demand).min(limit).max(0))
+        });
         for size in 1..=most {
             let mut set: Vec<usize> = (0..size).collect();
             loop {
-                self.evaluate(&set);
+                if self.cannot_lead(&set, floors.as_deref(), ceiling) {
+                    self.work += 1;
+                } else {
+                    self.evaluate(&set);
+                }
                 if !next_set(&mut set, n) {
                     break;
                 }
+            }
+        }
+    }
+
+    /// Whether every plan shipping from each site of `set` is worse (by the
+    /// policy, before ties) than the worst of a full list of leaders that
+    /// all fill `ceiling` units, the most any plan can.
+    fn cannot_lead(&self, set: &[usize], floors: Option<&[i64]>, ceiling: i64) -> bool {
+        if !self.bound || self.leaders.len() <= MAX_ALTERNATIVES {
+            return false;
+        }
+        let Some(worst) = self.leaders.last().map(|leader| &leader.plan) else { return false };
+        if worst.filled < ceiling {
+            return false;
+        }
+        let cost_floor = || {
+            let floors = floors?;
+            let penalty = self.rules.split_penalty.max(0).saturating_mul(set.len() as i64 - 1);
+            Some(set.iter().fold(penalty, |sum, site| sum.saturating_add(floors[*site])))
+        };
+        match self.rules.policy {
+            Policy::LowestCost => cost_floor().is_some_and(|floor| floor > worst.cost),
+            Policy::FewestShipments => match set.len().cmp(&worst.shipments.len()) {
+                Ordering::Greater => true,
+                Ordering::Equal => cost_floor().is_some_and(|floor| floor > worst.cost),
+                Ordering::Less => false,
+            },
+            Policy::Nearest => {
+                // Exact, not a bound: every site of a plan ships, and the
+                // plan sums its distances in the set's order.
+                let max_km = set.iter().map(|site| self.sites[*site].km).fold(0.0, f64::max);
+                let total_km: f64 = set.iter().map(|site| self.sites[*site].km).sum();
+                max_km.total_cmp(&worst.max_km).then(total_km.total_cmp(&worst.total_km))
+                    == Ordering::Greater
             }
         }
     }

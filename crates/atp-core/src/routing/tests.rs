@@ -512,3 +512,61 @@ fn haversine_matches_known_distances() {
     let antipode = haversine_km(GeoPoint::default(), GeoPoint { latitude: 0.0, longitude: 180.0 });
     assert!((antipode - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6);
 }
+
+mod bounded_search {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::routing::search::plan_filling_every_set;
+
+    fn candidate() -> impl Strategy<Value = Candidate> {
+        (
+            -20.0..20.0f64,
+            (0..2_000i64, 0..5i64, 0..300i64),
+            0..3u32,
+            prop::option::of(0..3i64),
+            prop::option::of(0..8i64),
+            prop::collection::vec(0..6i64, 3),
+        )
+            .prop_map(|(degrees, cost, priority, orders_left, units_left, atp)| {
+                Candidate { priority, orders_left, units_left, ..site("x", degrees, cost, &atp) }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Skipping the sets that cannot lead changes nothing: the plan,
+        /// the alternatives, the work counted and the exclusions.
+        #[test]
+        fn the_bound_changes_no_answer(
+            mut candidates in prop::collection::vec(candidate(), 1..9),
+            demand in prop::collection::vec(0..5i64, 3),
+            limit in prop::collection::vec(prop::option::of(0..6i64), 3),
+            policy in 0..3u8,
+            partial in any::<bool>(),
+            max_shipments in 1..5usize,
+            split_penalty in 0..500i64,
+        ) {
+            for (index, candidate) in candidates.iter_mut().enumerate() {
+                candidate.location = id(&format!("loc-{index}"));
+            }
+            let order = Order {
+                demand,
+                limit: limit.into_iter().map(|limit| limit.unwrap_or(i64::MAX)).collect(),
+            };
+            let rules = Rules {
+                policy: [Policy::LowestCost, Policy::Nearest, Policy::FewestShipments]
+                    [usize::from(policy)],
+                fill: if partial { FillRule::Partial } else { FillRule::AllOrNothing },
+                max_shipments,
+                split_penalty,
+                work_budget: DEFAULT_WORK_BUDGET,
+            };
+            let bounded = plan(&candidates, &us_ca(), &order, &rules);
+            let every = plan_filling_every_set(&candidates, &us_ca(), &order, &rules);
+            prop_assert!(bounded.exact);
+            prop_assert_eq!(bounded, every);
+        }
+    }
+}
