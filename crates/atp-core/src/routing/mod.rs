@@ -22,7 +22,10 @@
 //!   break by their locations' (priority, id), smallest first, compared in
 //!   order: a lower priority number wins.
 //! - **Search**: every set of 1..=`max_shipments` candidates when there are at
-//!   most `work_budget` such sets (exact); beyond that every single location,
+//!   most `work_budget` such sets (exact; a set that cannot beat the worst
+//!   of four complete leaders — by a cost floor of one unit per location,
+//!   its exact distances, or its size — is counted but not filled, which
+//!   changes no answer); beyond that every single location,
 //!   then greedy growth (add the location that fills most, then by policy),
 //!   then improving swaps, drops and additions until the budget is spent
 //!   or nothing improves.
