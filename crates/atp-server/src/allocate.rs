@@ -405,11 +405,25 @@ pub(crate) fn no_plan(
     skus: &[Sku],
 ) -> Status {
     let partial = Rules { fill: FillRule::Partial, ..request.rules };
-    let best = plan(candidates, &request.destination, order, &partial).plan;
+    let planned = plan(candidates, &request.destination, order, &partial);
+    let best = planned.plan;
+    // Past the exact size the budget may run out before a complete plan is
+    // found: when the candidates hold enough of every item, say so rather
+    // than blame the stock.
+    let enough = (0..skus.len()).all(|item| {
+        let eligible = candidates.iter().filter(|candidate| {
+            !planned.excluded.iter().any(|(location, _)| *location == candidate.location)
+        });
+        let held = eligible.fold(0i64, |sum, candidate| {
+            sum.saturating_add(candidate.atp.get(item).copied().unwrap_or(0).max(0))
+        });
+        held >= order.demand[item].min(order.limit.get(item).copied().unwrap_or(i64::MAX))
+    });
     let filled = |item: usize| -> i64 {
         best.as_ref().map_or(0, |best| best.shipments.iter().map(|s| s.units[item]).sum())
     };
     let short = (0..skus.len()).find(|item| filled(*item) < order.demand[*item]);
+    let short = short.filter(|_| planned.exact || !enough);
     let full: Vec<&str> = candidates
         .iter()
         .filter(|candidate| {
@@ -434,7 +448,8 @@ pub(crate) fn no_plan(
             available: filled(item),
         }),
         None => status_of(CoreError::FailedPrecondition(format!(
-            "no plan found within the work budget of {} plans; raise work_budget",
+            "no complete plan found within the work budget of {} plans (the candidates hold \
+             enough of every item); raise work_budget or max_shipments",
             request.rules.work_budget
         ))),
     }

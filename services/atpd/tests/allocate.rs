@@ -164,6 +164,15 @@ async fn a_short_order_holds_nothing_or_its_part() {
     assert_eq!(info.reason, "INSUFFICIENT_STOCK");
     assert!(short.message().contains("mug"), "{}", short.message());
     assert_eq!(reserved(&atpd, &["mug"]).await.values().sum::<i64>(), 0);
+    // Enough stock in two places, but a budget of one plan (the heuristic
+    // runs): the budget is named, not the stock.
+    let mut starved = order("o-1", &[("mug", 3)]);
+    starved.work_budget = 1;
+    let error = api.allocate(starved).await.expect_err("out of budget");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(error.message().contains("work budget of 1"), "{}", error.message());
+    let details = error.get_error_details();
+    assert_ne!(details.error_info().map(|info| info.reason.as_str()), Some("INSUFFICIENT_STOCK"));
 
     let mut partial = order("o-3", &[("mug", 5)]);
     partial.fill = v1::FillRule::Partial.into();
