@@ -23,6 +23,7 @@ pub mod kits;
 pub mod ledger;
 pub mod location_map;
 pub mod position;
+pub mod publish;
 pub mod reservation;
 pub mod routing;
 pub mod shard;
