@@ -452,7 +452,7 @@ async fn a_client_may_not_use_atps_own_names() {
 }
 
 #[tokio::test]
-async fn changing_an_allocated_orders_lines_keeps_its_capacity_taken() {
+async fn changing_an_allocated_orders_lines_keeps_its_capacity_until_it_moves_away() {
     let atpd = Atpd::start(&[]).await;
     // near: 1 shipment a day.
     configure_capacity(&atpd, 1, 0, "").await;
@@ -476,9 +476,17 @@ async fn changing_an_allocated_orders_lines_keeps_its_capacity_taken() {
     // A retry of the change is the same change, not another.
     let again = atpd.availability().modify_reservation(change).await.expect("retry");
     assert!(again.into_inner().replayed);
-    // Released, the shipment comes back.
-    let release = v1::ReleaseRequest { reservation_id: "o-1".into() };
-    atpd.availability().release(release).await.expect("release");
+    // Moved off near, the order gives near's shipment back.
+    let moved = v1::ModifyReservationRequest {
+        reservation_id: "o-1".into(),
+        request_id: "elsewhere".into(),
+        lines: vec![v1::ReservationLine {
+            sku: "tee".into(),
+            location_id: "far".into(),
+            quantity: 1,
+        }],
+    };
+    atpd.availability().modify_reservation(moved).await.expect("move");
     assert_eq!(planned_from(&atpd, 1).await, ["near"]);
 }
 

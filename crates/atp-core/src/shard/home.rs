@@ -734,14 +734,11 @@ impl ShardState {
     ) -> Result<ChangeBegin, CoreError> {
         self.advance(now);
         let record = self.record(id)?;
-        // An order's daily capacity stays taken when its lines change: new
-        // lines that name no counter keep the counters held now (a rebind
-        // names its own). See docs/PROTOCOL.md, "Capacity counters".
+        // An order's daily capacity stays taken while it still ships from
+        // the location: see [`kept_counters`].
         let mut lines = lines;
-        if !lines.iter().any(|line| crate::capacity::is_counter(&line.sku)) {
-            let held = record.request.lines.iter();
-            lines.extend(held.filter(|line| crate::capacity::is_counter(&line.sku)).cloned());
-        }
+        let kept = kept_counters(&record.request.lines, &lines);
+        lines.extend(kept);
         // The new lines under the Reserve's rules, for this reservation's channel.
         let candidate = ReserveRequest { lines: lines.clone(), ..(*record.request).clone() };
         candidate.check(catalog)?;
@@ -951,6 +948,30 @@ impl ShardState {
 }
 
 /// The answer alone, for callers that do not ask whether it was a replay.
+/// The counter lines of `held` a change to `new` keeps: those of a
+/// location that `new` still ships stock from and names no counter of that
+/// kind for. Changing an order's lines does not give back its day's
+/// capacity; moving it off a location does (a rebind names its new
+/// locations' counters itself). See docs/PROTOCOL.md, "Capacity counters".
+fn kept_counters(held: &[ReserveLine], new: &[ReserveLine]) -> Vec<ReserveLine> {
+    use crate::capacity::{is_counter, parse_counter};
+    let ships_from = |line: &ReserveLine| {
+        new.iter().any(|other| !is_counter(&other.sku) && other.location == line.location)
+    };
+    let renamed = |line: &ReserveLine| {
+        let kind = parse_counter(&line.sku).map(|(kind, _)| kind);
+        new.iter().any(|other| {
+            other.location == line.location
+                && is_counter(&other.sku)
+                && parse_counter(&other.sku).map(|(kind, _)| kind) == kind
+        })
+    };
+    held.iter()
+        .filter(|line| is_counter(&line.sku) && ships_from(line) && !renamed(line))
+        .cloned()
+        .collect()
+}
+
 fn first_answer(
     result: Result<(Reply, Vec<(u32, LineOp)>), CoreError>,
 ) -> Result<(ReservationView, Vec<(u32, LineOp)>), CoreError> {
