@@ -221,6 +221,7 @@ async fn configure(client: &atp_client::Client, setup: &Setup) -> Result<(), Loa
         buffer: 0,
         cap: None,
         state: v1::LifecycleState::Active.into(),
+        ..Default::default()
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel_config) };
     retry("upsert channel", || client.rpc().upsert_channel(request.clone())).await?;

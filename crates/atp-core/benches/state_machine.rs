@@ -94,6 +94,7 @@ impl Pairs {
                 buffer: 0,
                 cap: None,
                 state: atp_core::catalog::Lifecycle::Active,
+                publish: Default::default(),
             })
             .expect("a valid channel");
         let line_shard = shard_of(SKU);

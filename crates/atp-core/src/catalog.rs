@@ -248,6 +248,9 @@ pub struct Channel {
     pub cap: Option<i64>,
     /// Only an ACTIVE channel takes new holds; any other shows ATP 0.
     pub state: Lifecycle,
+    /// How late it shows a figure and how much of the lag's demand the
+    /// published figure holds back (issue 13, [`crate::publish`]).
+    pub publish: crate::publish::PublishRule,
 }
 
 impl Channel {
@@ -384,6 +387,27 @@ impl Catalog {
         }
         if channel.cap.is_some_and(|cap| cap < 0) {
             violations.push(FieldViolation::new("channel.cap", "must be >= 0"));
+        }
+        let publish = channel.publish;
+        if !(0..=crate::publish::MAX_PUBLISH_LAG_MS).contains(&publish.lag_ms) {
+            violations.push(FieldViolation::new(
+                "channel.publish_lag_ms",
+                format!(
+                    "is {}; must be 0..={}",
+                    publish.lag_ms,
+                    crate::publish::MAX_PUBLISH_LAG_MS
+                ),
+            ));
+        }
+        if publish.safety_level > crate::publish::MAX_SAFETY_LEVEL {
+            violations.push(FieldViolation::new(
+                "channel.safety_level",
+                format!(
+                    "is {}; must be 0..={} (per mille)",
+                    publish.safety_level,
+                    crate::publish::MAX_SAFETY_LEVEL
+                ),
+            ));
         }
         if !violations.is_empty() {
             return Err(CoreError::InvalidArgument(violations));

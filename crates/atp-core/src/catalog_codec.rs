@@ -11,7 +11,9 @@
 //!   no unit limit, priority 0).
 //! - **Version 3**: the header, a version byte (3), then postcard of the
 //!   catalog before kits; it loads with no kits.
-//! - **Version 4**: the header, a version byte (4), then postcard of [`Catalog`]. A version-1 body can never start with the header: postcard
+//! - **Version 4**: the header, a version byte (4), then postcard of the
+//!   catalog with kits, before channels' publishing rules.
+//! - **Version 5**: the header, a version byte (5), then postcard of [`Catalog`]. A version-1 body can never start with the header: postcard
 //!   begins it with the number of locations as a varint, and ten bytes of
 //!   0xFF are not a valid varint of a `u64`.
 
@@ -23,13 +25,13 @@ use crate::ids::{ChannelId, LocationId};
 /// Marks a versioned catalog; never the start of a version-1 body.
 const HEADER: [u8; 10] = [0xFF; 10];
 /// The version [`encode_catalog`] writes.
-const VERSION: u8 = 4;
+const VERSION: u8 = 5;
 
 /// Why stored catalog bytes could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogDecodeError {
     /// A version this build does not know (written by a newer atpd).
-    #[error("catalog format version {0} is unknown; this atpd reads versions 1 to 4")]
+    #[error("catalog format version {0} is unknown; this atpd reads versions 1 to 5")]
     UnknownVersion(u8),
     /// The bytes are not a catalog of their version.
     #[error("catalog format version {version} does not decode")]
@@ -61,10 +63,17 @@ pub fn decode_catalog(bytes: &[u8]) -> Result<Catalog, CatalogDecodeError> {
     match rest.split_first() {
         Some((&VERSION, body)) => postcard::from_bytes(body)
             .map_err(|source| CatalogDecodeError::Malformed { version: VERSION, source }),
+        Some((&4, body)) => postcard::from_bytes::<CatalogV4>(body)
+            .map(|old| Catalog {
+                locations: old.locations,
+                channels: channels_v4(old.channels),
+                kits: old.kits,
+            })
+            .map_err(|source| CatalogDecodeError::Malformed { version: 4, source }),
         Some((&3, body)) => postcard::from_bytes::<CatalogV3>(body)
             .map(|old| Catalog {
                 locations: old.locations,
-                channels: old.channels,
+                channels: channels_v4(old.channels),
                 kits: BTreeMap::new(),
             })
             .map_err(|source| CatalogDecodeError::Malformed { version: 3, source }),
@@ -138,6 +147,7 @@ impl From<CatalogV1> for Catalog {
                     buffer: old.buffer,
                     cap: old.cap,
                     state: Lifecycle::Active,
+                    publish: Default::default(),
                 };
                 (id, channel)
             })
@@ -146,18 +156,55 @@ impl From<CatalogV1> for Catalog {
     }
 }
 
+/// Version 4, field for field.
+#[derive(serde::Deserialize)]
+struct CatalogV4 {
+    locations: BTreeMap<LocationId, Location>,
+    channels: BTreeMap<ChannelId, ChannelV4>,
+    kits: BTreeMap<crate::ids::Sku, crate::kits::Kit>,
+}
+
+/// A channel of versions 2 to 4 (before publishing rules).
+#[derive(serde::Deserialize)]
+struct ChannelV4 {
+    id: ChannelId,
+    name: String,
+    locations: Vec<LocationId>,
+    buffer: i64,
+    cap: Option<i64>,
+    state: Lifecycle,
+}
+
+/// Channels of versions 2 to 4, publishing their ATP as it is.
+fn channels_v4(old: BTreeMap<ChannelId, ChannelV4>) -> BTreeMap<ChannelId, Channel> {
+    old.into_iter()
+        .map(|(id, old)| {
+            let channel = Channel {
+                id: old.id,
+                name: old.name,
+                locations: old.locations,
+                buffer: old.buffer,
+                cap: old.cap,
+                state: old.state,
+                publish: Default::default(),
+            };
+            (id, channel)
+        })
+        .collect()
+}
+
 /// Version 3, field for field.
 #[derive(serde::Deserialize)]
 struct CatalogV3 {
     locations: BTreeMap<LocationId, Location>,
-    channels: BTreeMap<ChannelId, Channel>,
+    channels: BTreeMap<ChannelId, ChannelV4>,
 }
 
 /// Version 2, field for field.
 #[derive(serde::Deserialize)]
 struct CatalogV2 {
     locations: BTreeMap<LocationId, LocationV2>,
-    channels: BTreeMap<ChannelId, Channel>,
+    channels: BTreeMap<ChannelId, ChannelV4>,
 }
 
 #[derive(serde::Deserialize)]
@@ -194,7 +241,7 @@ impl From<CatalogV2> for Catalog {
                 (id, location)
             })
             .collect();
-        Catalog { locations, channels: old.channels, kits: BTreeMap::new() }
+        Catalog { locations, channels: channels_v4(old.channels), kits: BTreeMap::new() }
     }
 }
 
@@ -262,12 +309,29 @@ mod tests {
         assert_eq!(catalog.channels.len(), 1);
     }
 
+    /// The round-trip catalog below before publishing rules (version 4),
+    /// as atpd saved it: dc-on's fulfilment, web PAUSED, the kit `box`.
+    const VERSION_4_CATALOG: &str = "ffffffffffffffffffff04020664632d6f66660664632d6f6666010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f02000000000000000564632d6f6e0564632d6f6e010853746f7265203132000000000000f83f00000000000002c00650000000000000e03f00020255530543412d51438407041e0f416d65726963612f546f726f6e746f880e0301037765620377656203576562020564632d6f6e0664632d6f666604010e010103626f7803626f78086769667420626f7802036d7567020374656106";
+
+    #[test]
+    fn a_version_4_catalog_still_loads_publishing_its_atp() {
+        let catalog = decode_catalog(&unhex(VERSION_4_CATALOG)).expect("version 4 loads");
+        let web = catalog.channels.values().next().expect("one channel");
+        assert_eq!(web.state, Lifecycle::Paused);
+        assert_eq!(web.publish, crate::publish::PublishRule::default());
+        assert_eq!(web.publish.lag_ms, 0, "lag 0 publishes the channel ATP");
+        let on = &catalog.locations[&location("dc-on")];
+        assert_eq!(on.fulfilment.time_zone, "America/Toronto");
+        assert_eq!(catalog.kits.len(), 1);
+    }
+
     #[test]
     fn the_current_version_round_trips() {
         let mut catalog = decode_catalog(&unhex(VERSION_1_CATALOG)).expect("version 1 loads");
         catalog.locations.get_mut(&location("dc-off")).expect("dc-off").state = Lifecycle::Retired;
         let web = catalog.channels.values_mut().next().expect("one channel");
         web.state = Lifecycle::Paused;
+        web.publish = crate::publish::PublishRule { lag_ms: 60_000, safety_level: 990 };
         let on = catalog.locations.get_mut(&location("dc-on")).expect("dc-on");
         on.fulfilment = Fulfilment {
             ships_to: vec!["US".into(), "CA-QC".into()],
@@ -294,8 +358,8 @@ mod tests {
     #[test]
     fn unknown_versions_and_garbage_are_errors() {
         let mut newer = HEADER.to_vec();
-        newer.push(5);
-        assert!(matches!(decode_catalog(&newer), Err(CatalogDecodeError::UnknownVersion(5))));
+        newer.push(6);
+        assert!(matches!(decode_catalog(&newer), Err(CatalogDecodeError::UnknownVersion(6))));
         assert!(decode_catalog(&[0x05, 0x01]).is_err());
         assert!(decode_catalog(&HEADER).is_err());
     }

@@ -88,13 +88,23 @@ impl DemandRate {
     }
 }
 
-/// How a channel publishes: its lag and its safety level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The longest configurable publish lag: one day.
+pub const MAX_PUBLISH_LAG_MS: i64 = 86_400_000;
+
+/// How a channel publishes: its lag and its safety level. The default (lag
+/// 0) publishes the channel ATP as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublishRule {
     /// How long the channel takes to apply an update, in ms.
     pub lag_ms: i64,
     /// Per mille, 0..=[`MAX_SAFETY_LEVEL`]; 0 publishes the channel ATP.
     pub safety_level: u32,
+}
+
+impl Default for PublishRule {
+    fn default() -> Self {
+        PublishRule { lag_ms: 0, safety_level: DEFAULT_SAFETY_LEVEL }
+    }
 }
 
 /// Units held back for `rate_per_hour` over `rule`'s lag: the

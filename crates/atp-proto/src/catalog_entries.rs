@@ -99,6 +99,7 @@ mod tests {
             buffer: 2,
             cap: Some(50),
             state: Lifecycle::Retired,
+            publish: Default::default(),
         };
         assert_eq!(decode_channel(&encode_channel(&channel)).expect("decodes"), channel);
     }

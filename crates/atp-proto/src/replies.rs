@@ -160,6 +160,8 @@ impl From<Channel> for v1::Channel {
             buffer: channel.buffer,
             cap: channel.cap,
             state: v1::LifecycleState::from(channel.state).into(),
+            publish_lag_ms: channel.publish.lag_ms,
+            safety_level: Some(channel.publish.safety_level),
         }
     }
 }
@@ -317,6 +319,7 @@ mod tests {
             buffer: 2,
             cap: None,
             state: atp_core::catalog::Lifecycle::Active,
+            publish: Default::default(),
         };
         let message = v1::Channel::from(channel);
         assert_eq!(message.location_ids, vec!["dc-1", "dc-2"]);

@@ -67,6 +67,7 @@ fn channel(id: &str, locations: &[&str]) -> Channel {
         buffer: 0,
         cap: None,
         state: Lifecycle::Active,
+        publish: Default::default(),
     }
 }
 

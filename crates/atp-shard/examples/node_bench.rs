@@ -63,6 +63,7 @@ fn main() {
             buffer: 0,
             cap: None,
             state: atp_core::catalog::Lifecycle::Active,
+            publish: Default::default(),
         })
         .await
         .expect("channel");

@@ -63,6 +63,7 @@ fn catalog() -> Catalog {
             buffer: 0,
             cap: None,
             state: atp_core::catalog::Lifecycle::Active,
+            publish: Default::default(),
         })
         .expect("valid channel");
     catalog

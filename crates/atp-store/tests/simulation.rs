@@ -67,6 +67,7 @@ fn catalog() -> Catalog {
         buffer: 0,
         cap: None,
         state: atp_core::catalog::Lifecycle::Active,
+        publish: Default::default(),
     };
     catalog.upsert_channel(web).unwrap();
     catalog

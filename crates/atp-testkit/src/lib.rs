@@ -312,6 +312,7 @@ impl Atpd {
             buffer: 0,
             cap: None,
             state: v1::LifecycleState::Active.into(),
+            ..Default::default()
         };
         let request = v1::UpsertChannelRequest { channel: Some(channel) };
         config.upsert_channel(request).await.expect("upsert channel");

@@ -517,6 +517,7 @@ impl ChannelEntry {
             buffer: self.buffer,
             cap: self.cap,
             state: self.state.unwrap_or(StateEntry::Active).proto(),
+            ..Default::default()
         }
     }
 }

@@ -41,6 +41,7 @@ fn channel(id: &str, locations: &[&str]) -> v1::Channel {
         buffer: 2,
         cap: Some(40),
         state: v1::LifecycleState::Active.into(),
+        ..Default::default()
     }
 }
 

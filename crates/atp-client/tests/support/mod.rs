@@ -64,6 +64,7 @@ pub async fn configure(client: &Client, skus: &[&str], stock: i64) {
         buffer: 0,
         cap: None,
         state: v1::LifecycleState::Active.into(),
+        ..Default::default()
     };
     let request = v1::UpsertChannelRequest { channel: Some(channel) };
     client.rpc().upsert_channel(request).await.expect("upsert channel");

@@ -103,6 +103,7 @@ pub fn catalog() -> Catalog {
         buffer: 0,
         cap: None,
         state: atp_core::catalog::Lifecycle::Active,
+        publish: Default::default(),
     };
     let market = Channel {
         id: channel(MARKET),
@@ -111,6 +112,7 @@ pub fn catalog() -> Catalog {
         buffer: MARKET_BUFFER,
         cap: Some(MARKET_CAP),
         state: atp_core::catalog::Lifecycle::Active,
+        publish: Default::default(),
     };
     catalog.upsert_channel(web).expect("valid channel");
     catalog.upsert_channel(market).expect("valid channel");

@@ -114,6 +114,12 @@ pub fn parse_channel(message: v1::UpsertChannelRequest) -> Result<Channel, CoreE
             buffer: channel.buffer,
             cap: channel.cap,
             state,
+            publish: atp_core::publish::PublishRule {
+                lag_ms: channel.publish_lag_ms,
+                safety_level: channel
+                    .safety_level
+                    .unwrap_or(atp_core::publish::DEFAULT_SAFETY_LEVEL),
+            },
         }),
         _ => None,
     };

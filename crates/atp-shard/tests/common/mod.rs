@@ -44,6 +44,7 @@ pub async fn stock(node: &Node, stock: &[(&str, i64)]) {
         buffer: 0,
         cap: None,
         state: atp_core::catalog::Lifecycle::Active,
+        publish: Default::default(),
     })
     .await
     .expect("channel");

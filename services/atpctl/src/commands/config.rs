@@ -82,6 +82,7 @@ pub async fn upsert_channel(
         buffer: args.buffer,
         cap: args.cap,
         state: LifecycleState::from(args.state).into(),
+        ..Default::default()
     };
     let clients = context.connect().await?;
     let (stored, changed) = send_channel(&clients, channel).await?;
@@ -378,6 +379,7 @@ mod tests {
             buffer: 2,
             cap: None,
             state: 0,
+            ..Default::default()
         };
         assert_eq!(
             channels_table(std::slice::from_ref(&channel)),
