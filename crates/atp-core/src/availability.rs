@@ -72,6 +72,41 @@ pub struct SkuAvailability {
     pub locations: Vec<LocationAvailability>,
     /// Per channel: (channel, atp).
     pub channels: Vec<(ChannelId, i64)>,
+    /// Per channel, in the order of `channels`: the figure safe to publish
+    /// (issue 13, [`crate::publish`]); the channel ATP until
+    /// [`SkuAvailability::publish`] applies the observed demand.
+    pub published: Vec<(ChannelId, i64)>,
+}
+
+impl SkuAvailability {
+    /// Sets each channel's published figure from the SKU's observed
+    /// `demand` (channels in id order) as of `now_ms`: the rate decays to
+    /// now while the channel shows units, and the channel's publishing rule
+    /// holds back the lag's demand.
+    pub fn publish(
+        &mut self,
+        catalog: &Catalog,
+        demand: &[(ChannelId, crate::publish::DemandRate)],
+        now_ms: i64,
+    ) {
+        self.published = self
+            .channels
+            .iter()
+            .map(|(id, atp)| {
+                let Some(channel) = catalog.channels.get(id) else { return (id.clone(), *atp) };
+                let rate = match demand.binary_search_by(|(channel, _)| channel.cmp(id)) {
+                    Ok(at) => {
+                        let mut rate = demand[at].1;
+                        let tau = crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS;
+                        rate.advance(now_ms, *atp > 0, tau);
+                        rate.per_hour()
+                    }
+                    Err(_) => 0.0,
+                };
+                (id.clone(), crate::publish::safe_to_publish(*atp, rate, &channel.publish))
+            })
+            .collect();
+    }
 }
 
 /// ATP of `sku` on `channel`: `clamp(Σ atp over active channel locations − buffer, 0, cap)`,
@@ -117,11 +152,12 @@ pub fn sku_availability(
             })
             .collect()
     };
-    let channels = catalog
+    let channels: Vec<(ChannelId, i64)> = catalog
         .channels
         .values()
         .filter(|channel| channel_filter.is_empty() || channel_filter.contains(&channel.id))
         .map(|channel| (channel.id.clone(), channel_atp(catalog, channel, positions)))
         .collect();
-    SkuAvailability { sku: sku.clone(), shard, epoch, locations, channels }
+    let published = channels.clone();
+    SkuAvailability { sku: sku.clone(), shard, epoch, locations, channels, published }
 }

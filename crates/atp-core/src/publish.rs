@@ -44,10 +44,11 @@ const MS_PER_HOUR: f64 = 3_600_000.0;
 /// at). While it is exposed, both decay by `e^(−Δt/τ)`: the rate follows
 /// demand with time constant τ, and moves on ticks without holds.
 ///
+/// A rate starts at its first hold (`at_ms` then, no exposure before).
 /// `rate = Σ units·w / max(Σ exposure·w, MIN_EXPOSURE)` with weights
 /// `w = e^(−exposed age/τ)`: in steady Poisson demand of λ its mean is λ
 /// from the first hour on, not only after several τ.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DemandRate {
     /// Σ units·w.
     pub units: f64,

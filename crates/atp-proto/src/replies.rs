@@ -90,10 +90,15 @@ impl From<SkuAvailability> for v1::SkuAvailability {
             locations: availability.locations.into_iter().map(Into::into).collect(),
             channels: availability
                 .channels
-                .into_iter()
+                .iter()
                 .map(|(channel, atp)| v1::ChannelAvailability {
                     channel_id: channel.to_string(),
-                    atp,
+                    atp: *atp,
+                    published: availability
+                        .published
+                        .iter()
+                        .find(|(shown, _)| shown == channel)
+                        .map_or(*atp, |(_, published)| *published),
                 })
                 .collect(),
             error: None,
@@ -274,6 +279,7 @@ mod tests {
                 shortfall: 0,
             }],
             channels: vec![(ChannelId::parse("channel_id", "web").expect("valid id"), 5)],
+            published: vec![(ChannelId::parse("channel_id", "web").expect("valid id"), 3)],
         };
         let message = v1::SkuAvailability::from(availability);
         assert_eq!((message.shard, message.epoch), (7, 1));
@@ -285,7 +291,7 @@ mod tests {
         );
         assert_eq!(
             message.channels,
-            vec![v1::ChannelAvailability { channel_id: "web".into(), atp: 5 }]
+            vec![v1::ChannelAvailability { channel_id: "web".into(), atp: 5, published: 3 }]
         );
     }
 

@@ -88,13 +88,14 @@ pub(crate) fn kit_figures(kit: &Kit, read: &[v1::SkuAvailability]) -> v1::SkuAva
     }
     figures.epoch = components.iter().map(|(f, _)| f.epoch).max().unwrap_or(0);
     let mut locations: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut channels: BTreeMap<&str, i64> = BTreeMap::new();
+    // Per channel: (atp, published).
+    let mut channels: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     if let Some((first, _)) = components.first() {
         for at in &first.locations {
             locations.insert(at.location_id.as_str(), i64::MAX);
         }
         for shown in &first.channels {
-            channels.insert(shown.channel_id.as_str(), i64::MAX);
+            channels.insert(shown.channel_id.as_str(), (i64::MAX, i64::MAX));
         }
     }
     for (component, quantity) in &components {
@@ -106,19 +107,17 @@ pub(crate) fn kit_figures(kit: &Kit, read: &[v1::SkuAvailability]) -> v1::SkuAva
                 .map_or(0, |at| at.atp);
             *atp = (*atp).min(units.max(0) / quantity);
         }
-        for (channel, atp) in channels.iter_mut() {
-            let units = component
-                .channels
-                .iter()
-                .find(|shown| shown.channel_id == *channel)
-                .map_or(0, |shown| shown.atp);
+        for (channel, (atp, published)) in channels.iter_mut() {
+            let shown = component.channels.iter().find(|shown| shown.channel_id == *channel);
+            let (units, shown) = shown.map_or((0, 0), |shown| (shown.atp, shown.published));
             *atp = (*atp).min(units.max(0) / quantity);
+            *published = (*published).min(shown.max(0) / quantity);
         }
     }
     if components.len() < kit.components.len() {
         // A component without figures has none to give.
         locations.values_mut().for_each(|atp| *atp = 0);
-        channels.values_mut().for_each(|atp| *atp = 0);
+        channels.values_mut().for_each(|figures| *figures = (0, 0));
     }
     figures.locations = locations
         .into_iter()
@@ -130,7 +129,11 @@ pub(crate) fn kit_figures(kit: &Kit, read: &[v1::SkuAvailability]) -> v1::SkuAva
         .collect();
     figures.channels = channels
         .into_iter()
-        .map(|(channel_id, atp)| v1::ChannelAvailability { channel_id: channel_id.to_owned(), atp })
+        .map(|(channel_id, (atp, published))| v1::ChannelAvailability {
+            channel_id: channel_id.to_owned(),
+            atp,
+            published,
+        })
         .collect();
     figures
 }

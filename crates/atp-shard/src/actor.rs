@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use atp_core::catalog::Catalog;
 use atp_core::ids::Sku;
-use atp_core::location_map::LocationMap;
-use atp_core::position::Position;
 use atp_core::shard::{LineOp, ShardState};
 use atp_store::{Checkpoint, ShardBatch, StoreError};
 use dashmap::DashMap;
@@ -44,7 +42,7 @@ pub(crate) type Operation = Box<dyn FnOnce(&mut ShardState, &Catalog, i64) -> Re
 pub(crate) struct Shared {
     pub(crate) catalog: RwLock<Arc<Catalog>>,
     /// Positions per SKU as of each shard's last finished batch.
-    pub(crate) view: DashMap<Sku, Arc<LocationMap<Position>>>,
+    pub(crate) view: DashMap<Sku, Arc<atp_core::shard::SkuView>>,
     pub(crate) clock: Clock,
     pub(crate) shards: Vec<ShardHandle>,
     pub(crate) batch_max: usize,
@@ -510,8 +508,8 @@ pub(crate) async fn run(
         let Some(committer) = &shared.committer else {
             // In memory: nothing to wait for.
             for sku in changes.skus {
-                let positions = state.positions_of(&sku);
-                shared.view.insert(sku, Arc::new(positions));
+                let view = state.view_of(&sku);
+                shared.view.insert(sku, Arc::new(view));
             }
             replies.into_iter().for_each(|reply| reply(Ok(())));
             spawn_delivery(&runtime, &shared, expired);
@@ -536,12 +534,12 @@ pub(crate) async fn run(
             }
         });
         // The positions as of this batch, published once it is durable.
-        let published: Vec<(Sku, Arc<LocationMap<Position>>)> = changes
+        let published: Vec<(Sku, Arc<atp_core::shard::SkuView>)> = changes
             .skus
             .into_iter()
             .map(|sku| {
-                let positions = Arc::new(state.positions_of(&sku));
-                (sku, positions)
+                let view = Arc::new(state.view_of(&sku));
+                (sku, view)
             })
             .collect();
         submitted += 1;
@@ -618,7 +616,7 @@ fn handle_control(
                 shared.view.remove(&sku);
             }
             for sku in state.skus() {
-                shared.view.insert(sku.clone(), Arc::new(state.positions_of(sku)));
+                shared.view.insert(sku.clone(), Arc::new(state.view_of(sku)));
             }
             let _ = reply.send(());
         }

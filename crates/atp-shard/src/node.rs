@@ -14,7 +14,6 @@ use atp_core::events::StockEvent;
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, LocationId, MAX_SKUS_PER_QUERY, ReservationId, Sku};
 use atp_core::ledger::LedgerEntry;
-use atp_core::location_map::LocationMap;
 use atp_core::reservation::{CommitLine, Reply, ReservationView, ReserveLine, ReserveRequest};
 use atp_core::shard::{
     Begin, ChangeBegin, EventApplied, Incarnation, LineOp, ShardFacts, ShardSettings, ShardState,
@@ -318,7 +317,7 @@ impl Node {
                         )
                         .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
                         for sku in state.skus() {
-                            shared.view.insert(sku.clone(), Arc::new(state.positions_of(sku)));
+                            shared.view.insert(sku.clone(), Arc::new(state.view_of(sku)));
                         }
                         Ok(state)
                     })
@@ -403,8 +402,8 @@ impl Node {
         let mut stats =
             RecoveryStats { report, read, load, cross_shard, ..RecoveryStats::default() };
         for (shard, sku) in republish {
-            let positions = states[&shard].positions_of(&sku);
-            self.shared.view.insert(sku, Arc::new(positions));
+            let view = states[&shard].view_of(&sku);
+            self.shared.view.insert(sku, Arc::new(view));
         }
         for state in states.values() {
             let shard_stats = state.stats();
@@ -1079,22 +1078,25 @@ impl Node {
         if !violations.is_empty() {
             return Err(CoreError::InvalidArgument(violations).into());
         }
-        let empty = LocationMap::new();
+        let empty = atp_core::shard::SkuView::default();
+        let now = self.now_ms();
         Ok(skus
             .iter()
             .map(|sku| {
-                let positions = self.shared.view.get(sku).map(|entry| Arc::clone(entry.value()));
-                let positions = positions.as_deref().unwrap_or(&empty);
+                let view = self.shared.view.get(sku).map(|entry| Arc::clone(entry.value()));
+                let view = view.as_deref().unwrap_or(&empty);
                 let shard = shard_of(sku.as_str());
-                sku_availability(
+                let mut figures = sku_availability(
                     sku,
                     shard,
                     SINGLE_NODE_EPOCH,
-                    positions,
+                    &view.positions,
                     &catalog,
                     locations,
                     channels,
-                )
+                );
+                figures.publish(&catalog, &view.demand, now);
+                figures
             })
             .collect())
     }

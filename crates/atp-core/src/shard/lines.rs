@@ -459,6 +459,17 @@ impl ShardState {
                 line.location
             );
         }
+        // Demand for safe-to-publish: the units this hold takes, per SKU.
+        let mut demand: Vec<(&Sku, i64)> = Vec::new();
+        for line in lines.iter().filter(|line| !is_counter(&line.sku)) {
+            match demand.iter_mut().find(|(sku, _)| *sku == &line.sku) {
+                Some((_, units)) => *units += line.quantity,
+                None => demand.push((&line.sku, line.quantity)),
+            }
+        }
+        for (sku, units) in demand {
+            self.record_demand(sku, channel_id, units, now);
+        }
         let held = lines
             .iter()
             .map(|line| HeldLine {

@@ -21,10 +21,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use crate::catalog::Catalog;
-use crate::ids::{EventId, LocationId, ReservationId, Sku};
+use crate::ids::{ChannelId, EventId, LocationId, ReservationId, Sku};
 use crate::ledger::{LedgerEntry, LedgerKind};
 use crate::location_map::LocationMap;
 use crate::position::{Deltas, Position};
+use crate::publish::DemandRate;
 use tracked::Tracked;
 
 pub use budget::{
@@ -141,6 +142,16 @@ pub struct ShardStats {
     pub evicted_event_memos: u64,
 }
 
+/// What readers see of one SKU: its positions by location and its
+/// observed demand per channel (channels in id order).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SkuView {
+    /// Positions by location.
+    pub positions: LocationMap<Position>,
+    /// Demand rates per channel.
+    pub demand: Vec<(ChannelId, DemandRate)>,
+}
+
 /// State of one virtual shard.
 #[derive(Debug)]
 pub struct ShardState {
@@ -148,6 +159,9 @@ pub struct ShardState {
     epoch: u64,
     settings: ShardSettings,
     positions: Tracked<Sku, LocationMap<PositionState>>,
+    /// Observed demand per SKU and channel (issue 13, safe to publish),
+    /// channels in id order; written with the positions' batch.
+    demand: Tracked<Sku, Vec<(ChannelId, DemandRate)>>,
     holds: Tracked<ReservationId, lines::LineHolds>,
     records: Tracked<ReservationId, home::Record>,
     events: Tracked<EventId, stock::EventMemo>,
@@ -185,6 +199,7 @@ impl ShardState {
             epoch,
             settings,
             positions: Tracked::default(),
+            demand: Tracked::default(),
             holds: Tracked::default(),
             records: Tracked::default(),
             events: Tracked::default(),
@@ -227,6 +242,55 @@ impl ShardState {
     }
 
     /// The positions of `sku` (empty if none).
+    /// What readers see of `sku`: its positions and its observed demand.
+    pub fn view_of(&self, sku: &Sku) -> SkuView {
+        SkuView {
+            positions: self.positions_of(sku),
+            demand: self.demand.get(sku).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The observed demand of `sku` per channel.
+    pub fn demand_of(&self, sku: &Sku) -> &[(ChannelId, DemandRate)] {
+        self.demand.get(sku).map_or(&[], Vec::as_slice)
+    }
+
+    /// Brings `sku`'s demand rates to `now` before its positions change:
+    /// the time since their last event counts as exposure when the SKU had
+    /// units free at some location (on hand − reserved − committed −
+    /// unavailable > 0; safety stock and channel rules are not applied
+    /// here), and not while it had none (sold out: no demand was seen).
+    fn expose(&mut self, sku: &Sku, now: i64) {
+        if !self.demand.contains_key(sku) {
+            return;
+        }
+        let exposed = self
+            .positions
+            .get(sku)
+            .is_some_and(|by_location| by_location.values().any(|state| state.position.atp(0) > 0));
+        if let Some(rates) = self.demand.get_mut(sku) {
+            for (_, rate) in rates.iter_mut() {
+                rate.advance(now, exposed, crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS);
+            }
+        }
+    }
+
+    /// Counts a hold of `units` of `sku` on `channel` at `now` in its
+    /// demand rate (the SKU was shown as available: a shopper held it).
+    pub(crate) fn record_demand(&mut self, sku: &Sku, channel: &ChannelId, units: i64, now: i64) {
+        let rates = self.demand.get_or_default(sku);
+        let at = match rates.binary_search_by(|(id, _)| id.cmp(channel)) {
+            Ok(at) => at,
+            Err(at) => {
+                // Observed from now on: no exposure before the first hold.
+                rates
+                    .insert(at, (channel.clone(), DemandRate { at_ms: now, ..Default::default() }));
+                at
+            }
+        };
+        rates[at].1.record(units, now, true, crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS);
+    }
+
     pub fn positions_of(&self, sku: &Sku) -> LocationMap<Position> {
         self.positions
             .get(sku)
@@ -379,6 +443,7 @@ impl ShardState {
         if deltas.is_zero() {
             return;
         }
+        self.expose(sku, now);
         let movements_per_position = self.settings.movements_per_position;
         let count_window_ms = self.settings.count_window_ms;
         let state = self.position_mut(sku, location);

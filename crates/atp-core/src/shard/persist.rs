@@ -4,7 +4,8 @@
 //!
 //! Keys are a tag byte and an id: `p`+sku → the SKU's positions, `r`+id → a
 //! reservation record (home side), `h`+id → line holds, `e`+id → a stock event
-//! memo, `m` → sequences and clock. Values are postcard; a record or hold
+//! memo, `d`+sku → the SKU's observed demand per channel (issue 13), `m` →
+//! sequences and clock. Values are postcard; a record or hold
 //! value may be followed by [`Extra`]s, fields added after its layout was
 //! fixed (data written before has none, so it still loads). A reservation still
 //! being created (PENDING) is never written: if the node dies before the
@@ -32,6 +33,7 @@ const POSITIONS: u8 = b'p';
 const RECORD: u8 = b'r';
 const HOLDS: u8 = b'h';
 const EVENT: u8 = b'e';
+const DEMAND: u8 = b'd';
 
 /// Sequences and clock of a shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +181,10 @@ impl ShardState {
             let value = self.positions.get(sku).map(encode);
             changes.records.push((key(POSITIONS, sku.as_str()), value));
         }
+        for sku in self.demand.take_touched() {
+            let value = self.demand.get(&sku).map(encode);
+            changes.records.push((key(DEMAND, sku.as_str()), value));
+        }
         changes.skus = skus;
         for id in self.records.take_touched() {
             let value = match self.records.get(&id) {
@@ -217,6 +223,9 @@ impl ShardState {
         let mut records = BTreeMap::new();
         for (sku, positions) in self.positions.iter() {
             records.insert(key(POSITIONS, sku.as_str()), encode(positions));
+        }
+        for (sku, rates) in self.demand.iter() {
+            records.insert(key(DEMAND, sku.as_str()), encode(rates));
         }
         for (id, record) in self.records.iter() {
             if record.state() != ReservationState::Pending {
@@ -286,6 +295,12 @@ impl ShardState {
                 let sku = Sku::parse("sku", id).map_err(parse_error)?;
                 let positions: LocationMap<PositionState> = decode(value)?;
                 self.positions.load(sku, positions);
+            }
+            DEMAND => {
+                let sku = Sku::parse("sku", id).map_err(parse_error)?;
+                let rates: Vec<(crate::ids::ChannelId, crate::publish::DemandRate)> =
+                    decode(value)?;
+                self.demand.load(sku, rates);
             }
             RECORD => {
                 let id = ReservationId::parse("reservation_id", id).map_err(parse_error)?;

@@ -102,7 +102,13 @@ fn sku_json(sku: &SkuAvailability) -> Value {
     let channels: Vec<Value> = sku
         .channels
         .iter()
-        .map(|channel| json!({ "channel_id": channel.channel_id, "atp": channel.atp }))
+        .map(|channel| {
+            json!({
+                "channel_id": channel.channel_id,
+                "atp": channel.atp,
+                "published": channel.published,
+            })
+        })
         .collect();
     json!({
         "sku": sku.sku,
@@ -149,9 +155,13 @@ fn sku_text(sku: &SkuAvailability) -> String {
         out.push_str(&incoming.render());
     }
     if !sku.channels.is_empty() {
-        let mut channels = Table::new(&["CHANNEL", "ATP>"]);
+        let mut channels = Table::new(&["CHANNEL", "ATP>", "PUBLISHED>"]);
         for channel in &sku.channels {
-            channels.row(vec![channel.channel_id.clone(), channel.atp.to_string()]);
+            channels.row(vec![
+                channel.channel_id.clone(),
+                channel.atp.to_string(),
+                channel.published.to_string(),
+            ]);
         }
         out.push('\n');
         out.push_str(&channels.render());
@@ -184,7 +194,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
-            channels: vec![ChannelAvailability { channel_id: "web".into(), atp: 7 }],
+            channels: vec![ChannelAvailability { channel_id: "web".into(), atp: 7, published: 5 }],
             error: None,
         };
         let text = sku_text(&sku);
@@ -196,13 +206,14 @@ dc-east        10         2          0            0       1         5    7      
 LOCATION  INCOMING  EXPECTED_AT
 dc-east          5  2023-11-14T22:13:20.000Z
 
-CHANNEL  ATP
-web        7
+CHANNEL  ATP  PUBLISHED
+web        7          5
 ";
         assert_eq!(text, expected);
         let value = sku_json(&sku);
         assert_eq!(value["locations"][0]["atp"], 7);
         assert_eq!(value["channels"][0]["channel_id"], "web");
+        assert_eq!(value["channels"][0]["published"], 5);
     }
 
     #[test]

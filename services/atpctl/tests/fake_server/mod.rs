@@ -393,6 +393,7 @@ impl AvailabilityService for Fake {
                             .sum::<i64>()
                             .saturating_sub(channel.buffer)
                             .max(0),
+                        ..Default::default()
                     })
                     .collect();
                 SkuAvailability {
