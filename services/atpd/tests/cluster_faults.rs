@@ -31,7 +31,7 @@ mod common;
 mod three_nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -83,8 +83,7 @@ async fn random_pause(rng: &mut fastrand::Rng, low: u64, spread: u64) {
 /// A port nobody listens on now, on every interface (so a node restarted on
 /// it keeps its address and its clients' endpoint).
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("0.0.0.0:0").expect("a free port");
-    listener.local_addr().expect("its address").port()
+    atp_cluster::testing::unassigned_port()
 }
 
 /// One node's place: where it listens, what it advertises, its data.

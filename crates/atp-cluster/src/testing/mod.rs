@@ -238,14 +238,44 @@ impl Drop for EtcdProcess {
 /// A free loopback port (bound, read, released: another process may take it
 /// before etcd binds it, which start-up then reports).
 fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("the bound address")
+    SocketAddr::from(([127, 0, 0, 1], unassigned_port()))
 }
 
 /// A free port on every interface (`0.0.0.0:<port>`), released like [`free_port`]'s.
 fn free_port_everywhere() -> SocketAddr {
-    let listener = TcpListener::bind("0.0.0.0:0").expect("bind a free port");
-    listener.local_addr().expect("the bound address")
+    SocketAddr::from(([0, 0, 0, 0], unassigned_port()))
+}
+
+/// Ports handed out for a process to bind later: below Linux's ephemeral
+/// range (32768–60999), which the kernel gives to outgoing connections and
+/// `:0` binds, so a connection made meanwhile cannot take the port. Chosen at
+/// random (other test processes pick too) and checked free on every
+/// interface when chosen.
+const UNASSIGNED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port in [`UNASSIGNED_PORTS`] free on every interface now.
+pub fn unassigned_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    let _ = STATE.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let span = u64::from(UNASSIGNED_PORTS.end - UNASSIGNED_PORTS.start);
+    for _ in 0..10_000 {
+        // xorshift64 over a shared state: every call draws a new port.
+        let mut next = STATE.load(Ordering::Relaxed);
+        next ^= next << 13;
+        next ^= next >> 7;
+        next ^= next << 17;
+        STATE.store(next, Ordering::Relaxed);
+        let port = UNASSIGNED_PORTS.start + (next % span) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {UNASSIGNED_PORTS:?}");
 }
 
 /// A [`Store`] wrapper that breaks watch streams on demand, can hold new
