@@ -459,9 +459,11 @@ impl ShardState {
                 line.location
             );
         }
-        // Demand for safe-to-publish: the units this hold takes, per SKU.
+        // Demand for safe-to-publish: the units this hold takes, per SKU;
+        // only for a channel that publishes late (lag 0 needs none).
         let mut demand: Vec<(&Sku, i64)> = Vec::new();
-        for line in lines.iter().filter(|line| !is_counter(&line.sku)) {
+        let observed = channel.publish.lag_ms > 0;
+        for line in lines.iter().filter(|line| observed && !is_counter(&line.sku)) {
             match demand.iter_mut().find(|(sku, _)| *sku == &line.sku) {
                 Some((_, units)) => *units += line.quantity,
                 None => demand.push((&line.sku, line.quantity)),
