@@ -68,6 +68,7 @@ mod routing;
 mod rpc;
 mod transport;
 mod types;
+mod watch;
 
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT,
@@ -81,6 +82,7 @@ pub use types::{
     Allocate, Allocation, Destination, ExcludedLocation, FillRule, Line, OrderLine, Plan,
     Reservation, ReservationLine, ReservationState, Reserve, RoutingPolicy, Shipment,
 };
+pub use watch::{Applied, Figure, Version, WatchView};
 
 /// The generated `atp.v1` messages (requests, replies, enums).
 pub use atp_proto::v1 as proto;

@@ -94,18 +94,70 @@ impl SkuAvailability {
             .iter()
             .map(|(id, atp)| {
                 let Some(channel) = catalog.channels.get(id) else { return (id.clone(), *atp) };
-                let rate = match demand.binary_search_by(|(channel, _)| channel.cmp(id)) {
-                    Ok(at) => {
-                        let mut rate = demand[at].1;
-                        let tau = crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS;
-                        rate.advance(now_ms, *atp > 0, tau);
-                        rate.per_hour()
-                    }
-                    Err(_) => 0.0,
-                };
-                (id.clone(), crate::publish::safe_to_publish(*atp, rate, &channel.publish))
+                (id.clone(), published(channel, *atp, demand, now_ms))
             })
             .collect();
+    }
+}
+
+/// The figure safe to publish to `channel` for a SKU whose channel ATP is
+/// `atp` and whose observed demand is `demand` (channels in id order), as
+/// of `now_ms`: the rate decays to now while the channel shows units, and
+/// the channel's publishing rule holds back the lag's demand.
+pub fn published(
+    channel: &crate::catalog::Channel,
+    atp: i64,
+    demand: &[(ChannelId, crate::publish::DemandRate)],
+    now_ms: i64,
+) -> i64 {
+    let rate = match demand.binary_search_by(|(id, _)| id.cmp(&channel.id)) {
+        Ok(at) => {
+            let mut rate = demand[at].1;
+            rate.advance(now_ms, atp > 0, crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS);
+            rate.per_hour()
+        }
+        Err(_) => 0.0,
+    };
+    crate::publish::safe_to_publish(atp, rate, &channel.publish)
+}
+
+/// What a stream watches (issue 13, WatchAvailability).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watched {
+    /// One channel: its ATP and its published figure.
+    Channel(ChannelId),
+    /// The ATP summed over these locations (published = atp).
+    Locations(Vec<LocationId>),
+}
+
+impl Watched {
+    /// (atp, published) of a SKU with `positions` and `demand`, as of
+    /// `now_ms`. A channel no longer configured shows 0.
+    pub fn figures(
+        &self,
+        catalog: &Catalog,
+        positions: &LocationMap<Position>,
+        demand: &[(ChannelId, crate::publish::DemandRate)],
+        now_ms: i64,
+    ) -> (i64, i64) {
+        match self {
+            Watched::Channel(id) => match catalog.channels.get(id) {
+                Some(channel) => {
+                    let atp = channel_atp(catalog, channel, positions);
+                    (atp, published(channel, atp, demand, now_ms))
+                }
+                None => (0, 0),
+            },
+            Watched::Locations(locations) => {
+                let atp = locations
+                    .iter()
+                    .filter_map(|location| {
+                        positions.get(location).map(|p| p.atp(catalog.safety_stock(location)))
+                    })
+                    .sum();
+                (atp, atp)
+            }
+        }
     }
 }
 

@@ -59,6 +59,9 @@ pub struct AvailabilityApi {
     node: Node,
     fence: Fence,
     forwarder: Forwarder,
+    watch: crate::watch_availability::WatchSettings,
+    watch_streams: std::sync::Arc<tokio::sync::Semaphore>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AvailabilityApi {
@@ -69,7 +72,29 @@ impl AvailabilityApi {
 
     /// The service over `node`, serving only the shards `fence` admits.
     pub fn with_fence(node: Node, fence: Fence) -> Self {
-        Self { node, fence, forwarder: Forwarder::default() }
+        Self {
+            node,
+            fence,
+            forwarder: Forwarder::default(),
+            watch: crate::watch_availability::WatchSettings::default(),
+            watch_streams: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                crate::watch_availability::MAX_WATCH_STREAMS,
+            )),
+            stopping: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    /// WatchAvailability streams behave as `settings` say.
+    pub fn with_watch(mut self, settings: crate::watch_availability::WatchSettings) -> Self {
+        self.watch = settings;
+        self
+    }
+
+    /// WatchAvailability streams end when `stopping` turns true (the
+    /// server is shutting down).
+    pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// The service forwarding through `forwarder` (shared with the
@@ -131,6 +156,64 @@ fn line_shards<'a>(skus: impl IntoIterator<Item = &'a str>) -> Touched {
 
 #[tonic::async_trait]
 impl AvailabilityService for AvailabilityApi {
+    type WatchAvailabilityStream = crate::watch_availability::WatchStream;
+
+    async fn watch_availability(
+        &self,
+        request: Request<v1::WatchAvailabilityRequest>,
+    ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
+        let permit =
+            std::sync::Arc::clone(&self.watch_streams).try_acquire_owned().map_err(|_| {
+                atp_proto::status::overloaded(format!(
+                    "this node serves {} watch streams already; retry later or ask another node",
+                    crate::watch_availability::MAX_WATCH_STREAMS
+                ))
+            })?;
+        let (incoming, message) = self.split(request)?;
+        let query =
+            crate::watch_availability::parse_watch(&message, &self.catalog()).map_err(status_of)?;
+        let query = std::sync::Arc::new(query);
+        let (out, mut receiver) = tokio::sync::mpsc::channel(4);
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            if stopping.wait_for(|stopping| *stopping).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        if incoming.is_forwarded() {
+            // Another node's merger: only the shards served here.
+            let resume = query.resume_marks();
+            let source =
+                crate::watch_availability::local_source(self.node.clone(), query, resume, out);
+            tokio::spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    () = source => {}
+                    () = stopped => {}
+                }
+            });
+        } else {
+            let merged = crate::watch_availability::merge(
+                self.node.clone(),
+                self.fence.clone(),
+                self.forwarder.clone(),
+                self.watch,
+                message,
+                query,
+                out,
+            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    () = merged => {}
+                    () = stopped => {}
+                }
+            });
+        }
+        let stream = futures::stream::poll_fn(move |context| receiver.poll_recv(context));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn reserve(
         &self,
         request: Request<v1::ReserveRequest>,

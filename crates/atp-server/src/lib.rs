@@ -29,6 +29,7 @@ mod peer;
 mod reassign;
 mod rebind;
 mod reserved;
+pub mod watch_availability;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -89,6 +90,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// After shutdown is asked for, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// WatchAvailability: the resume window and the pending bound.
+    pub watch: watch_availability::WatchSettings,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 4096,
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            watch: watch_availability::WatchSettings::default(),
         }
     }
 }
@@ -180,7 +184,10 @@ pub async fn serve_cluster(
     let forwarder = forward::Forwarder::default();
     let (stop_streams, streams_stopping) = watch::channel(false);
     let availability = AvailabilityServiceServer::new(
-        AvailabilityApi::with_fence(node.clone(), fence.clone()).with_forwarder(forwarder.clone()),
+        AvailabilityApi::with_fence(node.clone(), fence.clone())
+            .with_forwarder(forwarder.clone())
+            .with_watch(config.watch)
+            .with_stopping(streams_stopping.clone()),
     )
     .max_decoding_message_size(limit);
     let configuration = ConfigServiceServer::new(match &cluster {

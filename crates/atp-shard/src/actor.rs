@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use atp_core::catalog::Catalog;
 use atp_core::ids::Sku;
-use atp_core::shard::{LineOp, ShardState};
+use atp_core::shard::{LineOp, ShardState, Version};
 use atp_store::{Checkpoint, ShardBatch, StoreError};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     /// Per shard: exported for a handoff; it takes no more operations
     /// (they fail; deliveries go to the outbox) until the move ends.
     pub(crate) frozen: Vec<AtomicBool>,
+    /// The change feed watchers follow, and each shard's published version.
+    pub(crate) feed: crate::changes::Feed,
 }
 
 /// A Reserve being worked on, and where its answer will appear.
@@ -91,6 +93,9 @@ pub(crate) enum Control {
     Sequence { reply: oneshot::Sender<u64> },
     /// Replaces its state with an installed copy, continuing from `sequence`.
     Replace { state: Box<ShardState>, sequence: u64, reply: oneshot::Sender<()> },
+    /// Publishes every SKU's figures again under the shard's epoch (this
+    /// node started serving it: watchers learn the new owner's versions).
+    Republish,
     /// Panics the actor (tests of "a dead shard fails the node").
     #[cfg(feature = "testing")]
     Panic,
@@ -254,6 +259,19 @@ impl ShardHandle {
         let request = Control::Replace { state: Box::new(state), sequence, reply };
         self.control.send(request).await.map_err(|_| NodeError::ShuttingDown)?;
         answer.await.map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// Publishes every SKU again under the shard's epoch here, after the
+    /// batches in flight (see [`Control::Republish`]).
+    pub(crate) fn republish(&self) {
+        if self.control.try_send(Control::Republish).is_err()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let control = self.control.clone();
+            runtime.spawn(async move {
+                let _ = control.send(Control::Republish).await;
+            });
+        }
     }
 
     /// Wakes the actor (an empty operation) so it looks at its deadlines
@@ -507,9 +525,14 @@ pub(crate) async fn run(
         let changes = state.drain_changes();
         let Some(committer) = &shared.committer else {
             // In memory: nothing to wait for.
-            for sku in changes.skus {
-                let view = state.view_of(&sku);
-                shared.view.insert(sku, Arc::new(view));
+            if !changes.skus.is_empty() {
+                sequence += 1;
+                let views = changes.skus.into_iter().map(|sku| {
+                    let view = state.view_of(&sku);
+                    (sku, view)
+                });
+                let version = Version { epoch: shared.epoch(state.shard()), sequence };
+                shared.feed.publish(&shared.view, state.shard(), version, views.collect());
             }
             replies.into_iter().for_each(|reply| reply(Ok(())));
             spawn_delivery(&runtime, &shared, expired);
@@ -533,12 +556,13 @@ pub(crate) async fn run(
                 ledger: changes.ledger,
             }
         });
+        let version = Version { epoch: shared.epoch(state.shard()), sequence };
         // The positions as of this batch, published once it is durable.
-        let published: Vec<(Sku, Arc<atp_core::shard::SkuView>)> = changes
+        let published: Vec<(Sku, atp_core::shard::SkuView)> = changes
             .skus
             .into_iter()
             .map(|sku| {
-                let view = Arc::new(state.view_of(&sku));
+                let view = state.view_of(&sku);
                 (sku, view)
             })
             .collect();
@@ -555,9 +579,8 @@ pub(crate) async fn run(
                     storage_error(&error)
                 });
                 if outcome.is_ok() {
-                    for (sku, positions) in published {
-                        shared_for_completion.view.insert(sku, positions);
-                    }
+                    let shared = &shared_for_completion;
+                    shared.feed.publish(&shared.view, shard, version, published);
                 }
                 for reply in replies {
                     reply(outcome.clone());
@@ -615,14 +638,21 @@ fn handle_control(
             for sku in old {
                 shared.view.remove(&sku);
             }
-            for sku in state.skus() {
-                shared.view.insert(sku.clone(), Arc::new(state.view_of(sku)));
-            }
+            republish(state, *sequence, shared);
             let _ = reply.send(());
         }
+        Control::Republish => republish(state, *sequence, shared),
         #[cfg(feature = "testing")]
         Control::Panic => panic!("shard {} was told to panic (test switch)", state.shard()),
     }
+}
+
+/// Publishes every SKU of `state` at (its epoch here, `sequence`).
+fn republish(state: &ShardState, sequence: u64, shared: &Shared) {
+    let shard = state.shard();
+    let views = state.skus().map(|sku| (sku.clone(), state.view_of(sku))).collect();
+    let version = Version { epoch: shared.epoch(shard), sequence };
+    shared.feed.publish(&shared.view, shard, version, views);
 }
 
 /// How long a checkpoint request may wait for a busy shard.

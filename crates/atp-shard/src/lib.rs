@@ -13,6 +13,7 @@
 //! behind writes.
 
 mod actor;
+mod changes;
 mod clock;
 mod committer;
 mod doubts;
@@ -22,6 +23,7 @@ mod peers;
 mod reservations;
 mod write_log;
 
+pub use changes::{CHANGE_FEED_CAPACITY, Changed};
 pub use clock::Clock;
 pub use committer::CommitterStats;
 pub use error::NodeError;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::changes::Changed;
 use atp_core::availability::{SkuAvailability, sku_availability};
 use atp_core::catalog::{Catalog, Channel, Location};
 use atp_core::catalog_codec::{decode_catalog, encode_catalog};
@@ -19,7 +20,7 @@ use atp_core::shard::{
     Begin, ChangeBegin, EventApplied, Incarnation, LineOp, ShardFacts, ShardSettings, ShardState,
     ShardStats, ShipNotice,
 };
-use atp_core::shard::{RecoveryReport, recover_owned};
+use atp_core::shard::{RecoveryReport, Version, recover_owned};
 use atp_store::{
     Checkpoint, LedgerPage, LedgerQuery, LoadedShard, LogStats, ShardBatch, Store, StoreError,
 };
@@ -205,6 +206,7 @@ impl Node {
             serving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
             moving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
             frozen: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
+            feed: crate::changes::Feed::new(SHARD_COUNT),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);
@@ -309,6 +311,7 @@ impl Node {
                 part.into_iter()
                     .map(|loaded| {
                         let epoch = loaded.epoch.max(SINGLE_NODE_EPOCH);
+                        let version = Version { epoch, sequence: loaded.sequence };
                         let state = ShardState::restore(
                             loaded.shard,
                             epoch,
@@ -316,9 +319,9 @@ impl Node {
                             loaded.records,
                         )
                         .map_err(|error| NodeError::StorageFailed(error.to_string()))?;
-                        for sku in state.skus() {
-                            shared.view.insert(sku.clone(), Arc::new(state.view_of(sku)));
-                        }
+                        let views =
+                            state.skus().map(|sku| (sku.clone(), state.view_of(sku))).collect();
+                        shared.feed.publish(&shared.view, state.shard(), version, views);
                         Ok(state)
                     })
                     .collect::<Result<Vec<_>, NodeError>>()
@@ -402,8 +405,10 @@ impl Node {
         let mut stats =
             RecoveryStats { report, read, load, cross_shard, ..RecoveryStats::default() };
         for (shard, sku) in republish {
-            let view = states[&shard].view_of(&sku);
-            self.shared.view.insert(sku, Arc::new(view));
+            let state = &states[&shard];
+            let view = state.view_of(&sku);
+            let version = Version { epoch: state.epoch(), sequence: sequences[shard as usize] };
+            self.shared.feed.publish(&self.shared.view, shard, version, vec![(sku, view)]);
         }
         for state in states.values() {
             let shard_stats = state.stats();
@@ -679,6 +684,8 @@ impl Node {
                 self.set_epoch(shard, epoch);
                 if !serving.swap(true, Ordering::AcqRel) {
                     self.shard(shard).wake();
+                    // Watchers learn this node's versions of every SKU.
+                    self.shard(shard).republish();
                 }
             }
             None => serving.store(false, Ordering::Release),
@@ -1038,6 +1045,38 @@ impl Node {
     /// The configuration (locations and channels) as the node holds it now.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.shared.catalog()
+    }
+
+    /// The change feed (issue 13): one event per durable batch (and per
+    /// republish when this node starts serving a shard) naming the SKUs
+    /// whose figures changed, sent after the read view holds them.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Changed>> {
+        self.shared.feed.subscribe()
+    }
+
+    /// The version of `shard`'s last published batch here.
+    pub fn published_version(&self, shard: u32) -> Version {
+        self.shared.feed.published(shard)
+    }
+
+    /// Whether this node serves `shard` now (always on a single node).
+    pub fn serves(&self, shard: u32) -> bool {
+        !self.shared.clustered.load(Ordering::Acquire)
+            || self.shared.serving.get(shard as usize).is_some_and(|s| s.load(Ordering::Acquire))
+    }
+
+    /// What the read view holds of `sku` now (None: no position, no demand).
+    pub fn sku_view(&self, sku: &Sku) -> Option<Arc<atp_core::shard::SkuView>> {
+        self.shared.view.get(sku).map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// Calls `visit` with every SKU in the read view (a snapshot's scan; a
+    /// SKU changed during it is seen at some version, and again in the
+    /// change feed).
+    pub fn for_each_view(&self, mut visit: impl FnMut(&Sku, &Arc<atp_core::shard::SkuView>)) {
+        for entry in &self.shared.view {
+            visit(entry.key(), entry.value());
+        }
     }
 
     /// Availability of `skus` from the read view (never queued behind writes).

@@ -98,6 +98,12 @@ pub struct Config {
     /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish
     /// before the node stops anyway (0..=3600). Default 10.
     pub shutdown_grace_s: u64,
+    /// WatchAvailability: a resume whose last message is older than this
+    /// gets RESYNC and a snapshot (1000..=7 days in ms). Default 600000.
+    pub watch_resume_window_ms: u64,
+    /// WatchAvailability: SKUs a receiver may have waiting (changed, not
+    /// yet sent) before it is told RESYNC (1..=10000000). Default 100000.
+    pub watch_max_pending_skus: usize,
     /// Log filter in `tracing-subscriber` `EnvFilter` syntax
     /// (`info`, `atp_server=debug,info`). `RUST_LOG`, when set, wins.
     /// Default `info,fjall=warn,lsm_tree=warn`: atp's own INFO lines, not
@@ -172,6 +178,8 @@ impl Default for Config {
             max_concurrent_requests: server.max_concurrent_requests,
             max_message_bytes: server.max_message_bytes,
             shutdown_grace_s: server.shutdown_grace.as_secs(),
+            watch_resume_window_ms: u64::try_from(server.watch.resume_window_ms).unwrap_or(600_000),
+            watch_max_pending_skus: server.watch.max_pending_skus,
             log: DEFAULT_LOG.to_owned(),
             etcd_endpoints: String::new(),
             cluster_name: "atp".to_owned(),
@@ -286,6 +294,12 @@ impl Config {
             "shutdown_grace_s" => {
                 self.shutdown_grace_s = parse(value, "a whole number of seconds")?
             }
+            "watch_resume_window_ms" => {
+                self.watch_resume_window_ms = parse(value, "a whole number of milliseconds")?;
+            }
+            "watch_max_pending_skus" => {
+                self.watch_max_pending_skus = parse(value, "a whole number")?;
+            }
             "log" => self.log = value.to_owned(),
             "etcd_endpoints" => self.etcd_endpoints = value.to_owned(),
             "cluster_name" => self.cluster_name = value.to_owned(),
@@ -334,6 +348,8 @@ impl Config {
         within("max_concurrent_requests", as_u64(self.max_concurrent_requests), 1, 1_000_000);
         within("max_message_bytes", as_u64(self.max_message_bytes), 1024, 64 << 20);
         within("shutdown_grace_s", self.shutdown_grace_s, 0, 3600);
+        within("watch_resume_window_ms", self.watch_resume_window_ms, 1000, 7 * DAY_S * 1000);
+        within("watch_max_pending_skus", as_u64(self.watch_max_pending_skus), 1, 10_000_000);
         if let Err(violation) = atp_core::ids::validate_id("node_name", &self.node_name) {
             problems.push(format!(
                 "node_name: {} (at most {MAX_ID_BYTES} bytes)",
@@ -465,6 +481,10 @@ impl Config {
             max_concurrent_requests: self.max_concurrent_requests,
             max_message_bytes: self.max_message_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_s),
+            watch: atp_server::watch_availability::WatchSettings {
+                resume_window_ms: i64::try_from(self.watch_resume_window_ms).unwrap_or(i64::MAX),
+                max_pending_skus: self.watch_max_pending_skus,
+            },
         }
     }
 }

@@ -230,6 +230,15 @@ impl FaultProxy {
 
 #[tonic::async_trait]
 impl AvailabilityService for FaultProxy {
+    type WatchAvailabilityStream = tonic::Streaming<v1::WatchAvailabilityResponse>;
+
+    async fn watch_availability(
+        &self,
+        request: Request<v1::WatchAvailabilityRequest>,
+    ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
+        self.upstream.clone().watch_availability(request.into_inner()).await
+    }
+
     async fn allocate(
         &self,
         request: Request<v1::AllocateRequest>,

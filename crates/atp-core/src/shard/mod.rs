@@ -142,6 +142,19 @@ pub struct ShardStats {
     pub evicted_event_memos: u64,
 }
 
+/// The version of a SKU's figures: the epoch and batch sequence of the
+/// shard batch that last changed them (or that republished them, when a
+/// node started serving the shard). Ordered by epoch, then sequence: a
+/// shard's epoch grows with every new owner, so a version never goes
+/// backwards, also across moves and `--accept-loss` reassignments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// The shard's epoch.
+    pub epoch: u64,
+    /// The batch sequence within the epoch's log of the shard.
+    pub sequence: u64,
+}
+
 /// What readers see of one SKU: its positions by location and its
 /// observed demand per channel (channels in id order).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -150,6 +163,9 @@ pub struct SkuView {
     pub positions: LocationMap<Position>,
     /// Demand rates per channel.
     pub demand: Vec<(ChannelId, DemandRate)>,
+    /// The version of these figures (set by the node when it publishes
+    /// them; zero in a view the state makes).
+    pub version: Version,
 }
 
 /// State of one virtual shard.
@@ -247,6 +263,7 @@ impl ShardState {
         SkuView {
             positions: self.positions_of(sku),
             demand: self.demand.get(sku).cloned().unwrap_or_default(),
+            version: Version::default(),
         }
     }
 

@@ -162,6 +162,15 @@ fn invalid(message: &str, violations: Vec<FieldViolation>) -> Status {
 
 #[tonic::async_trait]
 impl AvailabilityService for Fake {
+    type WatchAvailabilityStream = tonic::Streaming<atp_proto::v1::WatchAvailabilityResponse>;
+
+    async fn watch_availability(
+        &self,
+        _request: Request<atp_proto::v1::WatchAvailabilityRequest>,
+    ) -> Reply<Self::WatchAvailabilityStream> {
+        Err(Status::unimplemented("the fake server has no WatchAvailability"))
+    }
+
     /// One shipment from the channel's cheapest location that has every
     /// line on hand (the others as alternatives); no splitting, no capacity.
     async fn allocate(&self, request: Request<AllocateRequest>) -> Reply<AllocateResponse> {
