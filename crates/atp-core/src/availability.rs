@@ -60,7 +60,7 @@ impl LocationAvailability {
 }
 
 /// One SKU as shown to callers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SkuAvailability {
     /// The SKU.
     pub sku: Sku,
@@ -76,6 +76,11 @@ pub struct SkuAvailability {
     /// (issue 13, [`crate::publish`]); the channel ATP until
     /// [`SkuAvailability::publish`] applies the observed demand.
     pub published: Vec<(ChannelId, i64)>,
+    /// Per channel, in the order of `channels`: the observed demand in
+    /// units held per hour of exposure, decayed to now (issue 13,
+    /// [`rate_per_hour`]); 0 for a channel never observed (a lag-0 channel
+    /// is not) and until [`SkuAvailability::publish`] sets it.
+    pub demand: Vec<(ChannelId, f64)>,
 }
 
 impl SkuAvailability {
@@ -89,14 +94,40 @@ impl SkuAvailability {
         demand: &[(ChannelId, crate::publish::DemandRate)],
         now_ms: i64,
     ) {
-        self.published = self
-            .channels
-            .iter()
-            .map(|(id, atp)| {
-                let Some(channel) = catalog.channels.get(id) else { return (id.clone(), *atp) };
-                (id.clone(), published(channel, *atp, demand, now_ms))
-            })
-            .collect();
+        self.published.clear();
+        self.demand.clear();
+        for (id, atp) in &self.channels {
+            let Some(channel) = catalog.channels.get(id) else {
+                self.published.push((id.clone(), *atp));
+                self.demand.push((id.clone(), 0.0));
+                continue;
+            };
+            let rate = rate_per_hour(channel, *atp, demand, now_ms);
+            self.published
+                .push((id.clone(), crate::publish::safe_to_publish(*atp, rate, &channel.publish)));
+            self.demand.push((id.clone(), rate));
+        }
+    }
+}
+
+/// The observed demand of `channel` for a SKU whose channel ATP is `atp`
+/// and whose observed demand is `demand` (channels in id order), as of
+/// `now_ms`: units held per hour of exposure, the rate decayed to now while
+/// the channel shows units (`atp > 0`); 0 when the channel was never
+/// observed.
+pub fn rate_per_hour(
+    channel: &crate::catalog::Channel,
+    atp: i64,
+    demand: &[(ChannelId, crate::publish::DemandRate)],
+    now_ms: i64,
+) -> f64 {
+    match demand.binary_search_by(|(id, _)| id.cmp(&channel.id)) {
+        Ok(at) => {
+            let mut rate = demand[at].1;
+            rate.advance(now_ms, atp > 0, crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS);
+            rate.per_hour()
+        }
+        Err(_) => 0.0,
     }
 }
 
@@ -110,14 +141,7 @@ pub fn published(
     demand: &[(ChannelId, crate::publish::DemandRate)],
     now_ms: i64,
 ) -> i64 {
-    let rate = match demand.binary_search_by(|(id, _)| id.cmp(&channel.id)) {
-        Ok(at) => {
-            let mut rate = demand[at].1;
-            rate.advance(now_ms, atp > 0, crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS);
-            rate.per_hour()
-        }
-        Err(_) => 0.0,
-    };
+    let rate = rate_per_hour(channel, atp, demand, now_ms);
     crate::publish::safe_to_publish(atp, rate, &channel.publish)
 }
 
@@ -211,5 +235,62 @@ pub fn sku_availability(
         .map(|channel| (channel.id.clone(), channel_atp(catalog, channel, positions)))
         .collect();
     let published = channels.clone();
-    SkuAvailability { sku: sku.clone(), shard, epoch, locations, channels, published }
+    let demand = channels.iter().map(|(id, _)| (id.clone(), 0.0)).collect();
+    SkuAvailability { sku: sku.clone(), shard, epoch, locations, channels, published, demand }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Channel, Lifecycle};
+    use crate::publish::{DEFAULT_SAFETY_LEVEL, DemandRate, PublishRule};
+
+    fn channel(id: &str, lag_ms: i64) -> Channel {
+        Channel {
+            id: ChannelId::parse("channel_id", id).expect("valid id"),
+            name: id.into(),
+            locations: Vec::new(),
+            buffer: 0,
+            cap: None,
+            state: Lifecycle::Active,
+            publish: PublishRule { lag_ms, safety_level: DEFAULT_SAFETY_LEVEL },
+        }
+    }
+
+    #[test]
+    fn publish_sets_each_channels_rate_beside_its_figure() {
+        let mut catalog = Catalog::default();
+        for shown in [channel("pos", 0), channel("web", 60_000)] {
+            catalog.channels.insert(shown.id.clone(), shown);
+        }
+        let web = ChannelId::parse("channel_id", "web").expect("valid id");
+        let pos = ChannelId::parse("channel_id", "pos").expect("valid id");
+        // 30 units at t = 0, no exposure yet: 30 over the 15 min floor.
+        let rate = DemandRate { units: 30.0, exposure_ms: 0.0, at_ms: 0 };
+        let mut figures = SkuAvailability {
+            sku: Sku::parse("sku", "tee").expect("valid id"),
+            shard: 0,
+            epoch: 0,
+            locations: Vec::new(),
+            channels: vec![(pos.clone(), 10), (web.clone(), 10)],
+            published: Vec::new(),
+            demand: Vec::new(),
+        };
+        figures.publish(&catalog, &[(web.clone(), rate)], 0);
+        assert_eq!(figures.demand, vec![(pos.clone(), 0.0), (web.clone(), 120.0)]);
+        let expected = published(&catalog.channels[&web], 10, &[(web.clone(), rate)], 0);
+        assert_eq!(figures.published, vec![(pos, 10), (web, expected)]);
+        assert!(expected < 10, "the web's lag holds back some units");
+    }
+
+    #[test]
+    fn a_sold_out_channel_keeps_its_rate_and_an_exposed_one_decays() {
+        let web = channel("web", 60_000);
+        let rate = DemandRate { units: 30.0, exposure_ms: 0.0, at_ms: 0 };
+        let demand = [(web.id.clone(), rate)];
+        let hour = 3_600_000;
+        assert_eq!(rate_per_hour(&web, 0, &demand, hour), 120.0);
+        assert!(rate_per_hour(&web, 5, &demand, hour) < 120.0);
+        assert_eq!(rate_per_hour(&channel("pos", 0), 5, &demand, hour), 0.0);
+    }
 }

@@ -30,6 +30,11 @@ pub const MAX_SAFETY_LEVEL: u32 = 999;
 pub const DEFAULT_SAFETY_LEVEL: u32 = 950;
 /// The default time constant τ of the demand rate: one hour.
 pub const DEFAULT_RATE_TIME_CONSTANT_MS: i64 = 3_600_000;
+
+/// How often a shard advances its demand rates without holds (each SKU
+/// with a rate is then written and published again, so its published
+/// figure moves, and is streamed, as the rate decays).
+pub const DEMAND_DECAY_INTERVAL_MS: i64 = 60_000;
 /// The largest Poisson mean the quantile is computed for term by term;
 /// beyond it a normal approximation (mean + z·√mean) is used.
 const MAX_EXACT_MEAN: f64 = 500.0;

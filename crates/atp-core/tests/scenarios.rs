@@ -380,3 +380,60 @@ fn retiring_is_final_and_a_paused_channel_takes_no_holds() {
     let market = reserve_request("r2", MARKET, vec![line("sku-apple", "loc-central", 1)], TTL_MS);
     node.reserve(&market, START_MS).expect("another channel over the same location still holds");
 }
+
+/// Safe to publish (issue 13): a SKU's demand rate decays on the shard's
+/// own ticks, without new holds: each tick writes its rate record and names
+/// the SKU as changed (so the node publishes and streams it again), and
+/// the published figure rises back towards the channel ATP.
+#[test]
+fn demand_rates_decay_on_ticks_without_new_holds() {
+    let mut catalog = catalog();
+    let mut web = catalog.channels[&common::channel(WEB)].clone();
+    web.publish.lag_ms = 60_000;
+    catalog.upsert_channel(web.clone()).expect("valid channel");
+    let mut node = Node::new(catalog);
+    node.tick(START_MS);
+    receive(&mut node, "e1", "sku-apple", "loc-north", 100, START_MS);
+    for n in 0..30 {
+        let request = reserve_request(
+            &format!("r-{n}"),
+            WEB,
+            vec![line("sku-apple", "loc-north", 1)],
+            3_600_000,
+        );
+        node.reserve(&request, START_MS).expect("held");
+    }
+    let shard = shard_of("sku-apple");
+    node.shard_mut(shard).drain_changes();
+    let published = |node: &mut Node, now: i64| {
+        let state = node.shard_mut(shard);
+        let demand = state.demand_of(&sku("sku-apple")).to_vec();
+        atp_core::availability::published(&web, 70, &demand, now)
+    };
+    // 120 an hour over a 60 s lag: Poisson(2) holds back 5.
+    assert_eq!(published(&mut node, START_MS), 65);
+
+    // Nothing due before the interval; one tick after it.
+    let interval = atp_core::publish::DEMAND_DECAY_INTERVAL_MS;
+    node.tick(START_MS + interval - 1);
+    assert!(node.shard_mut(shard).drain_changes().skus.is_empty());
+    let mut now = START_MS + interval;
+    node.tick(now);
+    let changes = node.shard_mut(shard).drain_changes();
+    assert_eq!(changes.skus, vec![sku("sku-apple")], "the decayed SKU is published again");
+    assert!(!changes.records.is_empty(), "its rate is written");
+    let rate = node.shard_mut(shard).demand_of(&sku("sku-apple"))[0].1;
+    assert_eq!(rate.at_ms, now, "the rate was advanced to the tick");
+
+    // Hours of ticks without holds: the rate decays and the figure rises
+    // back to the ATP, tick by tick (never down).
+    let mut last = published(&mut node, now);
+    for _ in 0..(6 * 60) {
+        now += interval;
+        node.tick(now);
+        let figure = published(&mut node, now);
+        assert!(figure >= last, "{figure} < {last}");
+        last = figure;
+    }
+    assert_eq!(last, 70, "after 6 h without holds nothing is held back");
+}

@@ -99,6 +99,11 @@ impl From<SkuAvailability> for v1::SkuAvailability {
                         .iter()
                         .find(|(shown, _)| shown == channel)
                         .map_or(*atp, |(_, published)| *published),
+                    demand_per_hour: availability
+                        .demand
+                        .iter()
+                        .find(|(shown, _)| shown == channel)
+                        .map_or(0.0, |(_, rate)| *rate),
                 })
                 .collect(),
             error: None,
@@ -280,6 +285,7 @@ mod tests {
             }],
             channels: vec![(ChannelId::parse("channel_id", "web").expect("valid id"), 5)],
             published: vec![(ChannelId::parse("channel_id", "web").expect("valid id"), 3)],
+            demand: vec![(ChannelId::parse("channel_id", "web").expect("valid id"), 1.5)],
         };
         let message = v1::SkuAvailability::from(availability);
         assert_eq!((message.shard, message.epoch), (7, 1));
@@ -291,7 +297,12 @@ mod tests {
         );
         assert_eq!(
             message.channels,
-            vec![v1::ChannelAvailability { channel_id: "web".into(), atp: 5, published: 3 }]
+            vec![v1::ChannelAvailability {
+                channel_id: "web".into(),
+                atp: 5,
+                published: 3,
+                demand_per_hour: 1.5
+            }]
         );
     }
 

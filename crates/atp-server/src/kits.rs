@@ -68,6 +68,10 @@ pub(crate) fn split_kits(skus: &[String], catalog: &Catalog) -> (Vec<Kit>, Vec<S
 /// A kit's figures from its components' (`read`): per location, ATP =
 /// min over components of ⌊ATP / quantity⌋ (the other buckets are 0: a kit
 /// has no stock); per channel, the same over the components' channel ATP.
+/// A kit's demand rate is 0: its holds are counted against its components,
+/// mixed with their own sales, so no rate of the kit is observed (the min
+/// over components of rate / quantity would read their own demand as the
+/// kit's).
 /// A component that could not be read makes the kit unreadable with its error.
 pub(crate) fn kit_figures(kit: &Kit, read: &[v1::SkuAvailability]) -> v1::SkuAvailability {
     let mut figures = v1::SkuAvailability {
@@ -133,6 +137,8 @@ pub(crate) fn kit_figures(kit: &Kit, read: &[v1::SkuAvailability]) -> v1::SkuAva
             channel_id: channel_id.to_owned(),
             atp,
             published,
+            // Not observed for a kit (see above).
+            demand_per_hour: 0.0,
         })
         .collect();
     figures

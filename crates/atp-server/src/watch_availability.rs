@@ -410,13 +410,13 @@ fn updates_of(node: &Node, query: &WatchQuery, skus: Vec<Sku>) -> Vec<v1::Availa
     skus.into_iter()
         .map(|sku| {
             let shard = shard_of(sku.as_str());
-            let (atp, published, version) = match node.sku_view(&sku) {
+            let (atp, published, version, changed_at_ms) = match node.sku_view(&sku) {
                 Some(view) => {
                     let (atp, published) =
                         query.watched.figures(&catalog, &view.positions, &view.demand, now);
-                    (atp, published, view.version)
+                    (atp, published, view.version, view.changed_at_ms)
                 }
-                None => (0, 0, Version::default()),
+                None => (0, 0, Version::default(), 0),
             };
             v1::AvailabilityUpdate {
                 sku: sku.as_str().to_owned(),
@@ -424,6 +424,7 @@ fn updates_of(node: &Node, query: &WatchQuery, skus: Vec<Sku>) -> Vec<v1::Availa
                 published,
                 version: Some(wire_version(version)),
                 shard,
+                changed_at_ms,
             }
         })
         .collect()

@@ -29,12 +29,14 @@ pub struct Changed {
 pub(crate) struct Feed {
     sender: broadcast::Sender<Arc<Changed>>,
     published: Vec<Mutex<Version>>,
+    clock: crate::clock::Clock,
 }
 
 impl Feed {
-    pub(crate) fn new(shards: u32) -> Self {
+    pub(crate) fn new(shards: u32, clock: crate::clock::Clock) -> Self {
         let (sender, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
-        Self { sender, published: (0..shards).map(|_| Mutex::new(Version::default())).collect() }
+        let published = (0..shards).map(|_| Mutex::new(Version::default())).collect();
+        Self { sender, published, clock }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Changed>> {
@@ -48,7 +50,8 @@ impl Feed {
             .map_or_else(Version::default, |version| *version.lock().expect("never poisoned"))
     }
 
-    /// Puts `views` of `shard` in the read view at `version`, then tells
+    /// Puts `views` of `shard` in the read view at `version` (changed now,
+    /// by the node's clock), then tells
     /// the watchers (in this order: a watcher that reads the view after
     /// the event sees these figures or later ones).
     pub(crate) fn publish(
@@ -59,8 +62,10 @@ impl Feed {
         views: Vec<(Sku, SkuView)>,
     ) {
         let mut skus = Vec::with_capacity(views.len());
+        let now = self.clock.now_ms();
         for (sku, mut figures) in views {
             figures.version = version;
+            figures.changed_at_ms = now;
             view.insert(sku.clone(), Arc::new(figures));
             skus.push(sku);
         }

@@ -206,7 +206,7 @@ impl Node {
             serving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
             moving: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
             frozen: (0..SHARD_COUNT).map(|_| AtomicBool::new(false)).collect(),
-            feed: crate::changes::Feed::new(SHARD_COUNT),
+            feed: crate::changes::Feed::new(SHARD_COUNT, clock),
         });
         let (stop, _) = watch::channel(false);
         let (ready, _) = watch::channel(false);

@@ -88,6 +88,9 @@ pub enum Command {
     Reservations(ReservationsCommand),
     /// Availability of SKUs per location and per channel.
     Availability(AvailabilityArgs),
+    /// A SKU's observed demand per channel and days of cover per location.
+    #[command(after_long_help = crate::commands::demand::DEMAND_HELP)]
+    Demand(crate::commands::demand::DemandArgs),
     /// Send one stock event (a physical fact from ERP/WMS).
     #[command(subcommand, visible_alias = "events")]
     Event(EventCommand),

@@ -469,6 +469,82 @@ async fn events_show_applied_duplicate_and_rejected() {
 }
 
 #[tokio::test]
+async fn demand_shows_each_channels_rate_and_each_locations_cover() {
+    let fake = Fake::default();
+    {
+        let mut state = fake.state();
+        for location in ["dc-east", "dc-west", "store-12"] {
+            let entry =
+                atp_proto::v1::Location { location_id: location.into(), ..Default::default() };
+            state.locations.insert(location.into(), entry);
+        }
+        for (id, locations, lag) in
+            [("pos-12", &["store-12"][..], 0), ("web", &["dc-east", "store-12"][..], 60_000)]
+        {
+            let channel = atp_proto::v1::Channel {
+                channel_id: id.into(),
+                location_ids: locations.iter().map(|location| (*location).to_owned()).collect(),
+                publish_lag_ms: lag,
+                safety_level: Some(900),
+                ..Default::default()
+            };
+            state.channels.insert(id.into(), channel);
+        }
+        for (location, units) in [("dc-east", 48), ("dc-west", 3), ("store-12", 6)] {
+            state.on_hand.insert(("tee".into(), location.into()), units);
+        }
+        state.demand_per_hour.insert(("tee".into(), "web".into()), 1.0);
+    }
+    let addr = fake.start().await;
+
+    let output = atpctl(&addr, &["demand", "tee"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "\
+tee  (shard 7, epoch 1)
+CHANNEL  LAG  SAFETY  DEMAND/H  DEMAND/DAY  ATP  PUBLISHED
+pos-12     0   90.0%      0.00         0.0    6          0
+web      60s   90.0%      1.00        24.0   54          0
+
+LOCATION  ATP  DEMAND/DAY  DAYS_OF_COVER
+dc-east    48        24.0           2.00
+dc-west     3         0.0              ∞
+store-12    6        24.0           0.25
+"
+    );
+
+    let output = atpctl(&addr, &["--json", "demand", "tee"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let value = json(&output);
+    let web = &value["channels"][1];
+    assert_eq!((&web["channel_id"], &web["publish_lag_ms"]), (&"web".into(), &60_000.into()));
+    assert_eq!(
+        (web["demand_per_hour"].as_f64(), web["demand_per_day"].as_f64()),
+        (Some(1.0), Some(24.0))
+    );
+    assert_eq!(value["channels"][0]["demand_per_hour"].as_f64(), Some(0.0));
+    let cover: Vec<(String, Option<f64>)> = value["locations"]
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|row| {
+            (
+                row["location_id"].as_str().unwrap_or_default().to_owned(),
+                row["days_of_cover"].as_f64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cover,
+        [("dc-east".into(), Some(2.0)), ("dc-west".into(), None), ("store-12".into(), Some(0.25))]
+    );
+
+    let help = atpctl(&addr, &["demand", "--help"]).await;
+    assert!(stdout(&help).contains("counted against each of its locations"), "{}", stdout(&help));
+}
+
+#[tokio::test]
 async fn shards_and_shard() {
     let fake = Fake::default();
     let addr = fake.start().await;

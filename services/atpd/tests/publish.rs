@@ -103,3 +103,48 @@ async fn a_publishing_rule_out_of_range_names_its_field() {
     let web = web.expect("web");
     assert_eq!((web.publish_lag_ms, web.safety_level), (0, Some(950)));
 }
+
+/// `demand_per_hour` of each channel of `sku`, channels in id order.
+async fn demand(atpd: &Atpd, sku: &str) -> Vec<(String, f64)> {
+    let request = v1::GetAvailabilityRequest { skus: vec![sku.into()], ..Default::default() };
+    let reply = atpd.availability().get_availability(request).await.expect("availability");
+    let mut rates: Vec<(String, f64)> = reply.into_inner().skus[0]
+        .channels
+        .iter()
+        .map(|channel| (channel.channel_id.clone(), channel.demand_per_hour))
+        .collect();
+    rates.sort_by(|a, b| a.0.cmp(&b.0));
+    rates
+}
+
+#[tokio::test]
+async fn get_availability_shows_the_observed_demand_per_channel() {
+    let atpd = Atpd::start(&[]).await;
+    configure(&atpd).await;
+    atpd.receive("tee", "dc-1", 100).await;
+    assert_eq!(demand(&atpd, "tee").await, [("pos".into(), 0.0), ("web".into(), 0.0)]);
+
+    // 30 holds of one unit on web (60 s lag) within seconds: 30 units over
+    // the 15 min exposure floor, 120 an hour (less the decay of the seconds
+    // the test takes, e^(−s/1 h)).
+    let mut api = atpd.availability();
+    for n in 0..30 {
+        let reserve = v1::ReserveRequest {
+            reservation_id: format!("r-{n}"),
+            channel_id: "web".into(),
+            lines: vec![v1::ReservationLine {
+                sku: "tee".into(),
+                location_id: "dc-1".into(),
+                quantity: 1,
+            }],
+            ttl_seconds: 3600,
+            metadata: None,
+        };
+        api.reserve(reserve).await.expect("reserve");
+    }
+    let rates = demand(&atpd, "tee").await;
+    // pos has no lag: it is not observed.
+    assert_eq!(rates[0], ("pos".into(), 0.0));
+    assert_eq!(rates[1].0, "web");
+    assert!((119.0..=120.0 + 1e-9).contains(&rates[1].1), "{rates:?}");
+}

@@ -119,6 +119,10 @@ enum Deadline {
     Abandon(ReservationId, u64),
     ForgetReservation(ReservationId),
     ForgetEvent(EventId),
+    /// Every demand rate advances to now (decays while the SKU shows
+    /// units), so the published figure moves, and is written and
+    /// streamed, without new holds.
+    DecayDemand,
 }
 
 /// Counters shown by the admin API.
@@ -166,6 +170,9 @@ pub struct SkuView {
     /// The version of these figures (set by the node when it publishes
     /// them; zero in a view the state makes).
     pub version: Version,
+    /// When the node published these figures (its clock, ms since the
+    /// Unix epoch; 0 in a view the state makes).
+    pub changed_at_ms: i64,
 }
 
 /// State of one virtual shard.
@@ -192,6 +199,8 @@ pub struct ShardState {
     retained: budget::Retained,
     /// Line ops of a tick inside a request that then failed; the next tick returns them.
     undelivered: Vec<(u32, LineOp)>,
+    /// When the next [`Deadline::DecayDemand`] fires (None: no demand).
+    decay_at: Option<i64>,
     /// The meta record as last handed out by [`ShardState::drain_changes`].
     drained_meta: persist::Meta,
     /// Reservations homed here that recovery could not settle without other
@@ -227,6 +236,7 @@ impl ShardState {
             deadlines: BinaryHeap::new(),
             retained: budget::Retained::default(),
             undelivered: Vec::new(),
+            decay_at: None,
             in_doubt: std::collections::BTreeSet::new(),
             dropped: home::Dropped::default(),
             meta_unwritten: false,
@@ -264,6 +274,7 @@ impl ShardState {
             positions: self.positions_of(sku),
             demand: self.demand.get(sku).cloned().unwrap_or_default(),
             version: Version::default(),
+            changed_at_ms: 0,
         }
     }
 
@@ -292,6 +303,31 @@ impl ShardState {
         }
     }
 
+    /// [`Deadline::DecayDemand`] due at `at`: advances every SKU's demand
+    /// rates to `now` (each SKU is written and published again) and
+    /// schedules the next one.
+    fn decay_demand(&mut self, at: i64, now: i64) {
+        if self.decay_at != Some(at) {
+            return;
+        }
+        self.decay_at = None;
+        let skus: Vec<Sku> = self.demand.keys().cloned().collect();
+        for sku in &skus {
+            self.expose(sku, now);
+        }
+        self.schedule_decay(now);
+    }
+
+    /// Schedules the next demand decay, if any SKU has demand and none is
+    /// scheduled.
+    fn schedule_decay(&mut self, now: i64) {
+        if self.decay_at.is_none() && !self.demand.is_empty() {
+            let at = now.saturating_add(crate::publish::DEMAND_DECAY_INTERVAL_MS);
+            self.decay_at = Some(at);
+            self.schedule(at, Deadline::DecayDemand);
+        }
+    }
+
     /// Counts a hold of `units` of `sku` on `channel` at `now` in its
     /// demand rate (the SKU was shown as available: a shopper held it).
     pub(crate) fn record_demand(&mut self, sku: &Sku, channel: &ChannelId, units: i64, now: i64) {
@@ -306,6 +342,7 @@ impl ShardState {
             }
         };
         rates[at].1.record(units, now, true, crate::publish::DEFAULT_RATE_TIME_CONSTANT_MS);
+        self.schedule_decay(now);
     }
 
     pub fn positions_of(&self, sku: &Sku) -> LocationMap<Position> {
@@ -383,7 +420,7 @@ impl ShardState {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, deadline))) = self.deadlines.pop() else { break };
+            let Some(Reverse((at, deadline))) = self.deadlines.pop() else { break };
             match deadline {
                 Deadline::Expire(id) => {
                     effects.extend(self.expire(&id, now));
@@ -392,6 +429,7 @@ impl ShardState {
                 Deadline::Abandon(id, version) => effects.extend(self.abandon(&id, version)),
                 Deadline::ForgetReservation(id) => self.forget_reservation(&id, now),
                 Deadline::ForgetEvent(id) => self.forget_event(&id, now),
+                Deadline::DecayDemand => self.decay_demand(at, now),
             }
         }
         effects

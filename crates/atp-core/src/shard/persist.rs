@@ -181,9 +181,16 @@ impl ShardState {
             let value = self.positions.get(sku).map(encode);
             changes.records.push((key(POSITIONS, sku.as_str()), value));
         }
+        // Sorted: taken from a BTreeSet.
+        let positions_touched = skus.clone();
+        let mut skus = skus;
         for sku in self.demand.take_touched() {
             let value = self.demand.get(&sku).map(encode);
             changes.records.push((key(DEMAND, sku.as_str()), value));
+            // Its published figure changed: readers see it again.
+            if positions_touched.binary_search(&sku).is_err() {
+                skus.push(sku);
+            }
         }
         changes.skus = skus;
         for id in self.records.take_touched() {
@@ -270,6 +277,10 @@ impl ShardState {
         // Written by the first batch (recovery's, before anything is
         // served), so a second restart jumps from here, not from before.
         state.meta_unwritten = true;
+        // Demand decays from the latest rate event on.
+        let latest = state.demand.values().flatten().map(|(_, rate)| rate.at_ms).max();
+        state.decay_at =
+            latest.map(|at| at.saturating_add(crate::publish::DEMAND_DECAY_INTERVAL_MS));
         state.deadlines = state.rebuild_deadlines().into_iter().map(Reverse).collect();
         state.rebuild_retained();
         Ok(state)
@@ -366,6 +377,9 @@ impl ShardState {
         for (id, memo) in self.events.iter() {
             deadlines
                 .push((memo.applied_at_ms() + retention_ms, Deadline::ForgetEvent(id.clone())));
+        }
+        if let Some(at) = self.decay_at {
+            deadlines.push((at, Deadline::DecayDemand));
         }
         deadlines
     }

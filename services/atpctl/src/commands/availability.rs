@@ -194,7 +194,12 @@ mod tests {
                 }],
                 ..Default::default()
             }],
-            channels: vec![ChannelAvailability { channel_id: "web".into(), atp: 7, published: 5 }],
+            channels: vec![ChannelAvailability {
+                channel_id: "web".into(),
+                atp: 7,
+                published: 5,
+                ..Default::default()
+            }],
             error: None,
         };
         let text = sku_text(&sku);

@@ -6,6 +6,7 @@ mod availability;
 mod batch;
 mod cluster;
 mod config;
+pub mod demand;
 mod event;
 mod import;
 mod reservation;
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reservations::list(context, args).await
         }
         Command::Availability(args) => availability::availability(context, args).await,
+        Command::Demand(args) => demand::demand(context, args).await,
         Command::Event(event) => event::send(context, event).await,
         Command::Location(LocationCommand::Upsert(args)) => {
             config::upsert_location(context, *args).await

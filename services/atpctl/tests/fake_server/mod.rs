@@ -34,6 +34,8 @@ pub struct State {
     pub events: BTreeMap<String, StockEvent>,
     /// Number of events in each ApplyStockEvents call, in order.
     pub batch_sizes: Vec<usize>,
+    /// GetAvailability's `demand_per_hour` by (sku, channel); 0 when absent.
+    pub demand_per_hour: BTreeMap<(String, String), f64>,
 }
 
 #[derive(Clone, Default)]
@@ -402,6 +404,12 @@ impl AvailabilityService for Fake {
                             .sum::<i64>()
                             .saturating_sub(channel.buffer)
                             .max(0),
+                        demand_per_hour: self
+                            .state()
+                            .demand_per_hour
+                            .get(&(sku.clone(), channel.channel_id.clone()))
+                            .copied()
+                            .unwrap_or(0.0),
                         ..Default::default()
                     })
                     .collect();
