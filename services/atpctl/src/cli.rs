@@ -679,6 +679,14 @@ pub struct ChannelUpsertArgs {
     /// Lifecycle state.
     #[arg(long, value_enum, default_value = "active")]
     pub state: StateArg,
+    /// How late the channel applies an update, in ms (0..=86400000): the
+    /// published figure holds back the demand expected meanwhile.
+    #[arg(long, default_value_t = 0)]
+    pub publish_lag_ms: i64,
+    /// The published figure's safety level, per mille (0..=999; default
+    /// 950 on the server).
+    #[arg(long)]
+    pub safety_level: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,8 @@
 //! buffer = 5                # units withheld from the channel (default 0)
 //! cap = 100                 # most units ever published (default: no cap)
 //! state = "active"          # "active", "paused" or "retired" (default "active")
+//! publish_lag_ms = 60000    # how late the channel applies an update (default 0)
+//! safety_level = 950        # per mille, 0..=999, for the published figure (default 950)
 //! ```
 //!
 //! Unknown keys are errors, and every error names the item (`location
@@ -142,6 +144,9 @@ pub struct ChannelEntry {
     pub buffer: i64,
     pub cap: Option<i64>,
     pub state: Option<StateEntry>,
+    #[serde(default)]
+    pub publish_lag_ms: i64,
+    pub safety_level: Option<u32>,
 }
 
 impl ConfigFile {
@@ -471,13 +476,15 @@ impl Item for ChannelEntry {
             _ => "stand-in".into(),
         }
     }
-    const KEYS: &'static [&'static str] = &["id", "name", "locations", "buffer", "cap", "state"];
+    const KEYS: &'static [&'static str] =
+        &["id", "name", "locations", "buffer", "cap", "state", "publish_lag_ms", "safety_level"];
 
     fn type_problem(key: &str, value: &toml::Value) -> Option<String> {
         match key {
             "id" | "name" => type_problem::<String>(value),
             "locations" => type_problem::<Vec<String>>(value),
-            "buffer" | "cap" => type_problem::<i64>(value),
+            "buffer" | "cap" | "publish_lag_ms" => type_problem::<i64>(value),
+            "safety_level" => type_problem::<u32>(value),
             "state" => type_problem::<StateEntry>(value),
             _ => None,
         }
@@ -504,6 +511,14 @@ impl Item for ChannelEntry {
         if self.cap.is_some_and(|cap| cap < 0) {
             problems.push("cap: must be >= 0".to_owned());
         }
+        let most_lag = atp_core::publish::MAX_PUBLISH_LAG_MS;
+        if !(0..=most_lag).contains(&self.publish_lag_ms) {
+            problems.push(format!("publish_lag_ms: must be 0..={most_lag}"));
+        }
+        let most_level = atp_core::publish::MAX_SAFETY_LEVEL;
+        if self.safety_level.is_some_and(|level| level > most_level) {
+            problems.push(format!("safety_level: must be 0..={most_level} (per mille)"));
+        }
         problems
     }
 }
@@ -517,6 +532,8 @@ impl ChannelEntry {
             buffer: self.buffer,
             cap: self.cap,
             state: self.state.unwrap_or(StateEntry::Active).proto(),
+            publish_lag_ms: self.publish_lag_ms,
+            safety_level: self.safety_level,
             ..Default::default()
         }
     }
@@ -694,12 +711,24 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_carries_its_publishing_rule() {
+        let text = "[[channel]]\nid = \"web\"\nlocations = [\"a\"]\npublish_lag_ms = 60000\nsafety_level = 990\n";
+        let file = ConfigFile::parse(text).expect("valid");
+        let channel = file.channels[0].to_proto();
+        assert_eq!((channel.publish_lag_ms, channel.safety_level), (60_000, Some(990)));
+        let text = "[[channel]]\nid = \"web\"\nlocations = [\"a\"]\npublish_lag_ms = -1\nsafety_level = 1000\n";
+        let error = format!("{:#}", ConfigFile::parse(text).expect_err("out of range"));
+        assert!(error.contains("publish_lag_ms: must be 0..=86400000"), "{error}");
+        assert!(error.contains("safety_level: must be 0..=999"), "{error}");
+    }
+
+    #[test]
     fn every_problem_of_one_entry_is_reported() {
         let text = "[[channel]]\nid = \"web\"\nlocations = [\"a\", \"a\", \"\"]\n\
                     buffer = -2\ncap = -1\ncolour = \"red\"\nstate = \"closed\"\n";
         let error = error_of(text);
         let expected = [
-            "channel \"web\": unknown field `colour`, expected one of `id`, `name`, `locations`, `buffer`, `cap`, `state`",
+            "channel \"web\": unknown field `colour`, expected one of `id`, `name`, `locations`, `buffer`, `cap`, `state`, `publish_lag_ms`, `safety_level`",
             "channel \"web\": state: unknown variant `closed`, expected one of `active`, `paused`, `retired`",
             "channel \"web\": locations[1]: location \"a\" is listed twice",
             "channel \"web\": locations[2]: must not be empty",

@@ -82,6 +82,8 @@ pub async fn upsert_channel(
         buffer: args.buffer,
         cap: args.cap,
         state: LifecycleState::from(args.state).into(),
+        publish_lag_ms: args.publish_lag_ms,
+        safety_level: args.safety_level,
         ..Default::default()
     };
     let clients = context.connect().await?;
@@ -310,6 +312,8 @@ pub fn channel_json(channel: &Channel) -> Value {
         "buffer": channel.buffer,
         "cap": channel.cap,
         "state": state_name(channel.state),
+        "publish_lag_ms": channel.publish_lag_ms,
+        "safety_level": channel.safety_level,
     })
 }
 
