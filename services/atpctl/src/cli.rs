@@ -124,6 +124,9 @@ pub enum Command {
     /// Cluster mode: act on one node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The `atp-publish` process: its channels' status, republish.
+    #[command(subcommand)]
+    Publish(crate::commands::publish::PublishCommand),
 }
 
 #[derive(Debug, Subcommand)]

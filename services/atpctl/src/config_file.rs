@@ -534,7 +534,6 @@ impl ChannelEntry {
             state: self.state.unwrap_or(StateEntry::Active).proto(),
             publish_lag_ms: self.publish_lag_ms,
             safety_level: self.safety_level,
-            ..Default::default()
         }
     }
 }

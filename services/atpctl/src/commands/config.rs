@@ -84,7 +84,6 @@ pub async fn upsert_channel(
         state: LifecycleState::from(args.state).into(),
         publish_lag_ms: args.publish_lag_ms,
         safety_level: args.safety_level,
-        ..Default::default()
     };
     let clients = context.connect().await?;
     let (stored, changed) = send_channel(&clients, channel).await?;

@@ -9,6 +9,7 @@ mod config;
 pub mod demand;
 mod event;
 mod import;
+pub mod publish;
 mod reservation;
 mod reservations;
 
@@ -71,5 +72,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(ClusterCommand::Members) => cluster::members(context).await,
         Command::Cluster(ClusterCommand::Shards(args)) => cluster::shards(context, args).await,
         Command::Node(NodeCommand::Drain(args)) => cluster::drain(context, args).await,
+        Command::Publish(command) => publish::run(context, command).await,
     }
 }
