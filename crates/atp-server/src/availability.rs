@@ -183,8 +183,13 @@ impl AvailabilityService for AvailabilityApi {
         if incoming.is_forwarded() {
             // Another node's merger: only the shards served here.
             let resume = query.resume_marks();
-            let source =
-                crate::watch_availability::local_source(self.node.clone(), query, resume, out);
+            let source = crate::watch_availability::local_source(
+                self.node.clone(),
+                query,
+                resume,
+                out,
+                std::time::Duration::from_millis(self.watch.flush_interval_ms),
+            );
             tokio::spawn(async move {
                 let _permit = permit;
                 tokio::select! {

@@ -70,11 +70,14 @@ pub struct WatchSettings {
     /// SKUs a receiver may have waiting (changed, not yet sent) before it
     /// is told RESYNC.
     pub max_pending_skus: usize,
+    /// How long a node's source gathers changes after the first one before
+    /// it sends them (more per message, fewer messages; 0: at once).
+    pub flush_interval_ms: u64,
 }
 
 impl Default for WatchSettings {
     fn default() -> Self {
-        Self { resume_window_ms: 10 * 60 * 1000, max_pending_skus: 100_000 }
+        Self { resume_window_ms: 10 * 60 * 1000, max_pending_skus: 100_000, flush_interval_ms: 0 }
     }
 }
 
@@ -257,6 +260,7 @@ pub(crate) async fn local_source(
     query: Arc<WatchQuery>,
     resume: Option<HashMap<u32, Version>>,
     out: Out,
+    flush_interval: Duration,
 ) {
     let mut feed = node.subscribe_changes();
     let mut sent: Vec<Version> = vec![Version::default(); SHARD_COUNT as usize];
@@ -279,9 +283,24 @@ pub(crate) async fn local_source(
     }
     let mut pending: HashSet<Sku> = HashSet::new();
     let mut pending_marks: BTreeMap<u32, Version> = BTreeMap::new();
+    // When the oldest change not sent arrived.
+    let mut gathering_since: Option<tokio::time::Instant> = None;
     loop {
         let waiting = !pending.is_empty() || !pending_marks.is_empty();
+        if !waiting {
+            gathering_since = None;
+        } else if gathering_since.is_none() {
+            gathering_since = Some(tokio::time::Instant::now());
+        }
+        let due = gathering_since.map(|since| since + flush_interval);
+        let flush = waiting && due.is_none_or(|due| due <= tokio::time::Instant::now());
         tokio::select! {
+            () = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            }, if waiting && !flush => {}
             received = feed.recv() => match received {
                 Ok(changed) => {
                     if !node.serves(changed.shard) {
@@ -302,7 +321,7 @@ pub(crate) async fn local_source(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            permit = out.reserve(), if waiting => {
+            permit = out.reserve(), if flush => {
                 let Ok(permit) = permit else { return };
                 let take = pending.len().min(MAX_UPDATES_PER_MESSAGE);
                 let batch: Vec<Sku> = if take == pending.len() {
@@ -628,8 +647,9 @@ impl Merger {
         let (sender, mut receiver) = mpsc::channel(OUT_BUFFER);
         let inbox = self.inbox_sender.clone();
         let (node, query) = (self.node.clone(), Arc::clone(&self.query));
+        let flush_interval = Duration::from_millis(self.settings.flush_interval_ms);
         let task = tokio::spawn(async move {
-            let produce = local_source(node, query, resume, sender);
+            let produce = local_source(node, query, resume, sender, flush_interval);
             let forward = async {
                 while let Some(message) = receiver.recv().await {
                     if inbox.send((source, Some(message))).await.is_err() {

@@ -104,6 +104,9 @@ pub struct Config {
     /// WatchAvailability: SKUs a receiver may have waiting (changed, not
     /// yet sent) before it is told RESYNC (1..=10000000). Default 100000.
     pub watch_max_pending_skus: usize,
+    /// WatchAvailability: how long a node gathers changes after the first
+    /// before sending them (0..=1000 ms; 0 sends at once). Default 0.
+    pub watch_flush_interval_ms: u64,
     /// Log filter in `tracing-subscriber` `EnvFilter` syntax
     /// (`info`, `atp_server=debug,info`). `RUST_LOG`, when set, wins.
     /// Default `info,fjall=warn,lsm_tree=warn`: atp's own INFO lines, not
@@ -180,6 +183,7 @@ impl Default for Config {
             shutdown_grace_s: server.shutdown_grace.as_secs(),
             watch_resume_window_ms: u64::try_from(server.watch.resume_window_ms).unwrap_or(600_000),
             watch_max_pending_skus: server.watch.max_pending_skus,
+            watch_flush_interval_ms: server.watch.flush_interval_ms,
             log: DEFAULT_LOG.to_owned(),
             etcd_endpoints: String::new(),
             cluster_name: "atp".to_owned(),
@@ -297,6 +301,9 @@ impl Config {
             "watch_resume_window_ms" => {
                 self.watch_resume_window_ms = parse(value, "a whole number of milliseconds")?;
             }
+            "watch_flush_interval_ms" => {
+                self.watch_flush_interval_ms = parse(value, "a whole number of milliseconds")?;
+            }
             "watch_max_pending_skus" => {
                 self.watch_max_pending_skus = parse(value, "a whole number")?;
             }
@@ -350,6 +357,7 @@ impl Config {
         within("shutdown_grace_s", self.shutdown_grace_s, 0, 3600);
         within("watch_resume_window_ms", self.watch_resume_window_ms, 1000, 7 * DAY_S * 1000);
         within("watch_max_pending_skus", as_u64(self.watch_max_pending_skus), 1, 10_000_000);
+        within("watch_flush_interval_ms", self.watch_flush_interval_ms, 0, 1000);
         if let Err(violation) = atp_core::ids::validate_id("node_name", &self.node_name) {
             problems.push(format!(
                 "node_name: {} (at most {MAX_ID_BYTES} bytes)",
@@ -484,6 +492,7 @@ impl Config {
             watch: atp_server::watch_availability::WatchSettings {
                 resume_window_ms: i64::try_from(self.watch_resume_window_ms).unwrap_or(i64::MAX),
                 max_pending_skus: self.watch_max_pending_skus,
+                flush_interval_ms: self.watch_flush_interval_ms,
             },
         }
     }
