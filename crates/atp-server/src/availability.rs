@@ -170,8 +170,12 @@ impl AvailabilityService for AvailabilityApi {
                 ))
             })?;
         let (incoming, message) = self.split(request)?;
-        let query =
-            crate::watch_availability::parse_watch(&message, &self.catalog()).map_err(status_of)?;
+        let query = crate::watch_availability::parse_watch(
+            &message,
+            &self.catalog(),
+            incoming.is_forwarded(),
+        )
+        .map_err(status_of)?;
         let query = std::sync::Arc::new(query);
         let (out, mut receiver) = tokio::sync::mpsc::channel(4);
         let mut stopping = self.stopping.clone();

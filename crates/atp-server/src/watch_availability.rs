@@ -29,6 +29,7 @@ use atp_core::availability::Watched;
 use atp_core::error::FieldViolation;
 use atp_core::hash::{SHARD_COUNT, shard_of};
 use atp_core::ids::{ChannelId, LocationId, Sku};
+use atp_core::kits::Kit;
 use atp_core::shard::{SkuView, Version};
 use atp_proto::v1;
 use atp_proto::v1::availability_service_client::AvailabilityServiceClient;
@@ -104,7 +105,11 @@ impl WatchQuery {
 pub fn parse_watch(
     message: &v1::WatchAvailabilityRequest,
     catalog: &atp_core::catalog::Catalog,
+    forwarded: bool,
 ) -> Result<WatchQuery, CoreError> {
+    // A merger adds the components of the kits asked for (at most a
+    // kit's components each, so at most this many more).
+    let most_skus = if forwarded { MAX_WATCHED_SKUS * 4 } else { MAX_WATCHED_SKUS };
     let mut violations = Vec::new();
     let watched = match (message.channel_id.is_empty(), message.location_ids.is_empty()) {
         (false, true) => match ChannelId::parse("channel_id", &message.channel_id) {
@@ -158,10 +163,10 @@ pub fn parse_watch(
         }
     };
     let mut skus = None;
-    if message.skus.len() > MAX_WATCHED_SKUS {
+    if message.skus.len() > most_skus {
         violations.push(FieldViolation::new(
             "skus",
-            format!("has {}; the limit is {MAX_WATCHED_SKUS}", message.skus.len()),
+            format!("has {}; the limit is {most_skus}", message.skus.len()),
         ));
     } else if !message.skus.is_empty() {
         let mut set = HashSet::with_capacity(message.skus.len());
@@ -465,11 +470,22 @@ pub(crate) async fn merge(
     query: Arc<WatchQuery>,
     out: Out,
 ) {
-    let mut merger = Merger::new(node, fence, forwarder, request, query, settings);
+    // Kits asked for: their figures are made here from their components',
+    // which the sources are asked for too (and not passed on unless asked).
+    let catalog = node.catalog();
+    let kits: Vec<Kit> =
+        catalog.kits.values().filter(|kit| query.wants(&kit.sku)).cloned().collect();
+    let asked = query.skus.clone();
+    let (request, query) = widened(request, query, &kits);
+    let mut merger = Merger::new(node, fence, forwarder, request, Arc::clone(&query), settings);
+    merger.with_kits(kits, asked);
     let mut resume = merger.query.resume.clone();
-    if let Some((_, at_ms)) = &resume
-        && merger.node.now_ms() - at_ms > settings.resume_window_ms
-    {
+    let expired = resume
+        .as_ref()
+        .is_some_and(|(_, at_ms)| merger.node.now_ms() - at_ms > settings.resume_window_ms);
+    // A resume sends only what changed; a kit needs all its components'
+    // figures, so a stream with kits starts over (said RESYNC) instead.
+    if resume.is_some() && (expired || !merger.kits.is_empty()) {
         resume = None;
         let resync =
             message(v1::WatchEvent::Resync, Vec::new(), &BTreeMap::new(), merger.node.now_ms());
@@ -550,6 +566,15 @@ struct Merger {
     /// Per shard: the latest mark received (what a reopened source resumes
     /// from; its epoch is the newest seen, and older epochs are dropped).
     marks: Arc<std::sync::Mutex<Vec<Version>>>,
+    /// Kits asked for, the SKUs the caller asked for (None: all), each
+    /// kit component's latest update, and which kits each component is in.
+    kits: Vec<Kit>,
+    asked: Option<Arc<HashSet<Sku>>>,
+    components: HashMap<Sku, v1::AvailabilityUpdate>,
+    kits_of: HashMap<Sku, Vec<usize>>,
+    /// Every source synced once: a kit with a component never seen is
+    /// sent with that component at 0.
+    kits_complete: bool,
 }
 
 impl Merger {
@@ -581,6 +606,76 @@ impl Merger {
             pending: HashMap::new(),
             pending_marks: BTreeMap::new(),
             marks: Arc::new(std::sync::Mutex::new(vec![Version::default(); SHARD_COUNT as usize])),
+            kits: Vec::new(),
+            asked: None,
+            components: HashMap::new(),
+            kits_of: HashMap::new(),
+            kits_complete: false,
+        }
+    }
+
+    fn with_kits(&mut self, kits: Vec<Kit>, asked: Option<Arc<HashSet<Sku>>>) {
+        for (index, kit) in kits.iter().enumerate() {
+            for (component, _) in &kit.components {
+                self.kits_of.entry(component.clone()).or_default().push(index);
+            }
+        }
+        self.kits = kits;
+        self.asked = asked;
+    }
+
+    /// A kit's update from its components' latest: atp and published are
+    /// the min over components of ⌊figure / units per kit⌋; the version is
+    /// (the newest epoch, the sum of sequences), which grows with any
+    /// component's change or move. None while a component was never seen,
+    /// until every source synced (then it counts as 0).
+    fn kit_update(&self, index: usize) -> Option<v1::AvailabilityUpdate> {
+        let kit = &self.kits[index];
+        let (mut atp, mut published) = (i64::MAX, i64::MAX);
+        let (mut epoch, mut sequence, mut changed_at_ms) = (0, 0_u64, 0);
+        for (component, units) in &kit.components {
+            let units = (*units).max(1);
+            match self.components.get(component) {
+                Some(update) => {
+                    atp = atp.min(update.atp.max(0) / units);
+                    published = published.min(update.published.max(0) / units);
+                    let version = version_of(update.version.as_ref());
+                    epoch = epoch.max(version.epoch);
+                    sequence = sequence.saturating_add(version.sequence);
+                    changed_at_ms = changed_at_ms.max(update.changed_at_ms);
+                }
+                None if self.kits_complete => (atp, published) = (0, 0),
+                None => return None,
+            }
+        }
+        if kit.components.is_empty() {
+            (atp, published) = (0, 0);
+        }
+        Some(v1::AvailabilityUpdate {
+            sku: kit.sku.to_string(),
+            atp,
+            published,
+            version: Some(wire_version(Version { epoch, sequence })),
+            shard: shard_of(kit.sku.as_str()),
+            changed_at_ms,
+        })
+    }
+
+    /// Puts the updates of kits `indexes` into the pending ones.
+    fn pend_kits(&mut self, indexes: impl IntoIterator<Item = usize>) {
+        for index in indexes {
+            if let Some(update) = self.kit_update(index) {
+                self.pending.insert(self.kits[index].sku.clone(), update);
+            }
+        }
+    }
+
+    /// Once every source synced: every kit goes out (a component never
+    /// seen counts as 0), before the caller's SYNCED.
+    fn complete_kits(&mut self) {
+        if !self.kits_complete && self.synced_owed && self.unsynced.is_empty() {
+            self.kits_complete = true;
+            self.pend_kits(0..self.kits.len());
         }
     }
 
@@ -598,6 +693,8 @@ impl Merger {
         self.snapshot = resume.is_none();
         self.synced_owed = true;
         self.force_resync = false;
+        self.components.clear();
+        self.kits_complete = false;
         self.unsynced.clear();
         self.spawn_local(resume.clone());
         for (id, address) in self.other_members() {
@@ -757,6 +854,7 @@ impl Merger {
         let Some(Ok(message)) = received else {
             // A source ended or broke: it owes the caller no SYNCED.
             self.unsynced.remove(&source);
+            self.complete_kits();
             return;
         };
         let event = v1::WatchEvent::try_from(message.event).unwrap_or(v1::WatchEvent::Unspecified);
@@ -767,7 +865,9 @@ impl Merger {
             self.force_resync = true;
             return;
         }
-        let marks = self.marks.lock().expect("never poisoned");
+        let marks = Arc::clone(&self.marks);
+        let marks = marks.lock().expect("never poisoned");
+        let mut kits_changed: Vec<usize> = Vec::new();
         for update in message.updates {
             let shard = update.shard.min(SHARD_COUNT - 1) as usize;
             let version = version_of(update.version.as_ref());
@@ -776,6 +876,20 @@ impl Merger {
                 continue;
             }
             let Ok(sku) = Sku::parse("sku", &update.sku) else { continue };
+            if let Some(indexes) = self.kits_of.get(&sku) {
+                let newer = self
+                    .components
+                    .get(&sku)
+                    .is_none_or(|held| version_of(held.version.as_ref()) <= version);
+                if newer {
+                    kits_changed.extend(indexes.iter().copied());
+                    self.components.insert(sku.clone(), update.clone());
+                }
+            }
+            if self.asked.as_ref().is_some_and(|asked| !asked.contains(&sku)) {
+                // A kit's component the caller did not ask for.
+                continue;
+            }
             match self.pending.get(&sku) {
                 Some(held) if version_of(held.version.as_ref()) > version => {}
                 _ => {
@@ -784,6 +898,9 @@ impl Merger {
             }
         }
         drop(marks);
+        kits_changed.sort_unstable();
+        kits_changed.dedup();
+        self.pend_kits(kits_changed);
         let mut marks = self.marks.lock().expect("never poisoned");
         for mark in message.marks {
             if mark.shard >= SHARD_COUNT {
@@ -800,6 +917,7 @@ impl Merger {
         drop(marks);
         if event == v1::WatchEvent::Synced {
             self.unsynced.remove(&source);
+            self.complete_kits();
         }
     }
 
@@ -846,6 +964,29 @@ impl Merger {
         let event = if self.snapshot { v1::WatchEvent::Snapshot } else { v1::WatchEvent::Update };
         message(event, updates, &marks, now)
     }
+}
+
+/// `request` and `query` also asking for the components of `kits` when
+/// they name SKUs (every SKU is asked for already when they name none).
+fn widened(
+    mut request: v1::WatchAvailabilityRequest,
+    query: Arc<WatchQuery>,
+    kits: &[Kit],
+) -> (v1::WatchAvailabilityRequest, Arc<WatchQuery>) {
+    let Some(asked) = &query.skus else { return (request, query) };
+    if kits.is_empty() {
+        return (request, query);
+    }
+    let mut skus: HashSet<Sku> = asked.as_ref().clone();
+    for kit in kits {
+        for (component, _) in &kit.components {
+            if skus.insert(component.clone()) {
+                request.skus.push(component.to_string());
+            }
+        }
+    }
+    let query = WatchQuery { skus: Some(Arc::new(skus)), ..query.as_ref().clone() };
+    (request, Arc::new(query))
 }
 
 /// Opens `address`'s own-shards stream.

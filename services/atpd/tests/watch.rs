@@ -346,3 +346,54 @@ async fn bad_watch_requests_name_their_field() {
     let tee = view.figures()["tee"];
     assert_eq!((tee.atp, tee.published), (9, 9));
 }
+
+/// A kit's figures in the stream (issue 13 carries kit figures): made from
+/// its components' (min over components of ⌊ATP / units⌋), sent when a
+/// component changes, equal to GetAvailability's; the components are not
+/// sent unless asked for.
+#[tokio::test]
+async fn a_kit_is_streamed_from_its_components() {
+    let atpd = Atpd::start(&[]).await;
+    atpd.configure_web(&["dc-1"], &["dc-1"]).await;
+    let kit = v1::Kit {
+        sku: "gift".into(),
+        name: "gift box".into(),
+        components: vec![
+            v1::KitComponent { sku: "tee".into(), quantity: 2 },
+            v1::KitComponent { sku: "mug".into(), quantity: 1 },
+        ],
+    };
+    atpd.config().upsert_kit(v1::UpsertKitRequest { kit: Some(kit) }).await.expect("kit");
+    atpd.receive("tee", "dc-1", 9).await;
+    atpd.receive("mug", "dc-1", 3).await;
+    let gift = vec!["gift".to_owned()];
+    let request = v1::WatchAvailabilityRequest { skus: gift.clone(), ..web() };
+    let mut stream = open(&atpd, request).await;
+    let mut view = WatchView::new();
+    follow(&mut stream, &mut view, synced).await;
+    assert_eq!(view.figures().keys().collect::<Vec<_>>(), vec!["gift"], "only the kit is sent");
+    // min(⌊9 / 2⌋, ⌊3 / 1⌋) = 3.
+    assert_eq!(seen(&view, &gift), truth(&atpd, &gift).await);
+    assert_eq!(view.figures()["gift"].atp, 3);
+
+    // Two tees held: ⌊7 / 2⌋ = 3, no change; two more: ⌊5 / 2⌋ = 2.
+    hold(&atpd, "t-1", "tee", 2).await;
+    hold(&atpd, "t-2", "tee", 2).await;
+    follow(&mut stream, &mut view, |view, _| view.figures()["gift"].atp == 2).await;
+    assert_eq!(seen(&view, &gift), truth(&atpd, &gift).await);
+
+    // Watching every SKU carries the kit too.
+    let mut all = open(&atpd, web()).await;
+    let mut all_view = WatchView::new();
+    follow(&mut all, &mut all_view, synced).await;
+    let skus: Vec<String> = ["gift", "tee", "mug"].map(str::to_owned).to_vec();
+    assert_eq!(seen(&all_view, &skus), truth(&atpd, &skus).await);
+
+    // A resume of a stream with a kit starts over, said RESYNC.
+    drop(stream);
+    let request = v1::WatchAvailabilityRequest { skus: gift.clone(), ..web() };
+    let mut stream = open(&atpd, view.resume(request)).await;
+    let read = follow(&mut stream, &mut view, synced).await;
+    assert_eq!(read[0].event(), v1::WatchEvent::Resync);
+    assert_eq!(seen(&view, &gift), truth(&atpd, &gift).await);
+}
