@@ -30,10 +30,11 @@ async fn changes(atpd: &Atpd, group: &[String], round: usize) {
     }
 }
 
-/// A port free now (for an atpd restarted on the same address).
+/// A port free now, below the kernel's ephemeral range (for an atpd
+/// restarted on the same address: an outgoing connection cannot take it
+/// meanwhile).
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("an address").port()
+    atp_cluster::testing::unassigned_port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
