@@ -318,6 +318,43 @@ impl Atpd {
         config.upsert_channel(request).await.expect("upsert channel");
     }
 
+    /// Receives `quantity` units of each of `skus` at dc-1 (event ids
+    /// `{tag}-{sku}`), in calls of 1,000 events.
+    pub async fn receive_all(&self, skus: &[String], quantity: i64, tag: &str) {
+        use atp_proto::v1;
+        for chunk in skus.chunks(1000) {
+            let events = chunk
+                .iter()
+                .map(|sku| v1::StockEvent {
+                    event_id: format!("{tag}-{sku}"),
+                    sku: sku.clone(),
+                    location_id: "dc-1".into(),
+                    kind: Some(v1::stock_event::Kind::Received(v1::Received { quantity })),
+                })
+                .collect();
+            let request = v1::ApplyStockEventsRequest { events };
+            self.availability().apply_stock_events(request).await.expect("stock events");
+        }
+    }
+
+    /// Holds `quantity` of `sku` at dc-1 on the web channel for an hour,
+    /// as reservation `id`.
+    pub async fn hold_on_web(&self, id: &str, sku: &str, quantity: i64) {
+        use atp_proto::v1;
+        let reserve = v1::ReserveRequest {
+            reservation_id: id.into(),
+            channel_id: "web".into(),
+            lines: vec![v1::ReservationLine {
+                sku: sku.into(),
+                location_id: "dc-1".into(),
+                quantity,
+            }],
+            ttl_seconds: 3600,
+            metadata: None,
+        };
+        self.availability().reserve(reserve).await.expect("reserve");
+    }
+
     /// Receives `quantity` units of `sku` at `location` (event id
     /// `recv-{sku}-{location}`) and checks the event was applied.
     pub async fn receive(&self, sku: &str, location: &str, quantity: i64) {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use atp_testkit::{Atpd, eventually};
-use support::{Faults, Publisher, Receiver, converges, http, receive_all, skus, write_config};
+use support::{Faults, Publisher, Receiver, converges, http, skus, write_config};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -17,7 +17,7 @@ async fn status_reports_the_channel_and_republish_pushes_every_sku_again() {
     let atpd = Atpd::start(&[]).await;
     atpd.configure_web(&["dc-1"], &["dc-1"]).await;
     let all = skus(30);
-    receive_all(&atpd, &all, 5, "a").await;
+    atpd.receive_all(&all, 5, "a").await;
     let faults = Faults { fail_percent: 0, timeout_percent: 0, hold: Duration::ZERO };
     let receiver = Receiver::start(faults, 1).await;
     let config = write_config(directory.path(), &atpd, &receiver.url(), "");
@@ -107,7 +107,7 @@ async fn a_cursor_beyond_the_resume_window_gets_resync_and_the_whole_snapshot() 
     let atpd = Atpd::start(&[("ATP_WATCH_RESUME_WINDOW_MS", "1000")]).await;
     atpd.configure_web(&["dc-1"], &["dc-1"]).await;
     let all = skus(40);
-    receive_all(&atpd, &all, 5, "a").await;
+    atpd.receive_all(&all, 5, "a").await;
     let faults = Faults { fail_percent: 0, timeout_percent: 0, hold: Duration::ZERO };
     let receiver = Receiver::start(faults, 2).await;
     let config = write_config(directory.path(), &atpd, &receiver.url(), "");
@@ -124,7 +124,7 @@ async fn a_cursor_beyond_the_resume_window_gets_resync_and_the_whole_snapshot() 
     publisher.kill();
 
     // Down past the node's resume window (a condition on the clock), with a change meanwhile.
-    receive_all(&atpd, &all[..5], 1, "b").await;
+    atpd.receive_all(&all[..5], 1, "b").await;
     let sent_at_ms = cursor_sent_at_ms().expect("a cursor");
     let now_ms = || {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);

@@ -17,16 +17,16 @@ use std::time::Duration;
 use atp_testkit::{Atpd, eventually};
 use std::sync::atomic::Ordering;
 
-use support::{Faults, Publisher, Receiver, converges, hold, receive_all, skus, write_config};
+use support::{Faults, Publisher, Receiver, converges, skus, write_config};
 
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A round of changes to `group`: stock on every SKU, a hold on every 7th.
 async fn changes(atpd: &Atpd, group: &[String], round: usize) {
-    receive_all(atpd, group, 1 + round as i64, &format!("round-{round}")).await;
+    atpd.receive_all(group, 1 + round as i64, &format!("round-{round}")).await;
     let every_seventh = group.iter().enumerate().filter(|(index, _)| index % 7 == round % 7);
     for (_, sku) in every_seventh {
-        hold(atpd, &format!("hold-{round}-{sku}"), sku, 1).await;
+        atpd.hold_on_web(&format!("hold-{round}-{sku}"), sku, 1).await;
     }
 }
 
@@ -78,7 +78,7 @@ async fn figures_arrive_through_failures_timeouts_and_sigkill_restarts() {
     assert!(converges(&atpd, &receiver, &all, CONVERGE_DEADLINE).await);
     receiver.blackhole.store(true, Ordering::SeqCst);
     changes(&atpd, group_a, 5).await;
-    receive_all(&atpd, &group_d[..1], 1, "after-a").await;
+    atpd.receive_all(&group_d[..1], 1, "after-a").await;
     let received_all = eventually(CONVERGE_DEADLINE, || async {
         let pending = publisher.status().await["channels"][0]["pending"].as_u64();
         pending == Some(group_a.len() as u64 + 1)

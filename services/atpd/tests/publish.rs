@@ -44,20 +44,10 @@ fn shown(pos: (i64, i64), web: (i64, i64)) -> Vec<(String, i64, i64)> {
     vec![("pos".into(), pos.0, pos.1), ("web".into(), web.0, web.1)]
 }
 
-#[tokio::test]
-async fn the_published_figure_holds_back_the_lags_demand_and_survives_a_restart() {
-    let data = tempfile::tempdir().expect("a data directory");
-    let mut atpd = Atpd::start_in(data.path(), &[]).await;
-    configure(&atpd).await;
-    atpd.receive("tee", "dc-1", 100).await;
-    // No demand seen yet: nothing is held back.
-    assert_eq!(figures(&atpd, "tee").await, shown((100, 100), (100, 100)));
-
-    // 30 holds of one unit on web within seconds: 30 units over the 15 min
-    // exposure floor is 120 an hour, Poisson(2) over web's 60 s lag, whose
-    // 95 % quantile is 5 (P(≤4) = 0.947, P(≤5) = 0.983).
+/// `count` holds of one `tee` at dc-1 on web (ids `r-0`, `r-1`, ...).
+async fn hold_tees_on_web(atpd: &Atpd, count: usize) {
     let mut api = atpd.availability();
-    for n in 0..30 {
+    for n in 0..count {
         let reserve = v1::ReserveRequest {
             reservation_id: format!("r-{n}"),
             channel_id: "web".into(),
@@ -71,6 +61,21 @@ async fn the_published_figure_holds_back_the_lags_demand_and_survives_a_restart(
         };
         api.reserve(reserve).await.expect("reserve");
     }
+}
+
+#[tokio::test]
+async fn the_published_figure_holds_back_the_lags_demand_and_survives_a_restart() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let mut atpd = Atpd::start_in(data.path(), &[]).await;
+    configure(&atpd).await;
+    atpd.receive("tee", "dc-1", 100).await;
+    // No demand seen yet: nothing is held back.
+    assert_eq!(figures(&atpd, "tee").await, shown((100, 100), (100, 100)));
+
+    // 30 holds of one unit on web within seconds: 30 units over the 15 min
+    // exposure floor is 120 an hour, Poisson(2) over web's 60 s lag, whose
+    // 95 % quantile is 5 (P(≤4) = 0.947, P(≤5) = 0.983).
+    hold_tees_on_web(&atpd, 30).await;
     // pos has no lag and saw no demand: it publishes its ATP.
     assert_eq!(figures(&atpd, "tee").await, shown((70, 70), (70, 65)));
 
@@ -127,21 +132,7 @@ async fn get_availability_shows_the_observed_demand_per_channel() {
     // 30 holds of one unit on web (60 s lag) within seconds: 30 units over
     // the 15 min exposure floor, 120 an hour (less the decay of the seconds
     // the test takes, e^(−s/1 h)).
-    let mut api = atpd.availability();
-    for n in 0..30 {
-        let reserve = v1::ReserveRequest {
-            reservation_id: format!("r-{n}"),
-            channel_id: "web".into(),
-            lines: vec![v1::ReservationLine {
-                sku: "tee".into(),
-                location_id: "dc-1".into(),
-                quantity: 1,
-            }],
-            ttl_seconds: 3600,
-            metadata: None,
-        };
-        api.reserve(reserve).await.expect("reserve");
-    }
+    hold_tees_on_web(&atpd, 30).await;
     let rates = demand(&atpd, "tee").await;
     // pos has no lag: it is not observed.
     assert_eq!(rates[0], ("pos".into(), 0.0));

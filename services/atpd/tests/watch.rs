@@ -85,34 +85,6 @@ fn seen(view: &WatchView, skus: &[String]) -> HashMap<String, (i64, i64)> {
         .collect()
 }
 
-/// Receives `quantity` of each SKU at dc-1 in calls of 1,000 events.
-async fn receive_all(atpd: &Atpd, skus: &[String], quantity: i64, tag: &str) {
-    for chunk in skus.chunks(1000) {
-        let events = chunk
-            .iter()
-            .map(|sku| v1::StockEvent {
-                event_id: format!("{tag}-{sku}"),
-                sku: sku.clone(),
-                location_id: "dc-1".into(),
-                kind: Some(v1::stock_event::Kind::Received(v1::Received { quantity })),
-            })
-            .collect();
-        let request = v1::ApplyStockEventsRequest { events };
-        atpd.availability().apply_stock_events(request).await.expect("stock events");
-    }
-}
-
-async fn hold(atpd: &Atpd, id: &str, sku: &str, quantity: i64) {
-    let reserve = v1::ReserveRequest {
-        reservation_id: id.into(),
-        channel_id: "web".into(),
-        lines: vec![v1::ReservationLine { sku: sku.into(), location_id: "dc-1".into(), quantity }],
-        ttl_seconds: 3600,
-        metadata: None,
-    };
-    atpd.availability().reserve(reserve).await.expect("reserve");
-}
-
 fn skus(count: usize) -> Vec<String> {
     (0..count).map(|n| format!("sku-{n:05}")).collect()
 }
@@ -123,7 +95,7 @@ async fn a_watcher_sees_the_snapshot_then_every_change_and_resumes_without_a_gap
     let mut atpd = Atpd::start_in(data.path(), &[]).await;
     atpd.configure_web(&["dc-1"], &["dc-1"]).await;
     let all = skus(200);
-    receive_all(&atpd, &all, 10, "a").await;
+    atpd.receive_all(&all, 10, "a").await;
 
     // The snapshot: every SKU, then SYNCED; figures equal GetAvailability's.
     let mut stream = open(&atpd, web()).await;
@@ -135,7 +107,7 @@ async fn a_watcher_sees_the_snapshot_then_every_change_and_resumes_without_a_gap
 
     // Changes stream in: holds on 20 SKUs.
     for (n, sku) in all.iter().take(20).enumerate() {
-        hold(&atpd, &format!("r-{n}"), sku, 3).await;
+        atpd.hold_on_web(&format!("r-{n}"), sku, 3).await;
     }
     let want = truth(&atpd, &all).await;
     follow(&mut stream, &mut view, |view, _| seen(view, &all) == want).await;
@@ -143,7 +115,7 @@ async fn a_watcher_sees_the_snapshot_then_every_change_and_resumes_without_a_gap
     // Cut the stream; 30 more SKUs change; a resume sends only those.
     drop(stream);
     let changed: Vec<String> = all[100..130].to_vec();
-    receive_all(&atpd, &changed, 5, "b").await;
+    atpd.receive_all(&changed, 5, "b").await;
     let mut stream = open(&atpd, view.resume(web())).await;
     let read = follow(&mut stream, &mut view, synced).await;
     let sent: usize = read.iter().map(|m| m.updates.len()).sum();
@@ -156,7 +128,7 @@ async fn a_watcher_sees_the_snapshot_then_every_change_and_resumes_without_a_gap
     drop(stream);
 
     // Across a SIGKILL restart: change 10 SKUs, kill, restart, resume.
-    receive_all(&atpd, &all[150..160], 7, "c").await;
+    atpd.receive_all(&all[150..160], 7, "c").await;
     atpd.kill();
     let atpd = Atpd::start_in(data.path(), &[]).await;
     let mut stream = open(&atpd, view.resume(web())).await;
@@ -170,7 +142,7 @@ async fn a_watcher_sees_the_snapshot_then_every_change_and_resumes_without_a_gap
     assert!(sent < all.len(), "a resume after a restart is no full resync ({sent} sent)");
 
     // Live again after the restart.
-    hold(&atpd, "after-restart", &all[199], 4).await;
+    atpd.hold_on_web("after-restart", &all[199], 4).await;
     let want = truth(&atpd, &all).await;
     follow(&mut stream, &mut view, |view, _| seen(view, &all) == want).await;
 }
@@ -180,7 +152,7 @@ async fn a_resume_beyond_the_window_is_told_resync_and_gets_a_snapshot() {
     let atpd = Atpd::start(&[("ATP_WATCH_RESUME_WINDOW_MS", "60000")]).await;
     atpd.configure_web(&["dc-1"], &["dc-1"]).await;
     let all = skus(50);
-    receive_all(&atpd, &all, 10, "a").await;
+    atpd.receive_all(&all, 10, "a").await;
     let mut stream = open(&atpd, web()).await;
     let mut view = WatchView::new();
     let read = follow(&mut stream, &mut view, synced).await;
@@ -201,7 +173,7 @@ async fn a_receiver_that_stops_reading_is_told_resync_while_another_keeps_up() {
     let atpd = Atpd::start(&[("ATP_WATCH_MAX_PENDING_SKUS", "100")]).await;
     atpd.configure_web(&["dc-1"], &["dc-1"]).await;
     let all = skus(10_000);
-    receive_all(&atpd, &all, 10, "a").await;
+    atpd.receive_all(&all, 10, "a").await;
     // `slow` has HTTP/2 windows of 64 KiB (tonic's default is 2 MiB).
     let channel = tonic::transport::Endpoint::from_shared(atpd.endpoint())
         .expect("an endpoint")
@@ -247,7 +219,7 @@ async fn a_receiver_that_stops_reading_is_told_resync_while_another_keeps_up() {
     // transport buffers (its HTTP/2 windows, the server's send buffer) hold,
     // so its updates wait at the node, which stops at 100 SKUs.
     for round in ["b", "c", "d", "e"] {
-        receive_all(&atpd, &all, 1, round).await;
+        atpd.receive_all(&all, 1, round).await;
     }
     let want = truth(&atpd, &all).await;
     assert!(fast_matches(want.clone()).await, "the reading watcher keeps up");
@@ -261,7 +233,7 @@ async fn a_receiver_that_stops_reading_is_told_resync_while_another_keeps_up() {
     })
     .await;
     // The reading one was never told to resync, and is still live.
-    hold(&atpd, "late", &all[7], 2).await;
+    atpd.hold_on_web("late", &all[7], 2).await;
     assert!(fast_matches(truth(&atpd, &all).await).await);
     assert_eq!(fast_view.lock().expect("not poisoned").1, 0, "the reading watcher never resynced");
     reader.abort();
@@ -377,8 +349,8 @@ async fn a_kit_is_streamed_from_its_components() {
     assert_eq!(view.figures()["gift"].atp, 3);
 
     // Two tees held: ⌊7 / 2⌋ = 3, no change; two more: ⌊5 / 2⌋ = 2.
-    hold(&atpd, "t-1", "tee", 2).await;
-    hold(&atpd, "t-2", "tee", 2).await;
+    atpd.hold_on_web("t-1", "tee", 2).await;
+    atpd.hold_on_web("t-2", "tee", 2).await;
     follow(&mut stream, &mut view, |view, _| view.figures()["gift"].atp == 2).await;
     assert_eq!(seen(&view, &gift), truth(&atpd, &gift).await);
 

@@ -181,14 +181,14 @@ impl ShardState {
             let value = self.positions.get(sku).map(encode);
             changes.records.push((key(POSITIONS, sku.as_str()), value));
         }
-        // Sorted: taken from a BTreeSet.
-        let positions_touched = skus.clone();
+        // The positions' SKUs are sorted (taken from a BTreeSet).
         let mut skus = skus;
+        let positions_touched = skus.len();
         for sku in self.demand.take_touched() {
             let value = self.demand.get(&sku).map(encode);
             changes.records.push((key(DEMAND, sku.as_str()), value));
             // Its published figure changed: readers see it again.
-            if positions_touched.binary_search(&sku).is_err() {
+            if skus[..positions_touched].binary_search(&sku).is_err() {
                 skus.push(sku);
             }
         }

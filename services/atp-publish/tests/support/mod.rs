@@ -302,33 +302,6 @@ pub fn skus(count: usize) -> Vec<String> {
     (0..count).map(|n| format!("sku-{n:04}")).collect()
 }
 
-/// Receives `quantity` of each SKU at dc-1 (event ids `{tag}-{sku}`).
-pub async fn receive_all(atpd: &Atpd, skus: &[String], quantity: i64, tag: &str) {
-    let events = skus
-        .iter()
-        .map(|sku| v1::StockEvent {
-            event_id: format!("{tag}-{sku}"),
-            sku: sku.clone(),
-            location_id: "dc-1".into(),
-            kind: Some(v1::stock_event::Kind::Received(v1::Received { quantity })),
-        })
-        .collect();
-    let request = v1::ApplyStockEventsRequest { events };
-    atpd.availability().apply_stock_events(request).await.expect("stock events");
-}
-
-/// Holds `quantity` of `sku` at dc-1 for the web channel.
-pub async fn hold(atpd: &Atpd, id: &str, sku: &str, quantity: i64) {
-    let reserve = v1::ReserveRequest {
-        reservation_id: id.into(),
-        channel_id: "web".into(),
-        lines: vec![v1::ReservationLine { sku: sku.into(), location_id: "dc-1".into(), quantity }],
-        ttl_seconds: 3600,
-        metadata: None,
-    };
-    atpd.availability().reserve(reserve).await.expect("reserve");
-}
-
 /// web's (atp, published) of every SKU by GetAvailability.
 pub async fn truth(atpd: &Atpd, skus: &[String]) -> HashMap<String, (i64, i64)> {
     let request = v1::GetAvailabilityRequest {
