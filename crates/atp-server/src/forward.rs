@@ -243,8 +243,27 @@ impl Forwarder {
             .insert(FORWARDED_HEADER, hops.to_string().parse().expect("ascii digits"));
         request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
         request.set_timeout(timeout);
+        crate::telemetry::inject(request.metadata_mut());
         self.forwarded.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(timeout, call(client(channel), request)).await {
+        let answered = metrics::counter!("atp_forwarded_requests_total", "outcome" => "answered");
+        let unreachable =
+            metrics::counter!("atp_forwarded_requests_total", "outcome" => "unreachable");
+        let outcome = self.answer(address, timeout, call(client(channel), request)).await;
+        match &outcome {
+            Ok(_) => answered.increment(1),
+            Err(Unreachable) => unreachable.increment(1),
+        }
+        outcome
+    }
+
+    /// The owner's answer to a forwarded call, or [`Unreachable`].
+    async fn answer<Reply>(
+        &self,
+        address: &str,
+        timeout: Duration,
+        call: impl Future<Output = Result<Response<Reply>, Status>>,
+    ) -> Result<Result<Response<Reply>, Status>, Unreachable> {
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => Ok(Ok(Response::new(response.into_inner()))),
             // The transport's failures, not the owner's answers: no atp
             // reason, and UNAVAILABLE (could not connect), or CANCELLED or

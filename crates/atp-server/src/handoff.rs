@@ -312,6 +312,7 @@ impl<S: Store> ClusterMover<S> {
         let mut request = Request::new(futures::stream::iter(chunks).chain(end));
         request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
         request.set_timeout(INSTALL_DEADLINE);
+        crate::telemetry::inject(request.metadata_mut());
         let mut client = PeerServiceClient::new(channel);
         let call = client.install_shard(request);
         match tokio::time::timeout(INSTALL_DEADLINE, call).await {

@@ -15,6 +15,8 @@ use tower::load_shed::LoadShedLayer;
 use tower::util::MapErrLayer;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
+use crate::telemetry::{self, MeteredBody, RequestMeter};
+
 /// Maps the errors of the layers below to gRPC statuses.
 type ErrorToStatus = fn(BoxError) -> BoxError;
 
@@ -204,7 +206,11 @@ fn explain_too_large(headers: &mut http::HeaderMap, limit: usize) {
 }
 
 /// Opens a `grpc` span per request (method name) and logs its result and
-/// latency at debug level, like tower-http's default for gRPC.
+/// latency at debug level, like tower-http's default for gRPC. With tracing
+/// on, the span's parent is the caller's `traceparent` and it is exported
+/// (named after the method); with metrics on, the request is counted by
+/// code and its latency recorded when the answer's last byte is sent
+/// (`crate::telemetry`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TraceLayer;
 
@@ -226,44 +232,73 @@ impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for Trace
 where
     S: Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
     S::Future: Send + 'static,
-    S::Error: std::fmt::Display,
+    S::Error: std::fmt::Display + ErrorCode,
 {
-    type Response = S::Response;
+    type Response = http::Response<MeteredBody<ResponseBody>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(context)
     }
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        let span = tracing::debug_span!("grpc", method = %request.uri().path());
+        let path = request.uri().path();
+        let span = tracing::debug_span!(
+            "grpc",
+            method = %path,
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        telemetry::adopt_parent(&span, request.headers());
+        let mut meter = telemetry::metrics_enabled().then(|| RequestMeter::start(path));
         let started = Instant::now();
         let response = {
             let _entered = span.enter();
             self.inner.call(request)
         };
+        let recorded = span.clone();
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let result = response.await;
                 let elapsed_us = started.elapsed().as_micros();
-                match &result {
+                match result {
                     // An error status travels in the headers ("trailers only");
                     // a reply without one is OK (its trailers come later).
                     Ok(response) => {
-                        let code = response
-                            .headers()
-                            .get("grpc-status")
-                            .and_then(|value| value.to_str().ok())
-                            .unwrap_or("0");
-                        tracing::debug!(code, elapsed_us, "request finished");
+                        let code = telemetry::grpc_code(response.headers());
+                        recorded.record("rpc.grpc.status_code", code.unwrap_or(0));
+                        tracing::debug!(code = code.unwrap_or(0), elapsed_us, "request finished");
+                        Ok(response.map(|body| MeteredBody::new(body, meter, code)))
                     }
-                    Err(error) => tracing::debug!(%error, elapsed_us, "request failed"),
+                    Err(error) => {
+                        let code = error.grpc_code();
+                        recorded.record("rpc.grpc.status_code", code);
+                        if let Some(meter) = meter.as_mut() {
+                            meter.finish(code);
+                        }
+                        tracing::debug!(%error, elapsed_us, "request failed");
+                        Err(error)
+                    }
                 }
-                result
             },
             span,
         ))
+    }
+}
+
+/// The gRPC code an error of the layers below stands for (they are all
+/// statuses once [`error_to_status`] has run; anything else is UNKNOWN).
+pub trait ErrorCode {
+    /// The code's number.
+    fn grpc_code(&self) -> usize;
+}
+
+impl ErrorCode for BoxError {
+    fn grpc_code(&self) -> usize {
+        self.downcast_ref::<Status>().map_or(2, |status| status.code() as usize)
     }
 }
 

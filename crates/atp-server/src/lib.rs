@@ -29,6 +29,7 @@ mod peer;
 mod reassign;
 mod rebind;
 mod reserved;
+pub mod telemetry;
 pub mod watch_availability;
 
 use std::future::Future;

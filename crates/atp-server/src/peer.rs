@@ -252,6 +252,7 @@ fn peer_request<T>(message: T, deadline: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("an ascii value"));
     request.set_timeout(deadline);
+    crate::telemetry::inject(request.metadata_mut());
     request
 }
 

@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     pub(crate) committer: Option<Committer>,
     /// Longest time a shard paused to hand over its state for a checkpoint (µs).
     pub(crate) longest_checkpoint_pause_us: AtomicU64,
+    /// When (node clock, ms) the checkpoints last covered the whole log: a
+    /// round's start, or a poll that found nothing written since.
+    pub(crate) checkpoints_current_ms: std::sync::atomic::AtomicI64,
     /// Reserves in flight by id: a retry waits for the first one's answer.
     pub(crate) in_flight: DashMap<atp_core::ids::ReservationId, InFlight>,
     /// The owners of shards this node does not serve (cluster mode only).

@@ -133,6 +133,9 @@ fn run(
     mut write_log: Option<&mut WriteLog>,
 ) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
+    // Handles of the installed metrics recorder (no-ops without one).
+    let fsync_seconds = metrics::histogram!("atp_fsync_duration_seconds");
+    let group_size = metrics::histogram!("atp_group_commit_batches");
     while let Ok(first) = receiver.recv() {
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
@@ -154,6 +157,8 @@ fn run(
         } else {
             let started = Instant::now();
             let outcome = store.commit(&batches);
+            fsync_seconds.record(started.elapsed());
+            group_size.record(batches.len() as f64);
             shared.stats.commits.fetch_add(1, Ordering::Relaxed);
             shared.stats.batches.fetch_add(batches.len() as u64, Ordering::Relaxed);
             tracing::trace!(batches = batches.len(), elapsed = ?started.elapsed(), "group commit");

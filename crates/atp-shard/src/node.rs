@@ -198,6 +198,7 @@ impl Node {
             batch_max: config.batch_max.max(1),
             committer,
             longest_checkpoint_pause_us: AtomicU64::new(0),
+            checkpoints_current_ms: std::sync::atomic::AtomicI64::new(clock.now_ms()),
             in_flight: DashMap::new(),
             peers: RwLock::new(None),
             outbox: Outbox::default(),
@@ -476,6 +477,9 @@ impl Node {
                 }
                 let log_bytes = store.log_stats().log_bytes;
                 let grown = log_bytes.saturating_sub(round_start);
+                if grown == 0 {
+                    node.shared.checkpoints_current_ms.store(node.now_ms(), Ordering::Relaxed);
+                }
                 let due = grown >= node.config.checkpoint_log_bytes
                     || (grown > 0
                         && last_round.elapsed()
@@ -483,8 +487,12 @@ impl Node {
                 if !due {
                     continue;
                 }
+                let round_started_ms = node.now_ms();
                 match node.checkpoint_round(&store, &mut covered).await {
                     Ok(round) => {
+                        node.shared
+                            .checkpoints_current_ms
+                            .store(round_started_ms, Ordering::Relaxed);
                         let sizes = store.log_stats();
                         tracing::info!(
                             checkpoints = round.checkpoints,
@@ -546,6 +554,32 @@ impl Node {
         let Some(store) = self.store.clone() else { return Ok(CheckpointRound::default()) };
         let mut covered = vec![0u64; SHARD_COUNT as usize];
         self.checkpoint_round(&store, &mut covered).await
+    }
+
+    /// How long (ms) the log has held writes no checkpoint covers: since a
+    /// checkpoint round last started, or the checkpointer last found nothing
+    /// written (0 for an in-memory node).
+    pub fn checkpoint_age_ms(&self) -> i64 {
+        if self.store.is_none() {
+            return 0;
+        }
+        (self.now_ms() - self.shared.checkpoints_current_ms.load(Ordering::Relaxed)).max(0)
+    }
+
+    /// Operations waiting in the mailboxes of the shards this node serves:
+    /// (their sum, the deepest one's).
+    pub fn mailbox_depths(&self) -> (u64, u64) {
+        let mut sum = 0u64;
+        let mut deepest = 0u64;
+        for (shard, handle) in self.shared.shards.iter().enumerate() {
+            if !self.serves(shard as u32) {
+                continue;
+            }
+            let depth = handle.depth() as u64;
+            sum += depth;
+            deepest = deepest.max(depth);
+        }
+        (sum, deepest)
     }
 
     /// Sizes of the log and checkpoints (None for an in-memory node).
@@ -1294,7 +1328,10 @@ fn check_shard(shard: u32) -> Result<(), NodeError> {
 async fn spawn_to_completion<T: Send + 'static>(
     work: impl Future<Output = Result<T, NodeError>> + Send + 'static,
 ) -> Result<T, NodeError> {
-    tokio::spawn(work).await.map_err(|_| NodeError::ShuttingDown)?
+    // In the caller's span: a trace follows the work to the other nodes.
+    tokio::spawn(tracing::Instrument::in_current_span(work))
+        .await
+        .map_err(|_| NodeError::ShuttingDown)?
 }
 
 type ReserveResult = Result<Reply, NodeError>;

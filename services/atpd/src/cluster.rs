@@ -240,25 +240,32 @@ async fn stay_joined(member: Arc<Member<EtcdStore>>) {
 }
 
 /// The configured node id, else the one stored in the data directory
-/// (written at the first start).
-pub fn node_id(config: &Config) -> anyhow::Result<String> {
-    if !config.node_id.is_empty() {
-        return Ok(config.node_id.clone());
+/// (written at the first start: `fresh` if given, else a new one). Called
+/// once the store has opened the data directory.
+pub fn node_id(config: &Config, fresh: Option<&str>) -> anyhow::Result<String> {
+    if let Some(id) = known_node_id(config) {
+        return Ok(id);
     }
     let path = config.data_dir.join(NODE_ID_FILE);
-    if let Ok(stored) = std::fs::read_to_string(&path) {
-        let stored = stored.trim().to_owned();
-        if !stored.is_empty() {
-            return Ok(stored);
-        }
-    }
-    let id = new_node_id();
+    let id = fresh.map_or_else(new_node_id, str::to_owned);
     write_node_id(&config.data_dir, &path, &id)?;
     tracing::info!(node_id = %id, path = %path.display(), "stored a new cluster node id");
     Ok(id)
 }
 
-fn new_node_id() -> String {
+/// The configured node id, else the one stored in the data directory, if
+/// any; writes nothing.
+pub fn known_node_id(config: &Config) -> Option<String> {
+    if !config.node_id.is_empty() {
+        return Some(config.node_id.clone());
+    }
+    let stored = std::fs::read_to_string(config.data_dir.join(NODE_ID_FILE)).ok()?;
+    let stored = stored.trim();
+    (!stored.is_empty()).then(|| stored.to_owned())
+}
+
+/// A new node id: the host name and a suffix from the time and the pid.
+pub fn new_node_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|name| name.trim().replace('/', "-"))

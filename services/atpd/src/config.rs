@@ -32,7 +32,7 @@ const MAX_REASSIGN_GRACE_MS: u64 = DAY_S * 1000;
 
 /// Everything `atpd` can be told. Every key has a default, so no file and no
 /// variable at all gives a working single node on `127.0.0.1:50051`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the gRPC server binds, `IP:PORT`. Port 0 picks a free port; the
@@ -112,6 +112,17 @@ pub struct Config {
     /// Default `info,fjall=warn,lsm_tree=warn`: atp's own INFO lines, not
     /// the storage engine's (`info` shows those too).
     pub log: String,
+    /// Address the Prometheus metrics endpoint (`GET /metrics`) binds,
+    /// `IP:PORT`; port 0 picks a free port (printed as `atpd metrics on
+    /// IP:PORT` on stderr). Empty (the default): no metrics endpoint.
+    pub metrics_listen_addr: String,
+    /// OTLP/gRPC collector to export trace spans to (`http://host:4317`).
+    /// Empty (the default): tracing off.
+    pub otlp_endpoint: String,
+    /// With tracing on, the share of requests without a sampled parent that
+    /// are traced (0.0..=1.0); a caller's sampled `traceparent` is always
+    /// followed. Default 0.01.
+    pub trace_sample_ratio: f64,
     /// Cluster mode: etcd endpoints, comma-separated (`http://10.0.0.9:2379`).
     /// Empty (the default) runs a single node serving all shards under epoch 1.
     pub etcd_endpoints: String,
@@ -185,6 +196,9 @@ impl Default for Config {
             watch_max_pending_skus: server.watch.max_pending_skus,
             watch_flush_interval_ms: server.watch.flush_interval_ms,
             log: DEFAULT_LOG.to_owned(),
+            metrics_listen_addr: String::new(),
+            otlp_endpoint: String::new(),
+            trace_sample_ratio: 0.01,
             etcd_endpoints: String::new(),
             cluster_name: "atp".to_owned(),
             node_id: String::new(),
@@ -308,6 +322,11 @@ impl Config {
                 self.watch_max_pending_skus = parse(value, "a whole number")?;
             }
             "log" => self.log = value.to_owned(),
+            "metrics_listen_addr" => self.metrics_listen_addr = value.to_owned(),
+            "otlp_endpoint" => self.otlp_endpoint = value.to_owned(),
+            "trace_sample_ratio" => {
+                self.trace_sample_ratio = parse(value, "a number from 0.0 to 1.0")?;
+            }
             "etcd_endpoints" => self.etcd_endpoints = value.to_owned(),
             "cluster_name" => self.cluster_name = value.to_owned(),
             "node_id" => self.node_id = value.to_owned(),
@@ -370,10 +389,36 @@ impl Config {
         if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&self.log) {
             problems.push(format!("log: {error}"));
         }
+        if let Err(problem) = self.metrics_addr() {
+            problems.push(format!("metrics_listen_addr: {problem}"));
+        }
+        if !self.otlp_endpoint.is_empty() {
+            let scheme = self.otlp_endpoint.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("http" | "https")) || self.otlp_endpoint.len() > 2048 {
+                problems.push(format!(
+                    "otlp_endpoint: must be an http:// or https:// URL of at most 2048 bytes, got {:?}",
+                    self.otlp_endpoint
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            problems.push(format!(
+                "trace_sample_ratio: must be 0.0..=1.0, got {}",
+                self.trace_sample_ratio
+            ));
+        }
         if self.is_cluster() {
             problems.extend(self.cluster_problems());
         }
         problems
+    }
+
+    /// The metrics endpoint's address (None: no endpoint).
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.metrics_listen_addr.is_empty() {
+            return Ok(None);
+        }
+        parse(&self.metrics_listen_addr, "an IP:PORT address").map(Some)
     }
 
     /// Whether etcd is configured: cluster mode.

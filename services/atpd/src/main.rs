@@ -18,12 +18,12 @@
 
 mod cluster;
 mod config;
+mod telemetry;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,7 +36,6 @@ use atp_store::{LogOptions, LogStore};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 use crate::cluster::Cluster;
 
@@ -56,6 +55,10 @@ struct Cli {
     /// environment variables override it.
     #[arg(long, value_name = "FILE", env = CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
+    /// Load and check the configuration exactly as at start-up, then exit:
+    /// 0 (`atpd: configuration ok` on stderr) or 2 with every problem.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -68,11 +71,37 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&loaded.config.log);
+    if cli.check_config {
+        for variable in &loaded.unknown_variables {
+            eprintln!("atpd: warning: {variable} names no config key (ignored)");
+        }
+        eprintln!("atpd: configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    // Cluster mode with tracing: spans name the node by its id, which a
+    // first start writes only once the store has opened the directory.
+    let trace_instance = (loaded.config.is_cluster() && !loaded.config.otlp_endpoint.is_empty())
+        .then(|| cluster::known_node_id(&loaded.config).unwrap_or_else(cluster::new_node_id));
+    let instance = trace_instance.clone().unwrap_or_else(|| loaded.config.node_name.clone());
+    let tracer = match telemetry::start_tracing(&loaded.config, instance) {
+        Ok(tracer) => tracer,
+        Err(error) => {
+            eprintln!("atpd: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&loaded.config.log, tracer.as_ref());
     for variable in &loaded.unknown_variables {
         tracing::warn!(%variable, "ignoring an environment variable that names no config key");
     }
-    match run(loaded.config).await {
+    let result = run(loaded.config, trace_instance).await;
+    if let Some(tracer) = tracer {
+        // Sends the spans still in the batch before exiting.
+        if let Err(error) = tracer.shutdown() {
+            eprintln!("atpd: exporting the last trace spans failed: {error}");
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "atpd failed");
@@ -81,21 +110,10 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` wins over the `log` key (checked at load).
-fn init_logging(log: &str) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|value| !value.is_empty())
-        .and_then(|value| EnvFilter::try_new(value).ok())
-        .unwrap_or_else(|| EnvFilter::new(log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the node; `trace_instance` is the node id the trace exporter was
+/// given (cluster mode, tracing on), stored as the node's id if the data
+/// directory has none yet.
+async fn run(config: Config, trace_instance: Option<String>) -> anyhow::Result<()> {
     // Install the handlers before serving, so an early SIGTERM is not lost.
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -111,11 +129,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     let address = listener.local_addr().context("reading the bound address")?;
+    let metrics = match config.metrics_addr().map_err(anyhow::Error::msg)? {
+        Some(metrics_addr) => {
+            let listener = TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {metrics_addr}"))?;
+            let handle = atp_server::telemetry::install_metrics().map_err(anyhow::Error::msg)?;
+            Some((listener, handle))
+        }
+        None => None,
+    };
     let store = LogStore::open(&config.data_dir, LogOptions::default())
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     // Cluster mode: the node id is known before the node opens, so its
     // write log names it.
-    let node_id = if config.is_cluster() { Some(cluster::node_id(&config)?) } else { None };
+    let node_id = if config.is_cluster() {
+        Some(cluster::node_id(&config, trace_instance.as_deref())?)
+    } else {
+        None
+    };
     let mut node_config = config.node_config();
     node_config.write_log = node_id.as_ref().map(|node_id| WriteLogConfig {
         node_id: node_id.clone(),
@@ -195,6 +227,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         request_timeout_ms = config.request_timeout_ms,
         "atpd started"
     );
+    if let Some((listener, handle)) = metrics {
+        let metrics_address = listener.local_addr().context("reading the metrics address")?;
+        tokio::spawn(atp_server::telemetry::serve_metrics(
+            listener,
+            handle,
+            node.clone(),
+            fence.clone(),
+        ));
+        tracing::info!(%metrics_address, "serving Prometheus metrics at /metrics");
+        // Like the line below, for scripts and tests (port 0).
+        eprintln!("atpd metrics on {metrics_address}");
+    }
     // The readiness line scripts and tests wait for; printed whatever the log filter.
     eprintln!("atpd listening on {address}");
 
