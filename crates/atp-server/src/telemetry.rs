@@ -142,6 +142,7 @@ fn collect_gauges(node: &Node, fence: &Fence) {
         metrics::gauge!("atp_log_segments").set(log.segments as f64);
         metrics::gauge!("atp_checkpoint_bytes").set(log.checkpoint_bytes as f64);
     }
+    metrics::gauge!("atp_writes_refused").set(if node.writes_refused() { 1.0 } else { 0.0 });
     metrics::gauge!("atp_checkpoint_age_seconds").set(node.checkpoint_age_ms() as f64 / 1000.0);
     let owned = (0..SHARD_COUNT).filter(|shard| node.serves(*shard)).count();
     metrics::gauge!("atp_shards_owned").set(owned as f64);
@@ -260,9 +261,15 @@ pub(crate) struct RequestMeter {
     done: bool,
 }
 
+/// The gauge of requests in flight (registered on first use).
+fn in_flight() -> &'static metrics::Gauge {
+    static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!("atp_grpc_server_in_flight_requests"))
+}
+
 impl RequestMeter {
     pub(crate) fn start(path: &str) -> Self {
-        metrics::gauge!("atp_grpc_server_in_flight_requests").increment(1.0);
+        in_flight().increment(1.0);
         Self { path: path.to_owned(), started: Instant::now(), done: false }
     }
 
@@ -271,7 +278,7 @@ impl RequestMeter {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        metrics::gauge!("atp_grpc_server_in_flight_requests").decrement(1.0);
+        in_flight().decrement(1.0);
         method_metrics(&self.path, code).finished(code, self.started.elapsed());
     }
 }
@@ -288,13 +295,11 @@ pub(crate) fn grpc_code(headers: &http::HeaderMap) -> Option<usize> {
 }
 
 /// A response body that tells its [`RequestMeter`] the request's code when
-/// the trailers pass (or the body ends without them: OK, or the code of a
-/// trailers-only answer given at the start).
+/// the trailers pass (or the body ends without them: OK); dropped before
+/// that, the request counts as CANCELLED.
 pub struct MeteredBody<B> {
     inner: B,
     meter: Option<RequestMeter>,
-    /// The code of a trailers-only answer (in the response headers).
-    code: Option<usize>,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for MeteredBody<B> {
@@ -303,14 +308,13 @@ impl<B: std::fmt::Debug> std::fmt::Debug for MeteredBody<B> {
             .debug_struct("MeteredBody")
             .field("inner", &self.inner)
             .field("metered", &self.meter.is_some())
-            .field("code", &self.code)
             .finish()
     }
 }
 
 impl<B> MeteredBody<B> {
-    pub(crate) fn new(inner: B, meter: Option<RequestMeter>, code: Option<usize>) -> Self {
-        Self { inner, meter, code }
+    pub(crate) fn new(inner: B, meter: Option<RequestMeter>) -> Self {
+        Self { inner, meter }
     }
 }
 
@@ -335,7 +339,7 @@ where
                     }
                 }
                 Poll::Ready(Some(Err(_))) => meter.finish(2),
-                Poll::Ready(None) => meter.finish(this.code.unwrap_or(0)),
+                Poll::Ready(None) => meter.finish(0),
                 Poll::Pending => {}
             }
         }

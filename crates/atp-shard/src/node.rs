@@ -566,6 +566,12 @@ impl Node {
         (self.now_ms() - self.shared.checkpoints_current_ms.load(Ordering::Relaxed)).max(0)
     }
 
+    /// Whether the node refuses every write because a durable write failed
+    /// (a full disk: until restarted with space; else it is exiting).
+    pub fn writes_refused(&self) -> bool {
+        self.shared.committer.as_ref().is_some_and(|committer| committer.has_failed())
+    }
+
     /// Operations waiting in the mailboxes of the shards this node serves:
     /// (their sum, the deepest one's).
     pub fn mailbox_depths(&self) -> (u64, u64) {

@@ -400,6 +400,17 @@ async fn prometheus_scrapes_the_request_counter_and_the_fsync_histogram_of_three
         prometheus.log()
     );
 
+    // A refusal is counted under its code (a trailers-only answer).
+    let refused = v1::ReserveRequest { reservation_id: String::new(), ..Default::default() };
+    let status = node.availability().reserve(refused).await.expect_err("no id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let invalid = "sum(atp_grpc_server_handled_total{grpc_method=\"Reserve\",grpc_code=\"INVALID_ARGUMENT\"})";
+    let counted = eventually(DEADLINE, || async {
+        prometheus.query(invalid).await.is_some_and(|result| result.first().map(value) == Some(1.0))
+    })
+    .await;
+    assert!(counted, "the refusal was not counted once: {:?}", prometheus.query(invalid).await);
+
     // The fsync histogram: durable commits were made, in buckets.
     let fsyncs = "sum(atp_fsync_duration_seconds_count)";
     let synced = eventually(DEADLINE, || async {
