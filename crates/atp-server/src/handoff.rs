@@ -626,6 +626,7 @@ pub fn spawn_rebalancer<S: Store>(
                     let Some(channel) = channel else { return Err(shard) };
                     let mut request = Request::new(v1::MoveShardRequest { shard, to_node: to });
                     request.set_timeout(PLACEMENT_MOVE_DEADLINE);
+                    crate::telemetry::inject(request.metadata_mut());
                     let mut client = AdminServiceClient::new(channel);
                     client.move_shard(request).await.map(drop).map_err(|status| {
                         tracing::warn!(shard, from, error = %status.message(), "placement: a move failed");

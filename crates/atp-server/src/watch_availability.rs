@@ -1001,6 +1001,7 @@ async fn open_remote(
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
     request.metadata_mut().insert(WIRE_HEADER, WIRE_VERSION.parse().expect("ascii"));
+    crate::telemetry::inject(request.metadata_mut());
     let mut client = AvailabilityServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let stream =
         client.watch_availability(request).await.map_err(|status| status.message().to_owned())?;
