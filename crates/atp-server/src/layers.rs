@@ -295,7 +295,7 @@ where
 }
 
 /// The gRPC code an error of the layers below stands for (they are all
-/// statuses once [`error_to_status`] has run; anything else is UNKNOWN).
+/// statuses once `error_to_status` has run; anything else is UNKNOWN).
 pub trait ErrorCode {
     /// The code's number.
     fn grpc_code(&self) -> usize;

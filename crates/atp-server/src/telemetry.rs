@@ -10,7 +10,7 @@
 //! **Traces**: the OpenTelemetry SDK and its OTLP exporter are set up by
 //! atpd; this module only carries W3C trace context across hops. With
 //! tracing on ([`enable_tracing`]), a request's span takes its parent from
-//! the incoming `traceparent` ([`extract`]), and every node-to-node call
+//! the incoming `traceparent` (`extract`), and every node-to-node call
 //! carries the current span's context ([`inject`]). With tracing off both
 //! are a load of one flag.
 
@@ -294,7 +294,7 @@ pub(crate) fn grpc_code(headers: &http::HeaderMap) -> Option<usize> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
-/// A response body that tells its [`RequestMeter`] the request's code when
+/// A response body that tells its `RequestMeter` the request's code when
 /// the trailers pass (or the body ends without them: OK); dropped before
 /// that, the request counts as CANCELLED.
 pub struct MeteredBody<B> {
