@@ -216,7 +216,10 @@ impl AdminService for AdminApi {
         }
         // On its own task: a caller that goes away does not cut a move short.
         let (mover, shard, to) = (Arc::clone(mover), message.shard, to.to_owned());
-        let moved = tokio::spawn(async move { mover.move_shard(shard, &to).await });
+        // In this request's span: the install carries its trace context.
+        let moved = tokio::spawn(tracing::Instrument::in_current_span(async move {
+            mover.move_shard(shard, &to).await
+        }));
         Ok(Response::new(moved.await.map_err(|error| {
             atp_proto::Reason::FailingClosed.plain(format!("the move stopped: {error}"))
         })??))
@@ -275,7 +278,9 @@ impl AdminService for AdminApi {
             });
         }
         let mover = Arc::clone(mover);
-        let drained = tokio::spawn(async move { mover.drain(parallel).await });
+        let drained = tokio::spawn(tracing::Instrument::in_current_span(async move {
+            mover.drain(parallel).await
+        }));
         Ok(Response::new(drained.await.map_err(|error| {
             atp_proto::Reason::FailingClosed.plain(format!("the drain stopped: {error}"))
         })??))

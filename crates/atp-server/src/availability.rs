@@ -211,13 +211,14 @@ impl AvailabilityService for AvailabilityApi {
                 query,
                 out,
             );
-            tokio::spawn(async move {
+            // In this request's span: the sources on other nodes carry its trace.
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let _permit = permit;
                 tokio::select! {
                     () = merged => {}
                     () = stopped => {}
                 }
-            });
+            }));
         }
         let stream = futures::stream::poll_fn(move |context| receiver.poll_recv(context));
         Ok(Response::new(Box::pin(stream)))

@@ -271,10 +271,13 @@ where
                         let code = telemetry::grpc_code(response.headers());
                         recorded.record("rpc.grpc.status_code", code.unwrap_or(0));
                         tracing::debug!(code = code.unwrap_or(0), elapsed_us, "request finished");
-                        // A trailers-only answer (an error status in the
-                        // headers) is done: its empty body may never be read.
-                        if let (Some(code), Some(meter)) = (code, meter.as_mut()) {
-                            meter.finish(code);
+                        if let Some(meter) = meter.as_mut() {
+                            meter.routed();
+                            // A trailers-only answer (an error status in the
+                            // headers) is done: its empty body may never be read.
+                            if let Some(code) = code {
+                                meter.finish(code);
+                            }
                         }
                         Ok(response.map(|body| MeteredBody::new(body, meter)))
                     }

@@ -214,7 +214,8 @@ impl MethodMetrics {
     }
 
     fn finished(&self, code: usize, elapsed: Duration) {
-        let code = code.min(CODE_NAMES.len() - 1);
+        // A number gRPC does not define is UNKNOWN.
+        let code = if code < CODE_NAMES.len() { code } else { 2 };
         self.latency.record(elapsed);
         self.codes[code]
             .get_or_init(|| {
@@ -229,11 +230,13 @@ impl MethodMetrics {
     }
 }
 
-/// The handles of every method seen, by path. Only paths the server
-/// answered with something but UNIMPLEMENTED are kept (those are the
-/// methods of the proto, a bounded set); the others share one entry
-/// (`unknown`), so a client cannot grow the label set.
-fn method_metrics(path: &str, code: usize) -> Arc<MethodMetrics> {
+/// The handles of every method seen, by path. A path is added only when
+/// the router answered it (`routed`) with something but UNIMPLEMENTED:
+/// those are the methods of the proto, a bounded set. Any other path (one
+/// refused by a layer above the router, such as load shedding, before the
+/// router saw it) uses the entry of a path already added, else shares
+/// `unknown`: a client cannot grow the label set.
+fn method_metrics(path: &str, code: usize, routed: bool) -> Arc<MethodMetrics> {
     static TABLE: OnceLock<RwLock<HashMap<String, Arc<MethodMetrics>>>> = OnceLock::new();
     static UNKNOWN: OnceLock<Arc<MethodMetrics>> = OnceLock::new();
     let table = TABLE.get_or_init(Default::default);
@@ -242,7 +245,7 @@ fn method_metrics(path: &str, code: usize) -> Arc<MethodMetrics> {
     }
     let split = path.strip_prefix('/').and_then(|path| path.split_once('/'));
     match split {
-        Some((service, method)) if code != UNIMPLEMENTED && path.len() <= 256 => {
+        Some((service, method)) if routed && code != UNIMPLEMENTED && path.len() <= 256 => {
             let mut table = table.write().expect("never poisoned");
             let entry = table
                 .entry(path.to_owned())
@@ -259,6 +262,8 @@ pub(crate) struct RequestMeter {
     path: String,
     started: Instant,
     done: bool,
+    /// Whether the router answered (a response, not a layer's error).
+    routed: bool,
 }
 
 /// The gauge of requests in flight (registered on first use).
@@ -270,7 +275,12 @@ fn in_flight() -> &'static metrics::Gauge {
 impl RequestMeter {
     pub(crate) fn start(path: &str) -> Self {
         in_flight().increment(1.0);
-        Self { path: path.to_owned(), started: Instant::now(), done: false }
+        Self { path: path.to_owned(), started: Instant::now(), done: false, routed: false }
+    }
+
+    /// The router answered: the path may become a label of its own.
+    pub(crate) fn routed(&mut self) {
+        self.routed = true;
     }
 
     /// The request finished with `code` (a gRPC status code number).
@@ -279,7 +289,7 @@ impl RequestMeter {
             return;
         }
         in_flight().decrement(1.0);
-        method_metrics(&self.path, code).finished(code, self.started.elapsed());
+        method_metrics(&self.path, code, self.routed).finished(code, self.started.elapsed());
     }
 }
 

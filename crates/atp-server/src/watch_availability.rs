@@ -771,7 +771,7 @@ impl Merger {
         let marks = Arc::clone(&self.marks);
         let clock = self.node.clone();
         let peer = address.clone();
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut resume = resume;
             let mut pause = RECONNECT_MIN;
             loop {
@@ -822,7 +822,7 @@ impl Merger {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RECONNECT_MAX);
             }
-        });
+        }));
         self.sources.insert(source, (node_id, address, task));
         self.unsynced.insert(source);
     }

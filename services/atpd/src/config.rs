@@ -119,9 +119,9 @@ pub struct Config {
     /// OTLP/gRPC collector to export trace spans to (`http://host:4317`;
     /// plain HTTP/2, no TLS yet). Empty (the default): tracing off.
     pub otlp_endpoint: String,
-    /// With tracing on, the share of requests without a sampled parent that
-    /// are traced (0.0..=1.0); a caller's sampled `traceparent` is always
-    /// followed. Default 0.01.
+    /// With tracing on, the share of requests without a parent that are
+    /// traced (0.0..=1.0); a caller's `traceparent` is always followed
+    /// (sampled: traced, not sampled: not). Default 0.01.
     pub trace_sample_ratio: f64,
     /// Cluster mode: etcd endpoints, comma-separated (`http://10.0.0.9:2379`).
     /// Empty (the default) runs a single node serving all shards under epoch 1.
@@ -393,11 +393,16 @@ impl Config {
             problems.push(format!("metrics_listen_addr: {problem}"));
         }
         if !self.otlp_endpoint.is_empty() {
-            let scheme = self.otlp_endpoint.split_once("://").map(|(scheme, _)| scheme);
-            // No TLS yet (it comes with the security work): plain HTTP/2.
-            if scheme != Some("http") || self.otlp_endpoint.len() > 2048 {
+            // No TLS yet (it comes with the security work): plain HTTP/2,
+            // to a host (and port) given.
+            let host =
+                self.otlp_endpoint.strip_prefix("http://").and_then(|rest| rest.split('/').next());
+            let valid = host.is_some_and(|host| {
+                !host.is_empty() && host.chars().all(|c| c.is_ascii_graphic() && c != '@')
+            }) && self.otlp_endpoint.chars().all(|c| c.is_ascii_graphic());
+            if !valid || self.otlp_endpoint.len() > 2048 {
                 problems.push(format!(
-                    "otlp_endpoint: must be an http:// URL of at most 2048 bytes (no TLS yet), got {:?}",
+                    "otlp_endpoint: must be an http://HOST[:PORT] URL of at most 2048 bytes (no TLS yet), got {:?}",
                     self.otlp_endpoint
                 ));
             }
@@ -632,7 +637,7 @@ mod tests {
             None,
             variables(&[
                 ("ATP_METRICS_LISTEN_ADDR", "localhost:9464"),
-                ("ATP_OTLP_ENDPOINT", "collector:4317"),
+                ("ATP_OTLP_ENDPOINT", "http://bad host:4317"),
                 ("ATP_TRACE_SAMPLE_RATIO", "NaN"),
             ]),
         )
@@ -640,7 +645,7 @@ mod tests {
         let message = format!("{error:#}");
         for part in [
             "metrics_listen_addr: cannot read \"localhost:9464\" as an IP:PORT address",
-            "otlp_endpoint: must be an http:// URL",
+            "otlp_endpoint: must be an http://HOST[:PORT] URL",
             "trace_sample_ratio: must be 0.0..=1.0, got NaN",
         ] {
             assert!(message.contains(part), "{part:?} missing in:\n{message}");

@@ -435,8 +435,15 @@ async fn prometheus_scrapes_the_request_counter_and_the_fsync_histogram_of_three
     assert!(seconds > 0.0 && seconds <= 10.0, "fsync p99 {seconds} s");
 
     // Every node's shards add up to the whole cluster's.
-    let owned = prometheus.query("sum(atp_shards_owned)").await.expect("an answer");
-    assert_eq!(owned.first().map(value), Some(1024.0), "{owned:?}");
+    let owned = "sum(atp_shards_owned)";
+    let all = eventually(DEADLINE, || async {
+        prometheus
+            .query(owned)
+            .await
+            .is_some_and(|result| result.first().map(value) == Some(1024.0))
+    })
+    .await;
+    assert!(all, "the nodes' shards do not add up to 1024: {:?}", prometheus.query(owned).await);
 
     // Every metric the dashboard draws is one atpd exports.
     let exported: BTreeSet<String> = prometheus
