@@ -245,14 +245,9 @@ impl Forwarder {
         request.set_timeout(timeout);
         crate::telemetry::inject(request.metadata_mut());
         self.forwarded.fetch_add(1, Ordering::Relaxed);
-        let answered = metrics::counter!("atp_forwarded_requests_total", "outcome" => "answered");
-        let unreachable =
-            metrics::counter!("atp_forwarded_requests_total", "outcome" => "unreachable");
         let outcome = self.answer(address, timeout, call(client(channel), request)).await;
-        match &outcome {
-            Ok(_) => answered.increment(1),
-            Err(Unreachable) => unreachable.increment(1),
-        }
+        let label = if outcome.is_ok() { "answered" } else { "unreachable" };
+        metrics::counter!("atp_forwarded_requests_total", "outcome" => label).increment(1);
         outcome
     }
 

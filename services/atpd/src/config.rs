@@ -633,48 +633,47 @@ mod tests {
         .config;
         assert_eq!(on.metrics_addr(), Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9464)))));
         assert_eq!(on.trace_sample_ratio, 1.0);
-        let error = Config::load(
-            None,
-            variables(&[
+        assert_refused(
+            &[
                 ("ATP_METRICS_LISTEN_ADDR", "localhost:9464"),
                 ("ATP_OTLP_ENDPOINT", "http://bad host:4317"),
                 ("ATP_TRACE_SAMPLE_RATIO", "NaN"),
-            ]),
-        )
-        .expect_err("invalid");
+            ],
+            &[
+                "metrics_listen_addr: cannot read \"localhost:9464\" as an IP:PORT address",
+                "otlp_endpoint: must be an http://HOST[:PORT] URL",
+                "trace_sample_ratio: must be 0.0..=1.0, got NaN",
+            ],
+        );
+    }
+
+    /// Loading with `pairs` fails, naming every one of `problems`.
+    fn assert_refused(pairs: &[(&str, &str)], problems: &[&str]) {
+        let error = Config::load(None, variables(pairs)).expect_err("invalid");
         let message = format!("{error:#}");
-        for part in [
-            "metrics_listen_addr: cannot read \"localhost:9464\" as an IP:PORT address",
-            "otlp_endpoint: must be an http://HOST[:PORT] URL",
-            "trace_sample_ratio: must be 0.0..=1.0, got NaN",
-        ] {
+        for part in problems {
             assert!(message.contains(part), "{part:?} missing in:\n{message}");
         }
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let error = Config::load(
-            None,
-            variables(&[
+        assert_refused(
+            &[
                 ("ATP_MAILBOX_CAPACITY", "0"),
                 ("ATP_RESERVATION_TTL_DEFAULT_S", "100000"),
                 ("ATP_REQUEST_TIMEOUT_MS", "soon"),
                 ("ATP_NODE_NAME", ""),
                 ("ATP_MAX_EVENT_MEMOS", "100000001"),
-            ]),
-        )
-        .expect_err("invalid");
-        let message = format!("{error:#}");
-        for part in [
-            "ATP_REQUEST_TIMEOUT_MS: cannot read \"soon\"",
-            "mailbox_capacity: must be 1..=1048576, got 0",
-            "reservation_ttl_default_s: must be 1..=86400, got 100000",
-            "node_name: must not be empty",
-            "max_event_memos: must be 0..=100000000, got 100000001",
-        ] {
-            assert!(message.contains(part), "{part:?} missing in:\n{message}");
-        }
+            ],
+            &[
+                "ATP_REQUEST_TIMEOUT_MS: cannot read \"soon\"",
+                "mailbox_capacity: must be 1..=1048576, got 0",
+                "reservation_ttl_default_s: must be 1..=86400, got 100000",
+                "node_name: must not be empty",
+                "max_event_memos: must be 0..=100000000, got 100000001",
+            ],
+        );
     }
 
     #[test]

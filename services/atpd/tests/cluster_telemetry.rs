@@ -221,7 +221,7 @@ fn encode(query: &str) -> String {
 struct Prometheus {
     child: tokio::process::Child,
     address: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Prometheus {
@@ -258,12 +258,12 @@ impl Prometheus {
             .kill_on_drop(true)
             .spawn()
             .expect("start prometheus");
-        Self { child, address, _dir: dir }
+        Self { child, address, dir }
     }
 
     /// The log so far.
     fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
     /// The instant query's result vector (`data.result`), if it answered.
